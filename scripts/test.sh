@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of cellbench. Installs what the tests need (fonts for charts, Xvfb and Mesa's
+# software Vulkan for the GUI tests) when it is missing, then builds and runs the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cellbench-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# System packages (Debian/Ubuntu). Skipped when everything is present.
+missing=()
+command -v fc-list >/dev/null 2>&1 || missing+=(fontconfig)
+fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb xauth)
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,109 @@
+//! Benchmarks behind `cellbench bench …`. Speed targets live here, never in tests.
+
+use std::path::Path;
+use std::time::Instant;
+
+/// Timing of `walk + parse + count` over a folder.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScanBench {
+    pub files: usize,
+    pub repeats: usize,
+    /// Seconds of the fastest repeat.
+    pub best_secs: f64,
+    pub median_secs: f64,
+    /// Of the walk + parse part alone, fastest repeat.
+    pub walk_parse_secs: f64,
+    pub files_per_sec: f64,
+}
+
+/// Opens the folder as a dataset and computes the explore counts, `repeats` times.
+pub fn scan(dir: &Path, repeats: usize) -> anyhow::Result<ScanBench> {
+    let repeats = repeats.max(1);
+    let mut totals = Vec::with_capacity(repeats);
+    let mut walks = Vec::with_capacity(repeats);
+    let mut files = 0;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let manifest = crate::dataset::open(dir, &Default::default())?;
+        walks.push(start.elapsed().as_secs_f64());
+        let report = crate::explore::explore(&manifest)?;
+        totals.push(start.elapsed().as_secs_f64());
+        files = report.summary.images as usize;
+    }
+    totals.sort_by(f64::total_cmp);
+    walks.sort_by(f64::total_cmp);
+    Ok(ScanBench {
+        files,
+        repeats,
+        best_secs: totals[0],
+        median_secs: totals[repeats / 2],
+        walk_parse_secs: walks[0],
+        files_per_sec: files as f64 / totals[0],
+    })
+}
+
+/// Throughput of Lite0 feature extraction.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FeaturizeBench {
+    pub device: String,
+    pub batch_size: usize,
+    pub batches: usize,
+    pub warmup_secs: f64,
+    pub timed_secs: f64,
+    pub images_per_sec: f64,
+}
+
+/// Runs feature extraction on real demo images (BCCD crops, preprocessed to 224²):
+/// one warm-up batch (kernel compilation, autotune), then `batches` timed batches.
+pub fn featurize(
+    choice: crate::model::backend::BackendChoice,
+    batch_size: usize,
+    batches: usize,
+) -> anyhow::Result<FeaturizeBench> {
+    use burn::tensor::{Tensor, TensorData};
+    let compute = crate::model::backend::select(choice)?;
+    let model = crate::train::features::load_backbone(&compute.device)?;
+    let pre = crate::dataset::preprocess::Preprocess::default();
+    let walk = crate::dataset::scan::walk_images(&crate::demo_dataset());
+    anyhow::ensure!(!walk.images.is_empty(), "the demo dataset is missing");
+    let images: Vec<Vec<f32>> = walk
+        .images
+        .iter()
+        .filter_map(|f| pre.load(&crate::demo_dataset().join(&f.rel)).ok())
+        .collect();
+    let batch: Vec<f32> = images
+        .iter()
+        .cycle()
+        .take(batch_size)
+        .flatten()
+        .copied()
+        .collect();
+    let run = || -> anyhow::Result<()> {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(batch.clone(), [batch_size, 3, 224, 224]),
+            &compute.device,
+        );
+        let f = model.features(x).into_data();
+        anyhow::ensure!(
+            f.num_elements() == batch_size * crate::model::efficientnet::FEATURES,
+            "feature shape"
+        );
+        Ok(())
+    };
+    let start = Instant::now();
+    run()?;
+    let warmup_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..batches.max(1) {
+        run()?;
+    }
+    let timed_secs = start.elapsed().as_secs_f64();
+    Ok(FeaturizeBench {
+        device: compute.description,
+        batch_size,
+        batches: batches.max(1),
+        warmup_secs,
+        timed_secs,
+        images_per_sec: (batch_size * batches.max(1)) as f64 / timed_secs,
+    })
+}

@@ -1,0 +1,453 @@
+//! The command line: every subcommand maps its flags onto the library's config structs and
+//! calls the same functions the GUI calls.
+
+use std::path::PathBuf;
+
+/// `println!` that ends the process quietly when stdout is closed (`cellbench … | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::dataset::headers::CheckLevel;
+use crate::dataset::split::{SplitConfig, SplitReport, assign_splits};
+use crate::dataset::{DatasetFormat, Manifest, OpenOptions};
+use crate::model::backend::BackendChoice;
+
+mod model_cmds;
+pub use model_cmds::ProgressView;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// The command could not run (bad input, I/O error).
+    pub const ERROR: u8 = 1;
+    /// Bad usage (unknown flag, missing argument).
+    pub const USAGE: u8 = 2;
+    /// `--strict` and the dataset has problems.
+    pub const PROBLEMS: u8 = 3;
+    /// A patient sits on more than one side of a split.
+    pub const LEAKAGE: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "cellbench", version, about = "A workbench for classifying microscopy cell images.", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Open the workbench window (the default without a subcommand).
+    Gui {
+        /// Dataset folder or CSV to open (default: the bundled demo dataset).
+        dataset: Option<PathBuf>,
+    },
+    /// Count images, labels, patients and problems of a dataset.
+    Explore(ExploreArgs),
+    /// Split a dataset by patient, stratified by label; or check an existing split for leakage.
+    Split(SplitArgs),
+    /// Write a synthetic C-NMC-style dataset (real BMP files) for demos, tests and benchmarks.
+    Synth(SynthArgs),
+    /// Train a model (linear probe, fine-tuning or a small CNN) and write a run folder.
+    Train(model_cmds::TrainArgs),
+    /// Predict images with a trained run; writes a CSV of probabilities.
+    Predict(model_cmds::PredictArgs),
+    /// Compute every metric from a predictions CSV.
+    Evaluate(model_cmds::EvaluateArgs),
+    /// Serve a trained run over HTTP (POST /predict, GET /health).
+    Serve(model_cmds::ServeArgs),
+    /// Pretrained weights.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WeightsCommand {
+    /// Print the ImageNet top-5 of a photo through the bundled EfficientNet-Lite0.
+    Check {
+        /// A photo (default: the bundled cat picture).
+        image: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
+    },
+}
+
+/// How to open a dataset (shared by every subcommand that reads one).
+#[derive(Args, Debug, Clone)]
+pub struct DatasetArgs {
+    /// Dataset folder (C-NMC names or class folders) or CSV (NIH, Kaggle retinopathy, generic).
+    pub dataset: PathBuf,
+    /// Force the format instead of detecting it: cnmc, class-folders, nih, retina, csv.
+    #[arg(long)]
+    pub format: Option<DatasetFormat>,
+    /// For CSVs: the folder holding the images (default: the CSV's folder).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// For CSVs: the column with image paths or ids.
+    #[arg(long)]
+    pub path_column: Option<String>,
+    /// For CSVs: the column with labels (`A|B` for multi-label).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// For CSVs: the column with patient ids.
+    #[arg(long)]
+    pub patient_column: Option<String>,
+    /// Also read every image's header (`headers`) or decode every image (`decode`).
+    #[arg(long, value_parser = parse_check)]
+    pub check: Option<CheckLevel>,
+}
+
+fn parse_check(s: &str) -> Result<CheckLevel, String> {
+    match s {
+        "headers" => Ok(CheckLevel::Headers),
+        "decode" => Ok(CheckLevel::Decode),
+        _ => Err("expected `headers` or `decode`".into()),
+    }
+}
+
+impl DatasetArgs {
+    pub fn options(&self) -> OpenOptions {
+        OpenOptions {
+            format: self.format,
+            images: self.images.clone(),
+            path_column: self.path_column.clone(),
+            label_column: self.label_column.clone(),
+            patient_column: self.patient_column.clone(),
+        }
+    }
+
+    /// Opens the dataset and runs the requested image check.
+    pub fn open(&self) -> anyhow::Result<Manifest> {
+        let mut manifest = crate::dataset::open(&self.dataset, &self.options())?;
+        if let Some(level) = self.check {
+            crate::dataset::headers::check_images(&mut manifest, level);
+        }
+        Ok(manifest)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the charts as PNG and SVG into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Exit with code 3 when the dataset has problems.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    /// Dataset to split (omit with --check).
+    #[arg(required_unless_present = "check")]
+    pub dataset: Option<PathBuf>,
+    /// Check an existing split CSV (with `patient` and `split` columns) for leakage instead.
+    #[arg(long, value_name = "CSV", conflicts_with = "dataset")]
+    pub check: Option<PathBuf>,
+    /// Fraction of images for the test side.
+    #[arg(long, default_value_t = 0.2)]
+    pub test: f64,
+    /// Fraction of images for the validation side.
+    #[arg(long, default_value_t = 0.1)]
+    pub val: f64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Where to write the split manifest.
+    #[arg(long, short, default_value = "split.csv")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub format: Option<DatasetFormat>,
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    #[arg(long)]
+    pub path_column: Option<String>,
+    #[arg(long)]
+    pub label_column: Option<String>,
+    #[arg(long)]
+    pub patient_column: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Output folder.
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 12)]
+    pub patients: u32,
+    /// Cell images (files) per patient.
+    #[arg(long, default_value_t = 20)]
+    pub images: u32,
+    /// Cells per microscope image are 1..=max-cells.
+    #[arg(long, default_value_t = 3)]
+    pub max_cells: u32,
+    /// Image width and height in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Every n-th patient is a healthy subject (`hem`).
+    #[arg(long, default_value_t = 3)]
+    pub hem_every: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Files per second of walk + parse + count over a folder.
+    Scan {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Images per second of EfficientNet-Lite0 feature extraction at 224², per backend.
+    Featurize {
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Timed batches (after one warm-up batch).
+        #[arg(long, default_value_t = 3)]
+        batches: usize,
+        /// Backends to measure (default: cpu and, when present, wgpu).
+        #[arg(long)]
+        backend: Vec<BackendChoice>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            err.print().ok();
+            return ExitCode::from(if err.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        None => crate::ui::run_native(None).map(|()| 0),
+        Some(Command::Gui { dataset }) => crate::ui::run_native(dataset).map(|()| 0),
+        Some(Command::Explore(args)) => explore(args),
+        Some(Command::Split(args)) => split(args),
+        Some(Command::Synth(args)) => synth(args),
+        Some(Command::Train(args)) => model_cmds::train_cmd(args),
+        Some(Command::Predict(args)) => model_cmds::predict_cmd(args),
+        Some(Command::Evaluate(args)) => model_cmds::evaluate_cmd(args),
+        Some(Command::Serve(args)) => model_cmds::serve_cmd(args),
+        Some(Command::Weights(WeightsCommand::Check { image, backend })) => {
+            model_cmds::weights_check(image.as_deref(), backend)
+        }
+        Some(Command::Bench(BenchCommand::Featurize {
+            batch_size,
+            batches,
+            backend,
+        })) => {
+            let backends = if backend.is_empty() {
+                let mut b = vec![BackendChoice::Cpu];
+                if crate::model::backend::adapters().iter().any(|a| !a.is_cpu) {
+                    b.push(BackendChoice::Wgpu);
+                }
+                b
+            } else {
+                backend
+            };
+            for choice in backends {
+                let r = crate::bench::featurize(choice, batch_size, batches)?;
+                outln!(
+                    "featurize [{}]: {:.1} images/s at 224x224 (batch {}, {} timed batches, {:.2} s; first batch incl. warm-up {:.2} s)",
+                    r.device,
+                    r.images_per_sec,
+                    r.batch_size,
+                    r.batches,
+                    r.timed_secs,
+                    r.warmup_secs
+                );
+            }
+            Ok(0)
+        }
+        Some(Command::Bench(BenchCommand::Scan { dir, repeats, json })) => {
+            let r = crate::bench::scan(&dir, repeats)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!(
+                    "scan {}: {} files, best {:.3} s (walk+parse {:.3} s), median {:.3} s over {} runs → {:.0} files/s",
+                    dir.display(),
+                    r.files,
+                    r.best_secs,
+                    r.walk_parse_secs,
+                    r.median_secs,
+                    r.repeats,
+                    r.files_per_sec
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
+    let manifest = args.data.open()?;
+    let report = crate::explore::explore(&manifest)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for table in report.tables() {
+            outln!("{table}");
+        }
+    }
+    if let Some(dir) = &args.plots {
+        let files = crate::explore::charts::write_report_charts(&report, dir)?;
+        eprintln!("wrote {} chart files to {}", files.len(), dir.display());
+    }
+    Ok(if args.strict && !report.problems.is_empty() {
+        exit::PROBLEMS
+    } else {
+        0
+    })
+}
+
+fn split(args: SplitArgs) -> anyhow::Result<u8> {
+    if let Some(csv) = &args.check {
+        let manifest = crate::dataset::open(
+            csv,
+            &OpenOptions {
+                format: Some(DatasetFormat::Csv),
+                ..Default::default()
+            },
+        )?;
+        anyhow::ensure!(
+            manifest.records.iter().any(|r| r.split.is_some()),
+            "no `split` column with train/val/test values in {}",
+            csv.display()
+        );
+        anyhow::ensure!(
+            manifest.has_patients(),
+            "no patient column in {}: leakage cannot be checked without patient ids",
+            csv.display()
+        );
+        let report = SplitReport::of(&manifest.records);
+        return Ok(print_split(&report, args.json, None));
+    }
+    let data = DatasetArgs {
+        dataset: args.dataset.clone().context("a dataset is required")?,
+        format: args.format,
+        images: args.images.clone(),
+        path_column: args.path_column.clone(),
+        label_column: args.label_column.clone(),
+        patient_column: args.patient_column.clone(),
+        check: None,
+    };
+    let mut manifest = data.open()?;
+    let config = SplitConfig {
+        test: args.test,
+        val: args.val,
+        seed: args.seed,
+    };
+    let sides = assign_splits(&manifest.records, &config)?;
+    for (r, s) in manifest.records.iter_mut().zip(sides) {
+        r.split = s;
+    }
+    crate::dataset::frame::write_manifest_csv(&manifest, &args.out)?;
+    let report = SplitReport::of(&manifest.records);
+    Ok(print_split(&report, args.json, Some(&args.out)))
+}
+
+fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Path>) -> u8 {
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        outln!("{}", crate::explore::table::split_table(report));
+        if report.group_by == crate::dataset::split::GroupBy::Image {
+            outln!("note: the dataset has no patient ids, so images were split individually");
+        }
+        if report.unassigned > 0 {
+            outln!(
+                "note: {} unusable images were left out of every split",
+                report.unassigned
+            );
+        }
+    }
+    if let Some(path) = written {
+        eprintln!("wrote {}", path.display());
+    }
+    if report.leaks.is_empty() {
+        if !json {
+            outln!("leakage check: passed, no patient on more than one side");
+        }
+        0
+    } else {
+        eprintln!(
+            "leakage check FAILED: {} patient(s) on more than one side:",
+            report.leaks.len()
+        );
+        for leak in &report.leaks {
+            let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
+            eprintln!(
+                "  patient {} ({} images) in {}",
+                leak.patient,
+                leak.images,
+                sides.join(" and ")
+            );
+        }
+        exit::LEAKAGE
+    }
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<u8> {
+    let config = crate::dataset::synth::SynthConfig {
+        patients: args.patients,
+        images_per_patient: args.images,
+        max_cells: args.max_cells,
+        size: args.size,
+        hem_every: args.hem_every,
+        seed: args.seed,
+    };
+    let start = std::time::Instant::now();
+    let summary = crate::dataset::synth::generate(&args.dir, &config)?;
+    outln!(
+        "wrote {} synthetic images ({} all patients, {} hem subjects, {:.1} MB) to {} in {:.1} s",
+        summary.files,
+        summary.patients_all,
+        summary.patients_hem,
+        summary.bytes as f64 / 1e6,
+        args.dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}

@@ -1,0 +1,509 @@
+//! `train`, `predict`, `evaluate`, `serve`, `weights` and the model benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::dataset::{DatasetFormat, OpenOptions};
+use crate::model::backend::{self, BackendChoice};
+use crate::train::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::train::engine::{TrainJob, train};
+use crate::train::events::{Phase, TrainEvent};
+use crate::train::features::FeatureCache;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset folder or CSV (a split CSV from `cellbench split` works too).
+    #[arg(required_unless_present_any = ["split", "resume"])]
+    pub dataset: Option<PathBuf>,
+    /// A split CSV (with a `split` column) to train on instead of splitting here.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// A TOML run configuration; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// binary, multi-class, multi-label or ordinal (default: from the data).
+    #[arg(long, value_parser = parse_task)]
+    pub task: Option<Task>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long = "lr")]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// sgd, adam or adamw.
+    #[arg(long)]
+    pub optimizer: Option<Optimizer>,
+    /// constant, cosine or plateau.
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
+    /// none, class-weights or oversample.
+    #[arg(long)]
+    pub imbalance: Option<Imbalance>,
+    /// Input side in pixels.
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Fine-tuning: number of last backbone blocks to train.
+    #[arg(long)]
+    pub unfreeze: Option<usize>,
+    #[arg(long)]
+    pub patience: Option<u32>,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Dropout before the classification head.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto, wgpu or cpu.
+    #[arg(long)]
+    pub backend: Option<BackendChoice>,
+    /// Folder that holds run folders.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print every event as a JSON line on stdout (instead of a progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    match s {
+        "binary" => Ok(Task::Binary),
+        "multi-class" | "multiclass" => Ok(Task::MultiClass),
+        "multi-label" | "multilabel" => Ok(Task::MultiLabel),
+        "ordinal" => Ok(Task::Ordinal),
+        _ => Err("expected binary, multi-class, multi-label or ordinal".into()),
+    }
+}
+
+/// Where a run's dataset came from, saved in the run folder so `--resume` can reopen it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DatasetRef {
+    source: PathBuf,
+    options: OpenOptions,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => toml::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
+            None => TrainConfig::for_mode(self.mode.unwrap_or_default()),
+        };
+        if let Some(v) = self.mode {
+            c.mode = v;
+        }
+        c.task = self.task.or(c.task);
+        macro_rules! set {
+            ($($field:ident <- $arg:expr),*) => { $( if let Some(v) = $arg { c.$field = v; } )* };
+        }
+        set!(epochs <- self.epochs, batch_size <- self.batch_size, learning_rate <- self.learning_rate,
+             weight_decay <- self.weight_decay, optimizer <- self.optimizer, schedule <- self.schedule,
+             imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend);
+        if let Some(s) = self.image_size {
+            c.preprocess.size = s;
+        }
+        if let Some(p) = self.patience {
+            c.early_stopping_patience = Some(p);
+        }
+        if self.no_augment {
+            c.augment = crate::dataset::preprocess::Augment::none();
+        }
+        Ok(c)
+    }
+}
+
+pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
+    let (config, source, options) = match &args.resume {
+        Some(run) => {
+            let r: DatasetRef = serde_json::from_slice(
+                &std::fs::read(run.join("dataset.json")).context("the run has no dataset.json")?,
+            )?;
+            (crate::runs::read_config(run)?, r.source, r.options)
+        }
+        None => {
+            let (source, options) = match (&args.split, &args.dataset) {
+                (Some(split), _) => (
+                    split.clone(),
+                    OpenOptions {
+                        format: Some(DatasetFormat::Csv),
+                        ..Default::default()
+                    },
+                ),
+                (None, Some(d)) => (d.clone(), OpenOptions::default()),
+                (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
+            };
+            (args.config()?, source, options)
+        }
+    };
+    let manifest = crate::dataset::open(&source, &options)?;
+    let job = TrainJob {
+        config,
+        manifest,
+        runs_root: args.runs.clone(),
+        resume: args.resume.clone(),
+        cache: (!args.no_cache).then(FeatureCache::default_location),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+        })
+        .ok();
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<TrainEvent>();
+    let dataset_ref = DatasetRef {
+        source: std::path::absolute(&source).unwrap_or(source),
+        options,
+    };
+    // All burn work of the run on one dedicated thread.
+    let worker = {
+        let cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("train".into())
+            .spawn(move || {
+                let mut first = true;
+                train(
+                    job,
+                    &mut |e: &TrainEvent| {
+                        if first {
+                            first = false;
+                        }
+                        tx.send(e.clone()).ok();
+                    },
+                    &cancel,
+                )
+            })?
+    };
+    let mut bar = ProgressView::new(args.json);
+    let mut wrote_ref = false;
+    for event in rx {
+        if !wrote_ref {
+            if let TrainEvent::Started { run_id, .. } = &event {
+                let dir = args
+                    .resume
+                    .clone()
+                    .unwrap_or_else(|| args.runs.join(run_id));
+                crate::fsio::write_atomic_bytes(
+                    &dir.join("dataset.json"),
+                    &serde_json::to_vec_pretty(&dataset_ref)?,
+                )?;
+                wrote_ref = true;
+            }
+        }
+        bar.show(&event);
+    }
+    bar.finish();
+    let outcome = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the training thread panicked"))??;
+    eprintln!("run folder: {}", outcome.run_dir.display());
+    if let Some(m) = &outcome.metrics {
+        if !args.json {
+            for t in crate::train::report::metrics_tables("validation", m) {
+                outln!("{t}");
+            }
+        }
+    }
+    Ok(match outcome.state {
+        crate::runs::RunState::Finished => 0,
+        crate::runs::RunState::Cancelled => 130,
+        _ => 1,
+    })
+}
+
+/// Renders events as a progress bar and log lines (or JSON lines).
+pub struct ProgressView {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    phase: Option<Phase>,
+}
+
+impl ProgressView {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            bar: None,
+            phase: None,
+        }
+    }
+
+    fn println(&self, s: String) {
+        match &self.bar {
+            Some(b) if !b.is_hidden() => b.println(s),
+            _ => eprintln!("{s}"),
+        }
+    }
+
+    pub fn show(&mut self, event: &TrainEvent) {
+        if self.json {
+            outln!("{}", event.to_json_line());
+            return;
+        }
+        match event {
+            TrainEvent::Started {
+                run_id,
+                mode,
+                task,
+                labels,
+                train_images,
+                val_images,
+                device,
+                epochs,
+            } => {
+                eprintln!(
+                    "run {run_id}: {mode:?} {task:?} on {device}; {} labels, {train_images} train / {val_images} val images, {epochs} epochs",
+                    labels.len()
+                );
+            }
+            TrainEvent::Progress { phase, done, total } => {
+                if self.phase != Some(*phase) {
+                    if let Some(b) = self.bar.take() {
+                        b.finish_and_clear();
+                    }
+                    let b = indicatif::ProgressBar::new(*total as u64);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg:>9} [{bar:40}] {pos}/{len} ({eta} left)",
+                        )
+                        .expect("template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_message(format!("{phase:?}").to_lowercase());
+                    self.bar = Some(b);
+                    self.phase = Some(*phase);
+                }
+                if let Some(b) = &self.bar {
+                    b.set_length(*total as u64);
+                    b.set_position(*done as u64);
+                }
+            }
+            TrainEvent::Epoch {
+                epoch,
+                learning_rate,
+                train,
+                val,
+                ..
+            } => {
+                self.phase = None;
+                if let Some(b) = &self.bar {
+                    b.set_position(0);
+                }
+                let v = val.as_ref().map_or_else(String::new, |v| {
+                    format!(
+                        "  val loss {:.4} acc {:.3} bal {:.3} F1 {:.3} AUC {}",
+                        v.loss,
+                        v.accuracy,
+                        v.balanced_accuracy,
+                        v.macro_f1,
+                        v.macro_auc.map_or("-".into(), |a| format!("{a:.3}"))
+                    )
+                });
+                self.println(format!(
+                    "epoch {epoch:>3}  lr {learning_rate:.2e}  train loss {:.4} acc {:.3}{v}",
+                    train.loss, train.accuracy
+                ));
+            }
+            TrainEvent::Warning { message } => self.println(format!("warning: {message}")),
+            TrainEvent::Finished {
+                best_epoch,
+                elapsed_secs,
+                patient_metrics,
+                ..
+            } => {
+                self.println(format!(
+                    "finished in {elapsed_secs:.1} s; best epoch {best_epoch}"
+                ));
+                if let Some(p) = patient_metrics {
+                    self.println(format!(
+                        "patient level ({} patients): accuracy {:.3}, balanced {:.3}, macro F1 {:.3}",
+                        p.n, p.accuracy, p.balanced_accuracy, p.macro_f1
+                    ));
+                }
+            }
+            TrainEvent::Failed { error } => self.println(format!("failed: {error}")),
+            TrainEvent::Cancelled { epoch } => self.println(format!(
+                "cancelled after epoch {epoch}; resume with --resume <run>"
+            )),
+            TrainEvent::Confusion { .. } | TrainEvent::Checkpoint { .. } => {}
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A finished run folder.
+    pub run: PathBuf,
+    /// An image, a folder of images, or a manifest CSV.
+    pub input: PathBuf,
+    #[arg(long, short, default_value = "predictions.csv")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
+    let compute = backend::select(args.backend)?;
+    let paths = crate::infer::collect_inputs(&args.input)?;
+    anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
+    let worker = std::thread::Builder::new().name("predict".into()).spawn(
+        move || -> anyhow::Result<_> {
+            let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?;
+            eprintln!(
+                "predicting {} images on {}",
+                paths.len(),
+                compute.description
+            );
+            let bar = indicatif::ProgressBar::new(paths.len() as u64);
+            let summary = crate::infer::predict_to_csv(
+                &classifier,
+                &paths,
+                &args.out,
+                args.batch_size,
+                &mut |d, _| bar.set_position(d as u64),
+            )?;
+            bar.finish_and_clear();
+            Ok((summary, args.out))
+        },
+    )?;
+    let (summary, out) = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the prediction thread panicked"))??;
+    for (path, reason) in &summary.failed {
+        eprintln!("skipped unreadable image ({reason}): {path}");
+    }
+    eprintln!(
+        "wrote {} predictions to {}",
+        summary.predicted,
+        out.display()
+    );
+    Ok(if summary.failed.is_empty() {
+        0
+    } else {
+        crate::cli::exit::PROBLEMS
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Predictions CSV with p_<label> columns.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// CSV with the true labels (path + label columns), if the predictions have none.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    #[arg(long, value_parser = parse_task)]
+    pub task: Option<Task>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn evaluate_cmd(args: EvaluateArgs) -> anyhow::Result<u8> {
+    let e = crate::infer::evaluate::evaluate_csv(&args.pred, args.truth.as_deref(), args.task)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        for t in crate::train::report::metrics_tables("images", &e.metrics) {
+            outln!("{t}");
+        }
+        if let Some(p) = &e.patient_metrics {
+            for t in crate::train::report::metrics_tables("patients", p)
+                .into_iter()
+                .take(1)
+            {
+                outln!("{t}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    pub run: PathBuf,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+pub fn serve_cmd(args: ServeArgs) -> anyhow::Result<u8> {
+    let compute = backend::select(args.backend)?;
+    let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?;
+    crate::infer::serve::serve(&classifier, &format!("{}:{}", args.host, args.port))?;
+    Ok(0)
+}
+
+/// `cellbench weights check [image]`: ImageNet top-5 of a photo through the bundled backbone.
+pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> anyhow::Result<u8> {
+    use burn::tensor::{Tensor, TensorData, activation};
+    let compute = backend::select(backend_choice)?;
+    let path = image.map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/chelsea.png"),
+        Path::to_owned,
+    );
+    let img = crate::dataset::image_io::decode_file(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let pre = crate::dataset::preprocess::Preprocess {
+        size: 224,
+        border_crop: false,
+        center_crop: false,
+    };
+    let model = crate::train::features::load_backbone(&compute.device)?;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(pre.apply(&img), [1, 3, 224, 224]),
+        &compute.device,
+    );
+    let probs: Vec<f32> = activation::softmax(model.logits(x), 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let classes = crate::model::efficientnet::imagenet_classes();
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    outln!(
+        "EfficientNet-Lite0 (ImageNet) on {} [{}]:",
+        path.display(),
+        compute.description
+    );
+    for &i in idx.iter().take(5) {
+        outln!(
+            "  {:6.2}%  {:>4}  {}",
+            probs[i] * 100.0,
+            i,
+            classes.get(i).map_or("?", String::as_str)
+        );
+    }
+    Ok(0)
+}

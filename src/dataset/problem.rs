@@ -1,0 +1,117 @@
+//! Per-file trouble found while opening a dataset: listed, counted, never fatal.
+
+/// What kind of trouble a file or row has.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// A zero-byte file.
+    EmptyFile,
+    /// The header or pixels could not be decoded (truncated, corrupt, too large).
+    Unreadable,
+    /// An image whose name does not follow the dataset's naming convention.
+    NameMismatch,
+    /// An image lying directly in the root of a class-folder dataset (no label).
+    NoClassFolder,
+    /// A CSV row whose image file is not there.
+    MissingImage,
+    /// A CSV row that repeats an earlier row's image.
+    DuplicatePath,
+    /// A CSV row with an empty path or label.
+    BadRow,
+    /// A file name that is not valid UTF-8.
+    NonUtf8Name,
+    /// The walk could not enter a path: a symlink loop, a permission error, …
+    WalkError,
+    /// A file without an image extension (skipped).
+    NotAnImage,
+}
+
+impl ProblemKind {
+    /// Short description shown in tables.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::EmptyFile => "empty file (0 bytes)",
+            Self::Unreadable => "unreadable or corrupt image",
+            Self::NameMismatch => "name does not follow the naming convention",
+            Self::NoClassFolder => "image not inside a class folder",
+            Self::MissingImage => "image listed but not found",
+            Self::DuplicatePath => "image listed more than once",
+            Self::BadRow => "row without path or label",
+            Self::NonUtf8Name => "file name is not valid UTF-8",
+            Self::WalkError => "could not walk into path (symlink loop, permissions)",
+            Self::NotAnImage => "not an image file (skipped)",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EmptyFile => "empty-file",
+            Self::Unreadable => "unreadable",
+            Self::NameMismatch => "name-mismatch",
+            Self::NoClassFolder => "no-class-folder",
+            Self::MissingImage => "missing-image",
+            Self::DuplicatePath => "duplicate-path",
+            Self::BadRow => "bad-row",
+            Self::NonUtf8Name => "non-utf8-name",
+            Self::WalkError => "walk-error",
+            Self::NotAnImage => "not-an-image",
+        }
+    }
+}
+
+/// One problem with one file or row.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The file (or CSV row reference) concerned, lossily converted for display.
+    pub path: String,
+    /// Details, e.g. the decoder's message.
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemKind, path: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// All problems of one kind.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProblemSummary {
+    pub kind: ProblemKind,
+    pub description: String,
+    pub count: usize,
+    /// Up to [`EXAMPLES_PER_KIND`] examples, `path: detail`.
+    pub examples: Vec<String>,
+}
+
+/// How many example paths a summary keeps per kind.
+pub const EXAMPLES_PER_KIND: usize = 5;
+
+/// Groups problems by kind (in [`ProblemKind`] order).
+pub fn summarise(problems: &[Problem]) -> Vec<ProblemSummary> {
+    let mut by_kind: std::collections::BTreeMap<ProblemKind, ProblemSummary> = Default::default();
+    for p in problems {
+        let entry = by_kind.entry(p.kind).or_insert_with(|| ProblemSummary {
+            kind: p.kind,
+            description: p.kind.description().to_owned(),
+            count: 0,
+            examples: Vec::new(),
+        });
+        entry.count += 1;
+        if entry.examples.len() < EXAMPLES_PER_KIND {
+            entry.examples.push(if p.detail.is_empty() {
+                p.path.clone()
+            } else {
+                format!("{}: {}", p.path, p.detail)
+            });
+        }
+    }
+    by_kind.into_values().collect()
+}

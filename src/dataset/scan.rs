@@ -1,0 +1,263 @@
+//! Parallel folder walk → [`Manifest`] for C-NMC and class-folder datasets.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::naming::{is_image_extension, parse_cnmc};
+use super::{DatasetFormat, Manifest, OpenError, Problem, ProblemKind, Record, relative_path};
+
+/// Documentation and label files that datasets keep beside their images; skipped silently.
+const SIDECAR_EXTENSIONS: [&str; 10] = [
+    "txt", "md", "csv", "tsv", "json", "toml", "yaml", "yml", "xml", "pdf",
+];
+
+/// A file found by the walk.
+#[derive(Debug)]
+pub struct FoundFile {
+    /// Relative to the walk root, `/`-separated.
+    pub rel: String,
+    pub bytes: u64,
+}
+
+/// What a walk found: image files (by extension) and the problems met on the way.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub images: Vec<FoundFile>,
+    pub problems: Vec<Problem>,
+}
+
+/// Walks `root` in parallel, following symlinks (loops become problems), skipping hidden
+/// files. Image files are returned sorted by path.
+pub fn walk_images(root: &Path) -> Walk {
+    let out = Mutex::new(Walk::default());
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .hidden(true)
+        .follow_links(true)
+        .threads(threads)
+        .build_parallel();
+    walker.run(|| {
+        let out = &out;
+        let mut local = Walk::default();
+        // Flush the thread-local batch into the shared result when the visitor is dropped.
+        struct Flush<'a> {
+            local: Walk,
+            out: &'a Mutex<Walk>,
+        }
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                out.images.append(&mut self.local.images);
+                out.problems.append(&mut self.local.problems);
+            }
+        }
+        local.images.reserve(1024);
+        let mut flush = Flush { local, out };
+        Box::new(move |entry| {
+            visit(root, entry, &mut flush.local);
+            ignore::WalkState::Continue
+        })
+    });
+    let mut walk = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    walk.images.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    walk.problems
+        .sort_by(|a, b| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
+    walk
+}
+
+fn visit(root: &Path, entry: Result<ignore::DirEntry, ignore::Error>, out: &mut Walk) {
+    let entry = match entry {
+        Ok(entry) => entry,
+        Err(err) => {
+            let path = error_path(&err).map_or_else(String::new, |p| p.display().to_string());
+            out.problems
+                .push(Problem::new(ProblemKind::WalkError, path, strip_path(&err)));
+            return;
+        }
+    };
+    if !entry.file_type().is_some_and(|t| t.is_file()) {
+        return;
+    }
+    let path = entry.path();
+    let Some(rel) = relative_path(path, root) else {
+        out.problems.push(Problem::new(
+            ProblemKind::NonUtf8Name,
+            path.to_string_lossy(),
+            "skipped",
+        ));
+        return;
+    };
+    let ext = rel.rsplit_once('.').map_or("", |(_, e)| e);
+    if !is_image_extension(ext) {
+        if SIDECAR_EXTENSIONS
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(ext))
+        {
+            return; // README.txt, labels.csv, … sit beside images in most datasets.
+        }
+        out.problems
+            .push(Problem::new(ProblemKind::NotAnImage, rel, String::new()));
+        return;
+    }
+    let bytes = match entry.metadata() {
+        Ok(m) => m.len(),
+        Err(err) => {
+            out.problems
+                .push(Problem::new(ProblemKind::WalkError, rel, err.to_string()));
+            return;
+        }
+    };
+    out.images.push(FoundFile { rel, bytes });
+}
+
+fn error_path(err: &ignore::Error) -> Option<PathBuf> {
+    match err {
+        ignore::Error::WithPath { path, .. } => Some(path.clone()),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child.clone()),
+        _ => None,
+    }
+}
+
+/// The error's message without the path (which is reported separately).
+fn strip_path(err: &ignore::Error) -> String {
+    match err {
+        ignore::Error::WithPath { err, .. } => strip_path(err),
+        ignore::Error::WithDepth { err, .. } => strip_path(err),
+        ignore::Error::Loop { ancestor, .. } => {
+            format!("symlink loop back to {}", ancestor.display())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Scans a folder dataset (C-NMC names or class folders).
+pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifest, OpenError> {
+    let walk = walk_images(root);
+    if walk.images.is_empty() {
+        return Err(OpenError::NoImages {
+            path: root.to_owned(),
+        });
+    }
+    let format = format.unwrap_or_else(|| detect_folder_format(&walk.images));
+    let mut problems = walk.problems;
+    let parsed: Vec<Result<Record, Problem>> = walk
+        .images
+        .into_par_iter()
+        .map(|file| match format {
+            DatasetFormat::Cnmc => cnmc_record(file),
+            _ => class_folder_record(file),
+        })
+        .collect();
+    let mut records = Vec::with_capacity(parsed.len());
+    for r in parsed {
+        match r {
+            Ok(record) => {
+                if record.bytes == Some(0) {
+                    problems.push(Problem::new(
+                        ProblemKind::EmptyFile,
+                        record.path.clone(),
+                        "",
+                    ));
+                }
+                records.push(record);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if records.is_empty() {
+        // Images exist but none fits the format: the problems say why.
+        let hint = problems
+            .iter()
+            .find(|p| p.kind == ProblemKind::NameMismatch || p.kind == ProblemKind::NoClassFolder);
+        if hint.is_some() {
+            return Ok(Manifest {
+                root: root.to_owned(),
+                source: root.to_owned(),
+                format,
+                records,
+                problems,
+            });
+        }
+        return Err(OpenError::NoImages {
+            path: root.to_owned(),
+        });
+    }
+    Ok(Manifest {
+        root: root.to_owned(),
+        source: root.to_owned(),
+        format,
+        records,
+        problems,
+    })
+}
+
+/// C-NMC when at least half of the image names parse as C-NMC names.
+pub fn detect_folder_format(images: &[FoundFile]) -> DatasetFormat {
+    let sample = images.len().min(2000);
+    let step = (images.len() / sample.max(1)).max(1);
+    let hits = images
+        .iter()
+        .step_by(step)
+        .take(sample)
+        .filter(|f| parse_cnmc(file_name(&f.rel)).is_some())
+        .count();
+    if hits * 2 >= sample {
+        DatasetFormat::Cnmc
+    } else {
+        DatasetFormat::ClassFolders
+    }
+}
+
+fn file_name(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or(rel, |(_, name)| name)
+}
+
+fn empty_file_problem(bytes: u64) -> Option<String> {
+    (bytes == 0).then(|| ProblemKind::EmptyFile.description().to_owned())
+}
+
+fn cnmc_record(file: FoundFile) -> Result<Record, Problem> {
+    let Some(name) = parse_cnmc(file_name(&file.rel)) else {
+        return Err(Problem::new(
+            ProblemKind::NameMismatch,
+            file.rel,
+            "expected UID_<patient>_<image>_<cell>_<all|hem>.<ext>",
+        ));
+    };
+    Ok(Record {
+        problem: empty_file_problem(file.bytes),
+        path: file.rel,
+        labels: vec![name.label],
+        patient: Some(name.patient),
+        image_no: Some(name.image_no),
+        cell_no: Some(name.cell_no),
+        bytes: Some(file.bytes),
+        ..Default::default()
+    })
+}
+
+fn class_folder_record(file: FoundFile) -> Result<Record, Problem> {
+    let Some((dir, _name)) = file.rel.rsplit_once('/') else {
+        return Err(Problem::new(
+            ProblemKind::NoClassFolder,
+            file.rel,
+            "put images in <root>/<label>/",
+        ));
+    };
+    let label = file_name(dir).to_owned();
+    Ok(Record {
+        problem: empty_file_problem(file.bytes),
+        labels: vec![label],
+        bytes: Some(file.bytes),
+        path: file.rel,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,479 @@
+//! Patient-grouped, label-stratified, seeded train/validation/test splits and the leakage check.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::Record;
+
+/// Which side of a split an image sits on.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Self; 3] = [Self::Train, Self::Val, Self::Test];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Val => "val",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" | "training" => Ok(Self::Train),
+            "val" | "valid" | "validation" => Ok(Self::Val),
+            "test" | "testing" => Ok(Self::Test),
+            other => Err(format!(
+                "unknown split {other:?} (expected train, val or test)"
+            )),
+        }
+    }
+}
+
+/// Parameters of a split. Fractions are of images; patients are never divided.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SplitConfig {
+    /// Fraction of images for the test side.
+    pub test: f64,
+    /// Fraction of images for the validation side.
+    pub val: f64,
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            test: 0.2,
+            val: 0.1,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SplitError {
+    #[error(
+        "split fractions must be in [0, 1) and leave some training data (test {test} + val {val})"
+    )]
+    BadFractions { test: f64, val: f64 },
+    #[error("the dataset has no usable images to split")]
+    Empty,
+}
+
+/// What the split keeps together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Every image of a patient lands on the same side.
+    Patient,
+    /// The dataset has no patient ids: images are split individually.
+    Image,
+}
+
+/// Counts of one side of a split.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SplitCounts {
+    pub split: Split,
+    pub images: usize,
+    /// Distinct patients (0 when the dataset has none).
+    pub patients: usize,
+    /// Images per label (a multi-label image counts for each of its labels).
+    pub labels: BTreeMap<String, usize>,
+}
+
+/// A patient found on more than one side.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Leak {
+    pub patient: String,
+    pub splits: Vec<Split>,
+    pub images: usize,
+}
+
+/// The outcome of a split, or of checking an existing one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SplitReport {
+    pub group_by: GroupBy,
+    pub counts: Vec<SplitCounts>,
+    /// Empty when no patient crosses sides.
+    pub leaks: Vec<Leak>,
+    /// Images without a split (unusable images are left out of every side).
+    pub unassigned: usize,
+}
+
+impl SplitReport {
+    /// Builds the report of whatever split the records carry.
+    pub fn of(records: &[Record]) -> Self {
+        let group_by = if records.iter().any(|r| r.patient.is_some()) {
+            GroupBy::Patient
+        } else {
+            GroupBy::Image
+        };
+        let mut counts: Vec<SplitCounts> = Split::ALL
+            .iter()
+            .map(|&split| SplitCounts {
+                split,
+                images: 0,
+                patients: 0,
+                labels: BTreeMap::new(),
+            })
+            .collect();
+        let mut patients: [BTreeSet<&str>; 3] = Default::default();
+        let mut unassigned = 0;
+        for r in records {
+            let Some(split) = r.split else {
+                unassigned += 1;
+                continue;
+            };
+            let i = split as usize;
+            counts[i].images += 1;
+            for l in &r.labels {
+                *counts[i].labels.entry(l.clone()).or_default() += 1;
+            }
+            if let Some(p) = &r.patient {
+                patients[i].insert(p);
+            }
+        }
+        for (c, p) in counts.iter_mut().zip(&patients) {
+            c.patients = p.len();
+        }
+        counts.retain(|c| c.images > 0 || c.split == Split::Train);
+        Self {
+            group_by,
+            counts,
+            leaks: check_leakage(records),
+            unassigned,
+        }
+    }
+}
+
+/// Every patient whose images sit on more than one side, sorted by patient id.
+pub fn check_leakage(records: &[Record]) -> Vec<Leak> {
+    let mut sides: BTreeMap<&str, (BTreeSet<Split>, usize)> = BTreeMap::new();
+    for r in records {
+        if let (Some(p), Some(s)) = (&r.patient, r.split) {
+            let e = sides.entry(p).or_default();
+            e.0.insert(s);
+            e.1 += 1;
+        }
+    }
+    sides
+        .into_iter()
+        .filter(|(_, (s, _))| s.len() > 1)
+        .map(|(p, (s, n))| Leak {
+            patient: p.to_owned(),
+            splits: s.into_iter().collect(),
+            images: n,
+        })
+        .collect()
+}
+
+/// Assigns every usable record to a side: patients kept whole, stratified by label, seeded.
+/// Records with a problem get no side. Returns one entry per record.
+pub fn assign_splits(
+    records: &[Record],
+    config: &SplitConfig,
+) -> Result<Vec<Option<Split>>, SplitError> {
+    let (test, val) = (config.test, config.val);
+    let ok = |f: f64| (0.0..1.0).contains(&f);
+    if !ok(test) || !ok(val) || test + val >= 1.0 {
+        return Err(SplitError::BadFractions { test, val });
+    }
+    let fractions = [1.0 - test - val, val, test];
+
+    // Groups: patients, or single images when there are no patient ids.
+    let by_patient = records.iter().any(|r| r.patient.is_some());
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if !r.is_usable() {
+            continue;
+        }
+        let key = match (&r.patient, by_patient) {
+            (Some(p), true) => p.clone(),
+            _ => format!("\u{0}{}", r.path), // images without a patient stay alone
+        };
+        groups.entry(key).or_default().push(i);
+    }
+    if groups.is_empty() {
+        return Err(SplitError::Empty);
+    }
+
+    // Global label frequency, to stratify multi-label groups by their rarest label.
+    let mut label_freq: HashMap<&str, usize> = HashMap::new();
+    for r in records.iter().filter(|r| r.is_usable()) {
+        for l in &r.labels {
+            *label_freq.entry(l).or_default() += 1;
+        }
+    }
+    let stratum_of = |members: &[usize]| -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for &i in members {
+            for l in &records[i].labels {
+                *counts.entry(l).or_default() += 1;
+            }
+        }
+        let multi = members.iter().any(|&i| records[i].labels.len() > 1);
+        let pick = if multi {
+            counts.keys().min_by_key(|l| (label_freq[*l], **l))
+        } else {
+            counts
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(l, _)| l)
+        };
+        pick.map_or_else(String::new, |l| (*l).to_owned())
+    };
+    let mut strata: BTreeMap<String, Vec<Vec<usize>>> = BTreeMap::new();
+    for members in groups.into_values() {
+        strata
+            .entry(stratum_of(&members))
+            .or_default()
+            .push(members);
+    }
+
+    let mut rng = SplitMix64::new(config.seed);
+    let mut out = vec![None; records.len()];
+    for mut stratum_groups in strata.into_values() {
+        rng.shuffle(&mut stratum_groups);
+        let total: usize = stratum_groups.iter().map(Vec::len).sum();
+        let targets = fractions.map(|f| f * total as f64);
+        let mut assigned = [0usize; 3];
+        for members in stratum_groups {
+            // The side furthest below its target takes the group.
+            let side = (0..3)
+                .filter(|&k| fractions[k] > 0.0)
+                .max_by(|&a, &b| {
+                    let da = targets[a] - assigned[a] as f64;
+                    let db = targets[b] - assigned[b] as f64;
+                    da.total_cmp(&db).then(b.cmp(&a))
+                })
+                .unwrap_or(0);
+            assigned[side] += members.len();
+            for i in members {
+                out[i] = Some(Split::ALL[side]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A tiny, fully specified PRNG so that a seed gives the same split on every platform and
+/// every version of every dependency.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Fisher–Yates.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(path: &str, label: &str, patient: Option<&str>) -> Record {
+        Record {
+            path: path.into(),
+            labels: vec![label.into()],
+            patient: patient.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    /// 40 patients, label by patient, 1–9 images each.
+    fn cohort() -> Vec<Record> {
+        let mut rng = SplitMix64::new(1);
+        let mut out = Vec::new();
+        for p in 0..40 {
+            let label = if p % 4 == 0 { "hem" } else { "all" };
+            for i in 0..(1 + rng.below(9)) {
+                out.push(rec(&format!("p{p}/{i}.bmp"), label, Some(&format!("P{p}"))));
+            }
+        }
+        out
+    }
+
+    fn apply(records: &mut [Record], cfg: &SplitConfig) {
+        let sides = assign_splits(records, cfg).unwrap();
+        for (r, s) in records.iter_mut().zip(sides) {
+            r.split = s;
+        }
+    }
+
+    #[test]
+    fn no_patient_on_two_sides() {
+        for seed in 0..20 {
+            let mut records = cohort();
+            apply(
+                &mut records,
+                &SplitConfig {
+                    test: 0.2,
+                    val: 0.1,
+                    seed,
+                },
+            );
+            assert!(check_leakage(&records).is_empty(), "seed {seed}");
+            assert!(records.iter().all(|r| r.split.is_some()));
+        }
+    }
+
+    #[test]
+    fn stratified_within_tolerance() {
+        let mut records = cohort();
+        apply(
+            &mut records,
+            &SplitConfig {
+                test: 0.25,
+                val: 0.0,
+                seed: 3,
+            },
+        );
+        let report = SplitReport::of(&records);
+        let total = |label: &str| records.iter().filter(|r| r.labels[0] == label).count() as f64;
+        let test = report
+            .counts
+            .iter()
+            .find(|c| c.split == Split::Test)
+            .unwrap();
+        for label in ["all", "hem"] {
+            let share = test.labels[label] as f64 / total(label);
+            // Whole patients of up to 9 images move at once: allow one patient's worth.
+            assert!((share - 0.25).abs() < 0.12, "{label}: {share}");
+        }
+        assert!(report.counts.iter().all(|c| c.split != Split::Val));
+    }
+
+    #[test]
+    fn same_seed_same_split_other_seed_other_split() {
+        let split = |seed| {
+            let mut r = cohort();
+            apply(
+                &mut r,
+                &SplitConfig {
+                    test: 0.2,
+                    val: 0.1,
+                    seed,
+                },
+            );
+            r.into_iter().map(|r| r.split).collect::<Vec<_>>()
+        };
+        assert_eq!(split(7), split(7));
+        assert_ne!(split(7), split(8));
+    }
+
+    #[test]
+    fn leakage_is_reported_with_every_patient() {
+        let mut records = vec![
+            rec("a", "x", Some("P1")),
+            rec("b", "x", Some("P1")),
+            rec("c", "y", Some("P2")),
+            rec("d", "y", Some("P3")),
+            rec("e", "y", Some("P3")),
+        ];
+        for (r, s) in records.iter_mut().zip([
+            Split::Train,
+            Split::Test,
+            Split::Train,
+            Split::Val,
+            Split::Train,
+        ]) {
+            r.split = Some(s);
+        }
+        let leaks = check_leakage(&records);
+        assert_eq!(
+            leaks,
+            vec![
+                Leak {
+                    patient: "P1".into(),
+                    splits: vec![Split::Train, Split::Test],
+                    images: 2
+                },
+                Leak {
+                    patient: "P3".into(),
+                    splits: vec![Split::Train, Split::Val],
+                    images: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn images_without_patients_split_individually_and_unusable_ones_are_left_out() {
+        let mut records: Vec<Record> = (0..50)
+            .map(|i| rec(&format!("{i}.png"), if i < 25 { "a" } else { "b" }, None))
+            .collect();
+        records[3].problem = Some("unreadable".into());
+        apply(
+            &mut records,
+            &SplitConfig {
+                test: 0.2,
+                val: 0.0,
+                seed: 1,
+            },
+        );
+        let report = SplitReport::of(&records);
+        assert_eq!(report.group_by, GroupBy::Image);
+        assert_eq!(report.unassigned, 1);
+        let test = report
+            .counts
+            .iter()
+            .find(|c| c.split == Split::Test)
+            .unwrap();
+        assert_eq!(test.images, 10);
+    }
+
+    #[test]
+    fn bad_fractions_are_rejected() {
+        let records = cohort();
+        for (test, val) in [(0.6, 0.4), (-0.1, 0.1), (1.0, 0.0)] {
+            assert_eq!(
+                assign_splits(&records, &SplitConfig { test, val, seed: 1 }),
+                Err(SplitError::BadFractions { test, val })
+            );
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Plain tables: printed by the CLI, shown and exported (CSV) by the GUI.
+
+use super::ExploreReport;
+
+/// A titled table of strings. Numbers are pre-formatted; numeric columns right-align.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Table {
+    pub title: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(title: impl Into<String>, headers: &[&str]) -> Self {
+        Self {
+            title: title.into(),
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// RFC 4180 CSV.
+    pub fn to_csv(&self) -> String {
+        let quote = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_owned()
+            }
+        };
+        let mut out = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let cells: Vec<String> = line.iter().map(|c| quote(c)).collect();
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn is_numeric_column(&self, col: usize) -> bool {
+        self.rows.iter().all(|r| {
+            r.get(col).is_none_or(|c| {
+                let c = c.trim_end_matches('%').trim_end_matches('×');
+                c.is_empty() || c == "-" || c.parse::<f64>().is_ok()
+            })
+        })
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, c) in row.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let numeric: Vec<bool> = (0..n).map(|i| self.is_numeric_column(i)).collect();
+        writeln!(f, "{}", self.title)?;
+        let has_header = self.headers.iter().any(|h| !h.is_empty());
+        let line = |f: &mut std::fmt::Formatter<'_>, cells: &[String]| -> std::fmt::Result {
+            let mut parts = Vec::with_capacity(n);
+            for (i, w) in widths.iter().enumerate() {
+                let c = cells.get(i).map_or("", String::as_str);
+                parts.push(if numeric[i] && i > 0 {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                });
+            }
+            writeln!(f, "  {}", parts.join("  ").trim_end())
+        };
+        if has_header {
+            line(f, &self.headers)?;
+            let rule: Vec<String> = widths.iter().map(|w| "─".repeat(*w)).collect();
+            writeln!(f, "  {}", rule.join("  "))?;
+        }
+        for row in &self.rows {
+            line(f, row)?;
+        }
+        Ok(())
+    }
+}
+
+fn fmt_f(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+impl ExploreReport {
+    /// The report as tables, in reading order.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut tables = Vec::new();
+        let s = &self.summary;
+        let mut t = Table::new("Dataset", &["", ""]);
+        t.row(vec!["source".into(), s.source.clone()]);
+        t.row(vec!["format".into(), s.format.description().into()]);
+        t.row(vec!["images".into(), s.images.to_string()]);
+        t.row(vec!["usable images".into(), s.usable_images.to_string()]);
+        t.row(vec!["labels".into(), s.labels.to_string()]);
+        t.row(vec![
+            "patients".into(),
+            s.patients
+                .map_or_else(|| "no patient ids".into(), |p| p.to_string()),
+        ]);
+        t.row(vec![
+            "multi-label".into(),
+            if s.multi_label { "yes" } else { "no" }.into(),
+        ]);
+        tables.push(t);
+
+        let has_patients = s.patients.is_some();
+        let mut headers = vec!["label", "images", "share"];
+        if has_patients {
+            headers.push("patients");
+        }
+        let mut t = Table::new("Images and patients per label", &headers);
+        for l in &self.labels {
+            let mut row = vec![
+                l.label.clone(),
+                l.images.to_string(),
+                format!("{:.1}%", l.share * 100.0),
+            ];
+            if let Some(p) = l.patients {
+                row.push(p.to_string());
+            }
+            t.row(row);
+        }
+        tables.push(t);
+
+        if let Some(cells) = &self.cells {
+            let mut headers: Vec<String> = vec!["label".into()];
+            headers.extend(cells.cell_numbers.iter().map(|c| format!("cell {c}")));
+            let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let mut t = Table::new("Cell number per label (images)", &refs);
+            for (label, counts) in &cells.rows {
+                let mut row = vec![label.clone()];
+                row.extend(counts.iter().map(u64::to_string));
+                t.row(row);
+            }
+            tables.push(t);
+        }
+
+        if let Some(pp) = &self.images_per_patient {
+            let mut t = Table::new(
+                "Images per patient",
+                &["label", "patients", "min", "median", "mean", "max"],
+            );
+            let mut push = |name: &str, d: &super::Distribution| {
+                t.row(vec![
+                    name.to_owned(),
+                    d.patients.to_string(),
+                    d.min.to_string(),
+                    fmt_f(d.median),
+                    format!("{:.1}", d.mean),
+                    d.max.to_string(),
+                ]);
+            };
+            push("(all)", &pp.all);
+            for (label, d) in &pp.by_label {
+                push(label, d);
+            }
+            tables.push(t);
+        }
+
+        if let Some(co) = &self.cooccurrence {
+            let mut t = Table::new(
+                "Most frequent label pairs (images with both)",
+                &["label", "label", "images"],
+            );
+            for (a, b, n) in co.top_pairs(15) {
+                t.row(vec![a, b, n.to_string()]);
+            }
+            tables.push(t);
+        }
+
+        if let Some(im) = &self.imbalance {
+            let mut t = Table::new("Imbalance", &["majority", "minority", "ratio"]);
+            t.row(vec![
+                im.majority.clone(),
+                im.minority.clone(),
+                format!("{:.2}", im.ratio),
+            ]);
+            tables.push(t);
+        }
+
+        if let Some(split) = &self.split {
+            tables.push(split_table(split));
+        }
+
+        let mut t = Table::new("Problems", &["problem", "count", "examples"]);
+        for p in &self.problems {
+            t.row(vec![
+                p.description.clone(),
+                p.count.to_string(),
+                p.examples.join("; "),
+            ]);
+        }
+        if self.problems.is_empty() {
+            t.row(vec!["none".into(), "0".into(), String::new()]);
+        }
+        tables.push(t);
+        tables
+    }
+}
+
+/// Per-split counts with one column per label.
+pub fn split_table(report: &crate::dataset::split::SplitReport) -> Table {
+    let labels: std::collections::BTreeSet<&String> =
+        report.counts.iter().flat_map(|c| c.labels.keys()).collect();
+    let mut headers: Vec<String> = vec!["split".into(), "images".into(), "patients".into()];
+    headers.extend(labels.iter().map(|l| (*l).clone()));
+    let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut t = Table::new(
+        format!("Split (grouped by {:?})", report.group_by).to_lowercase(),
+        &refs,
+    );
+    for c in &report.counts {
+        let mut row = vec![
+            c.split.to_string(),
+            c.images.to_string(),
+            c.patients.to_string(),
+        ];
+        row.extend(
+            labels
+                .iter()
+                .map(|l| c.labels.get(*l).copied().unwrap_or(0).to_string()),
+        );
+        t.row(row);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let mut t = Table::new("t", &["a", "b"]);
+        t.row(vec!["x,y".into(), "say \"hi\"".into()]);
+        assert_eq!(t.to_csv(), "a,b\n\"x,y\",\"say \"\"hi\"\"\"\n");
+    }
+
+    #[test]
+    fn numeric_columns_right_align() {
+        let mut t = Table::new("t", &["label", "n"]);
+        t.row(vec!["long label".into(), "5".into()]);
+        t.row(vec!["b".into(), "1234".into()]);
+        let s = t.to_string();
+        assert!(s.contains("long label     5"), "{s}");
+        assert!(s.contains("b           1234"), "{s}");
+    }
+}

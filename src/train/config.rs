@@ -1,0 +1,281 @@
+//! The training configuration: one struct for the CLI, the GUI, workbooks and cluster jobs.
+
+use crate::dataset::preprocess::{Augment, Preprocess};
+use crate::model::backend::BackendChoice;
+
+pub use super::metrics::Task;
+
+/// How the network is trained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Linear head on cached features of the frozen pretrained backbone. Fast.
+    #[default]
+    Probe,
+    /// New head plus the last backbone blocks unfrozen, trained end to end.
+    Finetune,
+    /// A small CNN from random initialisation (a baseline).
+    Scratch,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "probe" => Ok(Self::Probe),
+            "finetune" | "fine-tune" => Ok(Self::Finetune),
+            "scratch" => Ok(Self::Scratch),
+            other => Err(format!(
+                "unknown mode {other:?} (expected probe, finetune or scratch)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Optimizer {
+    Sgd { momentum: f64 },
+    Adam,
+    AdamW,
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Self::AdamW
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" => Ok(Self::Sgd { momentum: 0.9 }),
+            "adam" => Ok(Self::Adam),
+            "adamw" => Ok(Self::AdamW),
+            other => Err(format!(
+                "unknown optimizer {other:?} (expected sgd, adam or adamw)"
+            )),
+        }
+    }
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay to zero over the epochs.
+    Cosine,
+    /// Multiply by `factor` when validation loss has not improved for `patience` epochs.
+    Plateau {
+        patience: u32,
+        factor: f64,
+    },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self::Cosine
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            "plateau" => Ok(Self::Plateau {
+                patience: 2,
+                factor: 0.3,
+            }),
+            other => Err(format!(
+                "unknown schedule {other:?} (expected constant, cosine or plateau)"
+            )),
+        }
+    }
+}
+
+/// What to do about unequal class sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Imbalance {
+    None,
+    /// Loss weights inversely proportional to class frequency.
+    #[default]
+    ClassWeights,
+    /// Sample rarer classes more often in each epoch.
+    Oversample,
+}
+
+impl std::str::FromStr for Imbalance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "class-weights" | "weights" => Ok(Self::ClassWeights),
+            "oversample" => Ok(Self::Oversample),
+            other => Err(format!(
+                "unknown imbalance handling {other:?} (expected none, class-weights or oversample)"
+            )),
+        }
+    }
+}
+
+/// Everything that defines a training run. Saved as `config.toml` in the run folder.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub mode: Mode,
+    /// `None`: decided from the data (2 labels → binary, `A|B` labels → multi-label,
+    /// retinopathy levels → ordinal, else multi-class).
+    pub task: Option<Task>,
+    pub backbone: String,
+    pub preprocess: Preprocess,
+    pub augment: Augment,
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub warmup_epochs: u32,
+    /// Stop when validation loss has not improved for this many epochs.
+    pub early_stopping_patience: Option<u32>,
+    pub imbalance: Imbalance,
+    /// Dropout before the classification head.
+    pub dropout: f64,
+    /// Fine-tuning: how many of the last backbone blocks are trained.
+    pub unfreeze_blocks: usize,
+    pub seed: u64,
+    pub backend: BackendChoice,
+    /// Without a split column: the share of patients held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Probe,
+            task: None,
+            backbone: "efficientnet-lite0".into(),
+            preprocess: Preprocess::default(),
+            augment: Augment::default(),
+            epochs: 30,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            optimizer: Optimizer::AdamW,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 1,
+            early_stopping_patience: Some(8),
+            imbalance: Imbalance::ClassWeights,
+            dropout: 0.2,
+            unfreeze_blocks: 2,
+            seed: 7,
+            backend: BackendChoice::Auto,
+            val_fraction: 0.2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Sensible defaults per mode (fine-tuning and scratch need smaller steps and more epochs).
+    pub fn for_mode(mode: Mode) -> Self {
+        let base = Self::default();
+        match mode {
+            Mode::Probe => base,
+            Mode::Finetune => Self {
+                mode,
+                epochs: 8,
+                learning_rate: 3e-4,
+                batch_size: 16,
+                ..base
+            },
+            Mode::Scratch => Self {
+                mode,
+                epochs: 20,
+                learning_rate: 2e-3,
+                preprocess: Preprocess {
+                    size: 64,
+                    ..Preprocess::default()
+                },
+                ..base
+            },
+        }
+    }
+
+    /// Learning rate for `epoch` (0-based) from warm-up and schedule; `plateau_scale` is the
+    /// product of reduce-on-plateau factors applied so far.
+    pub fn learning_rate_at(&self, epoch: u32, plateau_scale: f64) -> f64 {
+        let base = self.learning_rate;
+        if epoch < self.warmup_epochs {
+            return base * f64::from(epoch + 1) / f64::from(self.warmup_epochs + 1);
+        }
+        match self.schedule {
+            Schedule::Constant => base,
+            Schedule::Plateau { .. } => base * plateau_scale,
+            Schedule::Cosine => {
+                let span = self.epochs.saturating_sub(self.warmup_epochs).max(1) as f64;
+                let t = f64::from(epoch - self.warmup_epochs) / span;
+                base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
+        anyhow::ensure!(self.batch_size >= 1, "batch size must be at least 1");
+        anyhow::ensure!(
+            self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+            "learning rate must be positive"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout must be in [0, 1)"
+        );
+        anyhow::ensure!(self.preprocess.size >= 16, "image size must be at least 16");
+        anyhow::ensure!(
+            self.backbone == "efficientnet-lite0",
+            "unknown backbone {:?} (available: efficientnet-lite0)",
+            self.backbone
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_partial_files() {
+        let cfg = TrainConfig::for_mode(Mode::Finetune);
+        let text = toml::to_string(&cfg).unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        let partial: TrainConfig = toml::from_str(
+            "epochs = 3\nmode = \"scratch\"\n[optimizer]\nkind = \"sgd\"\nmomentum = 0.8\n",
+        )
+        .unwrap();
+        assert_eq!(partial.epochs, 3);
+        assert_eq!(partial.mode, Mode::Scratch);
+        assert_eq!(partial.optimizer, Optimizer::Sgd { momentum: 0.8 });
+        assert_eq!(partial.batch_size, TrainConfig::default().batch_size);
+    }
+
+    #[test]
+    fn warmup_then_cosine() {
+        let cfg = TrainConfig {
+            epochs: 11,
+            warmup_epochs: 1,
+            learning_rate: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(cfg.learning_rate_at(0, 1.0), 0.5);
+        assert_eq!(cfg.learning_rate_at(1, 1.0), 1.0);
+        assert!((cfg.learning_rate_at(6, 1.0) - 0.5).abs() < 1e-12);
+        assert!(cfg.learning_rate_at(10, 1.0) < 0.03);
+    }
+}

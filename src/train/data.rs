@@ -1,0 +1,154 @@
+//! From a manifest to what training needs: the task, the label list, per-image targets and
+//! the train/validation/test sides.
+
+use std::path::PathBuf;
+
+use crate::dataset::split::{SplitConfig, assign_splits};
+use crate::dataset::{DatasetFormat, Manifest, Split};
+
+use super::config::TrainConfig;
+use super::metrics::Task;
+
+/// The target of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Class index (binary, multi-class, ordinal).
+    Class(usize),
+    /// One flag per label (multi-label).
+    Multi(Vec<bool>),
+}
+
+/// One usable image.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub path: PathBuf,
+    /// As in the manifest (relative to its root), for reports and predictions.
+    pub name: String,
+    pub patient: Option<String>,
+    pub target: Target,
+}
+
+/// A dataset ready for training.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub task: Task,
+    pub labels: Vec<String>,
+    pub items: Vec<Item>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+    /// True when the sides came from the manifest's `split` column.
+    pub split_given: bool,
+}
+
+impl Prepared {
+    /// Images per class on the training side (multi-label: images carrying each label).
+    pub fn train_class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.labels.len()];
+        for &i in &self.train {
+            match &self.items[i].target {
+                Target::Class(c) => counts[*c] += 1,
+                Target::Multi(flags) => {
+                    for (k, &f) in flags.iter().enumerate() {
+                        counts[k] += usize::from(f);
+                    }
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// Decides the task from the data when the config does not name one.
+pub fn infer_task(manifest: &Manifest) -> Task {
+    if manifest.is_multi_label() {
+        Task::MultiLabel
+    } else if manifest.format == DatasetFormat::Retina {
+        Task::Ordinal
+    } else if manifest.label_names().len() == 2 {
+        Task::Binary
+    } else {
+        Task::MultiClass
+    }
+}
+
+/// Orders labels: numerically when all are numbers (ordinal grades), else alphabetically.
+fn ordered_labels(mut labels: Vec<String>) -> Vec<String> {
+    if labels.iter().all(|l| l.parse::<f64>().is_ok()) {
+        labels.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap_or(0.0)
+                .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
+        });
+    }
+    labels
+}
+
+/// Builds targets and sides. Without a `split` column, patients (or images) are split into
+/// train and validation by `config.val_fraction`, seeded.
+pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prepared> {
+    let task = config.task.unwrap_or_else(|| infer_task(manifest));
+    let usable: Vec<&crate::dataset::Record> =
+        manifest.records.iter().filter(|r| r.is_usable()).collect();
+    anyhow::ensure!(!usable.is_empty(), "the dataset has no usable images");
+    let labels = ordered_labels(manifest.label_names());
+    anyhow::ensure!(
+        labels.len() >= 2,
+        "training needs at least two labels, found {labels:?}"
+    );
+    let index = |l: &str| {
+        labels
+            .iter()
+            .position(|x| x == l)
+            .expect("label from the same manifest")
+    };
+    let items: Vec<Item> = usable
+        .iter()
+        .map(|r| Item {
+            path: manifest.image_path(r),
+            name: r.path.clone(),
+            patient: r.patient.clone(),
+            target: if task == Task::MultiLabel {
+                let mut flags = vec![false; labels.len()];
+                for l in &r.labels {
+                    flags[index(l)] = true;
+                }
+                Target::Multi(flags)
+            } else {
+                Target::Class(index(&r.labels[0]))
+            },
+        })
+        .collect();
+    let split_given = usable.iter().any(|r| r.split.is_some());
+    let sides: Vec<Option<Split>> = if split_given {
+        usable.iter().map(|r| r.split).collect()
+    } else {
+        let records: Vec<crate::dataset::Record> = usable.iter().map(|r| (*r).clone()).collect();
+        assign_splits(
+            &records,
+            &SplitConfig {
+                test: 0.0,
+                val: config.val_fraction,
+                seed: config.seed,
+            },
+        )?
+    };
+    let pick =
+        |s: Split| -> Vec<usize> { (0..items.len()).filter(|&i| sides[i] == Some(s)).collect() };
+    let (train, val, test) = (pick(Split::Train), pick(Split::Val), pick(Split::Test));
+    anyhow::ensure!(!train.is_empty(), "the training side is empty");
+    anyhow::ensure!(
+        !val.is_empty(),
+        "the validation side is empty (too few patients/images for a {:.0}% validation split)",
+        config.val_fraction * 100.0
+    );
+    Ok(Prepared {
+        task,
+        labels,
+        items,
+        train,
+        val,
+        test,
+        split_given,
+    })
+}

@@ -1,0 +1,1047 @@
+//! The training loops (probe, fine-tune, scratch) behind `cellbench train`, the GUI's Train
+//! cell and cluster jobs. All burn work of a run happens on the calling thread; callers run
+//! it on a dedicated thread and receive [`TrainEvent`]s through `sink`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::store::{ModuleSnapshot as _, SafetensorsStore};
+use burn::tensor::activation;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::dataset::Manifest;
+use crate::dataset::preprocess::{Augment, Preprocess};
+use crate::dataset::split::SplitMix64;
+use crate::model::backend::{self, Compute};
+use crate::model::efficientnet::{EfficientNetLite, FEATURES, NUM_BLOCKS};
+use crate::model::heads::{Head, SmallCnn};
+use crate::runs::{RunDir, RunState};
+
+use super::config::{Imbalance, Mode, Optimizer, Schedule, TrainConfig};
+use super::data::{Prepared, Target, prepare};
+use super::events::{EpochSide, Phase, TrainEvent};
+use super::features::{FeatureCache, featurize, load_backbone};
+use super::metrics::{self, Metrics, Task};
+
+/// Everything a training job needs.
+pub struct TrainJob {
+    pub config: TrainConfig,
+    pub manifest: Manifest,
+    /// Folder holding run folders (a new `<run-id>/` is created in it).
+    pub runs_root: PathBuf,
+    /// Continue this run folder from its last checkpoint instead of starting a new one.
+    pub resume: Option<PathBuf>,
+    /// Feature cache for probes (`None`: no caching).
+    pub cache: Option<FeatureCache>,
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub run_id: String,
+    pub state: RunState,
+    /// Final validation metrics of the best epoch (finished runs).
+    pub metrics: Option<Metrics>,
+}
+
+/// What a trained model needs besides its weights, saved as `model.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    pub mode: Mode,
+    pub task: Task,
+    pub labels: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Fine-tuning: index of the first trained backbone block.
+    pub finetune_start: usize,
+    /// Probe: per-feature mean and standard deviation used to standardise features.
+    pub feature_mean: Vec<f32>,
+    pub feature_std: Vec<f32>,
+}
+
+impl ModelInfo {
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Probe => "linear probe on EfficientNet-Lite0 features",
+            Mode::Finetune => "fine-tuned EfficientNet-Lite0",
+            Mode::Scratch => "small CNN trained from scratch",
+        }
+    }
+}
+
+/// Per-epoch state saved with each checkpoint, enough to resume.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    /// Epochs completed.
+    epoch: u32,
+    best_epoch: u32,
+    best_val_loss: f64,
+    plateau_scale: f64,
+    /// Epochs since the best validation loss.
+    stale_epochs: u32,
+    last_plateau_epoch: u32,
+}
+
+/// The network being trained, with its input.
+enum Net {
+    Probe(Head),
+    Finetune {
+        backbone: EfficientNetLite,
+        head: Head,
+    },
+    Scratch(SmallCnn),
+}
+
+enum Input {
+    Features(Tensor<2>),
+    Images(Tensor<4>),
+}
+
+impl Net {
+    fn logits(&self, input: Input, finetune_start: usize) -> Tensor<2> {
+        match (self, input) {
+            (Self::Probe(head), Input::Features(x)) => head.forward(x),
+            (Self::Finetune { backbone, head }, Input::Images(x)) => {
+                head.forward(backbone.forward_suffix(x, finetune_start))
+            }
+            (Self::Scratch(cnn), Input::Images(x)) => cnn.forward(x),
+            _ => unreachable!("each network is fed its own input kind"),
+        }
+    }
+
+    fn valid(&self) -> Self {
+        match self {
+            Self::Probe(h) => Self::Probe(h.valid()),
+            Self::Finetune { backbone, head } => Self::Finetune {
+                backbone: backbone.valid(),
+                head: head.valid(),
+            },
+            Self::Scratch(c) => Self::Scratch(c.valid()),
+        }
+    }
+
+    fn train_mode(self) -> Self {
+        match self {
+            Self::Probe(h) => Self::Probe(h.train()),
+            Self::Finetune { backbone, head } => Self::Finetune {
+                backbone: backbone.train(),
+                head: head.train(),
+            },
+            Self::Scratch(c) => Self::Scratch(c.train()),
+        }
+    }
+
+    /// One optimiser step; the optimiser state is per network part.
+    fn step(self, optims: &mut [ModuleOptimizer], lr: f64, loss: Tensor<1>) -> Self {
+        let grads = loss.backward();
+        match self {
+            Self::Probe(h) => {
+                let g = GradientsParams::from_grads(grads, &h);
+                Self::Probe(optims[0].step(lr, h, g))
+            }
+            Self::Finetune { backbone, head } => {
+                let mut grads = grads;
+                let gh = GradientsParams::from_module(&mut grads, &head);
+                let gb = GradientsParams::from_module(&mut grads, &backbone);
+                let head = optims[0].step(lr, head, gh);
+                // Pretrained blocks move more slowly than the new head.
+                let backbone = optims[1].step(lr * 0.3, backbone, gb);
+                Self::Finetune { backbone, head }
+            }
+            Self::Scratch(c) => {
+                let g = GradientsParams::from_grads(grads, &c);
+                Self::Scratch(optims[0].step(lr, c, g))
+            }
+        }
+    }
+
+    /// The weights as safetensors (fine-tuned networks as one [`FinetuneWeights`]).
+    fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        let mut store = SafetensorsStore::from_bytes(None);
+        match self {
+            Self::Probe(h) => h.save_into(&mut store)?,
+            Self::Finetune { backbone, head } => FinetuneWeights {
+                backbone: backbone.clone(),
+                head: head.clone(),
+            }
+            .save_into(&mut store)?,
+            Self::Scratch(c) => c.save_into(&mut store)?,
+        }
+        Ok(store.get_bytes()?)
+    }
+}
+
+/// A fine-tuned network as saved: backbone and head under one root.
+#[derive(Module, Debug)]
+pub struct FinetuneWeights {
+    pub backbone: EfficientNetLite,
+    pub head: Head,
+}
+
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let wd = config.weight_decay as f32;
+    match config.optimizer {
+        Optimizer::Sgd { momentum } => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0),
+            ))
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+        Optimizer::Adam => AdamConfig::new()
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+        Optimizer::AdamW => AdamWConfig::new().with_weight_decay(wd).init(),
+    }
+}
+
+/// Feeds batches: cached features (probe) or decoded, augmented images.
+enum Feeder {
+    Features {
+        /// Standardised features per item (`None`: the image failed).
+        rows: Vec<Option<Vec<f32>>>,
+    },
+    Images {
+        preprocess: Preprocess,
+        augment: Augment,
+        /// Frozen part of a fine-tuned backbone, run without gradients.
+        prefix: Option<(EfficientNetLite, usize)>,
+    },
+}
+
+struct Batch {
+    input: Input,
+    /// Items actually in the batch (failed images left out).
+    items: Vec<usize>,
+    failures: Vec<(PathBuf, String)>,
+}
+
+impl Feeder {
+    fn batch(
+        &self,
+        data: &Prepared,
+        idx: &[usize],
+        train: bool,
+        rng: &mut SplitMix64,
+        device: &Device,
+        plain: &Device,
+    ) -> Batch {
+        match self {
+            Self::Features { rows } => {
+                let items: Vec<usize> =
+                    idx.iter().copied().filter(|&i| rows[i].is_some()).collect();
+                let flat: Vec<f32> = items
+                    .iter()
+                    .flat_map(|&i| rows[i].clone().unwrap_or_default())
+                    .collect();
+                let x =
+                    Tensor::<2>::from_data(TensorData::new(flat, [items.len(), FEATURES]), device);
+                Batch {
+                    input: Input::Features(x),
+                    items,
+                    failures: Vec::new(),
+                }
+            }
+            Self::Images {
+                preprocess,
+                augment,
+                prefix,
+            } => {
+                let side = preprocess.size as usize;
+                let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
+                let loaded: Vec<(usize, Result<Vec<f32>, String>)> = idx
+                    .par_iter()
+                    .zip(seeds)
+                    .map(|(&i, seed)| {
+                        let r = preprocess
+                            .load(&data.items[i].path)
+                            .map_err(|e| e.to_string());
+                        let r = r.map(|mut chw| {
+                            if train && !augment.is_identity() {
+                                augment.apply(&mut chw, side, &mut SplitMix64::new(seed));
+                            }
+                            chw
+                        });
+                        (i, r)
+                    })
+                    .collect();
+                let mut items = Vec::new();
+                let mut flat = Vec::new();
+                let mut failures = Vec::new();
+                for (i, r) in loaded {
+                    match r {
+                        Ok(chw) => {
+                            items.push(i);
+                            flat.extend(chw);
+                        }
+                        Err(e) => failures.push((data.items[i].path.clone(), e)),
+                    }
+                }
+                let n = items.len();
+                let input = match prefix {
+                    Some((frozen, start)) => {
+                        let x = Tensor::<4>::from_data(
+                            TensorData::new(flat, [n, 3, side, side]),
+                            plain,
+                        );
+                        let y = frozen.forward_prefix(x, *start);
+                        Input::Images(if device.is_autodiff() {
+                            y.autodiff()
+                        } else {
+                            y
+                        })
+                    }
+                    None => Input::Images(Tensor::<4>::from_data(
+                        TensorData::new(flat, [n, 3, side, side]),
+                        device,
+                    )),
+                };
+                Batch {
+                    input,
+                    items,
+                    failures,
+                }
+            }
+        }
+    }
+}
+
+/// Loss weights per class (single-label) or positive weights per label (multi-label).
+fn loss_weights(data: &Prepared, imbalance: Imbalance) -> Vec<f32> {
+    let counts = data.train_class_counts();
+    let k = counts.len();
+    let n = data.train.len() as f32;
+    if imbalance != Imbalance::ClassWeights {
+        return vec![1.0; k];
+    }
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                1.0
+            } else if data.task == Task::MultiLabel {
+                ((n - c as f32) / c as f32).clamp(1.0, 50.0)
+            } else {
+                n / (k as f32 * c as f32)
+            }
+        })
+        .collect()
+}
+
+/// Loss of a batch and the probabilities (detached, for metrics).
+fn loss_and_probs(
+    task: Task,
+    logits: Tensor<2>,
+    data: &Prepared,
+    items: &[usize],
+    weights: &[f32],
+) -> (Tensor<1>, Vec<Vec<f32>>) {
+    let device = logits.device();
+    let [b, k] = logits.dims();
+    if task == Task::MultiLabel {
+        let t: Vec<f32> = items
+            .iter()
+            .flat_map(|&i| match &data.items[i].target {
+                Target::Multi(f) => f
+                    .iter()
+                    .map(|&v| f32::from(u8::from(v)))
+                    .collect::<Vec<_>>(),
+                Target::Class(c) => (0..k).map(|j| f32::from(u8::from(j == *c))).collect(),
+            })
+            .collect();
+        let t = Tensor::<2>::from_data(TensorData::new(t, [b, k]), &device);
+        let pw =
+            Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [k]), &device).reshape([1, k]);
+        // Weighted BCE with logits: pw·t·softplus(−x) + (1−t)·softplus(x).
+        let softplus = |x: Tensor<2>| x.clone().clamp_min(0.0) + (x.abs().neg().exp() + 1.0).log();
+        let pos = t.clone() * pw * softplus(logits.clone().neg());
+        let neg = (t.neg() + 1.0) * softplus(logits.clone());
+        let loss = (pos + neg).mean();
+        let probs = activation::sigmoid(logits.detach());
+        (loss, rows(probs, k))
+    } else {
+        let y: Vec<i64> = items
+            .iter()
+            .map(|&i| match &data.items[i].target {
+                Target::Class(c) => *c as i64,
+                Target::Multi(_) => 0,
+            })
+            .collect();
+        let w: Vec<f32> = y.iter().map(|&c| weights[c as usize]).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [b]), &device);
+        let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
+        let lp = activation::log_softmax(logits.clone(), 1);
+        let picked: Tensor<1> = lp.gather(1, y.reshape([b, 1])).reshape([b]);
+        let loss = (picked * w.clone()).sum().neg() / w.sum();
+        let probs = activation::softmax(logits.detach(), 1);
+        (loss, rows(probs, k))
+    }
+}
+
+fn rows(t: Tensor<2>, k: usize) -> Vec<Vec<f32>> {
+    let v: Vec<f32> = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    v.chunks(k).map(<[f32]>::to_vec).collect()
+}
+
+fn evaluate(data: &Prepared, items: &[usize], probs: &[Vec<f32>]) -> Metrics {
+    if data.task == Task::MultiLabel {
+        let truth: Vec<Vec<bool>> = items
+            .iter()
+            .map(|&i| match &data.items[i].target {
+                Target::Multi(f) => f.clone(),
+                Target::Class(_) => vec![false; data.labels.len()],
+            })
+            .collect();
+        metrics::evaluate_multi_label(&data.labels, &truth, probs, 0.5)
+    } else {
+        let truth: Vec<usize> = items.iter().map(|&i| class_of(data, i)).collect();
+        metrics::evaluate_single(data.task, &data.labels, &truth, probs)
+    }
+}
+
+fn class_of(data: &Prepared, i: usize) -> usize {
+    match &data.items[i].target {
+        Target::Class(c) => *c,
+        Target::Multi(_) => 0,
+    }
+}
+
+/// Runs a forward pass without gradients over `items`; returns kept items, probabilities and
+/// mean loss.
+#[allow(clippy::too_many_arguments)]
+fn predict_side(
+    net: &Net,
+    feeder: &Feeder,
+    data: &Prepared,
+    items: &[usize],
+    batch_size: usize,
+    finetune_start: usize,
+    weights: &[f32],
+    plain: &Device,
+) -> (Vec<usize>, Vec<Vec<f32>>, f64, Vec<(PathBuf, String)>) {
+    let mut rng = SplitMix64::new(0);
+    let (mut kept, mut probs, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let mut loss_sum = 0.0;
+    for chunk in items.chunks(batch_size.max(1)) {
+        let batch = feeder.batch(data, chunk, false, &mut rng, plain, plain);
+        failures.extend(batch.failures);
+        if batch.items.is_empty() {
+            continue;
+        }
+        let logits = net.logits(batch.input, finetune_start);
+        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.items.len() as f64;
+        kept.extend(batch.items);
+        probs.extend(p);
+    }
+    let mean = if kept.is_empty() {
+        f64::NAN
+    } else {
+        loss_sum / kept.len() as f64
+    };
+    (kept, probs, mean, failures)
+}
+
+/// Trains a model as configured, writing a run folder. Returns when the run finished, failed
+/// (an error is also recorded in the run folder) or was cancelled through `cancel`.
+pub fn train(
+    job: TrainJob,
+    sink: &mut dyn FnMut(&TrainEvent),
+    cancel: &AtomicBool,
+) -> anyhow::Result<TrainOutcome> {
+    let started = Instant::now();
+    let config = job.config.clone();
+    config.validate()?;
+    let data = prepare(&job.manifest, &config)?;
+    let compute = backend::select(config.backend)?;
+
+    let (mut run, progress) = match &job.resume {
+        Some(path) => {
+            let run = RunDir::reopen(path)?;
+            let progress: Progress = std::fs::read(path.join("checkpoint/state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .context("the run has no checkpoint to resume from")?;
+            (run, progress)
+        }
+        None => (
+            RunDir::create(&job.runs_root, &config)?,
+            Progress {
+                best_val_loss: f64::INFINITY,
+                plateau_scale: 1.0,
+                ..Default::default()
+            },
+        ),
+    };
+    let result = run_loop(
+        &job, &config, &data, &compute, &mut run, progress, sink, cancel, started,
+    );
+    match result {
+        Ok(outcome) => Ok(outcome),
+        Err(err) => {
+            let event = TrainEvent::Failed {
+                error: format!("{err:#}"),
+            };
+            run.log(&event).ok();
+            sink(&event);
+            run.set_status(RunState::Failed, 0, Some(format!("{err:#}")))
+                .ok();
+            Err(err)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    job: &TrainJob,
+    config: &TrainConfig,
+    data: &Prepared,
+    compute: &Compute,
+    run: &mut RunDir,
+    mut progress: Progress,
+    sink: &mut dyn FnMut(&TrainEvent),
+    cancel: &AtomicBool,
+    started: Instant,
+) -> anyhow::Result<TrainOutcome> {
+    let plain = compute.device.clone();
+    let ad = plain.clone().autodiff();
+    plain.seed(config.seed);
+    run.set_status(RunState::Running, progress.epoch, None)?;
+    emit(
+        run,
+        sink,
+        TrainEvent::Started {
+            run_id: run.id.clone(),
+            mode: config.mode,
+            task: data.task,
+            labels: data.labels.clone(),
+            train_images: data.train.len(),
+            val_images: data.val.len(),
+            device: compute.description.clone(),
+            epochs: config.epochs,
+        },
+    );
+    let k = data.labels.len();
+    let finetune_start = NUM_BLOCKS.saturating_sub(config.unfreeze_blocks.min(NUM_BLOCKS));
+    let mut info = ModelInfo {
+        mode: config.mode,
+        task: data.task,
+        labels: data.labels.clone(),
+        preprocess: config.preprocess.clone(),
+        finetune_start,
+        feature_mean: Vec::new(),
+        feature_std: Vec::new(),
+    };
+
+    // Networks and feeders per mode.
+    let checkpoint = run.path.join("checkpoint/model.safetensors");
+    let resume_bytes = job
+        .resume
+        .as_ref()
+        .and_then(|_| std::fs::read(&checkpoint).ok());
+    let (mut net, feeder) = match config.mode {
+        Mode::Probe => {
+            let backbone = load_backbone(&plain)?;
+            let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
+            let mut last = Instant::now();
+            let f = featurize(
+                &backbone,
+                &plain,
+                &config.backbone,
+                &config.preprocess,
+                &all,
+                job.cache.as_ref(),
+                config.batch_size.clamp(8, 64),
+                &mut |done, total| {
+                    if last.elapsed().as_millis() > 250 || done == total {
+                        last = Instant::now();
+                        let e = TrainEvent::Progress {
+                            phase: Phase::Features,
+                            done,
+                            total,
+                        };
+                        sink(&e);
+                    }
+                },
+                cancel,
+            );
+            for (path, reason) in &f.failures {
+                emit(
+                    run,
+                    sink,
+                    TrainEvent::Warning {
+                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                    },
+                );
+            }
+            if f.from_cache > 0 {
+                emit(
+                    run,
+                    sink,
+                    TrainEvent::Warning {
+                        message: format!(
+                            "{} of {} feature vectors came from the cache",
+                            f.from_cache,
+                            all.len()
+                        ),
+                    },
+                );
+            }
+            let (mean, std) = standardisation(&f.features, &data.train);
+            let rows = f
+                .features
+                .into_iter()
+                .map(|r| {
+                    r.map(|v| {
+                        v.iter()
+                            .zip(&mean)
+                            .zip(&std)
+                            .map(|((x, m), s)| (x - m) / s)
+                            .collect()
+                    })
+                })
+                .collect();
+            info.feature_mean = mean;
+            info.feature_std = std;
+            let mut head = Head::new(FEATURES, k, config.dropout, &ad);
+            if let Some(bytes) = &resume_bytes {
+                head.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
+            }
+            (Net::Probe(head), Feeder::Features { rows })
+        }
+        Mode::Finetune => {
+            let backbone = load_backbone(&plain)?;
+            let frozen = backbone.valid();
+            let mut weights = FinetuneWeights {
+                backbone: backbone.fork(&ad),
+                head: Head::new(FEATURES, k, config.dropout, &ad),
+            };
+            if let Some(bytes) = &resume_bytes {
+                weights.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
+            }
+            (
+                Net::Finetune {
+                    backbone: weights.backbone,
+                    head: weights.head,
+                },
+                Feeder::Images {
+                    preprocess: config.preprocess.clone(),
+                    augment: config.augment.clone(),
+                    prefix: Some((frozen, finetune_start)),
+                },
+            )
+        }
+        Mode::Scratch => {
+            let mut cnn = SmallCnn::new(k, config.dropout, &ad);
+            if let Some(bytes) = &resume_bytes {
+                cnn.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
+            }
+            (
+                Net::Scratch(cnn),
+                Feeder::Images {
+                    preprocess: config.preprocess.clone(),
+                    augment: config.augment.clone(),
+                    prefix: None,
+                },
+            )
+        }
+    };
+    run.write_json("model.json", &info)?;
+    net = net.train_mode();
+    let mut optims = vec![optimizer(config), optimizer(config)];
+    let weights = loss_weights(data, config.imbalance);
+    let mut rng = SplitMix64::new(
+        config.seed ^ u64::from(progress.epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let mut best: Option<(Net, Metrics)> = None;
+    let mut warned: std::collections::HashSet<PathBuf> = Default::default();
+
+    while progress.epoch < config.epochs {
+        let epoch = progress.epoch + 1;
+        let lr = config.learning_rate_at(progress.epoch, progress.plateau_scale);
+        let order = epoch_order(data, config.imbalance, &mut rng);
+        let (mut seen, mut probs, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
+        let total = order.len();
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return cancelled(run, sink, progress.epoch);
+            }
+            let batch = feeder.batch(data, chunk, true, &mut rng, &ad, &plain);
+            for (path, reason) in batch.failures {
+                if warned.insert(path.clone()) {
+                    emit(
+                        run,
+                        sink,
+                        TrainEvent::Warning {
+                            message: format!(
+                                "skipped unreadable image ({reason}): {}",
+                                path.display()
+                            ),
+                        },
+                    );
+                }
+            }
+            if batch.items.is_empty() {
+                continue;
+            }
+            let logits = net.logits(batch.input, finetune_start);
+            let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, &weights);
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                anyhow::bail!(
+                    "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
+                    b + 1
+                );
+            }
+            net = net.step(&mut optims, lr, loss);
+            loss_sum += loss_value * batch.items.len() as f64;
+            seen.extend(batch.items);
+            probs.extend(p);
+            sink(&TrainEvent::Progress {
+                phase: Phase::Train,
+                done: ((b + 1) * config.batch_size).min(total),
+                total,
+            });
+        }
+        let train_loss = loss_sum / seen.len().max(1) as f64;
+        let train_metrics = evaluate(data, &seen, &probs);
+
+        let eval_net = net.valid();
+        let (kept, val_probs, val_loss, failures) = predict_side(
+            &eval_net,
+            &feeder,
+            data,
+            &data.val,
+            config.batch_size,
+            finetune_start,
+            &weights,
+            &plain,
+        );
+        for (path, reason) in failures {
+            if warned.insert(path.clone()) {
+                emit(
+                    run,
+                    sink,
+                    TrainEvent::Warning {
+                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                    },
+                );
+            }
+        }
+        let mut val_metrics = evaluate(data, &kept, &val_probs);
+        val_metrics.loss = Some(val_loss);
+        emit(
+            run,
+            sink,
+            TrainEvent::Epoch {
+                epoch,
+                learning_rate: lr,
+                train: EpochSide::from_metrics(train_loss, &train_metrics),
+                val: Some(EpochSide::from_metrics(val_loss, &val_metrics)),
+                elapsed_secs: started.elapsed().as_secs_f64(),
+            },
+        );
+        if let Some(matrix) = &val_metrics.confusion {
+            emit(
+                run,
+                sink,
+                TrainEvent::Confusion {
+                    epoch,
+                    split: "val".into(),
+                    matrix: matrix.clone(),
+                },
+            );
+        }
+
+        progress.epoch = epoch;
+        if val_loss < progress.best_val_loss || best.is_none() {
+            progress.best_val_loss = val_loss;
+            progress.best_epoch = epoch;
+            progress.stale_epochs = 0;
+            best = Some((eval_net, val_metrics));
+        } else {
+            progress.stale_epochs += 1;
+        }
+        if let Schedule::Plateau { patience, factor } = config.schedule {
+            if progress.stale_epochs >= patience && epoch - progress.last_plateau_epoch >= patience
+            {
+                progress.plateau_scale *= factor;
+                progress.last_plateau_epoch = epoch;
+            }
+        }
+        // Checkpoint: weights, then the state that points at them.
+        let bytes = net.valid().to_bytes()?;
+        crate::fsio::write_atomic_bytes(&checkpoint, &bytes)?;
+        crate::fsio::write_atomic_bytes(
+            &run.path.join("checkpoint/state.json"),
+            &serde_json::to_vec(&progress)?,
+        )?;
+        run.set_status(RunState::Running, epoch, None)?;
+        emit(
+            run,
+            sink,
+            TrainEvent::Checkpoint {
+                epoch,
+                path: "checkpoint/model.safetensors".into(),
+            },
+        );
+        if config
+            .early_stopping_patience
+            .is_some_and(|p| progress.stale_epochs >= p)
+        {
+            emit(
+                run,
+                sink,
+                TrainEvent::Warning {
+                    message: format!(
+                        "early stop: no better validation loss for {} epochs",
+                        progress.stale_epochs
+                    ),
+                },
+            );
+            break;
+        }
+    }
+
+    // Final artefacts from the best epoch (a resumed run without a better epoch in memory
+    // uses the last checkpoint).
+    let final_net = best.map_or_else(|| net.valid(), |(n, _)| n);
+    let mut predictions = Vec::new();
+    let mut val_metrics = None;
+    let mut test_metrics = None;
+    let mut patient_metrics = None;
+    for (side, items) in [("val", &data.val), ("test", &data.test)] {
+        if items.is_empty() {
+            continue;
+        }
+        let (kept, probs, loss, _) = predict_side(
+            &final_net,
+            &feeder,
+            data,
+            items,
+            config.batch_size,
+            finetune_start,
+            &weights,
+            &plain,
+        );
+        let mut m = evaluate(data, &kept, &probs);
+        m.loss = Some(loss);
+        for (&i, p) in kept.iter().zip(&probs) {
+            predictions.push((side, i, p.clone()));
+        }
+        if side == "val" {
+            if data.task != Task::MultiLabel
+                && kept.iter().all(|&i| data.items[i].patient.is_some())
+            {
+                let patients: Vec<&str> = kept
+                    .iter()
+                    .map(|&i| data.items[i].patient.as_deref().unwrap_or(""))
+                    .collect();
+                let truth: Vec<usize> = kept.iter().map(|&i| class_of(data, i)).collect();
+                let (_, pt, pp) = metrics::aggregate_by_patient(&patients, &truth, &probs);
+                patient_metrics = Some(metrics::evaluate_single(data.task, &data.labels, &pt, &pp));
+            }
+            val_metrics = Some(m);
+        } else {
+            test_metrics = Some(m);
+        }
+    }
+    let val_metrics = val_metrics.context("no validation predictions")?;
+    run.write_bytes("model.safetensors", &final_net.to_bytes()?)?;
+    run.write_bytes(
+        "predictions.csv",
+        predictions_csv(data, &predictions).as_bytes(),
+    )?;
+    run.write_json(
+        "metrics.json",
+        &serde_json::json!({
+            "best_epoch": progress.best_epoch,
+            "val": val_metrics,
+            "test": test_metrics,
+            "val_patients": patient_metrics,
+        }),
+    )?;
+    if let Some(c) = &val_metrics.confusion {
+        run.write_json(
+            "confusion.json",
+            &serde_json::json!({ "split": "val", "epoch": progress.best_epoch, "matrix": c }),
+        )?;
+    }
+    let elapsed_secs = started.elapsed().as_secs_f64();
+    emit(
+        run,
+        sink,
+        TrainEvent::Finished {
+            best_epoch: progress.best_epoch,
+            metrics: Box::new(val_metrics.clone()),
+            patient_metrics: patient_metrics.map(Box::new),
+            elapsed_secs,
+        },
+    );
+    run.set_status(RunState::Finished, progress.epoch, None)?;
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        run_id: run.id.clone(),
+        state: RunState::Finished,
+        metrics: Some(val_metrics),
+    })
+}
+
+/// Records an event in the run folder and hands it to the caller.
+fn emit(run: &mut RunDir, sink: &mut dyn FnMut(&TrainEvent), e: TrainEvent) {
+    if let Err(err) = run.log(&e) {
+        log::error!("writing events.jsonl: {err}");
+    }
+    sink(&e);
+}
+
+fn cancelled(
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    epoch: u32,
+) -> anyhow::Result<TrainOutcome> {
+    emit(run, sink, TrainEvent::Cancelled { epoch });
+    run.set_status(
+        RunState::Cancelled,
+        epoch,
+        Some(format!(
+            "cancelled during epoch {}; resume with --resume",
+            epoch + 1
+        )),
+    )?;
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        run_id: run.id.clone(),
+        state: RunState::Cancelled,
+        metrics: None,
+    })
+}
+
+/// Training order of one epoch: a seeded shuffle, or class-balanced sampling with replacement.
+fn epoch_order(data: &Prepared, imbalance: Imbalance, rng: &mut SplitMix64) -> Vec<usize> {
+    let mut order = data.train.clone();
+    if imbalance == Imbalance::Oversample && data.task != Task::MultiLabel {
+        let counts = data.train_class_counts();
+        let weight = |i: usize| 1.0 / counts[class_of(data, i)].max(1) as f64;
+        let total: f64 = data.train.iter().map(|&i| weight(i)).sum();
+        order = (0..data.train.len())
+            .map(|_| {
+                let mut r = rng.unit() * total;
+                for &i in &data.train {
+                    r -= weight(i);
+                    if r <= 0.0 {
+                        return i;
+                    }
+                }
+                *data.train.last().expect("non-empty")
+            })
+            .collect();
+    } else {
+        rng.shuffle(&mut order);
+    }
+    order
+}
+
+/// Mean and standard deviation of each feature over the training side.
+fn standardisation(features: &[Option<Vec<f32>>], train: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let rows: Vec<&Vec<f32>> = train.iter().filter_map(|&i| features[i].as_ref()).collect();
+    let n = rows.len().max(1) as f64;
+    let mut mean = vec![0.0f64; FEATURES];
+    for r in &rows {
+        for (m, v) in mean.iter_mut().zip(r.iter()) {
+            *m += f64::from(*v);
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0.0f64; FEATURES];
+    for r in &rows {
+        for ((s, v), m) in var.iter_mut().zip(r.iter()).zip(&mean) {
+            *s += (f64::from(*v) - m).powi(2);
+        }
+    }
+    let std = var
+        .iter()
+        .map(|s| ((s / n).sqrt().max(1e-3)) as f32)
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
+}
+
+/// `path,patient,split,truth,predicted,p_<label>…` rows.
+fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)]) -> String {
+    let mut out = String::from("path,patient,split,truth,predicted");
+    for l in &data.labels {
+        out.push_str(&format!(",{}", csv_field(&format!("p_{l}"))));
+    }
+    out.push('\n');
+    for (side, i, p) in rows {
+        let item = &data.items[*i];
+        let (truth, pred) = match &item.target {
+            Target::Class(c) => {
+                let pred = argmax(p);
+                (data.labels[*c].clone(), data.labels[pred].clone())
+            }
+            Target::Multi(flags) => {
+                let t: Vec<&str> = flags
+                    .iter()
+                    .zip(&data.labels)
+                    .filter(|(f, _)| **f)
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                let q: Vec<&str> = p
+                    .iter()
+                    .zip(&data.labels)
+                    .filter(|(v, _)| **v >= 0.5)
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                (t.join("|"), q.join("|"))
+            }
+        };
+        out.push_str(&format!(
+            "{},{},{side},{},{}",
+            csv_field(&item.name),
+            csv_field(item.patient.as_deref().unwrap_or("")),
+            csv_field(&truth),
+            csv_field(&pred)
+        ));
+        for v in p {
+            out.push_str(&format!(",{v:.6}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn argmax(p: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in p.iter().enumerate() {
+        if *v > p[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Path of a run's weights.
+pub fn model_path(run: &Path) -> PathBuf {
+    run.join("model.safetensors")
+}

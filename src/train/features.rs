@@ -1,0 +1,185 @@
+//! Backbone features for the linear probe, cached on disk by backbone, preprocessing and
+//! file content, so a second run with other head settings starts at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+use sha2::Digest as _;
+
+use crate::dataset::preprocess::Preprocess;
+use crate::model::efficientnet::{EfficientNetLite, FEATURES};
+
+/// A folder of cached feature vectors, one small file per (backbone, preprocessing, image).
+#[derive(Clone, Debug)]
+pub struct FeatureCache {
+    pub dir: PathBuf,
+}
+
+impl FeatureCache {
+    /// `$CELLBENCH_CACHE/features`, else `$XDG_CACHE_HOME/cellbench/features`, else
+    /// `~/.cache/cellbench/features`.
+    pub fn default_location() -> Self {
+        let base = std::env::var_os("CELLBENCH_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("cellbench"))
+            })
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cellbench")))
+            .unwrap_or_else(|| PathBuf::from(".cellbench-cache"));
+        Self {
+            dir: base.join("features"),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(format!("{key}.f32"))
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        (bytes.len() == FEATURES * 4).then(|| {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        })
+    }
+
+    fn put(&self, key: &str, features: &[f32]) {
+        let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // A cache that cannot be written only costs time.
+        if let Err(e) = crate::fsio::write_atomic_bytes(&self.path(key), &bytes) {
+            log::warn!("feature cache not written ({e}): {}", self.dir.display());
+        }
+    }
+}
+
+/// Cache key of one image: backbone, preprocessing and the file's bytes.
+pub fn cache_key(backbone: &str, preprocess: &Preprocess, file_bytes: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(backbone.as_bytes());
+    h.update([0]);
+    h.update(preprocess.key().as_bytes());
+    h.update([0]);
+    h.update(file_bytes);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What feature extraction produced.
+pub struct Featurized {
+    /// One vector of [`FEATURES`] per input, `None` where the image failed.
+    pub features: Vec<Option<Vec<f32>>>,
+    /// `(path, reason)` of each image that failed to read or decode.
+    pub failures: Vec<(PathBuf, String)>,
+    pub from_cache: usize,
+    pub computed: usize,
+}
+
+/// Extracts pooled Lite0 features for `paths` in batches. Reads and decodes in parallel,
+/// runs the network on `device` (call from the thread that owns burn work).
+/// `progress(done, total)` is called after each batch; `cancel` stops between batches
+/// (the result then holds `None` for the rest).
+#[allow(clippy::too_many_arguments)]
+pub fn featurize(
+    model: &EfficientNetLite,
+    device: &Device,
+    backbone: &str,
+    preprocess: &Preprocess,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    cancel: &AtomicBool,
+) -> Featurized {
+    let mut out = Featurized {
+        features: vec![None; paths.len()],
+        failures: Vec::new(),
+        from_cache: 0,
+        computed: 0,
+    };
+    let side = preprocess.size as usize;
+    let batch_size = batch_size.max(1);
+    for (chunk_no, chunk) in paths.chunks(batch_size).enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let base = chunk_no * batch_size;
+        // Read, hash, look up, decode: in parallel.
+        enum Loaded {
+            Cached(Vec<f32>),
+            Input(String, Vec<f32>),
+            Failed(String),
+        }
+        let loaded: Vec<Loaded> = chunk
+            .par_iter()
+            .map(|path| {
+                let bytes = match std::fs::read(path) {
+                    Ok(b) => b,
+                    Err(e) => return Loaded::Failed(e.to_string()),
+                };
+                let key = cache_key(backbone, preprocess, &bytes);
+                if let Some(f) = cache.and_then(|c| c.get(&key)) {
+                    return Loaded::Cached(f);
+                }
+                match crate::dataset::image_io::decode_bytes(&bytes) {
+                    Ok(img) => Loaded::Input(key, preprocess.apply(&img)),
+                    Err(e) => Loaded::Failed(e.to_string()),
+                }
+            })
+            .collect();
+        let mut inputs = Vec::new();
+        let mut slots = Vec::new();
+        for (i, l) in loaded.into_iter().enumerate() {
+            match l {
+                Loaded::Cached(f) => {
+                    out.features[base + i] = Some(f);
+                    out.from_cache += 1;
+                }
+                Loaded::Input(key, chw) => {
+                    inputs.extend(chw);
+                    slots.push((base + i, key));
+                }
+                Loaded::Failed(reason) => out.failures.push((chunk[i].clone(), reason)),
+            }
+        }
+        if !slots.is_empty() {
+            let x = Tensor::<4>::from_data(
+                TensorData::new(inputs, [slots.len(), 3, side, side]),
+                device,
+            );
+            let feats: Vec<f32> = model
+                .features(x)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default();
+            for (j, (slot, key)) in slots.into_iter().enumerate() {
+                let f = feats
+                    .get(j * FEATURES..(j + 1) * FEATURES)
+                    .map(<[f32]>::to_vec);
+                if let (Some(f), Some(c)) = (&f, cache) {
+                    c.put(&key, f);
+                }
+                out.features[slot] = f;
+                out.computed += 1;
+            }
+        }
+        progress((base + chunk.len()).min(paths.len()), paths.len());
+    }
+    out
+}
+
+/// Loads the bundled Lite0 onto `device`.
+pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
+    use anyhow::Context as _;
+    let bytes = crate::model::efficientnet::bundled_lite0_weights()
+        .context("reading the bundled EfficientNet-Lite0 weights (assets/weights)")?;
+    Ok(EfficientNetLite::load(&bytes, device)?)
+}
+
+/// True if `path` looks like a feature cache folder we wrote.
+pub fn is_cache_dir(path: &Path) -> bool {
+    path.ends_with("features")
+}

@@ -1,0 +1,14 @@
+//! Training: configuration, feature extraction and its cache, the training loops, metrics
+//! and the event stream.
+
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod events;
+pub mod features;
+pub mod metrics;
+pub mod report;
+
+pub use config::{Mode, TrainConfig};
+pub use events::TrainEvent;
+pub use metrics::{Metrics, Task};

@@ -1,0 +1,372 @@
+//! End-to-end tests of the data commands (`explore`, `split`, `synth`) on real data from
+//! `../shared/data` and on files the tests write.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn explore_bccd_class_folders() {
+    let data = shared_data().join("bccd/BCCD_cropped");
+    let report = run_json(&["explore", path_str(&data), "--json"]);
+    assert_eq!(report["summary"]["format"], "class-folders");
+    assert_eq!(report["summary"]["images"], 351);
+    assert_eq!(report["summary"]["patients"], serde_json::Value::Null);
+    assert_eq!(
+        label_images(&report),
+        [
+            ("Neutrophil".to_owned(), 207),
+            ("Eosinophil".to_owned(), 88),
+            ("Lymphocyte".to_owned(), 33),
+            ("Monocyte".to_owned(), 20),
+            ("Basophil".to_owned(), 3),
+        ]
+    );
+    let ratio = report["imbalance"]["ratio"].as_f64().unwrap();
+    assert!((ratio - 69.0).abs() < 1e-9, "{ratio}");
+    assert_eq!(report["imbalance"]["minority"], "Basophil");
+}
+
+#[test]
+fn explore_cnmc_samples_parses_patients_and_cells() {
+    let data = shared_data().join("cnmc-samples");
+    let report = run_json(&["explore", path_str(&data), "--json", "--check", "headers"]);
+    assert_eq!(report["summary"]["format"], "cnmc");
+    assert_eq!(report["summary"]["patients"], 2);
+    let labels = report["labels"].as_array().unwrap();
+    for l in labels {
+        assert_eq!(l["images"], 3);
+        assert_eq!(l["patients"], 1);
+    }
+    assert_eq!(report["cells"]["cell_numbers"], serde_json::json!([1]));
+    assert_eq!(report["images_per_patient"]["all"]["median"], 3.0);
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{}",
+        report["problems"]
+    );
+}
+
+#[test]
+fn explore_nih_csv_without_images_matches_known_figures() {
+    let csv = shared_data().join("nih-cxr14/Data_Entry_2017_v2020.csv");
+    let report = run_json(&["explore", path_str(&csv), "--json"]);
+    assert_eq!(report["summary"]["format"], "nih");
+    assert_eq!(report["summary"]["images"], 112_120);
+    assert_eq!(report["summary"]["patients"], 30_805);
+    assert_eq!(report["summary"]["multi_label"], true);
+    let counts: std::collections::HashMap<String, u64> =
+        label_images(&report).into_iter().collect();
+    assert_eq!(counts["Infiltration"], 19_894);
+    assert_eq!(counts["Hernia"], 227);
+    assert_eq!(counts.len(), 15);
+    let first = &report["labels"][0]["label"];
+    assert_eq!(first, "No Finding");
+    assert_eq!(report["imbalance"]["minority"], "Hernia");
+    // Co-occurrence diagonal equals the per-label count.
+    let co = &report["cooccurrence"];
+    let i = co["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l == "Infiltration")
+        .unwrap();
+    assert_eq!(co["counts"][i][i], 19_894);
+    // No images beside the CSV: one summary problem, not 112k.
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["kind"], "missing-image");
+    assert_eq!(problems[0]["count"], 1);
+}
+
+#[test]
+fn explore_tables_and_plots() {
+    let data = shared_data().join("cnmc-samples");
+    let plots = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "explore",
+        path_str(&data),
+        "--plots",
+        path_str(plots.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for heading in [
+        "Images and patients per label",
+        "Cell number per label",
+        "Images per patient",
+        "Problems",
+    ] {
+        assert!(text.contains(heading), "missing {heading:?} in\n{text}");
+    }
+    for (stem, title) in [
+        ("images_per_label", "Images per label"),
+        ("patients_per_label", "Patients per label"),
+        ("images_per_patient", "Images per patient"),
+        ("cell_number_per_label", "Cell number per label"),
+    ] {
+        let png = plots.path().join(format!("{stem}.png"));
+        let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(img.width() >= 800 && img.height() >= 500);
+        // Not a blank canvas: bars and text are drawn.
+        let rgb = img.to_rgb8();
+        let non_white = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(non_white > 2_000, "{stem}: {non_white} drawn pixels");
+        let svg = std::fs::read_to_string(plots.path().join(format!("{stem}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains(title),
+            "{stem}.svg has no title {title:?}"
+        );
+    }
+}
+
+#[test]
+fn retina_csv_patients_from_image_ids_and_missing_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("trainLabels.csv");
+    std::fs::write(
+        &csv,
+        "image,level\n10_left,0\n10_right,2\n13_left,0\n13_right,0\n15_left,4\n15_right,4\n",
+    )
+    .unwrap();
+    let images = dir.path().join("train");
+    std::fs::create_dir(&images).unwrap();
+    image::RgbImage::new(8, 8)
+        .save(images.join("10_left.jpeg"))
+        .unwrap();
+    image::RgbImage::new(8, 8)
+        .save(images.join("10_right.jpeg"))
+        .unwrap();
+    let report = run_json(&[
+        "explore",
+        path_str(&csv),
+        "--images",
+        path_str(&images),
+        "--json",
+    ]);
+    assert_eq!(report["summary"]["format"], "retina");
+    assert_eq!(report["summary"]["patients"], 3);
+    assert_eq!(report["summary"]["usable_images"], 2);
+    let counts: std::collections::HashMap<String, u64> =
+        label_images(&report).into_iter().collect();
+    assert_eq!((counts["0"], counts["2"], counts["4"]), (3, 1, 2));
+    let missing = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "missing-image")
+        .unwrap();
+    assert_eq!(missing["count"], 4);
+}
+
+#[test]
+fn generic_csv_with_multi_labels_patients_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("manifest.csv");
+    std::fs::write(
+        &csv,
+        "filename,diagnosis,subject\na.png,A|B,s1\nb.png,B,s1\nc.png,A,s2\na.png,A,s3\n,B,s4\n",
+    )
+    .unwrap();
+    for n in ["a.png", "b.png", "c.png"] {
+        image::RgbImage::new(4, 4).save(dir.path().join(n)).unwrap();
+    }
+    let report = run_json(&["explore", path_str(&csv), "--json"]);
+    assert_eq!(report["summary"]["format"], "csv");
+    assert_eq!(report["summary"]["images"], 3);
+    assert_eq!(report["summary"]["patients"], 2);
+    assert_eq!(
+        label_images(&report),
+        [("A".to_owned(), 2), ("B".to_owned(), 2)]
+    );
+    let kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["duplicate-path", "bad-row"]);
+    assert_eq!(
+        report["cooccurrence"]["counts"],
+        serde_json::json!([[2, 1], [1, 2]])
+    );
+}
+
+#[test]
+fn bad_input_corpus_is_listed_never_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let good = root.join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(root.join("bad")).unwrap();
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    img.save(good.join("ok.png")).unwrap();
+    img.save(good.join("ok2.jpg")).unwrap();
+    let png = std::fs::read(good.join("ok.png")).unwrap();
+    std::fs::write(root.join("bad/truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(root.join("bad/empty.png"), b"").unwrap();
+    std::fs::write(root.join("bad/garbage.jpg"), b"definitely not a jpeg").unwrap();
+    std::fs::write(root.join("bad/notes.bin"), b"x").unwrap();
+    std::fs::write(root.join("loose.png"), &png).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        let name = std::ffi::OsStr::from_bytes(b"bad/caf\xe9.png");
+        std::fs::write(root.join(name), &png).unwrap();
+        std::os::unix::fs::symlink(root, good.join("loop")).unwrap();
+    }
+    let out = run(&["explore", path_str(root), "--check", "decode", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |kind: &str| {
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == kind)
+            .map_or(0, |p| p["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("empty-file"), 1);
+    assert_eq!(count("unreadable"), 2, "{}", report["problems"]);
+    assert_eq!(count("not-an-image"), 1);
+    assert_eq!(count("no-class-folder"), 1);
+    #[cfg(unix)]
+    {
+        assert_eq!(count("non-utf8-name"), 1);
+        assert!(
+            count("walk-error") >= 1,
+            "symlink loop: {}",
+            report["problems"]
+        );
+    }
+    assert_eq!(report["summary"]["usable_images"], 2);
+
+    let strict = run(&["explore", path_str(root), "--strict"]);
+    assert_eq!(strict.status.code(), Some(3));
+}
+
+#[test]
+fn empty_folder_and_missing_path_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["explore", path_str(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no images found"), "{}", stderr(&out));
+    let out = run(&["explore", "/no/such/dataset"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no such file or folder"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["explore"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn synth_split_and_leakage_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let out = run(&[
+        "synth",
+        path_str(&data),
+        "--patients",
+        "15",
+        "--images",
+        "12",
+        "--size",
+        "32",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let report = run_json(&["explore", path_str(&data), "--json", "--check", "headers"]);
+    assert_eq!(report["summary"]["format"], "cnmc");
+    assert_eq!(report["summary"]["images"], 180);
+    assert_eq!(report["summary"]["patients"], 15);
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{}",
+        report["problems"]
+    );
+    // Healthy subject 3 is written `h3` on some files and must still be one patient.
+    let names: Vec<String> = walk_names(&data);
+    assert!(
+        names.iter().any(|n| n.starts_with("UID_h3_")),
+        "no lower-case h3 file"
+    );
+    assert!(names.iter().any(|n| n.starts_with("UID_H3_")));
+
+    let split_csv = dir.path().join("split.csv");
+    let out = run(&[
+        "split",
+        path_str(&data),
+        "--test",
+        "0.2",
+        "--val",
+        "0.2",
+        "--seed",
+        "7",
+        "--out",
+        path_str(&split_csv),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("leakage check: passed"));
+
+    let check = run(&["split", "--check", path_str(&split_csv)]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+
+    // Determinism: same seed, same file.
+    let again = dir.path().join("again.csv");
+    run(&[
+        "split",
+        path_str(&data),
+        "--test",
+        "0.2",
+        "--val",
+        "0.2",
+        "--seed",
+        "7",
+        "--out",
+        path_str(&again),
+    ]);
+    assert_eq!(
+        std::fs::read(&split_csv).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+
+    // Move one image of patient H3 to another side: the check names the patient.
+    let text = std::fs::read_to_string(&split_csv).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains(",H3,"))
+        .expect("a row of patient H3");
+    let side = if lines[i].contains(",train,") {
+        ",test,"
+    } else {
+        ",train,"
+    };
+    lines[i] = lines[i]
+        .replace(",train,", side)
+        .replace(",val,", side)
+        .replace(",test,", side);
+    let tampered = dir.path().join("tampered.csv");
+    std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+    let check = run(&["split", "--check", path_str(&tampered)]);
+    assert_eq!(check.status.code(), Some(4));
+    assert!(stderr(&check).contains("patient H3"), "{}", stderr(&check));
+}
+
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_names(&p));
+        } else {
+            out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}

@@ -1,0 +1,401 @@
+//! End-to-end tests of training, prediction, evaluation and serving on the CPU backend, on
+//! real images from `../shared/data`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A class-folder copy of part of BCCD: two real classes, `n` images each.
+fn bccd_subset(dir: &Path, classes: &[&str], n: usize) -> std::path::PathBuf {
+    let src = shared_data().join("bccd/BCCD_cropped");
+    let dst = dir.join("bccd");
+    for class in classes {
+        std::fs::create_dir_all(dst.join(class)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(n) {
+            std::fs::copy(&f, dst.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dst
+}
+
+fn events(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn only_run(runs: &Path) -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("a run folder")
+}
+
+#[test]
+fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 60);
+    // A corrupt image in the middle of the data: listed and skipped, the run goes on.
+    std::fs::write(
+        data.join("Neutrophil/BloodImage_99999_1.jpg"),
+        b"not a jpeg",
+    )
+    .unwrap();
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            path_str(&data),
+            "--backend",
+            "cpu",
+            "--image-size",
+            "128",
+            "--runs",
+            path_str(&runs),
+            "--json",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        cellbench()
+            .args(&args)
+            .env("CELLBENCH_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let out = train(&["--epochs", "25"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let run = only_run(&runs);
+    for f in [
+        "config.toml",
+        "events.jsonl",
+        "metrics.json",
+        "confusion.json",
+        "predictions.csv",
+        "model.safetensors",
+        "model.json",
+        "status.json",
+        "checkpoint/model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let ev = events(&run);
+    assert_eq!(ev[0]["event"], "started");
+    assert_eq!(ev.last().unwrap()["event"], "finished");
+    assert!(ev.iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("BloodImage_99999_1.jpg")
+    }));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let val = &metrics["val"];
+    let n = val["n"].as_f64().unwrap();
+    let majority = val["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["support"].as_f64().unwrap())
+        .fold(0.0, f64::max)
+        / n;
+    let acc = val["accuracy"].as_f64().unwrap();
+    assert!(
+        acc > majority + 0.15,
+        "accuracy {acc} vs majority {majority}"
+    );
+    assert!(
+        val["macro_auc"].as_f64().unwrap() > 0.8,
+        "{}",
+        val["macro_auc"]
+    );
+
+    // Second run with other head settings: every feature comes from the cache.
+    let out = train(&["--lr", "0.003", "--epochs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = only_run(&runs);
+    assert_ne!(second, run);
+    assert!(
+        events(&second).iter().any(|e| e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("153 of 154 feature vectors came from the cache")),
+        "{:?}",
+        events(&second)
+    );
+
+    // Predict a folder, then evaluate the run's own predictions file.
+    let pred = tmp.path().join("pred.csv");
+    let out = run_cmd(&[
+        "predict",
+        path_str(&run),
+        path_str(&data.join("Eosinophil")),
+        "--out",
+        path_str(&pred),
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&pred).unwrap();
+    assert!(
+        text.starts_with("path,predicted,p_Eosinophil,p_Lymphocyte,p_Neutrophil\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 61);
+    let eval = run_json(&[
+        "evaluate",
+        "--pred",
+        path_str(&run.join("predictions.csv")),
+        "--json",
+    ]);
+    assert!((eval["metrics"]["accuracy"].as_f64().unwrap() - acc).abs() < 1e-9);
+
+    serve_answers_predictions_and_rejects_bad_requests(&run, &data);
+}
+
+fn http(port: u16, request: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn post(port: u16, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    http(port, &req)
+}
+
+fn serve_answers_predictions_and_rejects_bad_requests(run: &Path, data: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = cellbench()
+        .args([
+            "serve",
+            path_str(run),
+            "--port",
+            &port.to_string(),
+            "--backend",
+            "cpu",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let health = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break http(
+                port,
+                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(health.0, 200);
+    assert_eq!(
+        health.1["labels"],
+        serde_json::json!(["Eosinophil", "Lymphocyte", "Neutrophil"])
+    );
+
+    let mut files: Vec<_> = std::fs::read_dir(data.join("Lymphocyte"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let (status, body) = post(port, "/predict", &std::fs::read(&files[0]).unwrap());
+    assert_eq!(status, 200, "{body}");
+    let probs = body["probabilities"].as_object().unwrap();
+    let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{body}");
+    assert!(probs.contains_key(body["predicted"].as_str().unwrap()));
+
+    let (status, body) = post(port, "/predict", b"garbage bytes");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a readable image"),
+        "{body}"
+    );
+    assert_eq!(post(port, "/predict", b"").0, 400);
+    assert_eq!(
+        http(
+            port,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            port,
+            b"GET /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .0,
+        405
+    );
+    let (status, _) = http(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 30000000\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 413);
+    server.kill().ok();
+    server.wait().ok();
+}
+
+fn run_cmd(args: &[&str]) -> std::process::Output {
+    run(args)
+}
+
+#[test]
+fn finetune_and_scratch_run_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
+    let runs = tmp.path().join("runs");
+    for mode in ["finetune", "scratch"] {
+        let out = run(&[
+            "train",
+            path_str(&data),
+            "--mode",
+            mode,
+            "--backend",
+            "cpu",
+            "--epochs",
+            "2",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "8",
+            "--runs",
+            path_str(&runs.join(mode)),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let run = only_run(&runs.join(mode));
+        let ev = events(&run);
+        assert_eq!(
+            ev.iter().filter(|e| e["event"] == "epoch").count(),
+            2,
+            "{mode}"
+        );
+        assert!(
+            ev.iter()
+                .all(|e| e["event"] != "epoch" || e["train"]["loss"].as_f64().unwrap().is_finite())
+        );
+        // The saved model loads back and predicts.
+        let pred = tmp.path().join(format!("{mode}.csv"));
+        let out = run_cmd(&[
+            "predict",
+            path_str(&run),
+            path_str(&data),
+            "--out",
+            path_str(&pred),
+            "--backend",
+            "cpu",
+        ]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 25);
+    }
+}
+
+#[test]
+fn cancel_leaves_a_consistent_run_that_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 10);
+    let runs = tmp.path().join("runs");
+    let mut child = cellbench()
+        .args([
+            "train",
+            path_str(&data),
+            "--mode",
+            "scratch",
+            "--backend",
+            "cpu",
+            "--epochs",
+            "200",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--runs",
+            path_str(&runs),
+            "--json",
+            "--patience",
+            "1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint, then interrupt like Ctrl-C.
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"event\":\"checkpoint\"") {
+            break;
+        }
+    }
+    let sent = std::time::Instant::now();
+    unsafe_sigint(child.id());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed().as_secs_f64() < 10.0);
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        rest.iter().any(|l| l.contains("\"event\":\"cancelled\"")),
+        "{rest:?}"
+    );
+    let run = only_run(&runs);
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(s["state"], "cancelled");
+    let done = s["epoch"].as_u64().unwrap();
+    assert!(done >= 1);
+
+    // Resume with fewer total epochs than planned is not possible; resume the same run with
+    // its own config but stop again quickly by editing epochs in its config.
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let cfg = cfg.replace("epochs = 200", &format!("epochs = {}", done + 1));
+    std::fs::write(run.join("config.toml"), cfg).unwrap();
+    let out = run_cmd(&["train", "--resume", path_str(&run), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev = events(&run);
+    assert_eq!(ev.last().unwrap()["event"], "finished");
+    let epochs: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["event"] == "epoch")
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(*epochs.last().unwrap(), done + 1, "{epochs:?}");
+}
+
+fn unsafe_sigint(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The real data shared with the project (`../shared/data`), or `$CELLBENCH_SHARED_DATA`.
+/// Panics with a clear message when it is missing: these tests must not pass vacuously.
+pub fn shared_data() -> PathBuf {
+    let candidates = [
+        std::env::var_os("CELLBENCH_SHARED_DATA").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
+        Some(PathBuf::from("/work/shared/data")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("bccd").is_dir())
+        .expect("the shared real data is missing: set CELLBENCH_SHARED_DATA to the folder holding bccd/, cnmc-samples/, nih-cxr14/")
+}
+
+pub fn cellbench() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellbench"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> Output {
+    cellbench().args(args).output().expect("running cellbench")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs and parses stdout as JSON, asserting success.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "cellbench {args:?} failed: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{}", stdout(&out)))
+}
+
+/// Label → images from an explore report.
+pub fn label_images(report: &serde_json::Value) -> Vec<(String, u64)> {
+    report["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["label"].as_str().unwrap().to_owned(),
+                l["images"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
