@@ -22,6 +22,8 @@ pub mod cli;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod explore;
 pub mod ui;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod workbook;
 
 /// Folder of the bundled assets (weights, demo dataset): `$CELLBENCH_ASSETS`, else `assets/`
 /// beside the executable's crate.

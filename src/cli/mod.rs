@@ -51,9 +51,14 @@ pub struct Cli {
 pub enum Command {
     /// Open the workbench window (the default without a subcommand).
     Gui {
-        /// Dataset folder or CSV to open (default: the bundled demo dataset).
+        /// Dataset folder or CSV to open in the workbook.
         dataset: Option<PathBuf>,
+        /// Workbook to open (default: the last one, or a demo workbook).
+        #[arg(long)]
+        workbook: Option<PathBuf>,
     },
+    /// Run a workbook's cells headless, in order, and save the run ids back into it.
+    Run { workbook: PathBuf },
     /// Count images, labels, patients and problems of a dataset.
     Explore(ExploreArgs),
     /// Split a dataset by patient, stratified by label; or check an existing split for leakage.
@@ -257,8 +262,11 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        None => crate::ui::run_native(None).map(|()| 0),
-        Some(Command::Gui { dataset }) => crate::ui::run_native(dataset).map(|()| 0),
+        None => crate::ui::run_native(None, None).map(|()| 0),
+        Some(Command::Gui { dataset, workbook }) => {
+            crate::ui::run_native(workbook, dataset).map(|()| 0)
+        }
+        Some(Command::Run { workbook }) => model_cmds::run_workbook(&workbook),
         Some(Command::Explore(args)) => explore(args),
         Some(Command::Split(args)) => split(args),
         Some(Command::Synth(args)) => synth(args),

@@ -507,3 +507,61 @@ pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> any
     }
     Ok(0)
 }
+
+/// `cellbench run <workbook>`.
+pub fn run_workbook(path: &Path) -> anyhow::Result<u8> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst)).ok();
+    }
+    let mut view = ProgressView::new(false);
+    let path = path.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (etx, erx) = std::sync::mpsc::channel::<TrainEvent>();
+    // The whole workbook runs on one thread (burn work included); output comes back here.
+    let worker = std::thread::Builder::new()
+        .name("workbook".into())
+        .spawn(move || {
+            crate::workbook::run::run_workbook(
+                &path,
+                &mut |o| match o {
+                    crate::workbook::run::Output::Text(title, text) => {
+                        tx.send(format!("── {title}\n{text}\n")).ok();
+                    }
+                    crate::workbook::run::Output::Table(t) => {
+                        tx.send(t.to_string()).ok();
+                    }
+                    crate::workbook::run::Output::Event(e) => {
+                        etx.send(e.clone()).ok();
+                    }
+                },
+                &cancel,
+            )
+        })?;
+    loop {
+        let mut idle = true;
+        for line in rx.try_iter() {
+            idle = false;
+            outln!("{line}");
+        }
+        for e in erx.try_iter() {
+            idle = false;
+            view.show(&e);
+        }
+        if worker.is_finished() {
+            for line in rx.try_iter() {
+                outln!("{line}");
+            }
+            break;
+        }
+        if idle {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    view.finish();
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the workbook thread panicked"))??;
+    Ok(0)
+}

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+pub mod view;
+
 use crate::fsio::write_atomic_bytes;
 use crate::train::{TrainConfig, TrainEvent};
 

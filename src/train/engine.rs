@@ -64,6 +64,9 @@ pub struct ModelInfo {
     /// Probe: per-feature mean and standard deviation used to standardise features.
     pub feature_mean: Vec<f32>,
     pub feature_std: Vec<f32>,
+    /// Folder the dataset's image paths are relative to (for showing images of a run).
+    #[serde(default)]
+    pub dataset_root: Option<PathBuf>,
 }
 
 impl ModelInfo {
@@ -543,6 +546,9 @@ fn run_loop(
         finetune_start,
         feature_mean: Vec::new(),
         feature_std: Vec::new(),
+        dataset_root: Some(
+            std::path::absolute(&job.manifest.root).unwrap_or_else(|_| job.manifest.root.clone()),
+        ),
     };
 
     // Networks and feeders per mode.

@@ -1,80 +1,618 @@
-//! The application object: state, background loading, drawing.
+//! The application object: persisted state, runtime state, commands applied once per frame,
+//! and the frame loop. Long work runs on background threads that report over channels and
+//! call `request_repaint`.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use eframe::egui;
 
-use crate::explore::{ExploreReport, Table};
+use crate::dataset::split::{SplitConfig, SplitReport};
+use crate::dataset::{Manifest, OpenOptions};
+use crate::explore::ExploreReport;
+use crate::train::TrainEvent;
+use crate::workbook::{CellKind, Workbook, resolve_path, stored_path};
 
-/// Result of opening a dataset on a background thread.
-type Loaded = Result<ExploreReport, String>;
+use super::cells;
+use super::thumbs::ThumbCache;
 
-/// What the dataset area shows.
-enum DatasetState {
-    Loading(mpsc::Receiver<Loaded>),
-    Ready(Box<ExploreReport>, Vec<Table>),
+const APP_KEY: &str = "cellbench";
+
+/// What survives a restart (eframe storage). The workbook itself lives in its own file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AppState {
+    pub workbook_path: Option<PathBuf>,
+    pub dark_mode: bool,
+    pub show_log: bool,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self {
+            workbook_path: None,
+            dark_mode: true,
+            show_log: false,
+        }
+    }
+}
+
+/// Intents from the UI, applied after drawing.
+#[derive(Clone, Debug)]
+pub enum Command {
+    AddCell {
+        after: Option<u64>,
+        kind: CellKind,
+    },
+    RemoveCell(u64),
+    MoveCell(u64, isize),
+    ToggleCollapse(u64),
+    RunCell(u64),
+    RunAll,
+    StopTrain(u64),
+    OpenDataset(PathBuf),
+    SaveWorkbook,
+    /// Filter the gallery of a dataset cell to one label (from a chart click).
+    FilterLabel {
+        dataset: u64,
+        label: Option<String>,
+    },
+}
+
+/// A one-shot background result.
+pub struct Task<T> {
+    rx: mpsc::Receiver<T>,
+}
+
+impl<T: Send + 'static> Task<T> {
+    pub fn spawn(ctx: &egui::Context, name: &str, f: impl FnOnce() -> T + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let v = f();
+                tx.send(v).ok();
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned {
+            log::error!("could not start {name}: {e}");
+        }
+        Self { rx }
+    }
+
+    /// `Some` once, when the result arrives.
+    pub fn poll(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// A dataset cell's loaded data.
+pub struct LoadedDataset {
+    pub manifest: Arc<Manifest>,
+    pub report: Arc<ExploreReport>,
+}
+
+pub enum Loading<T> {
+    Idle,
+    Busy(Task<Result<T, String>>),
+    Ready(T),
     Failed(String),
+}
+
+impl<T: Send + 'static> Loading<T> {
+    pub fn poll(&mut self) -> Option<Result<(), String>> {
+        if let Self::Busy(task) = self {
+            if let Some(r) = task.poll() {
+                *self = match r {
+                    Ok(v) => Self::Ready(v),
+                    Err(e) => Self::Failed(e),
+                };
+                return Some(match self {
+                    Self::Failed(e) => Err(e.clone()),
+                    _ => Ok(()),
+                });
+            }
+        }
+        None
+    }
+
+    pub fn ready(&self) -> Option<&T> {
+        match self {
+            Self::Ready(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Gallery filters of a dataset cell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GalleryFilter {
+    pub label: Option<String>,
+    pub split: Option<crate::dataset::Split>,
+    pub patient: String,
+    pub cell_no: Option<u32>,
+    pub search: String,
+}
+
+pub struct DatasetRuntime {
+    pub source: (String, OpenOptions),
+    pub data: Loading<LoadedDataset>,
+    pub filter: GalleryFilter,
+    /// Record indices passing the filter (recomputed when the filter changes).
+    pub visible: Arc<Vec<usize>>,
+    pub visible_for: Option<GalleryFilter>,
+    pub selected: Option<usize>,
+    pub preview: Option<(usize, Loading<egui::TextureHandle>)>,
+}
+
+pub struct SplitResult {
+    pub manifest: Arc<Manifest>,
+    pub report: SplitReport,
+}
+
+pub struct SplitRuntime {
+    pub params: (u64, SplitConfig),
+    pub data: Loading<SplitResult>,
+}
+
+/// A training job started from a Train cell, followed through its events.
+pub struct TrainRuntime {
+    pub events: Vec<TrainEvent>,
+    pub rx: Option<mpsc::Receiver<TrainEvent>>,
+    pub cancel: Arc<AtomicBool>,
+    pub started: Instant,
+    pub finished: Option<Result<String, String>>,
+    pub done_rx: Option<mpsc::Receiver<Result<String, String>>>,
+}
+
+impl TrainRuntime {
+    pub fn is_running(&self) -> bool {
+        self.finished.is_none()
+    }
+}
+
+/// Everything not persisted.
+pub struct Runtime {
+    pub datasets: HashMap<u64, DatasetRuntime>,
+    pub splits: HashMap<u64, SplitRuntime>,
+    pub trains: HashMap<u64, TrainRuntime>,
+    pub evals: HashMap<u64, cells::EvalRuntime>,
+    pub compares: HashMap<u64, cells::CompareRuntime>,
+    pub predicts: HashMap<u64, Loading<String>>,
+    pub explore_ui: HashMap<u64, cells::ExploreUi>,
+    pub thumbs: ThumbCache,
+    pub log: Vec<(Instant, bool, String)>,
+    pub toasts: Vec<(Instant, bool, String)>,
+}
+
+impl Runtime {
+    /// Notes something for the log panel; errors also pop up as a notification.
+    pub fn note(&mut self, error: bool, text: impl Into<String>) {
+        let text = text.into();
+        if error {
+            log::error!("{text}");
+        } else {
+            log::info!("{text}");
+        }
+        if error {
+            self.toasts.push((Instant::now(), true, text.clone()));
+        }
+        self.log.push((Instant::now(), error, text));
+    }
 }
 
 /// The workbench.
 pub struct WorkbenchApp {
-    dataset: PathBuf,
-    state: DatasetState,
-    /// `CELLBENCH_SCREENSHOT=<png>`: save a screenshot once the dataset is shown, then quit.
+    pub state: AppState,
+    pub workbook: Workbook,
+    pub workbook_path: PathBuf,
+    pub rt: Runtime,
+    commands: Vec<Command>,
+    /// Cells waiting to run after the work above them finishes (Run all).
+    run_queue: std::collections::VecDeque<u64>,
+    dirty_since: Option<Instant>,
     screenshot_to: Option<PathBuf>,
-    screenshot_rx: Option<mpsc::Receiver<std::sync::Arc<egui::ColorImage>>>,
-    frames_ready: u32,
+    screenshot_rx: Option<mpsc::Receiver<Arc<egui::ColorImage>>>,
+    frames: u64,
+}
+
+/// Where the workbook lives when none was chosen.
+pub fn default_workbook_path() -> PathBuf {
+    std::env::var_os("CELLBENCH_WORKBOOK").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join("cellbench/workbook.cellbook.toml")
+        },
+        PathBuf::from,
+    )
 }
 
 impl WorkbenchApp {
-    pub fn new(cc: &eframe::CreationContext<'_>, dataset: PathBuf) -> Self {
-        let state = Self::load(&cc.egui_ctx, dataset.clone());
-        Self {
-            dataset,
+    /// `workbook`: a `.cellbook.toml` to open; `dataset`: a dataset to add to it.
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        workbook: Option<PathBuf>,
+        dataset: Option<PathBuf>,
+    ) -> Self {
+        let state: AppState = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, APP_KEY))
+            .unwrap_or_default();
+        Self::with_state(&cc.egui_ctx, state, workbook, dataset)
+    }
+
+    /// Builds the app without eframe's creation context (tests).
+    pub fn with_state(
+        ctx: &egui::Context,
+        mut state: AppState,
+        workbook: Option<PathBuf>,
+        dataset: Option<PathBuf>,
+    ) -> Self {
+        let path = workbook
+            .or_else(|| std::env::var_os("CELLBENCH_WORKBOOK").map(PathBuf::from))
+            .or_else(|| state.workbook_path.clone())
+            .unwrap_or_else(default_workbook_path);
+        let mut rt = Runtime {
+            datasets: HashMap::new(),
+            splits: HashMap::new(),
+            trains: HashMap::new(),
+            evals: HashMap::new(),
+            compares: HashMap::new(),
+            predicts: HashMap::new(),
+            explore_ui: HashMap::new(),
+            thumbs: ThumbCache::new(ctx, 2),
+            log: Vec::new(),
+            toasts: Vec::new(),
+        };
+        let workbook = if path.exists() {
+            match Workbook::load(&path) {
+                Ok(w) => w,
+                Err(e) => {
+                    rt.note(true, format!("{e:#}; starting a new workbook"));
+                    Workbook::default()
+                }
+            }
+        } else {
+            let base = Workbook::base_dir(&path);
+            Workbook::demo(&stored_path(&crate::demo_dataset(), &base))
+        };
+        state.workbook_path = Some(path.clone());
+        if !path.exists() {
+            if let Err(e) = workbook.save(&path) {
+                rt.note(true, format!("{e:#}"));
+            }
+        }
+        ctx.set_visuals(if state.dark_mode {
+            egui::Visuals::dark()
+        } else {
+            egui::Visuals::light()
+        });
+        let mut app = Self {
             state,
+            workbook,
+            workbook_path: path,
+            rt,
+            commands: Vec::new(),
+            run_queue: Default::default(),
+            dirty_since: None,
             screenshot_to: std::env::var_os("CELLBENCH_SCREENSHOT").map(Into::into),
             screenshot_rx: None,
-            frames_ready: 0,
+            frames: 0,
+        };
+        if let Some(d) = dataset {
+            app.commands.push(Command::OpenDataset(d));
+        }
+        app
+    }
+
+    pub fn base_dir(&self) -> PathBuf {
+        Workbook::base_dir(&self.workbook_path)
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        resolve_path(&self.workbook.runs, &self.base_dir())
+    }
+
+    pub fn push(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+
+    /// Marks the workbook changed; it is saved shortly after.
+    pub fn touch(&mut self) {
+        self.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    fn save(&mut self) {
+        match self.workbook.save(&self.workbook_path) {
+            Ok(()) => self.dirty_since = None,
+            Err(e) => {
+                self.rt.note(true, format!("{e:#}"));
+                self.dirty_since = None;
+            }
         }
     }
 
-    fn load(ctx: &egui::Context, dataset: PathBuf) -> DatasetState {
-        let (tx, rx) = mpsc::channel();
-        let ctx = ctx.clone();
-        std::thread::Builder::new()
-            .name("open-dataset".into())
-            .spawn(move || {
-                let result = crate::dataset::open(&dataset, &Default::default())
-                    .map_err(|e| format!("{e:#}"))
-                    .and_then(|m| crate::explore::explore(&m).map_err(|e| format!("{e:#}")));
-                tx.send(result).ok();
-                ctx.request_repaint();
-            })
-            .map_or_else(
-                |e| DatasetState::Failed(e.to_string()),
-                |_| DatasetState::Loading(rx),
-            )
-    }
-
-    fn open(&mut self, ctx: &egui::Context, dataset: PathBuf) {
-        self.state = Self::load(ctx, dataset.clone());
-        self.dataset = dataset;
-    }
-
-    fn poll(&mut self) {
-        if let DatasetState::Loading(rx) = &self.state {
-            match rx.try_recv() {
-                Ok(Ok(report)) => {
-                    let tables = report.tables();
-                    self.state = DatasetState::Ready(Box::new(report), tables);
+    /// Applies queued commands (once per frame).
+    pub fn apply_commands(&mut self, ctx: &egui::Context) {
+        let commands = std::mem::take(&mut self.commands);
+        for c in commands {
+            match c {
+                Command::AddCell { after, kind } => {
+                    self.workbook.insert_after(after, kind);
+                    self.touch();
                 }
-                Ok(Err(err)) => self.state = DatasetState::Failed(err),
-                Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    self.state = DatasetState::Failed("the loader stopped unexpectedly".into());
+                Command::RemoveCell(id) => {
+                    if let Some(t) = self.rt.trains.get(&id) {
+                        t.cancel.store(true, Ordering::Relaxed);
+                    }
+                    self.workbook.remove(id);
+                    self.touch();
+                }
+                Command::MoveCell(id, d) => {
+                    self.workbook.move_cell(id, d);
+                    self.touch();
+                }
+                Command::ToggleCollapse(id) => {
+                    if let Some(i) = self.workbook.position(id) {
+                        self.workbook.cells[i].collapsed ^= true;
+                        self.touch();
+                    }
+                }
+                Command::RunCell(id) => cells::run_cell(self, ctx, id),
+                Command::RunAll => {
+                    self.run_queue = self.workbook.cells.iter().map(|c| c.id).collect();
+                }
+                Command::StopTrain(id) => {
+                    if let Some(t) = self.rt.trains.get(&id) {
+                        t.cancel.store(true, Ordering::Relaxed);
+                        self.rt
+                            .note(false, "stopping the training run after the current batch");
+                    }
+                }
+                Command::OpenDataset(path) => {
+                    let base = self.base_dir();
+                    let stored = stored_path(&path, &base);
+                    let existing = self
+                        .workbook
+                        .cells
+                        .iter()
+                        .find(|c| matches!(c.kind, CellKind::Dataset { .. }))
+                        .map(|c| c.id);
+                    let id = match existing {
+                        Some(id) => {
+                            let i = self.workbook.position(id).expect("found above");
+                            self.workbook.cells[i].kind = CellKind::Dataset {
+                                path: stored,
+                                options: OpenOptions::default(),
+                            };
+                            id
+                        }
+                        None => {
+                            let id = self.workbook.insert_after(
+                                None,
+                                CellKind::Dataset {
+                                    path: stored,
+                                    options: OpenOptions::default(),
+                                },
+                            );
+                            self.workbook.insert_after(Some(id), CellKind::Explore {});
+                            id
+                        }
+                    };
+                    self.rt.datasets.remove(&id);
+                    cells::run_cell(self, ctx, id);
+                    self.touch();
+                }
+                Command::SaveWorkbook => {
+                    self.save();
+                    self.rt
+                        .note(false, format!("saved {}", self.workbook_path.display()));
+                }
+                Command::FilterLabel { dataset, label } => {
+                    if let Some(d) = self.rt.datasets.get_mut(&dataset) {
+                        d.filter.label = label;
+                    }
                 }
             }
+        }
+    }
+
+    fn poll_background(&mut self) {
+        self.rt.thumbs.poll();
+        let mut notes = Vec::new();
+        for d in self.rt.datasets.values_mut() {
+            if let Some(Err(e)) = d.data.poll() {
+                notes.push((true, format!("dataset: {e}")));
+            }
+            if let Some((_, p)) = &mut d.preview {
+                p.poll();
+            }
+        }
+        for s in self.rt.splits.values_mut() {
+            if let Some(Err(e)) = s.data.poll() {
+                notes.push((true, format!("split: {e}")));
+            }
+        }
+        for p in self.rt.predicts.values_mut() {
+            match p.poll() {
+                Some(Err(e)) => notes.push((true, format!("predict: {e}"))),
+                Some(Ok(())) => notes.push((false, "prediction finished".to_owned())),
+                None => {}
+            }
+        }
+        let mut finished_runs = Vec::new();
+        for (id, t) in &mut self.rt.trains {
+            if let Some(rx) = &t.rx {
+                for e in rx.try_iter() {
+                    if let TrainEvent::Warning { message } = &e {
+                        notes.push((false, message.clone()));
+                    }
+                    t.events.push(e);
+                }
+            }
+            if let Some(rx) = &t.done_rx {
+                if let Ok(r) = rx.try_recv() {
+                    match &r {
+                        Ok(run) => {
+                            notes.push((false, format!("training run {run} ended")));
+                            finished_runs.push((*id, run.clone()));
+                        }
+                        Err(e) => notes.push((true, format!("training failed: {e}"))),
+                    }
+                    t.finished = Some(r);
+                    t.done_rx = None;
+                }
+            }
+        }
+        for (id, run) in finished_runs {
+            if let Some(i) = self.workbook.position(id) {
+                if let CellKind::Train { run: r, .. } = &mut self.workbook.cells[i].kind {
+                    *r = Some(run);
+                }
+            }
+            // Evaluate cells that follow this run refresh.
+            self.rt.evals.clear();
+            self.rt.compares.values_mut().for_each(|c| c.stale = true);
+            self.touch();
+        }
+        for e in &mut self.rt.evals.values_mut() {
+            if let Some(Err(err)) = e.data.poll() {
+                notes.push((true, format!("evaluate: {err}")));
+            }
+        }
+        for (error, text) in notes {
+            self.rt.note(error, text);
+        }
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("cellbench");
+            ui.separator();
+            ui.label(egui::RichText::new(&self.workbook.title).strong())
+                .on_hover_text(format!("Workbook file: {}", self.workbook_path.display()));
+            ui.separator();
+            if ui
+                .button("Open dataset…")
+                .on_hover_text("Open a dataset folder (C-NMC names or class folders). Ctrl+O. You can also drop a folder or CSV on the window.")
+                .clicked()
+            {
+                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                    self.push(Command::OpenDataset(dir));
+                }
+            }
+            if ui
+                .button("Open CSV…")
+                .on_hover_text("Open a CSV manifest: NIH ChestX-ray14, Kaggle retinopathy trainLabels.csv, or any CSV with path and label columns")
+                .clicked()
+            {
+                if let Some(f) = rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file() {
+                    self.push(Command::OpenDataset(f));
+                }
+            }
+            ui.menu_button("Add cell", |ui| {
+                for kind in CellKind::templates() {
+                    if ui.button(kind.title()).clicked() {
+                        self.push(Command::AddCell { after: None, kind });
+                        ui.close();
+                    }
+                }
+            })
+            .response
+            .on_hover_text("Append a cell to the notebook");
+            if ui.button("Run all").on_hover_text("Run every cell from top to bottom (F5)").clicked() {
+                self.push(Command::RunAll);
+            }
+            if ui.button("Save").on_hover_text("Save the workbook now (Ctrl+S); it also saves itself after every change").clicked() {
+                self.push(Command::SaveWorkbook);
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                let label = if self.state.dark_mode { "Light theme" } else { "Dark theme" };
+                if ui.button(label).on_hover_text("Switch between dark and light themes").clicked() {
+                    self.state.dark_mode ^= true;
+                    ui.ctx().set_visuals(if self.state.dark_mode { egui::Visuals::dark() } else { egui::Visuals::light() });
+                }
+                let errors = self.rt.log.iter().filter(|l| l.1).count();
+                let text = if errors > 0 { format!("Log ({errors} errors)") } else { "Log".to_owned() };
+                ui.toggle_value(&mut self.state.show_log, text).on_hover_text("Show messages and errors of background work");
+            });
+        });
+    }
+
+    fn log_panel(&mut self, ui: &mut egui::Ui) {
+        egui::Panel::bottom("log")
+            .resizable(true)
+            .default_size(140.0)
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.strong("Log");
+                    if ui.small_button("Clear").clicked() {
+                        self.rt.log.clear();
+                    }
+                });
+                egui::ScrollArea::vertical()
+                    .stick_to_bottom(true)
+                    .show(ui, |ui| {
+                        for (_, error, text) in &self.rt.log {
+                            if *error {
+                                ui.colored_label(ui.visuals().error_fg_color, text);
+                            } else {
+                                ui.label(text);
+                            }
+                        }
+                    });
+            });
+    }
+
+    fn toasts(&mut self, ctx: &egui::Context) {
+        self.rt.toasts.retain(|t| t.0.elapsed().as_secs_f32() < 6.0);
+        if self.rt.toasts.is_empty() {
+            return;
+        }
+        egui::Area::new(egui::Id::unique("toasts"))
+            .anchor(egui::Align2::RIGHT_BOTTOM, [-12.0, -12.0])
+            .show(ctx, |ui| {
+                for (_, error, text) in &self.rt.toasts {
+                    egui::Frame::popup(ui.style()).show(ui, |ui| {
+                        ui.set_max_width(380.0);
+                        if *error {
+                            ui.colored_label(ui.visuals().error_fg_color, text);
+                        } else {
+                            ui.label(text);
+                        }
+                    });
+                }
+            });
+        ctx.request_repaint_after(std::time::Duration::from_millis(500));
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let (save, open, run_all) = ctx.input_mut(|i| {
+            (
+                i.consume_key(egui::Modifiers::COMMAND, egui::Key::S),
+                i.consume_key(egui::Modifiers::COMMAND, egui::Key::O),
+                i.consume_key(egui::Modifiers::NONE, egui::Key::F5),
+            )
+        });
+        if save {
+            self.push(Command::SaveWorkbook);
+        }
+        if run_all {
+            self.push(Command::RunAll);
+        }
+        if open {
+            if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                self.push(Command::OpenDataset(dir));
+            }
+        }
+        let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
+        if let Some(path) = dropped {
+            self.push(Command::OpenDataset(path));
         }
     }
 
@@ -84,121 +622,136 @@ impl WorkbenchApp {
         };
         if let Some(rx) = &self.screenshot_rx {
             if let Ok(image) = rx.try_recv() {
-                let [w, h] = image.size;
-                let rgba: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_array()).collect();
-                if let Some(img) = image::RgbaImage::from_raw(w as u32, h as u32, rgba) {
-                    if let Err(err) = img.save(&path) {
-                        log::error!("saving screenshot {}: {err}", path.display());
-                    }
-                }
+                save_color_image(&image, &path);
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             }
-        } else if matches!(
-            self.state,
-            DatasetState::Ready(..) | DatasetState::Failed(_)
-        ) {
-            self.frames_ready += 1;
-            if self.frames_ready == 3 {
-                let (tx, rx) = mpsc::channel();
-                let repaint = ctx.clone();
-                self.screenshot_rx = Some(rx);
-                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
-                    egui::ScreenshotCallback::new(move |image| {
-                        tx.send(image).ok();
-                        repaint.request_repaint();
-                    }),
-                ));
-            }
+        } else if self.settled() {
+            let (tx, rx) = mpsc::channel();
+            let repaint = ctx.clone();
+            self.screenshot_rx = Some(rx);
+            ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
+                egui::ScreenshotCallback::new(move |image| {
+                    tx.send(image).ok();
+                    repaint.request_repaint();
+                }),
+            ));
         }
         ctx.request_repaint();
+    }
+
+    /// Starts the next queued cell once nothing is running.
+    fn advance_queue(&mut self, ctx: &egui::Context) {
+        if self.run_queue.is_empty() || self.busy() {
+            return;
+        }
+        if let Some(id) = self.run_queue.pop_front() {
+            cells::run_cell(self, ctx, id);
+        }
+        ctx.request_repaint();
+    }
+
+    /// True while background work of any cell runs.
+    pub fn busy(&self) -> bool {
+        self.rt
+            .datasets
+            .values()
+            .any(|d| matches!(d.data, Loading::Busy(_)))
+            || self
+                .rt
+                .splits
+                .values()
+                .any(|d| matches!(d.data, Loading::Busy(_)))
+            || self.rt.trains.values().any(TrainRuntime::is_running)
+            || self
+                .rt
+                .evals
+                .values()
+                .any(|e| matches!(e.data, Loading::Busy(_)))
+            || self
+                .rt
+                .predicts
+                .values()
+                .any(|p| matches!(p, Loading::Busy(_)))
+    }
+
+    /// True when no background work is running or queued.
+    pub fn settled(&self) -> bool {
+        self.frames > 10 && self.run_queue.is_empty() && !self.busy()
+    }
+
+    /// Draws one frame (also used by tests through [`eframe::App::ui`]).
+    pub fn frame(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.frames += 1;
+        if self.frames == 1 && std::env::var_os("CELLBENCH_RUN_ALL").is_some() {
+            self.push(Command::RunAll);
+        }
+        self.poll_background();
+        self.shortcuts(&ctx);
+        egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
+        if self.state.show_log {
+            self.log_panel(ui);
+        }
+        egui::CentralPanel::default().show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .auto_shrink(false)
+                .show(ui, |ui| {
+                    ui.add_space(4.0);
+                    let ids: Vec<u64> = self.workbook.cells.iter().map(|c| c.id).collect();
+                    for id in ids {
+                        cells::cell_ui(self, ui, id);
+                        ui.add_space(10.0);
+                    }
+                    ui.horizontal(|ui| {
+                        ui.menu_button("Add cell", |ui| {
+                            for kind in CellKind::templates() {
+                                if ui.button(kind.title()).clicked() {
+                                    self.push(Command::AddCell { after: None, kind });
+                                    ui.close();
+                                }
+                            }
+                        });
+                    });
+                    ui.add_space(40.0);
+                });
+        });
+        self.toasts(&ctx);
+        self.apply_commands(&ctx);
+        self.advance_queue(&ctx);
+        if self
+            .dirty_since
+            .is_some_and(|t| t.elapsed().as_secs_f32() > 1.0)
+        {
+            self.save();
+        } else if self.dirty_since.is_some() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(1100));
+        }
+        if self.rt.trains.values().any(TrainRuntime::is_running) {
+            ctx.request_repaint_after(std::time::Duration::from_millis(200));
+        }
+        self.screenshot(&ctx);
+    }
+}
+
+fn save_color_image(image: &egui::ColorImage, path: &Path) {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_array()).collect();
+    if let Some(img) = image::RgbaImage::from_raw(w as u32, h as u32, rgba) {
+        if let Err(err) = img.save(path) {
+            log::error!("saving screenshot {}: {err}", path.display());
+        }
     }
 }
 
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        let ctx = ui.ctx().clone();
-        self.poll();
-        let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
-        if let Some(path) = dropped {
-            self.open(&ctx, path);
-        }
-
-        egui::Panel::top("top").show(ui, |ui| {
-            ui.horizontal(|ui| {
-                ui.heading("cellbench");
-                ui.separator();
-                ui.label(egui::RichText::new(self.dataset.display().to_string()).monospace())
-                    .on_hover_text(
-                        "The open dataset. Drop a folder or CSV on the window to open another.",
-                    );
-                if ui
-                    .button("Open folder…")
-                    .on_hover_text("Open a dataset folder (C-NMC names or class folders)")
-                    .clicked()
-                {
-                    if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                        self.open(&ctx, dir);
-                    }
-                }
-                if ui
-                    .button("Open CSV…")
-                    .on_hover_text(
-                        "Open a CSV manifest (NIH ChestX-ray14, Kaggle retinopathy, generic)",
-                    )
-                    .clicked()
-                {
-                    if let Some(file) = rfd::FileDialog::new()
-                        .add_filter("CSV", &["csv"])
-                        .pick_file()
-                    {
-                        self.open(&ctx, file);
-                    }
-                }
-            });
-        });
-
-        egui::CentralPanel::default().show(ui, |ui| match &self.state {
-            DatasetState::Loading(_) => {
-                ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.label("Scanning the dataset…");
-                });
-            }
-            DatasetState::Failed(err) => {
-                ui.colored_label(
-                    ui.visuals().error_fg_color,
-                    format!("Could not open the dataset: {err}"),
-                );
-            }
-            DatasetState::Ready(_report, tables) => {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    for (i, table) in tables.iter().enumerate() {
-                        table_ui(ui, i, table);
-                        ui.add_space(12.0);
-                    }
-                });
-            }
-        });
-        self.screenshot(&ctx);
+        self.frame(ui);
     }
-}
 
-/// Draws a [`Table`] as a striped grid under its title.
-fn table_ui(ui: &mut egui::Ui, id: usize, table: &Table) {
-    ui.label(egui::RichText::new(&table.title).strong().size(16.0));
-    egui::Grid::new(("table", id))
-        .striped(true)
-        .spacing([18.0, 4.0])
-        .show(ui, |ui| {
-            for h in &table.headers {
-                ui.label(egui::RichText::new(h).strong());
-            }
-            ui.end_row();
-            for row in &table.rows {
-                for cell in row {
-                    ui.label(cell);
-                }
-                ui.end_row();
-            }
-        });
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, APP_KEY, &self.state);
+        if self.dirty_since.is_some() {
+            WorkbenchApp::save(self);
+        }
+    }
 }

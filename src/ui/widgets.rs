@@ -1,0 +1,418 @@
+//! Reusable widgets: the virtualised thumbnail gallery, tables, the confusion heatmap.
+
+use std::path::PathBuf;
+
+use eframe::egui;
+
+use crate::explore::Table;
+use crate::runs::view::RunSummary;
+use crate::train::metrics::ConfusionMatrix;
+
+use super::thumbs::{THUMB_SIDE, ThumbCache};
+
+/// A grid of thumbnails that only lays out (and decodes) the rows on screen.
+/// `item(k)` gives the path, caption and selection of item `k`.
+pub fn gallery(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    thumbs: &mut ThumbCache,
+    count: usize,
+    item: impl Fn(usize) -> (PathBuf, String, bool),
+    on_click: &mut dyn FnMut(usize),
+) {
+    let tile = THUMB_SIDE as f32;
+    let cols = super::cells::columns_for(ui.available_width());
+    let rows = count.div_ceil(cols);
+    let row_height = tile + 22.0;
+    egui::ScrollArea::vertical()
+        .id_salt(id)
+        .max_height(ui.available_height().clamp(140.0, 380.0))
+        .auto_shrink([false, true])
+        .show_rows(ui, row_height, rows, |ui, range| {
+            for row in range {
+                ui.horizontal(|ui| {
+                    for col in 0..cols {
+                        let k = row * cols + col;
+                        if k >= count {
+                            break;
+                        }
+                        let (path, caption, selected) = item(k);
+                        ui.vertical(|ui| {
+                            ui.set_width(tile + 4.0);
+                            let (rect, response) = ui
+                                .allocate_exact_size(egui::vec2(tile, tile), egui::Sense::click());
+                            match thumbs.get(&path) {
+                                Ok(Some(tex)) => {
+                                    let size = tex.size_vec2();
+                                    let scale = tile / size.x.max(size.y);
+                                    let r =
+                                        egui::Rect::from_center_size(rect.center(), size * scale);
+                                    ui.painter().image(
+                                        tex.id(),
+                                        r,
+                                        egui::Rect::from_min_max(
+                                            egui::pos2(0.0, 0.0),
+                                            egui::pos2(1.0, 1.0),
+                                        ),
+                                        egui::Color32::WHITE,
+                                    );
+                                }
+                                Ok(None) => {
+                                    ui.painter().rect_filled(
+                                        rect,
+                                        4.0,
+                                        ui.visuals().faint_bg_color,
+                                    );
+                                }
+                                Err(()) => {
+                                    ui.painter().rect_filled(
+                                        rect,
+                                        4.0,
+                                        ui.visuals().faint_bg_color,
+                                    );
+                                    ui.painter().text(
+                                        rect.center(),
+                                        egui::Align2::CENTER_CENTER,
+                                        "unreadable",
+                                        egui::FontId::proportional(11.0),
+                                        ui.visuals().error_fg_color,
+                                    );
+                                }
+                            }
+                            if selected {
+                                ui.painter().rect_stroke(
+                                    rect,
+                                    4.0,
+                                    egui::Stroke::new(2.5, ui.visuals().selection.stroke.color),
+                                    egui::StrokeKind::Outside,
+                                );
+                            }
+                            if response.clicked() {
+                                on_click(k);
+                            }
+                            response.on_hover_text(path.display().to_string());
+                            ui.add(
+                                egui::Label::new(egui::RichText::new(caption).small()).truncate(),
+                            );
+                        });
+                    }
+                });
+            }
+        });
+}
+
+/// A table drawn as a striped grid under its title.
+pub fn table(ui: &mut egui::Ui, id: impl std::hash::Hash + std::fmt::Debug, table: &Table) {
+    let mut no_sort = (usize::MAX, false);
+    draw_table(ui, id, table, &mut no_sort, false);
+}
+
+/// A table whose columns sort when their header is clicked (numbers numerically).
+pub fn sortable_table(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    table: &Table,
+    sort: &mut (usize, bool),
+) {
+    draw_table(ui, id, table, sort, true);
+}
+
+fn sort_key(s: &str) -> Result<f64, String> {
+    s.trim_end_matches('%')
+        .parse::<f64>()
+        .map_err(|_| s.to_lowercase())
+}
+
+fn draw_table(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    table: &Table,
+    sort: &mut (usize, bool),
+    sortable: bool,
+) {
+    ui.label(egui::RichText::new(&table.title).strong());
+    let mut rows: Vec<&Vec<String>> = table.rows.iter().collect();
+    if sort.0 != usize::MAX {
+        let (col, desc) = *sort;
+        rows.sort_by(|a, b| {
+            let (ka, kb) = (
+                sort_key(a.get(col).map_or("", String::as_str)),
+                sort_key(b.get(col).map_or("", String::as_str)),
+            );
+            let o = match (ka, kb) {
+                (Ok(x), Ok(y)) => x.total_cmp(&y),
+                (Err(x), Err(y)) => x.cmp(&y),
+                (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+                (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            };
+            if desc { o.reverse() } else { o }
+        });
+    }
+    egui::Grid::new(id)
+        .striped(true)
+        .spacing([18.0, 3.0])
+        .show(ui, |ui| {
+            let has_header = table.headers.iter().any(|h| !h.is_empty());
+            if has_header {
+                for (i, h) in table.headers.iter().enumerate() {
+                    let arrow = if sort.0 == i {
+                        if sort.1 { " (desc)" } else { " (asc)" }
+                    } else {
+                        ""
+                    };
+                    let text = egui::RichText::new(format!("{h}{arrow}")).strong();
+                    if sortable {
+                        if ui
+                            .add(egui::Label::new(text).sense(egui::Sense::click()))
+                            .on_hover_text("Sort by this column")
+                            .clicked()
+                        {
+                            *sort = if sort.0 == i { (i, !sort.1) } else { (i, true) };
+                        }
+                    } else {
+                        ui.label(text);
+                    }
+                }
+                ui.end_row();
+            }
+            for row in rows {
+                for cell in row {
+                    ui.label(cell);
+                }
+                ui.end_row();
+            }
+        });
+    ui.add_space(6.0);
+}
+
+/// Confusion matrix as a heatmap: rows are true labels, columns predicted ones. Returns the
+/// clicked cell.
+pub fn confusion_heatmap(
+    ui: &mut egui::Ui,
+    cm: &ConfusionMatrix,
+    normalised: bool,
+    selected: Option<(usize, usize)>,
+) -> Option<(usize, usize)> {
+    let n = cm.labels.len().max(1);
+    let cell = (300.0 / n as f32).clamp(28.0, 64.0);
+    let label_w = cm.labels.iter().map(|l| l.len()).max().unwrap_or(4) as f32 * 7.0 + 16.0;
+    let size = egui::vec2(
+        label_w + cell * n as f32 + 10.0,
+        34.0 + cell * n as f32 + label_w,
+    );
+    let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click());
+    let painter = ui.painter_at(rect);
+    let origin = rect.min + egui::vec2(label_w, 24.0);
+    let values = if normalised {
+        cm.row_normalised()
+    } else {
+        cm.counts
+            .iter()
+            .map(|r| r.iter().map(|&c| c as f64).collect())
+            .collect()
+    };
+    let max = values
+        .iter()
+        .flatten()
+        .copied()
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let text_color = ui.visuals().text_color();
+    let font = egui::FontId::proportional(12.0);
+    painter.text(
+        origin + egui::vec2(cell * n as f32 / 2.0, -14.0),
+        egui::Align2::CENTER_CENTER,
+        "predicted",
+        egui::FontId::proportional(13.0),
+        text_color,
+    );
+    painter.text(
+        rect.min + egui::vec2(4.0, 10.0),
+        egui::Align2::LEFT_CENTER,
+        "true",
+        egui::FontId::proportional(13.0),
+        text_color,
+    );
+    for (i, row) in values.iter().enumerate() {
+        painter.text(
+            origin + egui::vec2(-6.0, cell * (i as f32 + 0.5)),
+            egui::Align2::RIGHT_CENTER,
+            &cm.labels[i],
+            font.clone(),
+            text_color,
+        );
+        for (j, v) in row.iter().enumerate() {
+            let t = (v / max) as f32;
+            let color = egui::Color32::from_rgb(
+                (235.0 - t * 190.0) as u8,
+                (240.0 - t * 150.0) as u8,
+                (250.0 - t * 90.0) as u8,
+            );
+            let r = egui::Rect::from_min_size(
+                origin + egui::vec2(cell * j as f32, cell * i as f32),
+                egui::vec2(cell - 2.0, cell - 2.0),
+            );
+            painter.rect_filled(r, 2.0, color);
+            if selected == Some((i, j)) {
+                painter.rect_stroke(
+                    r,
+                    2.0,
+                    egui::Stroke::new(2.5, egui::Color32::from_rgb(230, 126, 34)),
+                    egui::StrokeKind::Inside,
+                );
+            }
+            let label = if normalised {
+                format!("{v:.2}")
+            } else {
+                format!("{}", cm.counts[i][j])
+            };
+            let fg = if t > 0.55 {
+                egui::Color32::WHITE
+            } else {
+                egui::Color32::BLACK
+            };
+            painter.text(
+                r.center(),
+                egui::Align2::CENTER_CENTER,
+                label,
+                font.clone(),
+                fg,
+            );
+        }
+    }
+    for (j, l) in cm.labels.iter().enumerate() {
+        let pos = origin + egui::vec2(cell * (j as f32 + 0.5), cell * n as f32 + 4.0);
+        // Column labels get the cell's width; the full name is in the row labels.
+        let fit = ((cell / 7.0) as usize).max(3);
+        let short: String = if l.chars().count() > fit {
+            l.chars().take(fit - 1).chain(['.']).collect()
+        } else {
+            l.clone()
+        };
+        painter.text(
+            pos,
+            egui::Align2::CENTER_TOP,
+            short,
+            font.clone(),
+            text_color,
+        );
+    }
+    let clicked = response
+        .clicked()
+        .then(|| response.interact_pointer_pos())
+        .flatten()
+        .and_then(|p| {
+            let d = p - origin;
+            let (i, j) = ((d.y / cell).floor(), (d.x / cell).floor());
+            (i >= 0.0 && j >= 0.0 && (i as usize) < n && (j as usize) < n)
+                .then_some((i as usize, j as usize))
+        });
+    response.on_hover_text("Click a cell to see its images");
+    clicked
+}
+
+/// Metrics of several runs with the best value per column marked, and their configs.
+pub fn compare_table(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug + Copy,
+    runs: &[RunSummary],
+) {
+    type Col = (&'static str, bool, fn(&RunSummary) -> Option<f64>);
+    let cols: [Col; 6] = [
+        ("accuracy", true, |r| r.val.as_ref().map(|m| m.accuracy)),
+        ("balanced acc.", true, |r| {
+            r.val.as_ref().map(|m| m.balanced_accuracy)
+        }),
+        ("macro F1", true, |r| r.val.as_ref().map(|m| m.macro_f1)),
+        ("macro AUC", true, |r| {
+            r.val.as_ref().and_then(|m| m.macro_auc)
+        }),
+        ("val loss", false, |r| r.val.as_ref().and_then(|m| m.loss)),
+        ("best epoch", false, |r| r.best_epoch.map(f64::from)),
+    ];
+    ui.label(egui::RichText::new("Validation metrics (best per column in green)").strong());
+    egui::Grid::new((id, "metrics"))
+        .striped(true)
+        .spacing([16.0, 3.0])
+        .show(ui, |ui| {
+            ui.strong("run");
+            ui.strong("state");
+            for (name, _, _) in &cols {
+                ui.strong(*name);
+            }
+            ui.end_row();
+            let best: Vec<Option<f64>> = cols
+                .iter()
+                .map(|(name, higher, f)| {
+                    if *name == "best epoch" {
+                        return None;
+                    }
+                    let vals = runs.iter().filter_map(f);
+                    if *higher {
+                        vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
+                    } else {
+                        vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))))
+                    }
+                })
+                .collect();
+            for r in runs {
+                ui.label(&r.id);
+                ui.label(format!("{:?}", r.state).to_lowercase());
+                for ((_, _, f), b) in cols.iter().zip(&best) {
+                    match f(r) {
+                        Some(v) => {
+                            let text = egui::RichText::new(format!("{v:.4}"));
+                            if b.is_some_and(|b| (b - v).abs() < 1e-12) {
+                                ui.label(text.color(egui::Color32::from_rgb(46, 160, 67)).strong());
+                            } else {
+                                ui.label(text);
+                            }
+                        }
+                        None => {
+                            ui.label("-");
+                        }
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    ui.add_space(6.0);
+    ui.label(egui::RichText::new("Configurations").strong());
+    egui::Grid::new((id, "configs"))
+        .striped(true)
+        .spacing([16.0, 3.0])
+        .show(ui, |ui| {
+            ui.strong("setting");
+            for r in runs {
+                ui.strong(&r.id);
+            }
+            ui.end_row();
+            let rows: [(&str, fn(&RunSummary) -> String); 10] = [
+                ("mode", |r| format!("{:?}", r.config.mode)),
+                ("device", |r| r.device.clone().unwrap_or_default()),
+                ("epochs", |r| r.config.epochs.to_string()),
+                ("batch size", |r| r.config.batch_size.to_string()),
+                ("learning rate", |r| {
+                    format!("{:.1e}", r.config.learning_rate)
+                }),
+                ("weight decay", |r| format!("{:.1e}", r.config.weight_decay)),
+                ("optimizer", |r| format!("{:?}", r.config.optimizer)),
+                ("schedule", |r| format!("{:?}", r.config.schedule)),
+                ("imbalance", |r| format!("{:?}", r.config.imbalance)),
+                ("image size", |r| r.config.preprocess.size.to_string()),
+            ];
+            for (name, f) in rows {
+                ui.label(name);
+                let values: Vec<String> = runs.iter().map(f).collect();
+                let differs = values.iter().any(|v| v != &values[0]);
+                for v in values {
+                    if differs {
+                        ui.label(egui::RichText::new(v).strong())
+                    } else {
+                        ui.label(v)
+                    };
+                }
+                ui.end_row();
+            }
+        });
+}

@@ -1,0 +1,353 @@
+//! The workbook: an ordered list of cells with their parameters, saved as a readable
+//! `.cellbook.toml` and re-runnable headless with `cellbench run <book>`.
+//!
+//! A workbook holds references (dataset paths relative to the workbook, run ids), never
+//! results and never secrets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::dataset::OpenOptions;
+use crate::dataset::split::SplitConfig;
+use crate::train::TrainConfig;
+
+pub mod run;
+
+/// One cell of the notebook.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    /// Stable id within the workbook (survives reordering).
+    pub id: u64,
+    #[serde(default)]
+    pub collapsed: bool,
+    #[serde(flatten)]
+    pub kind: CellKind,
+}
+
+/// What a cell does. Cells below a Dataset cell work on that dataset; Train uses the nearest
+/// Split above it when there is one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CellKind {
+    /// Markdown text.
+    Note { text: String },
+    /// A dataset folder or CSV (relative to the workbook when possible).
+    Dataset {
+        path: String,
+        #[serde(default)]
+        options: OpenOptions,
+    },
+    /// Counts and charts of the dataset above.
+    Explore {},
+    /// Patient split of the dataset above.
+    Split {
+        #[serde(default)]
+        config: SplitConfig,
+    },
+    /// A training run.
+    Train {
+        #[serde(default)]
+        config: TrainConfig,
+        /// The run this cell produced last (under the runs folder).
+        #[serde(default)]
+        run: Option<String>,
+    },
+    /// Metrics, confusion matrix, ROC curves and mistakes of a run (default: the Train above).
+    Evaluate {
+        #[serde(default)]
+        run: Option<String>,
+    },
+    /// Several runs side by side.
+    Compare {
+        #[serde(default)]
+        runs: Vec<String>,
+    },
+    /// Batch prediction of a folder with a run.
+    Predict {
+        #[serde(default)]
+        run: Option<String>,
+        #[serde(default)]
+        input: String,
+        #[serde(default = "default_predictions")]
+        output: String,
+    },
+}
+
+fn default_predictions() -> String {
+    "predictions.csv".into()
+}
+
+impl CellKind {
+    pub fn title(&self) -> &'static str {
+        match self {
+            Self::Note { .. } => "Note",
+            Self::Dataset { .. } => "Dataset",
+            Self::Explore {} => "Explore",
+            Self::Split { .. } => "Split",
+            Self::Train { .. } => "Train",
+            Self::Evaluate { .. } => "Evaluate",
+            Self::Compare { .. } => "Compare",
+            Self::Predict { .. } => "Predict",
+        }
+    }
+
+    /// A fresh cell of each kind, in menu order.
+    pub fn templates() -> Vec<Self> {
+        vec![
+            Self::Dataset {
+                path: String::new(),
+                options: OpenOptions::default(),
+            },
+            Self::Explore {},
+            Self::Split {
+                config: SplitConfig::default(),
+            },
+            Self::Train {
+                config: TrainConfig::default(),
+                run: None,
+            },
+            Self::Evaluate { run: None },
+            Self::Compare { runs: Vec::new() },
+            Self::Predict {
+                run: None,
+                input: String::new(),
+                output: default_predictions(),
+            },
+            Self::Note {
+                text: String::new(),
+            },
+        ]
+    }
+}
+
+/// A notebook of cells.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Workbook {
+    #[serde(default)]
+    pub title: String,
+    /// Folder of run folders, relative to the workbook.
+    #[serde(default = "default_runs")]
+    pub runs: String,
+    #[serde(default, rename = "cell")]
+    pub cells: Vec<Cell>,
+}
+
+fn default_runs() -> String {
+    "runs".into()
+}
+
+impl Default for Workbook {
+    fn default() -> Self {
+        Self {
+            title: "Untitled".into(),
+            runs: default_runs(),
+            cells: Vec::new(),
+        }
+    }
+}
+
+impl Workbook {
+    /// The starter workbook: the bundled demo dataset through every step.
+    pub fn demo(dataset: &str) -> Self {
+        let mut book = Self {
+            title: "Demo: white blood cells (BCCD)".into(),
+            ..Self::default()
+        };
+        book.push(CellKind::Note {
+            text:
+                "# White blood cells\nFive classes of real BCCD crops. Explore the counts, split, \
+                   train a linear probe on EfficientNet-Lite0 features, and look at the mistakes."
+                    .into(),
+        });
+        book.push(CellKind::Dataset {
+            path: dataset.into(),
+            options: OpenOptions::default(),
+        });
+        book.push(CellKind::Explore {});
+        book.push(CellKind::Split {
+            config: SplitConfig {
+                test: 0.0,
+                val: 0.3,
+                seed: 7,
+            },
+        });
+        book.push(CellKind::Train {
+            config: TrainConfig {
+                epochs: 15,
+                ..TrainConfig::default()
+            },
+            run: None,
+        });
+        book.push(CellKind::Evaluate { run: None });
+        book
+    }
+
+    /// Appends a cell with a fresh id; returns the id.
+    pub fn push(&mut self, kind: CellKind) -> u64 {
+        let id = self.next_id();
+        self.cells.push(Cell {
+            id,
+            collapsed: false,
+            kind,
+        });
+        id
+    }
+
+    /// Inserts a cell after `after` (or at the end); returns the id.
+    pub fn insert_after(&mut self, after: Option<u64>, kind: CellKind) -> u64 {
+        let id = self.next_id();
+        let at = after
+            .and_then(|a| self.position(a))
+            .map_or(self.cells.len(), |i| i + 1);
+        self.cells.insert(
+            at,
+            Cell {
+                id,
+                collapsed: false,
+                kind,
+            },
+        );
+        id
+    }
+
+    fn next_id(&self) -> u64 {
+        self.cells.iter().map(|c| c.id).max().map_or(1, |m| m + 1)
+    }
+
+    pub fn position(&self, id: u64) -> Option<usize> {
+        self.cells.iter().position(|c| c.id == id)
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.cells.retain(|c| c.id != id);
+    }
+
+    /// Moves a cell one place up (`-1`) or down (`+1`).
+    pub fn move_cell(&mut self, id: u64, delta: isize) {
+        if let Some(i) = self.position(id) {
+            let j = i as isize + delta;
+            if j >= 0 && (j as usize) < self.cells.len() {
+                self.cells.swap(i, j as usize);
+            }
+        }
+    }
+
+    /// The nearest cell above `id` (exclusive) matching `pred`.
+    pub fn above(&self, id: u64, pred: impl Fn(&CellKind) -> bool) -> Option<&Cell> {
+        let i = self.position(id)?;
+        self.cells[..i].iter().rev().find(|c| pred(&c.kind))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Saves atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = toml::to_string_pretty(self)?;
+        crate::fsio::write_atomic_bytes(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The folder relative paths in this workbook are resolved against.
+    pub fn base_dir(path: &Path) -> PathBuf {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    }
+}
+
+/// `path` as stored in a workbook at `base`: relative when it lies under `base`, else as is.
+pub fn stored_path(path: &Path, base: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+    crate::dataset::relative_path(&abs, &base)
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Resolves a stored path against the workbook folder.
+pub fn resolve_path(stored: &str, base: &Path) -> PathBuf {
+    let p = Path::new(stored);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_is_readable() {
+        let book = Workbook::demo("data/bccd");
+        let text = toml::to_string_pretty(&book).unwrap();
+        assert!(text.contains("[[cell]]"), "{text}");
+        assert!(text.contains("kind = \"dataset\""), "{text}");
+        assert!(text.contains("path = \"data/bccd\""), "{text}");
+        let back: Workbook = toml::from_str(&text).unwrap();
+        assert_eq!(back, book);
+    }
+
+    #[test]
+    fn add_move_remove_and_lookup_above() {
+        let mut book = Workbook::default();
+        let d = book.push(CellKind::Dataset {
+            path: "a".into(),
+            options: OpenOptions::default(),
+        });
+        let t = book.push(CellKind::Train {
+            config: TrainConfig::default(),
+            run: None,
+        });
+        let s = book.insert_after(
+            Some(d),
+            CellKind::Split {
+                config: SplitConfig::default(),
+            },
+        );
+        assert_eq!(
+            book.cells.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [d, s, t]
+        );
+        assert_eq!(
+            book.above(t, |k| matches!(k, CellKind::Split { .. }))
+                .unwrap()
+                .id,
+            s
+        );
+        book.move_cell(s, 1);
+        assert_eq!(
+            book.cells.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [d, t, s]
+        );
+        assert!(
+            book.above(t, |k| matches!(k, CellKind::Split { .. }))
+                .is_none()
+        );
+        book.move_cell(d, -1);
+        assert_eq!(book.cells[0].id, d);
+        book.remove(t);
+        assert_eq!(book.cells.len(), 2);
+    }
+
+    #[test]
+    fn paths_are_stored_relative_to_the_workbook() {
+        let base = Path::new("/data/books");
+        assert_eq!(
+            stored_path(Path::new("/data/books/cells/a"), base),
+            "cells/a"
+        );
+        assert_eq!(stored_path(Path::new("/elsewhere/b"), base), "/elsewhere/b");
+        assert_eq!(
+            resolve_path("cells/a", base),
+            Path::new("/data/books/cells/a")
+        );
+        assert_eq!(resolve_path("/x", base), Path::new("/x"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Running a workbook headless: the same library calls the GUI makes, in cell order.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+
+use crate::dataset::Manifest;
+use crate::dataset::split::{SplitReport, assign_splits};
+use crate::train::TrainEvent;
+
+use super::{CellKind, Workbook, resolve_path};
+
+/// What the runner tells its caller.
+pub enum Output<'a> {
+    /// A heading and text to print.
+    Text(&'a str, String),
+    Table(&'a crate::explore::Table),
+    Event(&'a TrainEvent),
+}
+
+/// Runs every cell of the workbook at `path` in order and saves the run ids it produced back
+/// into the workbook. Stops at the first failing cell.
+pub fn run_workbook(
+    path: &Path,
+    out: &mut dyn FnMut(Output<'_>),
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut book = Workbook::load(path)?;
+    let base = Workbook::base_dir(path);
+    let runs_root = resolve_path(&book.runs, &base);
+    let mut dataset: Option<Manifest> = None;
+    let mut split: Option<Manifest> = None;
+    let mut last_run: Option<String> = None;
+    for i in 0..book.cells.len() {
+        let title = book.cells[i].kind.title();
+        let ctx = || format!("cell {} ({title})", i + 1);
+        match book.cells[i].kind.clone() {
+            CellKind::Note { text } => out(Output::Text(title, text)),
+            CellKind::Dataset { path: p, options } => {
+                let m =
+                    crate::dataset::open(&resolve_path(&p, &base), &options).with_context(ctx)?;
+                out(Output::Text(
+                    title,
+                    format!("{} images from {}", m.records.len(), m.source.display()),
+                ));
+                dataset = Some(m);
+                split = None;
+            }
+            CellKind::Explore {} => {
+                let m = dataset
+                    .as_ref()
+                    .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let report = crate::explore::explore(m).with_context(ctx)?;
+                for t in report.tables() {
+                    out(Output::Table(&t));
+                }
+            }
+            CellKind::Split { config } => {
+                let m = dataset
+                    .as_ref()
+                    .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let sides = assign_splits(&m.records, &config).with_context(ctx)?;
+                let mut s = m.clone();
+                for (r, side) in s.records.iter_mut().zip(sides) {
+                    r.split = side;
+                }
+                let report = SplitReport::of(&s.records);
+                out(Output::Table(&crate::explore::table::split_table(&report)));
+                anyhow::ensure!(
+                    report.leaks.is_empty(),
+                    "{}: {} patients cross splits",
+                    ctx(),
+                    report.leaks.len()
+                );
+                split = Some(s);
+            }
+            CellKind::Train { config, .. } => {
+                let m = split
+                    .clone()
+                    .or_else(|| dataset.clone())
+                    .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let outcome = crate::train::engine::train(
+                    crate::train::engine::TrainJob {
+                        config,
+                        manifest: m,
+                        runs_root: runs_root.clone(),
+                        resume: None,
+                        cache: Some(crate::train::features::FeatureCache::default_location()),
+                    },
+                    &mut |e| out(Output::Event(e)),
+                    cancel,
+                )
+                .with_context(ctx)?;
+                if let CellKind::Train { run, .. } = &mut book.cells[i].kind {
+                    *run = Some(outcome.run_id.clone());
+                }
+                last_run = Some(outcome.run_id);
+            }
+            CellKind::Evaluate { run } => {
+                let id = run
+                    .or_else(|| last_run.clone())
+                    .with_context(|| format!("{}: no run to evaluate", ctx()))?;
+                let ev = crate::runs::view::load_evaluation(&runs_root, &id).with_context(ctx)?;
+                for t in
+                    crate::train::report::metrics_tables(&format!("{id} (validation)"), &ev.metrics)
+                {
+                    out(Output::Table(&t));
+                }
+            }
+            CellKind::Compare { runs } => {
+                let mut t = crate::explore::Table::new(
+                    "Compare",
+                    &[
+                        "run",
+                        "accuracy",
+                        "balanced accuracy",
+                        "macro F1",
+                        "macro AUC",
+                    ],
+                );
+                for r in runs {
+                    let s = crate::runs::view::load_summary(&runs_root, &r).with_context(ctx)?;
+                    let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
+                    t.row(vec![
+                        r,
+                        f(s.val.as_ref().map(|m| m.accuracy)),
+                        f(s.val.as_ref().map(|m| m.balanced_accuracy)),
+                        f(s.val.as_ref().map(|m| m.macro_f1)),
+                        f(s.val.as_ref().and_then(|m| m.macro_auc)),
+                    ]);
+                }
+                out(Output::Table(&t));
+            }
+            CellKind::Predict { run, input, output } => {
+                let id = run
+                    .or_else(|| last_run.clone())
+                    .with_context(|| format!("{}: no run to predict with", ctx()))?;
+                let compute = crate::model::backend::select(Default::default())?;
+                let classifier =
+                    crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)?;
+                let paths = crate::infer::collect_inputs(&resolve_path(&input, &base))?;
+                let out_path = resolve_path(&output, &base);
+                let s = crate::infer::predict_to_csv(
+                    &classifier,
+                    &paths,
+                    &out_path,
+                    32,
+                    &mut |_, _| {},
+                )?;
+                out(Output::Text(
+                    title,
+                    format!(
+                        "{} predictions written to {}",
+                        s.predicted,
+                        out_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    book.save(path)
+}
