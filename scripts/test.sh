@@ -21,4 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# A Python venv with Ray for the cluster end-to-end tests (a real Ray head on loopback).
+CELLBENCH_RAY_VENV="$(./scripts/ray-venv.sh)"
+export CELLBENCH_RAY_VENV
+
 cargo test --locked --all-targets "$@"

@@ -19,6 +19,7 @@ pub mod train;
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+pub mod cluster;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod explore;
 pub mod ui;

@@ -25,6 +25,7 @@ use crate::dataset::split::{SplitConfig, SplitReport, assign_splits};
 use crate::dataset::{DatasetFormat, Manifest, OpenOptions};
 use crate::model::backend::BackendChoice;
 
+mod cluster_cmds;
 mod model_cmds;
 pub use model_cmds::ProgressView;
 
@@ -73,6 +74,27 @@ pub enum Command {
     Evaluate(model_cmds::EvaluateArgs),
     /// Serve a trained run over HTTP (POST /predict, GET /health).
     Serve(model_cmds::ServeArgs),
+    /// Run jobs on a Ray cluster: submit, follow, stop, collect results.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cmds::ClusterCommand,
+        #[command(flatten)]
+        target: cluster_cmds::Target,
+    },
+    /// Extract backbone features of (a shard of) a dataset into the feature cache.
+    Featurize {
+        dataset: PathBuf,
+        /// `i/N`: the i-th (0-based) of N shards.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Cache folder (as CELLBENCH_CACHE; default: the user cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[arg(long)]
+        image_size: Option<u32>,
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
+    },
     /// Pretrained weights.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -274,6 +296,48 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Predict(args)) => model_cmds::predict_cmd(args),
         Some(Command::Evaluate(args)) => model_cmds::evaluate_cmd(args),
         Some(Command::Serve(args)) => model_cmds::serve_cmd(args),
+        Some(Command::Cluster { command, target }) => cluster_cmds::run(command, &target),
+        Some(Command::Featurize {
+            dataset,
+            shard,
+            cache,
+            image_size,
+            backend,
+        }) => {
+            let (i, n) = shard
+                .split_once('/')
+                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--shard is i/N, e.g. 0/4"))?;
+            let manifest = crate::dataset::open(&dataset, &OpenOptions::default())?;
+            let mut config = crate::train::TrainConfig {
+                backend,
+                ..Default::default()
+            };
+            if let Some(s) = image_size {
+                config.preprocess.size = s;
+            }
+            let cache = cache.unwrap_or_else(|| {
+                let dir = crate::train::features::FeatureCache::default_location().dir;
+                dir.parent().map_or(dir.clone(), std::path::Path::to_owned)
+            });
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            let mut view = ProgressView::new(false);
+            let n_done = crate::cluster::job::featurize_shard(
+                &manifest,
+                &config,
+                i,
+                n,
+                &cache,
+                &mut |e| view.show(e),
+                &cancel,
+            )?;
+            view.finish();
+            eprintln!(
+                "shard {i}/{n}: {n_done} feature vectors in {}",
+                cache.display()
+            );
+            Ok(0)
+        }
         Some(Command::Weights(WeightsCommand::Check { image, backend })) => {
             model_cmds::weights_check(image.as_deref(), backend)
         }

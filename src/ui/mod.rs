@@ -4,7 +4,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod app;
 #[cfg(not(target_arch = "wasm32"))]
-mod cells;
+pub mod cells;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod thumbs;
 #[cfg(not(target_arch = "wasm32"))]

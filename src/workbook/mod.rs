@@ -63,6 +63,23 @@ pub enum CellKind {
         #[serde(default)]
         runs: Vec<String>,
     },
+    /// The Train cell above, run as a job on a Ray cluster.
+    Cluster {
+        /// Profile name from clusters.toml (tokens never live in the workbook).
+        #[serde(default)]
+        profile: String,
+        /// The dataset as the cluster sees it (default: the Dataset cell's path).
+        #[serde(default)]
+        dataset: String,
+        /// Run folder location on the cluster (a shared folder, or empty for the job's own).
+        #[serde(default)]
+        runs: String,
+        #[serde(default)]
+        gpus: f64,
+        /// The submitted job, remembered so a reopened workbook re-attaches to it.
+        #[serde(default)]
+        job: Option<String>,
+    },
     /// Batch prediction of a folder with a run.
     Predict {
         #[serde(default)]
@@ -89,6 +106,7 @@ impl CellKind {
             Self::Evaluate { .. } => "Evaluate",
             Self::Compare { .. } => "Compare",
             Self::Predict { .. } => "Predict",
+            Self::Cluster { .. } => "Cluster job",
         }
     }
 

@@ -133,6 +133,15 @@ pub fn run_workbook(
                 }
                 out(Output::Table(&t));
             }
+            CellKind::Cluster { job, .. } => {
+                out(Output::Text(
+                    title,
+                    job.map_or_else(
+                        || "not submitted (cluster jobs are submitted from the workbench or `cellbench cluster submit`)".into(),
+                        |j| format!("job {j} (follow it with `cellbench cluster follow {j}`)"),
+                    ),
+                ));
+            }
             CellKind::Predict { run, input, output } => {
                 let id = run
                     .or_else(|| last_run.clone())
