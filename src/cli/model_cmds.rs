@@ -197,18 +197,16 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     let mut bar = ProgressView::new(args.json);
     let mut wrote_ref = false;
     for event in rx {
-        if !wrote_ref {
-            if let TrainEvent::Started { run_id, .. } = &event {
-                let dir = args
-                    .resume
-                    .clone()
-                    .unwrap_or_else(|| args.runs.join(run_id));
-                crate::fsio::write_atomic_bytes(
-                    &dir.join("dataset.json"),
-                    &serde_json::to_vec_pretty(&dataset_ref)?,
-                )?;
-                wrote_ref = true;
-            }
+        if !wrote_ref && let TrainEvent::Started { run_id, .. } = &event {
+            let dir = args
+                .resume
+                .clone()
+                .unwrap_or_else(|| args.runs.join(run_id));
+            crate::fsio::write_atomic_bytes(
+                &dir.join("dataset.json"),
+                &serde_json::to_vec_pretty(&dataset_ref)?,
+            )?;
+            wrote_ref = true;
         }
         bar.show(&event);
     }
@@ -217,11 +215,11 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         .join()
         .map_err(|_| anyhow::anyhow!("the training thread panicked"))??;
     eprintln!("run folder: {}", outcome.run_dir.display());
-    if let Some(m) = &outcome.metrics {
-        if !args.json {
-            for t in crate::train::report::metrics_tables("validation", m) {
-                outln!("{t}");
-            }
+    if let Some(m) = &outcome.metrics
+        && !args.json
+    {
+        for t in crate::train::report::metrics_tables("validation", m) {
+            outln!("{t}");
         }
     }
     Ok(match outcome.state {

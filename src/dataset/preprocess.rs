@@ -47,10 +47,10 @@ impl Preprocess {
     /// Preprocesses a decoded image into CHW `f32`.
     pub fn apply(&self, img: &image::DynamicImage) -> Vec<f32> {
         let mut rgb = img.to_rgb8();
-        if self.border_crop {
-            if let Some((x, y, w, h)) = foreground_box(&rgb) {
-                rgb = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
-            }
+        if self.border_crop
+            && let Some((x, y, w, h)) = foreground_box(&rgb)
+        {
+            rgb = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
         }
         if self.center_crop {
             let side = rgb.width().min(rgb.height());

@@ -185,11 +185,14 @@ fn draw_cell(rng: &mut SplitMix64, blast: bool, stain: Stain, size: u32) -> imag
         )
     };
     let nuc_r = cell_r * nuc_frac;
-    let phase = [rng.unit() as f32 * 6.283, rng.unit() as f32 * 6.283];
+    let phase = [
+        rng.unit() as f32 * std::f32::consts::TAU,
+        rng.unit() as f32 * std::f32::consts::TAU,
+    ];
     let nucleoli: Vec<(f32, f32, f32)> = if blast {
         (0..2 + rng.below(2))
             .map(|_| {
-                let a = rng.unit() as f32 * 6.283;
+                let a = rng.unit() as f32 * std::f32::consts::TAU;
                 let d = rng.unit() as f32 * nuc_r * 0.5;
                 (
                     c + a.cos() * d,

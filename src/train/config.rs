@@ -34,16 +34,14 @@ impl std::str::FromStr for Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
+#[derive(Default)]
 pub enum Optimizer {
-    Sgd { momentum: f64 },
+    Sgd {
+        momentum: f64,
+    },
     Adam,
+    #[default]
     AdamW,
-}
-
-impl Default for Optimizer {
-    fn default() -> Self {
-        Self::AdamW
-    }
 }
 
 impl std::str::FromStr for Optimizer {
@@ -63,21 +61,17 @@ impl std::str::FromStr for Optimizer {
 /// Learning-rate schedule after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
+#[derive(Default)]
 pub enum Schedule {
     Constant,
     /// Cosine decay to zero over the epochs.
+    #[default]
     Cosine,
     /// Multiply by `factor` when validation loss has not improved for `patience` epochs.
     Plateau {
         patience: u32,
         factor: f64,
     },
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Self::Cosine
-    }
 }
 
 impl std::str::FromStr for Schedule {

@@ -92,7 +92,9 @@ struct Progress {
     last_plateau_epoch: u32,
 }
 
-/// The network being trained, with its input.
+/// The network being trained, with its input. One value per run: the size difference
+/// between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Net {
     Probe(Head),
     Finetune {
@@ -206,7 +208,8 @@ fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     }
 }
 
-/// Feeds batches: cached features (probe) or decoded, augmented images.
+/// Feeds batches: cached features (probe) or decoded, augmented images. One value per run.
+#[allow(clippy::large_enum_variant)]
 enum Feeder {
     Features {
         /// Standardised features per item (`None`: the image failed).
@@ -421,8 +424,17 @@ fn class_of(data: &Prepared, i: usize) -> usize {
     }
 }
 
-/// Runs a forward pass without gradients over `items`; returns kept items, probabilities and
-/// mean loss.
+/// Predictions of one side of the data.
+struct SidePredictions {
+    /// Items predicted (images that failed to load are left out).
+    kept: Vec<usize>,
+    probs: Vec<Vec<f32>>,
+    /// Mean loss over `kept`.
+    loss: f64,
+    failures: Vec<(PathBuf, String)>,
+}
+
+/// Runs a forward pass without gradients over `items`.
 #[allow(clippy::too_many_arguments)]
 fn predict_side(
     net: &Net,
@@ -433,7 +445,7 @@ fn predict_side(
     finetune_start: usize,
     weights: &[f32],
     plain: &Device,
-) -> (Vec<usize>, Vec<Vec<f32>>, f64, Vec<(PathBuf, String)>) {
+) -> SidePredictions {
     let mut rng = SplitMix64::new(0);
     let (mut kept, mut probs, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut loss_sum = 0.0;
@@ -454,7 +466,12 @@ fn predict_side(
     } else {
         loss_sum / kept.len() as f64
     };
-    (kept, probs, mean, failures)
+    SidePredictions {
+        kept,
+        probs,
+        loss: mean,
+        failures,
+    }
 }
 
 /// Trains a model as configured, writing a run folder. Returns when the run finished, failed
@@ -725,7 +742,12 @@ fn run_loop(
         let train_metrics = evaluate(data, &seen, &probs);
 
         let eval_net = net.valid();
-        let (kept, val_probs, val_loss, failures) = predict_side(
+        let SidePredictions {
+            kept,
+            probs: val_probs,
+            loss: val_loss,
+            failures,
+        } = predict_side(
             &eval_net,
             &feeder,
             data,
@@ -780,12 +802,12 @@ fn run_loop(
         } else {
             progress.stale_epochs += 1;
         }
-        if let Schedule::Plateau { patience, factor } = config.schedule {
-            if progress.stale_epochs >= patience && epoch - progress.last_plateau_epoch >= patience
-            {
-                progress.plateau_scale *= factor;
-                progress.last_plateau_epoch = epoch;
-            }
+        if let Schedule::Plateau { patience, factor } = config.schedule
+            && progress.stale_epochs >= patience
+            && epoch - progress.last_plateau_epoch >= patience
+        {
+            progress.plateau_scale *= factor;
+            progress.last_plateau_epoch = epoch;
         }
         // Checkpoint: weights, then the state that points at them.
         let bytes = net.valid().to_bytes()?;
@@ -832,7 +854,9 @@ fn run_loop(
         if items.is_empty() {
             continue;
         }
-        let (kept, probs, loss, _) = predict_side(
+        let SidePredictions {
+            kept, probs, loss, ..
+        } = predict_side(
             &final_net,
             &feeder,
             data,

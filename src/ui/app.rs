@@ -94,6 +94,29 @@ impl<T: Send + 'static> Task<T> {
 pub struct LoadedDataset {
     pub manifest: Arc<Manifest>,
     pub report: Arc<ExploreReport>,
+    /// What the gallery filters offer, computed once (not per frame over every record).
+    pub facets: Facets,
+}
+
+/// Filter choices of a dataset.
+pub struct Facets {
+    pub labels: Vec<String>,
+    pub cell_numbers: Vec<u32>,
+    pub has_split: bool,
+    pub has_patients: bool,
+}
+
+impl Facets {
+    pub fn of(manifest: &Manifest) -> Self {
+        let cells: std::collections::BTreeSet<u32> =
+            manifest.records.iter().filter_map(|r| r.cell_no).collect();
+        Self {
+            labels: manifest.label_names(),
+            cell_numbers: cells.into_iter().collect(),
+            has_split: manifest.records.iter().any(|r| r.split.is_some()),
+            has_patients: manifest.has_patients(),
+        }
+    }
 }
 
 pub enum Loading<T> {
@@ -105,17 +128,17 @@ pub enum Loading<T> {
 
 impl<T: Send + 'static> Loading<T> {
     pub fn poll(&mut self) -> Option<Result<(), String>> {
-        if let Self::Busy(task) = self {
-            if let Some(r) = task.poll() {
-                *self = match r {
-                    Ok(v) => Self::Ready(v),
-                    Err(e) => Self::Failed(e),
-                };
-                return Some(match self {
-                    Self::Failed(e) => Err(e.clone()),
-                    _ => Ok(()),
-                });
-            }
+        if let Self::Busy(task) = self
+            && let Some(r) = task.poll()
+        {
+            *self = match r {
+                Ok(v) => Self::Ready(v),
+                Err(e) => Self::Failed(e),
+            };
+            return Some(match self {
+                Self::Failed(e) => Err(e.clone()),
+                _ => Ok(()),
+            });
         }
         None
     }
@@ -219,6 +242,23 @@ pub struct WorkbenchApp {
     screenshot_to: Option<PathBuf>,
     screenshot_rx: Option<mpsc::Receiver<Arc<egui::ColorImage>>>,
     frames: u64,
+    /// `CELLBENCH_BENCH_SCROLL=<frames>`: scroll the first gallery that many frames, then print
+    /// frame-time percentiles and peak memory and quit.
+    scroll_bench: Option<ScrollBench>,
+}
+
+/// Frame times of the scrolling benchmark.
+struct ScrollBench {
+    frames: usize,
+    times_ms: Vec<f64>,
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Where the workbook lives when none was chosen.
@@ -284,10 +324,10 @@ impl WorkbenchApp {
             Workbook::demo(&stored_path(&crate::demo_dataset(), &base))
         };
         state.workbook_path = Some(path.clone());
-        if !path.exists() {
-            if let Err(e) = workbook.save(&path) {
-                rt.note(true, format!("{e:#}"));
-            }
+        if !path.exists()
+            && let Err(e) = workbook.save(&path)
+        {
+            rt.note(true, format!("{e:#}"));
         }
         ctx.set_visuals(if state.dark_mode {
             egui::Visuals::dark()
@@ -305,6 +345,13 @@ impl WorkbenchApp {
             screenshot_to: std::env::var_os("CELLBENCH_SCREENSHOT").map(Into::into),
             screenshot_rx: None,
             frames: 0,
+            scroll_bench: std::env::var("CELLBENCH_BENCH_SCROLL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(|frames| ScrollBench {
+                    frames,
+                    times_ms: Vec::new(),
+                }),
         };
         if let Some(d) = dataset {
             app.commands.push(Command::OpenDataset(d));
@@ -457,25 +504,25 @@ impl WorkbenchApp {
                     t.events.push(e);
                 }
             }
-            if let Some(rx) = &t.done_rx {
-                if let Ok(r) = rx.try_recv() {
-                    match &r {
-                        Ok(run) => {
-                            notes.push((false, format!("training run {run} ended")));
-                            finished_runs.push((*id, run.clone()));
-                        }
-                        Err(e) => notes.push((true, format!("training failed: {e}"))),
+            if let Some(rx) = &t.done_rx
+                && let Ok(r) = rx.try_recv()
+            {
+                match &r {
+                    Ok(run) => {
+                        notes.push((false, format!("training run {run} ended")));
+                        finished_runs.push((*id, run.clone()));
                     }
-                    t.finished = Some(r);
-                    t.done_rx = None;
+                    Err(e) => notes.push((true, format!("training failed: {e}"))),
                 }
+                t.finished = Some(r);
+                t.done_rx = None;
             }
         }
         for (id, run) in finished_runs {
-            if let Some(i) = self.workbook.position(id) {
-                if let CellKind::Train { run: r, .. } = &mut self.workbook.cells[i].kind {
-                    *r = Some(run);
-                }
+            if let Some(i) = self.workbook.position(id)
+                && let CellKind::Train { run: r, .. } = &mut self.workbook.cells[i].kind
+            {
+                *r = Some(run);
             }
             // Evaluate cells that follow this run refresh.
             self.rt.evals.clear();
@@ -503,20 +550,16 @@ impl WorkbenchApp {
                 .button("Open dataset…")
                 .on_hover_text("Open a dataset folder (C-NMC names or class folders). Ctrl+O. You can also drop a folder or CSV on the window.")
                 .clicked()
-            {
-                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                && let Some(dir) = rfd::FileDialog::new().pick_folder() {
                     self.push(Command::OpenDataset(dir));
                 }
-            }
             if ui
                 .button("Open CSV…")
                 .on_hover_text("Open a CSV manifest: NIH ChestX-ray14, Kaggle retinopathy trainLabels.csv, or any CSV with path and label columns")
                 .clicked()
-            {
-                if let Some(f) = rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file() {
+                && let Some(f) = rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file() {
                     self.push(Command::OpenDataset(f));
                 }
-            }
             ui.menu_button("Add cell", |ui| {
                 for kind in CellKind::templates() {
                     if ui.button(kind.title()).clicked() {
@@ -607,10 +650,8 @@ impl WorkbenchApp {
         if run_all {
             self.push(Command::RunAll);
         }
-        if open {
-            if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                self.push(Command::OpenDataset(dir));
-            }
+        if open && let Some(dir) = rfd::FileDialog::new().pick_folder() {
+            self.push(Command::OpenDataset(dir));
         }
         let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
         if let Some(path) = dropped {
@@ -738,16 +779,75 @@ impl WorkbenchApp {
 fn save_color_image(image: &egui::ColorImage, path: &Path) {
     let [w, h] = image.size;
     let rgba: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_array()).collect();
-    if let Some(img) = image::RgbaImage::from_raw(w as u32, h as u32, rgba) {
-        if let Err(err) = img.save(path) {
-            log::error!("saving screenshot {}: {err}", path.display());
+    if let Some(img) = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+        && let Err(err) = img.save(path)
+    {
+        log::error!("saving screenshot {}: {err}", path.display());
+    }
+}
+
+impl WorkbenchApp {
+    fn scrolling(&self) -> bool {
+        self.scroll_bench.is_some() && self.rt.datasets.values().any(|d| d.data.ready().is_some())
+    }
+
+    fn finish_scroll_bench(&mut self, ctx: &egui::Context) {
+        let Some(b) = &self.scroll_bench else { return };
+        if b.times_ms.len() < b.frames {
+            return;
         }
+        let mut t = b.times_ms.clone();
+        t.sort_by(f64::total_cmp);
+        let pct = |p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
+        let images: usize = self
+            .rt
+            .datasets
+            .values()
+            .filter_map(|d| d.data.ready())
+            .map(|d| d.manifest.records.len())
+            .sum();
+        println!(
+            "scroll bench: {images} images, {} frames; frame time (UI work) p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms; {} thumbnails cached; peak memory {:.0} MiB",
+            t.len(),
+            pct(0.5),
+            pct(0.95),
+            t[t.len() - 1],
+            self.rt.thumbs.len(),
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
+        self.scroll_bench = None;
+        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
     }
 }
 
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let start = Instant::now();
         self.frame(ui);
+        if self.scrolling() {
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if let Some(b) = &mut self.scroll_bench {
+                b.times_ms.push(ms);
+            }
+            ui.ctx().request_repaint();
+            let ctx = ui.ctx().clone();
+            self.finish_scroll_bench(&ctx);
+        }
+    }
+
+    fn raw_input_hook(&mut self, _ctx: &egui::Context, raw_input: &mut egui::RawInput) {
+        if self.scrolling() {
+            // Wheel over the first gallery (the Dataset cell of the default layout).
+            let pos = egui::pos2(400.0, 420.0);
+            raw_input.events.push(egui::Event::PointerMoved(pos));
+            raw_input.events.push(egui::Event::MouseWheel {
+                unit: egui::MouseWheelUnit::Point,
+                delta: egui::vec2(0.0, -240.0),
+                phase: egui::TouchPhase::Move,
+                source: egui::MouseWheelSource::Unknown,
+                modifiers: egui::Modifiers::default(),
+            });
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -108,6 +108,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 let manifest = crate::dataset::open(&full, &opts).map_err(|e| format!("{e:#}"))?;
                 let report = crate::explore::explore(&manifest).map_err(|e| format!("{e:#}"))?;
                 Ok(LoadedDataset {
+                    facets: super::app::Facets::of(&manifest),
                     manifest: Arc::new(manifest),
                     report: Arc::new(report),
                 })
@@ -370,11 +371,11 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 job,
             } => cluster_ui(app, ui, id, profile, dataset, runs, gpus, job),
         }
-        if kind != cell.kind {
-            if let Some(i) = app.workbook.position(id) {
-                app.workbook.cells[i].kind = kind;
-                app.touch();
-            }
+        if kind != cell.kind
+            && let Some(i) = app.workbook.position(id)
+        {
+            app.workbook.cells[i].kind = kind;
+            app.touch();
         }
     });
 }
@@ -442,10 +443,9 @@ fn dataset_ui(
             .button("Browse…")
             .on_hover_text("Pick a dataset folder")
             .clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                *path = crate::workbook::stored_path(&dir, &app.base_dir());
-            }
+            *path = crate::workbook::stored_path(&dir, &app.base_dir());
         }
         egui::ComboBox::from_id_salt(("format", id))
             .selected_text(format.map_or("auto-detect".to_owned(), |f| f.name().to_owned()))
@@ -491,10 +491,10 @@ fn dataset_ui(
         problems
     ));
     // Filters.
-    let labels = manifest.label_names();
-    let has_split = manifest.records.iter().any(|r| r.split.is_some());
-    let cells: std::collections::BTreeSet<u32> =
-        manifest.records.iter().filter_map(|r| r.cell_no).collect();
+    let labels = data.facets.labels.clone();
+    let has_split = data.facets.has_split;
+    let has_patients = data.facets.has_patients;
+    let cells = data.facets.cell_numbers.clone();
     let filter = &mut rt.filter;
     ui.horizontal_wrapped(|ui| {
         egui::ComboBox::from_id_salt(("label-filter", id))
@@ -533,7 +533,7 @@ fn dataset_ui(
                 .response
                 .on_hover_text("C-NMC cell index within the microscope image");
         }
-        if manifest.has_patients() {
+        if has_patients {
             ui.add(
                 egui::TextEdit::singleline(&mut filter.patient)
                     .desired_width(90.0)
@@ -598,22 +598,21 @@ fn dataset_ui(
     if let Some(rt) = app.rt.datasets.get_mut(&id) {
         rt.selected = selected;
     }
-    if let Some(data) = app.rt.datasets.get(&id).and_then(|d| d.data.ready()) {
-        if !data.report.problems.is_empty() {
-            egui::CollapsingHeader::new(format!("Problems ({problems})"))
-                .id_salt(("problems", id))
-                .show(ui, |ui| {
-                    for p in &data.report.problems {
-                        ui.label(
-                            egui::RichText::new(format!("{} × {}", p.count, p.description))
-                                .strong(),
-                        );
-                        for e in &p.examples {
-                            ui.label(egui::RichText::new(format!("   {e}")).monospace().small());
-                        }
+    if let Some(data) = app.rt.datasets.get(&id).and_then(|d| d.data.ready())
+        && !data.report.problems.is_empty()
+    {
+        egui::CollapsingHeader::new(format!("Problems ({problems})"))
+            .id_salt(("problems", id))
+            .show(ui, |ui| {
+                for p in &data.report.problems {
+                    ui.label(
+                        egui::RichText::new(format!("{} × {}", p.count, p.description)).strong(),
+                    );
+                    for e in &p.examples {
+                        ui.label(egui::RichText::new(format!("   {e}")).monospace().small());
                     }
-                });
-        }
+                }
+            });
     }
 }
 
@@ -829,41 +828,37 @@ fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             .button("Export charts…")
             .on_hover_text("Write every chart as PNG and SVG into a folder")
             .clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                match crate::explore::charts::write_report_charts(&report, &dir) {
-                    Ok(files) => app.rt.note(
-                        false,
-                        format!("wrote {} chart files to {}", files.len(), dir.display()),
-                    ),
-                    Err(e) => app.rt.note(true, format!("{e:#}")),
-                }
+            match crate::explore::charts::write_report_charts(&report, &dir) {
+                Ok(files) => app.rt.note(
+                    false,
+                    format!("wrote {} chart files to {}", files.len(), dir.display()),
+                ),
+                Err(e) => app.rt.note(true, format!("{e:#}")),
             }
         }
         if ui
             .button("Export tables…")
             .on_hover_text("Write every table as CSV into a folder")
             .clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                let mut n = 0;
-                for (i, t) in tables.iter().enumerate() {
-                    let name = format!(
-                        "{:02}_{}.csv",
-                        i,
-                        t.title
-                            .to_lowercase()
-                            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                    );
-                    if crate::fsio::write_atomic_bytes(&dir.join(name), t.to_csv().as_bytes())
-                        .is_ok()
-                    {
-                        n += 1;
-                    }
+            let mut n = 0;
+            for (i, t) in tables.iter().enumerate() {
+                let name = format!(
+                    "{:02}_{}.csv",
+                    i,
+                    t.title
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                );
+                if crate::fsio::write_atomic_bytes(&dir.join(name), t.to_csv().as_bytes()).is_ok() {
+                    n += 1;
                 }
-                app.rt
-                    .note(false, format!("wrote {n} tables to {}", dir.display()));
             }
+            app.rt
+                .note(false, format!("wrote {n} tables to {}", dir.display()));
         }
     });
 }
@@ -1607,10 +1602,10 @@ fn predict_ui(
                         .hint_text("folder, image or manifest CSV"),
                 )
                 .on_hover_text("What to predict");
-                if ui.button("Browse…").clicked() {
-                    if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                        *input = crate::workbook::stored_path(&dir, &app.base_dir());
-                    }
+                if ui.button("Browse…").clicked()
+                    && let Some(dir) = rfd::FileDialog::new().pick_folder()
+                {
+                    *input = crate::workbook::stored_path(&dir, &app.base_dir());
                 }
             });
             ui.end_row();
@@ -1776,19 +1771,19 @@ pub fn cluster_ui(
     let base = app.base_dir();
     let runs_root = app.runs_dir();
     // Re-attach to a remembered job.
-    if let (Some(j), false) = (job.clone(), app.rt.clusters.contains_key(&id)) {
-        if let Ok(p) = profiles.get(profile) {
-            let rt = spawn_cluster_worker(
-                ui.ctx(),
-                p.clone(),
-                None,
-                Some(j.clone()),
-                runs_root.clone(),
-            );
-            app.rt
-                .clusters
-                .insert(id, ClusterRuntime { job: Some(j), ..rt });
-        }
+    if let (Some(j), false) = (job.clone(), app.rt.clusters.contains_key(&id))
+        && let Ok(p) = profiles.get(profile)
+    {
+        let rt = spawn_cluster_worker(
+            ui.ctx(),
+            p.clone(),
+            None,
+            Some(j.clone()),
+            runs_root.clone(),
+        );
+        app.rt
+            .clusters
+            .insert(id, ClusterRuntime { job: Some(j), ..rt });
     }
     let active = app.rt.clusters.get(&id).is_some_and(|r| r.active);
     ui.horizontal(|ui| {
@@ -1853,16 +1848,15 @@ pub fn cluster_ui(
                 .add_enabled(active, egui::Button::new("Stop"))
                 .on_hover_text("Ask the cluster to stop the job")
                 .clicked()
+                && let Ok(p) = profiles.get(profile).cloned()
             {
-                if let Ok(p) = profiles.get(profile).cloned() {
-                    let j2 = j.clone();
-                    let _ = BgTask::spawn(ui.ctx(), "cluster-stop", move || {
-                        use crate::cluster::ClusterBackend as _;
-                        crate::cluster::RayClient::new(&p)
-                            .and_then(|c| c.stop(&j2))
-                            .map_err(|e| e.to_string())
-                    });
-                }
+                let j2 = j.clone();
+                let _ = BgTask::spawn(ui.ctx(), "cluster-stop", move || {
+                    use crate::cluster::ClusterBackend as _;
+                    crate::cluster::RayClient::new(&p)
+                        .and_then(|c| c.stop(&j2))
+                        .map_err(|e| e.to_string())
+                });
             }
             if !active
                 && ui

@@ -14,6 +14,15 @@ const CAPACITY: usize = 1500;
 /// Pending requests kept at most (the newest win: what is on screen now).
 const QUEUE: usize = 400;
 
+/// What [`ThumbCache::get`] has for an image.
+pub enum Thumb {
+    Ready(egui::TextureHandle),
+    /// Being decoded.
+    Pending,
+    /// The image cannot be decoded.
+    Unreadable,
+}
+
 enum Slot {
     Ready(egui::TextureHandle),
     Failed,
@@ -90,11 +99,11 @@ impl ThumbCache {
         }
     }
 
-    /// The thumbnail if ready; otherwise asks for it. `Err(())` when the image is unreadable.
-    pub fn get(&mut self, path: &PathBuf) -> Result<Option<egui::TextureHandle>, ()> {
+    /// The thumbnail if ready; otherwise asks for it.
+    pub fn get(&mut self, path: &PathBuf) -> Thumb {
         match self.slots.get(path) {
-            Some(Slot::Ready(t)) => Ok(Some(t.clone())),
-            Some(Slot::Failed) => Err(()),
+            Some(Slot::Ready(t)) => Thumb::Ready(t.clone()),
+            Some(Slot::Failed) => Thumb::Unreadable,
             None => {
                 if self.pending.insert(path.clone()) {
                     let (lock, cv) = &*self.queue;
@@ -109,7 +118,7 @@ impl ThumbCache {
                     }
                     cv.notify_one();
                 }
-                Ok(None)
+                Thumb::Pending
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::explore::Table;
 use crate::runs::view::RunSummary;
 use crate::train::metrics::ConfusionMatrix;
 
-use super::thumbs::{THUMB_SIDE, ThumbCache};
+use super::thumbs::{THUMB_SIDE, Thumb, ThumbCache};
 
 /// A grid of thumbnails that only lays out (and decodes) the rows on screen.
 /// `item(k)` gives the path, caption and selection of item `k`.
@@ -42,7 +42,7 @@ pub fn gallery(
                             let (rect, response) = ui
                                 .allocate_exact_size(egui::vec2(tile, tile), egui::Sense::click());
                             match thumbs.get(&path) {
-                                Ok(Some(tex)) => {
+                                Thumb::Ready(tex) => {
                                     let size = tex.size_vec2();
                                     let scale = tile / size.x.max(size.y);
                                     let r =
@@ -57,14 +57,14 @@ pub fn gallery(
                                         egui::Color32::WHITE,
                                     );
                                 }
-                                Ok(None) => {
+                                Thumb::Pending => {
                                     ui.painter().rect_filled(
                                         rect,
                                         4.0,
                                         ui.visuals().faint_bg_color,
                                     );
                                 }
-                                Err(()) => {
+                                Thumb::Unreadable => {
                                     ui.painter().rect_filled(
                                         rect,
                                         4.0,
@@ -311,6 +311,9 @@ pub fn confusion_heatmap(
     clicked
 }
 
+/// A config setting shown in Compare: its name and how to read it from a run.
+type ConfigRow = (&'static str, fn(&RunSummary) -> String);
+
 /// Metrics of several runs with the best value per column marked, and their configs.
 pub fn compare_table(
     ui: &mut egui::Ui,
@@ -387,7 +390,7 @@ pub fn compare_table(
                 ui.strong(&r.id);
             }
             ui.end_row();
-            let rows: [(&str, fn(&RunSummary) -> String); 10] = [
+            let rows: [ConfigRow; 10] = [
                 ("mode", |r| format!("{:?}", r.config.mode)),
                 ("device", |r| r.device.clone().unwrap_or_default()),
                 ("epochs", |r| r.config.epochs.to_string()),
