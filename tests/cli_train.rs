@@ -399,3 +399,172 @@ fn unsafe_sigint(pid: u32) {
         .status()
         .unwrap();
 }
+
+fn class_files(class: &str, n: usize) -> Vec<std::path::PathBuf> {
+    let dir = shared_data().join("bccd/BCCD_cropped").join(class);
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+fn started_task(run: &Path) -> String {
+    events(run)
+        .iter()
+        .find(|e| e["event"] == "started")
+        .map(|e| e["task"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[test]
+fn multi_label_csv_trains_with_sigmoid_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut csv = String::from("path,labels\n");
+    for (class, labels) in [
+        ("Eosinophil", "granulocyte|Eosinophil"),
+        ("Neutrophil", "granulocyte|Neutrophil"),
+        ("Lymphocyte", "Lymphocyte"),
+    ] {
+        for f in class_files(class, 14) {
+            let name = format!("{class}_{}", f.file_name().unwrap().to_string_lossy());
+            std::fs::copy(&f, tmp.path().join(&name)).unwrap();
+            csv.push_str(&format!("{name},{labels}\n"));
+        }
+    }
+    let manifest = tmp.path().join("labels.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&manifest),
+        "--backend",
+        "cpu",
+        "--epochs",
+        "4",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = only_run(&runs);
+    assert_eq!(started_task(&run_dir), "multi-label");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
+    assert!(
+        metrics["val"]["hamming_loss"].is_number(),
+        "{}",
+        metrics["val"]
+    );
+    let labels: Vec<&str> = metrics["val"]["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["Eosinophil", "Lymphocyte", "Neutrophil", "granulocyte"]
+    );
+    let preds = std::fs::read_to_string(run_dir.join("predictions.csv")).unwrap();
+    assert!(
+        preds
+            .lines()
+            .skip(1)
+            .any(|l| l.contains("granulocyte|") || l.contains("|granulocyte")),
+        "{preds}"
+    );
+    // Sigmoid outputs: a row's probabilities need not sum to 1.
+    assert!(preds.lines().nth(1).unwrap().split(',').count() == 5 + 4);
+}
+
+#[test]
+fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("train");
+    std::fs::create_dir(&images).unwrap();
+    let mut csv = String::from("image,level\n");
+    let mut patient = 10;
+    for (level, class) in ["Neutrophil", "Eosinophil", "Lymphocyte"]
+        .iter()
+        .enumerate()
+    {
+        let files = class_files(class, 16);
+        for pair in files.chunks(2) {
+            for (eye, f) in ["left", "right"].iter().zip(pair) {
+                std::fs::copy(f, images.join(format!("{patient}_{eye}.jpeg"))).unwrap();
+                csv.push_str(&format!("{patient}_{eye},{level}\n"));
+            }
+            patient += 1;
+        }
+    }
+    let labels = tmp.path().join("trainLabels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    // The patient split keeps both eyes of a patient on one side.
+    let split = tmp.path().join("split.csv");
+    let out = run(&[
+        "split",
+        path_str(&labels),
+        "--images",
+        path_str(&images),
+        "--test",
+        "0",
+        "--val",
+        "0.25",
+        "--out",
+        path_str(&split),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        "--split",
+        path_str(&split),
+        "--task",
+        "ordinal",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "4",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = only_run(&runs);
+    assert_eq!(started_task(&run_dir), "ordinal");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
+    assert!(
+        metrics["val"]["kappa_quadratic"].is_number(),
+        "{}",
+        metrics["val"]
+    );
+    assert!(
+        metrics["val_patients"]["n"].as_u64().unwrap() >= 3,
+        "patient-level metrics: {}",
+        metrics["val_patients"]
+    );
+    let preds = std::fs::read_to_string(run_dir.join("predictions.csv")).unwrap();
+    let mut sides: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for line in preds.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        sides
+            .entry(cols[1].to_owned())
+            .or_default()
+            .insert(cols[2].to_owned());
+    }
+    assert!(sides.values().all(|s| s.len() == 1));
+    assert!(preds.lines().skip(1).all(|l| {
+        l.split(',')
+            .nth(3)
+            .is_some_and(|t| ["0", "1", "2"].contains(&t))
+    }));
+}

@@ -249,6 +249,19 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time of a linear probe (the same training loop as `train --mode probe`) on cached features.
+    Probe {
+        #[arg(long, default_value_t = 10_000)]
+        features: usize,
+        #[arg(long, default_value_t = 5)]
+        classes: usize,
+        #[arg(long, default_value_t = 30)]
+        epochs: u32,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: BackendChoice,
+    },
     /// Images per second of EfficientNet-Lite0 feature extraction at 224², per backend.
     Featurize {
         /// Images per batch.
@@ -340,6 +353,31 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Some(Command::Weights(WeightsCommand::Check { image, backend })) => {
             model_cmds::weights_check(image.as_deref(), backend)
+        }
+        Some(Command::Bench(BenchCommand::Probe {
+            features,
+            classes,
+            epochs,
+            batch_size,
+            backend,
+        })) => {
+            let config = crate::train::TrainConfig {
+                epochs,
+                batch_size,
+                backend,
+                ..Default::default()
+            };
+            let r = crate::train::engine::bench_probe(features, classes, &config)?;
+            outln!(
+                "probe [{}]: {} cached features, {} classes, {} epochs (batch {batch_size}) in {:.2} s; validation accuracy {:.3}",
+                r.device,
+                r.features,
+                r.classes,
+                r.epochs,
+                r.secs,
+                r.val_accuracy
+            );
+            Ok(0)
         }
         Some(Command::Bench(BenchCommand::Featurize {
             batch_size,

@@ -165,7 +165,8 @@ impl Default for TrainConfig {
             warmup_epochs: 1,
             early_stopping_patience: Some(8),
             imbalance: Imbalance::ClassWeights,
-            dropout: 0.2,
+            // A linear probe is regularised by weight decay; dropout is for the deeper heads.
+            dropout: 0.0,
             unfreeze_blocks: 2,
             seed: 7,
             backend: BackendChoice::Auto,
@@ -182,6 +183,7 @@ impl TrainConfig {
             Mode::Probe => base,
             Mode::Finetune => Self {
                 mode,
+                dropout: 0.2,
                 epochs: 8,
                 learning_rate: 3e-4,
                 batch_size: 16,
@@ -189,6 +191,7 @@ impl TrainConfig {
             },
             Mode::Scratch => Self {
                 mode,
+                dropout: 0.2,
                 epochs: 20,
                 learning_rate: 2e-3,
                 preprocess: Preprocess {

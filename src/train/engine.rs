@@ -244,10 +244,10 @@ impl Feeder {
             Self::Features { rows } => {
                 let items: Vec<usize> =
                     idx.iter().copied().filter(|&i| rows[i].is_some()).collect();
-                let flat: Vec<f32> = items
-                    .iter()
-                    .flat_map(|&i| rows[i].clone().unwrap_or_default())
-                    .collect();
+                let mut flat = Vec::with_capacity(items.len() * FEATURES);
+                for &i in &items {
+                    flat.extend_from_slice(rows[i].as_deref().unwrap_or_default());
+                }
                 let x =
                     Tensor::<2>::from_data(TensorData::new(flat, [items.len(), FEATURES]), device);
                 Batch {
@@ -422,6 +422,186 @@ fn class_of(data: &Prepared, i: usize) -> usize {
         Target::Class(c) => *c,
         Target::Multi(_) => 0,
     }
+}
+
+/// One pass over the training side.
+struct EpochResult {
+    net: Net,
+    /// Items trained on, in order, with the probabilities the network gave them.
+    seen: Vec<usize>,
+    probs: Vec<Vec<f32>>,
+    /// Mean training loss.
+    loss: f64,
+    failures: Vec<(PathBuf, String)>,
+    /// Stopped through the cancel flag before the end of the epoch.
+    cancelled: bool,
+}
+
+/// Trains one epoch: batches in a seeded (or class-balanced) order, one optimiser step each.
+/// Fails on a non-finite loss; stops between batches when `cancel` is set.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    mut net: Net,
+    optims: &mut [ModuleOptimizer],
+    feeder: &Feeder,
+    data: &Prepared,
+    config: &TrainConfig,
+    (epoch, lr): (u32, f64),
+    weights: &[f32],
+    rng: &mut SplitMix64,
+    (ad, plain): (&Device, &Device),
+    finetune_start: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<EpochResult> {
+    let order = epoch_order(data, config.imbalance, rng);
+    let (mut seen, mut probs, mut failures, mut loss_sum) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    let total = order.len();
+    for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(EpochResult {
+                net,
+                seen,
+                probs,
+                loss: f64::NAN,
+                failures,
+                cancelled: true,
+            });
+        }
+        let batch = feeder.batch(data, chunk, true, rng, ad, plain);
+        failures.extend(batch.failures);
+        if batch.items.is_empty() {
+            continue;
+        }
+        let logits = net.logits(batch.input, finetune_start);
+        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+        if !loss_value.is_finite() {
+            anyhow::bail!(
+                "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
+                b + 1
+            );
+        }
+        net = net.step(optims, lr, loss);
+        loss_sum += loss_value * batch.items.len() as f64;
+        seen.extend(batch.items);
+        probs.extend(p);
+        progress(((b + 1) * config.batch_size).min(total), total);
+    }
+    let loss = loss_sum / seen.len().max(1) as f64;
+    Ok(EpochResult {
+        net,
+        seen,
+        probs,
+        loss,
+        failures,
+        cancelled: false,
+    })
+}
+
+/// Timing of a linear probe on cached features.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeBench {
+    pub device: String,
+    pub features: usize,
+    pub classes: usize,
+    pub epochs: u32,
+    /// Training (all epochs) plus a validation pass after each, in seconds.
+    pub secs: f64,
+    pub val_accuracy: f64,
+}
+
+/// Trains the probe head exactly as a probe run does (same batches, loss, optimiser and
+/// validation) on `n` synthetic 1280-d feature vectors of `classes` Gaussian clusters: the
+/// "features already cached" part of a probe run, without the backbone.
+pub fn bench_probe(n: usize, classes: usize, config: &TrainConfig) -> anyhow::Result<ProbeBench> {
+    use super::data::Item;
+    let compute = backend::select(config.backend)?;
+    let (plain, ad) = (compute.device.clone(), compute.device.clone().autodiff());
+    let mut rng = SplitMix64::new(config.seed);
+    let gauss = |rng: &mut SplitMix64| {
+        let (u, v) = (rng.unit().max(1e-12), rng.unit());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    };
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..FEATURES).map(|_| 0.15 * gauss(&mut rng)).collect())
+        .collect();
+    let mut items = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        rows.push(Some(
+            centres[c]
+                .iter()
+                .map(|m| m + gauss(&mut rng))
+                .collect::<Vec<f32>>(),
+        ));
+        items.push(Item {
+            path: PathBuf::from(format!("synthetic/{i}")),
+            name: format!("synthetic/{i}"),
+            patient: None,
+            target: Target::Class(c),
+        });
+    }
+    let split = n * 4 / 5;
+    let data = Prepared {
+        task: if classes == 2 {
+            Task::Binary
+        } else {
+            Task::MultiClass
+        },
+        labels: (0..classes).map(|c| format!("class {c}")).collect(),
+        items,
+        train: (0..split).collect(),
+        val: (split..n).collect(),
+        test: Vec::new(),
+        split_given: true,
+    };
+    let feeder = Feeder::Features { rows };
+    let weights = loss_weights(&data, config.imbalance);
+    let never = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut net = Net::Probe(Head::new(FEATURES, classes, config.dropout, &ad)).train_mode();
+    let mut optims = vec![optimizer(config), optimizer(config)];
+    let mut accuracy = 0.0;
+    for epoch in 0..config.epochs {
+        let lr = config.learning_rate_at(epoch, 1.0);
+        net = train_epoch(
+            net,
+            &mut optims,
+            &feeder,
+            &data,
+            config,
+            (epoch + 1, lr),
+            &weights,
+            &mut rng,
+            (&ad, &plain),
+            0,
+            &never,
+            &mut |_, _| {},
+        )?
+        .net;
+        let v = predict_side(
+            &net.valid(),
+            &feeder,
+            &data,
+            &data.val,
+            config.batch_size,
+            0,
+            &weights,
+            &plain,
+        );
+        accuracy = evaluate(&data, &v.kept, &v.probs).accuracy;
+    }
+    Ok(ProbeBench {
+        device: compute.description,
+        features: n,
+        classes,
+        epochs: config.epochs,
+        secs: start.elapsed().as_secs_f64(),
+        val_accuracy: accuracy,
+    })
 }
 
 /// Predictions of one side of the data.
@@ -694,51 +874,43 @@ fn run_loop(
     while progress.epoch < config.epochs {
         let epoch = progress.epoch + 1;
         let lr = config.learning_rate_at(progress.epoch, progress.plateau_scale);
-        let order = epoch_order(data, config.imbalance, &mut rng);
-        let (mut seen, mut probs, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
-        let total = order.len();
-        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return cancelled(run, sink, progress.epoch);
-            }
-            let batch = feeder.batch(data, chunk, true, &mut rng, &ad, &plain);
-            for (path, reason) in batch.failures {
-                if warned.insert(path.clone()) {
-                    emit(
-                        run,
-                        sink,
-                        TrainEvent::Warning {
-                            message: format!(
-                                "skipped unreadable image ({reason}): {}",
-                                path.display()
-                            ),
-                        },
-                    );
-                }
-            }
-            if batch.items.is_empty() {
-                continue;
-            }
-            let logits = net.logits(batch.input, finetune_start);
-            let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, &weights);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                anyhow::bail!(
-                    "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
-                    b + 1
+        let epoch_result = train_epoch(
+            net,
+            &mut optims,
+            &feeder,
+            data,
+            config,
+            (epoch, lr),
+            &weights,
+            &mut rng,
+            (&ad, &plain),
+            finetune_start,
+            cancel,
+            &mut |done, total| {
+                sink(&TrainEvent::Progress {
+                    phase: Phase::Train,
+                    done,
+                    total,
+                })
+            },
+        )?;
+        net = epoch_result.net;
+        for (path, reason) in epoch_result.failures {
+            if warned.insert(path.clone()) {
+                emit(
+                    run,
+                    sink,
+                    TrainEvent::Warning {
+                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                    },
                 );
             }
-            net = net.step(&mut optims, lr, loss);
-            loss_sum += loss_value * batch.items.len() as f64;
-            seen.extend(batch.items);
-            probs.extend(p);
-            sink(&TrainEvent::Progress {
-                phase: Phase::Train,
-                done: ((b + 1) * config.batch_size).min(total),
-                total,
-            });
         }
-        let train_loss = loss_sum / seen.len().max(1) as f64;
+        if epoch_result.cancelled {
+            return cancelled(run, sink, progress.epoch);
+        }
+        let (seen, probs) = (epoch_result.seen, epoch_result.probs);
+        let train_loss = epoch_result.loss;
         let train_metrics = evaluate(data, &seen, &probs);
 
         let eval_net = net.valid();
