@@ -26,7 +26,8 @@ def main():
     torch.set_num_threads(args.threads)
     here = os.path.dirname(os.path.abspath(__file__))
     weights = os.path.join(here, "..", "assets", "weights", "efficientnet_lite0.safetensors")
-    model = ref.load_model(ref.load_safetensors_fp32(weights)).eval()
+    state, _metadata = ref.load_safetensors_fp32(weights)
+    model = ref.load_model(state).eval()
     x = torch.rand(args.batch, 3, 224, 224) * 2 - 1
     with torch.inference_mode():
         features = lambda: model.forward_features(x) if hasattr(model, "forward_features") else model(x)

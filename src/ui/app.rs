@@ -715,6 +715,7 @@ impl WorkbenchApp {
                 .predicts
                 .values()
                 .any(|p| matches!(p, Loading::Busy(_)))
+            || self.rt.clusters.values().any(|c| c.active)
     }
 
     /// True when no background work is running or queued.

@@ -214,7 +214,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     crate::infer::predict_to_csv(&classifier, &paths, &output, 32, &mut |_, _| {})
                         .map_err(|e| format!("{e:#}"))?;
                 Ok(format!(
-                    "{} of {} images predicted → {} ({} unreadable)",
+                    "{} of {} images predicted to {} ({} unreadable)",
                     s.predicted,
                     s.images,
                     output.display(),
@@ -1420,7 +1420,12 @@ fn evaluate_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, run: &mut Opt
                         let name = c
                             .auc
                             .map_or(c.label.clone(), |a| format!("{} (AUC {a:.3})", c.label));
-                        p.line(Line::new(name, PlotPoints::from(pts)));
+                        // ROC steps are vertical: keep them lines, not merged into bands.
+                        p.line(
+                            Line::new(name, PlotPoints::from(pts))
+                                .allow_band(false)
+                                .width(2.0),
+                        );
                     }
                     p.line(
                         Line::new("chance", PlotPoints::from(vec![[0.0, 0.0], [1.0, 1.0]]))
