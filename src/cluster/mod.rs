@@ -301,7 +301,7 @@ pub fn new_submission_id() -> String {
 }
 
 /// `yyyymmddThhmmss` in UTC for seconds since the epoch (civil-from-days, no date crate).
-fn utc_compact(secs: u64) -> String {
+pub fn utc_compact(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

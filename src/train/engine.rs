@@ -748,6 +748,8 @@ fn run_loop(
         ),
     };
 
+    // Images that failed to load, warned about once per run.
+    let mut warned: std::collections::HashSet<PathBuf> = Default::default();
     // Networks and feeders per mode.
     let checkpoint = run.path.join("checkpoint/model.safetensors");
     let resume_bytes = job
@@ -780,15 +782,7 @@ fn run_loop(
                 },
                 cancel,
             );
-            for (path, reason) in &f.failures {
-                emit(
-                    run,
-                    sink,
-                    TrainEvent::Warning {
-                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
-                    },
-                );
-            }
+            warn_skipped(run, sink, &mut warned, f.failures);
             if f.from_cache > 0 {
                 emit(
                     run,
@@ -869,7 +863,6 @@ fn run_loop(
         config.seed ^ u64::from(progress.epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
     let mut best: Option<(Net, Metrics)> = None;
-    let mut warned: std::collections::HashSet<PathBuf> = Default::default();
 
     while progress.epoch < config.epochs {
         let epoch = progress.epoch + 1;
@@ -895,17 +888,7 @@ fn run_loop(
             },
         )?;
         net = epoch_result.net;
-        for (path, reason) in epoch_result.failures {
-            if warned.insert(path.clone()) {
-                emit(
-                    run,
-                    sink,
-                    TrainEvent::Warning {
-                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
-                    },
-                );
-            }
-        }
+        warn_skipped(run, sink, &mut warned, epoch_result.failures);
         if epoch_result.cancelled {
             return cancelled(run, sink, progress.epoch);
         }
@@ -929,17 +912,7 @@ fn run_loop(
             &weights,
             &plain,
         );
-        for (path, reason) in failures {
-            if warned.insert(path.clone()) {
-                emit(
-                    run,
-                    sink,
-                    TrainEvent::Warning {
-                        message: format!("skipped unreadable image ({reason}): {}", path.display()),
-                    },
-                );
-            }
-        }
+        warn_skipped(run, sink, &mut warned, failures);
         let mut val_metrics = evaluate(data, &kept, &val_probs);
         val_metrics.loss = Some(val_loss);
         emit(
@@ -1099,6 +1072,26 @@ fn run_loop(
         state: RunState::Finished,
         metrics: Some(val_metrics),
     })
+}
+
+/// One warning per unreadable image, the first time it fails in a run.
+fn warn_skipped(
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    warned: &mut std::collections::HashSet<PathBuf>,
+    failures: Vec<(PathBuf, String)>,
+) {
+    for (path, reason) in failures {
+        if warned.insert(path.clone()) {
+            emit(
+                run,
+                sink,
+                TrainEvent::Warning {
+                    message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                },
+            );
+        }
+    }
 }
 
 /// Records an event in the run folder and hands it to the caller.

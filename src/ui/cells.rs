@@ -730,42 +730,22 @@ fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         })
         .collect();
     let names: Vec<String> = report.labels.iter().map(|l| l.label.clone()).collect();
-    let names2 = names.clone();
-    let clicked = Plot::new(("labels-plot", id))
-        .height(220.0)
-        .allow_scroll(false)
-        .allow_zoom(false)
-        .allow_drag(false)
-        .x_axis_formatter(move |m, _| {
-            let i = m.value.round();
-            if (m.value - i).abs() < 1e-6 && i >= 0.0 {
-                names2.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_axis_label("images")
-        .show(ui, |p| {
-            p.bar_chart(BarChart::new("images", bars).color(egui::Color32::from_rgb(52, 101, 164)));
-            (p.response().clicked())
-                .then(|| p.pointer_coordinate())
-                .flatten()
-        })
-        .inner;
-    if let Some(pt) = clicked {
-        let i = pt.x.round();
-        if i >= 0.0 && (i as usize) < names.len() && (pt.x - i).abs() < 0.4 {
-            let label = names[i as usize].clone();
-            let new = if filter_label.as_deref() == Some(label.as_str()) {
-                None
-            } else {
-                Some(label)
-            };
-            app.push(Command::FilterLabel {
-                dataset,
-                label: new,
-            });
-        }
+    let clicked = category_bars(
+        ui,
+        ("labels-plot", id),
+        220.0,
+        &names,
+        BarChart::new("images", bars).color(egui::Color32::from_rgb(52, 101, 164)),
+        "images",
+    );
+    if let Some(i) = clicked {
+        // A click on the filtered bar clears the filter.
+        let label = names[i].clone();
+        let new = (filter_label.as_deref() != Some(label.as_str())).then_some(label);
+        app.push(Command::FilterLabel {
+            dataset,
+            label: new,
+        });
     }
     if report.summary.patients.is_some() {
         ui.label(egui::RichText::new("Patients per label").strong());
@@ -779,26 +759,14 @@ fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                     .width(0.7)
             })
             .collect();
-        let names3 = names.clone();
-        Plot::new(("patients-plot", id))
-            .height(160.0)
-            .allow_scroll(false)
-            .allow_zoom(false)
-            .allow_drag(false)
-            .x_axis_formatter(move |m, _| {
-                let i = m.value.round();
-                if (m.value - i).abs() < 1e-6 && i >= 0.0 {
-                    names3.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_axis_label("patients")
-            .show(ui, |p| {
-                p.bar_chart(
-                    BarChart::new("patients", bars).color(egui::Color32::from_rgb(46, 139, 87)),
-                )
-            });
+        category_bars(
+            ui,
+            ("patients-plot", id),
+            160.0,
+            &names,
+            BarChart::new("patients", bars).color(egui::Color32::from_rgb(46, 139, 87)),
+            "patients",
+        );
     }
     if let Some(pp) = &report.images_per_patient {
         ui.label(egui::RichText::new("Images per patient").strong());
@@ -861,6 +829,42 @@ fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 .note(false, format!("wrote {n} tables to {}", dir.display()));
         }
     });
+}
+
+/// A bar chart over named categories (bar `i` at x = i); returns the bar clicked, if any.
+fn category_bars(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    height: f32,
+    names: &[String],
+    chart: BarChart,
+    y_label: &str,
+) -> Option<usize> {
+    let axis_names = names.to_vec();
+    let clicked = Plot::new(id)
+        .height(height)
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .x_axis_formatter(move |m, _| {
+            let i = m.value.round();
+            if (m.value - i).abs() < 1e-6 && i >= 0.0 {
+                axis_names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_axis_label(y_label)
+        .show(ui, |p| {
+            p.bar_chart(chart);
+            p.response()
+                .clicked()
+                .then(|| p.pointer_coordinate())
+                .flatten()
+        })
+        .inner?;
+    let i = clicked.x.round();
+    (i >= 0.0 && (i as usize) < names.len() && (clicked.x - i).abs() < 0.4).then_some(i as usize)
 }
 
 fn split_ui(
