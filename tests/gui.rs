@@ -42,7 +42,7 @@ fn notebook_runs_every_cell_on_real_cells() {
         }
     }
     let mut harness = Harness::builder()
-        .with_size([1280.0, 3800.0])
+        .with_size([1280.0, 5200.0])
         .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
     harness.run_steps(2);
     harness.get_by_label("Run all").click();
@@ -98,15 +98,32 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.run_steps(3);
     harness.get_by_label("3 of 35 images shown");
 
-    // Add a Compare cell from the menu and pick the run.
-    harness.get_all_by_label("Add cell").next().unwrap().click();
-    harness.run_steps(2);
-    harness.get_by_label("Compare").click();
-    harness.run_steps(3);
+    // Predict wrote its CSV next to the workbook.
+    let predictions = std::fs::read_to_string(tmp.path().join("predictions.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 36, "{predictions}");
+    harness.get_by_label_contains("35 of 35 images predicted");
+
+    // Compare: pick the run.
     harness.get_by_label(&run_id).click();
     harness.run_steps(3);
     harness.get_by_label("Validation metrics (best per column in green)");
     harness.get_by_label("Configurations");
+
+    // Add a cell below the last one.
+    let cells = harness.state().workbook.cells.len();
+    let last = harness.state().workbook.cells.last().unwrap().id;
+    harness
+        .state_mut()
+        .push(cellbench::ui::app::Command::AddCell {
+            after: Some(last),
+            kind: CellKind::templates().pop().unwrap(),
+        });
+    harness.run_steps(3);
+    assert_eq!(harness.state().workbook.cells.len(), cells + 1);
+    assert!(matches!(
+        harness.state().workbook.cells.last().unwrap().kind,
+        CellKind::Note { .. }
+    ));
 }
 
 #[test]

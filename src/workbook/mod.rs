@@ -198,6 +198,12 @@ impl Workbook {
             run: None,
         });
         book.push(CellKind::Evaluate { run: None });
+        book.push(CellKind::Compare { runs: Vec::new() });
+        book.push(CellKind::Predict {
+            run: None,
+            input: dataset.into(),
+            output: default_predictions(),
+        });
         book
     }
 
