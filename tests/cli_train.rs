@@ -568,3 +568,44 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
             .is_some_and(|t| ["0", "1", "2"].contains(&t))
     }));
 }
+
+#[test]
+fn finetune_learns_on_real_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 24);
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--mode",
+        "finetune",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "6",
+        "--image-size",
+        "96",
+        "--batch-size",
+        "8",
+        "--runs",
+        path_str(&runs),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(only_run(&runs).join("metrics.json")).unwrap())
+            .unwrap();
+    let val = &metrics["val"];
+    let majority = val["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["support"].as_f64().unwrap())
+        .fold(0.0, f64::max)
+        / val["n"].as_f64().unwrap();
+    let acc = val["accuracy"].as_f64().unwrap();
+    assert!(
+        acc >= majority + 0.2,
+        "fine-tuned accuracy {acc} vs majority {majority}"
+    );
+}
