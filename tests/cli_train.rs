@@ -7,24 +7,6 @@ use std::path::Path;
 
 use common::*;
 
-/// A class-folder copy of part of BCCD: two real classes, `n` images each.
-fn bccd_subset(dir: &Path, classes: &[&str], n: usize) -> std::path::PathBuf {
-    let src = shared_data().join("bccd/BCCD_cropped");
-    let dst = dir.join("bccd");
-    for class in classes {
-        std::fs::create_dir_all(dst.join(class)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(n) {
-            std::fs::copy(&f, dst.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    dst
-}
-
 fn events(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("events.jsonl"))
         .unwrap()
@@ -400,17 +382,6 @@ fn unsafe_sigint(pid: u32) {
         .unwrap();
 }
 
-fn class_files(class: &str, n: usize) -> Vec<std::path::PathBuf> {
-    let dir = shared_data().join("bccd/BCCD_cropped").join(class);
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.truncate(n);
-    files
-}
-
 fn started_task(run: &Path) -> String {
     events(run)
         .iter()
@@ -428,7 +399,7 @@ fn multi_label_csv_trains_with_sigmoid_outputs() {
         ("Neutrophil", "granulocyte|Neutrophil"),
         ("Lymphocyte", "Lymphocyte"),
     ] {
-        for f in class_files(class, 14) {
+        for f in bccd_class_files(class, 14) {
             let name = format!("{class}_{}", f.file_name().unwrap().to_string_lossy());
             std::fs::copy(&f, tmp.path().join(&name)).unwrap();
             csv.push_str(&format!("{name},{labels}\n"));
@@ -493,7 +464,7 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
         .iter()
         .enumerate()
     {
-        let files = class_files(class, 16);
+        let files = bccd_class_files(class, 16);
         for pair in files.chunks(2) {
             for (eye, f) in ["left", "right"].iter().zip(pair) {
                 std::fs::copy(f, images.join(format!("{patient}_{eye}.jpeg"))).unwrap();

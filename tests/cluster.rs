@@ -281,23 +281,6 @@ fn unknown_ids_bad_runtime_env_and_unmet_resources() {
 
 // ── cellbench jobs on the real head: the packaged cellbench binary trains on real cells ──
 
-fn bccd_pair(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
-    let src = common::shared_data().join("bccd/BCCD_cropped");
-    let dst = dir.join("bccd");
-    for class in ["Eosinophil", "Lymphocyte"] {
-        std::fs::create_dir_all(dst.join(class)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(n) {
-            std::fs::copy(&f, dst.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    dst
-}
-
 fn run_config(dir: &std::path::Path, mode: &str, epochs: u32) -> std::path::PathBuf {
     let path = dir.join(format!("{mode}.toml"));
     std::fs::write(
@@ -346,7 +329,7 @@ fn cellbench_training_job_streams_live_events_and_results_come_back() {
     let head = RayHead::shared();
     let c = client(&head);
     let tmp = tempfile::tempdir().unwrap();
-    let data = bccd_pair(tmp.path(), 12);
+    let data = common::bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
     let shared_runs = tmp.path().join("shared-runs");
     let config = run_config(tmp.path(), "probe", 6);
 
@@ -444,7 +427,7 @@ fn cellbench_training_job_stops_mid_run() {
     let head = RayHead::shared();
     let c = client(&head);
     let tmp = tempfile::tempdir().unwrap();
-    let data = bccd_pair(tmp.path(), 8);
+    let data = common::bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
     let config = run_config(tmp.path(), "scratch", 500);
     let id = submit_cli(&head, &config, &data, &tmp.path().join("runs"));
     // Wait for the first epoch to stream, then stop the job.

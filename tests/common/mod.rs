@@ -21,6 +21,30 @@ pub fn shared_data() -> PathBuf {
         .expect("the shared real data is missing: set CELLBENCH_SHARED_DATA to the folder holding bccd/, cnmc-samples/, nih-cxr14/")
 }
 
+/// The first `n` (by file name) real BCCD crops of one class.
+pub fn bccd_class_files(class: &str, n: usize) -> Vec<PathBuf> {
+    let dir = shared_data().join("bccd/BCCD_cropped").join(class);
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+/// A class-folder copy of part of BCCD under `dir/bccd`: `n` real images of each class.
+pub fn bccd_subset(dir: &Path, classes: &[&str], n: usize) -> PathBuf {
+    let dst = dir.join("bccd");
+    for class in classes {
+        std::fs::create_dir_all(dst.join(class)).unwrap();
+        for f in bccd_class_files(class, n) {
+            std::fs::copy(&f, dst.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dst
+}
+
 pub fn cellbench() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellbench"));
     cmd.env("RUST_LOG", "warn");
