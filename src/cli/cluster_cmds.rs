@@ -308,14 +308,8 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
         }
         ClusterCommand::Follow { id } => follow(&target.client()?, &id),
         ClusterCommand::Stop { id } => {
-            let client = target.client()?;
-            let before = client.status(&id)?;
-            client.stop(&id)?;
-            if before.status == crate::cluster::JobStatus::Pending {
-                eprintln!(
-                    "note: the job is still PENDING; Ray ignores a stop until it starts (it is stopped when it does)"
-                );
-            }
+            // The client itself warns when the job is still PENDING (Ray ignores the stop then).
+            target.client()?.stop(&id)?;
             eprintln!("stop requested for {id}");
             Ok(0)
         }

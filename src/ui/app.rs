@@ -211,9 +211,40 @@ pub struct Runtime {
     pub thumbs: ThumbCache,
     pub log: Vec<(Instant, bool, String)>,
     pub toasts: Vec<(Instant, bool, String)>,
+    /// Run folder names and cluster profiles, re-read from disk at most every few seconds
+    /// instead of on every frame.
+    run_ids: Option<(Instant, PathBuf, Vec<String>)>,
+    profiles: Option<(Instant, crate::cluster::Profiles)>,
 }
 
+/// How long a listing read from disk is shown before it is read again.
+const DISK_LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Runtime {
+    /// Run folder names under `dir` (see [`crate::runs::view::list_runs`]), cached briefly.
+    pub fn run_ids(&mut self, dir: &Path) -> Vec<String> {
+        match &self.run_ids {
+            Some((at, d, ids)) if d == dir && at.elapsed() < DISK_LISTING_TTL => ids.clone(),
+            _ => {
+                let ids = crate::runs::view::list_runs(dir);
+                self.run_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
+                ids
+            }
+        }
+    }
+
+    /// The cluster profiles of clusters.toml, cached briefly.
+    pub fn profiles(&mut self) -> crate::cluster::Profiles {
+        match &self.profiles {
+            Some((at, p)) if at.elapsed() < DISK_LISTING_TTL => p.clone(),
+            _ => {
+                let p = crate::cluster::Profiles::load_default().unwrap_or_default();
+                self.profiles = Some((Instant::now(), p.clone()));
+                p
+            }
+        }
+    }
+
     /// Notes something for the log panel; errors also pop up as a notification.
     pub fn note(&mut self, error: bool, text: impl Into<String>) {
         let text = text.into();
@@ -310,6 +341,8 @@ impl WorkbenchApp {
             thumbs: ThumbCache::new(ctx, 2),
             log: Vec::new(),
             toasts: Vec::new(),
+            run_ids: None,
+            profiles: None,
         };
         let workbook = if path.exists() {
             match Workbook::load(&path) {

@@ -1333,7 +1333,8 @@ fn runs_combo(
 }
 
 fn evaluate_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, run: &mut Option<String>) {
-    let runs = crate::runs::view::list_runs(&app.runs_dir());
+    let runs_dir = app.runs_dir();
+    let runs = app.rt.run_ids(&runs_dir);
     ui.horizontal(|ui| {
         ui.label("Run");
         runs_combo(ui, ("eval-run", id), &runs, run, "the Train cell above");
@@ -1514,7 +1515,7 @@ fn evaluate_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, run: &mut Opt
 
 fn compare_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, runs: &mut Vec<String>) {
     let root = app.runs_dir();
-    let all = crate::runs::view::list_runs(&root);
+    let all = app.rt.run_ids(&root);
     if all.is_empty() {
         ui.label("No runs yet.");
         return;
@@ -1596,7 +1597,8 @@ fn predict_ui(
     input: &mut String,
     output: &mut String,
 ) {
-    let runs = crate::runs::view::list_runs(&app.runs_dir());
+    let runs_dir = app.runs_dir();
+    let runs = app.rt.run_ids(&runs_dir);
     egui::Grid::new(("predict", id))
         .num_columns(2)
         .show(ui, |ui| {
@@ -1733,7 +1735,7 @@ pub fn cluster_ui(
     gpus: &mut f64,
     job: &mut Option<String>,
 ) {
-    let profiles = crate::cluster::Profiles::load_default().unwrap_or_default();
+    let profiles = app.rt.profiles();
     ui.horizontal(|ui| {
         ui.label("Cluster");
         egui::ComboBox::from_id_salt(("cluster-profile", id))
