@@ -157,20 +157,25 @@ impl RawJob {
     }
 }
 
-pub(crate) fn parse_job(body: &str, id: &str) -> Result<JobInfo> {
-    let raw: RawJob = serde_json::from_str(body).map_err(|source| ClusterError::Json {
-        context: format!("status of job {id}"),
+/// Parses a JSON reply; `context` names what was being read, for the error.
+fn decode<T: serde::de::DeserializeOwned>(
+    body: &str,
+    context: impl FnOnce() -> String,
+) -> Result<T> {
+    serde_json::from_str(body).map_err(|source| ClusterError::Json {
+        context: context(),
         source,
-    })?;
+    })
+}
+
+pub(crate) fn parse_job(body: &str, id: &str) -> Result<JobInfo> {
+    let raw: RawJob = decode(body, || format!("status of job {id}"))?;
     Ok(raw.into_info(id))
 }
 
 /// Submission jobs only: driver jobs started outside the job API have no submission id.
 pub(crate) fn parse_job_list(body: &str) -> Result<Vec<JobInfo>> {
-    let raw: Vec<RawJob> = serde_json::from_str(body).map_err(|source| ClusterError::Json {
-        context: "job list".into(),
-        source,
-    })?;
+    let raw: Vec<RawJob> = decode(body, || "job list".into())?;
     Ok(raw
         .into_iter()
         .filter(|j| j.kind.as_deref().is_none_or(|k| k == "SUBMISSION"))
@@ -339,11 +344,7 @@ impl RayClient {
         struct Version {
             ray_version: String,
         }
-        let v: Version =
-            serde_json::from_str(&reply.body).map_err(|source| ClusterError::Json {
-                context: "version".into(),
-                source,
-            })?;
+        let v: Version = decode(&reply.body, || "version".into())?;
         Ok(v.ray_version)
     }
 
@@ -863,11 +864,7 @@ impl ClusterBackend for RayClient {
                 struct Submitted {
                     submission_id: String,
                 }
-                let s: Submitted =
-                    serde_json::from_str(&reply.body).map_err(|source| ClusterError::Json {
-                        context: "submit".into(),
-                        source,
-                    })?;
+                let s: Submitted = decode(&reply.body, || "submit".into())?;
                 log::info!("submitted job {} to {}", s.submission_id, self.base);
                 return Ok(s.submission_id);
             }
@@ -901,11 +898,7 @@ impl ClusterBackend for RayClient {
         struct Logs {
             logs: String,
         }
-        let logs: Logs =
-            serde_json::from_str(&reply.body).map_err(|source| ClusterError::Json {
-                context: format!("logs of job {id}"),
-                source,
-            })?;
+        let logs: Logs = decode(&reply.body, || format!("logs of job {id}"))?;
         Ok(logs.logs)
     }
 
@@ -952,11 +945,7 @@ impl ClusterBackend for RayClient {
         struct Stopped {
             stopped: bool,
         }
-        let s: Stopped =
-            serde_json::from_str(&reply.body).map_err(|source| ClusterError::Json {
-                context: format!("stop job {id}"),
-                source,
-            })?;
+        let s: Stopped = decode(&reply.body, || format!("stop job {id}"))?;
         Ok(s.stopped)
     }
 
