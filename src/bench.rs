@@ -55,14 +55,32 @@ pub struct FeaturizeBench {
 
 /// Runs feature extraction on real demo images (BCCD crops, preprocessed to 224²):
 /// one warm-up batch (kernel compilation, autotune), then `batches` timed batches.
+/// On the CPU this times the fused network cellbench uses; `graph` times the general
+/// burn graph (the flex backend) instead, for comparison.
 pub fn featurize(
     choice: crate::model::backend::BackendChoice,
     batch_size: usize,
     batches: usize,
+    graph: bool,
 ) -> anyhow::Result<FeaturizeBench> {
-    use burn::tensor::{Tensor, TensorData};
+    use crate::train::features::{Extractor, load_backbone};
     let compute = crate::model::backend::select(choice)?;
-    let model = crate::train::features::load_backbone(&compute.device)?;
+    let threads = rayon::current_num_threads();
+    let (extractor, device) = if compute.is_gpu {
+        (Extractor::bundled(&compute.device)?, compute.description)
+    } else if graph {
+        let model = load_backbone(&compute.device)?;
+        let device = compute.device;
+        (
+            Extractor::Burn { model, device },
+            format!("cpu, burn flex graph, {threads} threads"),
+        )
+    } else {
+        (
+            Extractor::bundled(&compute.device)?,
+            format!("cpu, fused, {threads} threads"),
+        )
+    };
     let pre = crate::dataset::preprocess::Preprocess::default();
     let walk = crate::dataset::scan::walk_images(&crate::demo_dataset());
     anyhow::ensure!(!walk.images.is_empty(), "the demo dataset is missing");
@@ -78,14 +96,11 @@ pub fn featurize(
         .flatten()
         .copied()
         .collect();
+    let side = pre.size as usize;
     let run = || -> anyhow::Result<()> {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(batch.clone(), [batch_size, 3, 224, 224]),
-            &compute.device,
-        );
-        let f = model.features(x).into_data();
+        let f = extractor.features(batch.clone(), batch_size, side);
         anyhow::ensure!(
-            f.num_elements() == batch_size * crate::model::efficientnet::FEATURES,
+            f.len() == batch_size * crate::model::efficientnet::FEATURES,
             "feature shape"
         );
         Ok(())
@@ -99,7 +114,7 @@ pub fn featurize(
     }
     let timed_secs = start.elapsed().as_secs_f64();
     Ok(FeaturizeBench {
-        device: compute.description,
+        device,
         batch_size,
         batches: batches.max(1),
         warmup_secs,

@@ -273,6 +273,9 @@ pub enum BenchCommand {
         /// Backends to measure (default: cpu and, when present, wgpu).
         #[arg(long)]
         backend: Vec<BackendChoice>,
+        /// On the CPU, time the general burn graph (flex backend) instead of the fused network.
+        #[arg(long)]
+        graph: bool,
     },
 }
 
@@ -383,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             batch_size,
             batches,
             backend,
+            graph,
         })) => {
             let backends = if backend.is_empty() {
                 let mut b = vec![BackendChoice::Cpu];
@@ -394,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 backend
             };
             for choice in backends {
-                let r = crate::bench::featurize(choice, batch_size, batches)?;
+                let r = crate::bench::featurize(choice, batch_size, batches, graph)?;
                 outln!(
                     "featurize [{}]: {:.1} images/s at 224x224 (batch {}, {} timed batches, {:.2} s; first batch incl. warm-up {:.2} s)",
                     r.device,

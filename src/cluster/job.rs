@@ -245,7 +245,7 @@ pub fn featurize_shard(
         "shard {shard} of {shards} does not exist"
     );
     let compute = crate::model::backend::select(config.backend)?;
-    let model = crate::train::features::load_backbone(&compute.device)?;
+    let extractor = crate::train::features::Extractor::bundled(&compute.device)?;
     let paths: Vec<PathBuf> = manifest
         .records
         .iter()
@@ -258,8 +258,7 @@ pub fn featurize_shard(
         dir: cache.join("features"),
     };
     let f = crate::train::features::featurize(
-        &model,
-        &compute.device,
+        &extractor,
         &config.backbone,
         &config.preprocess,
         &paths,

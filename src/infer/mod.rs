@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData, activation};
 use crate::model::efficientnet::{EfficientNetLite, FEATURES};
 use crate::model::heads::{Head, SmallCnn};
 use crate::train::engine::{FinetuneWeights, ModelInfo, csv_field};
+use crate::train::features::Extractor;
 use crate::train::{Mode, Task};
 
 /// A trained model ready for inference.
@@ -21,12 +22,14 @@ pub struct Classifier {
     device: Device,
 }
 
+#[allow(clippy::large_enum_variant)] // one per loaded model
 enum Net {
-    Probe {
-        backbone: EfficientNetLite,
+    /// Backbone features into a head: a probe (standardised features, frozen pretrained
+    /// backbone) or a fine-tuned network.
+    Features {
+        backbone: Extractor,
         head: Head,
     },
-    Finetune(FinetuneWeights),
     Scratch(SmallCnn),
 }
 
@@ -49,8 +52,8 @@ impl Classifier {
             Mode::Probe => {
                 let mut head = Head::new(FEATURES, k, 0.0, device);
                 head.load_from(&mut store)?;
-                Net::Probe {
-                    backbone: crate::train::features::load_backbone(device)?,
+                Net::Features {
+                    backbone: Extractor::bundled(device)?,
                     head,
                 }
             }
@@ -60,7 +63,10 @@ impl Classifier {
                     head: Head::new(FEATURES, k, 0.0, device),
                 };
                 w.load_from(&mut store)?;
-                Net::Finetune(w)
+                Net::Features {
+                    backbone: Extractor::new(w.backbone, device),
+                    head: w.head,
+                }
             }
             Mode::Scratch => {
                 let mut cnn = SmallCnn::new(k, 0.0, device);
@@ -82,22 +88,27 @@ impl Classifier {
             return Vec::new();
         }
         let side = self.info.preprocess.size as usize;
-        let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), &self.device);
         let logits = match &self.net {
-            Net::Probe { backbone, head } => {
-                let f = backbone.features(x);
-                let mean = Tensor::<1>::from_data(
-                    TensorData::new(self.info.feature_mean.clone(), [FEATURES]),
+            Net::Features { backbone, head } => {
+                let mut f = backbone.features(chw, n, side);
+                // A probe was trained on standardised features; a fine-tuned head on raw ones.
+                let (mean, std) = (&self.info.feature_mean, &self.info.feature_std);
+                if mean.len() == FEATURES && std.len() == FEATURES {
+                    for row in f.chunks_exact_mut(FEATURES) {
+                        for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
+                            *v = (*v - m) / s;
+                        }
+                    }
+                }
+                head.forward(Tensor::<2>::from_data(
+                    TensorData::new(f, [n, FEATURES]),
                     &self.device,
-                );
-                let std = Tensor::<1>::from_data(
-                    TensorData::new(self.info.feature_std.clone(), [FEATURES]),
-                    &self.device,
-                );
-                head.forward((f - mean.reshape([1, FEATURES])) / std.reshape([1, FEATURES]))
+                ))
             }
-            Net::Finetune(w) => w.head.forward(w.backbone.features(x)),
-            Net::Scratch(c) => c.forward(x),
+            Net::Scratch(c) => c.forward(Tensor::<4>::from_data(
+                TensorData::new(chw, [n, 3, side, side]),
+                &self.device,
+            )),
         };
         let probs = if self.info.task == Task::MultiLabel {
             activation::sigmoid(logits)

@@ -49,15 +49,17 @@ pub struct Adapter {
     pub is_cpu: bool,
 }
 
-/// Lists wgpu adapters without creating a device. Never panics.
+/// Lists wgpu adapters of the primary APIs (Vulkan, Metal, DX12, WebGPU) without creating a
+/// device. Never panics. OpenGL is left out: probing it through EGL prints driver errors on
+/// headless machines.
 pub fn adapters() -> Vec<Adapter> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
+        backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
     let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
     }))
     .unwrap_or_default();
     found
@@ -89,6 +91,11 @@ fn wgpu_device() -> Result<Compute, String> {
         })
     })
     .clone()
+}
+
+/// True for the CPU backend's device.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
 }
 
 fn cpu_device() -> Compute {

@@ -3,5 +3,6 @@
 
 pub mod backend;
 pub mod efficientnet;
+pub mod fused;
 pub mod heads;
 pub mod safetensors;

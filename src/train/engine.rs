@@ -27,7 +27,7 @@ use crate::runs::{RunDir, RunState};
 use super::config::{Imbalance, Mode, Optimizer, Schedule, TrainConfig};
 use super::data::{Prepared, Target, prepare};
 use super::events::{EpochSide, Phase, TrainEvent};
-use super::features::{FeatureCache, featurize, load_backbone};
+use super::features::{Extractor, FeatureCache, featurize, load_backbone};
 use super::metrics::{self, Metrics, Task};
 
 /// Everything a training job needs.
@@ -758,12 +758,11 @@ fn run_loop(
         .and_then(|_| std::fs::read(&checkpoint).ok());
     let (mut net, feeder) = match config.mode {
         Mode::Probe => {
-            let backbone = load_backbone(&plain)?;
+            let extractor = Extractor::bundled(&plain)?;
             let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
             let mut last = Instant::now();
             let f = featurize(
-                &backbone,
-                &plain,
+                &extractor,
                 &config.backbone,
                 &config.preprocess,
                 &all,

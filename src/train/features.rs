@@ -10,6 +10,57 @@ use sha2::Digest as _;
 
 use crate::dataset::preprocess::Preprocess;
 use crate::model::efficientnet::{EfficientNetLite, FEATURES};
+use crate::model::fused::FusedLite0;
+
+/// The frozen backbone as a function from preprocessed images to pooled features: on the CPU
+/// the batch-norm-folded channels-last network ([`FusedLite0`]), on a wgpu device the burn model.
+/// One value per process or run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Extractor {
+    Cpu(FusedLite0),
+    Burn {
+        model: EfficientNetLite,
+        device: Device,
+    },
+}
+
+impl Extractor {
+    /// Wraps a loaded model for the device it lives on.
+    pub fn new(model: EfficientNetLite, device: &Device) -> Self {
+        if crate::model::backend::is_cpu(device) {
+            Self::Cpu(FusedLite0::from_model(&model))
+        } else {
+            Self::Burn {
+                model,
+                device: device.clone(),
+            }
+        }
+    }
+
+    /// The bundled pretrained Lite0 for `device`.
+    pub fn bundled(device: &Device) -> anyhow::Result<Self> {
+        Ok(Self::new(load_backbone(device)?, device))
+    }
+
+    /// Pooled features `[n * FEATURES]` of `n` preprocessed channels-first images `[n, 3, side, side]`.
+    pub fn features(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+        if n == 0 {
+            return Vec::new();
+        }
+        match self {
+            Self::Cpu(net) => net.features(&chw, side, side),
+            Self::Burn { model, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), device);
+                model
+                    .features(x)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
 
 /// A folder of cached feature vectors, one small file per (backbone, preprocessing, image).
 #[derive(Clone, Debug)]
@@ -78,13 +129,12 @@ pub struct Featurized {
 }
 
 /// Extracts pooled Lite0 features for `paths` in batches. Reads and decodes in parallel,
-/// runs the network on `device` (call from the thread that owns burn work).
+/// runs the network (call from the thread that owns burn work).
 /// `progress(done, total)` is called after each batch; `cancel` stops between batches
 /// (the result then holds `None` for the rest).
 #[allow(clippy::too_many_arguments)]
 pub fn featurize(
-    model: &EfficientNetLite,
-    device: &Device,
+    extractor: &Extractor,
     backbone: &str,
     preprocess: &Preprocess,
     paths: &[PathBuf],
@@ -145,16 +195,7 @@ pub fn featurize(
             }
         }
         if !slots.is_empty() {
-            let x = Tensor::<4>::from_data(
-                TensorData::new(inputs, [slots.len(), 3, side, side]),
-                device,
-            );
-            let feats: Vec<f32> = model
-                .features(x)
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_default();
+            let feats = extractor.features(inputs, slots.len(), side);
             for (j, (slot, key)) in slots.into_iter().enumerate() {
                 let f = feats
                     .get(j * FEATURES..(j + 1) * FEATURES)

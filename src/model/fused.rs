@@ -1,0 +1,494 @@
+//! The frozen Lite0 backbone compiled for CPU inference.
+//!
+//! Feature extraction for a linear probe runs the backbone forward only, with fixed weights, so
+//! it can be much cheaper than a general tensor graph:
+//! - batch norm is folded into each convolution's weights and a bias (eval mode, running stats);
+//! - activations are channels-last (`[H, W, C]`), so every 1×1 convolution is one matrix product
+//!   (the `gemm` kernels) and a depthwise convolution walks contiguous channel rows;
+//! - bias, ReLU6, the residual add and the global average pool are fused into the pass that
+//!   follows each product, instead of one full pass per operation;
+//! - each worker thread owns its activation buffers and reuses them from image to image.
+//!
+//! [`FusedLite0`] is built from an [`EfficientNetLite`] and computes the same function as
+//! [`EfficientNetLite::features`]; a test holds the two to each other and to PyTorch's logits.
+
+use rayon::prelude::*;
+
+use super::efficientnet::{ConvBn, EfficientNetLite, FEATURES};
+
+const BN_EPS: f32 = 1e-3;
+
+/// A 1×1 convolution with folded batch norm: `[P, c_in] × [c_in, c_out] + bias`.
+#[derive(Clone, Debug)]
+struct Pointwise {
+    c_in: usize,
+    c_out: usize,
+    /// `[c_in, c_out]`, row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    relu6: bool,
+}
+
+/// A k×k depthwise convolution with folded batch norm and ReLU6, TF "SAME" padding.
+#[derive(Clone, Debug)]
+struct Depthwise {
+    c: usize,
+    k: usize,
+    stride: usize,
+    /// `[k * k, c]`: one row of channel weights per kernel tap.
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    expand: Option<Pointwise>,
+    depthwise: Depthwise,
+    project: Pointwise,
+    residual: bool,
+}
+
+/// The 3×3 stride-2 stem (3 → 32 channels), as an im2col product.
+#[derive(Clone, Debug)]
+struct Stem {
+    c_out: usize,
+    /// `[3 * 3 * 3, c_out]`, rows ordered `(c_in, ky, kx)`.
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// EfficientNet-Lite0 features on the CPU, batch norm folded, channels-last.
+#[derive(Clone, Debug)]
+pub struct FusedLite0 {
+    stem: Stem,
+    blocks: Vec<Block>,
+    head: Pointwise,
+}
+
+/// Per-thread activation buffers, grown on demand and reused.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    t1: Vec<f32>,
+    t2: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+/// Conv weight `[c_out, c_in/groups, k, k]` and the folded batch-norm `(scale, shift)`.
+fn fold(cb: &ConvBn) -> (Vec<f32>, [usize; 4], Vec<f32>, Vec<f32>) {
+    let dims = cb.conv.weight.dims();
+    let w = to_vec(cb.conv.weight.val());
+    let gamma = to_vec(cb.bn.gamma.val());
+    let beta = to_vec(cb.bn.beta.val());
+    let mean = to_vec(cb.bn.running_mean.value());
+    let var = to_vec(cb.bn.running_var.value());
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + BN_EPS).sqrt())
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (w, dims, scale, shift)
+}
+
+impl Pointwise {
+    fn from(cb: &ConvBn) -> Self {
+        let (w, [c_out, c_in, _, _], scale, b) = fold(cb);
+        let mut t = vec![0.0; c_in * c_out];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                t[i * c_out + o] = w[o * c_in + i] * scale[o];
+            }
+        }
+        Self {
+            c_in,
+            c_out,
+            w: t,
+            b,
+            relu6: cb.relu6,
+        }
+    }
+
+    /// `out[P, c_out] = act(input[P, c_in] × w + b) (+ residual)`.
+    fn run(
+        &self,
+        input: &[f32],
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        par: gemm::Parallelism,
+    ) {
+        let p = input.len() / self.c_in;
+        debug_assert_eq!(out.len(), p * self.c_out);
+        matmul(input, p, self.c_in, &self.w, self.c_out, out, par);
+        let rows = out.chunks_exact_mut(self.c_out);
+        match residual {
+            Some(r) => {
+                for (row, r) in rows.zip(r.chunks_exact(self.c_out)) {
+                    bias_add_residual(row, &self.b, r);
+                }
+            }
+            None if self.relu6 => rows.for_each(|row| bias_relu6(row, &self.b)),
+            None => rows.for_each(|row| bias_add(row, &self.b)),
+        }
+    }
+}
+
+/// `out[m, n] = a[m, k] × b[k, n]`, all row-major and contiguous.
+fn matmul(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    out: &mut [f32],
+    par: gemm::Parallelism,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n);
+    // SAFETY: the three buffers are distinct slices (one `&mut`, two `&`) whose lengths were
+    // checked above against the strides given: row-major, unit column stride.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[inline]
+fn bias_relu6(row: &mut [f32], b: &[f32]) {
+    for (v, b) in row.iter_mut().zip(b) {
+        *v = (*v + b).clamp(0.0, 6.0);
+    }
+}
+
+#[inline]
+fn bias_add(row: &mut [f32], b: &[f32]) {
+    for (v, b) in row.iter_mut().zip(b) {
+        *v += b;
+    }
+}
+
+#[inline]
+fn bias_add_residual(row: &mut [f32], b: &[f32], r: &[f32]) {
+    for ((v, b), r) in row.iter_mut().zip(b).zip(r) {
+        *v += b + r;
+    }
+}
+
+/// Output size and leading padding of TF "SAME": `ceil(n / stride)`, with the odd pixel of
+/// padding at the end.
+fn same(n: usize, k: usize, stride: usize) -> (usize, usize) {
+    let out = n.div_ceil(stride);
+    let total = ((out - 1) * stride + k).saturating_sub(n);
+    (out, total / 2)
+}
+
+impl Depthwise {
+    fn from(cb: &ConvBn) -> Self {
+        let (w, [c, _, k, _], scale, b) = fold(cb);
+        let stride = cb.conv.stride[0];
+        let mut t = vec![0.0; k * k * c];
+        for ch in 0..c {
+            for tap in 0..k * k {
+                t[tap * c + ch] = w[ch * k * k + tap] * scale[ch];
+            }
+        }
+        Self {
+            c,
+            k,
+            stride,
+            w: t,
+            b,
+        }
+    }
+
+    /// `[h, w, c]` → `[oh, ow, c]`; returns `(oh, ow)`.
+    fn run(&self, input: &[f32], h: usize, w: usize, out: &mut Vec<f32>) -> (usize, usize) {
+        let (oh, _) = same(h, self.k, self.stride);
+        let (ow, _) = same(w, self.k, self.stride);
+        out.resize(oh * ow * self.c, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { self.run_avx2(input, h, w, out) };
+            return (oh, ow);
+        }
+        self.run_portable(input, h, w, out);
+        (oh, ow)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        self.run_portable(input, h, w, out);
+    }
+
+    /// The loop nest; inlined into each instruction-set variant so it is vectorised for it.
+    #[inline(always)]
+    fn run_portable(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let (c, k, s) = (self.c, self.k, self.stride);
+        let (_, pad_y) = same(h, k, s);
+        let (ow, pad_x) = same(w, k, s);
+        for (oy, out_row) in out.chunks_exact_mut(ow * c).enumerate() {
+            // Kernel rows that land inside the image for this output row.
+            let y0 = oy * s;
+            let ky_lo = pad_y.saturating_sub(y0);
+            let ky_hi = k.min(h + pad_y - y0);
+            for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
+                let x0 = ox * s;
+                let kx_lo = pad_x.saturating_sub(x0);
+                let kx_hi = k.min(w + pad_x - x0);
+                acc.copy_from_slice(&self.b);
+                for ky in ky_lo..ky_hi {
+                    let iy = y0 + ky - pad_y;
+                    for kx in kx_lo..kx_hi {
+                        let ix = x0 + kx - pad_x;
+                        let src = &input[(iy * w + ix) * c..][..c];
+                        let wt = &self.w[(ky * k + kx) * c..][..c];
+                        for ((a, x), wv) in acc.iter_mut().zip(src).zip(wt) {
+                            *a += x * wv;
+                        }
+                    }
+                }
+                for a in acc.iter_mut() {
+                    *a = a.clamp(0.0, 6.0);
+                }
+            }
+        }
+    }
+}
+
+impl Stem {
+    fn from(cb: &ConvBn) -> Self {
+        let (w, [c_out, c_in, k, _], scale, b) = fold(cb);
+        let taps = c_in * k * k;
+        let mut t = vec![0.0; taps * c_out];
+        for o in 0..c_out {
+            for i in 0..taps {
+                t[i * c_out + o] = w[o * taps + i] * scale[o];
+            }
+        }
+        Self { c_out, w: t, b }
+    }
+
+    /// `[3, h, w]` (channels first, as preprocessing produces) → `[oh, ow, c_out]`.
+    fn run(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        cols: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        par: gemm::Parallelism,
+    ) -> (usize, usize) {
+        const K: usize = 3;
+        let (oh, pad_y) = same(h, K, 2);
+        let (ow, pad_x) = same(w, K, 2);
+        let taps = 3 * K * K;
+        cols.clear();
+        cols.resize(oh * ow * taps, 0.0);
+        for (p, col) in cols.chunks_exact_mut(taps).enumerate() {
+            let (oy, ox) = (p / ow, p % ow);
+            for ci in 0..3 {
+                let plane = &chw[ci * h * w..][..h * w];
+                for ky in 0..K {
+                    let Some(iy) = (oy * 2 + ky).checked_sub(pad_y).filter(|&y| y < h) else {
+                        continue;
+                    };
+                    for kx in 0..K {
+                        if let Some(ix) = (ox * 2 + kx).checked_sub(pad_x).filter(|&x| x < w) {
+                            col[ci * K * K + ky * K + kx] = plane[iy * w + ix];
+                        }
+                    }
+                }
+            }
+        }
+        out.resize(oh * ow * self.c_out, 0.0);
+        matmul(cols, oh * ow, taps, &self.w, self.c_out, out, par);
+        for row in out.chunks_exact_mut(self.c_out) {
+            bias_relu6(row, &self.b);
+        }
+        (oh, ow)
+    }
+}
+
+impl FusedLite0 {
+    /// Folds a (pretrained or fine-tuned) model's weights and batch-norm statistics.
+    pub fn from_model(model: &EfficientNetLite) -> Self {
+        Self {
+            stem: Stem::from(&model.stem),
+            blocks: model
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    expand: b.expand.as_ref().map(Pointwise::from),
+                    depthwise: Depthwise::from(&b.depthwise),
+                    project: Pointwise::from(&b.project),
+                    residual: b.residual,
+                })
+                .collect(),
+            head: Pointwise::from(&model.head),
+        }
+    }
+
+    /// Pooled features of one channels-first image `[3, h, w]` into `out` (`FEATURES` long).
+    fn image(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        s: &mut Scratch,
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let Scratch { x, t1, t2 } = s;
+        let (mut h, mut w) = self.stem.run(chw, h, w, t1, x, par);
+        for block in &self.blocks {
+            let p = h * w;
+            let input: &[f32] = match &block.expand {
+                Some(e) => {
+                    t1.resize(p * e.c_out, 0.0);
+                    e.run(x, t1, None, par);
+                    t1
+                }
+                None => x,
+            };
+            (h, w) = block.depthwise.run(input, h, w, t2);
+            let p = h * w;
+            t1.resize(p * block.project.c_out, 0.0);
+            let residual = block.residual.then_some(&x[..]);
+            block.project.run(t2, t1, residual, par);
+            std::mem::swap(x, t1);
+        }
+        let p = h * w;
+        t1.resize(p * self.head.c_out, 0.0);
+        self.head.run(x, t1, None, par);
+        out.fill(0.0);
+        for row in t1.chunks_exact(self.head.c_out) {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+        let inv = 1.0 / p as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+
+    /// Pooled features `[n, FEATURES]` of `n` channels-first images `[n, 3, h, w]`.
+    ///
+    /// Images run in parallel, one per worker thread; a batch smaller than the thread pool
+    /// runs its images one after another with the matrix products spread over the threads.
+    pub fn features(&self, batch: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let per_image = 3 * h * w;
+        assert!(
+            per_image > 0 && batch.len().is_multiple_of(per_image),
+            "input is not [n, 3, {h}, {w}]"
+        );
+        let n = batch.len() / per_image;
+        let mut out = vec![0.0; n * FEATURES];
+        let threads = rayon::current_num_threads();
+        if n >= threads {
+            out.par_chunks_mut(FEATURES)
+                .zip(batch.par_chunks(per_image))
+                .for_each(|(o, img)| {
+                    SCRATCH
+                        .with_borrow_mut(|s| self.image(img, h, w, s, o, gemm::Parallelism::None))
+                });
+        } else {
+            let par = gemm::Parallelism::Rayon(threads);
+            SCRATCH.with_borrow_mut(|s| {
+                for (o, img) in out.chunks_mut(FEATURES).zip(batch.chunks(per_image)) {
+                    self.image(img, h, w, s, o, par);
+                }
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // 224 → 112 with a 3×3 stride-2 kernel: one pixel of padding, at the end.
+        assert_eq!(same(224, 3, 2), (112, 0));
+        // 5×5 stride 1 keeps the size with two pixels each side.
+        assert_eq!(same(14, 5, 1), (14, 2));
+        // 5×5 stride 2 on 56: out 28, total padding 3 → 1 before, 2 after.
+        assert_eq!(same(56, 5, 2), (28, 1));
+        assert_eq!(same(7, 3, 1), (7, 1));
+    }
+
+    /// The fused network computes the burn model's features, for odd sizes too (padding
+    /// edges) and for both the per-image-parallel and the single-image path.
+    #[test]
+    fn matches_the_burn_model() {
+        let device = Device::flex();
+        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
+        let model = EfficientNetLite::load(&bytes, &device).unwrap();
+        let fused = FusedLite0::from_model(&model);
+        for (n, h, w) in [(1, 67, 45), (3, 64, 64)] {
+            let mut state = 0x9e37_79b9_u32;
+            let x: Vec<f32> = (0..n * 3 * h * w)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+                })
+                .collect();
+            let want = to_vec(model.features(Tensor::<4>::from_data(
+                TensorData::new(x.clone(), [n, 3, h, w]),
+                &device,
+            )));
+            let got = fused.features(&x, h, w);
+            assert_eq!(got.len(), want.len());
+            let max_err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            assert!(scale > 0.1, "features are not trivially zero");
+            assert!(
+                max_err < 1e-3 * scale.max(1.0),
+                "{n}x{h}x{w}: max abs error {max_err}"
+            );
+        }
+    }
+}
