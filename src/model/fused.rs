@@ -364,19 +364,21 @@ impl FusedLite0 {
         }
     }
 
-    /// Pooled features of one channels-first image `[3, h, w]` into `out` (`FEATURES` long).
-    fn image(
+    /// Stem and the first `blocks` blocks of one channels-first image `[3, h, w]`; the result
+    /// is left channels-last in `s.x`. Returns its `(h, w, c)`.
+    fn trunk(
         &self,
         chw: &[f32],
         h: usize,
         w: usize,
+        blocks: usize,
         s: &mut Scratch,
-        out: &mut [f32],
         par: gemm::Parallelism,
-    ) {
+    ) -> (usize, usize, usize) {
         let Scratch { x, t1, t2 } = s;
         let (mut h, mut w) = self.stem.run(chw, h, w, t1, x, par);
-        for block in &self.blocks {
+        let mut c = self.stem.c_out;
+        for block in self.blocks.iter().take(blocks) {
             let p = h * w;
             let input: &[f32] = match &block.expand {
                 Some(e) => {
@@ -387,17 +389,31 @@ impl FusedLite0 {
                 None => x,
             };
             (h, w) = block.depthwise.run(input, h, w, t2);
-            let p = h * w;
-            t1.resize(p * block.project.c_out, 0.0);
+            c = block.project.c_out;
+            t1.resize(h * w * c, 0.0);
             let residual = block.residual.then_some(&x[..]);
             block.project.run(t2, t1, residual, par);
             std::mem::swap(x, t1);
         }
+        (h, w, c)
+    }
+
+    /// Pooled features of one channels-first image `[3, h, w]` into `out` (`FEATURES` long).
+    fn image(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        s: &mut Scratch,
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let (h, w, _) = self.trunk(chw, h, w, self.blocks.len(), s, par);
         let p = h * w;
-        t1.resize(p * self.head.c_out, 0.0);
-        self.head.run(x, t1, None, par);
+        s.t1.resize(p * self.head.c_out, 0.0);
+        self.head.run(&s.x, &mut s.t1, None, par);
         out.fill(0.0);
-        for row in t1.chunks_exact(self.head.c_out) {
+        for row in s.t1.chunks_exact(self.head.c_out) {
             for (o, v) in out.iter_mut().zip(row) {
                 *o += v;
             }
@@ -406,35 +422,75 @@ impl FusedLite0 {
         out.iter_mut().for_each(|o| *o *= inv);
     }
 
-    /// Pooled features `[n, FEATURES]` of `n` channels-first images `[n, 3, h, w]`.
-    ///
-    /// Images run in parallel, one per worker thread; a batch smaller than the thread pool
-    /// runs its images one after another with the matrix products spread over the threads.
-    pub fn features(&self, batch: &[f32], h: usize, w: usize) -> Vec<f32> {
+    /// `(c, h, w)` of the input of block `blocks` for an `h × w` image.
+    pub fn prefix_shape(&self, h: usize, w: usize, blocks: usize) -> (usize, usize, usize) {
+        let (mut h, mut w) = (same(h, 3, 2).0, same(w, 3, 2).0);
+        let mut c = self.stem.c_out;
+        for b in self.blocks.iter().take(blocks) {
+            h = same(h, b.depthwise.k, b.depthwise.stride).0;
+            w = same(w, b.depthwise.k, b.depthwise.stride).0;
+            c = b.project.c_out;
+        }
+        (c, h, w)
+    }
+
+    /// Runs `f(image, scratch, output, parallelism)` for each image of `[n, 3, h, w]`, each
+    /// writing `out_len` values: images in parallel, one per worker thread; a batch smaller
+    /// than the thread pool runs its images in turn with the matrix products spread over
+    /// the threads.
+    fn each_image(
+        batch: &[f32],
+        h: usize,
+        w: usize,
+        out_len: usize,
+        f: impl Fn(&[f32], &mut Scratch, &mut [f32], gemm::Parallelism) + Sync,
+    ) -> Vec<f32> {
         let per_image = 3 * h * w;
         assert!(
             per_image > 0 && batch.len().is_multiple_of(per_image),
             "input is not [n, 3, {h}, {w}]"
         );
         let n = batch.len() / per_image;
-        let mut out = vec![0.0; n * FEATURES];
+        let mut out = vec![0.0; n * out_len];
         let threads = rayon::current_num_threads();
         if n >= threads {
-            out.par_chunks_mut(FEATURES)
+            out.par_chunks_mut(out_len)
                 .zip(batch.par_chunks(per_image))
                 .for_each(|(o, img)| {
-                    SCRATCH
-                        .with_borrow_mut(|s| self.image(img, h, w, s, o, gemm::Parallelism::None))
+                    SCRATCH.with_borrow_mut(|s| f(img, s, o, gemm::Parallelism::None))
                 });
         } else {
             let par = gemm::Parallelism::Rayon(threads);
             SCRATCH.with_borrow_mut(|s| {
-                for (o, img) in out.chunks_mut(FEATURES).zip(batch.chunks(per_image)) {
-                    self.image(img, h, w, s, o, par);
+                for (o, img) in out.chunks_mut(out_len).zip(batch.chunks(per_image)) {
+                    f(img, s, o, par);
                 }
             });
         }
         out
+    }
+
+    /// Pooled features `[n, FEATURES]` of `n` channels-first images `[n, 3, h, w]`.
+    pub fn features(&self, batch: &[f32], h: usize, w: usize) -> Vec<f32> {
+        Self::each_image(batch, h, w, FEATURES, |img, s, o, par| {
+            self.image(img, h, w, s, o, par)
+        })
+    }
+
+    /// The input of block `blocks`, channels-first `[n, c, h', w']` with `(c, h', w')` from
+    /// [`Self::prefix_shape`]: what [`EfficientNetLite::forward_prefix`] computes, for
+    /// fine-tuning the blocks after a frozen prefix.
+    pub fn prefix(&self, batch: &[f32], h: usize, w: usize, blocks: usize) -> Vec<f32> {
+        let (c, oh, ow) = self.prefix_shape(h, w, blocks);
+        Self::each_image(batch, h, w, c * oh * ow, |img, s, o, par| {
+            self.trunk(img, h, w, blocks, s, par);
+            // Channels-last → channels-first.
+            for (p, row) in s.x.chunks_exact(c).enumerate() {
+                for (ch, v) in row.iter().enumerate() {
+                    o[ch * oh * ow + p] = *v;
+                }
+            }
+        })
     }
 }
 
@@ -454,6 +510,53 @@ mod tests {
         assert_eq!(same(7, 3, 1), (7, 1));
     }
 
+    /// The fused prefix is the burn model's `forward_prefix`, channels-first.
+    #[test]
+    fn prefix_matches_the_burn_model() {
+        let device = Device::flex();
+        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
+        let model = EfficientNetLite::load(&bytes, &device).unwrap();
+        let fused = FusedLite0::from_model(&model);
+        let (n, h, w, blocks) = (2, 40, 40, 14);
+        let x = noise(n * 3 * h * w);
+        let want = model.forward_prefix(
+            Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 3, h, w]), &device),
+            blocks,
+        );
+        let (c, oh, ow) = fused.prefix_shape(h, w, blocks);
+        assert_eq!(want.dims(), [n, c, oh, ow]);
+        let want = to_vec(want);
+        let got = fused.prefix(&x, h, w, blocks);
+        assert_close(&got, &want, "prefix");
+    }
+
+    fn noise(len: usize) -> Vec<f32> {
+        let mut state = 0x9e37_79b9_u32;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let max_err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        assert!(scale > 0.1, "{what}: values are not trivially zero");
+        assert!(
+            max_err < 1e-3 * scale.max(1.0),
+            "{what}: max abs error {max_err} (largest value {scale})"
+        );
+    }
+
     /// The fused network computes the burn model's features, for odd sizes too (padding
     /// edges) and for both the per-image-parallel and the single-image path.
     #[test]
@@ -463,32 +566,12 @@ mod tests {
         let model = EfficientNetLite::load(&bytes, &device).unwrap();
         let fused = FusedLite0::from_model(&model);
         for (n, h, w) in [(1, 67, 45), (3, 64, 64)] {
-            let mut state = 0x9e37_79b9_u32;
-            let x: Vec<f32> = (0..n * 3 * h * w)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-                })
-                .collect();
+            let x = noise(n * 3 * h * w);
             let want = to_vec(model.features(Tensor::<4>::from_data(
                 TensorData::new(x.clone(), [n, 3, h, w]),
                 &device,
             )));
-            let got = fused.features(&x, h, w);
-            assert_eq!(got.len(), want.len());
-            let max_err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
-            assert!(scale > 0.1, "features are not trivially zero");
-            assert!(
-                max_err < 1e-3 * scale.max(1.0),
-                "{n}x{h}x{w}: max abs error {max_err}"
-            );
+            assert_close(&fused.features(&x, h, w), &want, &format!("{n}x{h}x{w}"));
         }
     }
 }

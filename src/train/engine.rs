@@ -219,7 +219,7 @@ enum Feeder {
         preprocess: Preprocess,
         augment: Augment,
         /// Frozen part of a fine-tuned backbone, run without gradients.
-        prefix: Option<(EfficientNetLite, usize)>,
+        prefix: Option<(Extractor, usize)>,
     },
 }
 
@@ -294,11 +294,7 @@ impl Feeder {
                 let n = items.len();
                 let input = match prefix {
                     Some((frozen, start)) => {
-                        let x = Tensor::<4>::from_data(
-                            TensorData::new(flat, [n, 3, side, side]),
-                            plain,
-                        );
-                        let y = frozen.forward_prefix(x, *start);
+                        let y = frozen.prefix(flat, n, side, *start, plain);
                         Input::Images(if device.is_autodiff() {
                             y.autodiff()
                         } else {
@@ -819,7 +815,7 @@ fn run_loop(
         }
         Mode::Finetune => {
             let backbone = load_backbone(&plain)?;
-            let frozen = backbone.valid();
+            let frozen = Extractor::new(backbone.valid(), &plain);
             let mut weights = FinetuneWeights {
                 backbone: backbone.fork(&ad),
                 head: Head::new(FEATURES, k, config.dropout, &ad),

@@ -128,6 +128,31 @@ pub struct Featurized {
     pub computed: usize,
 }
 
+impl Extractor {
+    /// The input of block `blocks` for `n` preprocessed images `[n, 3, side, side]`, as a
+    /// channels-first tensor on `device`: the frozen prefix of a fine-tuned backbone.
+    pub fn prefix(
+        &self,
+        chw: Vec<f32>,
+        n: usize,
+        side: usize,
+        blocks: usize,
+        device: &Device,
+    ) -> Tensor<4> {
+        match self {
+            Self::Cpu(net) => {
+                let (c, h, w) = net.prefix_shape(side, side, blocks);
+                let y = net.prefix(&chw, side, side, blocks);
+                Tensor::from_data(TensorData::new(y, [n, c, h, w]), device)
+            }
+            Self::Burn { model, device: own } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), own);
+                model.forward_prefix(x, blocks)
+            }
+        }
+    }
+}
+
 /// Extracts pooled Lite0 features for `paths` in batches. Reads and decodes in parallel,
 /// runs the network (call from the thread that owns burn work).
 /// `progress(done, total)` is called after each batch; `cancel` stops between batches
