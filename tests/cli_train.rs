@@ -538,6 +538,51 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
             .nth(3)
             .is_some_and(|t| ["0", "1", "2"].contains(&t))
     }));
+
+    // Grades are learnt as cumulative thresholds P(grade > 0), P(grade > 1): two outputs for
+    // three grades, turned back into one probability per grade that sums to one.
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["cumulative"], true);
+    let head = std::fs::read(run_dir.join("model.safetensors")).unwrap();
+    let (len, rest) = head.split_at(8);
+    let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&rest[..len]).unwrap();
+    let bias = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.ends_with("fc.bias"))
+        .map(|(_, t)| t["shape"].clone())
+        .unwrap();
+    assert_eq!(bias, serde_json::json!([2]));
+    let pred = tmp.path().join("pred.csv");
+    let out = run(&[
+        "predict",
+        path_str(&run_dir),
+        path_str(&images),
+        "--out",
+        path_str(&pred),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&pred).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,predicted,p_0,p_1,p_2"));
+    let mut rows = 0;
+    for line in lines {
+        let p: Vec<f64> = line
+            .split(',')
+            .skip(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(p.len(), 3, "{line}");
+        assert!(p.iter().all(|&v| (0.0..=1.0).contains(&v)), "{line}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{line}");
+        rows += 1;
+    }
+    assert_eq!(rows, 48);
 }
 
 #[test]

@@ -46,7 +46,7 @@ impl Classifier {
                 run.display()
             )
         })?;
-        let k = info.labels.len();
+        let k = info.outputs();
         let mut store = SafetensorsStore::from_bytes(Some(bytes));
         let net = match info.mode {
             Mode::Probe => {
@@ -110,18 +110,26 @@ impl Classifier {
                 &self.device,
             )),
         };
-        let probs = if self.info.task == Task::MultiLabel {
+        let probs = if self.info.task == Task::MultiLabel || self.info.cumulative {
             activation::sigmoid(logits)
         } else {
             activation::softmax(logits, 1)
         };
-        let k = self.info.labels.len();
+        let k = self.info.outputs();
         let v: Vec<f32> = probs
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
             .unwrap_or_default();
-        v.chunks(k).map(<[f32]>::to_vec).collect()
+        v.chunks(k)
+            .map(|row| {
+                if self.info.cumulative {
+                    crate::train::ordinal::class_probs(row)
+                } else {
+                    row.to_vec()
+                }
+            })
+            .collect()
     }
 
     /// Probabilities for one decoded image.

@@ -29,6 +29,7 @@ use super::data::{Prepared, Target, prepare};
 use super::events::{EpochSide, Phase, TrainEvent};
 use super::features::{Extractor, FeatureCache, featurize, load_backbone};
 use super::metrics::{self, Metrics, Task};
+use super::ordinal;
 
 /// Everything a training job needs.
 pub struct TrainJob {
@@ -67,9 +68,22 @@ pub struct ModelInfo {
     /// Folder the dataset's image paths are relative to (for showing images of a run).
     #[serde(default)]
     pub dataset_root: Option<PathBuf>,
+    /// Ordinal: the network has `labels - 1` cumulative outputs `P(grade > j)`
+    /// (see [`super::ordinal`]); older ordinal runs have one softmax output per grade.
+    #[serde(default)]
+    pub cumulative: bool,
 }
 
 impl ModelInfo {
+    /// Width of the network's last layer.
+    pub fn outputs(&self) -> usize {
+        if self.cumulative {
+            super::ordinal::outputs(self.labels.len())
+        } else {
+            self.labels.len()
+        }
+    }
+
     pub fn mode_name(&self) -> &'static str {
         match self.mode {
             Mode::Probe => "linear probe on EfficientNet-Lite0 features",
@@ -338,6 +352,11 @@ fn loss_weights(data: &Prepared, imbalance: Imbalance) -> Vec<f32> {
         .collect()
 }
 
+/// `log(1 + e^x)`, stable for large `|x|`.
+fn softplus(x: Tensor<2>) -> Tensor<2> {
+    x.clone().clamp_min(0.0) + (x.abs().neg().exp() + 1.0).log()
+}
+
 /// Loss of a batch and the probabilities (detached, for metrics).
 fn loss_and_probs(
     task: Task,
@@ -348,6 +367,27 @@ fn loss_and_probs(
 ) -> (Tensor<1>, Vec<Vec<f32>>) {
     let device = logits.device();
     let [b, k] = logits.dims();
+    if task == Task::Ordinal {
+        // `k` cumulative logits for `k + 1` grades; binary cross-entropy per threshold,
+        // each sample weighted by its grade's class weight.
+        let grades: Vec<usize> = items.iter().map(|&i| class_of(data, i)).collect();
+        let t: Vec<f32> = grades
+            .iter()
+            .flat_map(|&g| ordinal::targets(g, k + 1))
+            .collect();
+        let w: Vec<f32> = grades.iter().map(|&g| weights[g]).collect();
+        let t = Tensor::<2>::from_data(TensorData::new(t, [b, k]), &device);
+        let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
+        let bce =
+            t.clone() * softplus(logits.clone().neg()) + (t.neg() + 1.0) * softplus(logits.clone());
+        let per_sample: Tensor<1> = bce.mean_dim(1).reshape([b]);
+        let loss = (per_sample * w.clone()).sum() / w.sum();
+        let probs = rows(activation::sigmoid(logits.detach()), k)
+            .iter()
+            .map(|e| ordinal::class_probs(e))
+            .collect();
+        return (loss, probs);
+    }
     if task == Task::MultiLabel {
         let t: Vec<f32> = items
             .iter()
@@ -363,7 +403,6 @@ fn loss_and_probs(
         let pw =
             Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [k]), &device).reshape([1, k]);
         // Weighted BCE with logits: pw·t·softplus(−x) + (1−t)·softplus(x).
-        let softplus = |x: Tensor<2>| x.clone().clamp_min(0.0) + (x.abs().neg().exp() + 1.0).log();
         let pos = t.clone() * pw * softplus(logits.clone().neg());
         let neg = (t.neg() + 1.0) * softplus(logits.clone());
         let loss = (pos + neg).mean();
@@ -730,6 +769,12 @@ fn run_loop(
         },
     );
     let k = data.labels.len();
+    // Network outputs: one per class, or the cumulative thresholds of an ordinal task.
+    let outputs = if data.task == Task::Ordinal {
+        ordinal::outputs(k)
+    } else {
+        k
+    };
     let finetune_start = NUM_BLOCKS.saturating_sub(config.unfreeze_blocks.min(NUM_BLOCKS));
     let mut info = ModelInfo {
         mode: config.mode,
@@ -739,6 +784,7 @@ fn run_loop(
         finetune_start,
         feature_mean: Vec::new(),
         feature_std: Vec::new(),
+        cumulative: data.task == Task::Ordinal,
         dataset_root: Some(
             std::path::absolute(&job.manifest.root).unwrap_or_else(|_| job.manifest.root.clone()),
         ),
@@ -807,7 +853,7 @@ fn run_loop(
                 .collect();
             info.feature_mean = mean;
             info.feature_std = std;
-            let mut head = Head::new(FEATURES, k, config.dropout, &ad);
+            let mut head = Head::new(FEATURES, outputs, config.dropout, &ad);
             if let Some(bytes) = &resume_bytes {
                 head.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
             }
@@ -818,7 +864,7 @@ fn run_loop(
             let frozen = Extractor::new(backbone.valid(), &plain);
             let mut weights = FinetuneWeights {
                 backbone: backbone.fork(&ad),
-                head: Head::new(FEATURES, k, config.dropout, &ad),
+                head: Head::new(FEATURES, outputs, config.dropout, &ad),
             };
             if let Some(bytes) = &resume_bytes {
                 weights.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
@@ -836,7 +882,7 @@ fn run_loop(
             )
         }
         Mode::Scratch => {
-            let mut cnn = SmallCnn::new(k, config.dropout, &ad);
+            let mut cnn = SmallCnn::new(outputs, config.dropout, &ad);
             if let Some(bytes) = &resume_bytes {
                 cnn.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
             }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod events;
 pub mod features;
 pub mod metrics;
+pub mod ordinal;
 pub mod report;
 
 pub use config::{Mode, TrainConfig};
