@@ -309,43 +309,27 @@ fn cancel_leaves_a_consistent_run_that_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 10);
     let runs = tmp.path().join("runs");
-    let mut child = cellbench()
-        .args([
-            "train",
-            path_str(&data),
-            "--mode",
-            "scratch",
-            "--backend",
-            "cpu",
-            "--epochs",
-            "200",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--runs",
-            path_str(&runs),
-            "--json",
-            "--patience",
-            "1000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for a checkpoint, then interrupt like Ctrl-C.
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    for line in lines.by_ref() {
-        if line.unwrap().contains("\"event\":\"checkpoint\"") {
-            break;
-        }
-    }
     let sent = std::time::Instant::now();
-    unsafe_sigint(child.id());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
-    assert!(sent.elapsed().as_secs_f64() < 10.0);
+    let (status, rest) = interrupt_after_first_checkpoint(&[
+        "train",
+        path_str(&data),
+        "--mode",
+        "scratch",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "200",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--runs",
+        path_str(&runs),
+        "--json",
+        "--patience",
+        "1000",
+    ]);
+    assert!(sent.elapsed().as_secs_f64() < 60.0);
     assert_eq!(status.code(), Some(130));
     assert!(
         rest.iter().any(|l| l.contains("\"event\":\"cancelled\"")),
@@ -373,6 +357,118 @@ fn cancel_leaves_a_consistent_run_that_resumes() {
         .map(|e| e["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(*epochs.last().unwrap(), done + 1, "{epochs:?}");
+}
+
+/// Runs cellbench with `args` (a `--json` training run), interrupts it like Ctrl-C right
+/// after its first checkpoint event, and returns its exit status and the lines it printed
+/// after the interrupt.
+fn interrupt_after_first_checkpoint(args: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
+    let mut child = cellbench()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"event\":\"checkpoint\"") {
+            break;
+        }
+    }
+    let sent = std::time::Instant::now();
+    unsafe_sigint(child.id());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(
+        sent.elapsed().as_secs_f64() < 10.0,
+        "stopping took {:?}",
+        sent.elapsed()
+    );
+    (status, rest)
+}
+
+/// A run interrupted after a checkpoint and resumed ends exactly where an uninterrupted run
+/// ends: the same batches in the same order, the same optimiser moments, the same best epoch.
+#[test]
+fn resumed_run_matches_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 10);
+    let train = |runs: &Path| -> Vec<String> {
+        [
+            "train",
+            path_str(&data),
+            "--mode",
+            "finetune",
+            "--backend",
+            "cpu",
+            "--epochs",
+            "6",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+            // Dropout masks come from the backend's generator, which a checkpoint does not hold.
+            "--dropout",
+            "0",
+            "--patience",
+            "1000",
+            "--runs",
+            path_str(runs),
+            "--json",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let whole = tmp.path().join("whole");
+    let args = train(&whole);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = only_run(&whole);
+
+    let parts = tmp.path().join("parts");
+    let args = train(&parts);
+    let (status, _) =
+        interrupt_after_first_checkpoint(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(status.code(), Some(130));
+    let parts = only_run(&parts);
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(parts.join("status.json")).unwrap()).unwrap();
+    assert!(s["epoch"].as_u64().unwrap() < 6, "{s}");
+    for f in [
+        "param_ids.json",
+        "optimizer-0.bpk",
+        "optimizer-1.bpk",
+        "best.safetensors",
+    ] {
+        assert!(parts.join("checkpoint").join(f).is_file(), "{f}");
+    }
+    let out = run(&["train", "--resume", path_str(&parts), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !events(&parts).iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fresh optimiser"))),
+        "the saved optimiser state was not found"
+    );
+
+    let metrics = |run: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (metrics(&whole), metrics(&parts));
+    assert_eq!(a["best_epoch"], b["best_epoch"]);
+    for key in ["loss", "accuracy", "macro_auc"] {
+        let (x, y) = (
+            a["val"][key].as_f64().unwrap(),
+            b["val"][key].as_f64().unwrap(),
+        );
+        assert!(
+            (x - y).abs() < 1e-5,
+            "val {key}: {x} uninterrupted, {y} resumed"
+        );
+    }
+    let read = |run: &Path| std::fs::read_to_string(run.join("predictions.csv")).unwrap();
+    assert_eq!(read(&whole), read(&parts));
 }
 
 fn unsafe_sigint(pid: u32) {

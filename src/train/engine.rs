@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use burn::module::Module;
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -181,6 +183,65 @@ impl Net {
         }
     }
 
+    /// The same network with weights from [`Self::to_bytes`] output.
+    fn with_bytes(self, bytes: &[u8]) -> anyhow::Result<Self> {
+        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+        Ok(match self {
+            Self::Probe(mut h) => {
+                h.load_from(&mut store)?;
+                Self::Probe(h)
+            }
+            Self::Finetune { backbone, head } => {
+                let mut w = FinetuneWeights { backbone, head };
+                w.load_from(&mut store)?;
+                Self::Finetune {
+                    backbone: w.backbone,
+                    head: w.head,
+                }
+            }
+            Self::Scratch(mut c) => {
+                c.load_from(&mut store)?;
+                Self::Scratch(c)
+            }
+        })
+    }
+
+    /// Parameter id by module path. Optimiser state is keyed by parameter id, and a network
+    /// rebuilt from a checkpoint gets fresh ids: this map re-attaches the saved state.
+    fn param_ids(&self) -> BTreeMap<String, u64> {
+        let mut ids = IdPaths::default();
+        match self {
+            Self::Probe(h) => h.visit(&mut ids),
+            Self::Finetune { backbone, head } => {
+                ids.path.push("backbone".into());
+                backbone.visit(&mut ids);
+                ids.path = vec!["head".into()];
+                head.visit(&mut ids);
+            }
+            Self::Scratch(c) => c.visit(&mut ids),
+        }
+        ids.ids
+    }
+
+    /// The same network with the parameter ids of `ids` (paths not in it keep theirs).
+    fn with_param_ids(self, ids: BTreeMap<String, u64>) -> Self {
+        let mut m = IdPaths {
+            ids,
+            path: Vec::new(),
+        };
+        match self {
+            Self::Probe(h) => Self::Probe(h.map(&mut m)),
+            Self::Finetune { backbone, head } => {
+                m.path.push("backbone".into());
+                let backbone = backbone.map(&mut m);
+                m.path = vec!["head".into()];
+                let head = head.map(&mut m);
+                Self::Finetune { backbone, head }
+            }
+            Self::Scratch(c) => Self::Scratch(c.map(&mut m)),
+        }
+    }
+
     /// The weights as safetensors (fine-tuned networks as one [`FinetuneWeights`]).
     fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
         let mut store = SafetensorsStore::from_bytes(None);
@@ -194,6 +255,92 @@ impl Net {
             Self::Scratch(c) => c.save_into(&mut store)?,
         }
         Ok(store.get_bytes()?)
+    }
+}
+
+/// On resume: re-attaches the optimiser state saved with the checkpoint to `net` (rebuilt
+/// from the checkpoint's weights) and loads the best epoch's weights. What is missing (a
+/// checkpoint from an older version) is reported in the returned message, and training goes
+/// on with fresh optimiser moments or without an earlier best.
+fn restore_training_state(
+    net: Net,
+    config: &TrainConfig,
+    optims: &mut [ModuleOptimizer],
+    dir: &Path,
+    best_epoch: u32,
+) -> (Net, Option<Net>, Option<String>) {
+    let mut missing = Vec::new();
+    let ids: Option<BTreeMap<String, u64>> = std::fs::read(dir.join("param_ids.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let net = match ids {
+        Some(ids) => {
+            for (i, o) in optims.iter_mut().enumerate() {
+                let state = std::fs::read(dir.join(format!("optimizer-{i}.bpk")));
+                let restored = state.ok().and_then(|b| {
+                    optimizer(config)
+                        .from_bytes(burn::tensor::Bytes::from_bytes_vec(b))
+                        .ok()
+                });
+                match restored {
+                    Some(r) => *o = r,
+                    None => missing.push(format!("optimizer-{i}.bpk")),
+                }
+            }
+            net.with_param_ids(ids)
+        }
+        None => {
+            missing.push("param_ids.json".to_owned());
+            net
+        }
+    };
+    let best = (best_epoch > 0)
+        .then(|| std::fs::read(dir.join("best.safetensors")).ok())
+        .flatten()
+        .and_then(|b| net.valid().with_bytes(&b).ok());
+    if best.is_none() && best_epoch > 0 {
+        missing.push("best.safetensors".to_owned());
+    }
+    let message = (!missing.is_empty()).then(|| {
+        format!(
+            "the checkpoint has no {}: training goes on with fresh optimiser moments or from the last weights",
+            missing.join(", ")
+        )
+    });
+    (net, best, message)
+}
+
+/// Walks a module's float parameters by path (`fc.weight`), reading or setting their ids.
+#[derive(Default)]
+struct IdPaths {
+    path: Vec<String>,
+    ids: BTreeMap<String, u64>,
+}
+
+impl ModuleVisitor for IdPaths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.ids.insert(self.path.join("."), param.id.val());
+    }
+}
+
+impl ModuleMapper for IdPaths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if let Some(&id) = self.ids.get(&self.path.join(".")) {
+            param.id = ParamId::from(id);
+        }
+        param
     }
 }
 
@@ -900,13 +1047,25 @@ fn run_loop(
     net = net.train_mode();
     let mut optims = vec![optimizer(config), optimizer(config)];
     let weights = loss_weights(data, config.imbalance);
-    let mut rng = SplitMix64::new(
-        config.seed ^ u64::from(progress.epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    let mut best: Option<(Net, Metrics)> = None;
+    let ckpt_dir = run.path.join("checkpoint");
+    // The best network so far: its final artefacts come from it.
+    let mut best: Option<Net> = None;
+    if job.resume.is_some() {
+        let restored =
+            restore_training_state(net, config, &mut optims, &ckpt_dir, progress.best_epoch);
+        net = restored.0;
+        best = restored.1;
+        if let Some(message) = restored.2 {
+            emit(run, sink, TrainEvent::Warning { message });
+        }
+    }
 
     while progress.epoch < config.epochs {
         let epoch = progress.epoch + 1;
+        // One stream per epoch, so a resumed run sees the order and augmentation that an
+        // uninterrupted one would.
+        let mut rng =
+            SplitMix64::new(config.seed ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let lr = config.learning_rate_at(progress.epoch, progress.plateau_scale);
         let epoch_result = train_epoch(
             net,
@@ -984,7 +1143,7 @@ fn run_loop(
             progress.best_val_loss = val_loss;
             progress.best_epoch = epoch;
             progress.stale_epochs = 0;
-            best = Some((eval_net, val_metrics));
+            best = Some(eval_net);
         } else {
             progress.stale_epochs += 1;
         }
@@ -995,9 +1154,23 @@ fn run_loop(
             progress.plateau_scale *= factor;
             progress.last_plateau_epoch = epoch;
         }
-        // Checkpoint: weights, then the state that points at them.
+        // Checkpoint: weights, optimiser state and parameter ids, the best weights when this
+        // epoch is the best; then the state that points at them.
         let bytes = net.valid().to_bytes()?;
+        crate::fsio::write_atomic_bytes(
+            &ckpt_dir.join("param_ids.json"),
+            &serde_json::to_vec(&net.param_ids())?,
+        )?;
+        for (i, o) in optims.iter().enumerate() {
+            let state = o
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("saving optimiser state: {e:?}"))?;
+            crate::fsio::write_atomic_bytes(&ckpt_dir.join(format!("optimizer-{i}.bpk")), &state)?;
+        }
         crate::fsio::write_atomic_bytes(&checkpoint, &bytes)?;
+        if progress.best_epoch == epoch {
+            crate::fsio::write_atomic_bytes(&ckpt_dir.join("best.safetensors"), &bytes)?;
+        }
         crate::fsio::write_atomic_bytes(
             &run.path.join("checkpoint/state.json"),
             &serde_json::to_vec(&progress)?,
@@ -1029,9 +1202,8 @@ fn run_loop(
         }
     }
 
-    // Final artefacts from the best epoch (a resumed run without a better epoch in memory
-    // uses the last checkpoint).
-    let final_net = best.map_or_else(|| net.valid(), |(n, _)| n);
+    // Final artefacts from the best epoch.
+    let final_net = best.unwrap_or_else(|| net.valid());
     let mut predictions = Vec::new();
     let mut val_metrics = None;
     let mut test_metrics = None;
