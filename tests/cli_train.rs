@@ -552,25 +552,7 @@ fn multi_label_csv_trains_with_sigmoid_outputs() {
 #[test]
 fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("train");
-    std::fs::create_dir(&images).unwrap();
-    let mut csv = String::from("image,level\n");
-    let mut patient = 10;
-    for (level, class) in ["Neutrophil", "Eosinophil", "Lymphocyte"]
-        .iter()
-        .enumerate()
-    {
-        let files = bccd_class_files(class, 16);
-        for pair in files.chunks(2) {
-            for (eye, f) in ["left", "right"].iter().zip(pair) {
-                std::fs::copy(f, images.join(format!("{patient}_{eye}.jpeg"))).unwrap();
-                csv.push_str(&format!("{patient}_{eye},{level}\n"));
-            }
-            patient += 1;
-        }
-    }
-    let labels = tmp.path().join("trainLabels.csv");
-    std::fs::write(&labels, csv).unwrap();
+    let (labels, images) = retinopathy_csv(tmp.path());
     // The patient split keeps both eyes of a patient on one side.
     let split = tmp.path().join("split.csv");
     let out = run(&[
@@ -679,6 +661,104 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
         rows += 1;
     }
     assert_eq!(rows, 48);
+}
+
+/// A Kaggle-retinopathy-style `trainLabels.csv` in `dir` with real cell images as "eyes":
+/// 24 patients with a left and a right image each, grade 0, 1 or 2 by cell type. Returns the
+/// CSV and the image folder.
+fn retinopathy_csv(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let images = dir.join("train");
+    std::fs::create_dir(&images).unwrap();
+    let mut csv = String::from("image,level\n");
+    let mut patient = 10;
+    for (level, class) in ["Neutrophil", "Eosinophil", "Lymphocyte"]
+        .iter()
+        .enumerate()
+    {
+        let files = bccd_class_files(class, 16);
+        for pair in files.chunks(2) {
+            for (eye, f) in ["left", "right"].iter().zip(pair) {
+                std::fs::copy(f, images.join(format!("{patient}_{eye}.jpeg"))).unwrap();
+                csv.push_str(&format!("{patient}_{eye},{level}\n"));
+            }
+            patient += 1;
+        }
+    }
+    let labels = dir.join("trainLabels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    (labels, images)
+}
+
+/// k-fold cross-validation: k runs whose validation sides partition the data, patients whole,
+/// and a summary whose per-fold values are the runs' own metrics.
+#[test]
+fn cross_validation_validates_every_image_once_with_patients_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (labels, _) = retinopathy_csv(tmp.path());
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&labels),
+        "--folds",
+        "3",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "3",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cross-validation, 3 folds"), "{text}");
+    let mut run_dirs: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    run_dirs.sort();
+    assert_eq!(run_dirs.len(), 3);
+    let summary_file = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("cv-"))
+        .expect("a cv summary beside the runs");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summary_file).unwrap()).unwrap();
+
+    // Every image is validated exactly once; a patient's two eyes in the same fold.
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let mut fold_of_patient: std::collections::HashMap<String, usize> = Default::default();
+    let mut accuracies = Vec::new();
+    for (fold, dir) in run_dirs.iter().enumerate() {
+        let preds = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+        for line in preds.lines().skip(1) {
+            let cols: Vec<&str> = line.split(',').collect();
+            *seen.entry(cols[0].to_owned()).or_default() += 1;
+            let f = *fold_of_patient.entry(cols[1].to_owned()).or_insert(fold);
+            assert_eq!(f, fold, "patient {} in two folds", cols[1]);
+        }
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        accuracies.push(m["val"]["accuracy"].as_f64().unwrap());
+    }
+    assert_eq!(seen.len(), 48, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    assert_eq!(fold_of_patient.len(), 24);
+
+    let acc = &summary["metrics"]["accuracy"];
+    let folds: Vec<f64> = acc["folds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(folds, accuracies);
+    let mean = accuracies.iter().sum::<f64>() / 3.0;
+    assert!((acc["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!(summary["metrics"]["kappa_quadratic"]["mean"].is_number());
 }
 
 #[test]

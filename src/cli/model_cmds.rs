@@ -22,6 +22,10 @@ pub struct TrainArgs {
     /// A split CSV (with a `split` column) to train on instead of splitting here.
     #[arg(long)]
     pub split: Option<PathBuf>,
+    /// k-fold cross-validation: k runs, each validating on one patient-grouped, stratified
+    /// fold; prints the mean ± sd of the validation metrics (a given split is ignored).
+    #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u32).range(2..=50))]
+    pub folds: Option<u32>,
     /// A TOML run configuration; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -176,28 +180,27 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         options,
     };
     // All burn work of the run on one dedicated thread.
+    let folds = args.folds.map(|k| k as usize);
     let worker = {
         let cancel = cancel.clone();
         std::thread::Builder::new()
             .name("train".into())
             .spawn(move || {
-                let mut first = true;
-                train(
-                    job,
-                    &mut |e: &TrainEvent| {
-                        if first {
-                            first = false;
-                        }
-                        tx.send(e.clone()).ok();
-                    },
-                    &cancel,
-                )
+                let mut sink = |e: &TrainEvent| {
+                    tx.send(e.clone()).ok();
+                };
+                match folds {
+                    Some(k) => crate::train::cv::cross_validate(job, k, &mut sink, &cancel)
+                        .map(Finished::Folds),
+                    None => train(job, &mut sink, &cancel).map(Finished::Run),
+                }
             })?
     };
     let mut bar = ProgressView::new(args.json);
-    let mut wrote_ref = false;
+    let mut fold = 0;
     for event in rx {
-        if !wrote_ref && let TrainEvent::Started { run_id, .. } = &event {
+        if let TrainEvent::Started { run_id, .. } = &event {
+            // Each run folder records where its data came from (every fold is a run).
             let dir = args
                 .resume
                 .clone()
@@ -206,14 +209,23 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 &dir.join("dataset.json"),
                 &serde_json::to_vec_pretty(&dataset_ref)?,
             )?;
-            wrote_ref = true;
+            if let Some(k) = folds {
+                fold += 1;
+                if !args.json {
+                    bar.println(format!("cross-validation: fold {fold} of {k}"));
+                }
+            }
         }
         bar.show(&event);
     }
     bar.finish();
-    let outcome = worker
+    let outcome = match worker
         .join()
-        .map_err(|_| anyhow::anyhow!("the training thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the training thread panicked"))??
+    {
+        Finished::Run(o) => o,
+        Finished::Folds(cv) => return Ok(report_folds(cv, args.json)),
+    };
     eprintln!("run folder: {}", outcome.run_dir.display());
     if let Some(m) = &outcome.metrics
         && !args.json
@@ -227,6 +239,59 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         crate::runs::RunState::Cancelled => 130,
         _ => 1,
     })
+}
+
+/// What the training thread produced.
+enum Finished {
+    Run(crate::train::engine::TrainOutcome),
+    Folds(crate::train::cv::CvOutcome),
+}
+
+/// Prints a cross-validation's mean ± sd table (or its JSON) and returns the exit code.
+fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
+    for o in &cv.outcomes {
+        eprintln!("run folder: {}", o.run_dir.display());
+    }
+    let Some(summary) = cv.summary else {
+        let cancelled = cv
+            .outcomes
+            .last()
+            .is_some_and(|o| o.state == crate::runs::RunState::Cancelled);
+        eprintln!(
+            "cross-validation stopped after {} fold(s); no summary written",
+            cv.outcomes.len()
+        );
+        return if cancelled { 130 } else { 1 };
+    };
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({ "event": "cross_validation", "summary": summary })
+        );
+    } else {
+        let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
+        let mut table = crate::explore::table::Table::new(
+            format!(
+                "cross-validation, {} folds (validation images per fold: {})",
+                summary.folds,
+                images.join(", ")
+            ),
+            &["metric", "mean ± sd", "per fold"],
+        );
+        for (name, s) in &summary.metrics {
+            let folds: Vec<String> = s.folds.iter().map(|v| format!("{v:.3}")).collect();
+            table.row(vec![
+                name.replace('_', " "),
+                format!("{:.3} ± {:.3}", s.mean, s.sd),
+                folds.join("  "),
+            ]);
+        }
+        outln!("{table}");
+    }
+    if let Some(p) = &cv.summary_path {
+        eprintln!("summary: {}", p.display());
+    }
+    0
 }
 
 /// Renders events as a progress bar and log lines (or JSON lines).

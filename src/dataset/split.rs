@@ -76,6 +76,12 @@ pub enum SplitError {
     BadFractions { test: f64, val: f64 },
     #[error("the dataset has no usable images to split")]
     Empty,
+    #[error("cross-validation needs at least 2 folds (got {0})")]
+    BadFolds(usize),
+    #[error(
+        "{folds} folds need at least {folds} patients (or images without patient ids); only {groups} folds could be filled"
+    )]
+    TooFewGroups { folds: usize, groups: usize },
 }
 
 /// What the split keeps together.
@@ -196,8 +202,45 @@ pub fn assign_splits(
     if !ok(test) || !ok(val) || test + val >= 1.0 {
         return Err(SplitError::BadFractions { test, val });
     }
-    let fractions = [1.0 - test - val, val, test];
+    let sides = assign_groups(records, &[1.0 - test - val, val, test], config.seed, false)?;
+    Ok(sides
+        .into_iter()
+        .map(|s| s.map(|k| Split::ALL[k]))
+        .collect())
+}
 
+/// Assigns every usable record to one of `k` folds of about equal size for cross-validation,
+/// with the same rules as [`assign_splits`]: patients kept whole, stratified by label, seeded.
+pub fn assign_folds(
+    records: &[Record],
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Option<usize>>, SplitError> {
+    if k < 2 {
+        return Err(SplitError::BadFolds(k));
+    }
+    let folds = assign_groups(records, &vec![1.0 / k as f64; k], seed, true)?;
+    let filled: BTreeSet<usize> = folds.iter().flatten().copied().collect();
+    if filled.len() < k {
+        return Err(SplitError::TooFewGroups {
+            folds: k,
+            groups: filled.len(),
+        });
+    }
+    Ok(folds)
+}
+
+/// Puts whole groups (patients, or single images without patient ids) on sides with the given
+/// fractions, per label stratum, in an order shuffled by `seed`: each group goes to the side
+/// furthest below its target; with `spread_ties`, a tie goes to the side with the fewest
+/// images overall (equal folds), else to the earlier side. Returns a side index per record
+/// (`None`: unusable record).
+fn assign_groups(
+    records: &[Record],
+    fractions: &[f64],
+    seed: u64,
+    spread_ties: bool,
+) -> Result<Vec<Option<usize>>, SplitError> {
     // Groups: patients, or single images when there are no patient ids.
     let by_patient = records.iter().any(|r| r.patient.is_some());
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -248,26 +291,36 @@ pub fn assign_splits(
             .push(members);
     }
 
-    let mut rng = SplitMix64::new(config.seed);
+    let sides = fractions.len();
+    let mut rng = SplitMix64::new(seed);
     let mut out = vec![None; records.len()];
+    // Images per side over all strata, for `spread_ties`: small strata then do not all land
+    // on the first fold.
+    let mut overall = vec![0usize; sides];
     for mut stratum_groups in strata.into_values() {
         rng.shuffle(&mut stratum_groups);
         let total: usize = stratum_groups.iter().map(Vec::len).sum();
-        let targets = fractions.map(|f| f * total as f64);
-        let mut assigned = [0usize; 3];
+        let targets: Vec<f64> = fractions.iter().map(|f| f * total as f64).collect();
+        let mut assigned = vec![0usize; sides];
         for members in stratum_groups {
             // The side furthest below its target takes the group.
-            let side = (0..3)
+            let side = (0..sides)
                 .filter(|&k| fractions[k] > 0.0)
                 .max_by(|&a, &b| {
                     let da = targets[a] - assigned[a] as f64;
                     let db = targets[b] - assigned[b] as f64;
-                    da.total_cmp(&db).then(b.cmp(&a))
+                    let ties = if spread_ties {
+                        overall[b].cmp(&overall[a])
+                    } else {
+                        std::cmp::Ordering::Equal
+                    };
+                    da.total_cmp(&db).then(ties).then(b.cmp(&a))
                 })
                 .unwrap_or(0);
             assigned[side] += members.len();
+            overall[side] += members.len();
             for i in members {
-                out[i] = Some(Split::ALL[side]);
+                out[i] = Some(side);
             }
         }
     }
@@ -342,6 +395,55 @@ mod tests {
         for (r, s) in records.iter_mut().zip(sides) {
             r.split = s;
         }
+    }
+
+    #[test]
+    fn folds_keep_patients_whole_and_share_out_every_label() {
+        let records = cohort();
+        for seed in 0..10 {
+            let folds = assign_folds(&records, 5, seed).unwrap();
+            let mut fold_of_patient: HashMap<&str, usize> = HashMap::new();
+            let mut sizes = [0usize; 5];
+            let mut hem = [0usize; 5];
+            for (r, f) in records.iter().zip(&folds) {
+                let f = f.expect("every usable record gets a fold");
+                let p = r.patient.as_deref().unwrap();
+                assert_eq!(
+                    *fold_of_patient.entry(p).or_insert(f),
+                    f,
+                    "patient {p} split"
+                );
+                sizes[f] += 1;
+                hem[f] += usize::from(r.labels[0] == "hem");
+            }
+            let total = records.len() as f64;
+            for (f, &n) in sizes.iter().enumerate() {
+                // Whole patients of up to 9 images: each fold within 10 images of a fifth.
+                assert!(
+                    (n as f64 - total / 5.0).abs() <= 10.0,
+                    "seed {seed} fold {f}: {sizes:?}"
+                );
+            }
+            assert!(
+                hem.iter().all(|&h| h > 0),
+                "seed {seed}: hem per fold {hem:?}"
+            );
+        }
+        // Too few patients for the folds, and fewer than two folds, are errors.
+        let few: Vec<Record> = (0..3)
+            .map(|p| rec(&format!("{p}.bmp"), "all", Some(&format!("P{p}"))))
+            .collect();
+        assert!(matches!(
+            assign_folds(&few, 5, 0),
+            Err(SplitError::TooFewGroups {
+                folds: 5,
+                groups: 3
+            })
+        ));
+        assert!(matches!(
+            assign_folds(&few, 1, 0),
+            Err(SplitError::BadFolds(1))
+        ));
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub struct Adapter {
 /// device. Never panics. OpenGL is left out: probing it through EGL prints driver errors on
 /// headless machines.
 pub fn adapters() -> Vec<Adapter> {
+    // Probed once per process: each probe loads the Vulkan drivers again.
+    static ADAPTERS: OnceLock<Vec<Adapter>> = OnceLock::new();
+    ADAPTERS.get_or_init(probe_adapters).clone()
+}
+
+fn probe_adapters() -> Vec<Adapter> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::PRIMARY,

@@ -2,6 +2,7 @@
 //! and the event stream.
 
 pub mod config;
+pub mod cv;
 pub mod data;
 pub mod engine;
 pub mod events;
