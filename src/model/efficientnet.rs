@@ -243,6 +243,59 @@ pub fn imagenet_classes() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The PyTorch reference fixture (`tests/fixtures/reference`), for tests of every path that
+/// computes Lite0.
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::IMAGENET_CLASSES;
+
+    /// Preprocessed images `[n, 3, 224, 224]` and, per image, its file name and the logits
+    /// PyTorch computed from the same fp16 weights.
+    pub fn fixture() -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap())
+                .unwrap();
+        let mut batch = Vec::new();
+        let mut expected = Vec::new();
+        for im in fixture["images"].as_array().unwrap() {
+            let file = im["file"].as_str().unwrap().to_owned();
+            let img = image::open(dir.join(&file)).unwrap().to_rgb8();
+            assert_eq!(img.dimensions(), (224, 224));
+            batch.extend(crate::dataset::preprocess::to_chw_normalised(&img));
+            let logits = im["logits_fp16_weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            expected.push((file, logits));
+        }
+        (batch, expected)
+    }
+
+    /// `logits` (`[n, 1000]`) match the fixture: top-5 identical, max abs error < 2e-3.
+    pub fn assert_matches(logits: &[f32], expected: &[(String, Vec<f32>)]) {
+        assert_eq!(logits.len(), expected.len() * IMAGENET_CLASSES);
+        for (got, (file, want)) in logits.chunks(IMAGENET_CLASSES).zip(expected) {
+            let max_err = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(max_err < 2e-3, "{file}: max abs logit error {max_err}");
+            assert_eq!(top5(got), top5(want), "{file}");
+        }
+    }
+
+    fn top5(v: &[f32]) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+        idx.truncate(5);
+        idx
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,68 +307,22 @@ mod tests {
         let model = EfficientNetLite::load(&bundled_lite0_weights().unwrap(), &device).unwrap();
         // burn counts running statistics too: 4,652,008 learnable + 42,016 batch-norm statistics.
         assert_eq!(model.num_params(), 4_652_008 + 42_016);
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
-        let fixture: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap())
-                .unwrap();
-        let images = fixture["images"].as_array().unwrap();
-        let mut batch = Vec::new();
-        for im in images {
-            let img = image::open(dir.join(im["file"].as_str().unwrap()))
-                .unwrap()
-                .to_rgb8();
-            assert_eq!(img.dimensions(), (224, 224));
-            batch.extend(crate::dataset::preprocess::to_chw_normalised(&img));
-        }
-        let x =
-            Tensor::<4>::from_data(TensorData::new(batch, [images.len(), 3, 224, 224]), &device);
+        let (batch, expected) = reference::fixture();
+        let n = expected.len();
+        let x = Tensor::<4>::from_data(TensorData::new(batch, [n, 3, 224, 224]), &device);
         let logits: Vec<f32> = model.logits(x).into_data().try_into_vec::<f32>().unwrap();
-        for (i, im) in images.iter().enumerate() {
-            let got = &logits[i * IMAGENET_CLASSES..(i + 1) * IMAGENET_CLASSES];
-            let want: Vec<f32> = im["logits_fp16_weights"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let max_err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                max_err < 2e-3,
-                "{}: max abs logit error {max_err}",
-                im["file"]
-            );
-            let top5 = |v: &[f32]| {
-                let mut idx: Vec<usize> = (0..v.len()).collect();
-                idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
-                idx.truncate(5);
-                idx
-            };
-            assert_eq!(top5(got), top5(&want), "{}", im["file"]);
-        }
+        reference::assert_matches(&logits, &expected);
         // The photo sanity check any user can run: the cat is a cat, the coffee espresso.
         let classes = imagenet_classes();
-        let best = |i: usize| {
+        let best = |file: &str| {
+            let i = expected.iter().position(|(f, _)| f == file).unwrap();
             let row = &logits[i * IMAGENET_CLASSES..(i + 1) * IMAGENET_CLASSES];
             let k = (0..IMAGENET_CLASSES)
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                 .unwrap();
             classes[k].clone()
         };
-        let names: Vec<&str> = images
-            .iter()
-            .map(|im| im["file"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            best(names.iter().position(|n| *n == "chelsea.png").unwrap()),
-            "Egyptian cat"
-        );
-        assert_eq!(
-            best(names.iter().position(|n| *n == "coffee.png").unwrap()),
-            "espresso"
-        );
+        assert_eq!(best("chelsea.png"), "Egyptian cat");
+        assert_eq!(best("coffee.png"), "espresso");
     }
 }

@@ -514,55 +514,15 @@ mod tests {
     /// the reference photos (the same fixture the burn model is held to).
     #[test]
     fn reproduces_pytorch_reference_logits() {
-        use crate::model::efficientnet::IMAGENET_CLASSES;
+        use crate::model::efficientnet::reference;
         let device = Device::flex();
         let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
         let model = EfficientNetLite::load(&bytes, &device).unwrap();
         let fused = FusedLite0::from_model(&model);
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
-        let fixture: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap())
-                .unwrap();
-        let images = fixture["images"].as_array().unwrap();
-        let mut batch = Vec::new();
-        for im in images {
-            let img = image::open(dir.join(im["file"].as_str().unwrap()))
-                .unwrap()
-                .to_rgb8();
-            batch.extend(crate::dataset::preprocess::to_chw_normalised(&img));
-        }
-        let n = images.len();
+        let (batch, expected) = reference::fixture();
         let f = fused.features(&batch, 224, 224);
-        let logits = to_vec(model.classifier.forward(Tensor::<2>::from_data(
-            TensorData::new(f, [n, FEATURES]),
-            &device,
-        )));
-        for (i, im) in images.iter().enumerate() {
-            let got = &logits[i * IMAGENET_CLASSES..(i + 1) * IMAGENET_CLASSES];
-            let want: Vec<f32> = im["logits_fp16_weights"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let max_err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                max_err < 2e-3,
-                "{}: max abs logit error {max_err}",
-                im["file"]
-            );
-            let top5 = |v: &[f32]| {
-                let mut idx: Vec<usize> = (0..v.len()).collect();
-                idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
-                idx.truncate(5);
-                idx
-            };
-            assert_eq!(top5(got), top5(&want), "{}", im["file"]);
-        }
+        let f = Tensor::<2>::from_data(TensorData::new(f, [expected.len(), FEATURES]), &device);
+        reference::assert_matches(&to_vec(model.classifier.forward(f)), &expected);
     }
 
     /// The fused prefix is the burn model's `forward_prefix`, channels-first.
