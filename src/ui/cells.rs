@@ -962,7 +962,7 @@ fn train_ui(
                     }
                 })
                 .response
-                .on_hover_text("Binary/multi-class: softmax; multi-label: sigmoid per label; ordinal: grades with quadratic kappa");
+                .on_hover_text("Binary/multi-class: softmax; multi-label: sigmoid per label; ordinal: cumulative thresholds P(grade > j), reported with quadratic kappa");
             ui.end_row();
             ui.label("Epochs");
             ui.add(egui::DragValue::new(&mut config.epochs).range(1..=500)).on_hover_text("Passes over the training images");
