@@ -761,6 +761,67 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
     assert!(summary["metrics"]["kappa_quadratic"]["mean"].is_number());
 }
 
+/// A probe on orientation-averaged features gives a cell and the same cell turned by 90°
+/// the same probabilities.
+#[test]
+fn orientation_mean_probe_sees_a_turned_cell_as_the_same_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--orientation-mean",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "5",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = only_run(&runs);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["orientation_mean"], true);
+
+    let cells = tmp.path().join("cells");
+    std::fs::create_dir(&cells).unwrap();
+    let file = bccd_class_files("Eosinophil", 1).remove(0);
+    let img = image::open(&file).unwrap().to_rgb8();
+    // A square crop, so that turning the picture commutes with resizing it.
+    let side = img.width().min(img.height());
+    let square = image::imageops::crop_imm(&img, 0, 0, side, side).to_image();
+    square.save(cells.join("a.png")).unwrap();
+    image::imageops::rotate90(&square)
+        .save(cells.join("b_turned.png"))
+        .unwrap();
+    let pred = tmp.path().join("pred.csv");
+    let out = run(&[
+        "predict",
+        path_str(&run_dir),
+        path_str(&cells),
+        "--out",
+        path_str(&pred),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&pred).unwrap();
+    let probs: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(2).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(probs.len(), 2, "{text}");
+    for (a, b) in probs[0].iter().zip(&probs[1]) {
+        assert!((a - b).abs() < 0.01, "{text}");
+    }
+}
+
 #[test]
 fn finetune_learns_on_real_cells() {
     let tmp = tempfile::tempdir().unwrap();

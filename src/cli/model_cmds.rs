@@ -61,6 +61,9 @@ pub struct TrainArgs {
     pub patience: Option<u32>,
     #[arg(long)]
     pub no_augment: bool,
+    /// Probe: average each image's features over its 8 orientations (flips, 90° turns).
+    #[arg(long)]
+    pub orientation_mean: bool,
     /// Dropout before the classification head.
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -128,6 +131,7 @@ impl TrainArgs {
         if self.no_augment {
             c.augment = crate::dataset::preprocess::Augment::none();
         }
+        c.orientation_mean |= self.orientation_mean;
         Ok(c)
     }
 }

@@ -260,6 +260,7 @@ pub fn featurize_shard(
     let f = crate::train::features::featurize(
         &extractor,
         &config.backbone,
+        config.orientation_mean,
         &config.preprocess,
         &paths,
         Some(&cache),

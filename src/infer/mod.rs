@@ -90,7 +90,11 @@ impl Classifier {
         let side = self.info.preprocess.size as usize;
         let logits = match &self.net {
             Net::Features { backbone, head } => {
-                let mut f = backbone.features(chw, n, side);
+                let mut f = if self.info.orientation_mean {
+                    backbone.features_orientation_mean(chw, n, side)
+                } else {
+                    backbone.features(chw, n, side)
+                };
                 // A probe was trained on standardised features; a fine-tuned head on raw ones.
                 let (mean, std) = (&self.info.feature_mean, &self.info.feature_std);
                 if mean.len() == FEATURES && std.len() == FEATURES {

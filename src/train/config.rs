@@ -146,6 +146,9 @@ pub struct TrainConfig {
     pub backend: BackendChoice,
     /// Without a split column: the share of patients held out for validation.
     pub val_fraction: f64,
+    /// Probe: features averaged over the 8 orientations of the square (flips, 90° turns), so a
+    /// cell gives the same features however it lies. Costs 8× the feature extraction.
+    pub orientation_mean: bool,
 }
 
 impl Default for TrainConfig {
@@ -171,6 +174,7 @@ impl Default for TrainConfig {
             seed: 7,
             backend: BackendChoice::Auto,
             val_fraction: 0.2,
+            orientation_mean: false,
         }
     }
 }

@@ -74,6 +74,10 @@ pub struct ModelInfo {
     /// (see [`super::ordinal`]); older ordinal runs have one softmax output per grade.
     #[serde(default)]
     pub cumulative: bool,
+    /// Probe: features are averaged over the 8 orientations (see
+    /// [`super::features::Extractor::features_orientation_mean`]).
+    #[serde(default)]
+    pub orientation_mean: bool,
 }
 
 impl ModelInfo {
@@ -932,6 +936,7 @@ fn run_loop(
         feature_mean: Vec::new(),
         feature_std: Vec::new(),
         cumulative: data.task == Task::Ordinal,
+        orientation_mean: config.mode == Mode::Probe && config.orientation_mean,
         dataset_root: Some(
             std::path::absolute(&job.manifest.root).unwrap_or_else(|_| job.manifest.root.clone()),
         ),
@@ -953,6 +958,7 @@ fn run_loop(
             let f = featurize(
                 &extractor,
                 &config.backbone,
+                config.orientation_mean,
                 &config.preprocess,
                 &all,
                 job.cache.as_ref(),

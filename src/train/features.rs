@@ -129,6 +129,35 @@ pub struct Featurized {
 }
 
 impl Extractor {
+    /// Features averaged over the 8 orientations of each image (the symmetries of the square):
+    /// the same for an image in any orientation. Same layout as [`Self::features`].
+    pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+        const VIEWS: usize = 8;
+        let per_image = 3 * side * side;
+        let mut out = Vec::with_capacity(n * FEATURES);
+        // A few images at a time bounds the memory of their 8 views.
+        for group in chw.chunks(per_image * 4) {
+            let images = group.len() / per_image;
+            let mut views = Vec::with_capacity(group.len() * VIEWS);
+            for img in group.chunks_exact(per_image) {
+                for k in 0..VIEWS as u8 {
+                    let start = views.len();
+                    views.extend_from_slice(img);
+                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
+                }
+            }
+            let f = self.features(views, images * VIEWS, side);
+            for per_view in f.chunks_exact(FEATURES * VIEWS) {
+                let mut mean = vec![0.0f32; FEATURES];
+                for row in per_view.chunks_exact(FEATURES) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                out.extend(mean.into_iter().map(|m| m / VIEWS as f32));
+            }
+        }
+        out
+    }
+
     /// The input of block `blocks` for `n` preprocessed images `[n, 3, side, side]`, as a
     /// channels-first tensor on `device`: the frozen prefix of a fine-tuned backbone.
     pub fn prefix(
@@ -153,7 +182,8 @@ impl Extractor {
     }
 }
 
-/// Extracts pooled Lite0 features for `paths` in batches. Reads and decodes in parallel,
+/// Extracts pooled Lite0 features (averaged over orientations with `orientation_mean`) for
+/// `paths` in batches. Reads and decodes in parallel,
 /// runs the network (call from the thread that owns burn work).
 /// `progress(done, total)` is called after each batch; `cancel` stops between batches
 /// (the result then holds `None` for the rest).
@@ -161,6 +191,7 @@ impl Extractor {
 pub fn featurize(
     extractor: &Extractor,
     backbone: &str,
+    orientation_mean: bool,
     preprocess: &Preprocess,
     paths: &[PathBuf],
     cache: Option<&FeatureCache>,
@@ -176,6 +207,13 @@ pub fn featurize(
     };
     let side = preprocess.size as usize;
     let batch_size = batch_size.max(1);
+    // Averaged features are other features: they get their own cache entries.
+    let backbone = if orientation_mean {
+        format!("{backbone}+orientation-mean")
+    } else {
+        backbone.to_owned()
+    };
+    let backbone = backbone.as_str();
     for (chunk_no, chunk) in paths.chunks(batch_size).enumerate() {
         if cancel.load(Ordering::Relaxed) {
             break;
@@ -220,7 +258,11 @@ pub fn featurize(
             }
         }
         if !slots.is_empty() {
-            let feats = extractor.features(inputs, slots.len(), side);
+            let feats = if orientation_mean {
+                extractor.features_orientation_mean(inputs, slots.len(), side)
+            } else {
+                extractor.features(inputs, slots.len(), side)
+            };
             for (j, (slot, key)) in slots.into_iter().enumerate() {
                 let f = feats
                     .get(j * FEATURES..(j + 1) * FEATURES)
@@ -248,4 +290,50 @@ pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
 /// True if `path` looks like a feature cache folder we wrote.
 pub fn is_cache_dir(path: &Path) -> bool {
     path.ends_with("features")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Orientation-averaged features do not change when the cell is turned or flipped;
+    /// plain features do.
+    #[test]
+    fn orientation_mean_is_the_same_for_every_orientation() {
+        let extractor = Extractor::bundled(&Device::flex()).unwrap();
+        let pre = Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        };
+        let dir = crate::demo_dataset().join("Neutrophil");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let img = pre.load(&file).unwrap();
+        let mut turned = img.clone();
+        // Transpose + flip: a 90° turn.
+        crate::dataset::preprocess::dihedral(&mut turned, 64, 5);
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        let both = [img.clone(), turned.clone()].concat();
+        let plain = extractor.features(both.clone(), 2, 64);
+        let mean = extractor.features_orientation_mean(both, 2, 64);
+        assert_eq!(mean.len(), 2 * FEATURES);
+        let (p0, p1) = plain.split_at(FEATURES);
+        let (m0, m1) = mean.split_at(FEATURES);
+        assert!(
+            max_diff(p0, p1) > 0.05,
+            "plain features should see the turn"
+        );
+        assert!(max_diff(m0, m1) < 1e-4, "averaged: {}", max_diff(m0, m1));
+        // The mean of the 8 views, not of one.
+        assert!(max_diff(m0, p0) > 0.01);
+    }
 }

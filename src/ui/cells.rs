@@ -1048,7 +1048,11 @@ fn train_ui(
                 .on_hover_text("Crop to the cell before resizing (cells imaged on black)");
         });
         if config.mode == Mode::Probe {
-            ui.label(egui::RichText::new("Probe runs use features of unaugmented images (cached).").weak());
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
+                    .on_hover_text("Each image's features are the mean over its flips and 90° turns, so a cell gives the same features however it lies. 8× the feature extraction; cached like the others.");
+                ui.label(egui::RichText::new("Probe runs use features of unaugmented images (cached).").weak());
+            });
         }
     });
     augment_preview_ui(app, ui, id, config);
