@@ -60,6 +60,58 @@ impl Extractor {
             }
         }
     }
+
+    /// Features averaged over the 8 orientations of each image (the symmetries of the square):
+    /// the same for an image in any orientation. Same layout as [`Self::features`].
+    pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+        const VIEWS: usize = 8;
+        let per_image = 3 * side * side;
+        let mut out = Vec::with_capacity(n * FEATURES);
+        // A few images at a time bounds the memory of their 8 views.
+        for group in chw.chunks(per_image * 4) {
+            let images = group.len() / per_image;
+            let mut views = Vec::with_capacity(group.len() * VIEWS);
+            for img in group.chunks_exact(per_image) {
+                for k in 0..VIEWS as u8 {
+                    let start = views.len();
+                    views.extend_from_slice(img);
+                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
+                }
+            }
+            let f = self.features(views, images * VIEWS, side);
+            for per_view in f.chunks_exact(FEATURES * VIEWS) {
+                let mut mean = vec![0.0f32; FEATURES];
+                for row in per_view.chunks_exact(FEATURES) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                out.extend(mean.into_iter().map(|m| m / VIEWS as f32));
+            }
+        }
+        out
+    }
+
+    /// The input of block `blocks` for `n` preprocessed images `[n, 3, side, side]`, as a
+    /// channels-first tensor on `device`: the frozen prefix of a fine-tuned backbone.
+    pub fn prefix(
+        &self,
+        chw: Vec<f32>,
+        n: usize,
+        side: usize,
+        blocks: usize,
+        device: &Device,
+    ) -> Tensor<4> {
+        match self {
+            Self::Cpu(net) => {
+                let (c, h, w) = net.prefix_shape(side, side, blocks);
+                let y = net.prefix(&chw, side, side, blocks);
+                Tensor::from_data(TensorData::new(y, [n, c, h, w]), device)
+            }
+            Self::Burn { model, device: own } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), own);
+                model.forward_prefix(x, blocks)
+            }
+        }
+    }
 }
 
 /// A folder of cached feature vectors, one small file per (backbone, preprocessing, image).
@@ -126,60 +178,6 @@ pub struct Featurized {
     pub failures: Vec<(PathBuf, String)>,
     pub from_cache: usize,
     pub computed: usize,
-}
-
-impl Extractor {
-    /// Features averaged over the 8 orientations of each image (the symmetries of the square):
-    /// the same for an image in any orientation. Same layout as [`Self::features`].
-    pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
-        const VIEWS: usize = 8;
-        let per_image = 3 * side * side;
-        let mut out = Vec::with_capacity(n * FEATURES);
-        // A few images at a time bounds the memory of their 8 views.
-        for group in chw.chunks(per_image * 4) {
-            let images = group.len() / per_image;
-            let mut views = Vec::with_capacity(group.len() * VIEWS);
-            for img in group.chunks_exact(per_image) {
-                for k in 0..VIEWS as u8 {
-                    let start = views.len();
-                    views.extend_from_slice(img);
-                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
-                }
-            }
-            let f = self.features(views, images * VIEWS, side);
-            for per_view in f.chunks_exact(FEATURES * VIEWS) {
-                let mut mean = vec![0.0f32; FEATURES];
-                for row in per_view.chunks_exact(FEATURES) {
-                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                }
-                out.extend(mean.into_iter().map(|m| m / VIEWS as f32));
-            }
-        }
-        out
-    }
-
-    /// The input of block `blocks` for `n` preprocessed images `[n, 3, side, side]`, as a
-    /// channels-first tensor on `device`: the frozen prefix of a fine-tuned backbone.
-    pub fn prefix(
-        &self,
-        chw: Vec<f32>,
-        n: usize,
-        side: usize,
-        blocks: usize,
-        device: &Device,
-    ) -> Tensor<4> {
-        match self {
-            Self::Cpu(net) => {
-                let (c, h, w) = net.prefix_shape(side, side, blocks);
-                let y = net.prefix(&chw, side, side, blocks);
-                Tensor::from_data(TensorData::new(y, [n, c, h, w]), device)
-            }
-            Self::Burn { model, device: own } => {
-                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), own);
-                model.forward_prefix(x, blocks)
-            }
-        }
-    }
 }
 
 /// Extracts pooled Lite0 features (averaged over orientations with `orientation_mean`) for
