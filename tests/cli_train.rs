@@ -83,8 +83,7 @@ fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
                 .unwrap()
                 .contains("BloodImage_99999_1.jpg")
     }));
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics = read_json(&run.join("metrics.json"));
     let val = &metrics["val"];
     let n = val["n"].as_f64().unwrap();
     let majority = val["classes"]
@@ -336,8 +335,7 @@ fn cancel_leaves_a_consistent_run_that_resumes() {
         "{rest:?}"
     );
     let run = only_run(&runs);
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap();
+    let s = read_json(&run.join("status.json"));
     assert_eq!(s["state"], "cancelled");
     let done = s["epoch"].as_u64().unwrap();
     assert!(done >= 1);
@@ -432,8 +430,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
         interrupt_after_first_checkpoint(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(status.code(), Some(130));
     let parts = only_run(&parts);
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(parts.join("status.json")).unwrap()).unwrap();
+    let s = read_json(&parts.join("status.json"));
     assert!(s["epoch"].as_u64().unwrap() < 6, "{s}");
     for f in [
         "param_ids.json",
@@ -452,9 +449,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
         "the saved optimiser state was not found"
     );
 
-    let metrics = |run: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap()
-    };
+    let metrics = |run: &Path| -> serde_json::Value { read_json(&run.join("metrics.json")) };
     let (a, b) = (metrics(&whole), metrics(&parts));
     assert_eq!(a["best_epoch"], b["best_epoch"]);
     for key in ["loss", "accuracy", "macro_auc"] {
@@ -520,8 +515,7 @@ fn multi_label_csv_trains_with_sigmoid_outputs() {
     assert!(out.status.success(), "{}", stderr(&out));
     let run_dir = only_run(&runs);
     assert_eq!(started_task(&run_dir), "multi-label");
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
+    let metrics = read_json(&run_dir.join("metrics.json"));
     assert!(
         metrics["val"]["hamming_loss"].is_number(),
         "{}",
@@ -588,8 +582,7 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
     assert!(out.status.success(), "{}", stderr(&out));
     let run_dir = only_run(&runs);
     assert_eq!(started_task(&run_dir), "ordinal");
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
+    let metrics = read_json(&run_dir.join("metrics.json"));
     assert!(
         metrics["val"]["kappa_quadratic"].is_number(),
         "{}",
@@ -619,8 +612,7 @@ fn ordinal_retinopathy_csv_reports_kappa_and_keeps_both_eyes_together() {
 
     // Grades are learnt as cumulative thresholds P(grade > 0), P(grade > 1): two outputs for
     // three grades, turned back into one probability per grade that sums to one.
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir.join("model.json")).unwrap()).unwrap();
+    let info = read_json(&run_dir.join("model.json"));
     assert_eq!(info["cumulative"], true);
     let head = std::fs::read(run_dir.join("model.safetensors")).unwrap();
     let (len, rest) = head.split_at(8);
@@ -725,8 +717,7 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("cv-"))
         .expect("a cv summary beside the runs");
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(summary_file).unwrap()).unwrap();
+    let summary = read_json(&summary_file);
 
     // Every image is validated exactly once; a patient's two eyes in the same fold.
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
@@ -740,8 +731,7 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
             let f = *fold_of_patient.entry(cols[1].to_owned()).or_insert(fold);
             assert_eq!(f, fold, "patient {} in two folds", cols[1]);
         }
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        let m = read_json(&dir.join("metrics.json"));
         accuracies.push(m["val"]["accuracy"].as_f64().unwrap());
     }
     assert_eq!(seen.len(), 48, "{seen:?}");
@@ -784,8 +774,7 @@ fn orientation_mean_probe_sees_a_turned_cell_as_the_same_cell() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let run_dir = only_run(&runs);
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir.join("model.json")).unwrap()).unwrap();
+    let info = read_json(&run_dir.join("model.json"));
     assert_eq!(info["orientation_mean"], true);
 
     let cells = tmp.path().join("cells");
@@ -845,9 +834,7 @@ fn finetune_learns_on_real_cells() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(only_run(&runs).join("metrics.json")).unwrap())
-            .unwrap();
+    let metrics = read_json(&only_run(&runs).join("metrics.json"));
     let val = &metrics["val"];
     let majority = val["classes"]
         .as_array()

@@ -455,8 +455,7 @@ fn cellbench_training_job_stops_mid_run() {
     let info = wait_terminal(&c, &id, Duration::from_secs(60));
     assert_eq!(info.status, JobStatus::Stopped);
     let run = cellbench::cluster::job::import_results(&c, &id, &tmp.path().join("local")).unwrap();
-    let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap();
+    let status = common::read_json(&run.join("status.json"));
     assert_eq!(status["state"], "cancelled");
 }
 

@@ -55,6 +55,12 @@ pub fn run(args: &[&str]) -> Output {
     cellbench().args(args).output().expect("running cellbench")
 }
 
+/// A JSON file the run wrote (`metrics.json`, `status.json`, `model.json`, …), parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
