@@ -945,7 +945,8 @@ fn run_loop(
     // Images that failed to load, warned about once per run.
     let mut warned: std::collections::HashSet<PathBuf> = Default::default();
     // Networks and feeders per mode.
-    let checkpoint = run.path.join("checkpoint/model.safetensors");
+    let ckpt_dir = run.path.join("checkpoint");
+    let checkpoint = ckpt_dir.join("model.safetensors");
     let resume_bytes = job
         .resume
         .as_ref()
@@ -1006,26 +1007,16 @@ fn run_loop(
                 .collect();
             info.feature_mean = mean;
             info.feature_std = std;
-            let mut head = Head::new(FEATURES, outputs, config.dropout, &ad);
-            if let Some(bytes) = &resume_bytes {
-                head.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
-            }
+            let head = Head::new(FEATURES, outputs, config.dropout, &ad);
             (Net::Probe(head), Feeder::Features { rows })
         }
         Mode::Finetune => {
             let backbone = load_backbone(&plain)?;
             let frozen = Extractor::new(backbone.valid(), &plain);
-            let mut weights = FinetuneWeights {
-                backbone: backbone.fork(&ad),
-                head: Head::new(FEATURES, outputs, config.dropout, &ad),
-            };
-            if let Some(bytes) = &resume_bytes {
-                weights.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
-            }
             (
                 Net::Finetune {
-                    backbone: weights.backbone,
-                    head: weights.head,
+                    backbone: backbone.fork(&ad),
+                    head: Head::new(FEATURES, outputs, config.dropout, &ad),
                 },
                 Feeder::Images {
                     preprocess: config.preprocess.clone(),
@@ -1034,26 +1025,22 @@ fn run_loop(
                 },
             )
         }
-        Mode::Scratch => {
-            let mut cnn = SmallCnn::new(outputs, config.dropout, &ad);
-            if let Some(bytes) = &resume_bytes {
-                cnn.load_from(&mut SafetensorsStore::from_bytes(Some(bytes.clone())))?;
-            }
-            (
-                Net::Scratch(cnn),
-                Feeder::Images {
-                    preprocess: config.preprocess.clone(),
-                    augment: config.augment.clone(),
-                    prefix: None,
-                },
-            )
-        }
+        Mode::Scratch => (
+            Net::Scratch(SmallCnn::new(outputs, config.dropout, &ad)),
+            Feeder::Images {
+                preprocess: config.preprocess.clone(),
+                augment: config.augment.clone(),
+                prefix: None,
+            },
+        ),
     };
+    if let Some(bytes) = &resume_bytes {
+        net = net.with_bytes(bytes)?;
+    }
     run.write_json("model.json", &info)?;
     net = net.train_mode();
     let mut optims = vec![optimizer(config), optimizer(config)];
     let weights = loss_weights(data, config.imbalance);
-    let ckpt_dir = run.path.join("checkpoint");
     // The best network so far: its final artefacts come from it.
     let mut best: Option<Net> = None;
     if job.resume.is_some() {
