@@ -63,7 +63,7 @@ pub fn featurize(
     batches: usize,
     graph: bool,
 ) -> anyhow::Result<FeaturizeBench> {
-    use crate::train::features::{Extractor, load_backbone};
+    use crate::model::extractor::{Extractor, load_backbone};
     let compute = crate::model::backend::select(choice)?;
     let threads = rayon::current_num_threads();
     let (extractor, device) = if compute.is_gpu {

@@ -1,6 +1,8 @@
 //! File writing that never leaves a half-written file behind.
 
 use std::io::Write;
+
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 
 /// Writes a file atomically: the content goes to a temporary file in the same folder, is
@@ -42,6 +44,27 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Version of the run-folder files this build writes (`format_version` in `model.json`,
+/// `status.json`, `metrics.json`, `dataset.json`). Readers refuse newer versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Refuses a file written by a newer cellbench (a format this build cannot read safely).
+pub fn check_format_version(version: u32, path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        version <= FORMAT_VERSION,
+        "{} was saved in run-folder format {version} by a newer cellbench; this is cellbench {} (format {FORMAT_VERSION}): update cellbench to read it",
+        path.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(())
+}
+
+/// Reads a JSON file of a run folder, naming the file in every error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("reading {} (damaged?)", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,3 +87,13 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+

@@ -2,7 +2,15 @@
 //! classification heads, weights I/O and the choice of compute backend.
 
 pub mod backend;
+pub mod classifier;
+pub mod decision;
 pub mod efficientnet;
+pub mod extractor;
 pub mod fused;
 pub mod heads;
+pub mod ordinal;
 pub mod safetensors;
+pub mod task;
+
+pub use classifier::{Classifier, FinetuneWeights, ModelInfo};
+pub use task::{Mode, Task};

@@ -5,32 +5,7 @@ use crate::model::backend::BackendChoice;
 
 pub use super::metrics::Task;
 
-/// How the network is trained.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Linear head on cached features of the frozen pretrained backbone. Fast.
-    #[default]
-    Probe,
-    /// New head plus the last backbone blocks unfrozen, trained end to end.
-    Finetune,
-    /// A small CNN from random initialisation (a baseline).
-    Scratch,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "probe" => Ok(Self::Probe),
-            "finetune" | "fine-tune" => Ok(Self::Finetune),
-            "scratch" => Ok(Self::Scratch),
-            other => Err(format!(
-                "unknown mode {other:?} (expected probe, finetune or scratch)"
-            )),
-        }
-    }
-}
+pub use crate::model::task::Mode;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]

@@ -29,19 +29,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The kind of prediction task a model solves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Task {
-    /// Two classes; class index 1 is the positive class.
-    Binary,
-    /// One label out of `K > 2` unordered classes.
-    MultiClass,
-    /// Any subset of `K` labels per sample (independent sigmoid outputs).
-    MultiLabel,
-    /// One grade out of `K` ordered classes (e.g. retinopathy grade 0–4).
-    Ordinal,
-}
+pub use crate::model::task::Task;
 
 /// Metrics of one class (single-label tasks) or one label (multi-label task).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,16 +134,10 @@ fn cmp_score(a: f32, b: f32) -> Ordering {
     }
 }
 
-/// Index of the largest of the first `n_classes` entries (missing entries count as NaN);
-/// ties, including all-NaN rows, go to the lowest index.
+/// Index of the largest of the first `n_classes` entries by the one decision rule
+/// ([`crate::model::decision::argmax`]): ties, including all-NaN rows, go to the lowest index.
 fn argmax(row: &[f32], n_classes: usize) -> usize {
-    let mut best = 0;
-    for (k, &v) in row.iter().enumerate().take(n_classes).skip(1) {
-        if cmp_score(v, row[best]) == Ordering::Greater {
-            best = k;
-        }
-    }
-    best
+    crate::model::decision::argmax(&row[..n_classes.min(row.len())])
 }
 
 /// Value of a probability vector at `k`, NaN when the vector is too short.

@@ -8,9 +8,9 @@ pub mod engine;
 pub mod events;
 pub mod features;
 pub mod metrics;
-pub mod ordinal;
 pub mod report;
 
+pub use crate::model::ordinal;
 pub use config::{Mode, TrainConfig};
 pub use events::TrainEvent;
 pub use metrics::{Metrics, Task};

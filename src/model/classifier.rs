@@ -1,0 +1,222 @@
+//! The one model contract: a trained run's model loaded once, from preprocessing to a
+//! decision. Training's final predictions, `predict`, `serve`, `evaluate`, the GUI and
+//! workbooks all go through [`Classifier`], so they cannot disagree about an image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use burn::module::Module;
+use burn::store::{ModuleSnapshot as _, SafetensorsStore};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::dataset::preprocess::Preprocess;
+
+use super::decision::{self, Standardiser};
+use super::efficientnet::{EfficientNetLite, FEATURES};
+use super::extractor::Extractor;
+use super::heads::{Head, SmallCnn};
+use super::{Mode, Task};
+
+/// What a trained model needs besides its weights, saved as `model.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// Run-folder format ([`crate::fsio::FORMAT_VERSION`]); files before versions read as 0.
+    #[serde(default)]
+    pub format_version: u32,
+    pub mode: Mode,
+    pub task: Task,
+    pub labels: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Fine-tuning: index of the first trained backbone block.
+    pub finetune_start: usize,
+    /// Probe: per-feature mean and standard deviation used to standardise features.
+    pub feature_mean: Vec<f32>,
+    pub feature_std: Vec<f32>,
+    /// Folder the dataset's image paths are relative to (for showing images of a run).
+    #[serde(default)]
+    pub dataset_root: Option<PathBuf>,
+    /// Ordinal: the network has `labels - 1` cumulative outputs `P(grade > j)`
+    /// (see [`super::ordinal`]); older ordinal runs have one softmax output per grade.
+    #[serde(default)]
+    pub cumulative: bool,
+    /// Probe: features are averaged over the 8 orientations (see
+    /// [`super::extractor::Extractor::features_orientation_mean`]).
+    #[serde(default)]
+    pub orientation_mean: bool,
+}
+
+impl ModelInfo {
+    /// Width of the network's last layer.
+    pub fn outputs(&self) -> usize {
+        if self.cumulative {
+            super::ordinal::outputs(self.labels.len())
+        } else {
+            self.labels.len()
+        }
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Probe => "linear probe on EfficientNet-Lite0 features",
+            Mode::Finetune => "fine-tuned EfficientNet-Lite0",
+            Mode::Scratch => "small CNN trained from scratch",
+        }
+    }
+}
+
+/// A fine-tuned network as saved: backbone and head under one root.
+#[derive(Module, Debug)]
+pub struct FinetuneWeights {
+    pub backbone: EfficientNetLite,
+    pub head: Head,
+}
+
+/// A trained model ready for inference.
+pub struct Classifier {
+    pub info: ModelInfo,
+    net: Net,
+    standardiser: Standardiser,
+    device: Device,
+}
+
+#[allow(clippy::large_enum_variant)] // one per loaded model
+enum Net {
+    /// Backbone features into a head: a probe (standardised features, frozen pretrained
+    /// backbone) or a fine-tuned network.
+    Features { backbone: Extractor, head: Head },
+    Scratch(SmallCnn),
+}
+
+impl Classifier {
+    /// Loads `model.safetensors` and `model.json` of a run folder onto `device`.
+    pub fn load(run: &Path, device: &Device) -> anyhow::Result<Self> {
+        let info: ModelInfo = serde_json::from_slice(
+            &std::fs::read(run.join("model.json"))
+                .with_context(|| format!("no model.json in {}", run.display()))?,
+        )
+        .with_context(|| format!("reading {}", run.join("model.json").display()))?;
+        crate::fsio::check_format_version(info.format_version, &run.join("model.json"))?;
+        let bytes = std::fs::read(run.join("model.safetensors")).with_context(|| {
+            format!(
+                "no model.safetensors in {} (did the run finish?)",
+                run.display()
+            )
+        })?;
+        Self::from_bytes(info, bytes, device)
+            .with_context(|| format!("loading the model of {}", run.display()))
+    }
+
+    /// A model from its description and safetensors bytes (as a run saves them).
+    pub fn from_bytes(info: ModelInfo, bytes: Vec<u8>, device: &Device) -> anyhow::Result<Self> {
+        let k = info.outputs();
+        let mut store = SafetensorsStore::from_bytes(Some(bytes));
+        let net = match info.mode {
+            Mode::Probe => {
+                let mut head = Head::new(FEATURES, k, 0.0, device);
+                head.load_from(&mut store)?;
+                Net::Features {
+                    backbone: Extractor::bundled(device)?,
+                    head,
+                }
+            }
+            Mode::Finetune => {
+                let mut w = FinetuneWeights {
+                    backbone: EfficientNetLite::lite0(device),
+                    head: Head::new(FEATURES, k, 0.0, device),
+                };
+                w.load_from(&mut store)?;
+                Net::Features {
+                    backbone: Extractor::new(w.backbone, device),
+                    head: w.head,
+                }
+            }
+            Mode::Scratch => {
+                let mut cnn = SmallCnn::new(k, 0.0, device);
+                cnn.load_from(&mut store)?;
+                Net::Scratch(cnn)
+            }
+        };
+        // A probe was trained on standardised features; a fine-tuned head on raw ones.
+        let standardiser = if info.feature_mean.len() == FEATURES
+            && info.feature_std.len() == FEATURES
+        {
+            Standardiser {
+                mean: info.feature_mean.clone(),
+                std: info.feature_std.clone(),
+            }
+        } else {
+            Standardiser::default()
+        };
+        Ok(Self {
+            info,
+            net,
+            standardiser,
+            device: device.clone(),
+        })
+    }
+
+    /// The backbone features this model's head reads for preprocessed CHW inputs (`n`
+    /// images concatenated), before standardisation; `None` for a CNN trained from scratch.
+    pub fn features(&self, chw: Vec<f32>, n: usize) -> Option<Vec<f32>> {
+        let side = self.info.preprocess.size as usize;
+        match &self.net {
+            Net::Features { backbone, .. } => Some(if self.info.orientation_mean {
+                backbone.features_orientation_mean(chw, n, side)
+            } else {
+                backbone.features(chw, n, side)
+            }),
+            Net::Scratch(_) => None,
+        }
+    }
+
+    /// Probabilities from backbone features (`n` rows of [`FEATURES`], as
+    /// [`Self::features`] gives them): standardisation, head, decision rules.
+    pub fn probabilities_from_features(&self, mut features: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
+        let Net::Features { head, .. } = &self.net else {
+            return Vec::new();
+        };
+        if n == 0 {
+            return Vec::new();
+        }
+        self.standardiser.apply(&mut features);
+        let logits = head.forward(Tensor::<2>::from_data(
+            TensorData::new(features, [n, FEATURES]),
+            &self.device,
+        ));
+        decision::probabilities(self.info.task, self.info.cumulative, logits)
+    }
+
+    /// Class probabilities (softmax; sigmoid per label for multi-label; one per grade for an
+    /// ordinal head) of preprocessed CHW inputs, `n` images concatenated.
+    pub fn probabilities(&self, chw: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
+        if n == 0 {
+            return Vec::new();
+        }
+        match &self.net {
+            Net::Features { .. } => {
+                let f = self.features(chw, n).unwrap_or_default();
+                self.probabilities_from_features(f, n)
+            }
+            Net::Scratch(c) => {
+                let side = self.info.preprocess.size as usize;
+                let logits = c.forward(Tensor::<4>::from_data(
+                    TensorData::new(chw, [n, 3, side, side]),
+                    &self.device,
+                ));
+                decision::probabilities(self.info.task, self.info.cumulative, logits)
+            }
+        }
+    }
+
+    /// Probabilities for one decoded image.
+    pub fn classify(&self, img: &image::DynamicImage) -> Vec<f32> {
+        self.probabilities(self.info.preprocess.apply(img), 1)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// The predicted label(s) for a probability vector ([`decision::predicted_label`]).
+    pub fn predicted(&self, probs: &[f32]) -> String {
+        decision::predicted_label(self.info.task, &self.info.labels, probs)
+    }
+}

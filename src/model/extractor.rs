@@ -1,0 +1,117 @@
+//! The frozen pretrained backbone as a function from preprocessed images to features.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::efficientnet::{EfficientNetLite, FEATURES};
+use super::fused::FusedLite0;
+
+/// The frozen backbone as a function from preprocessed images to pooled features: on the CPU
+/// the batch-norm-folded channels-last network ([`FusedLite0`]), on a wgpu device the burn model.
+/// One value per process or run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Extractor {
+    Cpu(FusedLite0),
+    Burn {
+        model: EfficientNetLite,
+        device: Device,
+    },
+}
+
+impl Extractor {
+    /// Wraps a loaded model for the device it lives on.
+    pub fn new(model: EfficientNetLite, device: &Device) -> Self {
+        if crate::model::backend::is_cpu(device) {
+            Self::Cpu(FusedLite0::from_model(&model))
+        } else {
+            Self::Burn {
+                model,
+                device: device.clone(),
+            }
+        }
+    }
+
+    /// The bundled pretrained Lite0 for `device`.
+    pub fn bundled(device: &Device) -> anyhow::Result<Self> {
+        Ok(Self::new(load_backbone(device)?, device))
+    }
+
+    /// Pooled features `[n * FEATURES]` of `n` preprocessed channels-first images `[n, 3, side, side]`.
+    pub fn features(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+        if n == 0 {
+            return Vec::new();
+        }
+        match self {
+            Self::Cpu(net) => net.features(&chw, side, side),
+            Self::Burn { model, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), device);
+                model
+                    .features(x)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Features averaged over the 8 orientations of each image (the symmetries of the square):
+    /// the same for an image in any orientation. Same layout as [`Self::features`].
+    pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+        const VIEWS: usize = 8;
+        let per_image = 3 * side * side;
+        let mut out = Vec::with_capacity(n * FEATURES);
+        // A few images at a time bounds the memory of their 8 views.
+        for group in chw.chunks(per_image * 4) {
+            let images = group.len() / per_image;
+            let mut views = Vec::with_capacity(group.len() * VIEWS);
+            for img in group.chunks_exact(per_image) {
+                for k in 0..VIEWS as u8 {
+                    let start = views.len();
+                    views.extend_from_slice(img);
+                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
+                }
+            }
+            let f = self.features(views, images * VIEWS, side);
+            for per_view in f.chunks_exact(FEATURES * VIEWS) {
+                let mut mean = vec![0.0f32; FEATURES];
+                for row in per_view.chunks_exact(FEATURES) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                out.extend(mean.into_iter().map(|m| m / VIEWS as f32));
+            }
+        }
+        out
+    }
+
+    /// The input of block `blocks` for `n` preprocessed images `[n, 3, side, side]`, as a
+    /// channels-first tensor on `device`: the frozen prefix of a fine-tuned backbone.
+    pub fn prefix(
+        &self,
+        chw: Vec<f32>,
+        n: usize,
+        side: usize,
+        blocks: usize,
+        device: &Device,
+    ) -> Tensor<4> {
+        match self {
+            Self::Cpu(net) => {
+                let (c, h, w) = net.prefix_shape(side, side, blocks);
+                let y = net.prefix(&chw, side, side, blocks);
+                Tensor::from_data(TensorData::new(y, [n, c, h, w]), device)
+            }
+            Self::Burn { model, device: own } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), own);
+                model.forward_prefix(x, blocks)
+            }
+        }
+    }
+}
+
+/// Loads the bundled Lite0 onto `device`.
+pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
+    use anyhow::Context as _;
+    let bytes = crate::model::efficientnet::bundled_lite0_weights()
+        .context("reading the bundled EfficientNet-Lite0 weights (assets/weights)")?;
+    Ok(EfficientNetLite::load(&bytes, device)?)
+}
+
