@@ -4,6 +4,7 @@
 //! Domain modules (`dataset`, `explore`, …) never use egui; `ui` never touches polars
 //! frames or tensors.
 
+pub mod clock;
 pub mod dataset;
 pub mod fsio;
 #[cfg(not(target_arch = "wasm32"))]

@@ -69,9 +69,23 @@ fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
         "model.safetensors",
         "model.json",
         "status.json",
-        "checkpoint/model.safetensors",
+        "dataset.json",
+        "checkpoint/LATEST",
     ] {
         assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let latest = std::fs::read_to_string(run.join("checkpoint/LATEST")).unwrap();
+    assert!(
+        run.join("checkpoint").join(latest.trim()).join("model.safetensors").is_file(),
+        "{latest}"
+    );
+    assert!(!run.join("lock").exists(), "a finished run releases its lock");
+    for f in ["model.json", "status.json", "metrics.json", "dataset.json"] {
+        assert_eq!(
+            read_json(&run.join(f))["format_version"],
+            1,
+            "{f} names its format"
+        );
     }
     let ev = events(&run);
     assert_eq!(ev[0]["event"], "started");
@@ -257,7 +271,7 @@ fn finetune_and_scratch_run_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
     let runs = tmp.path().join("runs");
-    for mode in ["finetune", "scratch"] {
+    for mode in ["probe", "finetune", "scratch"] {
         let out = run(&[
             "train",
             path_str(&data),
@@ -300,6 +314,43 @@ fn finetune_and_scratch_run_end_to_end() {
         ]);
         assert!(out.status.success(), "{mode}: {}", stderr(&out));
         assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 25);
+        assert_run_agrees_with_predict(&run, &data, &pred, mode);
+    }
+}
+
+/// The labels a run wrote to its `predictions.csv` equal what `cellbench predict` answers for
+/// the same images, exactly, and the probabilities agree to 1e-5: one model contract.
+fn assert_run_agrees_with_predict(run: &Path, data: &Path, predict_csv: &Path, mode: &str) {
+    let rows = |path: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .collect()
+    };
+    let ours = rows(&run.join("predictions.csv"));
+    let theirs = rows(predict_csv);
+    let (oh, th) = (&ours[0], &theirs[0]);
+    assert_eq!(&oh[..5], ["path", "patient", "split", "truth", "predicted"]);
+    assert_eq!(&th[..2], ["path", "predicted"]);
+    assert_eq!(oh[5..], th[2..], "{mode}: the same probability columns");
+    let by_path: std::collections::HashMap<String, &Vec<String>> = theirs[1..]
+        .iter()
+        .map(|r| {
+            let rel = Path::new(&r[0]).strip_prefix(data).unwrap();
+            (rel.to_string_lossy().into_owned(), r)
+        })
+        .collect();
+    assert!(ours.len() > 1, "{mode}: the run predicted its validation images");
+    for r in &ours[1..] {
+        let t = by_path
+            .get(&r[0])
+            .unwrap_or_else(|| panic!("{mode}: {} not predicted", r[0]));
+        assert_eq!(r[4], t[1], "{mode}: label of {}", r[0]);
+        for (a, b) in r[5..].iter().zip(&t[2..]) {
+            let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert!((a - b).abs() <= 1e-5, "{mode}: {} probability {a} vs {b}", r[0]);
+        }
     }
 }
 
@@ -432,13 +483,20 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let parts = only_run(&parts);
     let s = read_json(&parts.join("status.json"));
     assert!(s["epoch"].as_u64().unwrap() < 6, "{s}");
+    let generation = parts.join("checkpoint").join(
+        std::fs::read_to_string(parts.join("checkpoint/LATEST"))
+            .unwrap()
+            .trim(),
+    );
     for f in [
         "param_ids.json",
         "optimizer-0.bpk",
         "optimizer-1.bpk",
         "best.safetensors",
+        "state.json",
+        "model.safetensors",
     ] {
-        assert!(parts.join("checkpoint").join(f).is_file(), "{f}");
+        assert!(generation.join(f).is_file(), "{f}");
     }
     let out = run(&["train", "--resume", path_str(&parts), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -464,6 +522,145 @@ fn resumed_run_matches_an_uninterrupted_one() {
     }
     let read = |run: &Path| std::fs::read_to_string(run.join("predictions.csv")).unwrap();
     assert_eq!(read(&whole), read(&parts));
+    assert_same_weights(&whole, &parts);
+}
+
+/// The final weights of two runs, bit for bit.
+fn assert_same_weights(a: &Path, b: &Path) {
+    let read = |run: &Path| std::fs::read(run.join("model.safetensors")).unwrap();
+    assert!(
+        read(a) == read(b),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+}
+
+/// SIGKILL in the middle of a checkpoint write (the process is paused between the files of
+/// a generation), then `--resume`: the half-written generation is ignored, the stale lock
+/// and the `running` status of the dead process are taken over, and the run ends with the
+/// same weights, bit for bit, as an uninterrupted one — for a probe (with its default
+/// dropout) and a fine-tune.
+#[test]
+fn killed_during_a_checkpoint_write_resumes_to_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
+    for (mode, epochs) in [("probe", "5"), ("finetune", "3")] {
+        let args = |runs: &Path| -> Vec<String> {
+            [
+                "train",
+                path_str(&data),
+                "--mode",
+                mode,
+                "--backend",
+                "cpu",
+                "--epochs",
+                epochs,
+                "--image-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--patience",
+                "1000",
+                "--runs",
+                path_str(runs),
+                "--json",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
+        let whole = tmp.path().join(format!("{mode}-whole"));
+        let out = run(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+
+        let parts = tmp.path().join(format!("{mode}-parts"));
+        let mut child = cellbench()
+            .args(args(&parts))
+            .env("CELLBENCH_CHECKPOINT_PAUSE_MS", "700")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the second generation is half-written (the first is complete).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+        let partial = loop {
+            let found = std::fs::read_dir(&parts)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.path().join("checkpoint/epoch-2.partial"))
+                .filter(|p| p.join("model.safetensors").is_file());
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "{mode}: no checkpoint");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let run_dir = partial.parent().unwrap().parent().unwrap().to_owned();
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("checkpoint/LATEST")).unwrap(),
+            "epoch-1",
+            "{mode}"
+        );
+        assert!(run_dir.join("lock").is_file(), "{mode}: the dead owner's lock is left");
+        assert_eq!(read_json(&run_dir.join("status.json"))["state"], "running");
+
+        let out = run(&["train", "--resume", path_str(&run_dir), "--json"]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert!(!run_dir.join("lock").exists(), "{mode}: the lock is released");
+        assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
+        assert_same_weights(&only_run(&whole), &run_dir);
+    }
+}
+
+/// A second trainer on a run that is still training is refused, and the first one goes on.
+#[test]
+fn resume_of_a_run_in_training_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let runs = tmp.path().join("runs");
+    let mut child = cellbench()
+        .args([
+            "train",
+            path_str(&data),
+            "--backend",
+            "cpu",
+            "--epochs",
+            "3",
+            "--image-size",
+            "64",
+            "--runs",
+            path_str(&runs),
+            "--json",
+        ])
+        .env("CELLBENCH_CHECKPOINT_PAUSE_MS", "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let run_dir = loop {
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.join("checkpoint").is_dir());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = run(&["train", "--resume", path_str(&run_dir), "--json"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("being trained by process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(child.wait().unwrap().success(), "the first trainer finished");
+    assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
 }
 
 fn unsafe_sigint(pid: u32) {

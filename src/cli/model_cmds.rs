@@ -96,13 +96,6 @@ fn parse_task(s: &str) -> Result<Task, String> {
     }
 }
 
-/// Where a run's dataset came from, saved in the run folder so `--resume` can reopen it.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DatasetRef {
-    source: PathBuf,
-    options: OpenOptions,
-}
-
 impl TrainArgs {
     fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
@@ -137,12 +130,12 @@ impl TrainArgs {
 }
 
 pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
-    let (config, source, options) = match &args.resume {
+    let (config, manifest, options) = match &args.resume {
         Some(run) => {
-            let r: DatasetRef = serde_json::from_slice(
-                &std::fs::read(run.join("dataset.json")).context("the run has no dataset.json")?,
-            )?;
-            (crate::runs::read_config(run)?, r.source, r.options)
+            // The run's own record of its data and split: any run can be resumed, whoever
+            // started it (CLI, GUI, workbook or cluster job).
+            let d = crate::runs::DatasetFile::read(run)?;
+            (crate::runs::read_config(run)?, d.open()?, d.options)
         }
         None => {
             let (source, options) = match (&args.split, &args.dataset) {
@@ -156,13 +149,14 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 (None, Some(d)) => (d.clone(), OpenOptions::default()),
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
-            (args.config()?, source, options)
+            let manifest = crate::dataset::open(&source, &options)?;
+            (args.config()?, manifest, options)
         }
     };
-    let manifest = crate::dataset::open(&source, &options)?;
     let job = TrainJob {
         config,
         manifest,
+        options,
         runs_root: args.runs.clone(),
         resume: args.resume.clone(),
         cache: (!args.no_cache).then(FeatureCache::default_location),
@@ -179,10 +173,6 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         .ok();
     }
     let (tx, rx) = std::sync::mpsc::channel::<TrainEvent>();
-    let dataset_ref = DatasetRef {
-        source: std::path::absolute(&source).unwrap_or(source),
-        options,
-    };
     // All burn work of the run on one dedicated thread.
     let folds = args.folds.map(|k| k as usize);
     let worker = {
@@ -203,16 +193,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     let mut bar = ProgressView::new(args.json);
     let mut fold = 0;
     for event in rx {
-        if let TrainEvent::Started { run_id, .. } = &event {
-            // Each run folder records where its data came from (every fold is a run).
-            let dir = args
-                .resume
-                .clone()
-                .unwrap_or_else(|| args.runs.join(run_id));
-            crate::fsio::write_atomic_bytes(
-                &dir.join("dataset.json"),
-                &serde_json::to_vec_pretty(&dataset_ref)?,
-            )?;
+        if let TrainEvent::Started { .. } = &event {
             if let Some(k) = folds {
                 fold += 1;
                 if !args.json {
@@ -236,6 +217,16 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     {
         for t in crate::train::report::metrics_tables("validation", m) {
             outln!("{t}");
+        }
+        // The test side, when the split has one: scored once, with the weights the
+        // validation side chose.
+        if let Some(test) = crate::runs::MetricsFile::read(&outcome.run_dir)
+            .ok()
+            .and_then(|f| f.test)
+        {
+            for t in crate::train::report::metrics_tables("test (scored once)", &test) {
+                outln!("{t}");
+            }
         }
     }
     Ok(match outcome.state {
@@ -515,19 +506,76 @@ pub fn evaluate_cmd(args: EvaluateArgs) -> anyhow::Result<u8> {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     pub run: PathBuf,
+    /// Port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
+    /// Address to bind (loopback by default). Any other address, e.g. 0.0.0.0 for remote
+    /// clients, needs --token-env or --token-file.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Environment variable holding the token clients must send as `Authorization: Bearer
+    /// <token>` (every request except GET /health).
+    #[arg(long, value_name = "VAR", conflicts_with = "token_file")]
+    pub token_env: Option<String>,
+    /// File holding the token clients must send (see --token-env).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Largest image accepted, in pixels (width × height, read from the header before
+    /// decoding); larger images get 413.
+    #[arg(long, default_value_t = crate::infer::serve::MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, default_value_t = crate::infer::serve::MAX_BODY_BYTES)]
+    pub max_body_bytes: u64,
+    /// Connection threads: clients served at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub threads: u16,
+    /// Images admitted at once (being decoded, waiting or being classified); more get 503
+    /// with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+    /// Most images classified together in one batch.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch: u32,
+    /// Milliseconds the model waits for more images to fill a batch while more are arriving.
+    #[arg(long, default_value_t = 5)]
+    pub batch_wait_ms: u64,
+    /// Seconds a client has to send one request, and to take one reply (slower: 408).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_secs: u64,
 }
 
 pub fn serve_cmd(args: ServeArgs) -> anyhow::Result<u8> {
+    use crate::infer::serve::{Limits, ServeOptions, Token};
+    let token = match (&args.token_env, &args.token_file) {
+        (Some(var), _) => Some(Token::from_env(var)?),
+        (None, Some(path)) => Some(Token::from_file(path)?),
+        (None, None) => None,
+    };
+    // An IPv6 address needs brackets before its port.
+    let addr = if args.host.contains(':') && !args.host.starts_with('[') {
+        format!("[{}]:{}", args.host, args.port)
+    } else {
+        format!("{}:{}", args.host, args.port)
+    };
+    let options = ServeOptions {
+        addr,
+        token,
+        threads: args.threads.into(),
+        queue: args.queue as usize,
+        max_batch: args.max_batch as usize,
+        batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_pixels: args.max_pixels,
+            timeout: std::time::Duration::from_secs(args.timeout_secs),
+            ..Limits::default()
+        },
+    };
     let compute = backend::select(args.backend)?;
-    let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?;
-    crate::infer::serve::serve(&classifier, &format!("{}:{}", args.host, args.port))?;
+    crate::infer::serve::serve(&args.run, compute.device, options)?;
     Ok(0)
 }
 
@@ -546,7 +594,7 @@ pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> any
         border_crop: false,
         center_crop: false,
     };
-    let model = crate::train::features::load_backbone(&compute.device)?;
+    let model = crate::model::extractor::load_backbone(&compute.device)?;
     let x = Tensor::<4>::from_data(
         TensorData::new(pre.apply(&img), [1, 3, 224, 224]),
         &compute.device,

@@ -193,6 +193,7 @@ pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
                 crate::train::engine::TrainJob {
                     config,
                     manifest,
+                    options,
                     runs_root: PathBuf::from(runs),
                     resume: None,
                     cache: Some(crate::train::features::FeatureCache::default_location()),
@@ -245,7 +246,7 @@ pub fn featurize_shard(
         "shard {shard} of {shards} does not exist"
     );
     let compute = crate::model::backend::select(config.backend)?;
-    let extractor = crate::train::features::Extractor::bundled(&compute.device)?;
+    let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
     let paths: Vec<PathBuf> = manifest
         .records
         .iter()
@@ -341,16 +342,24 @@ pub fn import_results(
         None => crate::runs::RunState::Failed,
     };
     if let Some((best_epoch, metrics, patients)) = finished {
-        let json = serde_json::json!({ "best_epoch": best_epoch, "val": metrics, "test": null, "val_patients": patients });
         crate::fsio::write_atomic_bytes(
             &dir.join("metrics.json"),
-            &serde_json::to_vec_pretty(&json)?,
+            &serde_json::to_vec_pretty(&crate::runs::MetricsFile {
+                format_version: crate::runs::FORMAT_VERSION,
+                best_epoch,
+                val: (**metrics).clone(),
+                test: None,
+                val_patients: patients.as_deref().cloned(),
+            })?,
         )?;
         if let Some(c) = &metrics.confusion {
-            let json = serde_json::json!({ "split": "val", "epoch": best_epoch, "matrix": c });
             crate::fsio::write_atomic_bytes(
                 &dir.join("confusion.json"),
-                &serde_json::to_vec_pretty(&json)?,
+                &serde_json::to_vec_pretty(&crate::runs::ConfusionFile {
+                    split: "val".into(),
+                    epoch: best_epoch,
+                    matrix: c.clone(),
+                })?,
             )?;
         }
     }
@@ -359,6 +368,7 @@ pub fn import_results(
         .filter(|e| matches!(e, TrainEvent::Epoch { .. }))
         .count() as u32;
     let status = crate::runs::RunStatus {
+        format_version: crate::runs::FORMAT_VERSION,
         state,
         epoch,
         pid: None,

@@ -8,10 +8,121 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+pub mod checkpoint;
 pub mod view;
 
 use crate::fsio::write_atomic_bytes;
+use crate::train::metrics::{ConfusionMatrix, Metrics};
 use crate::train::{TrainConfig, TrainEvent};
+
+pub use crate::fsio::{FORMAT_VERSION, check_format_version, read_json};
+
+/// `metrics.json`: the final metrics of a finished run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsFile {
+    /// Files written before versions existed read as 0.
+    #[serde(default)]
+    pub format_version: u32,
+    /// The epoch whose weights the run kept (chosen on the validation side).
+    pub best_epoch: u32,
+    /// Validation side, at the best epoch.
+    pub val: Metrics,
+    /// Test side, scored once with the kept weights (when the split has one).
+    #[serde(default)]
+    pub test: Option<Metrics>,
+    /// Validation side with each patient's cells averaged.
+    #[serde(default)]
+    pub val_patients: Option<Metrics>,
+}
+
+impl MetricsFile {
+    pub fn read(run: &Path) -> anyhow::Result<Self> {
+        let path = run.join("metrics.json");
+        let m: Self = read_json(&path)?;
+        check_format_version(m.format_version, &path)?;
+        Ok(m)
+    }
+}
+
+/// `confusion.json`: the validation confusion matrix of the kept epoch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConfusionFile {
+    pub split: String,
+    pub epoch: u32,
+    pub matrix: ConfusionMatrix,
+}
+
+/// `dataset.json`: where a run's data came from and how it was split, so that any run —
+/// started from the CLI, the GUI, a workbook or a cluster job — can be resumed on the same data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetFile {
+    #[serde(default)]
+    pub format_version: u32,
+    /// The folder or CSV that was opened (absolute).
+    pub source: PathBuf,
+    #[serde(default)]
+    pub options: crate::dataset::OpenOptions,
+    /// The split the run was given (record path → side), when it was given one.
+    #[serde(default)]
+    pub splits: Option<std::collections::BTreeMap<String, crate::dataset::Split>>,
+}
+
+impl DatasetFile {
+    /// The description of `manifest`, opened from `source` with `options`.
+    pub fn of(manifest: &crate::dataset::Manifest, options: &crate::dataset::OpenOptions) -> Self {
+        let splits = manifest
+            .records
+            .iter()
+            .any(|r| r.split.is_some())
+            .then(|| {
+                manifest
+                    .records
+                    .iter()
+                    .filter_map(|r| r.split.map(|s| (r.path.clone(), s)))
+                    .collect()
+            });
+        Self {
+            format_version: FORMAT_VERSION,
+            source: std::path::absolute(&manifest.source).unwrap_or(manifest.source.clone()),
+            options: options.clone(),
+            splits,
+        }
+    }
+
+    pub fn read(run: &Path) -> anyhow::Result<Self> {
+        let path = run.join("dataset.json");
+        anyhow::ensure!(
+            path.is_file(),
+            "the run has no dataset.json (it was started by an older cellbench): {}",
+            run.display()
+        );
+        let d: Self = read_json(&path)?;
+        check_format_version(d.format_version, &path)?;
+        Ok(d)
+    }
+
+    /// Opens the dataset again, with the run's split; fails when images the run used are gone
+    /// or new ones appeared, since resuming on other data would not continue the same run.
+    pub fn open(&self) -> anyhow::Result<crate::dataset::Manifest> {
+        let mut manifest = crate::dataset::open(&self.source, &self.options)?;
+        if let Some(splits) = &self.splits {
+            let mut unknown = 0;
+            for r in &mut manifest.records {
+                r.split = splits.get(&r.path).copied();
+                unknown += usize::from(r.split.is_none() && r.is_usable());
+            }
+            let present: std::collections::HashSet<&str> =
+                manifest.records.iter().map(|r| r.path.as_str()).collect();
+            let missing = splits.keys().filter(|p| !present.contains(p.as_str())).count();
+            anyhow::ensure!(
+                unknown == 0 && missing == 0,
+                "the dataset changed since the run started ({unknown} new images, {missing} missing): {}",
+                self.source.display()
+            );
+        }
+        Ok(manifest)
+    }
+}
 
 /// Lifecycle of a run, in `status.json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,10 +132,14 @@ pub enum RunState {
     Finished,
     Failed,
     Cancelled,
+    /// Was running when its process died (killed, crashed, power lost); `--resume` continues it.
+    Interrupted,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunStatus {
+    #[serde(default)]
+    pub format_version: u32,
     pub state: RunState,
     /// Last completed epoch (1-based; 0 = none).
     pub epoch: u32,
@@ -33,11 +148,57 @@ pub struct RunStatus {
     pub message: Option<String>,
 }
 
-/// An open run folder.
+/// An open run folder. While it is open this process holds the folder's lock (`lock`,
+/// holding the owner's pid); it is released when the value is dropped.
 pub struct RunDir {
     pub id: String,
     pub path: PathBuf,
     events: std::fs::File,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        std::fs::remove_file(self.path.join(LOCK)).ok();
+    }
+}
+
+/// The lock file of a run folder.
+const LOCK: &str = "lock";
+
+/// Takes the lock of a run folder: refused while another live process holds it; a lock left
+/// by a dead process is taken over.
+fn take_lock(path: &Path) -> anyhow::Result<()> {
+    let lock = path.join(LOCK);
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                f.write_all(std::process::id().to_string().as_bytes())?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&lock)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                if let Some(pid) = owner
+                    && process_alive(pid)
+                {
+                    anyhow::bail!(
+                        "the run is being trained by process {pid}; stop it first or wait: {}",
+                        path.display()
+                    );
+                }
+                // The owner is gone (killed): the lock is stale.
+                std::fs::remove_file(&lock)
+                    .with_context(|| format!("removing the stale lock {}", lock.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("locking {}", lock.display())),
+        }
+    }
+    anyhow::bail!("could not lock {}", lock.display())
 }
 
 impl RunDir {
@@ -51,6 +212,7 @@ impl RunDir {
             let path = root.join(&id);
             match std::fs::create_dir(&path) {
                 Ok(()) => {
+                    take_lock(&path)?;
                     let toml = toml::to_string_pretty(config)?;
                     write_atomic_bytes(&path.join("config.toml"), toml.as_bytes())?;
                     return Self::open_events(id, path);
@@ -69,6 +231,12 @@ impl RunDir {
             .and_then(|n| n.to_str())
             .context("run folder name")?
             .to_owned();
+        anyhow::ensure!(
+            path.join("config.toml").is_file(),
+            "not a run folder (no config.toml): {}",
+            path.display()
+        );
+        take_lock(path)?;
         Self::open_events(id, path.to_owned())
     }
 
@@ -107,6 +275,7 @@ impl RunDir {
         self.write_json(
             "status.json",
             &RunStatus {
+                format_version: FORMAT_VERSION,
                 state,
                 epoch,
                 pid: (state == RunState::Running).then(std::process::id),
@@ -126,11 +295,11 @@ pub fn read_config(run: &Path) -> anyhow::Result<TrainConfig> {
 /// The status of an existing run; a `running` run whose process is gone reads as interrupted
 /// (`Cancelled` with a message).
 pub fn read_status(run: &Path) -> anyhow::Result<RunStatus> {
-    let text = std::fs::read_to_string(run.join("status.json"))
-        .with_context(|| format!("reading {}", run.join("status.json").display()))?;
-    let mut status: RunStatus = serde_json::from_str(&text)?;
+    let path = run.join("status.json");
+    let mut status: RunStatus = read_json(&path)?;
+    check_format_version(status.format_version, &path)?;
     if status.state == RunState::Running && !status.pid.is_some_and(process_alive) {
-        status.state = RunState::Cancelled;
+        status.state = RunState::Interrupted;
         status.message = Some("interrupted (the process is gone); resume with --resume".into());
     }
     Ok(status)
@@ -155,7 +324,7 @@ pub fn utc_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::cluster::utc_compact(secs).replace('T', "-")
+    crate::clock::utc_compact(secs).replace('T', "-")
 }
 
 #[cfg(test)]
@@ -191,7 +360,36 @@ mod tests {
         )
         .unwrap();
         let s = read_status(&a.path).unwrap();
-        assert_eq!((s.state, s.epoch), (RunState::Cancelled, 2));
+        assert_eq!((s.state, s.epoch), (RunState::Interrupted, 2));
+        // A newer format is refused with a message, not misread.
+        std::fs::write(
+            a.path.join("status.json"),
+            r#"{"format_version":99,"state":"finished","epoch":2,"pid":null,"message":null}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", read_status(&a.path).unwrap_err());
+        assert!(err.contains("format 99") || err.contains("format_version 99") || err.contains("run-folder format 99"), "{err}");
+    }
+
+    #[test]
+    fn a_run_folder_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunDir::create(dir.path(), &TrainConfig::default()).unwrap();
+        let path = a.path.clone();
+        // Held by this (live) process: a second trainer is refused.
+        std::fs::write(path.join(LOCK), "1").unwrap(); // pid 1 is always alive
+        let err = RunDir::reopen(&path).err().expect("refused");
+        assert!(format!("{err:#}").contains("being trained by process 1"), "{err:#}");
+        // A lock left by a dead process is taken over.
+        std::fs::write(path.join(LOCK), "4000000000").unwrap();
+        let b = RunDir::reopen(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(path.join(LOCK)).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(b);
+        assert!(!path.join(LOCK).exists());
+        drop(a);
     }
 
     #[test]

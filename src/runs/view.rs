@@ -71,6 +71,37 @@ pub struct RunSummary {
     /// Validation metrics of the best epoch (finished runs).
     pub val: Option<Metrics>,
     pub best_epoch: Option<u32>,
+    /// The dataset the run was trained on (from `model.json`; finished runs).
+    pub dataset_root: Option<std::path::PathBuf>,
+    /// The task and labels the model answers (finished runs).
+    pub task: Option<Task>,
+    pub labels: Vec<String>,
+}
+
+impl RunSummary {
+    /// Why these runs cannot be ranked against each other (different datasets, tasks or
+    /// labels), or `None` when they can.
+    pub fn incomparable(runs: &[RunSummary]) -> Option<String> {
+        let first = runs.first()?;
+        let datasets: std::collections::BTreeSet<String> = runs
+            .iter()
+            .filter_map(|r| r.dataset_root.as_ref())
+            .map(|p| p.display().to_string())
+            .collect();
+        if datasets.len() > 1 {
+            return Some(format!(
+                "these runs were trained on different datasets ({})",
+                datasets.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if runs.iter().any(|r| r.task.is_some() && r.task != first.task) {
+            return Some("these runs solve different tasks".to_owned());
+        }
+        if runs.iter().any(|r| r.labels != first.labels) {
+            return Some("these runs have different labels".to_owned());
+        }
+        None
+    }
 }
 
 pub fn load_summary(runs_root: &Path, id: &str) -> anyhow::Result<RunSummary> {
@@ -78,9 +109,10 @@ pub fn load_summary(runs_root: &Path, id: &str) -> anyhow::Result<RunSummary> {
     let config = read_config(&dir)?;
     let status = read_status(&dir).ok();
     let events = read_events(&dir).unwrap_or_default();
-    let metrics: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
+    let info: Option<crate::model::ModelInfo> = std::fs::read(dir.join("model.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let metrics = super::MetricsFile::read(&dir).ok();
     Ok(RunSummary {
         id: id.to_owned(),
         config,
@@ -91,13 +123,11 @@ pub fn load_summary(runs_root: &Path, id: &str) -> anyhow::Result<RunSummary> {
             _ => None,
         }),
         curves: curves(&events),
-        val: metrics
-            .as_ref()
-            .and_then(|m| serde_json::from_value(m["val"].clone()).ok()),
-        best_epoch: metrics
-            .as_ref()
-            .and_then(|m| m["best_epoch"].as_u64())
-            .map(|e| e as u32),
+        val: metrics.as_ref().map(|m| m.val.clone()),
+        best_epoch: metrics.as_ref().map(|m| m.best_epoch),
+        dataset_root: info.as_ref().and_then(|i| i.dataset_root.clone()),
+        task: info.as_ref().map(|i| i.task),
+        labels: info.map(|i| i.labels).unwrap_or_default(),
     })
 }
 
@@ -141,6 +171,8 @@ pub struct RunEvaluation {
     /// Validation side (as the run reported it).
     pub split: String,
     pub metrics: Metrics,
+    /// The test side, scored once with the kept weights (when the split had one).
+    pub test: Option<Metrics>,
     pub rows: Vec<PredictionRow>,
     pub roc: Vec<RocCurve>,
     /// Folder the prediction paths are relative to.
@@ -150,14 +182,15 @@ pub struct RunEvaluation {
 /// Loads a run's evaluation on its validation side.
 pub fn load_evaluation(runs_root: &Path, id: &str) -> anyhow::Result<RunEvaluation> {
     let dir = runs_root.join(id);
-    let info: crate::train::engine::ModelInfo = serde_json::from_slice(
-        &std::fs::read(dir.join("model.json")).with_context(|| format!("{id}: no model.json"))?,
-    )?;
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("metrics.json"))
-            .with_context(|| format!("{id}: the run has not finished (no metrics.json)"))?,
-    )?;
-    let metrics: Metrics = serde_json::from_value(m["val"].clone())?;
+    let info: crate::model::ModelInfo = super::read_json(&dir.join("model.json"))
+        .with_context(|| format!("{id}: no readable model.json"))?;
+    super::check_format_version(info.format_version, &dir.join("model.json"))?;
+    anyhow::ensure!(
+        dir.join("metrics.json").is_file(),
+        "{id}: the run has not finished (no metrics.json)"
+    );
+    let file = super::MetricsFile::read(&dir)?;
+    let metrics: Metrics = file.val.clone();
     let df = crate::dataset::csv_manifest::read_csv_strings(&dir.join("predictions.csv"))?;
     let col = |name: &str| -> Vec<String> {
         df.column(name)
@@ -221,6 +254,7 @@ pub fn load_evaluation(runs_root: &Path, id: &str) -> anyhow::Result<RunEvaluati
         labels: info.labels,
         split: "val".into(),
         metrics,
+        test: file.test,
         rows,
         roc,
         dataset_root,

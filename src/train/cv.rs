@@ -82,6 +82,7 @@ pub fn cross_validate(
             TrainJob {
                 config: job.config.clone(),
                 manifest,
+                options: job.options.clone(),
                 runs_root: job.runs_root.clone(),
                 resume: None,
                 cache: job.cache.clone(),

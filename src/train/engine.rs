@@ -23,13 +23,17 @@ use crate::dataset::preprocess::{Augment, Preprocess};
 use crate::dataset::split::SplitMix64;
 use crate::model::backend::{self, Compute};
 use crate::model::efficientnet::{EfficientNetLite, FEATURES, NUM_BLOCKS};
+use crate::fsio::csv_field;
 use crate::model::heads::{Head, SmallCnn};
+use crate::model::decision::{self, Standardiser};
+use crate::model::{FinetuneWeights, ModelInfo};
 use crate::runs::{RunDir, RunState};
 
 use super::config::{Imbalance, Mode, Optimizer, Schedule, TrainConfig};
 use super::data::{Prepared, Target, prepare};
 use super::events::{EpochSide, Phase, TrainEvent};
-use super::features::{Extractor, FeatureCache, featurize, load_backbone};
+use super::features::{FeatureCache, featurize};
+use crate::model::extractor::{Extractor, load_backbone};
 use super::metrics::{self, Metrics, Task};
 use super::ordinal;
 
@@ -37,6 +41,8 @@ use super::ordinal;
 pub struct TrainJob {
     pub config: TrainConfig,
     pub manifest: Manifest,
+    /// How `manifest` was opened (saved in the run's `dataset.json`, so it can be resumed).
+    pub options: crate::dataset::OpenOptions,
     /// Folder holding run folders (a new `<run-id>/` is created in it).
     pub runs_root: PathBuf,
     /// Continue this run folder from its last checkpoint instead of starting a new one.
@@ -53,50 +59,6 @@ pub struct TrainOutcome {
     pub state: RunState,
     /// Final validation metrics of the best epoch (finished runs).
     pub metrics: Option<Metrics>,
-}
-
-/// What a trained model needs besides its weights, saved as `model.json`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ModelInfo {
-    pub mode: Mode,
-    pub task: Task,
-    pub labels: Vec<String>,
-    pub preprocess: Preprocess,
-    /// Fine-tuning: index of the first trained backbone block.
-    pub finetune_start: usize,
-    /// Probe: per-feature mean and standard deviation used to standardise features.
-    pub feature_mean: Vec<f32>,
-    pub feature_std: Vec<f32>,
-    /// Folder the dataset's image paths are relative to (for showing images of a run).
-    #[serde(default)]
-    pub dataset_root: Option<PathBuf>,
-    /// Ordinal: the network has `labels - 1` cumulative outputs `P(grade > j)`
-    /// (see [`super::ordinal`]); older ordinal runs have one softmax output per grade.
-    #[serde(default)]
-    pub cumulative: bool,
-    /// Probe: features are averaged over the 8 orientations (see
-    /// [`super::features::Extractor::features_orientation_mean`]).
-    #[serde(default)]
-    pub orientation_mean: bool,
-}
-
-impl ModelInfo {
-    /// Width of the network's last layer.
-    pub fn outputs(&self) -> usize {
-        if self.cumulative {
-            super::ordinal::outputs(self.labels.len())
-        } else {
-            self.labels.len()
-        }
-    }
-
-    pub fn mode_name(&self) -> &'static str {
-        match self.mode {
-            Mode::Probe => "linear probe on EfficientNet-Lite0 features",
-            Mode::Finetune => "fine-tuned EfficientNet-Lite0",
-            Mode::Scratch => "small CNN trained from scratch",
-        }
-    }
 }
 
 /// Per-epoch state saved with each checkpoint, enough to resume.
@@ -348,13 +310,6 @@ impl ModuleMapper for IdPaths {
     }
 }
 
-/// A fine-tuned network as saved: backbone and head under one root.
-#[derive(Module, Debug)]
-pub struct FinetuneWeights {
-    pub backbone: EfficientNetLite,
-    pub head: Head,
-}
-
 fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let wd = config.weight_decay as f32;
     match config.optimizer {
@@ -533,10 +488,7 @@ fn loss_and_probs(
             t.clone() * softplus(logits.clone().neg()) + (t.neg() + 1.0) * softplus(logits.clone());
         let per_sample: Tensor<1> = bce.mean_dim(1).reshape([b]);
         let loss = (per_sample * w.clone()).sum() / w.sum();
-        let probs = rows(activation::sigmoid(logits.detach()), k)
-            .iter()
-            .map(|e| ordinal::class_probs(e))
-            .collect();
+        let probs = decision::probabilities(task, true, logits.detach());
         return (loss, probs);
     }
     if task == Task::MultiLabel {
@@ -557,8 +509,7 @@ fn loss_and_probs(
         let pos = t.clone() * pw * softplus(logits.clone().neg());
         let neg = (t.neg() + 1.0) * softplus(logits.clone());
         let loss = (pos + neg).mean();
-        let probs = activation::sigmoid(logits.detach());
-        (loss, rows(probs, k))
+        (loss, decision::probabilities(task, false, logits.detach()))
     } else {
         let y: Vec<i64> = items
             .iter()
@@ -573,18 +524,8 @@ fn loss_and_probs(
         let lp = activation::log_softmax(logits.clone(), 1);
         let picked: Tensor<1> = lp.gather(1, y.reshape([b, 1])).reshape([b]);
         let loss = (picked * w.clone()).sum().neg() / w.sum();
-        let probs = activation::softmax(logits.detach(), 1);
-        (loss, rows(probs, k))
+        (loss, decision::probabilities(task, false, logits.detach()))
     }
-}
-
-fn rows(t: Tensor<2>, k: usize) -> Vec<Vec<f32>> {
-    let v: Vec<f32> = t
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    v.chunks(k).map(<[f32]>::to_vec).collect()
 }
 
 fn evaluate(data: &Prepared, items: &[usize], probs: &[Vec<f32>]) -> Metrics {
@@ -596,7 +537,12 @@ fn evaluate(data: &Prepared, items: &[usize], probs: &[Vec<f32>]) -> Metrics {
                 Target::Class(_) => vec![false; data.labels.len()],
             })
             .collect();
-        metrics::evaluate_multi_label(&data.labels, &truth, probs, 0.5)
+        metrics::evaluate_multi_label(
+            &data.labels,
+            &truth,
+            probs,
+            decision::MULTI_LABEL_THRESHOLD,
+        )
     } else {
         let truth: Vec<usize> = items.iter().map(|&i| class_of(data, i)).collect();
         metrics::evaluate_single(data.task, &data.labels, &truth, probs)
@@ -856,10 +802,9 @@ pub fn train(
     let (mut run, progress) = match &job.resume {
         Some(path) => {
             let run = RunDir::reopen(path)?;
-            let progress: Progress = std::fs::read(path.join("checkpoint/state.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .context("the run has no checkpoint to resume from")?;
+            let generation = crate::runs::checkpoint::latest(path)?
+                .with_context(|| format!("the run has no checkpoint to resume from: {}", path.display()))?;
+            let progress: Progress = crate::runs::read_json(&generation.join("state.json"))?;
             (run, progress)
         }
         None => (
@@ -905,6 +850,12 @@ fn run_loop(
     let ad = plain.clone().autodiff();
     plain.seed(config.seed);
     run.set_status(RunState::Running, progress.epoch, None)?;
+    if job.resume.is_none() {
+        run.write_json(
+            "dataset.json",
+            &crate::runs::DatasetFile::of(&job.manifest, &job.options),
+        )?;
+    }
     emit(
         run,
         sink,
@@ -928,6 +879,7 @@ fn run_loop(
     };
     let finetune_start = NUM_BLOCKS.saturating_sub(config.unfreeze_blocks.min(NUM_BLOCKS));
     let mut info = ModelInfo {
+        format_version: crate::runs::FORMAT_VERSION,
         mode: config.mode,
         task: data.task,
         labels: data.labels.clone(),
@@ -945,12 +897,18 @@ fn run_loop(
     // Images that failed to load, warned about once per run.
     let mut warned: std::collections::HashSet<PathBuf> = Default::default();
     // Networks and feeders per mode.
-    let ckpt_dir = run.path.join("checkpoint");
-    let checkpoint = ckpt_dir.join("model.safetensors");
-    let resume_bytes = job
-        .resume
-        .as_ref()
-        .and_then(|_| std::fs::read(&checkpoint).ok());
+    // The checkpoint generation a resumed run continues from.
+    let resume_from = match &job.resume {
+        Some(path) => crate::runs::checkpoint::latest(path)?,
+        None => None,
+    };
+    let resume_bytes = match &resume_from {
+        Some(g) => Some(
+            std::fs::read(g.join("model.safetensors"))
+                .with_context(|| format!("reading {}", g.join("model.safetensors").display()))?,
+        ),
+        None => None,
+    };
     let (mut net, feeder) = match config.mode {
         Mode::Probe => {
             let extractor = Extractor::bundled(&plain)?;
@@ -991,22 +949,24 @@ fn run_loop(
                     },
                 );
             }
-            let (mean, std) = standardisation(&f.features, &data.train);
+            let standardiser = Standardiser::fit(
+                data.train
+                    .iter()
+                    .filter_map(|&i| f.features[i].as_deref()),
+                FEATURES,
+            );
             let rows = f
                 .features
                 .into_iter()
                 .map(|r| {
-                    r.map(|v| {
-                        v.iter()
-                            .zip(&mean)
-                            .zip(&std)
-                            .map(|((x, m), s)| (x - m) / s)
-                            .collect()
+                    r.map(|mut v| {
+                        standardiser.apply(&mut v);
+                        v
                     })
                 })
                 .collect();
-            info.feature_mean = mean;
-            info.feature_std = std;
+            info.feature_mean = standardiser.mean;
+            info.feature_std = standardiser.std;
             let head = Head::new(FEATURES, outputs, config.dropout, &ad);
             (Net::Probe(head), Feeder::Features { rows })
         }
@@ -1043,9 +1003,9 @@ fn run_loop(
     let weights = loss_weights(data, config.imbalance);
     // The best network so far: its final artefacts come from it.
     let mut best: Option<Net> = None;
-    if job.resume.is_some() {
+    if let Some(generation) = &resume_from {
         let restored =
-            restore_training_state(net, config, &mut optims, &ckpt_dir, progress.best_epoch);
+            restore_training_state(net, config, &mut optims, generation, progress.best_epoch);
         net = restored.0;
         best = restored.1;
         if let Some(message) = restored.2 {
@@ -1057,8 +1017,10 @@ fn run_loop(
         let epoch = progress.epoch + 1;
         // One stream per epoch, so a resumed run sees the order and augmentation that an
         // uninterrupted one would.
-        let mut rng =
-            SplitMix64::new(config.seed ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let epoch_seed = config.seed ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = SplitMix64::new(epoch_seed);
+        // The backend's generator (dropout masks) restarts each epoch too.
+        plain.seed(epoch_seed);
         let lr = config.learning_rate_at(progress.epoch, progress.plateau_scale);
         let epoch_result = train_epoch(
             net,
@@ -1147,34 +1109,37 @@ fn run_loop(
             progress.plateau_scale *= factor;
             progress.last_plateau_epoch = epoch;
         }
-        // Checkpoint: weights, optimiser state and parameter ids, the best weights when this
-        // epoch is the best; then the state that points at them.
+        // Checkpoint: one generation folder holding the weights, optimiser state, parameter
+        // ids, the best weights so far and the progress; visible only once complete.
         let bytes = net.valid().to_bytes()?;
-        crate::fsio::write_atomic_bytes(
-            &ckpt_dir.join("param_ids.json"),
-            &serde_json::to_vec(&net.param_ids())?,
-        )?;
+        let generation = crate::runs::checkpoint::Generation::begin(&run.path, epoch)?;
+        generation.write("model.safetensors", &bytes)?;
+        generation.write("param_ids.json", &serde_json::to_vec(&net.param_ids())?)?;
         for (i, o) in optims.iter().enumerate() {
             let state = o
                 .into_bytes()
                 .map_err(|e| anyhow::anyhow!("saving optimiser state: {e:?}"))?;
-            crate::fsio::write_atomic_bytes(&ckpt_dir.join(format!("optimizer-{i}.bpk")), &state)?;
+            generation.write(&format!("optimizer-{i}.bpk"), &state)?;
         }
-        crate::fsio::write_atomic_bytes(&checkpoint, &bytes)?;
         if progress.best_epoch == epoch {
-            crate::fsio::write_atomic_bytes(&ckpt_dir.join("best.safetensors"), &bytes)?;
+            generation.write("best.safetensors", &bytes)?;
+        } else if let Some(b) = &best {
+            generation.write("best.safetensors", &b.to_bytes()?)?;
         }
-        crate::fsio::write_atomic_bytes(
-            &run.path.join("checkpoint/state.json"),
-            &serde_json::to_vec(&progress)?,
-        )?;
+        generation.write("state.json", &serde_json::to_vec(&progress)?)?;
+        let generation = generation.commit()?;
         run.set_status(RunState::Running, epoch, None)?;
         emit(
             run,
             sink,
             TrainEvent::Checkpoint {
                 epoch,
-                path: "checkpoint/model.safetensors".into(),
+                path: generation
+                    .strip_prefix(&run.path)
+                    .unwrap_or(&generation)
+                    .join("model.safetensors")
+                    .to_string_lossy()
+                    .into_owned(),
             },
         );
         if config
@@ -1247,17 +1212,22 @@ fn run_loop(
     )?;
     run.write_json(
         "metrics.json",
-        &serde_json::json!({
-            "best_epoch": progress.best_epoch,
-            "val": val_metrics,
-            "test": test_metrics,
-            "val_patients": patient_metrics,
-        }),
+        &crate::runs::MetricsFile {
+            format_version: crate::runs::FORMAT_VERSION,
+            best_epoch: progress.best_epoch,
+            val: val_metrics.clone(),
+            test: test_metrics.clone(),
+            val_patients: patient_metrics.clone(),
+        },
     )?;
     if let Some(c) = &val_metrics.confusion {
         run.write_json(
             "confusion.json",
-            &serde_json::json!({ "split": "val", "epoch": progress.best_epoch, "matrix": c }),
+            &crate::runs::ConfusionFile {
+                split: "val".into(),
+                epoch: progress.best_epoch,
+                matrix: c.clone(),
+            },
         )?;
     }
     let elapsed_secs = started.elapsed().as_secs_f64();
@@ -1355,30 +1325,6 @@ fn epoch_order(data: &Prepared, imbalance: Imbalance, rng: &mut SplitMix64) -> V
     order
 }
 
-/// Mean and standard deviation of each feature over the training side.
-fn standardisation(features: &[Option<Vec<f32>>], train: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let rows: Vec<&Vec<f32>> = train.iter().filter_map(|&i| features[i].as_ref()).collect();
-    let n = rows.len().max(1) as f64;
-    let mut mean = vec![0.0f64; FEATURES];
-    for r in &rows {
-        for (m, v) in mean.iter_mut().zip(r.iter()) {
-            *m += f64::from(*v);
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = vec![0.0f64; FEATURES];
-    for r in &rows {
-        for ((s, v), m) in var.iter_mut().zip(r.iter()).zip(&mean) {
-            *s += (f64::from(*v) - m).powi(2);
-        }
-    }
-    let std = var
-        .iter()
-        .map(|s| ((s / n).sqrt().max(1e-3)) as f32)
-        .collect();
-    (mean.into_iter().map(|m| m as f32).collect(), std)
-}
-
 /// `path,patient,split,truth,predicted,p_<label>…` rows.
 fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)]) -> String {
     let mut out = String::from("path,patient,split,truth,predicted");
@@ -1388,27 +1334,17 @@ fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)]) -> String 
     out.push('\n');
     for (side, i, p) in rows {
         let item = &data.items[*i];
-        let (truth, pred) = match &item.target {
-            Target::Class(c) => {
-                let pred = argmax(p);
-                (data.labels[*c].clone(), data.labels[pred].clone())
-            }
-            Target::Multi(flags) => {
-                let t: Vec<&str> = flags
-                    .iter()
-                    .zip(&data.labels)
-                    .filter(|(f, _)| **f)
-                    .map(|(_, l)| l.as_str())
-                    .collect();
-                let q: Vec<&str> = p
-                    .iter()
-                    .zip(&data.labels)
-                    .filter(|(v, _)| **v >= 0.5)
-                    .map(|(_, l)| l.as_str())
-                    .collect();
-                (t.join("|"), q.join("|"))
-            }
+        let truth = match &item.target {
+            Target::Class(c) => data.labels[*c].clone(),
+            Target::Multi(flags) => flags
+                .iter()
+                .zip(&data.labels)
+                .filter(|(f, _)| **f)
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("|"),
         };
+        let pred = decision::predicted_label(data.task, &data.labels, p);
         out.push_str(&format!(
             "{},{},{side},{},{}",
             csv_field(&item.name),
@@ -1422,27 +1358,4 @@ fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)]) -> String 
         out.push('\n');
     }
     out
-}
-
-pub(crate) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-fn argmax(p: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in p.iter().enumerate() {
-        if *v > p[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// Path of a run's weights.
-pub fn model_path(run: &Path) -> PathBuf {
-    run.join("model.safetensors")
 }
