@@ -8,6 +8,17 @@ use cellbench::workbook::CellKind;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 
+/// One feature cache for every test of this binary (they run on parallel threads of one
+/// process, so the variable must not change under a running test).
+fn use_test_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir().join(format!("cellbench-gui-cache-{}", std::process::id()));
+        // SAFETY: set once, before any test of this binary reads it.
+        unsafe { std::env::set_var("CELLBENCH_CACHE", dir) };
+    });
+}
+
 fn wait_until_settled(harness: &mut Harness<'_, WorkbenchApp>, limit: Duration) {
     let start = Instant::now();
     loop {
@@ -28,8 +39,7 @@ fn wait_until_settled(harness: &mut Harness<'_, WorkbenchApp>, limit: Duration) 
 fn notebook_runs_every_cell_on_real_cells() {
     let tmp = tempfile::tempdir().unwrap();
     let book = tmp.path().join("demo.cellbook.toml");
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe { std::env::set_var("CELLBENCH_CACHE", tmp.path().join("cache")) };
+    use_test_cache();
     let ctx = eframe::egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book.clone()), None);
     assert!(book.is_file(), "a new workbook is saved at once");
@@ -105,7 +115,7 @@ fn notebook_runs_every_cell_on_real_cells() {
 
     // Compare: pick the run.
     harness.get_by_label(&run_id).click();
-    harness.run_steps(3);
+    wait_until_settled(&mut harness, Duration::from_secs(30));
     harness.get_by_label("Validation metrics (best per column in green)");
     harness.get_by_label("Configurations");
 
@@ -124,6 +134,132 @@ fn notebook_runs_every_cell_on_real_cells() {
         harness.state().workbook.cells.last().unwrap().kind,
         CellKind::Note { .. }
     ));
+}
+
+/// Sets the path of the first Dataset cell, as typing it into the cell does.
+fn set_dataset_path(harness: &mut Harness<'_, WorkbenchApp>, path: &std::path::Path) -> u64 {
+    let app = harness.state_mut();
+    let cell = app
+        .workbook
+        .cells
+        .iter_mut()
+        .find(|c| matches!(c.kind, CellKind::Dataset { .. }))
+        .unwrap();
+    if let CellKind::Dataset { path: p, .. } = &mut cell.kind {
+        *p = path.display().to_string();
+    }
+    cell.id
+}
+
+fn cell_id(app: &WorkbenchApp, pred: fn(&CellKind) -> bool) -> u64 {
+    app.workbook.cells.iter().find(|c| pred(&c.kind)).unwrap().id
+}
+
+/// The sequence that once trained on another dataset's split: run all on the demo, open another
+/// dataset and split it, put the demo back and run only the Dataset cell, then train. Training
+/// must use the dataset the notebook shows, and the out-of-date Split must say so.
+#[test]
+fn training_never_uses_a_stale_split() {
+    use cellbench::ui::app::Command;
+    use cellbench::ui::freshness::{Freshness, freshness};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("stale.cellbook.toml");
+    use_test_cache();
+    let other = tmp.path().join("other");
+    cellbench::dataset::synth::generate(
+        &other,
+        &cellbench::dataset::synth::SynthConfig {
+            patients: 6,
+            images_per_patient: 8,
+            size: 48,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ctx = eframe::egui::Context::default();
+    let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    for cell in &mut app.workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 2;
+            config.preprocess.size = 64;
+            config.backend = cellbench::model::backend::BackendChoice::Cpu;
+        }
+    }
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    // The demo's dataset opens by itself on launch.
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.get_by_label_contains("35 images · 5 labels");
+    harness.get_by_label("Run all").click();
+    wait_until_settled(&mut harness, Duration::from_secs(180));
+    let demo = cellbench::demo_dataset();
+    let split = cell_id(harness.state(), |k| matches!(k, CellKind::Split { .. }));
+    let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
+
+    // Another dataset, opened and split.
+    let dataset = set_dataset_path(&mut harness, &other);
+    harness.run_steps(2);
+    assert!(matches!(
+        freshness(harness.state(), dataset),
+        Freshness::Stale(_)
+    ));
+    harness.get_by_label_contains("Out of date: its path or format changed");
+    harness.state_mut().push(Command::RunCell(dataset));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.state_mut().push(Command::RunCell(split));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    assert_eq!(freshness(harness.state(), split), Freshness::Fresh);
+
+    // The demo back; only the Dataset cell runs. The split below it is now out of date.
+    set_dataset_path(&mut harness, &demo);
+    harness.state_mut().push(Command::RunCell(dataset));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    assert!(
+        matches!(freshness(harness.state(), split), Freshness::Stale(_)),
+        "{:?}",
+        freshness(harness.state(), split)
+    );
+    harness.get_by_label_contains("Out of date: the dataset above was opened again");
+
+    // Train: the split reruns first, on the demo, and training uses the demo.
+    harness.state_mut().push(Command::RunCell(train));
+    wait_until_settled(&mut harness, Duration::from_secs(180));
+    assert_eq!(freshness(harness.state(), split), Freshness::Fresh);
+    let started = harness.state().rt.trains[&train]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            cellbench::train::TrainEvent::Started {
+                train_images,
+                val_images,
+                labels,
+                ..
+            } => Some((train_images + val_images, labels.len())),
+            _ => None,
+        })
+        .expect("the run started");
+    assert_eq!(started, (35, 5), "trained on the demo's 35 cells and 5 labels");
+    let run = harness
+        .state()
+        .workbook
+        .cells
+        .iter()
+        .find_map(|c| match &c.kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        })
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("runs").join(&run).join("model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::path::Path::new(info["dataset_root"].as_str().unwrap()),
+        std::path::absolute(&demo).unwrap()
+    );
+    harness.get_by_label_contains("Trains on bccd (35 images), split by the Split cell");
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub enum Command {
     MoveCell(u64, isize),
     ToggleCollapse(u64),
     RunCell(u64),
+    /// Continue the Train cell's last run from its checkpoint, on the data it recorded.
+    ResumeTrain(u64),
     RunAll,
     StopTrain(u64),
     OpenDataset(PathBuf),
@@ -80,6 +82,23 @@ impl<T: Send + 'static> Task<T> {
             });
         if let Err(e) = spawned {
             log::error!("could not start {name}: {e}");
+        }
+        Self { rx }
+    }
+
+    /// Runs `f` on the compute worker (burn/tensor work), after the jobs queued before it.
+    pub fn on_worker(
+        ctx: &egui::Context,
+        worker: &super::compute::ComputeWorker,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let ctx = ctx.clone();
+        if !worker.submit(move || {
+            tx.send(f()).ok();
+            ctx.request_repaint();
+        }) {
+            log::error!("the compute worker is gone");
         }
         Self { rx }
     }
@@ -162,7 +181,10 @@ pub struct GalleryFilter {
 }
 
 pub struct DatasetRuntime {
+    /// The path and options this load used (the cell is out of date when they change).
     pub source: (String, OpenOptions),
+    /// Generation of this load: results computed from it record it.
+    pub generation: u64,
     pub data: Loading<LoadedDataset>,
     pub filter: GalleryFilter,
     /// Record indices passing the filter (recomputed when the filter changes).
@@ -178,12 +200,29 @@ pub struct SplitResult {
 }
 
 pub struct SplitRuntime {
-    pub params: (u64, SplitConfig),
+    /// The Dataset cell and the generation of its load this split was computed from.
+    pub dataset: (u64, u64),
+    pub config: SplitConfig,
+    pub generation: u64,
     pub data: Loading<SplitResult>,
+}
+
+/// The data a training job was started on, as the notebook showed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataUse {
+    /// Dataset cell id and the generation of its load.
+    pub dataset: (u64, u64),
+    /// Split cell id and the generation of its result, when one was used.
+    pub split: Option<(u64, u64)>,
+    /// A resumed run: it continues on the data its run folder recorded, not the cells above.
+    pub resumed: bool,
+    /// For the header, e.g. "BCCD_cropped (35 images), split by the Split cell: 24 train / 11 validation".
+    pub description: String,
 }
 
 /// A training job started from a Train cell, followed through its events.
 pub struct TrainRuntime {
+    pub data: DataUse,
     pub events: Vec<TrainEvent>,
     pub rx: Option<mpsc::Receiver<TrainEvent>>,
     pub cancel: Arc<AtomicBool>,
@@ -209,18 +248,28 @@ pub struct Runtime {
     pub clusters: HashMap<u64, cells::ClusterRuntime>,
     pub explore_ui: HashMap<u64, cells::ExploreUi>,
     pub thumbs: ThumbCache,
+    /// The one owner of burn/tensor work.
+    pub compute: super::compute::ComputeWorker,
     pub log: Vec<(Instant, bool, String)>,
     pub toasts: Vec<(Instant, bool, String)>,
     /// Run folder names and cluster profiles, re-read from disk at most every few seconds
     /// instead of on every frame.
     run_ids: Option<(Instant, PathBuf, Vec<String>)>,
     profiles: Option<(Instant, crate::cluster::Profiles)>,
+    run_states: HashMap<PathBuf, (Instant, Option<crate::runs::RunState>)>,
+    last_generation: u64,
 }
 
 /// How long a listing read from disk is shown before it is read again.
 const DISK_LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Runtime {
+    /// A new generation number for a result about to be computed.
+    pub fn next_generation(&mut self) -> u64 {
+        self.last_generation += 1;
+        self.last_generation
+    }
+
     /// Run folder names under `dir` (see [`crate::runs::view::list_runs`]), cached briefly.
     pub fn run_ids(&mut self, dir: &Path) -> Vec<String> {
         match &self.run_ids {
@@ -229,6 +278,19 @@ impl Runtime {
                 let ids = crate::runs::view::list_runs(dir);
                 self.run_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
                 ids
+            }
+        }
+    }
+
+    /// The state of the run in folder `run` (`None` when it has no readable status), cached
+    /// briefly.
+    pub fn run_state(&mut self, run: &Path) -> Option<crate::runs::RunState> {
+        match self.run_states.get(run) {
+            Some((at, s)) if at.elapsed() < DISK_LISTING_TTL => *s,
+            _ => {
+                let s = crate::runs::read_status(run).ok().map(|s| s.state);
+                self.run_states.insert(run.to_owned(), (Instant::now(), s));
+                s
             }
         }
     }
@@ -339,10 +401,13 @@ impl WorkbenchApp {
             clusters: HashMap::new(),
             explore_ui: HashMap::new(),
             thumbs: ThumbCache::new(ctx, 2),
+            compute: super::compute::ComputeWorker::start(),
             log: Vec::new(),
             toasts: Vec::new(),
             run_ids: None,
             profiles: None,
+            run_states: HashMap::new(),
+            last_generation: 0,
         };
         let workbook = if path.exists() {
             match Workbook::load(&path) {
@@ -388,6 +453,16 @@ impl WorkbenchApp {
         };
         if let Some(d) = dataset {
             app.commands.push(Command::OpenDataset(d));
+        } else {
+            // Datasets open at once (a scan, no training), so the gallery and counts show
+            // without pressing Run.
+            app.run_queue = app
+                .workbook
+                .cells
+                .iter()
+                .filter(|c| matches!(c.kind, CellKind::Dataset { .. }))
+                .map(|c| c.id)
+                .collect();
         }
         app
     }
@@ -445,7 +520,27 @@ impl WorkbenchApp {
                         self.touch();
                     }
                 }
-                Command::RunCell(id) => cells::run_cell(self, ctx, id),
+                Command::RunCell(id) => {
+                    // Inputs that are out of date run first (queued), then the cell.
+                    let plan = super::freshness::plan_run(self, id);
+                    if plan.len() == 1 {
+                        cells::run_cell(self, ctx, id);
+                    } else {
+                        let names: Vec<String> = plan[..plan.len() - 1]
+                            .iter()
+                            .map(|&c| super::freshness::cell_name(self, c))
+                            .collect();
+                        self.rt.note(
+                            false,
+                            format!("running {} first: out of date", names.join(" and ")),
+                        );
+                        for c in plan.into_iter().rev() {
+                            self.run_queue.retain(|&q| q != c);
+                            self.run_queue.push_front(c);
+                        }
+                    }
+                }
+                Command::ResumeTrain(id) => cells::resume_training(self, ctx, id),
                 Command::RunAll => {
                     self.run_queue = self.workbook.cells.iter().map(|c| c.id).collect();
                 }
@@ -562,10 +657,51 @@ impl WorkbenchApp {
             self.rt.compares.values_mut().for_each(|c| c.stale = true);
             self.touch();
         }
+        // Cluster jobs report here, every frame, whether their cell is drawn or collapsed.
+        let mut submitted = Vec::new();
+        for (id, rt) in &mut self.rt.clusters {
+            for m in rt.rx.try_iter() {
+                match m {
+                    cells::ClusterMsg::Submitted(j) => {
+                        submitted.push((*id, j.clone()));
+                        rt.job = Some(j);
+                    }
+                    cells::ClusterMsg::Status(s) => rt.status = s,
+                    cells::ClusterMsg::Event(e) => rt.events.push(e),
+                    cells::ClusterMsg::Imported(r) => {
+                        notes.push((false, format!("cluster job imported as run {r}")));
+                        rt.imported = Some(r);
+                        rt.active = false;
+                    }
+                    cells::ClusterMsg::Failed(e) => {
+                        notes.push((true, format!("cluster job: {e}")));
+                        rt.error = Some(e);
+                        rt.active = false;
+                    }
+                }
+            }
+        }
+        for (id, j) in submitted {
+            if let Some(i) = self.workbook.position(id)
+                && let CellKind::Cluster { job, .. } = &mut self.workbook.cells[i].kind
+            {
+                *job = Some(j);
+                self.touch();
+            }
+        }
+        for c in self.rt.compares.values_mut() {
+            if let Some(Err(err)) = c.loaded.poll() {
+                notes.push((true, format!("compare: {err}")));
+            }
+        }
         for e in &mut self.rt.evals.values_mut() {
             if let Some(Err(err)) = e.data.poll() {
                 notes.push((true, format!("evaluate: {err}")));
             }
+        }
+        // Queued cells (Run all, or the inputs of a cell) stop at the first failure.
+        if notes.iter().any(|n| n.0) {
+            self.run_queue.clear();
         }
         for (error, text) in notes {
             self.rt.note(error, text);
@@ -749,6 +885,11 @@ impl WorkbenchApp {
                 .values()
                 .any(|p| matches!(p, Loading::Busy(_)))
             || self.rt.clusters.values().any(|c| c.active)
+            || self
+                .rt
+                .compares
+                .values()
+                .any(|c| matches!(c.loaded, Loading::Busy(_)))
     }
 
     /// True when no background work is running or queued.

@@ -21,9 +21,10 @@ use crate::train::events::{Phase, TrainEvent};
 use crate::workbook::{CellKind, resolve_path};
 
 use super::app::{
-    Command, GalleryFilter, LoadedDataset, Loading, SplitResult, SplitRuntime, Task as BgTask,
+    Command, DataUse, GalleryFilter, LoadedDataset, Loading, SplitResult, SplitRuntime, Task as BgTask,
     TrainRuntime, WorkbenchApp,
 };
+use super::freshness::{Freshness, cell_name, current_data, freshness};
 use super::thumbs::THUMB_SIDE;
 use super::widgets;
 
@@ -42,49 +43,49 @@ pub struct EvalRuntime {
 
 pub struct CompareRuntime {
     pub selected: Vec<String>,
-    pub loaded: Vec<RunSummary>,
+    /// Summaries of `selected`, read from disk in the background.
+    pub loaded: Loading<Vec<RunSummary>>,
     pub stale: bool,
 }
 
-fn dataset_above(app: &WorkbenchApp, id: u64) -> Option<u64> {
-    if matches!(
-        app.workbook.cells.iter().find(|c| c.id == id)?.kind,
-        CellKind::Dataset { .. }
-    ) {
-        return Some(id);
-    }
-    app.workbook
-        .above(id, |k| matches!(k, CellKind::Dataset { .. }))
-        .map(|c| c.id)
+/// Reads run summaries in the background (runs that cannot be read are left out).
+fn load_summaries(
+    ctx: &egui::Context,
+    root: PathBuf,
+    runs: Vec<String>,
+) -> Loading<Vec<RunSummary>> {
+    Loading::Busy(BgTask::spawn(ctx, "compare", move || {
+        Ok(runs
+            .iter()
+            .filter_map(|r| crate::runs::view::load_summary(&root, r).ok())
+            .collect())
+    }))
 }
 
 fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
     app.rt.datasets.get(&dataset)?.data.ready()
 }
 
-/// The manifest a Train cell trains on: the Split above (if it belongs to the same dataset),
-/// else the dataset as it is.
-fn train_manifest(app: &WorkbenchApp, id: u64) -> Option<Arc<Manifest>> {
-    let dataset = dataset_above(app, id)?;
-    let split = app
-        .workbook
-        .above(id, |k| matches!(k, CellKind::Split { .. }))
-        .filter(|c| dataset_above(app, c.id) == Some(dataset))
-        .and_then(|c| app.rt.splits.get(&c.id))
-        .and_then(|s| s.data.ready())
-        .map(|s| s.manifest.clone());
-    split.or_else(|| loaded(app, dataset).map(|d| d.manifest.clone()))
+/// The manifest a Train cell trains on (the Split above when there is one, else the dataset
+/// as it is) and what it is, or why it cannot be used now.
+fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
+    let data = current_data(app, id)?;
+    let manifest = match data.split {
+        Some((s, _)) => app.rt.splits[&s].data.ready().map(|r| r.manifest.clone()),
+        None => loaded(app, data.dataset.0).map(|d| d.manifest.clone()),
+    }
+    .ok_or_else(|| "the data above is not loaded".to_owned())?;
+    Ok((manifest, data))
 }
 
 /// The run an Evaluate/Predict cell looks at: its own choice, else the Train cell above.
 fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Option<String> {
     own.clone().or_else(|| {
-        app.workbook
-            .above(id, |k| matches!(k, CellKind::Train { .. }))
-            .and_then(|c| match &c.kind {
-                CellKind::Train { run, .. } => run.clone(),
-                _ => None,
-            })
+        let train = app.workbook.inputs(id).train?;
+        match &app.workbook.cells[app.workbook.position(train)?].kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        }
     })
 }
 
@@ -104,6 +105,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             }
             let full = resolve_path(&path, &base);
             let opts = options.clone();
+            let generation = app.rt.next_generation();
             let task = BgTask::spawn(ctx, "open-dataset", move || {
                 let manifest = crate::dataset::open(&full, &opts).map_err(|e| format!("{e:#}"))?;
                 let report = crate::explore::explore(&manifest).map_err(|e| format!("{e:#}"))?;
@@ -117,6 +119,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 id,
                 super::app::DatasetRuntime {
                     source: (path, options),
+                    generation,
                     data: Loading::Busy(task),
                     filter: GalleryFilter::default(),
                     visible: Arc::new(Vec::new()),
@@ -127,16 +130,24 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             );
         }
         CellKind::Split { config } => {
-            let Some(dataset) = dataset_above(app, id) else {
+            let Some(dataset) = app.workbook.inputs(id).dataset else {
                 app.rt.note(true, "split cell: add a Dataset cell above it");
                 return;
             };
+            if !freshness(app, dataset).is_fresh() {
+                let name = cell_name(app, dataset);
+                app.rt.note(
+                    true,
+                    format!("split cell: {name} is not up to date; run it first"),
+                );
+                return;
+            }
             let Some(data) = loaded(app, dataset) else {
-                app.rt
-                    .note(true, "split cell: the dataset above is not loaded yet");
                 return;
             };
             let manifest = data.manifest.clone();
+            let dataset_generation = app.rt.datasets[&dataset].generation;
+            let generation = app.rt.next_generation();
             let cfg = config.clone();
             let task = BgTask::spawn(ctx, "split", move || {
                 let sides = assign_splits(&manifest.records, &cfg).map_err(|e| e.to_string())?;
@@ -153,7 +164,9 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             app.rt.splits.insert(
                 id,
                 SplitRuntime {
-                    params: (dataset, config),
+                    dataset: (dataset, dataset_generation),
+                    config,
+                    generation,
                     data: Loading::Busy(task),
                 },
             );
@@ -178,11 +191,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             }
         }
         CellKind::Compare { runs } => {
-            let root = app.runs_dir();
-            let loaded = runs
-                .iter()
-                .filter_map(|r| crate::runs::view::load_summary(&root, r).ok())
-                .collect();
+            let loaded = load_summaries(ctx, app.runs_dir(), runs.clone());
             app.rt.compares.insert(
                 id,
                 CompareRuntime {
@@ -204,7 +213,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             let input = resolve_path(&input, &base);
             let output = resolve_path(&output, &base);
             let backend = BackendChoice::Auto;
-            let task = BgTask::spawn(ctx, "predict", move || {
+            let task = BgTask::on_worker(ctx, &app.rt.compute, move || {
                 let compute =
                     crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
                 let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
@@ -231,47 +240,119 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
     if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
         return;
     }
-    let Some(manifest) = train_manifest(app, id) else {
-        app.rt
-            .note(true, "train cell: the dataset above is not loaded yet");
+    // Never train on out-of-date data: the Run command brings the cells above up to date
+    // first; anything still stale here (a direct call) is refused with the cell named.
+    let (manifest, data) = match train_manifest(app, id) {
+        Ok(m) => m,
+        Err(problem) => {
+            app.rt.note(true, format!("train cell: not started: {problem}"));
+            return;
+        }
+    };
+    let options = app
+        .rt
+        .datasets
+        .get(&data.dataset.0)
+        .map(|d| d.source.1.clone())
+        .unwrap_or_default();
+    let runs_root = app.runs_dir();
+    let make_job = move || {
+        Ok(crate::train::engine::TrainJob {
+            config,
+            manifest: (*manifest).clone(),
+            options,
+            runs_root,
+            resume: None,
+            cache: Some(crate::train::features::FeatureCache::default_location()),
+        })
+    };
+    spawn_training(app, ctx, id, data, make_job);
+}
+
+/// Continues the Train cell's last run from its last complete checkpoint, on the data and
+/// split the run recorded (its `dataset.json`), whoever started it.
+pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+    if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
+        return;
+    }
+    let run = app
+        .workbook
+        .position(id)
+        .and_then(|i| match &app.workbook.cells[i].kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        });
+    let Some(run) = run else {
+        app.rt.note(true, "train cell: no run to resume");
         return;
     };
+    let dir = app.runs_dir().join(&run);
+    let runs_root = app.runs_dir();
+    let data = DataUse {
+        dataset: (0, 0),
+        split: None,
+        resumed: true,
+        description: format!("the data run {run} recorded (resumed)"),
+    };
+    let make_job = move || -> anyhow::Result<crate::train::engine::TrainJob> {
+        let recorded = crate::runs::DatasetFile::read(&dir)?;
+        Ok(crate::train::engine::TrainJob {
+            config: crate::runs::read_config(&dir)?,
+            manifest: recorded.open()?,
+            options: recorded.options,
+            runs_root,
+            resume: Some(dir),
+            cache: Some(crate::train::features::FeatureCache::default_location()),
+        })
+    };
+    spawn_training(app, ctx, id, data, make_job);
+}
+
+/// Queues a training job on the compute worker and follows it through its events.
+fn spawn_training(
+    app: &mut WorkbenchApp,
+    ctx: &egui::Context,
+    id: u64,
+    data: DataUse,
+    make_job: impl FnOnce() -> anyhow::Result<crate::train::engine::TrainJob> + Send + 'static,
+) {
     let (tx, rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
-    let job = crate::train::engine::TrainJob {
-        config,
-        manifest: (*manifest).clone(),
-        runs_root: app.runs_dir(),
-        resume: None,
-        cache: Some(crate::train::features::FeatureCache::default_location()),
-    };
     let c = cancel.clone();
     let repaint = ctx.clone();
-    // All burn work of the run on this one thread.
-    let spawned = std::thread::Builder::new()
-        .name("train".into())
-        .spawn(move || {
-            let r = crate::train::engine::train(
+    // All burn work of the run on the compute worker's one thread, after any job before it.
+    let submitted = app.rt.compute.submit(move || {
+        if c.load(std::sync::atomic::Ordering::Relaxed) {
+            done_tx
+                .send(Err("stopped before it started".to_owned()))
+                .ok();
+            repaint.request_repaint();
+            return;
+        }
+        let r = make_job().and_then(|job| {
+            crate::train::engine::train(
                 job,
                 &mut |e: &TrainEvent| {
                     tx.send(e.clone()).ok();
                     repaint.request_repaint();
                 },
                 &c,
-            );
-            done_tx
-                .send(r.map(|o| o.run_id).map_err(|e| format!("{e:#}")))
-                .ok();
-            repaint.request_repaint();
+            )
         });
-    if let Err(e) = spawned {
-        app.rt.note(true, format!("could not start training: {e}"));
+        done_tx
+            .send(r.map(|o| o.run_id).map_err(|e| format!("{e:#}")))
+            .ok();
+        repaint.request_repaint();
+    });
+    if !submitted {
+        app.rt.note(true, "could not start training: the compute worker is gone");
         return;
     }
     app.rt.trains.insert(
         id,
         TrainRuntime {
+            data,
             events: Vec::new(),
             rx: Some(rx),
             cancel,
@@ -347,6 +428,12 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 }
             });
         });
+        if let Freshness::Stale(why) = freshness(app, id) {
+            ui.colored_label(
+                STALE_COLOR,
+                format!("Out of date: {why}. Run updates it and the cells it needs."),
+            );
+        }
         if cell.collapsed {
             return;
         }
@@ -379,6 +466,9 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         }
     });
 }
+
+/// Headers of out-of-date cells.
+const STALE_COLOR: egui::Color32 = egui::Color32::from_rgb(230, 126, 34);
 
 fn error_label(ui: &mut egui::Ui, text: &str) {
     ui.colored_label(ui.visuals().error_fg_color, text);
@@ -431,14 +521,18 @@ fn dataset_ui(
 ) {
     ui.horizontal(|ui| {
         ui.label("Folder or CSV");
-        ui.add(
-            egui::TextEdit::singleline(path)
-                .desired_width(420.0)
-                .hint_text("path to a dataset"),
-        )
-        .on_hover_text(
-            "A folder (C-NMC names or class folders) or a CSV manifest; relative to the workbook",
-        );
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(path)
+                    .desired_width(420.0)
+                    .hint_text("path to a dataset"),
+            )
+            .on_hover_text(
+                "A folder (C-NMC names or class folders) or a CSV manifest; relative to the workbook. Enter opens it.",
+            );
+        if edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+            app.push(Command::RunCell(id));
+        }
         if ui
             .button("Browse…")
             .on_hover_text("Pick a dataset folder")
@@ -697,7 +791,7 @@ fn inspector_ui(
 }
 
 fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
-    let Some(dataset) = dataset_above(app, id) else {
+    let Some(dataset) = app.workbook.inputs(id).dataset else {
         ui.label("Add a Dataset cell above this one.");
         return;
     };
@@ -888,9 +982,6 @@ fn split_ui(
         ui.label("Press Run to split the dataset above by patient.");
         return;
     };
-    if rt.params.1 != *config {
-        ui.label(egui::RichText::new("Parameters changed: run again to update.").italics());
-    }
     match &rt.data {
         Loading::Busy(_) => {
             ui.spinner();
@@ -932,6 +1023,27 @@ fn train_ui(
     run: &mut Option<String>,
 ) {
     let running = app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running);
+    match current_data(app, id) {
+        Ok(data) => {
+            ui.label(format!("Trains on {}", data.description));
+        }
+        Err(problem) => {
+            ui.colored_label(
+                STALE_COLOR,
+                format!("Not ready to train: {problem}. Start runs it first."),
+            );
+        }
+    }
+    if let Some(t) = app.rt.trains.get(&id) {
+        ui.label(
+            egui::RichText::new(format!(
+                "{} run used: {}",
+                if running { "This" } else { "The last" },
+                t.data.description
+            ))
+            .weak(),
+        );
+    }
     ui.add_enabled_ui(!running, |ui| {
         egui::Grid::new(("train-form", id)).num_columns(4).spacing([14.0, 6.0]).show(ui, |ui| {
             ui.label("Mode");
@@ -1074,6 +1186,19 @@ fn train_ui(
         }
         if let Some(r) = run.as_ref() {
             ui.label(format!("last run: {r}"));
+            let state = app.rt.run_state(&app.runs_dir().join(r));
+            if !running
+                && matches!(
+                    state,
+                    Some(crate::runs::RunState::Interrupted | crate::runs::RunState::Cancelled)
+                )
+                && ui
+                    .button("Resume")
+                    .on_hover_text("Continue this run from its last complete checkpoint, on the data it recorded; it ends where an uninterrupted run would")
+                    .clicked()
+            {
+                app.push(Command::ResumeTrain(id));
+            }
         }
     });
     let Some(t) = app.rt.trains.get(&id) else {
@@ -1104,18 +1229,26 @@ fn train_ui(
 }
 
 fn augment_preview_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, config: &TrainConfig) {
-    let Some(manifest) = train_manifest(app, id) else {
+    let Ok((manifest, data)) = train_manifest(app, id) else {
         return;
     };
     let key = egui::Id::unique(("aug-preview", id));
-    let wanted = (config.augment.clone(), config.preprocess.border_crop);
-    let current: Option<(
+    // Keyed by the data too: a new dataset shows its own images.
+    let wanted = (
+        config.augment.clone(),
+        config.preprocess.border_crop,
+        data.dataset,
+        data.split,
+    );
+    type Key = (
         crate::dataset::preprocess::Augment,
         bool,
-        Vec<egui::TextureHandle>,
-    )> = ui.data(|d| d.get_temp(key));
+        (u64, u64),
+        Option<(u64, u64)>,
+    );
+    let current: Option<(Key, Vec<egui::TextureHandle>)> = ui.data(|d| d.get_temp(key));
     let textures = match current {
-        Some((a, b, t)) if a == wanted.0 && b == wanted.1 => t,
+        Some((k, t)) if k == wanted => t,
         _ => {
             let sample: Vec<PathBuf> = manifest
                 .records
@@ -1148,7 +1281,7 @@ fn augment_preview_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, config
                     }
                 }
             }
-            ui.data_mut(|d| d.insert_temp(key, (wanted.0, wanted.1, t.clone())));
+            ui.data_mut(|d| d.insert_temp(key, (wanted, t.clone())));
             t
         }
     };
@@ -1189,7 +1322,7 @@ fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
         if t.is_running() {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.label("Preparing…");
+                ui.label("Queued or preparing: compute jobs run one at a time, in order (Stop cancels it)");
             });
         }
         return;
@@ -1381,6 +1514,30 @@ fn evaluate_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, run: &mut Opt
             return;
         }
     };
+    // Name the data the run was trained on, and say so when it is not the dataset above.
+    let trained_on = data.dataset_root.as_ref().map(|r| r.display().to_string());
+    ui.label(format!(
+        "Trained on {}",
+        trained_on.as_deref().unwrap_or("an unknown dataset (older run)")
+    ));
+    let above = app
+        .workbook
+        .inputs(id)
+        .dataset
+        .and_then(|d| app.rt.datasets.get(&d))
+        .and_then(|d| d.data.ready())
+        .map(|d| std::path::absolute(&d.manifest.root).unwrap_or(d.manifest.root.clone()));
+    if let (Some(root), Some(above)) = (&data.dataset_root, &above)
+        && root != above
+    {
+        ui.colored_label(
+            STALE_COLOR,
+            format!(
+                "This run was trained on another dataset than the Dataset cell above ({}).",
+                above.display()
+            ),
+        );
+    }
     let m = &data.metrics;
     ui.label(format!(
         "Run {} · {} side, {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}{}",
@@ -1395,6 +1552,19 @@ fn evaluate_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, run: &mut Opt
         m.kappa_quadratic
             .map_or(String::new(), |k| format!(" · quadratic kappa {k:.3}"))
     ));
+    if let Some(t) = &data.test {
+        ui.label(
+            egui::RichText::new(format!(
+                "Test side (scored once, with the weights the validation side chose), {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}",
+                t.n,
+                t.accuracy,
+                t.balanced_accuracy,
+                t.macro_f1,
+                t.macro_auc.map_or(String::new(), |a| format!(" · macro AUC {a:.3}"))
+            ))
+            .strong(),
+        );
+    }
     let mut clicked = None;
     ui.horizontal_top(|ui| {
         if let Some(cm) = &m.confusion {
@@ -1539,18 +1709,27 @@ fn compare_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, runs: &mut Vec
     });
     let rt = app.rt.compares.entry(id).or_insert_with(|| CompareRuntime {
         selected: Vec::new(),
-        loaded: Vec::new(),
+        loaded: Loading::Idle,
         stale: true,
     });
     if rt.stale || rt.selected != *runs {
-        rt.loaded = runs
-            .iter()
-            .filter_map(|r| crate::runs::view::load_summary(&root, r).ok())
-            .collect();
+        rt.loaded = load_summaries(ui.ctx(), root.clone(), runs.clone());
         rt.selected = runs.clone();
         rt.stale = false;
     }
-    if rt.loaded.is_empty() {
+    let loaded = match &rt.loaded {
+        Loading::Ready(l) => l,
+        Loading::Busy(_) => {
+            ui.spinner();
+            return;
+        }
+        Loading::Failed(e) => {
+            error_label(ui, e);
+            return;
+        }
+        Loading::Idle => return,
+    };
+    if loaded.is_empty() {
         return;
     }
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
@@ -1562,7 +1741,7 @@ fn compare_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, runs: &mut Vec
             .x_axis_label("epoch")
             .y_axis_label("validation loss")
             .show(ui, |p| {
-                for s in &rt.loaded {
+                for s in loaded {
                     let pts: Vec<[f64; 2]> = s
                         .curves
                         .iter()
@@ -1580,7 +1759,7 @@ fn compare_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, runs: &mut Vec
             .include_y(0.0)
             .include_y(1.0)
             .show(ui, |p| {
-                for s in &rt.loaded {
+                for s in loaded {
                     let pts: Vec<[f64; 2]> = s
                         .curves
                         .iter()
@@ -1590,7 +1769,7 @@ fn compare_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64, runs: &mut Vec
                 }
             });
     });
-    widgets::compare_table(ui, ("cmp-table", id), &rt.loaded);
+    widgets::compare_table(ui, ("cmp-table", id), loaded);
 }
 
 fn predict_ui(
@@ -1762,27 +1941,6 @@ pub fn cluster_ui(
         ui.add(egui::TextEdit::singleline(runs).desired_width(200.0).hint_text("shared folder (optional)"))
             .on_hover_text("Where the run folder (with the model) goes on the cluster; metrics come back either way");
     });
-    // Drain messages.
-    if let Some(rt) = app.rt.clusters.get_mut(&id) {
-        for m in rt.rx.try_iter() {
-            match m {
-                ClusterMsg::Submitted(j) => {
-                    *job = Some(j.clone());
-                    rt.job = Some(j);
-                }
-                ClusterMsg::Status(s) => rt.status = s,
-                ClusterMsg::Event(e) => rt.events.push(e),
-                ClusterMsg::Imported(r) => {
-                    rt.imported = Some(r);
-                    rt.active = false;
-                }
-                ClusterMsg::Failed(e) => {
-                    rt.error = Some(e);
-                    rt.active = false;
-                }
-            }
-        }
-    }
     let base = app.base_dir();
     let runs_root = app.runs_dir();
     // Re-attach to a remembered job.

@@ -6,6 +6,10 @@ pub mod app;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cells;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod compute;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod freshness;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod thumbs;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod widgets;

@@ -333,7 +333,17 @@ pub fn compare_table(
         ("val loss", false, |r| r.val.as_ref().and_then(|m| m.loss)),
         ("best epoch", false, |r| r.best_epoch.map(f64::from)),
     ];
-    ui.label(egui::RichText::new("Validation metrics (best per column in green)").strong());
+    // Runs of different datasets or tasks are shown side by side, never ranked.
+    let incomparable = RunSummary::incomparable(runs);
+    if let Some(why) = &incomparable {
+        ui.colored_label(
+            egui::Color32::from_rgb(230, 126, 34),
+            format!("Not comparable: {why}. No best value is marked."),
+        );
+        ui.label(egui::RichText::new("Validation metrics").strong());
+    } else {
+        ui.label(egui::RichText::new("Validation metrics (best per column in green)").strong());
+    }
     egui::Grid::new((id, "metrics"))
         .striped(true)
         .spacing([16.0, 3.0])
@@ -347,7 +357,7 @@ pub fn compare_table(
             let best: Vec<Option<f64>> = cols
                 .iter()
                 .map(|(name, higher, f)| {
-                    if *name == "best epoch" {
+                    if *name == "best epoch" || incomparable.is_some() {
                         return None;
                     }
                     let vals = runs.iter().filter_map(f);
@@ -390,7 +400,14 @@ pub fn compare_table(
                 ui.strong(&r.id);
             }
             ui.end_row();
-            let rows: [ConfigRow; 10] = [
+            let rows: [ConfigRow; 12] = [
+                ("dataset", |r| {
+                    r.dataset_root
+                        .as_ref()
+                        .and_then(|p| p.file_name())
+                        .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned())
+                }),
+                ("task", |r| r.task.map_or_else(|| "?".to_owned(), |t| format!("{t:?}"))),
                 ("mode", |r| format!("{:?}", r.config.mode)),
                 ("device", |r| r.device.clone().unwrap_or_default()),
                 ("epochs", |r| r.config.epochs.to_string()),

@@ -12,6 +12,7 @@ use crate::dataset::OpenOptions;
 use crate::dataset::split::SplitConfig;
 use crate::train::TrainConfig;
 
+pub mod graph;
 pub mod run;
 
 /// One cell of the notebook.

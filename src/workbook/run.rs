@@ -1,5 +1,6 @@
 //! Running a workbook headless: the same library calls the GUI makes, in cell order.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -30,12 +31,16 @@ pub fn run_workbook(
     let mut book = Workbook::load(path)?;
     let base = Workbook::base_dir(path);
     let runs_root = resolve_path(&book.runs, &base);
-    let mut dataset: Option<Manifest> = None;
-    let mut split: Option<Manifest> = None;
-    let mut last_run: Option<String> = None;
+    // Results by cell id; a cell reads the cells the notebook rules give it (graph.rs).
+    let mut manifests: HashMap<u64, Manifest> = HashMap::new();
+    let mut runs: HashMap<u64, String> = HashMap::new();
     for i in 0..book.cells.len() {
         let title = book.cells[i].kind.title();
+        let id = book.cells[i].id;
+        let inputs = book.inputs(id);
         let ctx = || format!("cell {} ({title})", i + 1);
+        let dataset = inputs.dataset.and_then(|d| manifests.get(&d));
+        let last_run = inputs.train.and_then(|t| runs.get(&t)).cloned();
         match book.cells[i].kind.clone() {
             CellKind::Note { text } => out(Output::Text(title, text)),
             CellKind::Dataset { path: p, options } => {
@@ -45,22 +50,17 @@ pub fn run_workbook(
                     title,
                     format!("{} images from {}", m.records.len(), m.source.display()),
                 ));
-                dataset = Some(m);
-                split = None;
+                manifests.insert(id, m);
             }
             CellKind::Explore {} => {
-                let m = dataset
-                    .as_ref()
-                    .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
                 let report = crate::explore::explore(m).with_context(ctx)?;
                 for t in report.tables() {
                     out(Output::Table(&t));
                 }
             }
             CellKind::Split { config } => {
-                let m = dataset
-                    .as_ref()
-                    .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
                 let sides = assign_splits(&m.records, &config).with_context(ctx)?;
                 let mut s = m.clone();
                 for (r, side) in s.records.iter_mut().zip(sides) {
@@ -74,17 +74,28 @@ pub fn run_workbook(
                     ctx(),
                     report.leaks.len()
                 );
-                split = Some(s);
+                manifests.insert(id, s);
             }
             CellKind::Train { config, .. } => {
-                let m = split
-                    .clone()
-                    .or_else(|| dataset.clone())
+                let m = inputs
+                    .split
+                    .and_then(|s| manifests.get(&s))
+                    .or(dataset)
+                    .cloned()
                     .with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let options = match inputs
+                    .dataset
+                    .and_then(|d| book.position(d))
+                    .map(|p| &book.cells[p].kind)
+                {
+                    Some(CellKind::Dataset { options, .. }) => options.clone(),
+                    _ => Default::default(),
+                };
                 let outcome = crate::train::engine::train(
                     crate::train::engine::TrainJob {
                         config,
                         manifest: m,
+                        options,
                         runs_root: runs_root.clone(),
                         resume: None,
                         cache: Some(crate::train::features::FeatureCache::default_location()),
@@ -96,7 +107,7 @@ pub fn run_workbook(
                 if let CellKind::Train { run, .. } = &mut book.cells[i].kind {
                     *run = Some(outcome.run_id.clone());
                 }
-                last_run = Some(outcome.run_id);
+                runs.insert(id, outcome.run_id);
             }
             CellKind::Evaluate { run } => {
                 let id = run

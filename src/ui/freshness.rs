@@ -1,0 +1,202 @@
+//! Whether a cell's result still matches its inputs. The notebook is reactive: a change to a
+//! cell makes every cell that depends on it out of date (shown in its header), and no cell runs
+//! on an out-of-date input — Run first brings the cells above up to date (see
+//! [`plan_run`]), and training refuses to start on anything stale.
+
+use crate::workbook::CellKind;
+
+use super::app::{DataUse, Loading, WorkbenchApp};
+
+/// The state of a cell's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Never run in this session.
+    NotRun,
+    Running,
+    Failed,
+    /// Computed from inputs that have changed since; the text says which.
+    Stale(String),
+    Fresh,
+}
+
+impl Freshness {
+    pub fn is_fresh(&self) -> bool {
+        *self == Self::Fresh
+    }
+}
+
+fn loading_state<T>(l: &Loading<T>) -> Freshness {
+    match l {
+        Loading::Idle => Freshness::NotRun,
+        Loading::Busy(_) => Freshness::Running,
+        Loading::Failed(_) => Freshness::Failed,
+        Loading::Ready(_) => Freshness::Fresh,
+    }
+}
+
+/// "the Dataset cell (2)": how messages name a cell (its kind and position in the notebook).
+pub fn cell_name(app: &WorkbenchApp, id: u64) -> String {
+    app.workbook.position(id).map_or_else(
+        || "a removed cell".to_owned(),
+        |i| format!("the {} cell ({})", app.workbook.cells[i].kind.title(), i + 1),
+    )
+}
+
+/// Why an input of a cell cannot be used, or `None` when it is up to date.
+fn input_problem(app: &WorkbenchApp, input: u64) -> Option<String> {
+    match freshness(app, input) {
+        Freshness::Fresh => None,
+        Freshness::NotRun => Some(format!("{} has not run", cell_name(app, input))),
+        Freshness::Running => Some(format!("{} is still running", cell_name(app, input))),
+        Freshness::Failed => Some(format!("{} failed", cell_name(app, input))),
+        Freshness::Stale(why) => Some(format!("{} is out of date ({why})", cell_name(app, input))),
+    }
+}
+
+/// The data a Train cell would use now, when all of it is up to date.
+pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
+    let inputs = app.workbook.inputs(id);
+    let Some(dataset) = inputs.dataset else {
+        return Err("add a Dataset cell above it".to_owned());
+    };
+    for input in [Some(dataset), inputs.split].into_iter().flatten() {
+        if let Some(problem) = input_problem(app, input) {
+            return Err(problem);
+        }
+    }
+    let d = &app.rt.datasets[&dataset];
+    let data = d.data.ready().expect("fresh");
+    let name = data
+        .manifest
+        .root
+        .file_name()
+        .map_or_else(|| d.source.0.clone(), |n| n.to_string_lossy().into_owned());
+    let mut description = format!("{name} ({} images)", data.manifest.records.len());
+    let split = inputs.split.map(|s| {
+        let rt = &app.rt.splits[&s];
+        let report = &rt.data.ready().expect("fresh").report;
+        let side = |k: crate::dataset::Split| {
+            report
+                .counts
+                .iter()
+                .filter(|c| c.split == k)
+                .map(|c| c.images)
+                .sum::<usize>()
+        };
+        description.push_str(&format!(
+            ", split by {}: {} train / {} validation / {} test",
+            cell_name(app, s),
+            side(crate::dataset::Split::Train),
+            side(crate::dataset::Split::Val),
+            side(crate::dataset::Split::Test)
+        ));
+        (s, rt.generation)
+    });
+    if split.is_none() {
+        description.push_str(", no Split cell above: the run splits it by its own seed");
+    }
+    Ok(DataUse {
+        dataset: (dataset, d.generation),
+        split,
+        resumed: false,
+        description,
+    })
+}
+
+/// Whether the result a cell shows matches its current inputs and parameters.
+pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
+    let Some(i) = app.workbook.position(id) else {
+        return Freshness::NotRun;
+    };
+    let inputs = app.workbook.inputs(id);
+    match &app.workbook.cells[i].kind {
+        CellKind::Dataset { path, options } => {
+            let Some(rt) = app.rt.datasets.get(&id) else {
+                return Freshness::NotRun;
+            };
+            if rt.source.0 != *path || rt.source.1 != *options {
+                return Freshness::Stale("its path or format changed since it ran".to_owned());
+            }
+            loading_state(&rt.data)
+        }
+        CellKind::Explore {} => match inputs.dataset {
+            None => Freshness::NotRun,
+            Some(d) => match freshness(app, d) {
+                Freshness::Stale(_) => {
+                    Freshness::Stale(format!("{} is out of date", cell_name(app, d)))
+                }
+                other => other,
+            },
+        },
+        CellKind::Split { config } => {
+            let Some(rt) = app.rt.splits.get(&id) else {
+                return Freshness::NotRun;
+            };
+            if let Some(problem) = inputs.dataset.and_then(|d| input_problem(app, d)) {
+                return Freshness::Stale(problem);
+            }
+            let current = inputs
+                .dataset
+                .and_then(|d| app.rt.datasets.get(&d))
+                .map(|d| (inputs.dataset.unwrap_or_default(), d.generation));
+            if current != Some(rt.dataset) {
+                return Freshness::Stale(
+                    "the dataset above was opened again or changed since the split".to_owned(),
+                );
+            }
+            if rt.config != *config {
+                return Freshness::Stale("its parameters changed".to_owned());
+            }
+            loading_state(&rt.data)
+        }
+        CellKind::Train { .. } => {
+            let Some(rt) = app.rt.trains.get(&id) else {
+                return Freshness::NotRun;
+            };
+            if rt.is_running() {
+                return Freshness::Running;
+            }
+            if rt.data.resumed {
+                return match rt.finished {
+                    Some(Err(_)) => Freshness::Failed,
+                    _ => Freshness::Fresh,
+                };
+            }
+            match current_data(app, id) {
+                Err(problem) => Freshness::Stale(problem),
+                Ok(now) if now.dataset != rt.data.dataset || now.split != rt.data.split => {
+                    Freshness::Stale("its last run used an earlier version of the data".to_owned())
+                }
+                Ok(_) => match rt.finished {
+                    Some(Err(_)) => Freshness::Failed,
+                    _ => Freshness::Fresh,
+                },
+            }
+        }
+        CellKind::Evaluate { run } | CellKind::Predict { run, .. } => {
+            match (run, inputs.train.map(|t| (t, freshness(app, t)))) {
+                (None, Some((t, Freshness::Stale(_)))) => {
+                    Freshness::Stale(format!("{} is out of date", cell_name(app, t)))
+                }
+                _ => Freshness::Fresh,
+            }
+        }
+        CellKind::Note { .. } | CellKind::Compare { .. } | CellKind::Cluster { .. } => {
+            Freshness::Fresh
+        }
+    }
+}
+
+/// What pressing Run on `id` runs, in order: every input above it that is not up to date,
+/// then the cell itself.
+pub fn plan_run(app: &WorkbenchApp, id: u64) -> Vec<u64> {
+    // An input whose own input is stale reads as stale itself, so the whole chain reruns.
+    let mut plan: Vec<u64> = app
+        .workbook
+        .upstream(id)
+        .into_iter()
+        .filter(|&u| !matches!(freshness(app, u), Freshness::Fresh | Freshness::Running))
+        .collect();
+    plan.push(id);
+    plan
+}
