@@ -51,36 +51,79 @@ impl Table {
     }
 }
 
+/// Longest cell (in characters) a text table prints; longer cells end in `…`. The CSV export
+/// keeps every character.
+pub const MAX_CELL_CHARS: usize = 120;
+
+/// A cell as a text table prints it: control characters (line breaks, tabs) as spaces, and at
+/// most [`MAX_CELL_CHARS`] characters, the last one an ellipsis when the cell was cut.
+pub fn clip_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    clip_chars(cell, MAX_CELL_CHARS)
+}
+
+/// `text` with control characters as spaces, cut to `max` characters (at a character
+/// boundary) with a trailing `…` when it was longer.
+pub fn clip_chars(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let too_long = text.char_indices().nth(max).is_some();
+    if !too_long && !text.contains(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let keep = if too_long { max.saturating_sub(1) } else { max };
+    let mut out: String = text
+        .chars()
+        .take(keep)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if too_long {
+        out.push('…');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::borrow::Cow;
         let n = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (i, c) in row.iter().enumerate().take(n) {
-                widths[i] = widths[i].max(c.chars().count());
+        fn clip_row(cells: &[String], n: usize) -> Vec<Cow<'_, str>> {
+            (0..n)
+                .map(|i| cells.get(i).map_or(Cow::Borrowed(""), |c| clip_cell(c)))
+                .collect()
+        }
+        let headers = clip_row(&self.headers, n);
+        let rows: Vec<Vec<Cow<'_, str>>> = self.rows.iter().map(|r| clip_row(r, n)).collect();
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+        for row in &rows {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
             }
         }
         let numeric: Vec<bool> = (0..n).map(|i| self.is_numeric_column(i)).collect();
-        writeln!(f, "{}", self.title)?;
+        writeln!(f, "{}", clip_chars(&self.title, MAX_CELL_CHARS * 2))?;
         let has_header = self.headers.iter().any(|h| !h.is_empty());
-        let line = |f: &mut std::fmt::Formatter<'_>, cells: &[String]| -> std::fmt::Result {
-            let mut parts = Vec::with_capacity(n);
-            for (i, w) in widths.iter().enumerate() {
-                let c = cells.get(i).map_or("", String::as_str);
-                parts.push(if numeric[i] && i > 0 {
-                    format!("{c:>w$}")
+        let line = |f: &mut std::fmt::Formatter<'_>, cells: &[Cow<'_, str>]| -> std::fmt::Result {
+            let mut text = String::new();
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                // Padding by hand: a format width above 65,535 panics.
+                let pad = " ".repeat(w.saturating_sub(c.chars().count()));
+                if numeric[i] && i > 0 {
+                    text.push_str(&pad);
+                    text.push_str(c);
                 } else {
-                    format!("{c:<w$}")
-                });
+                    text.push_str(c);
+                    text.push_str(&pad);
+                }
             }
-            writeln!(f, "  {}", parts.join("  ").trim_end())
+            writeln!(f, "  {}", text.trim_end())
         };
         if has_header {
-            line(f, &self.headers)?;
+            line(f, &headers)?;
             let rule: Vec<String> = widths.iter().map(|w| "─".repeat(*w)).collect();
             writeln!(f, "  {}", rule.join("  "))?;
         }
-        for row in &self.rows {
+        for row in &rows {
             line(f, row)?;
         }
         Ok(())
@@ -258,5 +301,39 @@ mod tests {
         let s = t.to_string();
         assert!(s.contains("long label     5"), "{s}");
         assert!(s.contains("b           1234"), "{s}");
+    }
+
+    #[test]
+    fn long_cells_are_cut_with_an_ellipsis() {
+        let mut t = Table::new("t", &["label", "n", "path"]);
+        // 70,000 characters, two bytes each: a cut at a byte offset would split one.
+        let long = "é".repeat(70_000);
+        t.row(vec![long.clone(), "5".into(), format!("a\nb{long}")]);
+        t.row(vec!["short".into(), "12".into(), "x".into()]);
+        let s = t.to_string();
+        let longest = s.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(
+            longest <= 3 * MAX_CELL_CHARS + 10,
+            "a line of {longest} chars"
+        );
+        assert_eq!(s.matches('…').count(), 2, "{s}");
+        assert_eq!(
+            s.lines().count(),
+            5,
+            "a line break inside a cell split the row:\n{s}"
+        );
+        let first = s.lines().nth(3).unwrap();
+        assert!(first.starts_with(&format!("  {}…", "é".repeat(MAX_CELL_CHARS - 1))));
+        // The CSV export keeps the whole cell.
+        assert!(t.to_csv().contains(&long));
+    }
+
+    #[test]
+    fn clipping_keeps_short_text_and_counts_characters() {
+        assert_eq!(clip_chars("abc", 3), "abc");
+        assert_eq!(clip_chars("abcd", 3), "ab…");
+        assert_eq!(clip_chars("日本語テキスト", 4), "日本語…");
+        assert_eq!(clip_chars("a\tb", 10), "a b");
+        assert_eq!(clip_chars("", 0), "");
     }
 }
