@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::image_io::{decode_file, read_header};
+use super::image_io::{DecodeFailure, decode_file_complete, read_header};
 use super::{Manifest, Problem, ProblemKind};
 
 /// How thoroughly to check images.
@@ -11,12 +11,14 @@ use super::{Manifest, Problem, ProblemKind};
 pub enum CheckLevel {
     /// Read headers only: dimensions and format; catches garbage and empty files.
     Headers,
-    /// Decode every image completely: also catches truncated files. Slow.
+    /// Decode every image completely and check that no file ends before its end marker
+    /// (JPEG, PNG, BMP, WebP): also catches truncated files that still decode. Slow.
     Decode,
 }
 
 /// Fills `width`, `height` and `format` of every usable record; an image that fails gets its
-/// `problem` set and a [`ProblemKind::Unreadable`] entry. Returns how many failed.
+/// `problem` set and a [`ProblemKind::Unreadable`] (or, when decoding, a
+/// [`ProblemKind::Truncated`]) entry. Returns how many failed.
 pub fn check_images(manifest: &mut Manifest, level: CheckLevel) -> usize {
     let root = manifest.root.clone();
     let failures: Vec<Problem> = manifest
@@ -25,12 +27,14 @@ pub fn check_images(manifest: &mut Manifest, level: CheckLevel) -> usize {
         .filter(|r| r.is_usable())
         .filter_map(|r| {
             let path = root.join(&r.path);
-            let result = read_header(&path).and_then(|h| {
-                if level == CheckLevel::Decode {
-                    decode_file(&path)?;
-                }
-                Ok(h)
-            });
+            let result = read_header(&path)
+                .map_err(|e| DecodeFailure::Unreadable(e.to_string()))
+                .and_then(|h| {
+                    if level == CheckLevel::Decode {
+                        decode_file_complete(&path)?;
+                    }
+                    Ok(h)
+                });
             match result {
                 Ok(h) => {
                     r.width = Some(h.width);
@@ -38,14 +42,13 @@ pub fn check_images(manifest: &mut Manifest, level: CheckLevel) -> usize {
                     r.format = Some(h.format);
                     None
                 }
-                Err(err) => {
-                    let detail = err.to_string();
-                    r.problem = Some(format!("unreadable: {detail}"));
-                    Some(Problem::new(
-                        ProblemKind::Unreadable,
-                        r.path.clone(),
-                        detail,
-                    ))
+                Err(failure) => {
+                    let (kind, detail) = match failure {
+                        DecodeFailure::Truncated(d) => (ProblemKind::Truncated, d),
+                        DecodeFailure::Unreadable(d) => (ProblemKind::Unreadable, d),
+                    };
+                    r.problem = Some(format!("{}: {detail}", kind.name()));
+                    Some(Problem::new(kind, r.path.clone(), detail))
                 }
             }
         })

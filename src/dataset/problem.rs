@@ -8,8 +8,11 @@
 pub enum ProblemKind {
     /// A zero-byte file.
     EmptyFile,
-    /// The header or pixels could not be decoded (truncated, corrupt, too large).
+    /// The header or pixels could not be decoded (corrupt, too large).
     Unreadable,
+    /// The file ends before its format's end marker (JPEG EOI, PNG IEND, BMP declared size):
+    /// a decoder may still return pixels, partly grey or black.
+    Truncated,
     /// An image whose name does not follow the dataset's naming convention.
     NameMismatch,
     /// An image lying directly in the root of a class-folder dataset (no label).
@@ -34,6 +37,7 @@ impl ProblemKind {
         match self {
             Self::EmptyFile => "empty file (0 bytes)",
             Self::Unreadable => "unreadable or corrupt image",
+            Self::Truncated => "truncated image (ends before its end marker)",
             Self::NameMismatch => "name does not follow the naming convention",
             Self::NoClassFolder => "image not inside a class folder",
             Self::MissingImage => "image listed but not found",
@@ -49,6 +53,7 @@ impl ProblemKind {
         match self {
             Self::EmptyFile => "empty-file",
             Self::Unreadable => "unreadable",
+            Self::Truncated => "truncated",
             Self::NameMismatch => "name-mismatch",
             Self::NoClassFolder => "no-class-folder",
             Self::MissingImage => "missing-image",
