@@ -17,6 +17,9 @@ pub enum ProblemKind {
     NameMismatch,
     /// An image lying directly in the root of a class-folder dataset (no label).
     NoClassFolder,
+    /// An image deeper than `<root>/<label>/` in a class-folder dataset; it is labelled by its
+    /// first folder under the root, and listed so that nested folders are never a silent label.
+    NestedFolder,
     /// A CSV row whose image file is not there.
     MissingImage,
     /// A CSV row that repeats an earlier row's image.
@@ -40,6 +43,9 @@ impl ProblemKind {
             Self::Truncated => "truncated image (ends before its end marker)",
             Self::NameMismatch => "name does not follow the naming convention",
             Self::NoClassFolder => "image not inside a class folder",
+            Self::NestedFolder => {
+                "image in a subfolder of a class folder (labelled by the class folder)"
+            }
             Self::MissingImage => "image listed but not found",
             Self::DuplicatePath => "image listed more than once",
             Self::BadRow => "row without path or label",
@@ -56,6 +62,7 @@ impl ProblemKind {
             Self::Truncated => "truncated",
             Self::NameMismatch => "name-mismatch",
             Self::NoClassFolder => "no-class-folder",
+            Self::NestedFolder => "nested-folder",
             Self::MissingImage => "missing-image",
             Self::DuplicatePath => "duplicate-path",
             Self::BadRow => "bad-row",

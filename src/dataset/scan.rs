@@ -148,16 +148,17 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
     }
     let format = format.unwrap_or_else(|| detect_folder_format(&walk.images));
     let mut problems = walk.problems;
-    let parsed: Vec<Result<Record, Problem>> = walk
+    let parsed: Vec<(Result<Record, Problem>, Option<Problem>)> = walk
         .images
         .into_par_iter()
         .map(|file| match format {
-            DatasetFormat::Cnmc => cnmc_record(file),
+            DatasetFormat::Cnmc => (cnmc_record(file), None),
             _ => class_folder_record(file),
         })
         .collect();
     let mut records = Vec::with_capacity(parsed.len());
-    for r in parsed {
+    for (r, note) in parsed {
+        problems.extend(note);
         match r {
             Ok(record) => {
                 if record.bytes == Some(0) {
@@ -244,20 +245,83 @@ fn cnmc_record(file: FoundFile) -> Result<Record, Problem> {
     })
 }
 
-fn class_folder_record(file: FoundFile) -> Result<Record, Problem> {
-    let Some((dir, _name)) = file.rel.rsplit_once('/') else {
-        return Err(Problem::new(
+/// A class-folder image: the label is the first folder under the root. An image deeper than
+/// `<root>/<label>/<image>` keeps that label and comes back with a
+/// [`ProblemKind::NestedFolder`] entry, so that `A/b1/x.jpg` is never silently labelled `b1`.
+fn class_folder_record(file: FoundFile) -> (Result<Record, Problem>, Option<Problem>) {
+    let Some((label, rest)) = file.rel.split_once('/') else {
+        let problem = Problem::new(
             ProblemKind::NoClassFolder,
             file.rel,
             "put images in <root>/<label>/",
-        ));
+        );
+        return (Err(problem), None);
     };
-    let label = file_name(dir).to_owned();
-    Ok(Record {
+    let nested = rest.rsplit_once('/').map(|(sub, _name)| {
+        Problem::new(
+            ProblemKind::NestedFolder,
+            file.rel.clone(),
+            format!(
+                "labelled {label:?}, not {:?}; class folders are <root>/<label>/<image>",
+                file_name(sub)
+            ),
+        )
+    });
+    let record = Record {
         problem: empty_file_problem(file.bytes),
-        labels: vec![label],
+        labels: vec![label.to_owned()],
         bytes: Some(file.bytes),
-        path: file.rel,
+        path: file.rel.clone(),
         ..Default::default()
-    })
+    };
+    (Ok(record), nested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_class_folders_keep_the_first_folder_as_label_and_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in ["A/b1/x.jpg", "B/b1/y.jpg", "A/top.jpg", "B/c/d/deep.png"] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"not decoded here").unwrap();
+        }
+        let m = scan_folder(root, Some(DatasetFormat::ClassFolders)).unwrap();
+        let labels: Vec<(&str, &str)> = m
+            .records
+            .iter()
+            .map(|r| (r.path.as_str(), r.labels[0].as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("A/b1/x.jpg", "A"),
+                ("A/top.jpg", "A"),
+                ("B/b1/y.jpg", "B"),
+                ("B/c/d/deep.png", "B"),
+            ]
+        );
+        assert_eq!(m.label_names(), ["A", "B"]);
+        let nested: Vec<&str> = m
+            .problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::NestedFolder)
+            .map(|p| p.path.as_str())
+            .collect();
+        assert_eq!(nested, ["A/b1/x.jpg", "B/b1/y.jpg", "B/c/d/deep.png"]);
+        let deep = m
+            .problems
+            .iter()
+            .find(|p| p.path == "B/c/d/deep.png")
+            .unwrap();
+        assert!(
+            deep.detail.contains("labelled \"B\", not \"d\""),
+            "{}",
+            deep.detail
+        );
+    }
 }
