@@ -134,6 +134,10 @@ pub struct DatasetArgs {
     /// For CSVs: the column with patient ids.
     #[arg(long)]
     pub patient_column: Option<String>,
+    /// For CSVs of ids: the image file name of each id, e.g. `{id}.bmp` or `{id:03}.bmp`
+    /// (numeric ids zero-padded to 3 digits).
+    #[arg(long, value_name = "PATTERN")]
+    pub image_pattern: Option<String>,
     /// Also read every image's header (`headers`) or decode every image (`decode`).
     #[arg(long, value_parser = parse_check)]
     pub check: Option<CheckLevel>,
@@ -155,6 +159,7 @@ impl DatasetArgs {
             path_column: self.path_column.clone(),
             label_column: self.label_column.clone(),
             patient_column: self.patient_column.clone(),
+            image_pattern: self.image_pattern.clone(),
         }
     }
 
@@ -212,6 +217,9 @@ pub struct SplitArgs {
     pub label_column: Option<String>,
     #[arg(long)]
     pub patient_column: Option<String>,
+    /// For CSVs of ids: the image file name of each id, e.g. `{id:03}.bmp`.
+    #[arg(long, value_name = "PATTERN")]
+    pub image_pattern: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -482,6 +490,7 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
         path_column: args.path_column.clone(),
         label_column: args.label_column.clone(),
         patient_column: args.patient_column.clone(),
+        image_pattern: args.image_pattern.clone(),
         check: None,
     };
     let mut manifest = data.open()?;

@@ -42,23 +42,109 @@ const PATIENT_CANDIDATES: [&str; 7] = [
     "case_id",
 ];
 
-/// Extensions tried, in order, for CSV ids without one (`10_left` → `10_left.jpeg`).
-const ID_EXTENSIONS: [&str; 6] = ["jpeg", "jpg", "png", "tif", "tiff", "bmp"];
+/// Longest piece of a CSV parser's message quoted in an error, in bytes.
+const MAX_MESSAGE_BYTES: usize = 200;
 
 /// Reads the CSV into a frame of strings (no type inference: ids such as `00012` stay intact).
+///
+/// A CSV with an unterminated quote is refused with the line where the quote opens; parser
+/// errors are cut to a couple of hundred bytes (they can quote the rest of the file).
 pub fn read_csv_strings(path: &Path) -> Result<DataFrame, OpenError> {
-    let csv_err = |e: PolarsError| OpenError::Csv {
+    let csv_err = |message: String| OpenError::Csv {
         path: path.to_owned(),
-        message: e.to_string(),
+        message,
     };
+    if let Some(quote) = unterminated_quote(path).map_err(|e| csv_err(e.to_string()))? {
+        return Err(csv_err(format!(
+            "line {}: a quote is never closed (the rest of the file would be one field): {}",
+            quote.line, quote.excerpt
+        )));
+    }
+    let polars_err = |e: PolarsError| csv_err(clip_message(&e.to_string(), MAX_MESSAGE_BYTES));
     CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .map_parse_options(|o| o.with_truncate_ragged_lines(true))
         .try_into_reader_with_file_path(Some(path.to_owned()))
-        .map_err(csv_err)?
+        .map_err(polars_err)?
         .finish()
-        .map_err(csv_err)
+        .map_err(polars_err)
+}
+
+/// `text` on one line, cut to at most `max_bytes` (at a character boundary) with `…`.
+fn clip_message(text: &str, max_bytes: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.len() <= max_bytes {
+        return one_line;
+    }
+    let mut cut = max_bytes;
+    while !one_line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &one_line[..cut])
+}
+
+/// Where a quote that is never closed opens.
+#[derive(Debug, PartialEq, Eq)]
+struct OpenQuote {
+    /// 1-based line number.
+    line: usize,
+    /// The start of that line (at most [`MAX_MESSAGE_BYTES`]), quoted.
+    excerpt: String,
+}
+
+/// One pass over the file counting quotes (`""` inside a quoted field counts twice, so it
+/// never changes the parity): `Some` when the file ends inside a quoted field.
+fn unterminated_quote(path: &Path) -> std::io::Result<Option<OpenQuote>> {
+    use std::io::Read as _;
+    let mut file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut line = 1usize;
+    let mut line_start = 0u64; // byte offset of the current line
+    let mut offset = 0u64;
+    let mut open: Option<(usize, u64)> = None; // (line, line start) of the open quote
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            match b {
+                b'"' => {
+                    open = match open {
+                        Some(_) => None,
+                        None => Some((line, line_start)),
+                    }
+                }
+                b'\n' => {
+                    line += 1;
+                    line_start = offset + 1;
+                }
+                _ => {}
+            }
+            offset += 1;
+        }
+    }
+    let Some((line, start)) = open else {
+        return Ok(None);
+    };
+    let mut file = std::fs::File::open(path)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
+    let mut head = Vec::with_capacity(MAX_MESSAGE_BYTES + 4);
+    file.take(MAX_MESSAGE_BYTES as u64 + 4)
+        .read_to_end(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    let first_line = text.split('\n').next().unwrap_or_default();
+    Ok(Some(OpenQuote {
+        line,
+        excerpt: format!(
+            "`{}`",
+            clip_message(first_line.trim_end(), MAX_MESSAGE_BYTES)
+        ),
+    }))
 }
 
 /// Detects the CSV flavour from its column names.
@@ -176,41 +262,175 @@ fn choose_columns(
     })
 }
 
+/// A file-name pattern for CSV ids: literal text around `{id}` or `{id:0N}` (numeric ids
+/// zero-padded to N digits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePattern {
+    parts: Vec<PatternPart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PatternPart {
+    Text(String),
+    /// `{id}` (`pad` 0) or `{id:0N}`.
+    Id {
+        pad: usize,
+    },
+}
+
+impl ImagePattern {
+    /// Parses `{id}.bmp`, `{id:03}.bmp`, `images/{id}.png`, …
+    pub fn parse(pattern: &str) -> Result<Self, OpenError> {
+        let bad = |message: &str| OpenError::BadPattern {
+            pattern: pattern.to_owned(),
+            message: message.to_owned(),
+        };
+        let mut parts = Vec::new();
+        let mut rest = pattern;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(PatternPart::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| bad("a `{` is never closed"))?
+                + open;
+            let field = &rest[open + 1..close];
+            let pad = match field.strip_prefix("id") {
+                Some("") => 0,
+                Some(spec) => spec
+                    .strip_prefix(":0")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| (1..=32).contains(n))
+                    .ok_or_else(|| bad("write {id} or {id:0N}, e.g. {id:03}"))?,
+                None => return Err(bad("the only field is {id} (or {id:0N})")),
+            };
+            parts.push(PatternPart::Id { pad });
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(bad("a `}` without its `{`"));
+        }
+        if !rest.is_empty() {
+            parts.push(PatternPart::Text(rest.to_owned()));
+        }
+        if !parts.iter().any(|p| matches!(p, PatternPart::Id { .. })) {
+            return Err(bad("it has no {id} field"));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The file name for one id. Only ids made of digits are zero-padded.
+    pub fn apply(&self, id: &str) -> String {
+        let numeric = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                PatternPart::Text(t) => out.push_str(t),
+                PatternPart::Id { pad } if numeric => {
+                    out.push_str(&format!("{id:0>pad$}", pad = (*pad).min(32)));
+                }
+                PatternPart::Id { .. } => out.push_str(id),
+            }
+        }
+        out
+    }
+}
+
+/// How one CSV path value was matched to a file.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolution {
+    /// One file: its path under the images folder (or the absolute path given) and size.
+    Found {
+        rel: String,
+        bytes: u64,
+        /// Matched only through a zero-padded name (`19` → `019.bmp`).
+        padded: bool,
+    },
+    /// Several files fit, sorted.
+    Ambiguous(Vec<String>),
+    Missing,
+}
+
 /// Where the images of a CSV dataset are, found by one walk of the images folder.
 struct ImageIndex {
-    /// Relative paths present under the images folder.
-    present: HashSet<String>,
-    /// File name → relative path, for CSVs that list bare names of files kept in subfolders
-    /// (NIH ships `images_001/images/…`). `None` marks a name found more than once.
-    by_name: HashMap<String, Option<String>>,
-    /// Size of each present file.
+    /// Relative paths present under the images folder, with their sizes.
     bytes: HashMap<String, u64>,
+    /// File name → relative paths, for CSVs that list bare names of files kept in subfolders
+    /// (NIH ships `images_001/images/…`).
+    by_name: HashMap<String, Vec<String>>,
+    /// Relative path without its extension → relative paths (`a/183` → `a/183.bmp`).
+    by_stem: HashMap<String, Vec<String>>,
+    /// File name without its extension → relative paths.
+    by_name_stem: HashMap<String, Vec<String>>,
+    /// For all-digit file names: the number without leading zeros → relative paths
+    /// (`19` → `019.bmp`).
+    by_number: HashMap<String, Vec<String>>,
+}
+
+fn file_name(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or(rel, |(_, n)| n)
+}
+
+fn split_ext(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if is_image_extension(ext) && !stem.ends_with('/') => (stem, Some(ext)),
+        _ => (name, None),
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn without_leading_zeros(digits: &str) -> &str {
+    let t = digits.trim_start_matches('0');
+    if t.is_empty() { "0" } else { t }
+}
+
+fn one_or_ambiguous(found: &[String], bytes: &HashMap<String, u64>, padded: bool) -> Resolution {
+    match found {
+        [] => Resolution::Missing,
+        [rel] => Resolution::Found {
+            rel: rel.clone(),
+            bytes: bytes.get(rel).copied().unwrap_or(0),
+            padded,
+        },
+        many => {
+            let mut v = many.to_vec();
+            v.sort();
+            Resolution::Ambiguous(v)
+        }
+    }
 }
 
 impl ImageIndex {
     fn build(images_dir: &Path) -> (Self, Vec<Problem>) {
         let mut index = Self {
-            present: HashSet::new(),
-            by_name: HashMap::new(),
             bytes: HashMap::new(),
+            by_name: HashMap::new(),
+            by_stem: HashMap::new(),
+            by_name_stem: HashMap::new(),
+            by_number: HashMap::new(),
         };
         if !images_dir.is_dir() {
             return (index, Vec::new());
         }
         let walk = walk_images(images_dir);
         for f in walk.images {
-            let name = f
-                .rel
-                .rsplit_once('/')
-                .map_or(f.rel.as_str(), |(_, n)| n)
-                .to_owned();
-            index
-                .by_name
-                .entry(name)
-                .and_modify(|v| *v = None)
-                .or_insert_with(|| Some(f.rel.clone()));
-            index.bytes.insert(f.rel.clone(), f.bytes);
-            index.present.insert(f.rel);
+            let name = file_name(&f.rel);
+            let (stem, _) = split_ext(name);
+            let (rel_stem, _) = split_ext(&f.rel);
+            let push = |map: &mut HashMap<String, Vec<String>>, key: &str| {
+                map.entry(key.to_owned()).or_default().push(f.rel.clone());
+            };
+            push(&mut index.by_name, name);
+            push(&mut index.by_name_stem, stem);
+            push(&mut index.by_stem, rel_stem);
+            if is_number(stem) {
+                push(&mut index.by_number, without_leading_zeros(stem));
+            }
+            index.bytes.insert(f.rel, f.bytes);
         }
         // Non-image files next to a CSV are expected (the CSV itself): do not report them.
         let problems = walk
@@ -222,51 +442,118 @@ impl ImageIndex {
     }
 
     fn is_empty(&self) -> bool {
-        self.present.is_empty()
+        self.bytes.is_empty()
     }
 
     /// Resolves a CSV path value to a path under the images folder (or an absolute path that
-    /// exists) and its size.
-    fn resolve(&self, value: &str) -> Option<(String, u64)> {
+    /// exists). With a pattern, the value is an id and the pattern names its file.
+    fn resolve(&self, value: &str, pattern: Option<&ImagePattern>) -> Resolution {
         if Path::new(value).is_absolute() {
-            let meta = std::fs::metadata(value).ok().filter(|m| m.is_file())?;
-            return Some((value.to_owned(), meta.len()));
+            return match std::fs::metadata(value).ok().filter(|m| m.is_file()) {
+                Some(meta) => Resolution::Found {
+                    rel: value.to_owned(),
+                    bytes: meta.len(),
+                    padded: false,
+                },
+                None => Resolution::Missing,
+            };
         }
-        let found = self.resolve_relative(value)?;
-        let bytes = self.bytes.get(&found).copied().unwrap_or(0);
-        Some((found, bytes))
+        let value = value.trim_start_matches("./").replace('\\', "/");
+        if let Some(pattern) = pattern {
+            return self.exact(&pattern.apply(&value));
+        }
+        let (stem, ext) = split_ext(&value);
+        let found = match ext {
+            Some(_) => self.exact(&value),
+            None => match self.by_stem.get(stem) {
+                Some(v) => one_or_ambiguous(v, &self.bytes, false),
+                None => self
+                    .by_name_stem
+                    .get(file_name(stem))
+                    .map_or(Resolution::Missing, |v| {
+                        one_or_ambiguous(v, &self.bytes, false)
+                    }),
+            },
+        };
+        if found != Resolution::Missing {
+            return found;
+        }
+        // Numeric ids: zero-padded names, when nothing else matched (`19` → `019.bmp`).
+        let (dir, name) = match stem.rsplit_once('/') {
+            Some((dir, name)) => (Some(dir), name),
+            None => (None, stem),
+        };
+        if !is_number(name) {
+            return Resolution::Missing;
+        }
+        let Some(candidates) = self.by_number.get(without_leading_zeros(name)) else {
+            return Resolution::Missing;
+        };
+        let fits: Vec<String> = candidates
+            .iter()
+            .filter(|rel| {
+                let (rel_stem, rel_ext) = split_ext(rel);
+                let same_ext =
+                    ext.is_none_or(|e| rel_ext.is_some_and(|r| r.eq_ignore_ascii_case(e)));
+                let same_dir =
+                    dir.is_none_or(|d| rel_stem.rsplit_once('/').is_some_and(|(rd, _)| rd == d));
+                same_ext && same_dir
+            })
+            .cloned()
+            .collect();
+        one_or_ambiguous(&fits, &self.bytes, true)
     }
 
-    fn resolve_relative(&self, value: &str) -> Option<String> {
-        let value = value.trim_start_matches("./").replace('\\', "/");
-        let has_ext = value
-            .rsplit_once('.')
-            .is_some_and(|(_, ext)| is_image_extension(ext));
-        let candidates: Vec<String> = if has_ext {
-            vec![value]
-        } else {
-            ID_EXTENSIONS
-                .iter()
-                .map(|e| format!("{value}.{e}"))
-                .collect()
-        };
-        for cand in &candidates {
-            if self.present.contains(cand) {
-                return Some(cand.clone());
-            }
+    /// A file name with its extension: the path under the images folder, or a unique file of
+    /// that name in any subfolder.
+    fn exact(&self, value: &str) -> Resolution {
+        if let Some(&bytes) = self.bytes.get(value) {
+            return Resolution::Found {
+                rel: value.to_owned(),
+                bytes,
+                padded: false,
+            };
         }
-        for cand in &candidates {
-            let name = cand.rsplit_once('/').map_or(cand.as_str(), |(_, n)| n);
-            if let Some(Some(rel)) = self.by_name.get(name) {
-                return Some(rel.clone());
-            }
-        }
-        None
+        self.by_name
+            .get(file_name(value))
+            .map_or(Resolution::Missing, |v| {
+                one_or_ambiguous(v, &self.bytes, false)
+            })
     }
+}
+
+fn empty_file_problem(bytes: u64) -> Option<String> {
+    (bytes == 0).then(|| ProblemKind::EmptyFile.description().to_owned())
+}
+
+/// Lists at most five candidates.
+fn candidate_list(candidates: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = candidates
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if candidates.len() > SHOWN {
+        text.push_str(&format!(" and {} more", candidates.len() - SHOWN));
+    }
+    text
+}
+
+/// The pattern that names a zero-padded file, for the hint: `019.bmp` → `{id:03}.bmp`.
+fn padded_pattern_hint(rel: &str) -> Option<String> {
+    let (stem, ext) = split_ext(file_name(rel));
+    Some(format!("{{id:0{}}}.{}", stem.len(), ext?))
 }
 
 /// Reads a CSV dataset.
 pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError> {
+    let pattern = options
+        .image_pattern
+        .as_deref()
+        .map(ImagePattern::parse)
+        .transpose()?;
     let df = read_csv_strings(source)?;
     if df.height() == 0 {
         return Err(OpenError::EmptyCsv(source.to_owned()));
@@ -307,6 +594,8 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
     let mut seen = HashSet::with_capacity(df.height());
     let mut records = Vec::with_capacity(df.height());
     let mut missing = 0usize;
+    let mut padded_ids = 0usize;
+    let mut padded_example: Option<(String, String)> = None;
     for row in 0..df.height() {
         let line = row + 2; // 1-based, after the header
         let (Some(value), Some(label_cell)) = (&paths[row], &labels[row]) else {
@@ -330,10 +619,11 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
             ));
             continue;
         }
-        let resolved = index.resolve(value);
-        let rel = resolved
-            .as_ref()
-            .map_or_else(|| value.clone(), |(rel, _)| rel.clone());
+        let resolution = index.resolve(value, pattern.as_ref());
+        let rel = match &resolution {
+            Resolution::Found { rel, .. } => rel.clone(),
+            Resolution::Ambiguous(_) | Resolution::Missing => value.clone(),
+        };
         if !seen.insert(rel.clone()) {
             problems.push(Problem::new(
                 ProblemKind::DuplicatePath,
@@ -347,9 +637,29 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
                 .then(|| parse_retina(value).map(|r| r.patient))
                 .flatten()
         });
-        let bytes = resolved.as_ref().map(|(_, bytes)| *bytes);
-        let problem = match bytes {
-            None => {
+        let (bytes, problem) = match resolution {
+            Resolution::Found { bytes, padded, .. } => {
+                if padded {
+                    padded_ids += 1;
+                    padded_example.get_or_insert_with(|| (value.clone(), rel.clone()));
+                }
+                if bytes == 0 {
+                    problems.push(Problem::new(ProblemKind::EmptyFile, rel.clone(), ""));
+                }
+                (Some(bytes), empty_file_problem(bytes))
+            }
+            Resolution::Ambiguous(candidates) => {
+                let list = candidate_list(&candidates);
+                problems.push(Problem::new(
+                    ProblemKind::AmbiguousId,
+                    value.clone(),
+                    format!(
+                        "ambiguous: {list} (line {line}); name the extension in the CSV or give --image-pattern"
+                    ),
+                ));
+                (None, Some(format!("ambiguous: {list}")))
+            }
+            Resolution::Missing => {
                 missing += 1;
                 if !no_images_at_all {
                     problems.push(Problem::new(
@@ -358,13 +668,11 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
                         format!("line {line}"),
                     ));
                 }
-                Some(ProblemKind::MissingImage.description().to_owned())
+                (
+                    None,
+                    Some(ProblemKind::MissingImage.description().to_owned()),
+                )
             }
-            Some(0) => {
-                problems.push(Problem::new(ProblemKind::EmptyFile, rel.clone(), ""));
-                Some(ProblemKind::EmptyFile.description().to_owned())
-            }
-            _ => None,
         };
         records.push(Record {
             path: rel,
@@ -387,6 +695,18 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
             ),
         ));
     }
+    if let Some((id, rel)) = padded_example {
+        let hint = padded_pattern_hint(&rel).map_or_else(String::new, |p| {
+            format!("; confirm with --image-pattern \"{p}\"")
+        });
+        problems.push(Problem::new(
+            ProblemKind::PaddedId,
+            source.display().to_string(),
+            format!(
+                "{padded_ids} id(s) matched only a zero-padded file name (e.g. {id} → {rel}){hint}"
+            ),
+        ));
+    }
     records.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Manifest {
         root,
@@ -395,4 +715,177 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
         records,
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, bytes: &[u8]) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn problems_of(m: &Manifest, kind: ProblemKind) -> Vec<&Problem> {
+        m.problems.iter().filter(|p| p.kind == kind).collect()
+    }
+
+    #[test]
+    fn patterns_parse_and_pad_numeric_ids_only() {
+        let p = ImagePattern::parse("{id:03}.bmp").unwrap();
+        assert_eq!(p.apply("19"), "019.bmp");
+        assert_eq!(p.apply("183"), "183.bmp");
+        assert_eq!(p.apply("1834"), "1834.bmp");
+        assert_eq!(p.apply("ab"), "ab.bmp");
+        let p = ImagePattern::parse("img/{id}_x.png").unwrap();
+        assert_eq!(p.apply("7"), "img/7_x.png");
+        for bad in [
+            "x.bmp",
+            "{id",
+            "{name}.bmp",
+            "{id:3}.bmp",
+            "{id:0}.bmp",
+            "{id}}.bmp",
+            "",
+        ] {
+            let err = ImagePattern::parse(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("bad image pattern"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_matching_two_files_is_ambiguous_unless_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "183.bmp", b"image");
+        write(root, "183.png", b"mask");
+        write(root, "184.bmp", b"image");
+        let csv = root.join("labels.csv");
+        std::fs::write(&csv, "id,label\n183,a\n184,b\n").unwrap();
+        let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
+        let ambiguous = problems_of(&m, ProblemKind::AmbiguousId);
+        assert_eq!(ambiguous.len(), 1, "{:?}", m.problems);
+        assert_eq!(ambiguous[0].path, "183");
+        assert!(
+            ambiguous[0]
+                .detail
+                .starts_with("ambiguous: 183.bmp, 183.png (line 2)"),
+            "{}",
+            ambiguous[0].detail
+        );
+        let r183 = m.records.iter().find(|r| r.path == "183").unwrap();
+        assert!(!r183.is_usable());
+        assert_eq!(r183.problem.as_deref(), Some("ambiguous: 183.bmp, 183.png"));
+        // 184 has one file: matched, no problem.
+        assert!(
+            m.records
+                .iter()
+                .any(|r| r.path == "184.bmp" && r.is_usable())
+        );
+
+        let options = OpenOptions {
+            image_pattern: Some("{id}.bmp".into()),
+            ..Default::default()
+        };
+        let m = read_csv_dataset(&csv, &options).unwrap();
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        let paths: Vec<&str> = m.records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["183.bmp", "184.bmp"]);
+
+        // Naming the extension in the CSV settles it too.
+        std::fs::write(&csv, "id,label\n183.png,a\n").unwrap();
+        let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        assert_eq!(m.records[0].path, "183.png");
+    }
+
+    #[test]
+    fn numeric_ids_fall_back_to_zero_padded_names_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "img/019.bmp", b"x");
+        write(root, "img/007.bmp", b"x");
+        write(root, "img/183.bmp", b"x");
+        let csv = root.join("labels.csv");
+        std::fs::write(&csv, "id,label\n19,a\n7,b\n183,a\n5,b\n").unwrap();
+        let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
+        let paths: Vec<&str> = m.records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["5", "img/007.bmp", "img/019.bmp", "img/183.bmp"]);
+        let padded = problems_of(&m, ProblemKind::PaddedId);
+        assert_eq!(padded.len(), 1, "{:?}", m.problems);
+        assert!(
+            padded[0].detail.starts_with(
+                "2 id(s) matched only a zero-padded file name (e.g. 19 → img/019.bmp)"
+            ),
+            "{}",
+            padded[0].detail
+        );
+        assert!(padded[0].detail.contains("--image-pattern \"{id:03}.bmp\""));
+        assert_eq!(problems_of(&m, ProblemKind::MissingImage).len(), 1);
+
+        // With the pattern the padding is the user's word: no note.
+        let options = OpenOptions {
+            image_pattern: Some("{id:03}.bmp".into()),
+            ..Default::default()
+        };
+        let m = read_csv_dataset(&csv, &options).unwrap();
+        assert!(problems_of(&m, ProblemKind::PaddedId).is_empty());
+        assert_eq!(m.records.iter().filter(|r| r.is_usable()).count(), 3);
+    }
+
+    #[test]
+    fn two_padded_candidates_are_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "019.bmp", b"x");
+        write(dir.path(), "0019.bmp", b"x");
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(&csv, "id,label\n19,a\n").unwrap();
+        let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
+        let ambiguous = problems_of(&m, ProblemKind::AmbiguousId);
+        assert_eq!(ambiguous.len(), 1, "{:?}", m.problems);
+        assert!(ambiguous[0].detail.contains("0019.bmp, 019.bmp"));
+    }
+
+    #[test]
+    fn an_unterminated_quote_names_its_line_and_quotes_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("broken.csv");
+        let mut text = String::from("path,label\na.png,x\nb.png,\"y\nc.png,z\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("img_{i}.png,label_{i}\n"));
+        }
+        std::fs::write(&csv, &text).unwrap();
+        let err = read_csv_strings(&csv).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("b.png,\"y"), "{err}");
+        assert!(err.ends_with(&csv.display().to_string()), "{err}");
+        assert!(
+            err.len() < 400 + csv.display().to_string().len(),
+            "{} bytes",
+            err.len()
+        );
+
+        // Quotes that are closed, and doubled quotes inside them, are fine.
+        std::fs::write(
+            &csv,
+            "path,label\n\"a,1.png\",\"say \"\"hi\"\"\"\nb.png,x\n",
+        )
+        .unwrap();
+        let df = read_csv_strings(&csv).unwrap();
+        assert_eq!(df.height(), 2);
+    }
+
+    #[test]
+    fn parser_messages_are_cut() {
+        let long = "é".repeat(1000);
+        let cut = clip_message(&format!("bad\nthing {long}"), MAX_MESSAGE_BYTES);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8());
+        assert!(cut.starts_with("bad thing é"));
+        assert!(cut.ends_with('…'));
+        assert_eq!(clip_message("short", 200), "short");
+    }
 }

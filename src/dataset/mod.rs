@@ -110,6 +110,12 @@ pub struct OpenOptions {
     pub label_column: Option<String>,
     /// CSV column holding the patient id (default: guessed; optional).
     pub patient_column: Option<String>,
+    /// For CSVs whose path column holds ids: the image file name made from each id, e.g.
+    /// `{id}.bmp` or `{id:03}.bmp` (numeric ids zero-padded to 3 digits: `19` → `019.bmp`).
+    /// Without it an id without an extension matches any image file of that name, and an id
+    /// that matches several files (`183.bmp`, `183.png`) is listed as ambiguous.
+    #[serde(default)]
+    pub image_pattern: Option<String>,
 }
 
 /// One image of a dataset.
@@ -215,8 +221,10 @@ pub enum OpenError {
     },
     #[error("the CSV has no rows: {0}")]
     EmptyCsv(PathBuf),
-    #[error("could not read CSV {path}: {message}")]
+    #[error("could not read CSV: {message}: {path}")]
     Csv { path: PathBuf, message: String },
+    #[error("bad image pattern {pattern:?}: {message}")]
+    BadPattern { pattern: String, message: String },
     #[error("{format} expects a {expected}, got {path}")]
     WrongKind {
         format: DatasetFormat,

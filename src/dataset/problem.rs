@@ -20,6 +20,11 @@ pub enum ProblemKind {
     /// An image deeper than `<root>/<label>/` in a class-folder dataset; it is labelled by its
     /// first folder under the root, and listed so that nested folders are never a silent label.
     NestedFolder,
+    /// A CSV id without an extension that matches several files (`183.bmp`, `183.png`).
+    AmbiguousId,
+    /// CSV ids that matched only a zero-padded file name (`19` → `019.bmp`): one entry with a
+    /// count.
+    PaddedId,
     /// A CSV row whose image file is not there.
     MissingImage,
     /// A CSV row that repeats an earlier row's image.
@@ -46,6 +51,8 @@ impl ProblemKind {
             Self::NestedFolder => {
                 "image in a subfolder of a class folder (labelled by the class folder)"
             }
+            Self::AmbiguousId => "id matches several files (name the extension or --image-pattern)",
+            Self::PaddedId => "ids matched only zero-padded file names",
             Self::MissingImage => "image listed but not found",
             Self::DuplicatePath => "image listed more than once",
             Self::BadRow => "row without path or label",
@@ -63,6 +70,8 @@ impl ProblemKind {
             Self::NameMismatch => "name-mismatch",
             Self::NoClassFolder => "no-class-folder",
             Self::NestedFolder => "nested-folder",
+            Self::AmbiguousId => "ambiguous-id",
+            Self::PaddedId => "padded-id",
             Self::MissingImage => "missing-image",
             Self::DuplicatePath => "duplicate-path",
             Self::BadRow => "bad-row",
