@@ -35,7 +35,7 @@ pub mod exit {
     pub const ERROR: u8 = 1;
     /// Bad usage (unknown flag, missing argument).
     pub const USAGE: u8 = 2;
-    /// `--strict` and the dataset has problems.
+    /// `--strict` and the dataset (or the predictions file) has problems.
     pub const PROBLEMS: u8 = 3;
     /// A patient sits on more than one side of a split.
     pub const LEAKAGE: u8 = 4;
@@ -71,7 +71,7 @@ pub enum Command {
     /// Predict images with a trained run; writes a CSV of probabilities.
     Predict(model_cmds::PredictArgs),
     /// Compute every metric from a predictions CSV.
-    Evaluate(model_cmds::EvaluateArgs),
+    Evaluate(EvaluateCmdArgs),
     /// Serve a trained run over HTTP (POST /predict, GET /health).
     Serve(model_cmds::ServeArgs),
     /// Run jobs on a Ray cluster: submit, follow, stop, collect results.
@@ -184,6 +184,17 @@ pub struct ExploreArgs {
     #[arg(long)]
     pub plots: Option<PathBuf>,
     /// Exit with code 3 when the dataset has problems.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// `evaluate`: the flags of the metrics report plus `--strict`.
+#[derive(Args, Debug)]
+pub struct EvaluateCmdArgs {
+    #[command(flatten)]
+    pub args: model_cmds::EvaluateArgs,
+    /// Exit with code 3 when a row is skipped for its probabilities (missing, not a number,
+    /// not finite, outside [0, 1]) or a single-label row's probabilities do not sum to 1.
     #[arg(long)]
     pub strict: bool,
 }
@@ -318,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Synth(args)) => synth(args),
         Some(Command::Train(args)) => model_cmds::train_cmd(args),
         Some(Command::Predict(args)) => model_cmds::predict_cmd(args),
-        Some(Command::Evaluate(args)) => model_cmds::evaluate_cmd(args),
+        Some(Command::Evaluate(args)) => evaluate(args),
         Some(Command::Serve(args)) => model_cmds::serve_cmd(args),
         Some(Command::Cluster { command, target }) => cluster_cmds::run(command, &target),
         Some(Command::Featurize {
@@ -459,6 +470,25 @@ fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
     } else {
         0
     })
+}
+
+/// `evaluate`. Skipped rows and rows not summing to 1 are reported on stderr as they are
+/// found; with `--strict` the file is checked first and any of them fails the command.
+fn evaluate(cmd: EvaluateCmdArgs) -> anyhow::Result<u8> {
+    if cmd.strict {
+        let args = &cmd.args;
+        let e = crate::infer::evaluate::evaluate_csv(&args.pred, args.truth.as_deref(), args.task)?;
+        if !e.is_clean() {
+            eprintln!(
+                "evaluate --strict: {} row(s) skipped for their probabilities, {} row(s) whose probabilities do not sum to 1: {}",
+                e.problems.len(),
+                e.unnormalised_rows,
+                args.pred.display()
+            );
+            return Ok(exit::PROBLEMS);
+        }
+    }
+    model_cmds::evaluate_cmd(cmd.args)
 }
 
 fn split(args: SplitArgs) -> anyhow::Result<u8> {

@@ -3,6 +3,10 @@
 //! Expected columns: `p_<label>` probability columns, a truth column (`truth`, `label`,
 //! `true` or `target`; `A|B` for multi-label) unless a separate truth CSV is given (joined on
 //! `path`, or on file name), and optionally `patient` for patient-level metrics.
+//!
+//! A row whose probabilities are missing, not numbers, not finite or outside [0, 1] is left
+//! out of the metrics and listed with its line number; single-label rows whose probabilities
+//! do not sum to 1 are scored but counted in a warning.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +23,56 @@ pub struct Evaluation {
     pub metrics: Metrics,
     /// Cells averaged per patient (single-label tasks with a `patient` column).
     pub patient_metrics: Option<Metrics>,
+    /// Rows left out of the metrics because of their probabilities, in file order.
+    pub problems: Vec<RowProblem>,
+    /// Single-label rows (scored) whose probabilities do not sum to 1 within
+    /// [`SUM_TOLERANCE`].
+    pub unnormalised_rows: usize,
+    /// Line numbers of the first few of those rows.
+    pub unnormalised_examples: Vec<usize>,
+}
+
+/// A predictions row that was left out of the metrics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RowProblem {
+    /// 1-based line in the predictions CSV (the header is line 1).
+    pub line: usize,
+    /// What is wrong, per column: `p_all: not a number "abc"`.
+    pub detail: String,
+}
+
+/// How far a single-label row's probabilities may sum from 1 before it is counted.
+pub const SUM_TOLERANCE: f64 = 1e-3;
+/// Rounding slack for a probability just outside [0, 1] (`1.0000001` from a float sum).
+const RANGE_SLACK: f64 = 1e-6;
+/// How many example line numbers a warning keeps.
+const EXAMPLES: usize = 5;
+/// How many skipped rows are logged one by one.
+const LOGGED: usize = 10;
+
+impl Evaluation {
+    /// True when no row was left out and every single-label row sums to 1.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.unnormalised_rows == 0
+    }
+}
+
+/// A probability cell: a finite number in [0, 1], or why not.
+fn parse_probability(cell: &str) -> Result<f32, String> {
+    if cell.is_empty() {
+        return Err("missing".into());
+    }
+    let shown = crate::explore::table::clip_chars(cell, 40);
+    let v: f64 = cell
+        .parse()
+        .map_err(|_| format!("not a number {shown:?}"))?;
+    if !v.is_finite() {
+        return Err(format!("not finite ({shown})"));
+    }
+    if !(-RANGE_SLACK..=1.0 + RANGE_SLACK).contains(&v) {
+        return Err(format!("outside [0, 1] ({shown})"));
+    }
+    Ok(v.clamp(0.0, 1.0) as f32)
 }
 
 fn column(df: &polars::prelude::DataFrame, name: &str) -> Option<Vec<String>> {
@@ -55,12 +109,28 @@ pub fn evaluate_csv(
     let labels: Vec<String> = prob_cols.iter().map(|c| c[2..].to_owned()).collect();
     let n = df.height();
     let mut probs = vec![Vec::with_capacity(labels.len()); n];
+    let mut bad: Vec<Vec<String>> = vec![Vec::new(); n];
     for c in &prob_cols {
-        let values = column(&df, c).unwrap_or_default();
+        let values = column(&df, c).unwrap_or_else(|| vec![String::new(); n]);
         for (row, v) in values.iter().enumerate() {
-            probs[row].push(v.parse::<f32>().unwrap_or(f32::NAN));
+            match parse_probability(v) {
+                Ok(p) => probs[row].push(p),
+                Err(why) => {
+                    probs[row].push(f32::NAN);
+                    bad[row].push(format!("{c}: {why}"));
+                }
+            }
         }
     }
+    let problems: Vec<RowProblem> = bad
+        .iter()
+        .enumerate()
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(row, why)| RowProblem {
+            line: row + 2,
+            detail: why.join("; "),
+        })
+        .collect();
     let truth: Vec<String> = match truth_csv {
         None => ["truth", "label", "true", "target"]
             .iter()
@@ -99,8 +169,24 @@ pub fn evaluate_csv(
                 .collect()
         }
     };
-    let keep: Vec<usize> = (0..n).filter(|&i| !truth[i].is_empty()).collect();
-    anyhow::ensure!(!keep.is_empty(), "no row has a known truth");
+    let keep: Vec<usize> = (0..n)
+        .filter(|&i| !truth[i].is_empty() && bad[i].is_empty())
+        .collect();
+    for p in problems.iter().take(LOGGED) {
+        log::warn!("line {}: {} (row skipped)", p.line, p.detail);
+    }
+    if problems.len() > LOGGED {
+        log::warn!(
+            "… and {} more row(s) skipped for their probabilities",
+            problems.len() - LOGGED
+        );
+    }
+    anyhow::ensure!(
+        !keep.is_empty(),
+        "no row has both a known truth and valid probabilities ({} row(s) skipped for their probabilities): {}",
+        problems.len(),
+        predictions.display()
+    );
     let multi = truth.iter().any(|t| t.contains('|'));
     let task = task.unwrap_or(if multi {
         Task::MultiLabel
@@ -110,6 +196,25 @@ pub fn evaluate_csv(
         Task::MultiClass
     });
     let probs: Vec<Vec<f32>> = keep.iter().map(|&i| probs[i].clone()).collect();
+    let mut unnormalised_rows = 0;
+    let mut unnormalised_examples = Vec::new();
+    if task != Task::MultiLabel {
+        for (&i, p) in keep.iter().zip(&probs) {
+            let sum: f64 = p.iter().map(|&x| f64::from(x)).sum();
+            if (sum - 1.0).abs() > SUM_TOLERANCE {
+                unnormalised_rows += 1;
+                if unnormalised_examples.len() < EXAMPLES {
+                    unnormalised_examples.push(i + 2);
+                }
+            }
+        }
+    }
+    if unnormalised_rows > 0 {
+        log::warn!(
+            "{unnormalised_rows} row(s) whose probabilities do not sum to 1 (±{SUM_TOLERANCE}), e.g. line(s) {unnormalised_examples:?}: {}",
+            predictions.display()
+        );
+    }
     let index = |l: &str| labels.iter().position(|x| x == l);
     let (metrics, patient_metrics) = if task == Task::MultiLabel {
         let t: Vec<Vec<bool>> = keep
@@ -149,5 +254,84 @@ pub fn evaluate_csv(
         labels,
         metrics,
         patient_metrics,
+        problems,
+        unnormalised_rows,
+        unnormalised_examples,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(text: &str) -> anyhow::Result<Evaluation> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pred.csv");
+        std::fs::write(&path, text).unwrap();
+        evaluate_csv(&path, None, None)
+    }
+
+    const GOOD: &str = "path,truth,p_a,p_b\n\
+        1.png,a,0.9,0.1\n\
+        2.png,b,0.2,0.8\n\
+        3.png,a,0.4,0.6\n\
+        4.png,b,0.3,0.7\n";
+
+    #[test]
+    fn bad_probabilities_are_listed_by_line_and_left_out_of_the_metrics() {
+        let clean = eval(GOOD).unwrap();
+        assert!(clean.is_clean());
+        assert_eq!(clean.rows, 4);
+        let bad_rows = [
+            "5.png,b,abc,0.5",
+            "6.png,a,NaN,0.5",
+            "7.png,a,inf,0.0",
+            "8.png,b,-0.2,1.2",
+            "9.png,a,1.5,0.5",
+            "10.png,b,,0.5",
+            "11.png,a,0.5",
+        ];
+        let text = format!("{GOOD}{}\n", bad_rows.join("\n"));
+        let e = eval(&text).unwrap();
+        assert_eq!(e.rows, 4);
+        let lines: Vec<usize> = e.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [6, 7, 8, 9, 10, 11, 12]);
+        let details: Vec<&str> = e.problems.iter().map(|p| p.detail.as_str()).collect();
+        assert_eq!(details[0], "p_a: not a number \"abc\"");
+        assert_eq!(details[1], "p_a: not finite (NaN)");
+        assert_eq!(details[2], "p_a: not finite (inf)");
+        assert_eq!(
+            details[3],
+            "p_a: outside [0, 1] (-0.2); p_b: outside [0, 1] (1.2)"
+        );
+        assert_eq!(details[5], "p_a: missing");
+        assert_eq!(details[6], "p_b: missing");
+        // The metrics are those of the good rows alone.
+        assert_eq!(e.metrics, clean.metrics);
+        assert!(!e.is_clean());
+    }
+
+    #[test]
+    fn rows_that_do_not_sum_to_one_are_counted_not_dropped() {
+        let text = format!("{GOOD}5.png,a,0.9,0.3\n6.png,b,0.1,0.1\n7.png,a,0.5,0.5004\n");
+        let e = eval(&text).unwrap();
+        assert!(e.problems.is_empty());
+        assert_eq!(e.rows, 7);
+        assert_eq!(e.unnormalised_rows, 2);
+        assert_eq!(e.unnormalised_examples, [6, 7]);
+        assert!(!e.is_clean());
+        // Multi-label rows are independent probabilities: no sum check.
+        let multi = "path,truth,p_a,p_b\n1.png,a|b,0.9,0.8\n2.png,b,0.1,0.7\n3.png,a,0.6,0.2\n";
+        let e = eval(multi).unwrap();
+        assert_eq!(e.unnormalised_rows, 0);
+    }
+
+    #[test]
+    fn a_file_with_no_usable_row_is_an_error_naming_it() {
+        let err = eval("path,truth,p_a,p_b\n1.png,a,x,y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 row(s) skipped"), "{err}");
+        assert!(err.ends_with("pred.csv"), "{err}");
+    }
 }
