@@ -1,0 +1,297 @@
+//! Hostile and malformed inputs, written at test time: every one is listed or refused with a
+//! clear message, nothing panics.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn problem<'a>(report: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == kind)
+}
+
+fn count(report: &serde_json::Value, kind: &str) -> u64 {
+    problem(report, kind).map_or(0, |p| p["count"].as_u64().unwrap())
+}
+
+fn noise(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    let mut state = seed.max(1);
+    image::RgbImage::from_fn(w, h, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+    })
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn cells_longer_than_a_format_width_are_cut_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("long.csv");
+    let long_label = "L".repeat(70_000);
+    let long_path = format!("{}.png", "ü".repeat(70_000));
+    std::fs::write(
+        &csv,
+        format!("path,label\na.png,{long_label}\n{long_path},short\nb.png,short\n"),
+    )
+    .unwrap();
+    image::RgbImage::new(4, 4)
+        .save(dir.path().join("a.png"))
+        .unwrap();
+    image::RgbImage::new(4, 4)
+        .save(dir.path().join("b.png"))
+        .unwrap();
+    let plots = dir.path().join("plots");
+    let out = run(&["explore", path_str(&csv), "--plots", path_str(&plots)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("LLL…"), "{text}");
+    let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest < 1_000, "a printed line of {longest} characters");
+    assert!(stderr(&out).len() < 2_000, "{}", stderr(&out));
+    // JSON keeps the whole label.
+    let report = run_json(&["explore", path_str(&csv), "--json"]);
+    assert!(
+        label_images(&report)
+            .iter()
+            .any(|(l, n)| l.len() == 70_000 && *n == 1)
+    );
+}
+
+#[test]
+fn nested_class_folders_are_labelled_by_the_first_folder_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let png = |rel: &str| {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        noise(8, 8, 3).save(path).unwrap();
+    };
+    png("A/b1/x.png");
+    png("B/b1/y.png");
+    png("A/a.png");
+    png("B/b.png");
+    let report = run_json(&["explore", path_str(root), "--json"]);
+    assert_eq!(report["summary"]["format"], "class-folders");
+    assert_eq!(
+        label_images(&report),
+        [("A".to_owned(), 2), ("B".to_owned(), 2)]
+    );
+    let nested = problem(&report, "nested-folder").expect("nested images are listed");
+    assert_eq!(nested["count"], 2);
+    assert!(
+        nested["examples"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("A/b1/x.png: labelled \"A\", not \"b1\""),
+        "{nested}"
+    );
+    let strict = run(&["explore", path_str(root), "--strict"]);
+    assert_eq!(strict.status.code(), Some(3), "{}", stderr(&strict));
+}
+
+#[test]
+fn decode_check_lists_truncated_images_of_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let img = noise(48, 40, 11);
+    let encode = |format: image::ImageFormat| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let jpeg = encode(image::ImageFormat::Jpeg);
+    let png = encode(image::ImageFormat::Png);
+    let bmp = encode(image::ImageFormat::Bmp);
+    let webp = encode(image::ImageFormat::WebP);
+    write(&root.join("ok/a.jpg"), &jpeg);
+    write(&root.join("ok/b.png"), &png);
+    write(&root.join("ok/c.bmp"), &bmp);
+    write(&root.join("ok/d.webp"), &webp);
+    // Cut before each format's end marker; a cut JPEG still decodes.
+    write(&root.join("cut/a.jpg"), &jpeg[..jpeg.len() * 2 / 3]);
+    write(&root.join("cut/b.png"), &png[..png.len() - 12]);
+    write(&root.join("cut/c.bmp"), &bmp[..bmp.len() - 100]);
+    write(&root.join("cut/d.webp"), &webp[..webp.len() - 10]);
+
+    let report = run_json(&["explore", path_str(root), "--check", "decode", "--json"]);
+    let truncated = problem(&report, "truncated").expect("truncated images are listed");
+    assert_eq!(truncated["count"], 4, "{}", report["problems"]);
+    let examples: Vec<&str> = truncated["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for (name, marker) in [
+        ("cut/a.jpg", "FF D9"),
+        ("cut/b.png", "IEND"),
+        ("cut/c.bmp", "BMP header declares"),
+        ("cut/d.webp", "RIFF"),
+    ] {
+        let line = examples
+            .iter()
+            .find(|e| e.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed: {examples:?}"));
+        assert!(line.contains(marker), "{line}");
+    }
+    assert_eq!(count(&report, "unreadable"), 0, "{}", report["problems"]);
+    // The intact WebP decodes like the others.
+    assert_eq!(report["summary"]["usable_images"], 4);
+    assert_eq!(report["summary"]["images"], 8);
+}
+
+#[test]
+fn evaluate_lists_bad_probability_rows_and_strict_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.csv");
+    let good =
+        "path,truth,p_a,p_b\n1.png,a,0.9,0.1\n2.png,b,0.2,0.8\n3.png,a,0.4,0.6\n4.png,b,0.3,0.7\n";
+    std::fs::write(&clean, good).unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!("{good}5.png,a,oops,0.5\n6.png,b,NaN,0.5\n7.png,a,1.7,0.1\n8.png,b,,0.9\n9.png,a,0.7,0.7\n"),
+    )
+    .unwrap();
+    let base = run_json(&["evaluate", "--pred", path_str(&clean), "--json"]);
+    let out = run(&["evaluate", "--pred", path_str(&bad), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines: Vec<u64> = e["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [6, 7, 8, 9]);
+    assert_eq!(e["unnormalised_rows"], 1);
+    assert_eq!(e["unnormalised_examples"], serde_json::json!([10]));
+    assert_eq!(e["rows"], 5);
+    let err = stderr(&out);
+    for needle in [
+        "line 6",
+        "not a number",
+        "line 9",
+        "missing",
+        "do not sum to 1",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    // The skipped rows do not move the metrics; the unnormalised row is scored.
+    assert_eq!(base["problems"], serde_json::json!([]));
+    assert_eq!(base["rows"], 4);
+    let scored = dir.path().join("scored.csv");
+    std::fs::write(&scored, format!("{good}9.png,a,0.7,0.7\n")).unwrap();
+    let scored = run_json(&["evaluate", "--pred", path_str(&scored), "--json"]);
+    assert_eq!(e["metrics"], scored["metrics"]);
+    assert_ne!(e["metrics"], base["metrics"]);
+
+    let strict = run(&["evaluate", "--pred", path_str(&bad), "--strict"]);
+    assert_eq!(strict.status.code(), Some(3), "{}", stderr(&strict));
+    assert!(
+        stderr(&strict).contains("4 row(s) skipped"),
+        "{}",
+        stderr(&strict)
+    );
+    let ok = run(&["evaluate", "--pred", path_str(&clean), "--strict"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("accuracy"));
+}
+
+#[test]
+fn an_unterminated_quote_is_one_short_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("quote.csv");
+    let mut text = String::from("path,label\na.png,x\nb.png,\"unclosed\nc.png,y\n");
+    for i in 0..5_000 {
+        text.push_str(&format!("image_{i:05}.png,label_{}\n", i % 3));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let out = run(&["explore", path_str(&csv)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.trim_end().ends_with(path_str(&csv)), "{err}");
+    assert!(err.len() < 600, "{} bytes on stderr:\n{err}", err.len());
+    // The same for evaluate, which reads its CSVs the same way.
+    let out = run(&["evaluate", "--pred", path_str(&csv)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 3"), "{}", stderr(&out));
+    assert!(stderr(&out).len() < 600);
+}
+
+#[test]
+fn ids_matching_several_files_are_ambiguous_until_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for name in ["183.bmp", "019.bmp", "020.bmp"] {
+        noise(6, 6, 5).save(root.join(name)).unwrap();
+    }
+    noise(6, 6, 7).save(root.join("183.png")).unwrap(); // a mask beside its image
+    let csv = root.join("labels.csv");
+    std::fs::write(&csv, "id,label\n183,a\n19,b\n20,a\n").unwrap();
+
+    let report = run_json(&["explore", path_str(&csv), "--json"]);
+    let ambiguous = problem(&report, "ambiguous-id").expect("listed");
+    assert_eq!(ambiguous["count"], 1);
+    let example = ambiguous["examples"][0].as_str().unwrap();
+    assert!(
+        example.starts_with("183: ambiguous: 183.bmp, 183.png"),
+        "{example}"
+    );
+    let padded = problem(&report, "padded-id").expect("the padding is said");
+    assert!(
+        padded["examples"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 id(s) matched only a zero-padded file name"),
+        "{padded}"
+    );
+    assert_eq!(report["summary"]["usable_images"], 2);
+
+    let report = run_json(&[
+        "explore",
+        path_str(&csv),
+        "--image-pattern",
+        "{id:03}.bmp",
+        "--json",
+    ]);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["summary"]["usable_images"], 3);
+
+    let out = run(&["explore", path_str(&csv), "--image-pattern", "{name}.bmp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad image pattern"),
+        "{}",
+        stderr(&out)
+    );
+    // split opens datasets the same way.
+    let split_csv = root.join("split.csv");
+    let out = run(&[
+        "split",
+        path_str(&csv),
+        "--image-pattern",
+        "{id:03}.bmp",
+        "--out",
+        path_str(&split_csv),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&split_csv).unwrap();
+    assert!(
+        written.contains("183.bmp") && written.contains("019.bmp"),
+        "{written}"
+    );
+}
