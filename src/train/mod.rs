@@ -1,6 +1,7 @@
 //! Training: configuration, feature extraction and its cache, the training loops, metrics
 //! and the event stream.
 
+mod batches;
 pub mod config;
 pub mod cv;
 pub mod data;
@@ -8,7 +9,9 @@ pub mod engine;
 pub mod events;
 pub mod features;
 pub mod metrics;
+mod net;
 pub mod report;
+mod trainer;
 
 pub use crate::model::ordinal;
 pub use config::{Mode, TrainConfig};

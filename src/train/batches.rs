@@ -1,0 +1,400 @@
+//! Batches and losses: cached features or decoded, augmented images in a seeded order; the
+//! loss of each task; one training epoch and a forward pass over one side of the data.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::optim::ModuleOptimizer;
+use burn::tensor::activation;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::dataset::preprocess::{Augment, Preprocess};
+use crate::dataset::split::SplitMix64;
+use crate::model::decision::{self};
+use crate::model::efficientnet::FEATURES;
+use crate::model::extractor::Extractor;
+
+use super::config::{Imbalance, TrainConfig};
+use super::data::{Prepared, Target};
+use super::metrics::{self, Metrics, Task};
+use super::net::{Input, Net};
+use super::ordinal;
+
+/// Feeds batches: cached features (probe) or decoded, augmented images. One value per run.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Feeder {
+    Features {
+        /// Standardised features per item (`None`: the image failed).
+        rows: Vec<Option<Vec<f32>>>,
+    },
+    Images {
+        preprocess: Preprocess,
+        augment: Augment,
+        /// Frozen part of a fine-tuned backbone, run without gradients.
+        prefix: Option<(Extractor, usize)>,
+    },
+}
+
+pub(super) struct Batch {
+    pub(super) input: Input,
+    /// Items actually in the batch (failed images left out).
+    pub(super) items: Vec<usize>,
+    pub(super) failures: Vec<(PathBuf, String)>,
+}
+
+impl Feeder {
+    pub(super) fn batch(
+        &self,
+        data: &Prepared,
+        idx: &[usize],
+        train: bool,
+        rng: &mut SplitMix64,
+        device: &Device,
+        plain: &Device,
+    ) -> Batch {
+        match self {
+            Self::Features { rows } => {
+                let items: Vec<usize> =
+                    idx.iter().copied().filter(|&i| rows[i].is_some()).collect();
+                let mut flat = Vec::with_capacity(items.len() * FEATURES);
+                for &i in &items {
+                    flat.extend_from_slice(rows[i].as_deref().unwrap_or_default());
+                }
+                let x =
+                    Tensor::<2>::from_data(TensorData::new(flat, [items.len(), FEATURES]), device);
+                Batch {
+                    input: Input::Features(x),
+                    items,
+                    failures: Vec::new(),
+                }
+            }
+            Self::Images {
+                preprocess,
+                augment,
+                prefix,
+            } => {
+                let side = preprocess.size as usize;
+                let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
+                let loaded: Vec<(usize, Result<Vec<f32>, String>)> = idx
+                    .par_iter()
+                    .zip(seeds)
+                    .map(|(&i, seed)| {
+                        let r = preprocess
+                            .load(&data.items[i].path)
+                            .map_err(|e| e.to_string());
+                        let r = r.map(|mut chw| {
+                            if train && !augment.is_identity() {
+                                augment.apply(&mut chw, side, &mut SplitMix64::new(seed));
+                            }
+                            chw
+                        });
+                        (i, r)
+                    })
+                    .collect();
+                let mut items = Vec::new();
+                let mut flat = Vec::new();
+                let mut failures = Vec::new();
+                for (i, r) in loaded {
+                    match r {
+                        Ok(chw) => {
+                            items.push(i);
+                            flat.extend(chw);
+                        }
+                        Err(e) => failures.push((data.items[i].path.clone(), e)),
+                    }
+                }
+                let n = items.len();
+                let input = match prefix {
+                    Some((frozen, start)) => {
+                        let y = frozen.prefix(flat, n, side, *start, plain);
+                        Input::Images(if device.is_autodiff() {
+                            y.autodiff()
+                        } else {
+                            y
+                        })
+                    }
+                    None => Input::Images(Tensor::<4>::from_data(
+                        TensorData::new(flat, [n, 3, side, side]),
+                        device,
+                    )),
+                };
+                Batch {
+                    input,
+                    items,
+                    failures,
+                }
+            }
+        }
+    }
+}
+
+/// Loss weights per class (single-label) or positive weights per label (multi-label).
+pub(super) fn loss_weights(data: &Prepared, imbalance: Imbalance) -> Vec<f32> {
+    let counts = data.train_class_counts();
+    let k = counts.len();
+    let n = data.train.len() as f32;
+    if imbalance != Imbalance::ClassWeights {
+        return vec![1.0; k];
+    }
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                1.0
+            } else if data.task == Task::MultiLabel {
+                ((n - c as f32) / c as f32).clamp(1.0, 50.0)
+            } else {
+                n / (k as f32 * c as f32)
+            }
+        })
+        .collect()
+}
+
+/// `log(1 + e^x)`, stable for large `|x|`.
+pub(super) fn softplus(x: Tensor<2>) -> Tensor<2> {
+    x.clone().clamp_min(0.0) + (x.abs().neg().exp() + 1.0).log()
+}
+
+/// Loss of a batch and the probabilities (detached, for metrics).
+pub(super) fn loss_and_probs(
+    task: Task,
+    logits: Tensor<2>,
+    data: &Prepared,
+    items: &[usize],
+    weights: &[f32],
+) -> (Tensor<1>, Vec<Vec<f32>>) {
+    let device = logits.device();
+    let [b, k] = logits.dims();
+    if task == Task::Ordinal {
+        // `k` cumulative logits for `k + 1` grades; binary cross-entropy per threshold,
+        // each sample weighted by its grade's class weight.
+        let grades: Vec<usize> = items.iter().map(|&i| class_of(data, i)).collect();
+        let t: Vec<f32> = grades
+            .iter()
+            .flat_map(|&g| ordinal::targets(g, k + 1))
+            .collect();
+        let w: Vec<f32> = grades.iter().map(|&g| weights[g]).collect();
+        let t = Tensor::<2>::from_data(TensorData::new(t, [b, k]), &device);
+        let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
+        let bce =
+            t.clone() * softplus(logits.clone().neg()) + (t.neg() + 1.0) * softplus(logits.clone());
+        let per_sample: Tensor<1> = bce.mean_dim(1).reshape([b]);
+        let loss = (per_sample * w.clone()).sum() / w.sum();
+        let probs = decision::probabilities(task, true, logits.detach());
+        return (loss, probs);
+    }
+    if task == Task::MultiLabel {
+        let t: Vec<f32> = items
+            .iter()
+            .flat_map(|&i| match &data.items[i].target {
+                Target::Multi(f) => f
+                    .iter()
+                    .map(|&v| f32::from(u8::from(v)))
+                    .collect::<Vec<_>>(),
+                Target::Class(c) => (0..k).map(|j| f32::from(u8::from(j == *c))).collect(),
+            })
+            .collect();
+        let t = Tensor::<2>::from_data(TensorData::new(t, [b, k]), &device);
+        let pw =
+            Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [k]), &device).reshape([1, k]);
+        // Weighted BCE with logits: pw·t·softplus(−x) + (1−t)·softplus(x).
+        let pos = t.clone() * pw * softplus(logits.clone().neg());
+        let neg = (t.neg() + 1.0) * softplus(logits.clone());
+        let loss = (pos + neg).mean();
+        (loss, decision::probabilities(task, false, logits.detach()))
+    } else {
+        let y: Vec<i64> = items
+            .iter()
+            .map(|&i| match &data.items[i].target {
+                Target::Class(c) => *c as i64,
+                Target::Multi(_) => 0,
+            })
+            .collect();
+        let w: Vec<f32> = y.iter().map(|&c| weights[c as usize]).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [b]), &device);
+        let w = Tensor::<1>::from_data(TensorData::new(w, [b]), &device);
+        let lp = activation::log_softmax(logits.clone(), 1);
+        let picked: Tensor<1> = lp.gather(1, y.reshape([b, 1])).reshape([b]);
+        let loss = (picked * w.clone()).sum().neg() / w.sum();
+        (loss, decision::probabilities(task, false, logits.detach()))
+    }
+}
+
+pub(super) fn evaluate(data: &Prepared, items: &[usize], probs: &[Vec<f32>]) -> Metrics {
+    if data.task == Task::MultiLabel {
+        let truth: Vec<Vec<bool>> = items
+            .iter()
+            .map(|&i| match &data.items[i].target {
+                Target::Multi(f) => f.clone(),
+                Target::Class(_) => vec![false; data.labels.len()],
+            })
+            .collect();
+        metrics::evaluate_multi_label(&data.labels, &truth, probs, decision::MULTI_LABEL_THRESHOLD)
+    } else {
+        let truth: Vec<usize> = items.iter().map(|&i| class_of(data, i)).collect();
+        metrics::evaluate_single(data.task, &data.labels, &truth, probs)
+    }
+}
+
+pub(super) fn class_of(data: &Prepared, i: usize) -> usize {
+    match &data.items[i].target {
+        Target::Class(c) => *c,
+        Target::Multi(_) => 0,
+    }
+}
+
+/// One pass over the training side.
+pub(super) struct EpochResult {
+    pub(super) net: Net,
+    /// Items trained on, in order, with the probabilities the network gave them.
+    pub(super) seen: Vec<usize>,
+    pub(super) probs: Vec<Vec<f32>>,
+    /// Mean training loss.
+    pub(super) loss: f64,
+    pub(super) failures: Vec<(PathBuf, String)>,
+    /// Stopped through the cancel flag before the end of the epoch.
+    pub(super) cancelled: bool,
+}
+
+/// Trains one epoch: batches in a seeded (or class-balanced) order, one optimiser step each.
+/// Fails on a non-finite loss; stops between batches when `cancel` is set.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn train_epoch(
+    mut net: Net,
+    optims: &mut [ModuleOptimizer],
+    feeder: &Feeder,
+    data: &Prepared,
+    config: &TrainConfig,
+    (epoch, lr): (u32, f64),
+    weights: &[f32],
+    rng: &mut SplitMix64,
+    (ad, plain): (&Device, &Device),
+    finetune_start: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<EpochResult> {
+    let order = epoch_order(data, config.imbalance, rng);
+    let (mut seen, mut probs, mut failures, mut loss_sum) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    let total = order.len();
+    for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(EpochResult {
+                net,
+                seen,
+                probs,
+                loss: f64::NAN,
+                failures,
+                cancelled: true,
+            });
+        }
+        let batch = feeder.batch(data, chunk, true, rng, ad, plain);
+        failures.extend(batch.failures);
+        if batch.items.is_empty() {
+            continue;
+        }
+        let logits = net.logits(batch.input, finetune_start);
+        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+        if !loss_value.is_finite() {
+            anyhow::bail!(
+                "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
+                b + 1
+            );
+        }
+        net = net.step(optims, lr, loss);
+        loss_sum += loss_value * batch.items.len() as f64;
+        seen.extend(batch.items);
+        probs.extend(p);
+        progress(((b + 1) * config.batch_size).min(total), total);
+    }
+    let loss = loss_sum / seen.len().max(1) as f64;
+    Ok(EpochResult {
+        net,
+        seen,
+        probs,
+        loss,
+        failures,
+        cancelled: false,
+    })
+}
+
+/// Predictions of one side of the data.
+pub(super) struct SidePredictions {
+    /// Items predicted (images that failed to load are left out).
+    pub(super) kept: Vec<usize>,
+    pub(super) probs: Vec<Vec<f32>>,
+    /// Mean loss over `kept`.
+    pub(super) loss: f64,
+    pub(super) failures: Vec<(PathBuf, String)>,
+}
+
+/// Runs a forward pass without gradients over `items`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn predict_side(
+    net: &Net,
+    feeder: &Feeder,
+    data: &Prepared,
+    items: &[usize],
+    batch_size: usize,
+    finetune_start: usize,
+    weights: &[f32],
+    plain: &Device,
+) -> SidePredictions {
+    let mut rng = SplitMix64::new(0);
+    let (mut kept, mut probs, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let mut loss_sum = 0.0;
+    for chunk in items.chunks(batch_size.max(1)) {
+        let batch = feeder.batch(data, chunk, false, &mut rng, plain, plain);
+        failures.extend(batch.failures);
+        if batch.items.is_empty() {
+            continue;
+        }
+        let logits = net.logits(batch.input, finetune_start);
+        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.items.len() as f64;
+        kept.extend(batch.items);
+        probs.extend(p);
+    }
+    let mean = if kept.is_empty() {
+        f64::NAN
+    } else {
+        loss_sum / kept.len() as f64
+    };
+    SidePredictions {
+        kept,
+        probs,
+        loss: mean,
+        failures,
+    }
+}
+
+/// Training order of one epoch: a seeded shuffle, or class-balanced sampling with replacement.
+pub(super) fn epoch_order(
+    data: &Prepared,
+    imbalance: Imbalance,
+    rng: &mut SplitMix64,
+) -> Vec<usize> {
+    let mut order = data.train.clone();
+    if imbalance == Imbalance::Oversample && data.task != Task::MultiLabel {
+        let counts = data.train_class_counts();
+        let weight = |i: usize| 1.0 / counts[class_of(data, i)].max(1) as f64;
+        let total: f64 = data.train.iter().map(|&i| weight(i)).sum();
+        order = (0..data.train.len())
+            .map(|_| {
+                let mut r = rng.unit() * total;
+                for &i in &data.train {
+                    r -= weight(i);
+                    if r <= 0.0 {
+                        return i;
+                    }
+                }
+                *data.train.last().expect("non-empty")
+            })
+            .collect();
+    } else {
+        rng.shuffle(&mut order);
+    }
+    order
+}

@@ -1,0 +1,273 @@
+//! The network being trained (probe head, fine-tuned backbone + head, or a small CNN), its
+//! optimisers, and restoring its training state from a checkpoint.
+
+use std::path::Path;
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::store::{ModuleSnapshot as _, SafetensorsStore};
+use burn::tensor::Tensor;
+
+use crate::model::FinetuneWeights;
+use crate::model::efficientnet::EfficientNetLite;
+use crate::model::heads::{Head, SmallCnn};
+
+use super::config::{Optimizer, TrainConfig};
+
+/// The network being trained, with its input. One value per run: the size difference
+/// between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Net {
+    Probe(Head),
+    Finetune {
+        backbone: EfficientNetLite,
+        head: Head,
+    },
+    Scratch(SmallCnn),
+}
+
+pub(super) enum Input {
+    Features(Tensor<2>),
+    Images(Tensor<4>),
+}
+
+impl Net {
+    pub(super) fn logits(&self, input: Input, finetune_start: usize) -> Tensor<2> {
+        match (self, input) {
+            (Self::Probe(head), Input::Features(x)) => head.forward(x),
+            (Self::Finetune { backbone, head }, Input::Images(x)) => {
+                head.forward(backbone.forward_suffix(x, finetune_start))
+            }
+            (Self::Scratch(cnn), Input::Images(x)) => cnn.forward(x),
+            _ => unreachable!("each network is fed its own input kind"),
+        }
+    }
+
+    pub(super) fn valid(&self) -> Self {
+        match self {
+            Self::Probe(h) => Self::Probe(h.valid()),
+            Self::Finetune { backbone, head } => Self::Finetune {
+                backbone: backbone.valid(),
+                head: head.valid(),
+            },
+            Self::Scratch(c) => Self::Scratch(c.valid()),
+        }
+    }
+
+    pub(super) fn train_mode(self) -> Self {
+        match self {
+            Self::Probe(h) => Self::Probe(h.train()),
+            Self::Finetune { backbone, head } => Self::Finetune {
+                backbone: backbone.train(),
+                head: head.train(),
+            },
+            Self::Scratch(c) => Self::Scratch(c.train()),
+        }
+    }
+
+    /// One optimiser step; the optimiser state is per network part.
+    pub(super) fn step(self, optims: &mut [ModuleOptimizer], lr: f64, loss: Tensor<1>) -> Self {
+        let grads = loss.backward();
+        match self {
+            Self::Probe(h) => {
+                let g = GradientsParams::from_grads(grads, &h);
+                Self::Probe(optims[0].step(lr, h, g))
+            }
+            Self::Finetune { backbone, head } => {
+                let mut grads = grads;
+                let gh = GradientsParams::from_module(&mut grads, &head);
+                let gb = GradientsParams::from_module(&mut grads, &backbone);
+                let head = optims[0].step(lr, head, gh);
+                // Pretrained blocks move more slowly than the new head.
+                let backbone = optims[1].step(lr * 0.3, backbone, gb);
+                Self::Finetune { backbone, head }
+            }
+            Self::Scratch(c) => {
+                let g = GradientsParams::from_grads(grads, &c);
+                Self::Scratch(optims[0].step(lr, c, g))
+            }
+        }
+    }
+
+    /// The same network with weights from [`Self::to_bytes`] output.
+    pub(super) fn with_bytes(self, bytes: &[u8]) -> anyhow::Result<Self> {
+        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+        Ok(match self {
+            Self::Probe(mut h) => {
+                h.load_from(&mut store)?;
+                Self::Probe(h)
+            }
+            Self::Finetune { backbone, head } => {
+                let mut w = FinetuneWeights { backbone, head };
+                w.load_from(&mut store)?;
+                Self::Finetune {
+                    backbone: w.backbone,
+                    head: w.head,
+                }
+            }
+            Self::Scratch(mut c) => {
+                c.load_from(&mut store)?;
+                Self::Scratch(c)
+            }
+        })
+    }
+
+    /// Parameter id by module path. Optimiser state is keyed by parameter id, and a network
+    /// rebuilt from a checkpoint gets fresh ids: this map re-attaches the saved state.
+    pub(super) fn param_ids(&self) -> BTreeMap<String, u64> {
+        let mut ids = IdPaths::default();
+        match self {
+            Self::Probe(h) => h.visit(&mut ids),
+            Self::Finetune { backbone, head } => {
+                ids.path.push("backbone".into());
+                backbone.visit(&mut ids);
+                ids.path = vec!["head".into()];
+                head.visit(&mut ids);
+            }
+            Self::Scratch(c) => c.visit(&mut ids),
+        }
+        ids.ids
+    }
+
+    /// The same network with the parameter ids of `ids` (paths not in it keep theirs).
+    pub(super) fn with_param_ids(self, ids: BTreeMap<String, u64>) -> Self {
+        let mut m = IdPaths {
+            ids,
+            path: Vec::new(),
+        };
+        match self {
+            Self::Probe(h) => Self::Probe(h.map(&mut m)),
+            Self::Finetune { backbone, head } => {
+                m.path.push("backbone".into());
+                let backbone = backbone.map(&mut m);
+                m.path = vec!["head".into()];
+                let head = head.map(&mut m);
+                Self::Finetune { backbone, head }
+            }
+            Self::Scratch(c) => Self::Scratch(c.map(&mut m)),
+        }
+    }
+
+    /// The weights as safetensors (fine-tuned networks as one [`FinetuneWeights`]).
+    pub(super) fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        let mut store = SafetensorsStore::from_bytes(None);
+        match self {
+            Self::Probe(h) => h.save_into(&mut store)?,
+            Self::Finetune { backbone, head } => FinetuneWeights {
+                backbone: backbone.clone(),
+                head: head.clone(),
+            }
+            .save_into(&mut store)?,
+            Self::Scratch(c) => c.save_into(&mut store)?,
+        }
+        Ok(store.get_bytes()?)
+    }
+}
+
+/// On resume: re-attaches the optimiser state saved with the checkpoint to `net` (rebuilt
+/// from the checkpoint's weights) and loads the best epoch's weights. What is missing (a
+/// checkpoint from an older version) is reported in the returned message, and training goes
+/// on with fresh optimiser moments or without an earlier best.
+pub(super) fn restore_training_state(
+    net: Net,
+    config: &TrainConfig,
+    optims: &mut [ModuleOptimizer],
+    dir: &Path,
+    best_epoch: u32,
+) -> (Net, Option<Net>, Option<String>) {
+    let mut missing = Vec::new();
+    let ids: Option<BTreeMap<String, u64>> = std::fs::read(dir.join("param_ids.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let net = match ids {
+        Some(ids) => {
+            for (i, o) in optims.iter_mut().enumerate() {
+                let state = std::fs::read(dir.join(format!("optimizer-{i}.bpk")));
+                let restored = state.ok().and_then(|b| {
+                    optimizer(config)
+                        .from_bytes(burn::tensor::Bytes::from_bytes_vec(b))
+                        .ok()
+                });
+                match restored {
+                    Some(r) => *o = r,
+                    None => missing.push(format!("optimizer-{i}.bpk")),
+                }
+            }
+            net.with_param_ids(ids)
+        }
+        None => {
+            missing.push("param_ids.json".to_owned());
+            net
+        }
+    };
+    let best = (best_epoch > 0)
+        .then(|| std::fs::read(dir.join("best.safetensors")).ok())
+        .flatten()
+        .and_then(|b| net.valid().with_bytes(&b).ok());
+    if best.is_none() && best_epoch > 0 {
+        missing.push("best.safetensors".to_owned());
+    }
+    let message = (!missing.is_empty()).then(|| {
+        format!(
+            "the checkpoint has no {}: training goes on with fresh optimiser moments or from the last weights",
+            missing.join(", ")
+        )
+    });
+    (net, best, message)
+}
+
+/// Walks a module's float parameters by path (`fc.weight`), reading or setting their ids.
+#[derive(Default)]
+pub(super) struct IdPaths {
+    pub(super) path: Vec<String>,
+    pub(super) ids: BTreeMap<String, u64>,
+}
+
+impl ModuleVisitor for IdPaths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.ids.insert(self.path.join("."), param.id.val());
+    }
+}
+
+impl ModuleMapper for IdPaths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if let Some(&id) = self.ids.get(&self.path.join(".")) {
+            param.id = ParamId::from(id);
+        }
+        param
+    }
+}
+
+pub(super) fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let wd = config.weight_decay as f32;
+    match config.optimizer {
+        Optimizer::Sgd { momentum } => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0),
+            ))
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+        Optimizer::Adam => AdamConfig::new()
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+        Optimizer::AdamW => AdamWConfig::new().with_weight_decay(wd).init(),
+    }
+}

@@ -1,0 +1,722 @@
+//! One training run, step by step: prepare, epoch, validate, checkpoint, finish.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use burn::module::Module;
+
+use crate::dataset::split::SplitMix64;
+use crate::fsio::csv_field;
+use crate::model::ModelInfo;
+use crate::model::backend::Compute;
+use crate::model::decision::{self, Standardiser};
+use crate::model::efficientnet::{FEATURES, NUM_BLOCKS};
+use crate::model::extractor::{Extractor, load_backbone};
+use crate::model::heads::{Head, SmallCnn};
+use crate::runs::{RunDir, RunState};
+
+use super::batches::*;
+use super::config::{Mode, Schedule, TrainConfig};
+use super::data::{Prepared, Target};
+use super::engine::{TrainJob, TrainOutcome};
+use super::events::{EpochSide, Phase, TrainEvent};
+use super::features::featurize;
+use super::metrics::{self, Task};
+use super::net::*;
+use super::ordinal;
+
+/// Per-epoch state saved with each checkpoint, enough to resume.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Progress {
+    /// Epochs completed.
+    pub(super) epoch: u32,
+    pub(super) best_epoch: u32,
+    pub(super) best_val_loss: f64,
+    pub(super) plateau_scale: f64,
+    /// Epochs since the best validation loss.
+    pub(super) stale_epochs: u32,
+    pub(super) last_plateau_epoch: u32,
+}
+
+/// One training run in progress: everything the named steps share. [`Trainer::run`] is the
+/// one loop every mode (probe, fine-tune, scratch) goes through:
+/// [`prepare`](Trainer::prepare) → for each epoch [`train_epoch`](Trainer::train_epoch),
+/// [`validate`](Trainer::validate), [`checkpoint`](Trainer::checkpoint) →
+/// [`finish`](Trainer::finish).
+pub(super) struct Trainer<'a> {
+    config: &'a TrainConfig,
+    data: &'a Prepared,
+    run: &'a mut RunDir,
+    sink: &'a mut dyn FnMut(&TrainEvent),
+    cancel: &'a AtomicBool,
+    started: Instant,
+    /// The device without and with gradients.
+    plain: burn::tensor::Device,
+    ad: burn::tensor::Device,
+    progress: Progress,
+    /// `None` only while an epoch owns it.
+    net: Option<Net>,
+    /// The best network so far: the final artefacts come from it.
+    best: Option<Net>,
+    feeder: Feeder,
+    optims: Vec<burn::optim::ModuleOptimizer>,
+    weights: Vec<f32>,
+    finetune_start: usize,
+    /// Images that failed to load, warned about once per run.
+    warned: std::collections::HashSet<PathBuf>,
+}
+
+/// What validation found in one epoch.
+struct Validation {
+    net: Net,
+    loss: f64,
+    metrics: metrics::Metrics,
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    Trained {
+        loss: f64,
+        metrics: metrics::Metrics,
+    },
+    Cancelled,
+}
+
+impl<'a> Trainer<'a> {
+    /// Trains to the end (or until cancelled), writing the run folder.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        job: &'a TrainJob,
+        config: &'a TrainConfig,
+        data: &'a Prepared,
+        compute: &Compute,
+        run: &'a mut RunDir,
+        progress: Progress,
+        sink: &'a mut dyn FnMut(&TrainEvent),
+        cancel: &'a AtomicBool,
+        started: Instant,
+    ) -> anyhow::Result<TrainOutcome> {
+        let mut t = Self::prepare(
+            job, config, data, compute, run, progress, sink, cancel, started,
+        )?;
+        while t.progress.epoch < t.config.epochs {
+            let epoch = t.progress.epoch + 1;
+            let lr = t
+                .config
+                .learning_rate_at(t.progress.epoch, t.progress.plateau_scale);
+            let (train_loss, train_metrics) = match t.train_epoch(epoch, lr)? {
+                EpochEnd::Trained { loss, metrics } => (loss, metrics),
+                EpochEnd::Cancelled => return t.cancelled(),
+            };
+            let validation = t.validate()?;
+            t.report_epoch(epoch, lr, train_loss, &train_metrics, &validation);
+            let early_stop = t.advance(epoch, validation);
+            t.checkpoint(epoch)?;
+            if early_stop {
+                break;
+            }
+        }
+        t.finish()
+    }
+
+    /// Starts the run: status, `dataset.json`, the started event, the network and its inputs
+    /// for the mode (probe features are extracted here, through the cache), `model.json`,
+    /// and on resume the weights, optimiser state and best network of the last checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        job: &'a TrainJob,
+        config: &'a TrainConfig,
+        data: &'a Prepared,
+        compute: &Compute,
+        run: &'a mut RunDir,
+        progress: Progress,
+        sink: &'a mut dyn FnMut(&TrainEvent),
+        cancel: &'a AtomicBool,
+        started: Instant,
+    ) -> anyhow::Result<Self> {
+        let plain = compute.device.clone();
+        let ad = plain.clone().autodiff();
+        plain.seed(config.seed);
+        run.set_status(RunState::Running, progress.epoch, None)?;
+        if job.resume.is_none() {
+            run.write_json(
+                "dataset.json",
+                &crate::runs::DatasetFile::of(&job.manifest, &job.options),
+            )?;
+        }
+        emit(
+            run,
+            sink,
+            TrainEvent::Started {
+                run_id: run.id.clone(),
+                mode: config.mode,
+                task: data.task,
+                labels: data.labels.clone(),
+                train_images: data.train.len(),
+                val_images: data.val.len(),
+                device: compute.description.clone(),
+                epochs: config.epochs,
+            },
+        );
+        let k = data.labels.len();
+        // Network outputs: one per class, or the cumulative thresholds of an ordinal task.
+        let outputs = if data.task == Task::Ordinal {
+            ordinal::outputs(k)
+        } else {
+            k
+        };
+        let finetune_start = NUM_BLOCKS.saturating_sub(config.unfreeze_blocks.min(NUM_BLOCKS));
+        let mut info = ModelInfo {
+            format_version: crate::runs::FORMAT_VERSION,
+            mode: config.mode,
+            task: data.task,
+            labels: data.labels.clone(),
+            preprocess: config.preprocess.clone(),
+            finetune_start,
+            feature_mean: Vec::new(),
+            feature_std: Vec::new(),
+            cumulative: data.task == Task::Ordinal,
+            orientation_mean: config.mode == Mode::Probe && config.orientation_mean,
+            dataset_root: Some(
+                std::path::absolute(&job.manifest.root)
+                    .unwrap_or_else(|_| job.manifest.root.clone()),
+            ),
+        };
+        let mut warned = std::collections::HashSet::new();
+        // The checkpoint generation a resumed run continues from.
+        let resume_from = match &job.resume {
+            Some(path) => crate::runs::checkpoint::latest(path)?,
+            None => None,
+        };
+        let (net, feeder) = match config.mode {
+            Mode::Probe => {
+                let (rows, standardiser) =
+                    probe_features(job, config, data, &plain, run, sink, cancel, &mut warned)?;
+                info.feature_mean = standardiser.mean;
+                info.feature_std = standardiser.std;
+                let head = Head::new(FEATURES, outputs, config.dropout, &ad);
+                (Net::Probe(head), Feeder::Features { rows })
+            }
+            Mode::Finetune => {
+                let backbone = load_backbone(&plain)?;
+                let frozen = Extractor::new(backbone.valid(), &plain);
+                (
+                    Net::Finetune {
+                        backbone: backbone.fork(&ad),
+                        head: Head::new(FEATURES, outputs, config.dropout, &ad),
+                    },
+                    Feeder::Images {
+                        preprocess: config.preprocess.clone(),
+                        augment: config.augment.clone(),
+                        prefix: Some((frozen, finetune_start)),
+                    },
+                )
+            }
+            Mode::Scratch => (
+                Net::Scratch(SmallCnn::new(outputs, config.dropout, &ad)),
+                Feeder::Images {
+                    preprocess: config.preprocess.clone(),
+                    augment: config.augment.clone(),
+                    prefix: None,
+                },
+            ),
+        };
+        let mut net = match &resume_from {
+            Some(g) => net.with_bytes(
+                &std::fs::read(g.join("model.safetensors")).with_context(|| {
+                    format!("reading {}", g.join("model.safetensors").display())
+                })?,
+            )?,
+            None => net,
+        };
+        run.write_json("model.json", &info)?;
+        net = net.train_mode();
+        let mut optims = vec![optimizer(config), optimizer(config)];
+        let mut best = None;
+        if let Some(generation) = &resume_from {
+            let restored =
+                restore_training_state(net, config, &mut optims, generation, progress.best_epoch);
+            net = restored.0;
+            best = restored.1;
+            if let Some(message) = restored.2 {
+                emit(run, sink, TrainEvent::Warning { message });
+            }
+        }
+        Ok(Self {
+            config,
+            data,
+            run,
+            sink,
+            cancel,
+            started,
+            plain,
+            ad,
+            progress,
+            net: Some(net),
+            best,
+            feeder,
+            optims,
+            weights: loss_weights(data, config.imbalance),
+            finetune_start,
+            warned,
+        })
+    }
+
+    fn net(&self) -> &Net {
+        self.net
+            .as_ref()
+            .expect("the network is back after each epoch")
+    }
+
+    /// One pass over the training side with its own random stream (order, augmentation and
+    /// the backend's dropout masks), so a resumed run sees what an uninterrupted one would.
+    fn train_epoch(&mut self, epoch: u32, lr: f64) -> anyhow::Result<EpochEnd> {
+        let epoch_seed = self.config.seed ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = SplitMix64::new(epoch_seed);
+        self.plain.seed(epoch_seed);
+        let sink = &mut *self.sink;
+        let result = train_epoch(
+            self.net
+                .take()
+                .expect("the network is back after each epoch"),
+            &mut self.optims,
+            &self.feeder,
+            self.data,
+            self.config,
+            (epoch, lr),
+            &self.weights,
+            &mut rng,
+            (&self.ad, &self.plain),
+            self.finetune_start,
+            self.cancel,
+            &mut |done, total| {
+                sink(&TrainEvent::Progress {
+                    phase: Phase::Train,
+                    done,
+                    total,
+                })
+            },
+        )?;
+        self.net = Some(result.net);
+        warn_skipped(self.run, self.sink, &mut self.warned, result.failures);
+        if result.cancelled {
+            return Ok(EpochEnd::Cancelled);
+        }
+        anyhow::ensure!(
+            !result.seen.is_empty(),
+            "no usable images: none of the {} training images could be read",
+            self.data.train.len()
+        );
+        Ok(EpochEnd::Trained {
+            loss: result.loss,
+            metrics: evaluate(self.data, &result.seen, &result.probs),
+        })
+    }
+
+    /// The validation side through the network in evaluation mode. A side whose images all
+    /// failed, or a loss that is not finite, stops the run: nothing is chosen on NaN.
+    fn validate(&mut self) -> anyhow::Result<Validation> {
+        let net = self.net().valid();
+        let side = predict_side(
+            &net,
+            &self.feeder,
+            self.data,
+            &self.data.val,
+            self.config.batch_size,
+            self.finetune_start,
+            &self.weights,
+            &self.plain,
+        );
+        warn_skipped(self.run, self.sink, &mut self.warned, side.failures);
+        anyhow::ensure!(
+            !side.kept.is_empty(),
+            "no usable images on the validation side: none of its {} images could be read",
+            self.data.val.len()
+        );
+        anyhow::ensure!(
+            side.loss.is_finite(),
+            "the validation loss became {}: lower the learning rate (now {:.2e})",
+            side.loss,
+            self.config.learning_rate
+        );
+        let mut metrics = evaluate(self.data, &side.kept, &side.probs);
+        metrics.loss = Some(side.loss);
+        Ok(Validation {
+            net,
+            loss: side.loss,
+            metrics,
+        })
+    }
+
+    /// The epoch's event and confusion matrix.
+    fn report_epoch(
+        &mut self,
+        epoch: u32,
+        lr: f64,
+        train_loss: f64,
+        train: &metrics::Metrics,
+        val: &Validation,
+    ) {
+        emit(
+            self.run,
+            self.sink,
+            TrainEvent::Epoch {
+                epoch,
+                learning_rate: lr,
+                train: EpochSide::from_metrics(train_loss, train),
+                val: Some(EpochSide::from_metrics(val.loss, &val.metrics)),
+                elapsed_secs: self.started.elapsed().as_secs_f64(),
+            },
+        );
+        if let Some(matrix) = &val.metrics.confusion {
+            emit(
+                self.run,
+                self.sink,
+                TrainEvent::Confusion {
+                    epoch,
+                    split: "val".into(),
+                    matrix: matrix.clone(),
+                },
+            );
+        }
+    }
+
+    /// Keeps the best network, steps the plateau schedule; true when early stopping ends the
+    /// run after this epoch.
+    fn advance(&mut self, epoch: u32, val: Validation) -> bool {
+        let p = &mut self.progress;
+        p.epoch = epoch;
+        if val.loss < p.best_val_loss || self.best.is_none() {
+            p.best_val_loss = val.loss;
+            p.best_epoch = epoch;
+            p.stale_epochs = 0;
+            self.best = Some(val.net);
+        } else {
+            p.stale_epochs += 1;
+        }
+        if let Schedule::Plateau { patience, factor } = self.config.schedule
+            && p.stale_epochs >= patience
+            && epoch - p.last_plateau_epoch >= patience
+        {
+            p.plateau_scale *= factor;
+            p.last_plateau_epoch = epoch;
+        }
+        let stop = self
+            .config
+            .early_stopping_patience
+            .is_some_and(|patience| p.stale_epochs >= patience);
+        if stop {
+            let message = format!(
+                "early stop: no better validation loss for {} epochs",
+                p.stale_epochs
+            );
+            emit(self.run, self.sink, TrainEvent::Warning { message });
+        }
+        stop
+    }
+
+    /// One checkpoint generation: the weights, optimiser state, parameter ids, the best
+    /// weights so far and the progress, visible only once complete.
+    fn checkpoint(&mut self, epoch: u32) -> anyhow::Result<()> {
+        let net = self.net();
+        let bytes = net.valid().to_bytes()?;
+        let generation = crate::runs::checkpoint::Generation::begin(&self.run.path, epoch)?;
+        generation.write("model.safetensors", &bytes)?;
+        generation.write("param_ids.json", &serde_json::to_vec(&net.param_ids())?)?;
+        for (i, o) in self.optims.iter().enumerate() {
+            let state = o
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("saving optimiser state: {e:?}"))?;
+            generation.write(&format!("optimizer-{i}.bpk"), &state)?;
+        }
+        if self.progress.best_epoch == epoch {
+            generation.write("best.safetensors", &bytes)?;
+        } else if let Some(b) = &self.best {
+            generation.write("best.safetensors", &b.to_bytes()?)?;
+        }
+        generation.write("state.json", &serde_json::to_vec(&self.progress)?)?;
+        let generation = generation.commit()?;
+        self.run.set_status(RunState::Running, epoch, None)?;
+        let path = generation
+            .strip_prefix(&self.run.path)
+            .unwrap_or(&generation)
+            .join("model.safetensors")
+            .to_string_lossy()
+            .into_owned();
+        emit(self.run, self.sink, TrainEvent::Checkpoint { epoch, path });
+        Ok(())
+    }
+
+    fn cancelled(self) -> anyhow::Result<TrainOutcome> {
+        cancelled(self.run, self.sink, self.progress.epoch)
+    }
+
+    /// The final artefacts, from the best epoch's network: predictions of the validation
+    /// and test sides, `model.safetensors`, `metrics.json`, `confusion.json`, the finished
+    /// event and status.
+    fn finish(mut self) -> anyhow::Result<TrainOutcome> {
+        // Final artefacts from the best epoch.
+        let final_net = match self.best.take() {
+            Some(b) => b,
+            None => self.net().valid(),
+        };
+        let mut predictions = Vec::new();
+        let mut val_metrics = None;
+        let mut test_metrics = None;
+        let mut patient_metrics = None;
+        for (side, items) in [("val", &self.data.val), ("test", &self.data.test)] {
+            if items.is_empty() {
+                continue;
+            }
+            let SidePredictions {
+                kept, probs, loss, ..
+            } = predict_side(
+                &final_net,
+                &self.feeder,
+                self.data,
+                items,
+                self.config.batch_size,
+                self.finetune_start,
+                &self.weights,
+                &self.plain,
+            );
+            let mut m = evaluate(self.data, &kept, &probs);
+            m.loss = Some(loss);
+            for (&i, p) in kept.iter().zip(&probs) {
+                predictions.push((side, i, p.clone()));
+            }
+            if side == "val" {
+                if self.data.task != Task::MultiLabel
+                    && kept.iter().all(|&i| self.data.items[i].patient.is_some())
+                {
+                    let patients: Vec<&str> = kept
+                        .iter()
+                        .map(|&i| self.data.items[i].patient.as_deref().unwrap_or(""))
+                        .collect();
+                    let truth: Vec<usize> = kept.iter().map(|&i| class_of(self.data, i)).collect();
+                    let (_, pt, pp) = metrics::aggregate_by_patient(&patients, &truth, &probs);
+                    patient_metrics = Some(metrics::evaluate_single(
+                        self.data.task,
+                        &self.data.labels,
+                        &pt,
+                        &pp,
+                    ));
+                }
+                val_metrics = Some(m);
+            } else {
+                test_metrics = Some(m);
+            }
+        }
+        let val_metrics = val_metrics.context("no validation predictions")?;
+        self.run
+            .write_bytes("model.safetensors", &final_net.to_bytes()?)?;
+        self.run.write_bytes(
+            "predictions.csv",
+            predictions_csv(self.data, &predictions).as_bytes(),
+        )?;
+        self.run.write_json(
+            "metrics.json",
+            &crate::runs::MetricsFile {
+                format_version: crate::runs::FORMAT_VERSION,
+                best_epoch: self.progress.best_epoch,
+                val: val_metrics.clone(),
+                test: test_metrics.clone(),
+                val_patients: patient_metrics.clone(),
+            },
+        )?;
+        if let Some(c) = &val_metrics.confusion {
+            self.run.write_json(
+                "confusion.json",
+                &crate::runs::ConfusionFile {
+                    split: "val".into(),
+                    epoch: self.progress.best_epoch,
+                    matrix: c.clone(),
+                },
+            )?;
+        }
+        let elapsed_secs = self.started.elapsed().as_secs_f64();
+        emit(
+            self.run,
+            self.sink,
+            TrainEvent::Finished {
+                best_epoch: self.progress.best_epoch,
+                metrics: Box::new(val_metrics.clone()),
+                patient_metrics: patient_metrics.map(Box::new),
+                elapsed_secs,
+            },
+        );
+        self.run
+            .set_status(RunState::Finished, self.progress.epoch, None)?;
+        Ok(TrainOutcome {
+            run_dir: self.run.path.clone(),
+            run_id: self.run.id.clone(),
+            state: RunState::Finished,
+            metrics: Some(val_metrics),
+        })
+    }
+}
+
+/// Probe inputs: backbone features of every image (through the cache), standardised on the
+/// training side. Fails when no training image could be read.
+#[allow(clippy::too_many_arguments)]
+fn probe_features(
+    job: &TrainJob,
+    config: &TrainConfig,
+    data: &Prepared,
+    plain: &burn::tensor::Device,
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    cancel: &AtomicBool,
+    warned: &mut std::collections::HashSet<PathBuf>,
+) -> anyhow::Result<(Vec<Option<Vec<f32>>>, Standardiser)> {
+    let extractor = Extractor::bundled(plain)?;
+    let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
+    let mut last = Instant::now();
+    let f = featurize(
+        &extractor,
+        &config.backbone,
+        config.orientation_mean,
+        &config.preprocess,
+        &all,
+        job.cache.as_ref(),
+        config.batch_size.clamp(8, 64),
+        &mut |done, total| {
+            if last.elapsed().as_millis() > 250 || done == total {
+                last = Instant::now();
+                sink(&TrainEvent::Progress {
+                    phase: Phase::Features,
+                    done,
+                    total,
+                });
+            }
+        },
+        cancel,
+    );
+    let first_failure = f
+        .failures
+        .first()
+        .map(|(p, e)| format!(" (first: {e}: {})", p.display()));
+    warn_skipped(run, sink, warned, f.failures);
+    let usable = data
+        .train
+        .iter()
+        .filter(|&&i| f.features[i].is_some())
+        .count();
+    anyhow::ensure!(
+        usable > 0 || cancel.load(std::sync::atomic::Ordering::Relaxed),
+        "no usable images: none of the {} training images could be read{}",
+        data.train.len(),
+        first_failure.unwrap_or_default()
+    );
+    if f.from_cache > 0 {
+        let message = format!(
+            "{} of {} feature vectors came from the cache",
+            f.from_cache,
+            all.len()
+        );
+        emit(run, sink, TrainEvent::Warning { message });
+    }
+    let standardiser = Standardiser::fit(
+        data.train.iter().filter_map(|&i| f.features[i].as_deref()),
+        FEATURES,
+    );
+    let rows = f
+        .features
+        .into_iter()
+        .map(|r| {
+            r.map(|mut v| {
+                standardiser.apply(&mut v);
+                v
+            })
+        })
+        .collect();
+    Ok((rows, standardiser))
+}
+
+/// One warning per unreadable image, the first time it fails in a run.
+pub(super) fn warn_skipped(
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    warned: &mut std::collections::HashSet<PathBuf>,
+    failures: Vec<(PathBuf, String)>,
+) {
+    for (path, reason) in failures {
+        if warned.insert(path.clone()) {
+            emit(
+                run,
+                sink,
+                TrainEvent::Warning {
+                    message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                },
+            );
+        }
+    }
+}
+
+/// Records an event in the run folder and hands it to the caller.
+pub(super) fn emit(run: &mut RunDir, sink: &mut dyn FnMut(&TrainEvent), e: TrainEvent) {
+    if let Err(err) = run.log(&e) {
+        log::error!("writing events.jsonl: {err}");
+    }
+    sink(&e);
+}
+
+pub(super) fn cancelled(
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    epoch: u32,
+) -> anyhow::Result<TrainOutcome> {
+    emit(run, sink, TrainEvent::Cancelled { epoch });
+    run.set_status(
+        RunState::Cancelled,
+        epoch,
+        Some(format!(
+            "cancelled during epoch {}; resume with --resume",
+            epoch + 1
+        )),
+    )?;
+    Ok(TrainOutcome {
+        run_dir: run.path.clone(),
+        run_id: run.id.clone(),
+        state: RunState::Cancelled,
+        metrics: None,
+    })
+}
+
+/// `path,patient,split,truth,predicted,p_<label>…` rows.
+pub(super) fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)]) -> String {
+    let mut out = String::from("path,patient,split,truth,predicted");
+    for l in &data.labels {
+        out.push_str(&format!(",{}", csv_field(&format!("p_{l}"))));
+    }
+    out.push('\n');
+    for (side, i, p) in rows {
+        let item = &data.items[*i];
+        let truth = match &item.target {
+            Target::Class(c) => data.labels[*c].clone(),
+            Target::Multi(flags) => flags
+                .iter()
+                .zip(&data.labels)
+                .filter(|(f, _)| **f)
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("|"),
+        };
+        let pred = decision::predicted_label(data.task, &data.labels, p);
+        out.push_str(&format!(
+            "{},{},{side},{},{}",
+            csv_field(&item.name),
+            csv_field(item.patient.as_deref().unwrap_or("")),
+            csv_field(&truth),
+            csv_field(&pred)
+        ));
+        for v in p {
+            out.push_str(&format!(",{v:.6}"));
+        }
+        out.push('\n');
+    }
+    out
+}
