@@ -76,10 +76,16 @@ fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
     }
     let latest = std::fs::read_to_string(run.join("checkpoint/LATEST")).unwrap();
     assert!(
-        run.join("checkpoint").join(latest.trim()).join("model.safetensors").is_file(),
+        run.join("checkpoint")
+            .join(latest.trim())
+            .join("model.safetensors")
+            .is_file(),
         "{latest}"
     );
-    assert!(!run.join("lock").exists(), "a finished run releases its lock");
+    assert!(
+        !run.join("lock").exists(),
+        "a finished run releases its lock"
+    );
     for f in ["model.json", "status.json", "metrics.json", "dataset.json"] {
         assert_eq!(
             read_json(&run.join(f))["format_version"],
@@ -341,7 +347,10 @@ fn assert_run_agrees_with_predict(run: &Path, data: &Path, predict_csv: &Path, m
             (rel.to_string_lossy().into_owned(), r)
         })
         .collect();
-    assert!(ours.len() > 1, "{mode}: the run predicted its validation images");
+    assert!(
+        ours.len() > 1,
+        "{mode}: the run predicted its validation images"
+    );
     for r in &ours[1..] {
         let t = by_path
             .get(&r[0])
@@ -349,7 +358,11 @@ fn assert_run_agrees_with_predict(run: &Path, data: &Path, predict_csv: &Path, m
         assert_eq!(r[4], t[1], "{mode}: label of {}", r[0]);
         for (a, b) in r[5..].iter().zip(&t[2..]) {
             let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
-            assert!((a - b).abs() <= 1e-5, "{mode}: {} probability {a} vs {b}", r[0]);
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "{mode}: {} probability {a} vs {b}",
+                r[0]
+            );
         }
     }
 }
@@ -525,13 +538,44 @@ fn resumed_run_matches_an_uninterrupted_one() {
     assert_same_weights(&whole, &parts);
 }
 
-/// The final weights of two runs, bit for bit.
+/// The final weights of two runs, bit for bit: every tensor's name, dtype, shape and bytes
+/// (the safetensors header's metadata map has no fixed order, so whole files may differ).
 fn assert_same_weights(a: &Path, b: &Path) {
-    let read = |run: &Path| std::fs::read(run.join("model.safetensors")).unwrap();
-    assert!(
-        read(a) == read(b),
-        "the resumed run's weights differ from the uninterrupted run's"
-    );
+    fn tensors(run: &Path) -> std::collections::BTreeMap<String, (String, Vec<u8>)> {
+        let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(k, v)| {
+                let off = v["data_offsets"].as_array().unwrap();
+                let (s, e) = (
+                    off[0].as_u64().unwrap() as usize,
+                    off[1].as_u64().unwrap() as usize,
+                );
+                (
+                    k.clone(),
+                    (
+                        format!("{} {}", v["dtype"], v["shape"]),
+                        data[s..e].to_vec(),
+                    ),
+                )
+            })
+            .collect()
+    }
+    let (x, y) = (tensors(a), tensors(b));
+    assert!(!x.is_empty());
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (k, v) in &x {
+        assert!(
+            v == &y[k],
+            "{k}: the resumed run's weights differ from the uninterrupted run's"
+        );
+    }
 }
 
 /// SIGKILL in the middle of a checkpoint write (the process is paused between the files of
@@ -591,7 +635,10 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_model() {
             if let Some(p) = found {
                 break p;
             }
-            assert!(std::time::Instant::now() < deadline, "{mode}: no checkpoint");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: no checkpoint"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         child.kill().unwrap(); // SIGKILL
@@ -602,12 +649,18 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_model() {
             "epoch-1",
             "{mode}"
         );
-        assert!(run_dir.join("lock").is_file(), "{mode}: the dead owner's lock is left");
+        assert!(
+            run_dir.join("lock").is_file(),
+            "{mode}: the dead owner's lock is left"
+        );
         assert_eq!(read_json(&run_dir.join("status.json"))["state"], "running");
 
         let out = run(&["train", "--resume", path_str(&run_dir), "--json"]);
         assert!(out.status.success(), "{mode}: {}", stderr(&out));
-        assert!(!run_dir.join("lock").exists(), "{mode}: the lock is released");
+        assert!(
+            !run_dir.join("lock").exists(),
+            "{mode}: the lock is released"
+        );
         assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
         assert_same_weights(&only_run(&whole), &run_dir);
     }
@@ -659,7 +712,10 @@ fn resume_of_a_run_in_training_is_refused() {
         "{}",
         stderr(&out)
     );
-    assert!(child.wait().unwrap().success(), "the first trainer finished");
+    assert!(
+        child.wait().unwrap().success(),
+        "the first trainer finished"
+    );
     assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
 }
 

@@ -264,6 +264,18 @@ pub struct Runtime {
 const DISK_LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Runtime {
+    /// Drops every runtime entry of a removed cell.
+    pub fn forget(&mut self, id: u64) {
+        self.datasets.remove(&id);
+        self.splits.remove(&id);
+        self.trains.remove(&id);
+        self.evals.remove(&id);
+        self.compares.remove(&id);
+        self.predicts.remove(&id);
+        self.clusters.remove(&id);
+        self.explore_ui.remove(&id);
+    }
+
     /// A new generation number for a result about to be computed.
     pub fn next_generation(&mut self) -> u64 {
         self.last_generation += 1;
@@ -507,6 +519,8 @@ impl WorkbenchApp {
                     if let Some(t) = self.rt.trains.get(&id) {
                         t.cancel.store(true, Ordering::Relaxed);
                     }
+                    self.rt.forget(id);
+                    self.run_queue.retain(|&q| q != id);
                     self.workbook.remove(id);
                     self.touch();
                 }

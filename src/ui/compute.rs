@@ -75,7 +75,11 @@ mod tests {
             let running = running.clone();
             let done = done_tx.clone();
             assert!(worker.submit(move || {
-                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "one job at a time");
+                assert_eq!(
+                    running.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "one job at a time"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 log.lock().unwrap().push(i);
                 running.fetch_sub(1, Ordering::SeqCst);

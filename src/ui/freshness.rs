@@ -38,7 +38,13 @@ fn loading_state<T>(l: &Loading<T>) -> Freshness {
 pub fn cell_name(app: &WorkbenchApp, id: u64) -> String {
     app.workbook.position(id).map_or_else(
         || "a removed cell".to_owned(),
-        |i| format!("the {} cell ({})", app.workbook.cells[i].kind.title(), i + 1),
+        |i| {
+            format!(
+                "the {} cell ({})",
+                app.workbook.cells[i].kind.title(),
+                i + 1
+            )
+        },
     )
 }
 

@@ -21,7 +21,7 @@ pub fn gallery(
     on_click: &mut dyn FnMut(usize),
 ) {
     let tile = THUMB_SIDE as f32;
-    let cols = super::cells::columns_for(ui.available_width());
+    let cols = columns_for(ui.available_width());
     let rows = count.div_ceil(cols);
     let row_height = tile + 22.0;
     egui::ScrollArea::vertical()
@@ -407,7 +407,9 @@ pub fn compare_table(
                         .and_then(|p| p.file_name())
                         .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned())
                 }),
-                ("task", |r| r.task.map_or_else(|| "?".to_owned(), |t| format!("{t:?}"))),
+                ("task", |r| {
+                    r.task.map_or_else(|| "?".to_owned(), |t| format!("{t:?}"))
+                }),
                 ("mode", |r| format!("{:?}", r.config.mode)),
                 ("device", |r| r.device.clone().unwrap_or_default()),
                 ("epochs", |r| r.config.epochs.to_string()),
@@ -435,4 +437,9 @@ pub fn compare_table(
                 ui.end_row();
             }
         });
+}
+
+/// How many thumbnails fit a row of `width`.
+pub fn columns_for(width: f32) -> usize {
+    ((width / (THUMB_SIDE as f32 + 12.0)) as usize).max(1)
 }

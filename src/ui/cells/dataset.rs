@@ -1,0 +1,290 @@
+//! The Dataset cell: path and format, the gallery with its filters, the inspector and the problems.
+
+use std::sync::Arc;
+
+use eframe::egui;
+
+use crate::dataset::{DatasetFormat, Manifest, Split};
+
+use crate::ui::app::{Command, Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::widgets;
+
+use super::*;
+
+pub(super) fn dataset_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    path: &mut String,
+    format: &mut Option<DatasetFormat>,
+) {
+    ui.horizontal(|ui| {
+        ui.label("Folder or CSV");
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(path)
+                    .desired_width(420.0)
+                    .hint_text("path to a dataset"),
+            )
+            .on_hover_text(
+                "A folder (C-NMC names or class folders) or a CSV manifest; relative to the workbook. Enter opens it.",
+            );
+        if edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+            app.push(Command::RunCell(id));
+        }
+        if ui
+            .button("Browse…")
+            .on_hover_text("Pick a dataset folder")
+            .clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
+        {
+            *path = crate::workbook::stored_path(&dir, &app.base_dir());
+        }
+        egui::ComboBox::from_id_salt(("format", id))
+            .selected_text(format.map_or("auto-detect".to_owned(), |f| f.name().to_owned()))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(format, None, "auto-detect");
+                for f in DatasetFormat::ALL {
+                    ui.selectable_value(format, Some(f), f.description());
+                }
+            })
+            .response
+            .on_hover_text("How names and labels are read; auto-detect looks at the files");
+    });
+    let Some(rt) = app.rt.datasets.get_mut(&id) else {
+        ui.label("Not opened yet: press Run.");
+        return;
+    };
+    match &rt.data {
+        Loading::Idle => {}
+        Loading::Busy(_) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Scanning…");
+            });
+            return;
+        }
+        Loading::Failed(e) => {
+            error_label(ui, &format!("Could not open the dataset: {e}"));
+            return;
+        }
+        Loading::Ready(_) => {}
+    }
+    let Some(data) = rt.data.ready() else { return };
+    let manifest = data.manifest.clone();
+    let s = &data.report.summary;
+    let problems: usize = data.report.problems.iter().map(|p| p.count).sum();
+    ui.label(format!(
+        "{} images · {} labels · {} · {} · {} problems",
+        s.images,
+        s.labels,
+        s.patients
+            .map_or("no patient ids".to_owned(), |p| format!("{p} patients")),
+        s.format.description(),
+        problems
+    ));
+    // Filters.
+    let labels = data.facets.labels.clone();
+    let has_split = data.facets.has_split;
+    let has_patients = data.facets.has_patients;
+    let cells = data.facets.cell_numbers.clone();
+    let filter = &mut rt.filter;
+    ui.horizontal_wrapped(|ui| {
+        egui::ComboBox::from_id_salt(("label-filter", id))
+            .selected_text(filter.label.clone().unwrap_or_else(|| "all labels".into()))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut filter.label, None, "all labels");
+                for l in &labels {
+                    ui.selectable_value(&mut filter.label, Some(l.clone()), l);
+                }
+            })
+            .response
+            .on_hover_text("Show one label only (or click a bar in Explore)");
+        if has_split {
+            egui::ComboBox::from_id_salt(("split-filter", id))
+                .selected_text(filter.split.map_or("all splits".into(), |s| s.to_string()))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut filter.split, None, "all splits");
+                    for s in Split::ALL {
+                        ui.selectable_value(&mut filter.split, Some(s), s.name());
+                    }
+                });
+        }
+        if !cells.is_empty() {
+            egui::ComboBox::from_id_salt(("cell-filter", id))
+                .selected_text(
+                    filter
+                        .cell_no
+                        .map_or("any cell number".into(), |c| format!("cell {c}")),
+                )
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut filter.cell_no, None, "any cell number");
+                    for c in &cells {
+                        ui.selectable_value(&mut filter.cell_no, Some(*c), format!("cell {c}"));
+                    }
+                })
+                .response
+                .on_hover_text("C-NMC cell index within the microscope image");
+        }
+        if has_patients {
+            ui.add(
+                egui::TextEdit::singleline(&mut filter.patient)
+                    .desired_width(90.0)
+                    .hint_text("patient"),
+            )
+            .on_hover_text("Show one patient's images");
+        }
+        ui.add(
+            egui::TextEdit::singleline(&mut filter.search)
+                .desired_width(160.0)
+                .hint_text("search path"),
+        )
+        .on_hover_text("Show images whose path contains this text");
+    });
+    if rt.visible_for.as_ref() != Some(&rt.filter) {
+        let f = rt.filter.clone();
+        let patient = f.patient.trim().to_ascii_uppercase();
+        let search = f.search.trim().to_lowercase();
+        let visible: Vec<usize> = manifest
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| f.label.as_ref().is_none_or(|l| r.labels.contains(l)))
+            .filter(|(_, r)| f.split.is_none_or(|s| r.split == Some(s)))
+            .filter(|(_, r)| f.cell_no.is_none_or(|c| r.cell_no == Some(c)))
+            .filter(|(_, r)| {
+                patient.is_empty()
+                    || r.patient
+                        .as_deref()
+                        .is_some_and(|p| p.eq_ignore_ascii_case(&patient))
+            })
+            .filter(|(_, r)| search.is_empty() || r.path.to_lowercase().contains(&search))
+            .map(|(i, _)| i)
+            .collect();
+        rt.visible = Arc::new(visible);
+        rt.visible_for = Some(f);
+    }
+    let visible = rt.visible.clone();
+    ui.label(format!(
+        "{} of {} images shown",
+        visible.len(),
+        manifest.records.len()
+    ));
+    let mut selected = rt.selected;
+    let current = selected;
+    widgets::gallery(
+        ui,
+        ("gallery", id),
+        &mut app.rt.thumbs,
+        visible.len(),
+        |k| {
+            let r = &manifest.records[visible[k]];
+            (
+                manifest.image_path(r),
+                r.label_string(),
+                Some(visible[k]) == current,
+            )
+        },
+        &mut |k| selected = Some(visible[k]),
+    );
+    inspector_ui(app, ui, id, &manifest, selected);
+    if let Some(rt) = app.rt.datasets.get_mut(&id) {
+        rt.selected = selected;
+    }
+    if let Some(data) = app.rt.datasets.get(&id).and_then(|d| d.data.ready())
+        && !data.report.problems.is_empty()
+    {
+        egui::CollapsingHeader::new(format!("Problems ({problems})"))
+            .id_salt(("problems", id))
+            .show(ui, |ui| {
+                for p in &data.report.problems {
+                    ui.label(
+                        egui::RichText::new(format!("{} × {}", p.count, p.description)).strong(),
+                    );
+                    for e in &p.examples {
+                        ui.label(egui::RichText::new(format!("   {e}")).monospace().small());
+                    }
+                }
+            });
+    }
+}
+
+pub(super) fn inspector_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    manifest: &Manifest,
+    selected: Option<usize>,
+) {
+    let Some(index) = selected else {
+        ui.label(egui::RichText::new("Click an image to inspect it.").weak());
+        return;
+    };
+    let Some(record) = manifest.records.get(index) else {
+        return;
+    };
+    let path = manifest.image_path(record);
+    let ctx = ui.ctx().clone();
+    let Some(rt) = app.rt.datasets.get_mut(&id) else {
+        return;
+    };
+    if rt.preview.as_ref().is_none_or(|(i, _)| *i != index) {
+        let p = path.clone();
+        let c = ctx.clone();
+        let task = BgTask::spawn(&ctx, "preview", move || {
+            crate::ui::thumbs::decode_preview(&p).map(|img| {
+                c.load_texture(p.display().to_string(), img, egui::TextureOptions::LINEAR)
+            })
+        });
+        rt.preview = Some((index, Loading::Busy(task)));
+    }
+    ui.separator();
+    ui.horizontal_top(|ui| {
+        match rt.preview.as_ref().map(|p| &p.1) {
+            Some(Loading::Ready(tex)) => {
+                let size = tex.size_vec2();
+                let scale = (260.0 / size.x.max(size.y)).min(2.0);
+                ui.add(egui::Image::new(tex).fit_to_exact_size(size * scale));
+            }
+            Some(Loading::Failed(e)) => error_label(ui, &format!("Cannot show this image: {e}")),
+            _ => {
+                ui.spinner();
+            }
+        }
+        ui.vertical(|ui| {
+            egui::Grid::new(("inspector", id))
+                .num_columns(2)
+                .spacing([12.0, 2.0])
+                .show(ui, |ui| {
+                    let mut row = |k: &str, v: String| {
+                        ui.label(egui::RichText::new(k).weak());
+                        ui.label(v);
+                        ui.end_row();
+                    };
+                    row("file", record.path.clone());
+                    row("label", record.label_string());
+                    if let Some(p) = &record.patient {
+                        row("patient", p.clone());
+                    }
+                    if let Some(n) = record.image_no {
+                        row("image no.", n.to_string());
+                    }
+                    if let Some(n) = record.cell_no {
+                        row("cell no.", n.to_string());
+                    }
+                    if let Some(s) = record.split {
+                        row("split", s.to_string());
+                    }
+                    if let Some(b) = record.bytes {
+                        row("size", format!("{:.1} kB", b as f64 / 1e3));
+                    }
+                    if let (Some(w), Some(h)) = (record.width, record.height) {
+                        row("pixels", format!("{w} × {h}"));
+                    }
+                });
+            if let Some(p) = &record.problem {
+                error_label(ui, &format!("Problem: {p}"));
+            }
+        });
+    });
+}

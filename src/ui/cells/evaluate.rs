@@ -1,0 +1,245 @@
+//! The Evaluate cell: metrics, confusion heatmap with its images, ROC curves and mistakes.
+
+use std::path::PathBuf;
+
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::runs::view::RunEvaluation;
+
+use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::widgets;
+
+use super::*;
+
+pub struct EvalRuntime {
+    pub run: String,
+    pub data: Loading<RunEvaluation>,
+    pub normalised: bool,
+    pub selected: Option<(usize, usize)>,
+}
+
+pub(super) fn evaluate_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    run: &mut Option<String>,
+) {
+    let runs_dir = app.runs_dir();
+    let runs = app.rt.run_ids(&runs_dir);
+    ui.horizontal(|ui| {
+        ui.label("Run");
+        runs_combo(ui, ("eval-run", id), &runs, run, "the Train cell above");
+    });
+    let wanted = run_for(app, id, run);
+    let Some(wanted) = wanted else {
+        ui.label("No run yet: train one above, then press Run.");
+        return;
+    };
+    if app.rt.evals.get(&id).is_none_or(|e| e.run != wanted) {
+        let ctx = ui.ctx().clone();
+        app.rt.evals.remove(&id);
+        // Load on demand when the run changes.
+        let root = app.runs_dir();
+        let r = wanted.clone();
+        let task = BgTask::spawn(&ctx, "evaluate", move || {
+            crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
+        });
+        app.rt.evals.insert(
+            id,
+            EvalRuntime {
+                run: wanted,
+                data: Loading::Busy(task),
+                normalised: false,
+                selected: None,
+            },
+        );
+    }
+    let Some(ev) = app.rt.evals.get_mut(&id) else {
+        return;
+    };
+    let data = match &ev.data {
+        Loading::Ready(d) => d,
+        Loading::Failed(e) => {
+            error_label(ui, e);
+            return;
+        }
+        _ => {
+            ui.spinner();
+            return;
+        }
+    };
+    // Name the data the run was trained on, and say so when it is not the dataset above.
+    let trained_on = data.dataset_root.as_ref().map(|r| r.display().to_string());
+    ui.label(format!(
+        "Trained on {}",
+        trained_on
+            .as_deref()
+            .unwrap_or("an unknown dataset (older run)")
+    ));
+    let above = app
+        .workbook
+        .inputs(id)
+        .dataset
+        .and_then(|d| app.rt.datasets.get(&d))
+        .and_then(|d| d.data.ready())
+        .map(|d| std::path::absolute(&d.manifest.root).unwrap_or(d.manifest.root.clone()));
+    if let (Some(root), Some(above)) = (&data.dataset_root, &above)
+        && root != above
+    {
+        ui.colored_label(
+            STALE_COLOR,
+            format!(
+                "This run was trained on another dataset than the Dataset cell above ({}).",
+                above.display()
+            ),
+        );
+    }
+    let m = &data.metrics;
+    ui.label(format!(
+        "Run {} · {} side, {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}{}",
+        data.id,
+        data.split,
+        m.n,
+        m.accuracy,
+        m.balanced_accuracy,
+        m.macro_f1,
+        m.macro_auc
+            .map_or(String::new(), |a| format!(" · macro AUC {a:.3}")),
+        m.kappa_quadratic
+            .map_or(String::new(), |k| format!(" · quadratic kappa {k:.3}"))
+    ));
+    if let Some(t) = &data.test {
+        ui.label(
+            egui::RichText::new(format!(
+                "Test side (scored once, with the weights the validation side chose), {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}",
+                t.n,
+                t.accuracy,
+                t.balanced_accuracy,
+                t.macro_f1,
+                t.macro_auc.map_or(String::new(), |a| format!(" · macro AUC {a:.3}"))
+            ))
+            .strong(),
+        );
+    }
+    let mut clicked = None;
+    ui.horizontal_top(|ui| {
+        if let Some(cm) = &m.confusion {
+            ui.vertical(|ui| {
+                ui.horizontal(|ui| {
+                    ui.label(
+                        egui::RichText::new(format!("Confusion matrix ({} side)", data.split))
+                            .strong(),
+                    );
+                    ui.checkbox(&mut ev.normalised, "row-normalised")
+                        .on_hover_text("Each row divided by its total: recall on the diagonal");
+                });
+                clicked = widgets::confusion_heatmap(ui, cm, ev.normalised, ev.selected);
+            });
+        }
+        ui.vertical(|ui| {
+            ui.label(egui::RichText::new("ROC curves (one vs rest)").strong());
+            Plot::new(("roc", id))
+                .width(360.0)
+                .height(300.0)
+                .legend(Legend::default())
+                .x_axis_label("false positive rate")
+                .y_axis_label("true positive rate")
+                .include_x(0.0)
+                .include_x(1.0)
+                .include_y(0.0)
+                .include_y(1.0)
+                .data_aspect(1.0)
+                .show(ui, |p| {
+                    for c in &data.roc {
+                        let pts: Vec<[f64; 2]> = c.points.iter().map(|(x, y)| [*x, *y]).collect();
+                        let name = c
+                            .auc
+                            .map_or(c.label.clone(), |a| format!("{} (AUC {a:.3})", c.label));
+                        // ROC steps are vertical: keep them lines, not merged into bands.
+                        p.line(
+                            Line::new(name, PlotPoints::from(pts))
+                                .allow_band(false)
+                                .width(2.0),
+                        );
+                    }
+                    p.line(
+                        Line::new("chance", PlotPoints::from(vec![[0.0, 0.0], [1.0, 1.0]]))
+                            .color(egui::Color32::GRAY),
+                    );
+                });
+        });
+    });
+    if let Some(c) = clicked {
+        ev.selected = if ev.selected == Some(c) {
+            None
+        } else {
+            Some(c)
+        };
+    }
+    let table = crate::train::report::metrics_tables("validation", m)
+        .into_iter()
+        .nth(1);
+    if let Some(t) = table {
+        widgets::table(ui, ("per-class", id), &t);
+    }
+    let root = data.dataset_root.clone().unwrap_or_default();
+    let labels = data.labels.clone();
+    let rows = data.rows.clone();
+    let selected = ev.selected;
+    if let (Some((ti, pi)), Some(cm)) = (selected, &m.confusion) {
+        let (t, p) = (&cm.labels[ti], &cm.labels[pi]);
+        let picked: Vec<&crate::runs::view::PredictionRow> = rows
+            .iter()
+            .filter(|r| &r.truth == t && &r.predicted == p)
+            .collect();
+        ui.label(
+            egui::RichText::new(format!("{} images: true {t}, predicted {p}", picked.len()))
+                .strong(),
+        );
+        let items: Vec<(PathBuf, String)> = picked
+            .iter()
+            .map(|r| (root.join(&r.path), format!("{:.2}", r.confidence(&labels))))
+            .collect();
+        widgets::gallery(
+            ui,
+            ("cm-gallery", id),
+            &mut app.rt.thumbs,
+            items.len(),
+            |k| (items[k].0.clone(), items[k].1.clone(), false),
+            &mut |_| {},
+        );
+    }
+    let mut mistakes: Vec<&crate::runs::view::PredictionRow> =
+        rows.iter().filter(|r| r.truth != r.predicted).collect();
+    mistakes.sort_by(|a, b| b.confidence(&labels).total_cmp(&a.confidence(&labels)));
+    mistakes.truncate(12);
+    if !mistakes.is_empty() {
+        ui.label(egui::RichText::new("Most confident mistakes").strong())
+            .on_hover_text("Wrong predictions with the highest predicted probability: label noise or hard cases");
+        let items: Vec<(PathBuf, String)> = mistakes
+            .iter()
+            .map(|r| {
+                (
+                    root.join(&r.path),
+                    format!(
+                        "{} as {} ({:.2})",
+                        r.truth,
+                        r.predicted,
+                        r.confidence(&labels)
+                    ),
+                )
+            })
+            .collect();
+        ui.allocate_ui(egui::vec2(ui.available_width(), 150.0), |ui| {
+            widgets::gallery(
+                ui,
+                ("mistakes", id),
+                &mut app.rt.thumbs,
+                items.len(),
+                |k| (items[k].0.clone(), items[k].1.clone(), false),
+                &mut |_| {},
+            );
+        });
+    }
+}

@@ -1,0 +1,480 @@
+//! The notebook's cells: one file per cell kind (inputs on top, outputs below). Cells read
+//! plain results from the runtime and push [`Command`]s; background work is started by
+//! [`run_cell`]. Widgets never import cells.
+
+mod cluster;
+mod compare;
+mod dataset;
+mod evaluate;
+mod explore;
+mod note;
+mod predict;
+mod split;
+mod train;
+
+use cluster::*;
+pub use cluster::{ClusterMsg, ClusterRuntime};
+pub use compare::CompareRuntime;
+use compare::*;
+use dataset::*;
+pub use evaluate::EvalRuntime;
+use evaluate::*;
+pub use explore::ExploreUi;
+use explore::*;
+use note::*;
+use predict::*;
+use split::*;
+use train::*;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use eframe::egui;
+
+use crate::dataset::Manifest;
+use crate::dataset::split::{SplitReport, assign_splits};
+use crate::model::backend::BackendChoice;
+use crate::train::config::TrainConfig;
+use crate::train::events::TrainEvent;
+use crate::workbook::{CellKind, resolve_path};
+
+use super::freshness::{Freshness, cell_name, current_data, freshness};
+use crate::ui::app::{
+    Command, DataUse, GalleryFilter, LoadedDataset, Loading, SplitResult, SplitRuntime,
+    Task as BgTask, TrainRuntime, WorkbenchApp,
+};
+
+fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
+    app.rt.datasets.get(&dataset)?.data.ready()
+}
+
+/// The manifest a Train cell trains on (the Split above when there is one, else the dataset
+/// as it is) and what it is, or why it cannot be used now.
+fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
+    let data = current_data(app, id)?;
+    let manifest = match data.split {
+        Some((s, _)) => app.rt.splits[&s].data.ready().map(|r| r.manifest.clone()),
+        None => loaded(app, data.dataset.0).map(|d| d.manifest.clone()),
+    }
+    .ok_or_else(|| "the data above is not loaded".to_owned())?;
+    Ok((manifest, data))
+}
+
+/// The run an Evaluate/Predict cell looks at: its own choice, else the Train cell above.
+fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Option<String> {
+    own.clone().or_else(|| {
+        let train = app.workbook.inputs(id).train?;
+        match &app.workbook.cells[app.workbook.position(train)?].kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        }
+    })
+}
+
+/// Starts the work of a cell.
+pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+    let Some(i) = app.workbook.position(id) else {
+        return;
+    };
+    let kind = app.workbook.cells[i].kind.clone();
+    let base = app.base_dir();
+    match kind {
+        CellKind::Dataset { path, options } => {
+            if path.trim().is_empty() {
+                app.rt
+                    .note(true, "dataset cell: choose a folder or CSV first");
+                return;
+            }
+            let full = resolve_path(&path, &base);
+            let opts = options.clone();
+            let generation = app.rt.next_generation();
+            let task = BgTask::spawn(ctx, "open-dataset", move || {
+                let manifest = crate::dataset::open(&full, &opts).map_err(|e| format!("{e:#}"))?;
+                let report = crate::explore::explore(&manifest).map_err(|e| format!("{e:#}"))?;
+                Ok(LoadedDataset {
+                    facets: super::app::Facets::of(&manifest),
+                    manifest: Arc::new(manifest),
+                    report: Arc::new(report),
+                })
+            });
+            app.rt.datasets.insert(
+                id,
+                super::app::DatasetRuntime {
+                    source: (path, options),
+                    generation,
+                    data: Loading::Busy(task),
+                    filter: GalleryFilter::default(),
+                    visible: Arc::new(Vec::new()),
+                    visible_for: None,
+                    selected: None,
+                    preview: None,
+                },
+            );
+        }
+        CellKind::Split { config } => {
+            let Some(dataset) = app.workbook.inputs(id).dataset else {
+                app.rt.note(true, "split cell: add a Dataset cell above it");
+                return;
+            };
+            if !freshness(app, dataset).is_fresh() {
+                let name = cell_name(app, dataset);
+                app.rt.note(
+                    true,
+                    format!("split cell: {name} is not up to date; run it first"),
+                );
+                return;
+            }
+            let Some(data) = loaded(app, dataset) else {
+                return;
+            };
+            let manifest = data.manifest.clone();
+            let dataset_generation = app.rt.datasets[&dataset].generation;
+            let generation = app.rt.next_generation();
+            let cfg = config.clone();
+            let task = BgTask::spawn(ctx, "split", move || {
+                let sides = assign_splits(&manifest.records, &cfg).map_err(|e| e.to_string())?;
+                let mut m = (*manifest).clone();
+                for (r, s) in m.records.iter_mut().zip(sides) {
+                    r.split = s;
+                }
+                let report = SplitReport::of(&m.records);
+                Ok(SplitResult {
+                    manifest: Arc::new(m),
+                    report,
+                })
+            });
+            app.rt.splits.insert(
+                id,
+                SplitRuntime {
+                    dataset: (dataset, dataset_generation),
+                    config,
+                    generation,
+                    data: Loading::Busy(task),
+                },
+            );
+        }
+        CellKind::Train { config, .. } => start_training(app, ctx, id, config),
+        CellKind::Evaluate { run } => {
+            if let Some(run) = run_for(app, id, &run) {
+                let root = app.runs_dir();
+                let r = run.clone();
+                let task = BgTask::spawn(ctx, "evaluate", move || {
+                    crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
+                });
+                app.rt.evals.insert(
+                    id,
+                    EvalRuntime {
+                        run,
+                        data: Loading::Busy(task),
+                        normalised: false,
+                        selected: None,
+                    },
+                );
+            }
+        }
+        CellKind::Compare { runs } => {
+            let loaded = load_summaries(ctx, app.runs_dir(), runs.clone());
+            app.rt.compares.insert(
+                id,
+                CompareRuntime {
+                    selected: runs,
+                    loaded,
+                    stale: false,
+                },
+            );
+        }
+        CellKind::Predict { run, input, output } => {
+            let Some(run) = run_for(app, id, &run) else {
+                app.rt.note(
+                    true,
+                    "predict cell: no run to predict with (train one first)",
+                );
+                return;
+            };
+            let run_dir = app.runs_dir().join(run);
+            let input = resolve_path(&input, &base);
+            let output = resolve_path(&output, &base);
+            let backend = BackendChoice::Auto;
+            let task = BgTask::on_worker(ctx, &app.rt.compute, move || {
+                let compute =
+                    crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
+                let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
+                    .map_err(|e| format!("{e:#}"))?;
+                let paths = crate::infer::collect_inputs(&input).map_err(|e| format!("{e:#}"))?;
+                let s =
+                    crate::infer::predict_to_csv(&classifier, &paths, &output, 32, &mut |_, _| {})
+                        .map_err(|e| format!("{e:#}"))?;
+                Ok(format!(
+                    "{} of {} images predicted to {} ({} unreadable)",
+                    s.predicted,
+                    s.images,
+                    output.display(),
+                    s.failed.len()
+                ))
+            });
+            app.rt.predicts.insert(id, Loading::Busy(task));
+        }
+        CellKind::Note { .. } | CellKind::Explore {} | CellKind::Cluster { .. } => {}
+    }
+}
+
+fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: TrainConfig) {
+    if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
+        return;
+    }
+    // Never train on out-of-date data: the Run command brings the cells above up to date
+    // first; anything still stale here (a direct call) is refused with the cell named.
+    let (manifest, data) = match train_manifest(app, id) {
+        Ok(m) => m,
+        Err(problem) => {
+            app.rt
+                .note(true, format!("train cell: not started: {problem}"));
+            return;
+        }
+    };
+    let options = app
+        .rt
+        .datasets
+        .get(&data.dataset.0)
+        .map(|d| d.source.1.clone())
+        .unwrap_or_default();
+    let runs_root = app.runs_dir();
+    let make_job = move || {
+        Ok(crate::train::engine::TrainJob {
+            config,
+            manifest: (*manifest).clone(),
+            options,
+            runs_root,
+            resume: None,
+            cache: Some(crate::train::features::FeatureCache::default_location()),
+        })
+    };
+    spawn_training(app, ctx, id, data, make_job);
+}
+
+/// Continues the Train cell's last run from its last complete checkpoint, on the data and
+/// split the run recorded (its `dataset.json`), whoever started it.
+pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+    if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
+        return;
+    }
+    let run = app
+        .workbook
+        .position(id)
+        .and_then(|i| match &app.workbook.cells[i].kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        });
+    let Some(run) = run else {
+        app.rt.note(true, "train cell: no run to resume");
+        return;
+    };
+    let dir = app.runs_dir().join(&run);
+    let runs_root = app.runs_dir();
+    let data = DataUse {
+        dataset: (0, 0),
+        split: None,
+        resumed: true,
+        description: format!("the data run {run} recorded (resumed)"),
+    };
+    let make_job = move || -> anyhow::Result<crate::train::engine::TrainJob> {
+        let recorded = crate::runs::DatasetFile::read(&dir)?;
+        Ok(crate::train::engine::TrainJob {
+            config: crate::runs::read_config(&dir)?,
+            manifest: recorded.open()?,
+            options: recorded.options,
+            runs_root,
+            resume: Some(dir),
+            cache: Some(crate::train::features::FeatureCache::default_location()),
+        })
+    };
+    spawn_training(app, ctx, id, data, make_job);
+}
+
+/// Queues a training job on the compute worker and follows it through its events.
+fn spawn_training(
+    app: &mut WorkbenchApp,
+    ctx: &egui::Context,
+    id: u64,
+    data: DataUse,
+    make_job: impl FnOnce() -> anyhow::Result<crate::train::engine::TrainJob> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let repaint = ctx.clone();
+    // All burn work of the run on the compute worker's one thread, after any job before it.
+    let submitted = app.rt.compute.submit(move || {
+        if c.load(std::sync::atomic::Ordering::Relaxed) {
+            done_tx
+                .send(Err("stopped before it started".to_owned()))
+                .ok();
+            repaint.request_repaint();
+            return;
+        }
+        let r = make_job().and_then(|job| {
+            crate::train::engine::train(
+                job,
+                &mut |e: &TrainEvent| {
+                    tx.send(e.clone()).ok();
+                    repaint.request_repaint();
+                },
+                &c,
+            )
+        });
+        done_tx
+            .send(r.map(|o| o.run_id).map_err(|e| format!("{e:#}")))
+            .ok();
+        repaint.request_repaint();
+    });
+    if !submitted {
+        app.rt
+            .note(true, "could not start training: the compute worker is gone");
+        return;
+    }
+    app.rt.trains.insert(
+        id,
+        TrainRuntime {
+            data,
+            events: Vec::new(),
+            rx: Some(rx),
+            cancel,
+            started: Instant::now(),
+            finished: None,
+            done_rx: Some(done_rx),
+        },
+    );
+}
+
+/// Draws one cell: a header with its controls, then its body unless collapsed.
+pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
+    let Some(i) = app.workbook.position(id) else {
+        return;
+    };
+    let cell = app.workbook.cells[i].clone();
+    let frame = egui::Frame::group(ui.style())
+        .inner_margin(egui::Margin::same(10))
+        .corner_radius(6.0);
+    frame.show(ui, |ui| {
+        ui.set_width(ui.available_width());
+        ui.horizontal(|ui| {
+            let arrow = if cell.collapsed { "Show" } else { "Hide" };
+            if ui
+                .small_button(arrow)
+                .on_hover_text("Collapse or expand this cell")
+                .clicked()
+            {
+                app.push(Command::ToggleCollapse(id));
+            }
+            ui.label(egui::RichText::new(cell.kind.title()).strong().size(16.0));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui
+                    .small_button("Remove")
+                    .on_hover_text("Remove this cell")
+                    .clicked()
+                {
+                    app.push(Command::RemoveCell(id));
+                }
+                if ui
+                    .small_button("Down")
+                    .on_hover_text("Move this cell down")
+                    .clicked()
+                {
+                    app.push(Command::MoveCell(id, 1));
+                }
+                if ui
+                    .small_button("Up")
+                    .on_hover_text("Move this cell up")
+                    .clicked()
+                {
+                    app.push(Command::MoveCell(id, -1));
+                }
+                ui.menu_button("Add below", |ui| {
+                    for kind in CellKind::templates() {
+                        if ui.button(kind.title()).clicked() {
+                            app.push(Command::AddCell {
+                                after: Some(id),
+                                kind,
+                            });
+                            ui.close();
+                        }
+                    }
+                })
+                .response
+                .on_hover_text("Insert a cell below this one");
+                if !matches!(
+                    cell.kind,
+                    CellKind::Note { .. } | CellKind::Explore {} | CellKind::Cluster { .. }
+                ) && ui.button("Run").on_hover_text("Run this cell").clicked()
+                {
+                    app.push(Command::RunCell(id));
+                }
+            });
+        });
+        if let Freshness::Stale(why) = freshness(app, id) {
+            ui.colored_label(
+                STALE_COLOR,
+                format!("Out of date: {why}. Run updates it and the cells it needs."),
+            );
+        }
+        if cell.collapsed {
+            return;
+        }
+        ui.separator();
+        let mut kind = cell.kind.clone();
+        match &mut kind {
+            CellKind::Note { text } => note_ui(ui, id, text),
+            CellKind::Dataset { path, options } => {
+                dataset_ui(app, ui, id, path, &mut options.format)
+            }
+            CellKind::Explore {} => explore_ui(app, ui, id),
+            CellKind::Split { config } => split_ui(app, ui, id, config),
+            CellKind::Train { config, run } => train_ui(app, ui, id, config, run),
+            CellKind::Evaluate { run } => evaluate_ui(app, ui, id, run),
+            CellKind::Compare { runs } => compare_ui(app, ui, id, runs),
+            CellKind::Predict { run, input, output } => predict_ui(app, ui, id, run, input, output),
+            CellKind::Cluster {
+                profile,
+                dataset,
+                runs,
+                gpus,
+                job,
+            } => cluster_ui(app, ui, id, profile, dataset, runs, gpus, job),
+        }
+        if kind != cell.kind
+            && let Some(i) = app.workbook.position(id)
+        {
+            app.workbook.cells[i].kind = kind;
+            app.touch();
+        }
+    });
+}
+
+/// Headers of out-of-date cells.
+const STALE_COLOR: egui::Color32 = egui::Color32::from_rgb(230, 126, 34);
+
+fn error_label(ui: &mut egui::Ui, text: &str) {
+    ui.colored_label(ui.visuals().error_fg_color, text);
+}
+
+fn runs_combo(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    runs: &[String],
+    value: &mut Option<String>,
+    default_text: &str,
+) {
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(value.clone().unwrap_or_else(|| default_text.to_owned()))
+        .width(300.0)
+        .show_ui(ui, |ui| {
+            ui.selectable_value(value, None, default_text);
+            for r in runs.iter().rev() {
+                ui.selectable_value(value, Some(r.clone()), r);
+            }
+        })
+        .response
+        .on_hover_text("Which run to use");
+}

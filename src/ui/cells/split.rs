@@ -1,0 +1,62 @@
+//! The Split cell: patient split parameters, counts per side and the leakage check.
+
+use eframe::egui;
+
+use crate::ui::app::{Loading, WorkbenchApp};
+use crate::ui::widgets;
+
+use super::*;
+
+pub(super) fn split_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    config: &mut crate::dataset::split::SplitConfig,
+) {
+    ui.horizontal(|ui| {
+        ui.label("Test");
+        ui.add(egui::Slider::new(&mut config.test, 0.0..=0.5).fixed_decimals(2))
+            .on_hover_text("Share of images for the test side (whole patients)");
+        ui.label("Validation");
+        ui.add(egui::Slider::new(&mut config.val, 0.0..=0.5).fixed_decimals(2))
+            .on_hover_text("Share of images for the validation side (whole patients)");
+        ui.label("Seed");
+        ui.add(egui::DragValue::new(&mut config.seed))
+            .on_hover_text("The same seed always gives the same split");
+    });
+    let Some(rt) = app.rt.splits.get(&id) else {
+        ui.label("Press Run to split the dataset above by patient.");
+        return;
+    };
+    match &rt.data {
+        Loading::Busy(_) => {
+            ui.spinner();
+        }
+        Loading::Failed(e) => error_label(ui, e),
+        Loading::Ready(r) => {
+            let table = crate::explore::table::split_table(&r.report);
+            widgets::table(ui, ("split-table", id), &table);
+            if r.report.leaks.is_empty() {
+                ui.colored_label(
+                    egui::Color32::from_rgb(46, 160, 67),
+                    "Leakage check passed: no patient is on more than one side",
+                );
+            } else {
+                error_label(
+                    ui,
+                    &format!(
+                        "Leakage: {} patients on more than one side",
+                        r.report.leaks.len()
+                    ),
+                );
+                for l in &r.report.leaks {
+                    ui.label(format!("patient {} ({} images)", l.patient, l.images));
+                }
+            }
+            if r.report.group_by == crate::dataset::split::GroupBy::Image {
+                ui.label("The dataset has no patient ids: images were split individually.");
+            }
+        }
+        Loading::Idle => {}
+    }
+}

@@ -1,0 +1,455 @@
+//! The Train cell: the form, the augmentation preview, progress and live curves.
+
+use std::path::PathBuf;
+
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::dataset::preprocess::Preprocess;
+use crate::model::backend::BackendChoice;
+use crate::train::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::train::events::{Phase, TrainEvent};
+
+use crate::ui::app::{Command, TrainRuntime, WorkbenchApp};
+use crate::ui::freshness::current_data;
+
+use super::*;
+
+pub(super) fn train_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    config: &mut TrainConfig,
+    run: &mut Option<String>,
+) {
+    let running = app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running);
+    match current_data(app, id) {
+        Ok(data) => {
+            ui.label(format!("Trains on {}", data.description));
+        }
+        Err(problem) => {
+            ui.colored_label(
+                STALE_COLOR,
+                format!("Not ready to train: {problem}. Start runs it first."),
+            );
+        }
+    }
+    if let Some(t) = app.rt.trains.get(&id) {
+        ui.label(
+            egui::RichText::new(format!(
+                "{} run used: {}",
+                if running { "This" } else { "The last" },
+                t.data.description
+            ))
+            .weak(),
+        );
+    }
+    ui.add_enabled_ui(!running, |ui| {
+        egui::Grid::new(("train-form", id)).num_columns(4).spacing([14.0, 6.0]).show(ui, |ui| {
+            ui.label("Mode");
+            egui::ComboBox::from_id_salt(("mode", id))
+                .selected_text(format!("{:?}", config.mode))
+                .show_ui(ui, |ui| {
+                    for (m, d) in [
+                        (Mode::Probe, "Probe: linear head on cached features (fast)"),
+                        (Mode::Finetune, "Fine-tune: head + last backbone blocks"),
+                        (Mode::Scratch, "Scratch: small CNN from random weights"),
+                    ] {
+                        if ui.selectable_label(config.mode == m, d).clicked() && config.mode != m {
+                            let keep = (config.task, config.backend, config.seed);
+                            *config = TrainConfig::for_mode(m);
+                            (config.task, config.backend, config.seed) = keep;
+                        }
+                    }
+                })
+                .response
+                .on_hover_text("How the network is trained");
+            ui.label("Task");
+            egui::ComboBox::from_id_salt(("task", id))
+                .selected_text(config.task.map_or("from the data".into(), |t| format!("{t:?}")))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut config.task, None, "from the data");
+                    for t in [Task::Binary, Task::MultiClass, Task::MultiLabel, Task::Ordinal] {
+                        ui.selectable_value(&mut config.task, Some(t), format!("{t:?}"));
+                    }
+                })
+                .response
+                .on_hover_text("Binary/multi-class: softmax; multi-label: sigmoid per label; ordinal: cumulative thresholds P(grade > j), reported with quadratic kappa");
+            ui.end_row();
+            ui.label("Epochs");
+            ui.add(egui::DragValue::new(&mut config.epochs).range(1..=500)).on_hover_text("Passes over the training images");
+            ui.label("Batch size");
+            ui.add(egui::DragValue::new(&mut config.batch_size).range(1..=512)).on_hover_text("Images per optimisation step");
+            ui.end_row();
+            ui.label("Learning rate");
+            ui.add(egui::DragValue::new(&mut config.learning_rate).speed(1e-5).range(1e-6..=1.0).max_decimals(6))
+                .on_hover_text("Step size; warm-up then the schedule");
+            ui.label("Weight decay");
+            ui.add(egui::DragValue::new(&mut config.weight_decay).speed(1e-5).range(0.0..=10.0).max_decimals(5))
+                .on_hover_text("L2 regularisation (decoupled for AdamW)");
+            ui.end_row();
+            ui.label("Optimizer");
+            egui::ComboBox::from_id_salt(("optim", id))
+                .selected_text(match config.optimizer {
+                    Optimizer::Sgd { .. } => "SGD (momentum 0.9)",
+                    Optimizer::Adam => "Adam",
+                    Optimizer::AdamW => "AdamW",
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut config.optimizer, Optimizer::Sgd { momentum: 0.9 }, "SGD (momentum 0.9)");
+                    ui.selectable_value(&mut config.optimizer, Optimizer::Adam, "Adam");
+                    ui.selectable_value(&mut config.optimizer, Optimizer::AdamW, "AdamW");
+                })
+                .response
+                .on_hover_text("Optimisation algorithm");
+            ui.label("Schedule");
+            egui::ComboBox::from_id_salt(("sched", id))
+                .selected_text(match config.schedule {
+                    Schedule::Constant => "constant",
+                    Schedule::Cosine => "cosine",
+                    Schedule::Plateau { .. } => "reduce on plateau",
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut config.schedule, Schedule::Constant, "constant");
+                    ui.selectable_value(&mut config.schedule, Schedule::Cosine, "cosine");
+                    ui.selectable_value(&mut config.schedule, Schedule::Plateau { patience: 2, factor: 0.3 }, "reduce on plateau");
+                })
+                .response
+                .on_hover_text("Learning rate after the warm-up epoch");
+            ui.end_row();
+            ui.label("Imbalance");
+            egui::ComboBox::from_id_salt(("imb", id))
+                .selected_text(format!("{:?}", config.imbalance))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut config.imbalance, Imbalance::None, "none");
+                    ui.selectable_value(&mut config.imbalance, Imbalance::ClassWeights, "class weights");
+                    ui.selectable_value(&mut config.imbalance, Imbalance::Oversample, "oversample");
+                })
+                .response
+                .on_hover_text("Weight rare classes in the loss, or sample them more often");
+            ui.label("Image size");
+            ui.add(egui::DragValue::new(&mut config.preprocess.size).range(32..=512).suffix(" px"))
+                .on_hover_text("Side of the square network input");
+            ui.end_row();
+            ui.label("Device");
+            egui::ComboBox::from_id_salt(("backend", id))
+                .selected_text(format!("{:?}", config.backend))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut config.backend, BackendChoice::Auto, "Auto (GPU if present)");
+                    ui.selectable_value(&mut config.backend, BackendChoice::Wgpu, "wgpu (GPU)");
+                    ui.selectable_value(&mut config.backend, BackendChoice::Cpu, "CPU");
+                })
+                .response
+                .on_hover_text("Where the network runs");
+            if config.mode == Mode::Finetune {
+                ui.label("Unfrozen blocks");
+                ui.add(egui::DragValue::new(&mut config.unfreeze_blocks).range(0..=16))
+                    .on_hover_text("How many of the last backbone blocks are trained");
+            }
+            ui.end_row();
+        });
+        ui.horizontal(|ui| {
+            ui.label("Augmentation:");
+            ui.checkbox(&mut config.augment.dihedral, "flips + 90° rotations")
+                .on_hover_text("The 8 symmetries of the square; cells have no orientation");
+            ui.label("brightness");
+            ui.add(egui::Slider::new(&mut config.augment.brightness, 0.0..=0.5)).on_hover_text("Random brightness shift");
+            ui.label("contrast");
+            ui.add(egui::Slider::new(&mut config.augment.contrast, 0.0..=0.5)).on_hover_text("Random contrast change");
+            ui.checkbox(&mut config.preprocess.border_crop, "crop black border")
+                .on_hover_text("Crop to the cell before resizing (cells imaged on black)");
+        });
+        if config.mode == Mode::Probe {
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
+                    .on_hover_text("Each image's features are the mean over its flips and 90° turns, so a cell gives the same features however it lies. 8× the feature extraction; cached like the others.");
+                ui.label(egui::RichText::new("Probe runs use features of unaugmented images (cached).").weak());
+            });
+        }
+    });
+    augment_preview_ui(app, ui, id, config);
+    ui.horizontal(|ui| {
+        if running {
+            if ui
+                .button("Stop")
+                .on_hover_text("Stop after the current batch; the run folder stays consistent")
+                .clicked()
+            {
+                app.push(Command::StopTrain(id));
+            }
+        } else if ui
+            .button("Start training")
+            .on_hover_text("Train on the dataset (and split) above")
+            .clicked()
+        {
+            app.push(Command::RunCell(id));
+        }
+        if let Some(r) = run.as_ref() {
+            ui.label(format!("last run: {r}"));
+            let state = app.rt.run_state(&app.runs_dir().join(r));
+            if !running
+                && matches!(
+                    state,
+                    Some(crate::runs::RunState::Interrupted | crate::runs::RunState::Cancelled)
+                )
+                && ui
+                    .button("Resume")
+                    .on_hover_text("Continue this run from its last complete checkpoint, on the data it recorded; it ends where an uninterrupted run would")
+                    .clicked()
+            {
+                app.push(Command::ResumeTrain(id));
+            }
+        }
+    });
+    let Some(t) = app.rt.trains.get(&id) else {
+        return;
+    };
+    progress_ui(ui, t);
+    curves_ui(ui, ("train-curves", id), &t.events);
+    let warnings: Vec<&String> = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    if !warnings.is_empty() {
+        egui::CollapsingHeader::new(format!("Warnings ({})", warnings.len()))
+            .id_salt(("warn", id))
+            .show(ui, |ui| {
+                for w in warnings {
+                    ui.label(w);
+                }
+            });
+    }
+    if let Some(Err(e)) = &t.finished {
+        error_label(ui, &format!("Training failed: {e}"));
+    }
+}
+
+pub(super) fn augment_preview_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    config: &TrainConfig,
+) {
+    let Ok((manifest, data)) = train_manifest(app, id) else {
+        return;
+    };
+    let key = egui::Id::unique(("aug-preview", id));
+    // Keyed by the data too: a new dataset shows its own images.
+    let wanted = (
+        config.augment.clone(),
+        config.preprocess.border_crop,
+        data.dataset,
+        data.split,
+    );
+    type Key = (
+        crate::dataset::preprocess::Augment,
+        bool,
+        (u64, u64),
+        Option<(u64, u64)>,
+    );
+    let current: Option<(Key, Vec<egui::TextureHandle>)> = ui.data(|d| d.get_temp(key));
+    let textures = match current {
+        Some((k, t)) if k == wanted => t,
+        _ => {
+            let sample: Vec<PathBuf> = manifest
+                .records
+                .iter()
+                .filter(|r| r.is_usable())
+                .take(4)
+                .map(|r| manifest.image_path(r))
+                .collect();
+            let pre = Preprocess {
+                size: 96,
+                border_crop: config.preprocess.border_crop,
+                center_crop: false,
+            };
+            let mut t = Vec::new();
+            for (i, p) in sample.iter().enumerate() {
+                for v in 0..2u64 {
+                    if let Ok(mut chw) = pre.load(p) {
+                        if v > 0 {
+                            config.augment.apply(
+                                &mut chw,
+                                96,
+                                &mut crate::dataset::split::SplitMix64::new(i as u64 * 31 + v),
+                            );
+                        }
+                        t.push(ui.ctx().load_texture(
+                            format!("aug-{id}-{i}-{v}"),
+                            chw_to_image(&chw, 96),
+                            egui::TextureOptions::LINEAR,
+                        ));
+                    }
+                }
+            }
+            ui.data_mut(|d| d.insert_temp(key, (wanted, t.clone())));
+            t
+        }
+    };
+    if textures.is_empty() {
+        return;
+    }
+    ui.horizontal(|ui| {
+        ui.label("Preview (original, augmented):").on_hover_text(
+            "Real images from the dataset through the current preprocessing and augmentation",
+        );
+        for t in &textures {
+            ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(56.0, 56.0)));
+        }
+    });
+}
+
+pub(super) fn chw_to_image(chw: &[f32], side: usize) -> egui::ColorImage {
+    let plane = side * side;
+    let px = |c: usize, i: usize| ((chw[c * plane + i] + 1.0) * 127.5).clamp(0.0, 255.0) as u8;
+    let pixels = (0..plane)
+        .map(|i| egui::Color32::from_rgb(px(0, i), px(1, i), px(2, i)))
+        .collect();
+    egui::ColorImage::new([side, side], pixels)
+}
+
+pub(super) fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
+    let started = t.events.iter().find_map(|e| match e {
+        TrainEvent::Started {
+            device,
+            epochs,
+            train_images,
+            val_images,
+            ..
+        } => Some((device.clone(), *epochs, *train_images, *val_images)),
+        _ => None,
+    });
+    let Some((device, epochs, n_train, n_val)) = started else {
+        if t.is_running() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Queued or preparing: compute jobs run one at a time, in order (Stop cancels it)");
+            });
+        }
+        return;
+    };
+    let epochs_done = t
+        .events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Epoch { .. }))
+        .count() as u32;
+    let last_progress = t.events.iter().rev().find_map(|e| match e {
+        TrainEvent::Progress { phase, done, total } => Some((*phase, *done, *total)),
+        _ => None,
+    });
+    ui.label(format!(
+        "Device: {device} · {n_train} training / {n_val} validation images"
+    ));
+    if t.is_running() {
+        let (text, frac) = match last_progress {
+            Some((Phase::Features, d, n)) if epochs_done == 0 => (
+                format!("extracting features {d}/{n}"),
+                d as f32 / n.max(1) as f32,
+            ),
+            Some((_, d, n)) => {
+                let f = (epochs_done as f32 + d as f32 / n.max(1) as f32) / epochs.max(1) as f32;
+                (format!("epoch {}/{epochs}", epochs_done + 1), f)
+            }
+            None => ("starting".into(), 0.0),
+        };
+        let elapsed = t.started.elapsed().as_secs_f32();
+        let eta = if frac > 0.02 {
+            format!(" · about {:.0} s left", elapsed / frac - elapsed)
+        } else {
+            String::new()
+        };
+        ui.add(
+            egui::ProgressBar::new(frac.clamp(0.0, 1.0))
+                .text(format!("{text}{eta}"))
+                .animate(true),
+        );
+    } else {
+        for e in &t.events {
+            match e {
+                TrainEvent::Finished {
+                    best_epoch,
+                    metrics,
+                    elapsed_secs,
+                    ..
+                } => {
+                    ui.label(format!(
+                        "Finished in {elapsed_secs:.1} s · best epoch {best_epoch} · validation accuracy {:.3}, balanced {:.3}, macro F1 {:.3}{}",
+                        metrics.accuracy,
+                        metrics.balanced_accuracy,
+                        metrics.macro_f1,
+                        metrics.macro_auc.map_or(String::new(), |a| format!(", AUC {a:.3}"))
+                    ));
+                }
+                TrainEvent::Cancelled { epoch } => {
+                    ui.label(format!(
+                        "Stopped after epoch {epoch}; the run folder holds its last checkpoint."
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Live loss and accuracy/AUC curves from a run's events.
+pub fn curves_ui(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug + Copy,
+    events: &[TrainEvent],
+) {
+    let points = crate::runs::view::curves(events);
+    if points.is_empty() {
+        return;
+    }
+    let series = |f: &dyn Fn(&crate::runs::view::EpochPoint) -> Option<f64>| -> Vec<[f64; 2]> {
+        points
+            .iter()
+            .filter_map(|p| f(p).map(|v| [f64::from(p.epoch), v]))
+            .collect()
+    };
+    let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
+    ui.horizontal(|ui| {
+        Plot::new(("loss", id))
+            .width(width)
+            .height(200.0)
+            .legend(Legend::default())
+            .x_axis_label("epoch")
+            .y_axis_label("loss")
+            .include_y(0.0)
+            .show(ui, |p| {
+                p.line(Line::new(
+                    "train loss",
+                    PlotPoints::from(series(&|e| Some(e.train_loss))),
+                ));
+                p.line(Line::new(
+                    "validation loss",
+                    PlotPoints::from(series(&|e| e.val_loss)),
+                ));
+            });
+        Plot::new(("acc", id))
+            .width(width)
+            .height(200.0)
+            .legend(Legend::default())
+            .x_axis_label("epoch")
+            .include_y(0.0)
+            .include_y(1.0)
+            .show(ui, |p| {
+                p.line(Line::new(
+                    "train accuracy",
+                    PlotPoints::from(series(&|e| Some(e.train_accuracy))),
+                ));
+                p.line(Line::new(
+                    "validation accuracy",
+                    PlotPoints::from(series(&|e| e.val_accuracy)),
+                ));
+                p.line(Line::new(
+                    "validation macro AUC",
+                    PlotPoints::from(series(&|e| e.val_auc)),
+                ));
+            });
+    });
+}
