@@ -96,4 +96,3 @@ pub fn csv_field(s: &str) -> String {
         s.to_owned()
     }
 }
-

@@ -152,7 +152,12 @@ fn set_dataset_path(harness: &mut Harness<'_, WorkbenchApp>, path: &std::path::P
 }
 
 fn cell_id(app: &WorkbenchApp, pred: fn(&CellKind) -> bool) -> u64 {
-    app.workbook.cells.iter().find(|c| pred(&c.kind)).unwrap().id
+    app.workbook
+        .cells
+        .iter()
+        .find(|c| pred(&c.kind))
+        .unwrap()
+        .id
 }
 
 /// The sequence that once trained on another dataset's split: run all on the demo, open another
@@ -240,7 +245,11 @@ fn training_never_uses_a_stale_split() {
             _ => None,
         })
         .expect("the run started");
-    assert_eq!(started, (35, 5), "trained on the demo's 35 cells and 5 labels");
+    assert_eq!(
+        started,
+        (35, 5),
+        "trained on the demo's 35 cells and 5 labels"
+    );
     let run = harness
         .state()
         .workbook

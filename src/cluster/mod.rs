@@ -297,7 +297,10 @@ pub fn new_submission_id() -> String {
     h.write_u32(std::process::id());
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     let rand = h.finish() as u32;
-    format!("cellbench-{}-{rand:08x}", crate::clock::utc_compact(now.as_secs()))
+    format!(
+        "cellbench-{}-{rand:08x}",
+        crate::clock::utc_compact(now.as_secs())
+    )
 }
 
 /// Submission ids travel in URL paths; restrict them to a safe alphabet.

@@ -83,7 +83,10 @@ pub struct Classifier {
 enum Net {
     /// Backbone features into a head: a probe (standardised features, frozen pretrained
     /// backbone) or a fine-tuned network.
-    Features { backbone: Extractor, head: Head },
+    Features {
+        backbone: Extractor,
+        head: Head,
+    },
     Scratch(SmallCnn),
 }
 
@@ -137,16 +140,15 @@ impl Classifier {
             }
         };
         // A probe was trained on standardised features; a fine-tuned head on raw ones.
-        let standardiser = if info.feature_mean.len() == FEATURES
-            && info.feature_std.len() == FEATURES
-        {
-            Standardiser {
-                mean: info.feature_mean.clone(),
-                std: info.feature_std.clone(),
-            }
-        } else {
-            Standardiser::default()
-        };
+        let standardiser =
+            if info.feature_mean.len() == FEATURES && info.feature_std.len() == FEATURES {
+                Standardiser {
+                    mean: info.feature_mean.clone(),
+                    std: info.feature_std.clone(),
+                }
+            } else {
+                Standardiser::default()
+            };
         Ok(Self {
             info,
             net,

@@ -142,7 +142,10 @@ mod tests {
             predicted_label(Task::MultiLabel, &labels, &[0.9, 0.7, 0.0]),
             "a|b"
         );
-        assert_eq!(predicted_label(Task::MultiClass, &labels, &[0.2, 0.5, 0.3]), "b");
+        assert_eq!(
+            predicted_label(Task::MultiClass, &labels, &[0.2, 0.5, 0.3]),
+            "b"
+        );
     }
 
     #[test]

@@ -114,4 +114,3 @@ pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
         .context("reading the bundled EfficientNet-Lite0 weights (assets/weights)")?;
     Ok(EfficientNetLite::load(&bytes, device)?)
 }
-

@@ -40,4 +40,3 @@ impl std::str::FromStr for Mode {
         }
     }
 }
-

@@ -70,17 +70,13 @@ pub struct DatasetFile {
 impl DatasetFile {
     /// The description of `manifest`, opened from `source` with `options`.
     pub fn of(manifest: &crate::dataset::Manifest, options: &crate::dataset::OpenOptions) -> Self {
-        let splits = manifest
-            .records
-            .iter()
-            .any(|r| r.split.is_some())
-            .then(|| {
-                manifest
-                    .records
-                    .iter()
-                    .filter_map(|r| r.split.map(|s| (r.path.clone(), s)))
-                    .collect()
-            });
+        let splits = manifest.records.iter().any(|r| r.split.is_some()).then(|| {
+            manifest
+                .records
+                .iter()
+                .filter_map(|r| r.split.map(|s| (r.path.clone(), s)))
+                .collect()
+        });
         Self {
             format_version: FORMAT_VERSION,
             source: std::path::absolute(&manifest.source).unwrap_or(manifest.source.clone()),
@@ -113,7 +109,10 @@ impl DatasetFile {
             }
             let present: std::collections::HashSet<&str> =
                 manifest.records.iter().map(|r| r.path.as_str()).collect();
-            let missing = splits.keys().filter(|p| !present.contains(p.as_str())).count();
+            let missing = splits
+                .keys()
+                .filter(|p| !present.contains(p.as_str()))
+                .count();
             anyhow::ensure!(
                 unknown == 0 && missing == 0,
                 "the dataset changed since the run started ({unknown} new images, {missing} missing): {}",
@@ -368,7 +367,12 @@ mod tests {
         )
         .unwrap();
         let err = format!("{:#}", read_status(&a.path).unwrap_err());
-        assert!(err.contains("format 99") || err.contains("format_version 99") || err.contains("run-folder format 99"), "{err}");
+        assert!(
+            err.contains("format 99")
+                || err.contains("format_version 99")
+                || err.contains("run-folder format 99"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -379,7 +383,10 @@ mod tests {
         // Held by this (live) process: a second trainer is refused.
         std::fs::write(path.join(LOCK), "1").unwrap(); // pid 1 is always alive
         let err = RunDir::reopen(&path).err().expect("refused");
-        assert!(format!("{err:#}").contains("being trained by process 1"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("being trained by process 1"),
+            "{err:#}"
+        );
         // A lock left by a dead process is taken over.
         std::fs::write(path.join(LOCK), "4000000000").unwrap();
         let b = RunDir::reopen(&path).unwrap();

@@ -94,7 +94,10 @@ impl RunSummary {
                 datasets.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
-        if runs.iter().any(|r| r.task.is_some() && r.task != first.task) {
+        if runs
+            .iter()
+            .any(|r| r.task.is_some() && r.task != first.task)
+        {
             return Some("these runs solve different tasks".to_owned());
         }
         if runs.iter().any(|r| r.labels != first.labels) {
