@@ -225,7 +225,12 @@ pub fn evaluate_csv(
             })
             .collect();
         (
-            metrics::evaluate_multi_label(&labels, &t, &probs, 0.5),
+            metrics::evaluate_multi_label(
+                &labels,
+                &t,
+                &probs,
+                crate::model::decision::MULTI_LABEL_THRESHOLD,
+            ),
             None,
         )
     } else {
