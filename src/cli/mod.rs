@@ -300,7 +300,7 @@ pub enum BenchCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -314,6 +314,44 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(exit::ERROR)
         }
+    }
+}
+
+/// `RUST_LOG` logging (default `warn`), except the debug and trace records of the HTTP, TLS
+/// and WebSocket client crates: they dump requests byte by byte, the cluster token and proxy
+/// headers included, so they never reach the log whatever `RUST_LOG` asks for.
+fn init_logging() {
+    /// Crates whose records below `info` are dropped (a prefix covers `ureq_proto` too).
+    const WIRE_DUMPERS: [&str; 4] = ["ureq", "rustls", "tungstenite", "http"];
+    struct Guarded(env_logger::Logger);
+    impl Guarded {
+        fn allowed(metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Info
+                || !WIRE_DUMPERS.iter().any(|c| {
+                    metadata.target().strip_prefix(c).is_some_and(|rest| {
+                        rest.is_empty() || rest.starts_with("::") || rest.starts_with('_')
+                    })
+                })
+        }
+    }
+    impl log::Log for Guarded {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            Self::allowed(metadata) && self.0.enabled(metadata)
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if Self::allowed(record.metadata()) {
+                self.0.log(record);
+            }
+        }
+        fn flush(&self) {
+            self.0.flush();
+        }
+    }
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(Guarded(logger))).is_ok() {
+        log::set_max_level(max_level);
     }
 }
 
