@@ -271,6 +271,75 @@ fn training_never_uses_a_stale_split() {
     harness.get_by_label_contains("Trains on bccd (35 images), split by the Split cell");
 }
 
+/// Epoch events of a run with `n` epochs whose scores climb from 0.2 towards 0.95.
+fn epochs(n: u32) -> Vec<cellbench::train::TrainEvent> {
+    use cellbench::train::events::EpochSide;
+    (1..=n)
+        .map(|epoch| {
+            let score = 0.2 + 0.75 * f64::from(epoch) / f64::from(n);
+            let side = EpochSide {
+                loss: 2.0 / f64::from(epoch),
+                accuracy: score,
+                balanced_accuracy: score,
+                macro_f1: score,
+                macro_auc: Some(score),
+                kappa_quadratic: None,
+            };
+            cellbench::train::TrainEvent::Epoch {
+                epoch,
+                learning_rate: 1e-3,
+                train: side.clone(),
+                val: Some(side),
+                elapsed_secs: 1.0,
+            }
+        })
+        .collect()
+}
+
+/// The live curves refit to a second run: the plot's bounds hold every point of the new
+/// run, whatever bounds the plot had remembered from before (a relaunch, a stray drag).
+#[test]
+fn curves_refit_to_every_new_run() {
+    let mut harness = Harness::builder().with_size([900.0, 300.0]).build_ui_state(
+        |ui, events: &mut Vec<cellbench::train::TrainEvent>| {
+            cellbench::ui::cells::curves_ui(ui, 7u64, events);
+        },
+        epochs(1),
+    );
+    harness.run_steps(3);
+    // As a relaunch restores them (plot memory is persisted), or a stray drag leaves them:
+    // bounds far from any data, with automatic bounds off.
+    for plot in ["acc", "loss"] {
+        let id = eframe::egui::Id::unique((plot, 7u64));
+        let mut memory = egui_plot::PlotMemory::load(&harness.ctx, id).expect("plot memory");
+        memory.auto_bounds = false.into();
+        memory.set_bounds(egui_plot::PlotBounds::from_min_max(
+            [100.0, -5.0],
+            [101.0, -4.0],
+        ));
+        memory.store(&harness.ctx, id);
+    }
+    *harness.state_mut() = epochs(12);
+    harness.run_steps(3);
+    for (plot, y_max) in [("acc", 0.95), ("loss", 2.0)] {
+        let id = eframe::egui::Id::unique((plot, 7u64));
+        let memory = egui_plot::PlotMemory::load(&harness.ctx, id).expect("plot memory");
+        let b = memory.bounds();
+        assert!(
+            b.min()[0] <= 1.0 && b.max()[0] >= 12.0,
+            "{plot}: x bounds {:?}..{:?}",
+            b.min(),
+            b.max()
+        );
+        assert!(
+            b.min()[1] <= 0.2 && b.max()[1] >= y_max,
+            "{plot}: y bounds {:?}..{:?}",
+            b.min(),
+            b.max()
+        );
+    }
+}
+
 #[test]
 fn confusion_heatmap_snapshot() {
     let cm = cellbench::train::metrics::ConfusionMatrix {

@@ -443,3 +443,33 @@ pub fn compare_table(
 pub fn columns_for(width: f32) -> usize {
     ((width / (THUMB_SIDE as f32 + 12.0)) as usize).max(1)
 }
+
+/// A plot that fits its bounds to its data again whenever the data changes (a new run, a new
+/// epoch, a relaunch that restored old bounds); between changes the user's zoom and pan stay.
+/// `signature` summarises the data (e.g. run ids and point counts).
+pub fn refitting_plot<'a>(ui: &egui::Ui, id: egui::Id, signature: u64) -> egui_plot::Plot<'a> {
+    let key = id.with("data-signature");
+    let changed = ui.data_mut(|d| {
+        let old = d.get_temp::<u64>(key);
+        d.insert_temp(key, signature);
+        old != Some(signature)
+    });
+    // The wheel scrolls the notebook, not the plot (zoom stays on Ctrl + wheel).
+    let plot = egui_plot::Plot::new(id).id(id).allow_scroll(false);
+    if changed { plot.reset() } else { plot }
+}
+
+/// A signature of plotted series: their names and lengths, and the last value of each.
+pub fn series_signature<'a>(series: impl IntoIterator<Item = (&'a str, &'a [[f64; 2]])>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, points) in series {
+        name.hash(&mut h);
+        points.len().hash(&mut h);
+        if let Some(p) = points.last() {
+            p[0].to_bits().hash(&mut h);
+            p[1].to_bits().hash(&mut h);
+        }
+    }
+    h.finish()
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Legend, Line, PlotPoints};
 
 use crate::runs::view::RunSummary;
 
@@ -83,42 +83,55 @@ pub(super) fn compare_ui(
     if loaded.is_empty() {
         return;
     }
+    let curve =
+        |f: fn(&crate::runs::view::EpochPoint) -> Option<f64>| -> Vec<(String, Vec<[f64; 2]>)> {
+            loaded
+                .iter()
+                .map(|s| {
+                    let pts = s
+                        .curves
+                        .iter()
+                        .filter_map(|c| f(c).map(|v| [f64::from(c.epoch), v]))
+                        .collect();
+                    (s.id.clone(), pts)
+                })
+                .collect()
+        };
+    let losses = curve(|c| c.val_loss);
+    let accuracies = curve(|c| c.val_accuracy);
+    let signature = |s: &[(String, Vec<[f64; 2]>)]| {
+        widgets::series_signature(s.iter().map(|(n, p)| (n.as_str(), p.as_slice())))
+    };
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
     ui.horizontal(|ui| {
-        Plot::new(("cmp-loss", id))
+        widgets::refitting_plot(ui, egui::Id::unique(("cmp-loss", id)), signature(&losses))
             .width(width)
             .height(200.0)
             .legend(Legend::default())
             .x_axis_label("epoch")
             .y_axis_label("validation loss")
             .show(ui, |p| {
-                for s in loaded {
-                    let pts: Vec<[f64; 2]> = s
-                        .curves
-                        .iter()
-                        .filter_map(|c| c.val_loss.map(|v| [f64::from(c.epoch), v]))
-                        .collect();
-                    p.line(Line::new(s.id.clone(), PlotPoints::from(pts)));
+                for (name, pts) in &losses {
+                    p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())));
                 }
             });
-        Plot::new(("cmp-acc", id))
-            .width(width)
-            .height(200.0)
-            .legend(Legend::default())
-            .x_axis_label("epoch")
-            .y_axis_label("validation accuracy")
-            .include_y(0.0)
-            .include_y(1.0)
-            .show(ui, |p| {
-                for s in loaded {
-                    let pts: Vec<[f64; 2]> = s
-                        .curves
-                        .iter()
-                        .filter_map(|c| c.val_accuracy.map(|v| [f64::from(c.epoch), v]))
-                        .collect();
-                    p.line(Line::new(s.id.clone(), PlotPoints::from(pts)));
-                }
-            });
+        widgets::refitting_plot(
+            ui,
+            egui::Id::unique(("cmp-acc", id)),
+            signature(&accuracies),
+        )
+        .width(width)
+        .height(200.0)
+        .legend(Legend::default())
+        .x_axis_label("epoch")
+        .y_axis_label("validation accuracy")
+        .include_y(0.0)
+        .include_y(1.0)
+        .show(ui, |p| {
+            for (name, pts) in &accuracies {
+                p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())));
+            }
+        });
     });
     widgets::compare_table(ui, ("cmp-table", id), loaded);
 }

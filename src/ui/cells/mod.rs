@@ -24,6 +24,7 @@ use explore::*;
 use note::*;
 use predict::*;
 use split::*;
+pub use train::curves_ui;
 use train::*;
 
 use std::sync::atomic::AtomicBool;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Legend, Line, PlotPoints};
 
 use crate::dataset::preprocess::Preprocess;
 use crate::model::backend::BackendChoice;
@@ -14,6 +14,7 @@ use crate::ui::app::{Command, TrainRuntime, WorkbenchApp};
 use crate::ui::freshness::current_data;
 
 use super::*;
+use crate::ui::widgets;
 
 pub(super) fn train_ui(
     app: &mut WorkbenchApp,
@@ -411,45 +412,48 @@ pub fn curves_ui(
             .filter_map(|p| f(p).map(|v| [f64::from(p.epoch), v]))
             .collect()
     };
+    let loss = [
+        ("train loss", series(&|e| Some(e.train_loss))),
+        ("validation loss", series(&|e| e.val_loss)),
+    ];
+    let scores = [
+        ("train accuracy", series(&|e| Some(e.train_accuracy))),
+        ("validation accuracy", series(&|e| e.val_accuracy)),
+        ("validation macro AUC", series(&|e| e.val_auc)),
+    ];
+    let last_epoch = points.last().map_or(1.0, |p| f64::from(p.epoch));
+    let signature = |s: &[(&str, Vec<[f64; 2]>)]| {
+        widgets::series_signature(s.iter().map(|(n, p)| (*n, p.as_slice())))
+    };
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
     ui.horizontal(|ui| {
-        Plot::new(("loss", id))
+        widgets::refitting_plot(ui, egui::Id::unique(("loss", id)), signature(&loss))
             .width(width)
             .height(200.0)
             .legend(Legend::default())
             .x_axis_label("epoch")
             .y_axis_label("loss")
+            .include_x(0.5)
+            .include_x(last_epoch + 0.5)
             .include_y(0.0)
             .show(ui, |p| {
-                p.line(Line::new(
-                    "train loss",
-                    PlotPoints::from(series(&|e| Some(e.train_loss))),
-                ));
-                p.line(Line::new(
-                    "validation loss",
-                    PlotPoints::from(series(&|e| e.val_loss)),
-                ));
+                for (name, pts) in &loss {
+                    p.line(Line::new(*name, PlotPoints::from(pts.clone())));
+                }
             });
-        Plot::new(("acc", id))
+        widgets::refitting_plot(ui, egui::Id::unique(("acc", id)), signature(&scores))
             .width(width)
             .height(200.0)
             .legend(Legend::default())
             .x_axis_label("epoch")
+            .include_x(0.5)
+            .include_x(last_epoch + 0.5)
             .include_y(0.0)
             .include_y(1.0)
             .show(ui, |p| {
-                p.line(Line::new(
-                    "train accuracy",
-                    PlotPoints::from(series(&|e| Some(e.train_accuracy))),
-                ));
-                p.line(Line::new(
-                    "validation accuracy",
-                    PlotPoints::from(series(&|e| e.val_accuracy)),
-                ));
-                p.line(Line::new(
-                    "validation macro AUC",
-                    PlotPoints::from(series(&|e| e.val_auc)),
-                ));
+                for (name, pts) in &scores {
+                    p.line(Line::new(*name, PlotPoints::from(pts.clone())));
+                }
             });
     });
 }
