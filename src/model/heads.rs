@@ -23,8 +23,53 @@ impl Head {
         }
     }
 
+    /// A head whose weights and bias start at zero: a linear probe is a convex problem, so
+    /// its result then depends on its objective and data only, not on a random draw.
+    pub fn zeros(features: usize, classes: usize, dropout: f64, device: &Device) -> Self {
+        Self {
+            dropout: DropoutConfig::new(dropout).init(),
+            fc: LinearConfig::new(features, classes)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// A head with the given weights: `weight[f][c]` multiplies feature `f` for output `c`
+    /// (burn's `[d_input, d_output]` layout), `bias[c]` is added to output `c`.
+    pub fn from_weights(weight: &[Vec<f64>], bias: &[f64], device: &Device) -> Self {
+        use burn::module::Param;
+        use burn::tensor::TensorData;
+        let features = weight.len();
+        let classes = bias.len();
+        let flat: Vec<f32> = weight
+            .iter()
+            .flat_map(|row| {
+                assert_eq!(row.len(), classes, "one weight per output in each row");
+                row.iter().map(|&w| w as f32)
+            })
+            .collect();
+        let mut head = Self::zeros(features, classes, 0.0, device);
+        head.fc.weight = Param::from_tensor(Tensor::<2>::from_data(
+            TensorData::new(flat, [features, classes]),
+            device,
+        ));
+        head.fc.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(
+                bias.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+                [classes],
+            ),
+            device,
+        )));
+        head
+    }
+
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc.forward(self.dropout.forward(x))
+    }
+
+    /// `½‖W‖²` of the weights (not the bias): the L2 penalty of a probe's objective.
+    pub fn half_squared_norm(&self) -> Tensor<1> {
+        self.fc.weight.val().powi_scalar(2).sum() * 0.5
     }
 }
 

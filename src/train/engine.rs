@@ -64,53 +64,14 @@ pub struct ProbeBench {
 /// validation) on `n` synthetic 1280-d feature vectors of `classes` Gaussian clusters: the
 /// "features already cached" part of a probe run, without the backbone.
 pub fn bench_probe(n: usize, classes: usize, config: &TrainConfig) -> anyhow::Result<ProbeBench> {
-    use super::data::Item;
     let compute = backend::select(config.backend)?;
     let (plain, ad) = (compute.device.clone(), compute.device.clone().autodiff());
+    let (data, feeder) = synthetic_features(n, classes, config.seed);
     let mut rng = SplitMix64::new(config.seed);
-    let gauss = |rng: &mut SplitMix64| {
-        let (u, v) = (rng.unit().max(1e-12), rng.unit());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    };
-    let centres: Vec<Vec<f32>> = (0..classes)
-        .map(|_| (0..FEATURES).map(|_| 0.15 * gauss(&mut rng)).collect())
-        .collect();
-    let mut items = Vec::with_capacity(n);
-    let mut rows = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = i % classes;
-        rows.push(Some(
-            centres[c]
-                .iter()
-                .map(|m| m + gauss(&mut rng))
-                .collect::<Vec<f32>>(),
-        ));
-        items.push(Item {
-            path: PathBuf::from(format!("synthetic/{i}")),
-            name: format!("synthetic/{i}"),
-            patient: None,
-            target: Target::Class(c),
-        });
-    }
-    let split = n * 4 / 5;
-    let data = Prepared {
-        task: if classes == 2 {
-            Task::Binary
-        } else {
-            Task::MultiClass
-        },
-        labels: (0..classes).map(|c| format!("class {c}")).collect(),
-        items,
-        train: (0..split).collect(),
-        val: (split..n).collect(),
-        test: Vec::new(),
-        split_given: true,
-    };
-    let feeder = Feeder::Features { rows };
     let weights = loss_weights(&data, config.imbalance);
     let never = AtomicBool::new(false);
     let start = Instant::now();
-    let mut net = Net::Probe(Head::new(FEATURES, classes, config.dropout, &ad)).train_mode();
+    let mut net = Net::Probe(Head::zeros(FEATURES, classes, config.dropout, &ad)).train_mode();
     let mut optims = vec![optimizer(config), optimizer(config)];
     let mut accuracy = 0.0;
     for epoch in 0..config.epochs {
@@ -150,6 +111,53 @@ pub fn bench_probe(n: usize, classes: usize, config: &TrainConfig) -> anyhow::Re
         secs: start.elapsed().as_secs_f64(),
         val_accuracy: accuracy,
     })
+}
+
+/// `n` synthetic 1280-d feature vectors of `classes` Gaussian clusters (item `i` in class
+/// `i % classes`), the first 80% on the training side and the rest on the validation side.
+pub(super) fn synthetic_features(n: usize, classes: usize, seed: u64) -> (Prepared, Feeder) {
+    use super::data::Item;
+    let mut rng = SplitMix64::new(seed);
+    let gauss = |rng: &mut SplitMix64| {
+        let (u, v) = (rng.unit().max(1e-12), rng.unit());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    };
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..FEATURES).map(|_| 0.15 * gauss(&mut rng)).collect())
+        .collect();
+    let mut items = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        rows.push(Some(
+            centres[c]
+                .iter()
+                .map(|m| m + gauss(&mut rng))
+                .collect::<Vec<f32>>(),
+        ));
+        items.push(Item {
+            path: PathBuf::from(format!("synthetic/{i}")),
+            name: format!("synthetic/{i}"),
+            patient: None,
+            target: Target::Class(c),
+        });
+    }
+    let split = n * 4 / 5;
+    let data = Prepared {
+        task: if classes == 2 {
+            Task::Binary
+        } else {
+            Task::MultiClass
+        },
+        labels: (0..classes).map(|c| format!("class {c}")).collect(),
+        items,
+        train: (0..split).collect(),
+        val: (split..n).collect(),
+        test: Vec::new(),
+        split_given: true,
+    };
+    let feeder = Feeder::Features { rows };
+    (data, feeder)
 }
 
 /// Trains a model as configured, writing a run folder. Returns when the run finished, failed

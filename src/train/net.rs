@@ -69,6 +69,15 @@ impl Net {
         }
     }
 
+    /// `½‖W‖²` of a probe head's weights, the L2 term of its objective; `None` for the
+    /// other networks, whose weight decay is the optimiser's.
+    pub(super) fn l2_term(&self) -> Option<Tensor<1>> {
+        match self {
+            Self::Probe(h) => Some(h.half_squared_norm()),
+            _ => None,
+        }
+    }
+
     /// One optimiser step; the optimiser state is per network part.
     pub(super) fn step(self, optims: &mut [ModuleOptimizer], lr: f64, loss: Tensor<1>) -> Self {
         let grads = loss.backward();
@@ -254,8 +263,17 @@ impl ModuleMapper for IdPaths {
     }
 }
 
+/// The optimiser of a run. A probe's weight decay is the L2 term of its loss (see
+/// [`Net::l2_term`]), so its optimiser adds none of its own: AdamW's decoupled decay shrinks
+/// the weights by `lr × decay` per step, about 1e-3 × decay at the default learning rate,
+/// which over the few hundred steps of a probe leaves every decay below about 1 without
+/// effect.
 pub(super) fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    let wd = config.weight_decay as f32;
+    let wd = if config.mode == super::config::Mode::Probe {
+        0.0
+    } else {
+        config.weight_decay as f32
+    };
     match config.optimizer {
         Optimizer::Sgd { momentum } => SgdConfig::new()
             .with_momentum(Some(

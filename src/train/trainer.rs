@@ -197,7 +197,7 @@ impl<'a> Trainer<'a> {
                     probe_features(job, config, data, &plain, run, sink, cancel, &mut warned)?;
                 info.feature_mean = standardiser.mean;
                 info.feature_std = standardiser.std;
-                let head = Head::new(FEATURES, outputs, config.dropout, &ad);
+                let head = Head::zeros(FEATURES, outputs, config.dropout, &ad);
                 (Net::Probe(head), Feeder::Features { rows })
             }
             Mode::Finetune => {
