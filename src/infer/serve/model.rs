@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::dataset::preprocess::Preprocess;
@@ -189,10 +189,7 @@ fn run_batches(
                     if admission.untaken() == 0 || now >= until {
                         None
                     } else {
-                        match jobs.recv_timeout(until - now) {
-                            Ok(job) => Some(job),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                        }
+                        jobs.recv_timeout(until - now).ok()
                     }
                 }
             };
