@@ -209,12 +209,17 @@ fn classify_batch(classifier: &Classifier, batch: Vec<Job>) {
         flat.extend_from_slice(&job.chw);
         replies.push((job.reply, job.ticket));
     }
+    let started = Instant::now();
     // A failure inside the model answers this batch with an error and leaves the server up.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let probs = classifier.probabilities(flat, n);
         let predicted: Vec<String> = probs.iter().map(|p| classifier.predicted(p)).collect();
         (probs, predicted)
     }));
+    log::debug!(
+        "classified a batch of {n} images in {} ms",
+        started.elapsed().as_millis()
+    );
     let answers: Vec<Answer> = match result {
         Ok((probs, predicted)) if probs.len() == n => predicted
             .into_iter()
