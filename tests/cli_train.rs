@@ -972,20 +972,36 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
         .expect("a cv summary beside the runs");
     let summary = read_json(&summary_file);
 
-    // Every image is validated exactly once; a patient's two eyes in the same fold.
+    // Every image is scored exactly once, on its run's test side; a patient's two eyes in
+    // the same fold; the choices were made on an inner validation part disjoint from it.
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
     let mut fold_of_patient: std::collections::HashMap<String, usize> = Default::default();
     let mut accuracies = Vec::new();
     for (fold, dir) in run_dirs.iter().enumerate() {
         let preds = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+        let mut chose = std::collections::HashSet::new();
+        let mut scored = std::collections::HashSet::new();
         for line in preds.lines().skip(1) {
             let cols: Vec<&str> = line.split(',').collect();
+            match cols[2] {
+                "val" => chose.insert(cols[1].to_owned()),
+                "test" => scored.insert(cols[1].to_owned()),
+                other => panic!("unexpected side {other}"),
+            };
+            if cols[2] != "test" {
+                continue;
+            }
             *seen.entry(cols[0].to_owned()).or_default() += 1;
             let f = *fold_of_patient.entry(cols[1].to_owned()).or_insert(fold);
             assert_eq!(f, fold, "patient {} in two folds", cols[1]);
         }
+        assert!(!chose.is_empty() && !scored.is_empty());
+        assert!(
+            chose.is_disjoint(&scored),
+            "patients that chose were scored: {chose:?} {scored:?}"
+        );
         let m = read_json(&dir.join("metrics.json"));
-        accuracies.push(m["val"]["accuracy"].as_f64().unwrap());
+        accuracies.push(m["test"]["accuracy"].as_f64().unwrap());
     }
     assert_eq!(seen.len(), 48, "{seen:?}");
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
@@ -1002,6 +1018,13 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
     let mean = accuracies.iter().sum::<f64>() / 3.0;
     assert!((acc["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(summary["metrics"]["kappa_quadratic"]["mean"].is_number());
+    assert!(
+        summary["chosen_on"]
+            .as_str()
+            .unwrap()
+            .contains("inner validation")
+    );
+    assert!(text.contains("chosen on:"), "{text}");
 }
 
 /// A probe on orientation-averaged features gives a cell and the same cell turned by 90°

@@ -193,12 +193,10 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     let mut bar = ProgressView::new(args.json);
     let mut fold = 0;
     for event in rx {
-        if let TrainEvent::Started { .. } = &event {
-            if let Some(k) = folds {
-                fold += 1;
-                if !args.json {
-                    bar.println(format!("cross-validation: fold {fold} of {k}"));
-                }
+        if let (TrainEvent::Started { .. }, Some(k)) = (&event, folds) {
+            fold += 1;
+            if !args.json {
+                bar.println(format!("cross-validation: fold {fold} of {k}"));
             }
         }
         bar.show(&event);
@@ -215,7 +213,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     if let Some(m) = &outcome.metrics
         && !args.json
     {
-        for t in crate::train::report::metrics_tables("validation", m) {
+        for t in crate::train::report::metrics_tables("validation (chose the kept model)", m) {
             outln!("{t}");
         }
         // The test side, when the split has one: scored once, with the weights the
@@ -267,7 +265,7 @@ fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
         let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
         let mut table = crate::explore::table::Table::new(
             format!(
-                "cross-validation, {} folds (validation images per fold: {})",
+                "cross-validation, {} folds (held-out images per fold, each scored once: {})",
                 summary.folds,
                 images.join(", ")
             ),
@@ -282,6 +280,20 @@ fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
             ]);
         }
         outln!("{table}");
+        let inner: Vec<String> = summary
+            .selection_images
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        outln!(
+            "chosen on: {} ({} images per fold); scored on: {}",
+            summary.chosen_on,
+            inner.join(", "),
+            summary.scored_on
+        );
+        for (i, c) in summary.chosen.iter().enumerate() {
+            outln!("  fold {}: {c}", i + 1);
+        }
     }
     if let Some(p) = &cv.summary_path {
         eprintln!("summary: {}", p.display());

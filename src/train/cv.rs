@@ -1,6 +1,11 @@
-//! k-fold cross-validation: every image is validated exactly once, by a model that never saw
+//! k-fold cross-validation: every image is scored exactly once, by a model that never saw
 //! its patient. On small cohorts (a few hundred cells, a handful of patients) one validation
 //! split is too noisy to compare models; the mean and spread over folds are not.
+//!
+//! Selection is nested: in fold `i` the `i`-th part is the run's test side, scored once at the
+//! end; every choice the run makes (best epoch, early stopping, the probe's settings) is made
+//! on an inner validation part of the other folds, split off by patient and stratified by
+//! label. The fold's score is then never the score the choices were made on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,17 +44,29 @@ impl Spread {
 }
 
 /// What a cross-validation produced: one run folder per fold and the spread of their
-/// validation metrics. Saved as `cv-<timestamp>.json` beside the run folders.
+/// held-out (test side) metrics. Saved as `cv-<timestamp>.json` beside the run folders.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CvSummary {
     pub folds: usize,
     /// Run ids, fold order.
     pub runs: Vec<String>,
-    /// Validation images per fold.
+    /// Scored (held-out) images per fold.
     pub images: Vec<u64>,
     /// `accuracy`, `balanced_accuracy`, `macro_f1`, `loss`, and `macro_auc` and
-    /// `kappa_quadratic` where every fold has them.
+    /// `kappa_quadratic` where every fold has them: each fold's held-out part, scored once.
     pub metrics: BTreeMap<String, Spread>,
+    /// Which data made the choices of each fold's run.
+    #[serde(default)]
+    pub chosen_on: String,
+    /// Which data the reported metrics come from.
+    #[serde(default)]
+    pub scored_on: String,
+    /// Images of each fold's inner validation part (the data that chose).
+    #[serde(default)]
+    pub selection_images: Vec<u64>,
+    /// What each fold's run chose on its inner validation part, fold order.
+    #[serde(default)]
+    pub chosen: Vec<String>,
 }
 
 /// How a cross-validation ended.
@@ -61,9 +78,11 @@ pub struct CvOutcome {
     pub outcomes: Vec<TrainOutcome>,
 }
 
-/// Trains `folds` runs of `job`, fold `i` validating on the `i`-th part of a patient-grouped,
-/// stratified k-fold partition (seeded by the run's seed) and training on the rest. A split
-/// given in the manifest is ignored. Stops at the first fold that does not finish.
+/// Trains `folds` runs of `job`. Fold `i` holds out the `i`-th part of a patient-grouped,
+/// stratified k-fold partition (seeded by the run's seed) as its test side, scored once; the
+/// rest is split again, by patient and stratified, into training and an inner validation
+/// part (`val_fraction` of it) on which the run makes its choices. A split given in the
+/// manifest is ignored. Stops at the first fold that does not finish.
 pub fn cross_validate(
     job: TrainJob,
     folds: usize,
@@ -74,10 +93,7 @@ pub fn cross_validate(
     let fold_of = assign_folds(&job.manifest.records, folds, job.config.seed)?;
     let mut outcomes = Vec::with_capacity(folds);
     for fold in 0..folds {
-        let mut manifest = job.manifest.clone();
-        for (r, f) in manifest.records.iter_mut().zip(&fold_of) {
-            r.split = f.map(|f| if f == fold { Split::Val } else { Split::Train });
-        }
+        let manifest = fold_manifest(&job.manifest, &fold_of, fold, &job.config)?;
         let outcome = train(
             TrainJob {
                 config: job.config.clone(),
@@ -115,12 +131,62 @@ pub fn cross_validate(
     })
 }
 
-/// The spread of the folds' final validation metrics (`None` if a fold has none).
+/// The manifest of one fold: the fold's records on the test side, the others split into
+/// training and inner validation by patient, stratified, seeded by the fold.
+pub fn fold_manifest(
+    manifest: &crate::dataset::Manifest,
+    fold_of: &[Option<usize>],
+    fold: usize,
+    config: &super::TrainConfig,
+) -> anyhow::Result<crate::dataset::Manifest> {
+    use anyhow::Context as _;
+    let mut manifest = manifest.clone();
+    let rest: Vec<usize> = (0..manifest.records.len())
+        .filter(|&i| fold_of[i].is_some_and(|f| f != fold))
+        .collect();
+    let records: Vec<crate::dataset::Record> =
+        rest.iter().map(|&i| manifest.records[i].clone()).collect();
+    let inner = crate::dataset::split::assign_splits(
+        &records,
+        &crate::dataset::split::SplitConfig {
+            test: 0.0,
+            val: config.val_fraction,
+            seed: config.seed ^ (fold as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        },
+    )
+    .with_context(|| format!("splitting the training side of fold {}", fold + 1))?;
+    for r in &mut manifest.records {
+        r.split = None;
+    }
+    for (i, f) in fold_of.iter().enumerate() {
+        if *f == Some(fold) {
+            manifest.records[i].split = Some(Split::Test);
+        }
+    }
+    for (&i, side) in rest.iter().zip(inner) {
+        manifest.records[i].split = side;
+    }
+    Ok(manifest)
+}
+
+/// The spread of the folds' held-out metrics (`None` if a fold has none).
 fn summarise(outcomes: &[TrainOutcome]) -> Option<CvSummary> {
     let metrics: Vec<&super::Metrics> = outcomes
         .iter()
+        .map(|o| o.test_metrics.as_ref())
+        .collect::<Option<_>>()?;
+    let selection: Vec<&super::Metrics> = outcomes
+        .iter()
         .map(|o| o.metrics.as_ref())
         .collect::<Option<_>>()?;
+    let chosen = outcomes
+        .iter()
+        .map(|o| {
+            crate::runs::MetricsFile::read(&o.run_dir)
+                .map(|m| format!("best epoch {}", m.best_epoch))
+                .unwrap_or_default()
+        })
+        .collect();
     let mut out = BTreeMap::new();
     let mut put = |name: &str, values: Option<Vec<f64>>| {
         if let Some(v) = values {
@@ -150,12 +216,71 @@ fn summarise(outcomes: &[TrainOutcome]) -> Option<CvSummary> {
         runs: outcomes.iter().map(|o| o.run_id.clone()).collect(),
         images: metrics.iter().map(|m| m.n).collect(),
         metrics: out,
+        chosen_on: "an inner validation part of each fold's training side (split off by \
+                    patient, stratified by label)"
+            .into(),
+        scored_on: "each fold's held-out part, scored once by the model the inner validation \
+                    chose"
+            .into(),
+        selection_images: selection.iter().map(|m| m.n).collect(),
+        chosen,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 30 patients with 1–4 images each, three labels.
+    fn cohort() -> crate::dataset::Manifest {
+        let mut records = Vec::new();
+        for p in 0..30 {
+            for i in 0..(1 + p % 4) {
+                records.push(crate::dataset::Record {
+                    path: format!("p{p}/{i}.png"),
+                    labels: vec![["a", "b", "c"][p % 3].into()],
+                    patient: Some(format!("P{p}")),
+                    ..Default::default()
+                });
+            }
+        }
+        crate::dataset::Manifest {
+            root: "/nowhere".into(),
+            source: "/nowhere".into(),
+            format: crate::dataset::DatasetFormat::Csv,
+            records,
+            problems: Vec::new(),
+        }
+    }
+
+    /// In every fold the scored part (test side) is exactly the fold, the choices are made on
+    /// an inner validation part disjoint from it, and no patient crosses sides.
+    #[test]
+    fn each_fold_is_scored_on_data_no_selection_saw() {
+        let manifest = cohort();
+        let config = crate::train::TrainConfig::default();
+        let fold_of = assign_folds(&manifest.records, 4, config.seed).unwrap();
+        let mut scored = vec![0; manifest.records.len()];
+        for fold in 0..4 {
+            let m = fold_manifest(&manifest, &fold_of, fold, &config).unwrap();
+            let side = |s: Split| -> std::collections::BTreeSet<usize> {
+                (0..m.records.len())
+                    .filter(|&i| m.records[i].split == Some(s))
+                    .collect()
+            };
+            let (train, val, test) = (side(Split::Train), side(Split::Val), side(Split::Test));
+            assert!(!train.is_empty() && !val.is_empty() && !test.is_empty());
+            assert!(test.is_disjoint(&val) && test.is_disjoint(&train));
+            assert!(val.is_disjoint(&train));
+            assert_eq!(train.len() + val.len() + test.len(), m.records.len());
+            for &i in &test {
+                assert_eq!(fold_of[i], Some(fold));
+                scored[i] += 1;
+            }
+            assert!(crate::dataset::split::check_leakage(&m.records).is_empty());
+        }
+        assert!(scored.iter().all(|&n| n == 1), "{scored:?}");
+    }
 
     #[test]
     fn spread_is_mean_and_sample_sd() {

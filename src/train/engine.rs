@@ -46,6 +46,22 @@ pub struct TrainOutcome {
     pub state: RunState,
     /// Final validation metrics of the best epoch (finished runs).
     pub metrics: Option<Metrics>,
+    /// The test side, scored once with the kept model (finished runs whose split has one).
+    pub test_metrics: Option<Metrics>,
+    /// The test side's predictions, for pooling over cross-validation folds.
+    pub test_predictions: Option<ScoredSide>,
+}
+
+/// The predictions of one side of a run, with what is needed to score them again
+/// (pooled over folds, resampled for confidence intervals).
+#[derive(Clone, Debug)]
+pub struct ScoredSide {
+    pub task: Task,
+    pub labels: Vec<String>,
+    /// One per image: its target, its patient and its predicted probabilities.
+    pub targets: Vec<Target>,
+    pub patients: Vec<Option<String>>,
+    pub probs: Vec<Vec<f32>>,
 }
 
 /// Timing of a linear probe on cached features.

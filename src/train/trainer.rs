@@ -80,7 +80,7 @@ struct Validation {
 enum EpochEnd {
     Trained {
         loss: f64,
-        metrics: metrics::Metrics,
+        metrics: Box<metrics::Metrics>,
     },
     Cancelled,
 }
@@ -312,7 +312,7 @@ impl<'a> Trainer<'a> {
         );
         Ok(EpochEnd::Trained {
             loss: result.loss,
-            metrics: evaluate(self.data, &result.seen, &result.probs),
+            metrics: Box::new(evaluate(self.data, &result.seen, &result.probs)),
         })
     }
 
@@ -467,6 +467,7 @@ impl<'a> Trainer<'a> {
         let mut val_metrics = None;
         let mut test_metrics = None;
         let mut patient_metrics = None;
+        let mut test_predictions = None;
         for (side, items) in [("val", &self.data.val), ("test", &self.data.test)] {
             if items.is_empty() {
                 continue;
@@ -508,6 +509,19 @@ impl<'a> Trainer<'a> {
                 val_metrics = Some(m);
             } else {
                 test_metrics = Some(m);
+                test_predictions = Some(super::engine::ScoredSide {
+                    task: self.data.task,
+                    labels: self.data.labels.clone(),
+                    targets: kept
+                        .iter()
+                        .map(|&i| self.data.items[i].target.clone())
+                        .collect(),
+                    patients: kept
+                        .iter()
+                        .map(|&i| self.data.items[i].patient.clone())
+                        .collect(),
+                    probs: probs.clone(),
+                });
             }
         }
         let val_metrics = val_metrics.context("no validation predictions")?;
@@ -555,6 +569,8 @@ impl<'a> Trainer<'a> {
             run_id: self.run.id.clone(),
             state: RunState::Finished,
             metrics: Some(val_metrics),
+            test_metrics,
+            test_predictions,
         })
     }
 }
@@ -683,6 +699,8 @@ pub(super) fn cancelled(
         run_id: run.id.clone(),
         state: RunState::Cancelled,
         metrics: None,
+        test_metrics: None,
+        test_predictions: None,
     })
 }
 
