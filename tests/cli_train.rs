@@ -1002,6 +1002,25 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
         );
         let m = read_json(&dir.join("metrics.json"));
         accuracies.push(m["test"]["accuracy"].as_f64().unwrap());
+        // Both sides carry bootstrap intervals (over patients: the rows have patient ids)
+        // around their point estimates, and their calibration.
+        for side in ["val", "test"] {
+            let ci = &m[side]["ci"];
+            assert_eq!(ci["unit"], "patients", "{m}");
+            for metric in ["accuracy", "macro_f1", "kappa_quadratic"] {
+                let v = m[side][metric].as_f64().unwrap();
+                let (lo, hi) = (
+                    ci[metric]["low"].as_f64().unwrap(),
+                    ci[metric]["high"].as_f64().unwrap(),
+                );
+                assert!(
+                    lo <= v && v <= hi,
+                    "{side} {metric} {v} outside [{lo}, {hi}]"
+                );
+            }
+            assert!(m[side]["calibration"]["ece"].as_f64().unwrap() >= 0.0);
+            assert_eq!(m[side]["calibration"]["bins"].as_array().unwrap().len(), 10);
+        }
     }
     assert_eq!(seen.len(), 48, "{seen:?}");
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
@@ -1025,6 +1044,14 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
             .contains("inner validation")
     );
     assert!(text.contains("chosen on:"), "{text}");
+    // The pooled held-out predictions: every image once, with an interval around the score.
+    let pooled = &summary["pooled"];
+    assert_eq!(pooled["n"], 48);
+    assert_eq!(pooled["ci"]["units"], 24);
+    let v = pooled["accuracy"].as_f64().unwrap();
+    assert!(pooled["ci"]["accuracy"]["low"].as_f64().unwrap() <= v);
+    assert!(pooled["ci"]["accuracy"]["high"].as_f64().unwrap() >= v);
+    assert!(text.contains("held-out predictions together"), "{text}");
 }
 
 /// A probe on orientation-averaged features gives a cell and the same cell turned by 90°

@@ -294,6 +294,29 @@ fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
         for (i, c) in summary.chosen.iter().enumerate() {
             outln!("  fold {}: {c}", i + 1);
         }
+        if let Some(p) = &summary.pooled {
+            use crate::train::report::with_interval;
+            let ci = p.ci.as_ref();
+            outln!(
+                "all folds' held-out predictions together ({} images; 95% bootstrap intervals over {}): accuracy {}, balanced accuracy {}, macro F1 {}, macro AUC {}{}{}",
+                p.n,
+                ci.map_or_else(|| "-".into(), |c| format!("{} {}", c.units, c.unit)),
+                with_interval(Some(p.accuracy), ci.and_then(|c| c.accuracy)),
+                with_interval(
+                    Some(p.balanced_accuracy),
+                    ci.and_then(|c| c.balanced_accuracy)
+                ),
+                with_interval(Some(p.macro_f1), ci.and_then(|c| c.macro_f1)),
+                with_interval(p.macro_auc, ci.and_then(|c| c.macro_auc)),
+                p.kappa_quadratic.map_or_else(String::new, |k| format!(
+                    ", quadratic kappa {}",
+                    with_interval(Some(k), ci.and_then(|c| c.kappa_quadratic))
+                )),
+                p.calibration
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!(", ECE {:.4}", c.ece)),
+            );
+        }
     }
     if let Some(p) = &cv.summary_path {
         eprintln!("summary: {}", p.display());

@@ -67,6 +67,10 @@ pub struct CvSummary {
     /// What each fold's run chose on its inner validation part, fold order.
     #[serde(default)]
     pub chosen: Vec<String>,
+    /// All folds' held-out predictions scored together (each image once), with bootstrap
+    /// 95% intervals and calibration.
+    #[serde(default)]
+    pub pooled: Option<super::Metrics>,
 }
 
 /// How a cross-validation ended.
@@ -116,7 +120,7 @@ pub fn cross_validate(
             });
         }
     }
-    let summary = summarise(&outcomes);
+    let summary = summarise(&outcomes, job.config.seed);
     let path = summary.as_ref().map(|_| {
         job.runs_root
             .join(format!("cv-{}.json", crate::runs::utc_stamp()))
@@ -170,7 +174,7 @@ pub fn fold_manifest(
 }
 
 /// The spread of the folds' held-out metrics (`None` if a fold has none).
-fn summarise(outcomes: &[TrainOutcome]) -> Option<CvSummary> {
+fn summarise(outcomes: &[TrainOutcome], seed: u64) -> Option<CvSummary> {
     let metrics: Vec<&super::Metrics> = outcomes
         .iter()
         .map(|o| o.test_metrics.as_ref())
@@ -224,7 +228,28 @@ fn summarise(outcomes: &[TrainOutcome]) -> Option<CvSummary> {
             .into(),
         selection_images: selection.iter().map(|m| m.n).collect(),
         chosen,
+        pooled: pooled(outcomes, seed),
     })
+}
+
+/// The folds' held-out predictions scored as one set (`None` if a fold has none).
+fn pooled(outcomes: &[TrainOutcome], seed: u64) -> Option<super::Metrics> {
+    let sides: Vec<&super::engine::ScoredSide> = outcomes
+        .iter()
+        .map(|o| o.test_predictions.as_ref())
+        .collect::<Option<_>>()?;
+    let first = sides.first()?;
+    let targets: Vec<super::data::Target> = sides.iter().flat_map(|s| s.targets.clone()).collect();
+    let patients: Vec<Option<String>> = sides.iter().flat_map(|s| s.patients.clone()).collect();
+    let probs: Vec<Vec<f32>> = sides.iter().flat_map(|s| s.probs.clone()).collect();
+    Some(super::uncertainty::score(
+        first.task,
+        &first.labels,
+        &targets,
+        &patients,
+        &probs,
+        seed,
+    ))
 }
 
 #[cfg(test)]

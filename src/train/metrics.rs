@@ -121,6 +121,14 @@ pub struct Metrics {
     pub classes: Vec<ClassMetrics>,
     /// Confusion matrix; single-label tasks only.
     pub confusion: Option<ConfusionMatrix>,
+    /// Bootstrap 95% confidence intervals of the headline metrics, where computed (the
+    /// final validation and test sides of a run, pooled cross-validation predictions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<super::uncertainty::Intervals>,
+    /// Reliability bins and expected calibration error of the predicted class, where
+    /// computed (single-label tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::uncertainty::Calibration>,
 }
 
 /// Total order on scores: NaN is below everything (including `-inf`), NaNs are equal to each
@@ -252,6 +260,8 @@ fn empty_metrics(task: Task, labels: &[String]) -> Metrics {
         macro_auc: None,
         kappa_quadratic: None,
         hamming_loss: None,
+        ci: None,
+        calibration: None,
         classes: labels
             .iter()
             .map(|label| ClassMetrics {
@@ -359,6 +369,8 @@ pub fn evaluate_single(
         macro_auc,
         kappa_quadratic,
         hamming_loss: None,
+        ci: None,
+        calibration: None,
         classes: averages.classes,
         confusion: Some(ConfusionMatrix {
             labels: labels.to_vec(),
@@ -447,6 +459,8 @@ pub fn evaluate_multi_label(
         macro_auc,
         kappa_quadratic: None,
         hamming_loss: Some(wrong_decisions as f64 / (n * k) as f64),
+        ci: None,
+        calibration: None,
         classes: averages.classes,
         confusion: None,
     }

@@ -12,6 +12,7 @@ pub mod metrics;
 mod net;
 pub mod report;
 mod trainer;
+pub mod uncertainty;
 
 pub use crate::model::ordinal;
 pub use config::{Mode, TrainConfig};

@@ -16,29 +16,67 @@ fn opt(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), f)
 }
 
+/// `0.8000 [0.7100, 0.8800]`: a value and its interval, when there is one.
+pub fn with_interval(x: Option<f64>, ci: Option<super::uncertainty::Interval>) -> String {
+    match (x, ci) {
+        (Some(x), Some(ci)) => format!("{} [{}, {}]", f(x), f(ci.low), f(ci.high)),
+        (x, _) => opt(x),
+    }
+}
+
 /// Summary, per-class and confusion tables of one evaluation.
 pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
     let mut out = Vec::new();
+    let title_ci = m.ci.as_ref().map_or_else(String::new, |ci| {
+        format!(
+            "; {:.0}% bootstrap intervals over {} {}",
+            ci.level * 100.0,
+            ci.units,
+            ci.unit
+        )
+    });
     let mut t = Table::new(
-        format!("{title}: summary ({} images)", m.n),
+        format!("{title}: summary ({} images{title_ci})", m.n),
         &["metric", "value"],
     );
+    let ci = m.ci.as_ref();
     let mut row = |k: &str, v: String| t.row(vec![k.to_owned(), v]);
     if let Some(loss) = m.loss {
         row("loss", f(loss));
     }
-    row("accuracy", f(m.accuracy));
-    row("balanced accuracy", f(m.balanced_accuracy));
-    row("macro F1", f(m.macro_f1));
+    row(
+        "accuracy",
+        with_interval(Some(m.accuracy), ci.and_then(|c| c.accuracy)),
+    );
+    row(
+        "balanced accuracy",
+        with_interval(
+            Some(m.balanced_accuracy),
+            ci.and_then(|c| c.balanced_accuracy),
+        ),
+    );
+    row(
+        "macro F1",
+        with_interval(Some(m.macro_f1), ci.and_then(|c| c.macro_f1)),
+    );
     row("weighted F1", f(m.weighted_f1));
     row("macro precision", f(m.macro_precision));
     row("macro recall", f(m.macro_recall));
-    row("macro ROC AUC", opt(m.macro_auc));
+    row(
+        "macro ROC AUC",
+        with_interval(m.macro_auc, ci.and_then(|c| c.macro_auc)),
+    );
     if m.kappa_quadratic.is_some() {
-        row("quadratic kappa", opt(m.kappa_quadratic));
+        row(
+            "quadratic kappa",
+            with_interval(m.kappa_quadratic, ci.and_then(|c| c.kappa_quadratic)),
+        );
     }
     if m.hamming_loss.is_some() {
         row("Hamming loss", opt(m.hamming_loss));
+    }
+    if let Some(c) = &m.calibration {
+        row("expected calibration error", f(c.ece));
     }
     out.push(t);
 

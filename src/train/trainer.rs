@@ -484,7 +484,21 @@ impl<'a> Trainer<'a> {
                 &self.weights,
                 &self.plain,
             );
-            let mut m = evaluate(self.data, &kept, &probs);
+            // The final score of a side: its metrics with bootstrap intervals and calibration.
+            let mut m = super::uncertainty::score(
+                self.data.task,
+                &self.data.labels,
+                &kept
+                    .iter()
+                    .map(|&i| self.data.items[i].target.clone())
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|&i| self.data.items[i].patient.clone())
+                    .collect::<Vec<_>>(),
+                &probs,
+                self.config.seed,
+            );
             m.loss = Some(loss);
             for (&i, p) in kept.iter().zip(&probs) {
                 predictions.push((side, i, p.clone()));
