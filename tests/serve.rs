@@ -445,6 +445,33 @@ fn stalled_clients_delay_nobody_and_time_out() {
 }
 
 #[test]
+fn connections_beyond_the_pool_get_503_at_once() {
+    let server = Server::start(&["--threads", "1", "--timeout-secs", "5"]);
+    let port = server.port;
+    let jpeg = &demo_images()[0].1;
+    // The only connection thread is held by a stalled request…
+    let mut stalled = Client::new(port);
+    let mut req = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    req.extend_from_slice(&jpeg[..1000]);
+    stalled.send(&req);
+    std::thread::sleep(Duration::from_millis(300));
+    // …one more connection waits for it…
+    let mut waiting = Client::new(port);
+    waiting.send(&get("/health", "Connection: close\r\n"));
+    std::thread::sleep(Duration::from_millis(300));
+    // …and the next is told at once to come back later.
+    let started = Instant::now();
+    let r = once(port, &get("/health", ""));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
+    assert!(r.error().contains("connections are in use"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Once the stalled request times out, the waiting one is served.
+    assert_eq!(stalled.response().status, 408);
+    assert_eq!(waiting.response().status, 200);
+}
+
+#[test]
 fn a_concurrent_burst_gets_the_answers_of_single_requests() {
     let server = Server::start(&[]);
     let port = server.port;
@@ -480,7 +507,10 @@ fn a_concurrent_burst_gets_the_answers_of_single_requests() {
         .collect();
     let mut answered = 0;
     for h in handles {
-        for (i, r) in h.join().unwrap() {
+        let answers = h
+            .join()
+            .unwrap_or_else(|_| panic!("a client failed; the server said:\n{}", server.stderr()));
+        for (i, r) in answers {
             assert_eq!(predicted(&r), single[i].0, "image {i}: {r:?}");
             let probs = r.json["probabilities"].as_object().unwrap();
             for (label, p) in probs {
@@ -527,7 +557,9 @@ fn a_full_queue_answers_503_with_retry_after() {
         .collect();
     let (mut ok, mut busy) = (0, 0);
     for h in handles {
-        let (i, r) = h.join().unwrap();
+        let (i, r) = h
+            .join()
+            .unwrap_or_else(|_| panic!("a client failed; the server said:\n{}", server.stderr()));
         match r.status {
             200 => {
                 assert_eq!(predicted(&r), single[i]);

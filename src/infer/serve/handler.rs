@@ -23,6 +23,17 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Connections accepted and waiting for a connection thread.
     pub waiting_connections: AtomicUsize,
+    /// Connection threads free to take a waiting connection.
+    pub free_threads: AtomicUsize,
+}
+
+impl Shared {
+    /// Every connection thread is busy and connections wait for one: idle kept-alive
+    /// connections should make way.
+    fn pool_exhausted(&self) -> bool {
+        self.waiting_connections.load(Ordering::SeqCst) > 0
+            && self.free_threads.load(Ordering::SeqCst) == 0
+    }
 }
 
 /// Serves one connection until it closes, times out, errs, or the server stops.
@@ -32,10 +43,7 @@ pub fn serve_connection(shared: &Shared, jobs: &Sender<Job>, stream: TcpStream) 
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let mut conn = Conn::new(stream);
     loop {
-        let give_up = || {
-            shared.stopping.load(Ordering::SeqCst)
-                || shared.waiting_connections.load(Ordering::SeqCst) > 0
-        };
+        let give_up = || shared.stopping.load(Ordering::SeqCst) || shared.pool_exhausted();
         let request =
             match conn.read_head(shared.limits.idle_timeout, shared.limits.timeout, &give_up) {
                 Ok(request) => request,
@@ -62,16 +70,16 @@ pub fn serve_connection(shared: &Shared, jobs: &Sender<Job>, stream: TcpStream) 
         log::info!(
             "{peer}: {} {} -> {} in {} ms",
             request.method,
-            request.path,
+            request.path.escape_debug(),
             reply.status,
             started.elapsed().as_millis()
         );
-        // Keep the connection only after a clean exchange, while nobody else waits for a
-        // connection thread, and while the server runs.
+        // Keep the connection only after a clean exchange, while no connection waits for a
+        // thread, and while the server runs.
         let keep_alive = request.keep_alive
             && body_read
             && reply.status < 400
-            && shared.waiting_connections.load(Ordering::SeqCst) == 0
+            && !shared.pool_exhausted()
             && !shared.stopping.load(Ordering::SeqCst);
         if conn
             .write(&reply.to_bytes(keep_alive), shared.limits.timeout)

@@ -218,6 +218,7 @@ pub fn serve(
         decoding: handler::Permits::new(decoders),
         stopping: stopping.clone(),
         waiting_connections: AtomicUsize::new(0),
+        free_threads: AtomicUsize::new(0),
     });
     let (conn_tx, conn_rx) = mpsc::sync_channel::<TcpStream>(threads);
     let conn_rx = Arc::new(Mutex::new(conn_rx));
@@ -279,7 +280,9 @@ fn connection_worker(
     jobs: &mpsc::Sender<model::Job>,
 ) {
     loop {
+        shared.free_threads.fetch_add(1, Ordering::SeqCst);
         let next = connections.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        shared.free_threads.fetch_sub(1, Ordering::SeqCst);
         let Ok(stream) = next else { return };
         shared.waiting_connections.fetch_sub(1, Ordering::SeqCst);
         // A failure on one connection must not take the thread, and its capacity, with it.
