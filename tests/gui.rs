@@ -97,6 +97,50 @@ fn notebook_runs_every_cell_on_real_cells() {
             .is_file()
     );
 
+    // The images behind a confusion-matrix cell open in the inspector with their prediction.
+    let evaluate = harness
+        .state()
+        .workbook
+        .cells
+        .iter()
+        .find(|c| matches!(c.kind, CellKind::Evaluate { .. }))
+        .unwrap()
+        .id;
+    let (cell, file, truth) = {
+        let ev = &harness.state().rt.evals[&evaluate];
+        let data = ev.data.ready().expect("evaluation loaded");
+        let row = &data.rows[0];
+        let cm = data.metrics.confusion.as_ref().unwrap();
+        let at = |l: &str| cm.labels.iter().position(|x| x == l).unwrap();
+        let file = std::path::Path::new(&row.path)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        (
+            (at(&row.truth), at(&row.predicted)),
+            file,
+            row.truth.clone(),
+        )
+    };
+    harness
+        .state_mut()
+        .rt
+        .evals
+        .get_mut(&evaluate)
+        .unwrap()
+        .selected = Some(cell);
+    harness.run_steps(3);
+    // The last tile of that name: the Dataset gallery shows the same file further up.
+    harness
+        .get_all_by_label(&file)
+        .last()
+        .expect("thumbnail")
+        .click();
+    wait_until_settled(&mut harness, Duration::from_secs(30));
+    harness.run_steps(3);
+    harness.get_by_label(&format!("true label: {truth}"));
+
     // Filter the gallery to one label through the label filter.
     let dataset = harness.state().workbook.cells[1].id;
     harness
@@ -118,6 +162,16 @@ fn notebook_runs_every_cell_on_real_cells() {
     wait_until_settled(&mut harness, Duration::from_secs(30));
     harness.get_by_label("Validation metrics (best per column in green)");
     harness.get_by_label("Configurations");
+
+    // A Note renders its markdown: bold without its asterisks.
+    let note = harness.state().workbook.cells[0].id;
+    if let CellKind::Note { text } = &mut harness.state_mut().workbook.cells[0].kind {
+        *text = "Cells from **three** patients".into();
+    }
+    let _ = note;
+    harness.run_steps(3);
+    harness.get_by_label("three");
+    assert!(harness.query_by_label_contains("**").is_none());
 
     // Add a cell below the last one.
     let cells = harness.state().workbook.cells.len();

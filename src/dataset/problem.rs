@@ -37,6 +37,14 @@ pub enum ProblemKind {
     WalkError,
     /// A file without an image extension (skipped).
     NotAnImage,
+    /// Class folders whose names look like a dataset's own structure (`Dataset 1`, `train`,
+    /// `test`, `masks`) rather than classes: a model would learn to tell the folders apart.
+    SuspiciousLabel,
+    /// Two images with one name and different extensions in one folder (`183.bmp` and
+    /// `183.png`): usually an image and its segmentation mask, both counted as cells.
+    SameStem,
+    /// A CSV beside the images that the dataset does not use: it may hold the real labels.
+    UnusedCsv,
 }
 
 impl ProblemKind {
@@ -59,6 +67,13 @@ impl ProblemKind {
             Self::NonUtf8Name => "file name is not valid UTF-8",
             Self::WalkError => "could not walk into path (symlink loop, permissions)",
             Self::NotAnImage => "not an image file (skipped)",
+            Self::SuspiciousLabel => {
+                "folder used as a label looks like dataset structure, not a class (train/test/Dataset N/masks)"
+            }
+            Self::SameStem => "two images share a name (an image and its mask?)",
+            Self::UnusedCsv => {
+                "CSV beside the images is not used (it may hold the labels: open it instead)"
+            }
         }
     }
 
@@ -78,6 +93,9 @@ impl ProblemKind {
             Self::NonUtf8Name => "non-utf8-name",
             Self::WalkError => "walk-error",
             Self::NotAnImage => "not-an-image",
+            Self::SuspiciousLabel => "suspicious-label",
+            Self::SameStem => "same-stem",
+            Self::UnusedCsv => "unused-csv",
         }
     }
 }

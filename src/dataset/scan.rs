@@ -173,6 +173,9 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
             Err(problem) => problems.push(problem),
         }
     }
+    if format != DatasetFormat::Cnmc {
+        problems.extend(layout_warnings(root, &records));
+    }
     if records.is_empty() {
         // Images exist but none fits the format: the problems say why.
         let hint = problems
@@ -198,6 +201,88 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
         records,
         problems,
     })
+}
+
+/// Signs that a folder is not what class folders look like, so that it is never trained on
+/// silently: labels named like dataset structure, image/mask pairs sharing a name, and CSVs
+/// beside the images (the root and its first level) that may hold the real labels.
+pub fn layout_warnings(root: &Path, records: &[Record]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let labels: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r.labels.first().map(String::as_str))
+        .collect();
+    for label in labels {
+        if looks_like_structure(label) {
+            out.push(Problem::new(
+                ProblemKind::SuspiciousLabel,
+                label,
+                "a folder name used as a class label",
+            ));
+        }
+    }
+    let mut by_stem: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for r in records {
+        let stem = r.path.rsplit_once('.').map_or(r.path.as_str(), |(s, _)| s);
+        by_stem.entry(stem).or_default().push(&r.path);
+    }
+    for files in by_stem.values().filter(|f| f.len() > 1) {
+        out.push(Problem::new(
+            ProblemKind::SameStem,
+            files[0],
+            format!("also {}", files[1..].join(", ")),
+        ));
+    }
+    let mut folders = vec![root.to_owned()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        folders.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for folder in folders {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            {
+                let shown =
+                    relative_path(&path, root).unwrap_or_else(|| path.display().to_string());
+                out.push(Problem::new(
+                    ProblemKind::UnusedCsv,
+                    shown,
+                    "open this CSV as the dataset if it holds the labels",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `train`, `test`, `val`, `Dataset 1`, `set_2`, `masks`, `images`, …
+fn looks_like_structure(label: &str) -> bool {
+    let l = label.trim().to_ascii_lowercase();
+    const NAMES: [&str; 14] = [
+        "train",
+        "training",
+        "test",
+        "testing",
+        "val",
+        "valid",
+        "validation",
+        "images",
+        "imgs",
+        "masks",
+        "mask",
+        "labels",
+        "data",
+        "dataset",
+    ];
+    if NAMES.contains(&l.as_str()) {
+        return true;
+    }
+    let word = l.trim_end_matches(|c: char| c.is_ascii_digit());
+    let numbered = word.len() < l.len();
+    let word = word.trim_end_matches([' ', '_', '-']);
+    numbered && ["dataset", "data", "set", "batch", "part", "fold", "split"].contains(&word)
 }
 
 /// C-NMC when at least half of the image names parse as C-NMC names.
@@ -280,6 +365,36 @@ fn class_folder_record(file: FoundFile) -> (Result<Record, Problem>, Option<Prob
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_two_dataset_folder_with_masks_and_label_csvs_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::RgbImage::new(4, 4).save(p).unwrap();
+        };
+        for set in ["Dataset 1", "Dataset 2"] {
+            png(&dir.path().join(set).join("001.bmp"));
+            png(&dir.path().join(set).join("001.png"));
+            std::fs::write(
+                dir.path().join(format!("{set} labels.csv")),
+                "id,class\n1,a\n",
+            )
+            .unwrap();
+        }
+        let m = scan_folder(dir.path(), None).unwrap();
+        let kinds = |k: ProblemKind| m.problems.iter().filter(|p| p.kind == k).count();
+        assert_eq!(kinds(ProblemKind::SuspiciousLabel), 2, "{:?}", m.problems);
+        assert_eq!(kinds(ProblemKind::SameStem), 2, "{:?}", m.problems);
+        assert_eq!(kinds(ProblemKind::UnusedCsv), 2, "{:?}", m.problems);
+        // Real class names and distinct files raise nothing.
+        let ok = tempfile::tempdir().unwrap();
+        png(&ok.path().join("Lymphocyte").join("a.png"));
+        png(&ok.path().join("Neutrophil").join("b.png"));
+        assert!(scan_folder(ok.path(), None).unwrap().problems.is_empty());
+        assert!(looks_like_structure("set_3") && looks_like_structure("Train"));
+        assert!(!looks_like_structure("Neutrophil") && !looks_like_structure("hem"));
+    }
 
     #[test]
     fn nested_class_folders_keep_the_first_folder_as_label_and_are_listed() {

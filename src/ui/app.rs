@@ -123,6 +123,8 @@ pub struct Facets {
     pub cell_numbers: Vec<u32>,
     pub has_split: bool,
     pub has_patients: bool,
+    /// Records that are missing or unreadable.
+    pub unusable: usize,
 }
 
 impl Facets {
@@ -134,6 +136,7 @@ impl Facets {
             cell_numbers: cells.into_iter().collect(),
             has_split: manifest.records.iter().any(|r| r.split.is_some()),
             has_patients: manifest.has_patients(),
+            unusable: manifest.records.iter().filter(|r| !r.is_usable()).count(),
         }
     }
 }
@@ -178,6 +181,9 @@ pub struct GalleryFilter {
     pub patient: String,
     pub cell_no: Option<u32>,
     pub search: String,
+    /// Also show images that are missing or unreadable (hidden by default; the Problems
+    /// list names them).
+    pub show_unusable: bool,
 }
 
 pub struct DatasetRuntime {
@@ -258,12 +264,40 @@ pub struct Runtime {
     profiles: Option<(Instant, crate::cluster::Profiles)>,
     run_states: HashMap<PathBuf, (Instant, Option<crate::runs::RunState>)>,
     last_generation: u64,
+    /// Messages from background work that has no cell of its own (exports).
+    notes_tx: mpsc::Sender<(bool, String)>,
+    notes_rx: mpsc::Receiver<(bool, String)>,
 }
 
 /// How long a listing read from disk is shown before it is read again.
 const DISK_LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Runtime {
+    /// Runs file work (an export) on a background thread; its message reaches the log (and,
+    /// for an error, a notification) when it is done.
+    pub fn in_background(
+        &self,
+        ctx: &egui::Context,
+        name: &str,
+        work: impl FnOnce() -> Result<String, String> + Send + 'static,
+    ) {
+        let tx = self.notes_tx.clone();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let note = match work() {
+                    Ok(text) => (false, text),
+                    Err(text) => (true, text),
+                };
+                tx.send(note).ok();
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned {
+            log::error!("could not start {name}: {e}");
+        }
+    }
+
     /// Drops every runtime entry of a removed cell.
     pub fn forget(&mut self, id: u64) {
         self.datasets.remove(&id);
@@ -403,6 +437,7 @@ impl WorkbenchApp {
             .or_else(|| std::env::var_os("CELLBENCH_WORKBOOK").map(PathBuf::from))
             .or_else(|| state.workbook_path.clone())
             .unwrap_or_else(default_workbook_path);
+        let notes = mpsc::channel();
         let mut rt = Runtime {
             datasets: HashMap::new(),
             splits: HashMap::new(),
@@ -420,6 +455,8 @@ impl WorkbenchApp {
             profiles: None,
             run_states: HashMap::new(),
             last_generation: 0,
+            notes_tx: notes.0,
+            notes_rx: notes.1,
         };
         let workbook = if path.exists() {
             match Workbook::load(&path) {
@@ -503,6 +540,16 @@ impl WorkbenchApp {
                 self.rt.note(true, format!("{e:#}"));
                 self.dirty_since = None;
             }
+        }
+    }
+
+    /// Opens what a file dialog picks; says so (as an error notification) when no dialog
+    /// can be shown instead of doing nothing.
+    fn pick_dataset(&mut self, dialog: impl FnOnce() -> Option<PathBuf>) {
+        match super::widgets::pick(dialog) {
+            super::widgets::Picked::Path(p) => self.push(Command::OpenDataset(p)),
+            super::widgets::Picked::Cancelled => {}
+            super::widgets::Picked::Unavailable => self.rt.note(true, super::widgets::NO_DIALOG),
         }
     }
 
@@ -601,8 +648,9 @@ impl WorkbenchApp {
                 }
                 Command::SaveWorkbook => {
                     self.save();
-                    self.rt
-                        .note(false, format!("saved {}", self.workbook_path.display()));
+                    let text = format!("saved {}", self.workbook_path.display());
+                    self.rt.toasts.push((Instant::now(), false, text.clone()));
+                    self.rt.note(false, text);
                 }
                 Command::FilterLabel { dataset, label } => {
                     if let Some(d) = self.rt.datasets.get_mut(&dataset) {
@@ -713,6 +761,7 @@ impl WorkbenchApp {
                 notes.push((true, format!("evaluate: {err}")));
             }
         }
+        notes.extend(self.rt.notes_rx.try_iter());
         // Queued cells (Run all, or the inputs of a cell) stop at the first failure.
         if notes.iter().any(|n| n.0) {
             self.run_queue.clear();
@@ -728,21 +777,48 @@ impl WorkbenchApp {
             ui.separator();
             ui.label(egui::RichText::new(&self.workbook.title).strong())
                 .on_hover_text(format!("Workbook file: {}", self.workbook_path.display()));
+            // What is loaded now, whatever the workbook is called.
+            let datasets: Vec<String> = self
+                .workbook
+                .cells
+                .iter()
+                .filter_map(|c| match &c.kind {
+                    CellKind::Dataset { path, .. } if !path.trim().is_empty() => Some(
+                        std::path::Path::new(path.trim())
+                            .file_name()
+                            .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned()),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            if !datasets.is_empty() {
+                ui.label(format!("· {}", datasets.join(", ")))
+                    .on_hover_text("The dataset(s) of this workbook");
+            }
+            let file = self
+                .workbook_path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            ui.label(egui::RichText::new(format!("· {file}")).weak())
+                .on_hover_text(format!(
+                    "Saved automatically after every change (Ctrl+S saves now): {}",
+                    self.workbook_path.display()
+                ));
             ui.separator();
             if ui
                 .button("Open dataset…")
                 .on_hover_text("Open a dataset folder (C-NMC names or class folders). Ctrl+O. You can also drop a folder or CSV on the window.")
                 .clicked()
-                && let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                    self.push(Command::OpenDataset(dir));
-                }
+            {
+                self.pick_dataset(|| rfd::FileDialog::new().pick_folder());
+            }
             if ui
                 .button("Open CSV…")
                 .on_hover_text("Open a CSV manifest: NIH ChestX-ray14, Kaggle retinopathy trainLabels.csv, or any CSV with path and label columns")
                 .clicked()
-                && let Some(f) = rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file() {
-                    self.push(Command::OpenDataset(f));
-                }
+            {
+                self.pick_dataset(|| rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file());
+            }
             ui.menu_button("Add cell", |ui| {
                 for kind in CellKind::templates() {
                     if ui.button(kind.title()).clicked() {
@@ -833,8 +909,8 @@ impl WorkbenchApp {
         if run_all {
             self.push(Command::RunAll);
         }
-        if open && let Some(dir) = rfd::FileDialog::new().pick_folder() {
-            self.push(Command::OpenDataset(dir));
+        if open {
+            self.pick_dataset(|| rfd::FileDialog::new().pick_folder());
         }
         let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
         if let Some(path) = dropped {

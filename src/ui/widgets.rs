@@ -23,7 +23,9 @@ pub fn gallery(
     let tile = THUMB_SIDE as f32;
     let cols = columns_for(ui.available_width());
     let rows = count.div_ceil(cols);
-    let row_height = tile + 22.0;
+    // A tile, two lines of caption and the spacing between them: rows are never cut.
+    let caption_height = ui.text_style_height(&egui::TextStyle::Small);
+    let row_height = tile + 2.0 * caption_height + 3.0 * ui.spacing().item_spacing.y + 4.0;
     egui::ScrollArea::vertical()
         .id_salt(id)
         .max_height(ui.available_height().clamp(140.0, 380.0))
@@ -37,6 +39,7 @@ pub fn gallery(
                             break;
                         }
                         let (path, caption, selected) = item(k);
+                        let caption_full = caption.clone();
                         ui.vertical(|ui| {
                             ui.set_width(tile + 4.0);
                             let (rect, response) = ui
@@ -90,10 +93,20 @@ pub fn gallery(
                             if response.clicked() {
                                 on_click(k);
                             }
+                            // Named by its file for screen readers (and tests).
+                            let name = path
+                                .file_name()
+                                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                            response.widget_info(|| {
+                                egui::WidgetInfo::labeled(egui::Role::Button, true, &name)
+                            });
                             response.on_hover_text(path.display().to_string());
-                            ui.add(
-                                egui::Label::new(egui::RichText::new(caption).small()).truncate(),
-                            );
+                            ui.allocate_ui(egui::vec2(tile + 4.0, 2.0 * caption_height), |ui| {
+                                ui.add(
+                                    egui::Label::new(egui::RichText::new(caption).small()).wrap(),
+                                )
+                                .on_hover_text(caption_full);
+                            });
                         });
                     }
                 });
@@ -473,3 +486,46 @@ pub fn series_signature<'a>(series: impl IntoIterator<Item = (&'a str, &'a [[f64
     }
     h.finish()
 }
+
+/// One bar per label with its probability, the most probable first (at most `top`).
+pub fn probability_bars(ui: &mut egui::Ui, labels: &[String], probs: &[f32], top: usize) {
+    let mut order: Vec<usize> = (0..labels.len().min(probs.len())).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    for &k in order.iter().take(top) {
+        ui.horizontal(|ui| {
+            ui.add_sized(
+                [110.0, 16.0],
+                egui::Label::new(egui::RichText::new(&labels[k]).small()).truncate(),
+            )
+            .on_hover_text(&labels[k]);
+            ui.add(
+                egui::ProgressBar::new(probs[k].clamp(0.0, 1.0))
+                    .desired_width(140.0)
+                    .text(format!("{:.3}", probs[k])),
+            );
+        });
+    }
+}
+
+/// What a file dialog gave.
+pub enum Picked {
+    Path(std::path::PathBuf),
+    /// The user closed the dialog.
+    Cancelled,
+    /// No dialog could be shown (no desktop portal or zenity on this system).
+    Unavailable,
+}
+
+/// Runs a file dialog. rfd answers "nothing chosen" both when the user cancels and when no
+/// dialog can be shown at all; a dialog that closes at once was never shown.
+pub fn pick(dialog: impl FnOnce() -> Option<std::path::PathBuf>) -> Picked {
+    let started = std::time::Instant::now();
+    match dialog() {
+        Some(p) => Picked::Path(p),
+        None if started.elapsed() < std::time::Duration::from_millis(300) => Picked::Unavailable,
+        None => Picked::Cancelled,
+    }
+}
+
+/// What to tell the user when no file dialog can be shown.
+pub const NO_DIALOG: &str = "No file dialog is available on this system (no desktop portal or zenity): type or paste the path into the cell's path field and press Enter, or drop the folder or CSV on the window.";

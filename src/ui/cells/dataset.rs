@@ -18,6 +18,7 @@ pub(super) fn dataset_ui(
     path: &mut String,
     format: &mut Option<DatasetFormat>,
 ) {
+    let base = app.base_dir();
     ui.horizontal(|ui| {
         ui.label("Folder or CSV");
         let edit = ui
@@ -36,9 +37,14 @@ pub(super) fn dataset_ui(
             .button("Browse…")
             .on_hover_text("Pick a dataset folder")
             .clicked()
-            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            *path = crate::workbook::stored_path(&dir, &app.base_dir());
+            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+                widgets::Picked::Path(dir) => {
+                    *path = crate::workbook::stored_path(&dir, &app.base_dir());
+                }
+                widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
+                widgets::Picked::Cancelled => {}
+            }
         }
         egui::ComboBox::from_id_salt(("format", id))
             .selected_text(format.map_or("auto-detect".to_owned(), |f| f.name().to_owned()))
@@ -83,10 +89,43 @@ pub(super) fn dataset_ui(
         s.format.description(),
         problems
     ));
+    // The layout may not be what class folders look like: say so before anything trains.
+    let mut open_csv: Option<String> = None;
+    for p in &data.report.problems {
+        use crate::dataset::ProblemKind as K;
+        if !matches!(p.kind, K::SuspiciousLabel | K::SameStem | K::UnusedCsv) {
+            continue;
+        }
+        ui.colored_label(
+            STALE_COLOR,
+            format!(
+                "Check the layout: {} ({}): {}",
+                p.description,
+                p.count,
+                p.examples.join("; ")
+            ),
+        );
+        if p.kind == K::UnusedCsv {
+            ui.horizontal_wrapped(|ui| {
+                for e in &p.examples {
+                    let file = e.split(": ").next().unwrap_or(e).to_owned();
+                    if ui
+                        .small_button(format!("Open {file} instead"))
+                        .on_hover_text("Use this CSV as the dataset (its path and label columns; the images folder is the CSV's folder unless you set one)")
+                        .clicked()
+                    {
+                        open_csv = Some(file);
+                    }
+                }
+            });
+        }
+    }
+    let open_csv = open_csv.map(|file| data.manifest.root.join(file));
     // Filters.
     let labels = data.facets.labels.clone();
     let has_split = data.facets.has_split;
     let has_patients = data.facets.has_patients;
+    let unusable = data.facets.unusable;
     let cells = data.facets.cell_numbers.clone();
     let filter = &mut rt.filter;
     ui.horizontal_wrapped(|ui| {
@@ -134,6 +173,13 @@ pub(super) fn dataset_ui(
             )
             .on_hover_text("Show one patient's images");
         }
+        if unusable > 0 {
+            ui.checkbox(
+                &mut filter.show_unusable,
+                format!("show {unusable} missing or unreadable"),
+            )
+            .on_hover_text("Images listed by the dataset that cannot be used (see Problems)");
+        }
         ui.add(
             egui::TextEdit::singleline(&mut filter.search)
                 .desired_width(160.0)
@@ -159,6 +205,7 @@ pub(super) fn dataset_ui(
                         .is_some_and(|p| p.eq_ignore_ascii_case(&patient))
             })
             .filter(|(_, r)| search.is_empty() || r.path.to_lowercase().contains(&search))
+            .filter(|(_, r)| f.show_unusable || r.is_usable())
             .map(|(i, _)| i)
             .collect();
         rt.visible = Arc::new(visible);
@@ -206,6 +253,10 @@ pub(super) fn dataset_ui(
                     }
                 }
             });
+    }
+    if let Some(csv) = open_csv {
+        *path = crate::workbook::stored_path(&csv, &base);
+        app.push(Command::RunCell(id));
     }
 }
 

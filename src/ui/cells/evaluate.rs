@@ -17,6 +17,20 @@ pub struct EvalRuntime {
     pub data: Loading<RunEvaluation>,
     pub normalised: bool,
     pub selected: Option<(usize, usize)>,
+    /// The prediction row open in the inspector, with its image loading in the background.
+    pub inspected: Option<(usize, Loading<egui::TextureHandle>)>,
+}
+
+impl EvalRuntime {
+    pub fn new(run: String, data: Loading<RunEvaluation>) -> Self {
+        Self {
+            run,
+            data,
+            normalised: false,
+            selected: None,
+            inspected: None,
+        }
+    }
 }
 
 pub(super) fn evaluate_ui(
@@ -45,15 +59,9 @@ pub(super) fn evaluate_ui(
         let task = BgTask::spawn(&ctx, "evaluate", move || {
             crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
         });
-        app.rt.evals.insert(
-            id,
-            EvalRuntime {
-                run: wanted,
-                data: Loading::Busy(task),
-                normalised: false,
-                selected: None,
-            },
-        );
+        app.rt
+            .evals
+            .insert(id, EvalRuntime::new(wanted, Loading::Busy(task)));
     }
     let Some(ev) = app.rt.evals.get_mut(&id) else {
         return;
@@ -187,39 +195,57 @@ pub(super) fn evaluate_ui(
     let labels = data.labels.clone();
     let rows = data.rows.clone();
     let selected = ev.selected;
+    let inspected = ev.inspected.as_ref().map(|i| i.0);
+    let mut inspect: Option<usize> = None;
     if let (Some((ti, pi)), Some(cm)) = (selected, &m.confusion) {
         let (t, p) = (&cm.labels[ti], &cm.labels[pi]);
-        let picked: Vec<&crate::runs::view::PredictionRow> = rows
+        let picked: Vec<(usize, &crate::runs::view::PredictionRow)> = rows
             .iter()
-            .filter(|r| &r.truth == t && &r.predicted == p)
+            .enumerate()
+            .filter(|(_, r)| &r.truth == t && &r.predicted == p)
             .collect();
         ui.label(
             egui::RichText::new(format!("{} images: true {t}, predicted {p}", picked.len()))
                 .strong(),
         );
-        let items: Vec<(PathBuf, String)> = picked
+        let items: Vec<(PathBuf, String, usize)> = picked
             .iter()
-            .map(|r| (root.join(&r.path), format!("{:.2}", r.confidence(&labels))))
+            .map(|&(i, r)| {
+                (
+                    root.join(&r.path),
+                    format!("{:.2}", r.confidence(&labels)),
+                    i,
+                )
+            })
             .collect();
         widgets::gallery(
             ui,
             ("cm-gallery", id),
             &mut app.rt.thumbs,
             items.len(),
-            |k| (items[k].0.clone(), items[k].1.clone(), false),
-            &mut |_| {},
+            |k| {
+                (
+                    items[k].0.clone(),
+                    items[k].1.clone(),
+                    inspected == Some(items[k].2),
+                )
+            },
+            &mut |k| inspect = Some(items[k].2),
         );
     }
-    let mut mistakes: Vec<&crate::runs::view::PredictionRow> =
-        rows.iter().filter(|r| r.truth != r.predicted).collect();
-    mistakes.sort_by(|a, b| b.confidence(&labels).total_cmp(&a.confidence(&labels)));
+    let mut mistakes: Vec<(usize, &crate::runs::view::PredictionRow)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.truth != r.predicted)
+        .collect();
+    mistakes.sort_by(|a, b| b.1.confidence(&labels).total_cmp(&a.1.confidence(&labels)));
     mistakes.truncate(12);
     if !mistakes.is_empty() {
         ui.label(egui::RichText::new("Most confident mistakes").strong())
-            .on_hover_text("Wrong predictions with the highest predicted probability: label noise or hard cases");
-        let items: Vec<(PathBuf, String)> = mistakes
+            .on_hover_text("Wrong predictions with the highest predicted probability: label noise or hard cases. Click one to inspect it.");
+        let items: Vec<(PathBuf, String, usize)> = mistakes
             .iter()
-            .map(|r| {
+            .map(|&(i, r)| {
                 (
                     root.join(&r.path),
                     format!(
@@ -228,18 +254,89 @@ pub(super) fn evaluate_ui(
                         r.predicted,
                         r.confidence(&labels)
                     ),
+                    i,
                 )
             })
             .collect();
-        ui.allocate_ui(egui::vec2(ui.available_width(), 150.0), |ui| {
-            widgets::gallery(
-                ui,
-                ("mistakes", id),
-                &mut app.rt.thumbs,
-                items.len(),
-                |k| (items[k].0.clone(), items[k].1.clone(), false),
-                &mut |_| {},
-            );
-        });
+        widgets::gallery(
+            ui,
+            ("mistakes", id),
+            &mut app.rt.thumbs,
+            items.len(),
+            |k| {
+                (
+                    items[k].0.clone(),
+                    items[k].1.clone(),
+                    inspected == Some(items[k].2),
+                )
+            },
+            &mut |k| inspect = Some(items[k].2),
+        );
     }
+    let ctx = ui.ctx().clone();
+    let Some(ev) = app.rt.evals.get_mut(&id) else {
+        return;
+    };
+    if let Some(i) = inspect {
+        ev.inspected = if inspected == Some(i) {
+            None
+        } else {
+            let path = root.join(&rows[i].path);
+            let c = ctx.clone();
+            let task = BgTask::spawn(&ctx, "preview", move || {
+                crate::ui::thumbs::decode_preview(&path).map(|img| {
+                    c.load_texture(
+                        path.display().to_string(),
+                        img,
+                        egui::TextureOptions::LINEAR,
+                    )
+                })
+            });
+            Some((i, Loading::Busy(task)))
+        };
+    }
+    if let Some((i, texture)) = &mut ev.inspected {
+        texture.poll();
+        prediction_inspector_ui(ui, &rows[*i], &labels, &root, texture);
+    }
+}
+
+/// The image behind a prediction with its true label, prediction and every probability.
+fn prediction_inspector_ui(
+    ui: &mut egui::Ui,
+    row: &crate::runs::view::PredictionRow,
+    labels: &[String],
+    root: &std::path::Path,
+    texture: &Loading<egui::TextureHandle>,
+) {
+    ui.separator();
+    ui.horizontal_top(|ui| {
+        match texture {
+            Loading::Ready(tex) => {
+                let size = tex.size_vec2();
+                let scale = (260.0 / size.x.max(size.y)).min(2.0);
+                ui.add(egui::Image::new(tex).fit_to_exact_size(size * scale));
+            }
+            Loading::Failed(e) => error_label(ui, &format!("Cannot show this image: {e}")),
+            _ => {
+                ui.spinner();
+            }
+        }
+        ui.vertical(|ui| {
+            ui.label(egui::RichText::new(&row.path).monospace())
+                .on_hover_text(root.join(&row.path).display().to_string());
+            if !row.patient.is_empty() {
+                ui.label(format!("patient {}", row.patient));
+            }
+            let right = row.truth == row.predicted;
+            ui.label(format!("true label: {}", row.truth));
+            let verdict = format!("predicted: {}", row.predicted);
+            if right {
+                ui.colored_label(egui::Color32::from_rgb(46, 160, 67), verdict);
+            } else {
+                error_label(ui, &verdict);
+            }
+            widgets::probability_bars(ui, labels, &row.probs, labels.len());
+        });
+    });
 }

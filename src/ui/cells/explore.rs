@@ -118,37 +118,53 @@ pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             .button("Export charts…")
             .on_hover_text("Write every chart as PNG and SVG into a folder")
             .clicked()
-            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            match crate::explore::charts::write_report_charts(&report, &dir) {
-                Ok(files) => app.rt.note(
-                    false,
-                    format!("wrote {} chart files to {}", files.len(), dir.display()),
-                ),
-                Err(e) => app.rt.note(true, format!("{e:#}")),
+            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+                widgets::Picked::Path(dir) => {
+                    let report = report.clone();
+                    app.rt.in_background(ui.ctx(), "export-charts", move || {
+                        crate::explore::charts::write_report_charts(&report, &dir)
+                            .map(|files| {
+                                format!("wrote {} chart files to {}", files.len(), dir.display())
+                            })
+                            .map_err(|e| format!("{e:#}"))
+                    });
+                }
+                widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
+                widgets::Picked::Cancelled => {}
             }
         }
         if ui
             .button("Export tables…")
             .on_hover_text("Write every table as CSV into a folder")
             .clicked()
-            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            let mut n = 0;
-            for (i, t) in tables.iter().enumerate() {
-                let name = format!(
-                    "{:02}_{}.csv",
-                    i,
-                    t.title
-                        .to_lowercase()
-                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                );
-                if crate::fsio::write_atomic_bytes(&dir.join(name), t.to_csv().as_bytes()).is_ok() {
-                    n += 1;
+            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+                widgets::Picked::Path(dir) => {
+                    let tables = tables.clone();
+                    app.rt.in_background(ui.ctx(), "export-tables", move || {
+                        for (i, t) in tables.iter().enumerate() {
+                            let name = format!(
+                                "{:02}_{}.csv",
+                                i,
+                                t.title
+                                    .to_lowercase()
+                                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                            );
+                            let path = dir.join(name);
+                            crate::fsio::write_atomic_bytes(&path, t.to_csv().as_bytes())
+                                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                        }
+                        Ok(format!(
+                            "wrote {} tables to {}",
+                            tables.len(),
+                            dir.display()
+                        ))
+                    });
                 }
+                widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
+                widgets::Picked::Cancelled => {}
             }
-            app.rt
-                .note(false, format!("wrote {n} tables to {}", dir.display()));
         }
     });
 }

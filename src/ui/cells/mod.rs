@@ -21,11 +21,12 @@ pub use evaluate::EvalRuntime;
 use evaluate::*;
 pub use explore::ExploreUi;
 use explore::*;
+pub use note::bold_spans;
 use note::*;
 use predict::*;
 use split::*;
-pub use train::curves_ui;
 use train::*;
+pub use train::{curves_ui, switch_mode};
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, mpsc};
@@ -163,15 +164,9 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 let task = BgTask::spawn(ctx, "evaluate", move || {
                     crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
                 });
-                app.rt.evals.insert(
-                    id,
-                    EvalRuntime {
-                        run,
-                        data: Loading::Busy(task),
-                        normalised: false,
-                        selected: None,
-                    },
-                );
+                app.rt
+                    .evals
+                    .insert(id, EvalRuntime::new(run, Loading::Busy(task)));
             }
         }
         CellKind::Compare { runs } => {

@@ -5,6 +5,7 @@ use eframe::egui;
 use crate::ui::app::{Loading, WorkbenchApp};
 
 use super::*;
+use crate::ui::widgets;
 
 pub(super) fn predict_ui(
     app: &mut WorkbenchApp,
@@ -30,10 +31,14 @@ pub(super) fn predict_ui(
                         .hint_text("folder, image or manifest CSV"),
                 )
                 .on_hover_text("What to predict");
-                if ui.button("Browse…").clicked()
-                    && let Some(dir) = rfd::FileDialog::new().pick_folder()
-                {
-                    *input = crate::workbook::stored_path(&dir, &app.base_dir());
+                if ui.button("Browse…").clicked() {
+                    match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+                        widgets::Picked::Path(dir) => {
+                            *input = crate::workbook::stored_path(&dir, &app.base_dir());
+                        }
+                        widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
+                        widgets::Picked::Cancelled => {}
+                    }
                 }
             });
             ui.end_row();

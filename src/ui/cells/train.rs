@@ -57,9 +57,7 @@ pub(super) fn train_ui(
                         (Mode::Scratch, "Scratch: small CNN from random weights"),
                     ] {
                         if ui.selectable_label(config.mode == m, d).clicked() && config.mode != m {
-                            let keep = (config.task, config.backend, config.seed);
-                            *config = TrainConfig::for_mode(m);
-                            (config.task, config.backend, config.seed) = keep;
+                            switch_mode(config, m);
                         }
                     }
                 })
@@ -456,4 +454,61 @@ pub fn curves_ui(
                 }
             });
     });
+}
+
+/// Changes the training mode. A setting still at the old mode's default takes the new
+/// mode's default; a setting the user changed is kept (so Probe → Fine-tune → Probe gives
+/// back the same form).
+pub fn switch_mode(config: &mut TrainConfig, mode: Mode) {
+    let (old, new) = (
+        TrainConfig::for_mode(config.mode),
+        TrainConfig::for_mode(mode),
+    );
+    macro_rules! follow {
+        ($($field:ident).+) => {
+            if config.$($field).+ == old.$($field).+ {
+                config.$($field).+ = new.$($field).+.clone();
+            }
+        };
+    }
+    follow!(epochs);
+    follow!(learning_rate);
+    follow!(batch_size);
+    follow!(dropout);
+    follow!(weight_decay);
+    follow!(optimizer);
+    follow!(schedule);
+    follow!(preprocess.size);
+    follow!(augment);
+    follow!(unfreeze_blocks);
+    config.mode = mode;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switching_modes_back_and_forth_keeps_what_the_user_set() {
+        let mut config = TrainConfig {
+            epochs: 15,
+            ..TrainConfig::for_mode(Mode::Probe)
+        };
+        switch_mode(&mut config, Mode::Finetune);
+        assert_eq!(config.mode, Mode::Finetune);
+        assert_eq!(config.epochs, 15, "a changed setting is kept");
+        assert_eq!(
+            config.learning_rate,
+            TrainConfig::for_mode(Mode::Finetune).learning_rate,
+            "a default follows the mode"
+        );
+        switch_mode(&mut config, Mode::Probe);
+        assert_eq!(
+            config,
+            TrainConfig {
+                epochs: 15,
+                ..TrainConfig::for_mode(Mode::Probe)
+            }
+        );
+    }
 }
