@@ -53,7 +53,7 @@ pub(super) fn note_ui(ui: &mut egui::Ui, id: u64, text: &mut String) {
 /// as written).
 pub fn bold_spans(line: &str) -> Vec<(bool, &str)> {
     let parts: Vec<&str> = line.split("**").collect();
-    if parts.len() % 2 == 0 {
+    if parts.len().is_multiple_of(2) {
         // An odd number of markers: the last one is not closed.
         return vec![(false, line)];
     }

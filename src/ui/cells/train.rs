@@ -435,8 +435,15 @@ pub fn curves_ui(
             .include_x(last_epoch + 0.5)
             .include_y(0.0)
             .show(ui, |p| {
-                for (name, pts) in &loss {
-                    p.line(Line::new(*name, PlotPoints::from(pts.clone())));
+                for (k, (name, pts)) in loss.iter().enumerate() {
+                    // Markers as well as lines: a run of one epoch (or one fit) still shows.
+                    let color = widgets::series_color(k);
+                    p.line(Line::new(*name, PlotPoints::from(pts.clone())).color(color));
+                    p.points(
+                        egui_plot::Points::new(*name, PlotPoints::from(pts.clone()))
+                            .radius(3.0)
+                            .color(color),
+                    );
                 }
             });
         widgets::refitting_plot(ui, egui::Id::unique(("acc", id)), signature(&scores))
@@ -449,8 +456,15 @@ pub fn curves_ui(
             .include_y(0.0)
             .include_y(1.0)
             .show(ui, |p| {
-                for (name, pts) in &scores {
-                    p.line(Line::new(*name, PlotPoints::from(pts.clone())));
+                for (k, (name, pts)) in scores.iter().enumerate() {
+                    // Markers as well as lines: a run of one epoch (or one fit) still shows.
+                    let color = widgets::series_color(k);
+                    p.line(Line::new(*name, PlotPoints::from(pts.clone())).color(color));
+                    p.points(
+                        egui_plot::Points::new(*name, PlotPoints::from(pts.clone()))
+                            .radius(3.0)
+                            .color(color),
+                    );
                 }
             });
     });
