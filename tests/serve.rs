@@ -335,6 +335,10 @@ fn every_malformed_request_gets_a_clear_error_and_the_server_stays_up() {
     let r = cut.response();
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.error().contains("1000 of the 100000 bytes"), "{r:?}");
+    // A whole body holding half an image file.
+    let r = once(port, &post(&jpeg[..jpeg.len() / 2], ""));
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.error().contains("truncated"), "{r:?}");
     // A body larger than the limit is refused from its Content-Length alone.
     let r = once(
         port,

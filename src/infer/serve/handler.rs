@@ -256,10 +256,15 @@ fn check_token(token: &Token, request: &Request) -> Result<(), Reply> {
 
 /// Checks the image's dimensions from its header, then decodes, preprocesses and classifies.
 fn predict(shared: &Shared, jobs: &Sender<Job>, body: Vec<u8>) -> Reply {
-    let (width, height) = match image_dimensions(&body) {
+    let (format, width, height) = match image_dimensions(&body) {
         Ok(d) => d,
         Err(message) => return Reply::error(400, format!("not a readable image: {message}")),
     };
+    // Decoders accept a file cut short (a JPEG's missing rows come out grey): refuse it, as
+    // a label for half an image would be a confident answer to the wrong question.
+    if let Err(message) = crate::dataset::image_io::check_complete(&body, format) {
+        return Reply::error(400, format!("not a readable image: {message}"));
+    }
     let pixels = u64::from(width) * u64::from(height);
     let max_pixels = shared.limits.max_pixels;
     if pixels > max_pixels {
@@ -320,15 +325,16 @@ fn predict(shared: &Shared, jobs: &Sender<Job>, body: Vec<u8>) -> Reply {
     }
 }
 
-/// Width and height from the image's header, without decoding its pixels.
-fn image_dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
+/// Format, width and height from the image's header, without decoding its pixels.
+fn image_dimensions(bytes: &[u8]) -> Result<(image::ImageFormat, u32, u32), String> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("unknown format (send a PNG, JPEG, BMP or TIFF file)".into());
-    }
-    reader.into_dimensions().map_err(|e| e.to_string())
+    let Some(format) = reader.format() else {
+        return Err("unknown format (send a PNG, JPEG, BMP, TIFF or WebP file)".into());
+    };
+    let (width, height) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    Ok((format, width, height))
 }
 
 /// A counting semaphore: at most `n` holders at once.
