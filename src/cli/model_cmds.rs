@@ -64,6 +64,13 @@ pub struct TrainArgs {
     /// Probe: average each image's features over its 8 orientations (flips, 90° turns).
     #[arg(long)]
     pub orientation_mean: bool,
+    /// Probe: lbfgs (default: logistic regression solved to convergence, its L2 strength
+    /// and class weighting chosen on the validation side, refitted on training + validation
+    /// when a test side scores it; --epochs, --lr, --optimizer, --weight-decay and
+    /// --imbalance do not apply)
+    /// or sgd (epochs of mini-batch steps, the best epoch chosen on the validation side).
+    #[arg(long)]
+    pub solver: Option<crate::train::config::Solver>,
     /// Dropout before the classification head.
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -84,6 +91,10 @@ pub struct TrainArgs {
     /// Print every event as a JSON line on stdout (instead of a progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Write the backbone features of every image (and its --folds fold) to this CSV
+    /// instead of training: for checking the probe against other tools.
+    #[arg(long, hide = true, value_name = "CSV")]
+    pub export_features: Option<PathBuf>,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -114,7 +125,8 @@ impl TrainArgs {
         }
         set!(epochs <- self.epochs, batch_size <- self.batch_size, learning_rate <- self.learning_rate,
              weight_decay <- self.weight_decay, optimizer <- self.optimizer, schedule <- self.schedule,
-             imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend);
+             imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend,
+             solver <- self.solver);
         if let Some(s) = self.image_size {
             c.preprocess.size = s;
         }
@@ -161,6 +173,12 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         resume: args.resume.clone(),
         cache: (!args.no_cache).then(FeatureCache::default_location),
     };
+    if let Some(out) = &args.export_features {
+        let rows =
+            crate::train::export::export_features(&job, args.folds.map(|k| k as usize), out)?;
+        eprintln!("wrote the features of {rows} images to {}", out.display());
+        return Ok(0);
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -185,8 +203,8 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 };
                 match folds {
                     Some(k) => crate::train::cv::cross_validate(job, k, &mut sink, &cancel)
-                        .map(Finished::Folds),
-                    None => train(job, &mut sink, &cancel).map(Finished::Run),
+                        .map(|cv| Finished::Folds(Box::new(cv))),
+                    None => train(job, &mut sink, &cancel).map(|o| Finished::Run(Box::new(o))),
                 }
             })?
     };
@@ -206,8 +224,8 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         .join()
         .map_err(|_| anyhow::anyhow!("the training thread panicked"))??
     {
-        Finished::Run(o) => o,
-        Finished::Folds(cv) => return Ok(report_folds(cv, args.json)),
+        Finished::Run(o) => *o,
+        Finished::Folds(cv) => return Ok(report_folds(*cv, args.json)),
     };
     eprintln!("run folder: {}", outcome.run_dir.display());
     if let Some(m) = &outcome.metrics
@@ -236,8 +254,8 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
 
 /// What the training thread produced.
 enum Finished {
-    Run(crate::train::engine::TrainOutcome),
-    Folds(crate::train::cv::CvOutcome),
+    Run(Box<crate::train::engine::TrainOutcome>),
+    Folds(Box<crate::train::cv::CvOutcome>),
 }
 
 /// Prints a cross-validation's mean ± sd table (or its JSON) and returns the exit code.

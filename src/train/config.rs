@@ -66,6 +66,31 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+/// How a linear probe is fitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    /// Logistic regression solved to convergence (L-BFGS), its L2 strength and class
+    /// weighting chosen on the validation side (refitted on training + validation when a
+    /// test side scores the kept model).
+    #[default]
+    Lbfgs,
+    /// Epochs of mini-batch gradient steps with the configured optimiser, the best epoch
+    /// chosen on the validation side.
+    Sgd,
+}
+
+impl std::str::FromStr for Solver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "lbfgs" | "l-bfgs" => Ok(Self::Lbfgs),
+            "sgd" | "epochs" => Ok(Self::Sgd),
+            other => Err(format!("unknown solver {other:?} (expected lbfgs or sgd)")),
+        }
+    }
+}
+
 /// What to do about unequal class sizes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -124,6 +149,8 @@ pub struct TrainConfig {
     /// Probe: features averaged over the 8 orientations of the square (flips, 90° turns), so a
     /// cell gives the same features however it lies. Costs 8× the feature extraction.
     pub orientation_mean: bool,
+    /// Probe: how the head is fitted (fine-tuning and scratch always train in epochs).
+    pub solver: Solver,
 }
 
 impl Default for TrainConfig {
@@ -150,11 +177,17 @@ impl Default for TrainConfig {
             backend: BackendChoice::Auto,
             val_fraction: 0.2,
             orientation_mean: false,
+            solver: Solver::Lbfgs,
         }
     }
 }
 
 impl TrainConfig {
+    /// True when the run fits a probe to convergence instead of training in epochs.
+    pub fn solves_probe(&self) -> bool {
+        self.mode == Mode::Probe && self.solver == Solver::Lbfgs
+    }
+
     /// Sensible defaults per mode (fine-tuning and scratch need smaller steps and more epochs).
     pub fn for_mode(mode: Mode) -> Self {
         let base = Self::default();

@@ -187,7 +187,13 @@ fn summarise(outcomes: &[TrainOutcome], seed: u64) -> Option<CvSummary> {
         .iter()
         .map(|o| {
             crate::runs::MetricsFile::read(&o.run_dir)
-                .map(|m| format!("best epoch {}", m.best_epoch))
+                .map(|m| match &m.val.chose {
+                    Some(c) => format!(
+                        "C = {} (L2 λ = {:.2e}), class weighting {}, refitted on {}",
+                        c.c, c.l2, c.class_weighting, c.refit_on
+                    ),
+                    None => format!("best epoch {}", m.best_epoch),
+                })
                 .unwrap_or_default()
         })
         .collect();

@@ -129,6 +129,9 @@ pub struct Metrics {
     /// computed (single-label tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<super::uncertainty::Calibration>,
+    /// The settings this side chose (the validation side of a probe solved to convergence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chose: Option<super::probe::ProbeSelection>,
 }
 
 /// Total order on scores: NaN is below everything (including `-inf`), NaNs are equal to each
@@ -262,6 +265,7 @@ fn empty_metrics(task: Task, labels: &[String]) -> Metrics {
         hamming_loss: None,
         ci: None,
         calibration: None,
+        chose: None,
         classes: labels
             .iter()
             .map(|label| ClassMetrics {
@@ -371,6 +375,7 @@ pub fn evaluate_single(
         hamming_loss: None,
         ci: None,
         calibration: None,
+        chose: None,
         classes: averages.classes,
         confusion: Some(ConfusionMatrix {
             labels: labels.to_vec(),
@@ -461,6 +466,7 @@ pub fn evaluate_multi_label(
         hamming_loss: Some(wrong_decisions as f64 / (n * k) as f64),
         ci: None,
         calibration: None,
+        chose: None,
         classes: averages.classes,
         confusion: None,
     }

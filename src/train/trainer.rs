@@ -67,6 +67,9 @@ pub(super) struct Trainer<'a> {
     finetune_start: usize,
     /// Images that failed to load, warned about once per run.
     warned: std::collections::HashSet<PathBuf>,
+    /// A probe solved to convergence: the fit the validation side scored (the kept model is
+    /// refitted on training + validation) and what it chose.
+    chosen: Option<(Net, super::probe::ProbeSelection)>,
 }
 
 /// What validation found in one epoch.
@@ -102,6 +105,13 @@ impl<'a> Trainer<'a> {
         let mut t = Self::prepare(
             job, config, data, compute, run, progress, sink, cancel, started,
         )?;
+        if config.solves_probe() {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return t.cancelled();
+            }
+            t.solve_probe()?;
+            return t.finish();
+        }
         while t.progress.epoch < t.config.epochs {
             let epoch = t.progress.epoch + 1;
             let lr = t
@@ -158,7 +168,11 @@ impl<'a> Trainer<'a> {
                 train_images: data.train.len(),
                 val_images: data.val.len(),
                 device: compute.description.clone(),
-                epochs: config.epochs,
+                epochs: if config.solves_probe() {
+                    1
+                } else {
+                    config.epochs
+                },
             },
         );
         let k = data.labels.len();
@@ -262,7 +276,60 @@ impl<'a> Trainer<'a> {
             weights: loss_weights(data, config.imbalance),
             finetune_start,
             warned,
+            chosen: None,
         })
+    }
+
+    /// A probe solved to convergence: the grid searched on the validation side, the choice
+    /// refitted on training + validation (one "epoch", one checkpoint). Deterministic, so a
+    /// resumed run simply solves again.
+    fn solve_probe(&mut self) -> anyhow::Result<()> {
+        let Feeder::Features { rows } = &self.feeder else {
+            unreachable!("a probe is fed features")
+        };
+        let outputs = if self.data.task == Task::Ordinal {
+            ordinal::outputs(self.data.labels.len())
+        } else {
+            self.data.labels.len()
+        };
+        let refit = !self.data.test.is_empty();
+        let solved = super::probe::select_and_fit(self.data, rows, outputs, refit, &self.plain)?;
+        emit(
+            self.run,
+            self.sink,
+            TrainEvent::Warning {
+                message: solved.selection.summary(),
+            },
+        );
+        let head = |fit: &super::logreg::Fit, device: &burn::tensor::Device| {
+            let rows: Vec<Vec<f64>> = fit.weight.chunks(outputs).map(<[f64]>::to_vec).collect();
+            Net::Probe(Head::from_weights(&rows, &fit.bias, device))
+        };
+        let chosen = head(&solved.chosen, &self.plain);
+        // The epoch event: the chosen fit on the training and validation sides.
+        let train = predict_side(
+            &chosen,
+            &self.feeder,
+            self.data,
+            &self.data.train,
+            self.config.batch_size,
+            self.finetune_start,
+            &self.weights,
+            &self.plain,
+        );
+        let train_metrics = evaluate(self.data, &train.kept, &train.probs);
+        let validation = Validation {
+            net: head(&solved.refit, &self.plain),
+            ..self.validate_with(&chosen)?
+        };
+        self.report_epoch(1, 0.0, train.loss, &train_metrics, &validation);
+        self.progress.epoch = 1;
+        self.progress.best_epoch = 1;
+        self.progress.best_val_loss = validation.loss;
+        self.best = Some(validation.net);
+        self.net = Some(head(&solved.refit, &self.ad));
+        self.chosen = Some((chosen, solved.selection));
+        self.checkpoint(1)
     }
 
     fn net(&self) -> &Net {
@@ -320,6 +387,12 @@ impl<'a> Trainer<'a> {
     /// failed, or a loss that is not finite, stops the run: nothing is chosen on NaN.
     fn validate(&mut self) -> anyhow::Result<Validation> {
         let net = self.net().valid();
+        self.validate_with(&net).map(|v| Validation { net, ..v })
+    }
+
+    /// The validation side through `net` (the returned network is a copy of it).
+    fn validate_with(&mut self, net: &Net) -> anyhow::Result<Validation> {
+        let net = net.valid();
         let side = predict_side(
             &net,
             &self.feeder,
@@ -475,7 +548,12 @@ impl<'a> Trainer<'a> {
             let SidePredictions {
                 kept, probs, loss, ..
             } = predict_side(
-                &final_net,
+                match (&self.chosen, side) {
+                    // The validation side is scored by the fit it chose, not by the refit
+                    // that has seen it.
+                    (Some((chosen, _)), "val") => chosen,
+                    _ => &final_net,
+                },
                 &self.feeder,
                 self.data,
                 items,
@@ -500,6 +578,9 @@ impl<'a> Trainer<'a> {
                 self.config.seed,
             );
             m.loss = Some(loss);
+            if side == "val" {
+                m.chose = self.chosen.as_ref().map(|(_, s)| s.clone());
+            }
             for (&i, p) in kept.iter().zip(&probs) {
                 predictions.push((side, i, p.clone()));
             }

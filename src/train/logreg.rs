@@ -1,0 +1,611 @@
+//! Linear probes solved to convergence: L2-regularised logistic regression (multinomial, or
+//! one sigmoid per output for multi-label and ordinal heads) minimised with L-BFGS in plain
+//! `f64`.
+//!
+//! The objective for weights `W` (`[d, k]`) and biases `b` (`[k]`, not penalised) is
+//!
+//! `(1/n) Σ_i s_i ℓ_i(x_i W + b) + (λ/2) ‖W‖²`
+//!
+//! with `s_i` the sample weights (1, or the class weights) and `ℓ_i` the cross-entropy of
+//! sample `i` (softmax), or the sum over outputs of its binary cross-entropies (sigmoid).
+//! This is scikit-learn's `LogisticRegression(C)` objective divided by `C·n`, so `λ = 1/(C·n)`.
+//!
+//! With fewer samples than features (a few hundred cells, 1280 features) the optimum lies in
+//! the span of the samples, so the problem is solved in that span: a pivoted Cholesky factor
+//! `Z` of the Gram matrix `X Xᵀ` (`Z Zᵀ = X Xᵀ`, `n × r`) stands in for `X`, and the weights
+//! are mapped back as `W = Xᵀ Z (ZᵀZ)⁻¹ B`. Same optimum, a fraction of the work.
+
+/// What each sample is trained towards.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One class per sample, softmax over `k` outputs.
+    Softmax { classes: &'a [usize], k: usize },
+    /// `k` independent sigmoid outputs per sample: `t[i * k + j]` in {0, 1}, and a weight on
+    /// the positive term of each output.
+    Sigmoid {
+        t: &'a [f64],
+        k: usize,
+        pos_weight: &'a [f64],
+    },
+}
+
+impl Targets<'_> {
+    pub fn outputs(&self) -> usize {
+        match self {
+            Self::Softmax { k, .. } | Self::Sigmoid { k, .. } => *k,
+        }
+    }
+}
+
+/// A solved probe.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    /// `[d, k]`, row-major: `weight[f * k + c]`.
+    pub weight: Vec<f64>,
+    pub bias: Vec<f64>,
+    /// Value of the objective at the solution.
+    pub objective: f64,
+    /// Largest absolute gradient entry at the solution.
+    pub grad_max: f64,
+    pub iterations: usize,
+    /// The parameters in the coordinates the solver worked in (`[B; b]` in a rows' span),
+    /// to warm-start another fit on the same [`Design`].
+    pub solved: Vec<f64>,
+}
+
+impl Fit {
+    /// Logits of one feature row.
+    pub fn logits(&self, x: &[f64]) -> Vec<f64> {
+        let k = self.bias.len();
+        let mut z = self.bias.clone();
+        for (f, &v) in x.iter().enumerate() {
+            let row = &self.weight[f * k..(f + 1) * k];
+            for (zc, &w) in z.iter_mut().zip(row) {
+                *zc += v * w;
+            }
+        }
+        z
+    }
+}
+
+/// Stopping rule of the solver.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// Stop when no gradient entry is larger than this.
+    pub grad_max: f64,
+    pub max_iterations: usize,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self {
+            grad_max: 1e-6,
+            max_iterations: 1000,
+        }
+    }
+}
+
+/// Objective and gradient (`[W; b]`, row-major `W`) at `params` for rows `x` (`n × d`).
+pub fn objective(
+    x: &[f64],
+    d: usize,
+    targets: Targets,
+    sample_weight: &[f64],
+    l2: f64,
+    params: &[f64],
+    grad: &mut [f64],
+) -> f64 {
+    let k = targets.outputs();
+    let n = sample_weight.len();
+    let (w, b) = params.split_at(d * k);
+    grad.iter_mut().for_each(|g| *g = 0.0);
+    let (gw, gb) = grad.split_at_mut(d * k);
+    let mut loss = 0.0;
+    let mut z = vec![0.0; k];
+    let mut r = vec![0.0; k];
+    for i in 0..n {
+        let row = &x[i * d..(i + 1) * d];
+        z.copy_from_slice(b);
+        for (f, &v) in row.iter().enumerate() {
+            if v != 0.0 {
+                for (zc, &wc) in z.iter_mut().zip(&w[f * k..(f + 1) * k]) {
+                    *zc += v * wc;
+                }
+            }
+        }
+        let s = sample_weight[i] / n as f64;
+        match targets {
+            Targets::Softmax { classes, .. } => {
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+                let log_sum = max + sum.ln();
+                let y = classes[i];
+                loss += s * (log_sum - z[y]);
+                for c in 0..k {
+                    r[c] = s * ((z[c] - log_sum).exp() - f64::from(u8::from(c == y)));
+                }
+            }
+            Targets::Sigmoid { t, pos_weight, .. } => {
+                for c in 0..k {
+                    let (tc, pw, zc) = (t[i * k + c], pos_weight[c], z[c]);
+                    // pw·t·softplus(−z) + (1 − t)·softplus(z)
+                    loss += s * (pw * tc * softplus(-zc) + (1.0 - tc) * softplus(zc));
+                    let p = sigmoid(zc);
+                    r[c] = s * (-pw * tc * (1.0 - p) + (1.0 - tc) * p);
+                }
+            }
+        }
+        for (gbc, &rc) in gb.iter_mut().zip(&r) {
+            *gbc += rc;
+        }
+        for (f, &v) in row.iter().enumerate() {
+            if v != 0.0 {
+                for (g, &rc) in gw[f * k..(f + 1) * k].iter_mut().zip(&r) {
+                    *g += v * rc;
+                }
+            }
+        }
+    }
+    let mut penalty = 0.0;
+    for (g, &wv) in gw.iter_mut().zip(w) {
+        penalty += wv * wv;
+        *g += l2 * wv;
+    }
+    loss + 0.5 * l2 * penalty
+}
+
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    // Four running sums: the compiler may then use vector lanes.
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
+}
+
+/// Minimises [`objective`] with L-BFGS (10 pairs, backtracking line search), from `start`
+/// (`[W; b]`) or from zero.
+pub fn minimise(
+    x: &[f64],
+    d: usize,
+    targets: Targets,
+    sample_weight: &[f64],
+    l2: f64,
+    start: Option<&[f64]>,
+    tol: Tolerance,
+) -> Fit {
+    let k = targets.outputs();
+    let dim = d * k + k;
+    let mut p = start.map_or_else(|| vec![0.0; dim], <[f64]>::to_vec);
+    let mut g = vec![0.0; dim];
+    let mut f = objective(x, d, targets, sample_weight, l2, &p, &mut g);
+    let memory = 10;
+    let mut pairs: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = Default::default();
+    let mut iterations = 0;
+    let mut p_new = vec![0.0; dim];
+    let mut g_new = vec![0.0; dim];
+    let grad_max = |g: &[f64]| g.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    while iterations < tol.max_iterations && grad_max(&g) > tol.grad_max {
+        iterations += 1;
+        // Two-loop recursion: direction = −H·g.
+        let mut q = g.clone();
+        let mut alphas = Vec::with_capacity(pairs.len());
+        for (s, y, rho) in pairs.iter().rev() {
+            let a = rho * dot(s, &q);
+            for (qi, yi) in q.iter_mut().zip(y) {
+                *qi -= a * yi;
+            }
+            alphas.push(a);
+        }
+        let gamma = pairs.back().map_or_else(
+            || 1.0 / dot(&g, &g).sqrt().max(1e-12),
+            |(s, y, _)| dot(s, y) / dot(y, y),
+        );
+        q.iter_mut().for_each(|v| *v *= gamma);
+        for ((s, y, rho), a) in pairs.iter().zip(alphas.iter().rev()) {
+            let b = rho * dot(y, &q);
+            for (qi, si) in q.iter_mut().zip(s) {
+                *qi += (a - b) * si;
+            }
+        }
+        let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
+        let mut slope = dot(&g, &dir);
+        if slope >= 0.0 {
+            // Not a descent direction: restart from the gradient.
+            pairs.clear();
+            dir = g.iter().map(|v| -v).collect();
+            slope = -dot(&g, &g);
+        }
+        // Backtracking line search (Armijo).
+        let mut step = 1.0;
+        let mut accepted = false;
+        for _ in 0..40 {
+            for ((pn, pi), di) in p_new.iter_mut().zip(&p).zip(&dir) {
+                *pn = pi + step * di;
+            }
+            let f_new = objective(x, d, targets, sample_weight, l2, &p_new, &mut g_new);
+            if f_new.is_finite() && f_new <= f + 1e-4 * step * slope {
+                let s: Vec<f64> = p_new.iter().zip(&p).map(|(a, b)| a - b).collect();
+                let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
+                let sy = dot(&s, &y);
+                if sy > 1e-12 * dot(&y, &y).max(1e-300) {
+                    if pairs.len() == memory {
+                        pairs.pop_front();
+                    }
+                    pairs.push_back((s, y, 1.0 / sy));
+                }
+                std::mem::swap(&mut p, &mut p_new);
+                std::mem::swap(&mut g, &mut g_new);
+                let done = (f - f_new).abs() <= 1e-15 * f.abs().max(1.0);
+                f = f_new;
+                accepted = !done;
+                break;
+            }
+            step *= 0.5;
+        }
+        if !accepted {
+            break;
+        }
+    }
+    let grad_max = grad_max(&g);
+    let solved = p.clone();
+    let bias = p.split_off(d * k);
+    Fit {
+        weight: p,
+        bias,
+        objective: f,
+        grad_max,
+        iterations,
+        solved,
+    }
+}
+
+/// The rows of one training set, ready for repeated fits (a grid of L2 strengths, class
+/// weightings): with fewer rows than features, the rows' span (see the module docs).
+pub struct Design {
+    /// Original rows, `n × d`.
+    x: Vec<f64>,
+    n: usize,
+    d: usize,
+    /// `Z` (`n × r`) when the problem is solved in the rows' span.
+    span: Option<(Vec<f64>, usize)>,
+}
+
+impl Design {
+    pub fn new(x: Vec<f64>, n: usize, d: usize) -> Self {
+        assert_eq!(x.len(), n * d, "rows of {d} features");
+        let span = (n < d).then(|| {
+            let mut gram = vec![0.0; n * n];
+            for i in 0..n {
+                for j in 0..=i {
+                    let v = dot(&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
+                    gram[i * n + j] = v;
+                    gram[j * n + i] = v;
+                }
+            }
+            pivoted_cholesky(&gram, n)
+        });
+        Self { x, n, d, span }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Solves the probe on these rows; `warm` is an earlier fit on the same design.
+    pub fn fit(
+        &self,
+        targets: Targets,
+        sample_weight: &[f64],
+        l2: f64,
+        warm: Option<&Fit>,
+        tol: Tolerance,
+    ) -> Fit {
+        let start = warm.map(|w| w.solved.as_slice());
+        match &self.span {
+            None => minimise(&self.x, self.d, targets, sample_weight, l2, start, tol),
+            Some((z, r)) => {
+                let mut fit = minimise(z, *r, targets, sample_weight, l2, start, tol);
+                fit.weight = self.weights_from_span(&fit.weight, targets.outputs());
+                fit
+            }
+        }
+    }
+
+    /// `W = Xᵀ Z (ZᵀZ)⁻¹ B`.
+    fn weights_from_span(&self, b: &[f64], k: usize) -> Vec<f64> {
+        let (z, r) = self.span.as_ref().expect("span design");
+        let (n, d, r) = (self.n, self.d, *r);
+        let c = solve_spd(&gram_of_columns(z, n, r), r, b, k);
+        // A = Z C (n × k)
+        let mut a = vec![0.0; n * k];
+        for i in 0..n {
+            for j in 0..r {
+                let zij = z[i * r + j];
+                for cc in 0..k {
+                    a[i * k + cc] += zij * c[j * k + cc];
+                }
+            }
+        }
+        let mut w = vec![0.0; d * k];
+        for i in 0..n {
+            let row = &self.x[i * d..(i + 1) * d];
+            for (f, &v) in row.iter().enumerate() {
+                for cc in 0..k {
+                    w[f * k + cc] += v * a[i * k + cc];
+                }
+            }
+        }
+        w
+    }
+}
+
+/// `ZᵀZ` of an `n × r` matrix.
+fn gram_of_columns(z: &[f64], n: usize, r: usize) -> Vec<f64> {
+    let mut m = vec![0.0; r * r];
+    for i in 0..n {
+        let row = &z[i * r..(i + 1) * r];
+        for a in 0..r {
+            for b in 0..=a {
+                m[a * r + b] += row[a] * row[b];
+            }
+        }
+    }
+    for a in 0..r {
+        for b in 0..a {
+            m[b * r + a] = m[a * r + b];
+        }
+    }
+    m
+}
+
+/// Solves `M X = B` for a symmetric positive definite `M` (`r × r`), `B` `r × k`.
+fn solve_spd(m: &[f64], r: usize, b: &[f64], k: usize) -> Vec<f64> {
+    // Cholesky M = L Lᵀ.
+    let mut l = vec![0.0; r * r];
+    for i in 0..r {
+        for j in 0..=i {
+            let mut s = m[i * r + j];
+            for p in 0..j {
+                s -= l[i * r + p] * l[j * r + p];
+            }
+            l[i * r + j] = if i == j {
+                s.max(1e-300).sqrt()
+            } else {
+                s / l[j * r + j]
+            };
+        }
+    }
+    let mut x = b.to_vec();
+    for c in 0..k {
+        // L y = b
+        for i in 0..r {
+            let mut s = x[i * k + c];
+            for p in 0..i {
+                s -= l[i * r + p] * x[p * k + c];
+            }
+            x[i * k + c] = s / l[i * r + i];
+        }
+        // Lᵀ x = y
+        for i in (0..r).rev() {
+            let mut s = x[i * k + c];
+            for p in i + 1..r {
+                s -= l[p * r + i] * x[p * k + c];
+            }
+            x[i * k + c] = s / l[i * r + i];
+        }
+    }
+    x
+}
+
+/// `Z` (`n × r`, rows in the original order) with `Z Zᵀ = G` for a positive semi-definite
+/// `G` (`n × n`), `r` its numerical rank: Cholesky with diagonal pivoting, stopped when the
+/// largest remaining diagonal is below `1e-10` of the largest.
+fn pivoted_cholesky(g: &[f64], n: usize) -> (Vec<f64>, usize) {
+    let mut diag: Vec<f64> = (0..n).map(|i| g[i * n + i]).collect();
+    let top = diag.iter().copied().fold(0.0, f64::max);
+    let mut remaining: Vec<usize> = (0..n).collect();
+    // Columns of L, each of length n.
+    let mut cols: Vec<Vec<f64>> = Vec::new();
+    while !remaining.is_empty() {
+        let (at, &p) = remaining
+            .iter()
+            .enumerate()
+            .max_by(|a, b| diag[*a.1].total_cmp(&diag[*b.1]))
+            .expect("non-empty");
+        if diag[p] <= 1e-10 * top || diag[p] <= 0.0 {
+            break;
+        }
+        remaining.swap_remove(at);
+        let pivot = diag[p].sqrt();
+        let mut col = vec![0.0; n];
+        col[p] = pivot;
+        for &i in &remaining {
+            let mut s = g[i * n + p];
+            for c in &cols {
+                s -= c[i] * c[p];
+            }
+            col[i] = s / pivot;
+            diag[i] -= col[i] * col[i];
+        }
+        cols.push(col);
+    }
+    let r = cols.len().max(1);
+    let mut z = vec![0.0; n * r];
+    for (j, c) in cols.iter().enumerate() {
+        for i in 0..n {
+            z[i * r + j] = c[i];
+        }
+    }
+    (z, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::split::SplitMix64;
+
+    fn gauss(rng: &mut SplitMix64) -> f64 {
+        let (u, v) = (rng.unit().max(1e-12), rng.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// `n` rows of `d` features in `k` overlapping Gaussian clusters.
+    fn problem(n: usize, d: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<usize>) {
+        let mut rng = SplitMix64::new(seed);
+        let centres: Vec<Vec<f64>> = (0..k)
+            .map(|_| (0..d).map(|_| gauss(&mut rng)).collect())
+            .collect();
+        let y: Vec<usize> = (0..n).map(|i| i % k).collect();
+        let x = y
+            .iter()
+            .flat_map(|&c| {
+                centres[c]
+                    .iter()
+                    .map(|m| 0.5 * m + gauss(&mut rng))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (x, y)
+    }
+
+    /// The analytic gradient matches central finite differences, for both losses.
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (d, n, k) = (4, 9, 3);
+        let (x, y) = problem(n, d, k, 1);
+        let sw: Vec<f64> = (0..n).map(|i| 0.5 + (i % 3) as f64 * 0.4).collect();
+        let t: Vec<f64> = (0..n * k)
+            .map(|v| f64::from(u8::from(v % 4 == 1)))
+            .collect();
+        let pw = [1.0, 2.5, 0.7];
+        for targets in [
+            Targets::Softmax { classes: &y, k },
+            Targets::Sigmoid {
+                t: &t,
+                k,
+                pos_weight: &pw,
+            },
+        ] {
+            let mut rng = SplitMix64::new(2);
+            let p: Vec<f64> = (0..d * k + k).map(|_| 0.3 * gauss(&mut rng)).collect();
+            let mut g = vec![0.0; p.len()];
+            objective(&x, d, targets, &sw, 0.3, &p, &mut g);
+            let mut scratch = vec![0.0; p.len()];
+            for j in 0..p.len() {
+                let h = 1e-6;
+                let (mut a, mut b) = (p.clone(), p.clone());
+                a[j] += h;
+                b[j] -= h;
+                let fd = (objective(&x, d, targets, &sw, 0.3, &a, &mut scratch)
+                    - objective(&x, d, targets, &sw, 0.3, &b, &mut scratch))
+                    / (2.0 * h);
+                assert!((fd - g[j]).abs() < 1e-7, "param {j}: {fd} vs {}", g[j]);
+            }
+        }
+    }
+
+    /// Binary logistic regression with one feature has a known optimum: at it, the weighted
+    /// residuals sum to zero and balance the penalty (the stationarity conditions), and the
+    /// solver reaches it to its tolerance.
+    #[test]
+    fn reaches_the_optimum_of_a_tiny_problem() {
+        // Without a penalty and with one feature that separates nothing on average, the
+        // optimum of a softmax over 2 classes is known in closed form: with x ∈ {−1, +1}
+        // and class-1 shares q₋ and q₊, the logit difference at x is log(q/(1−q)).
+        let x = [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0];
+        let y = [0, 0, 0, 1, 0, 1, 1, 1];
+        let sw = [1.0; 8];
+        let fit = minimise(
+            &x,
+            1,
+            Targets::Softmax { classes: &y, k: 2 },
+            &sw,
+            0.0,
+            None,
+            Tolerance::default(),
+        );
+        assert!(fit.grad_max <= 1e-6, "{fit:?}");
+        let diff = |v: f64| {
+            let z = fit.logits(&[v]);
+            z[1] - z[0]
+        };
+        assert!((diff(-1.0) - (1.0_f64 / 3.0).ln()).abs() < 1e-5, "{fit:?}");
+        assert!((diff(1.0) - 3.0_f64.ln()).abs() < 1e-5, "{fit:?}");
+    }
+
+    /// Solving in the rows' span gives the weights of the full problem (fewer rows than
+    /// features, one duplicated row so the Gram matrix is singular).
+    #[test]
+    fn span_solution_equals_the_full_solution() {
+        let (d, n, k) = (40, 12, 3);
+        let (mut x, mut y) = problem(n, d, k, 4);
+        x.extend_from_within(..d);
+        y.push(y[0]);
+        let n = n + 1;
+        let sw: Vec<f64> = (0..n).map(|i| 1.0 + (y[i] as f64) * 0.5).collect();
+        let tol = Tolerance {
+            grad_max: 1e-10,
+            max_iterations: 5000,
+        };
+        let targets = Targets::Softmax { classes: &y, k };
+        let full = minimise(&x, d, targets, &sw, 0.05, None, tol);
+        let design = Design::new(x.clone(), n, d);
+        assert!(
+            design.span.as_ref().unwrap().1 < n,
+            "duplicate row: rank below n"
+        );
+        let span = design.fit(targets, &sw, 0.05, None, tol);
+        let max_diff = full
+            .weight
+            .iter()
+            .zip(&span.weight)
+            .chain(full.bias.iter().zip(&span.bias))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(max_diff < 1e-6, "{max_diff}");
+        assert!((full.objective - span.objective).abs() < 1e-9);
+        // A warm start from the solution stops at once.
+        let again = design.fit(targets, &sw, 0.05, Some(&span), tol);
+        assert!(again.iterations <= 2, "{}", again.iterations);
+    }
+
+    /// A stronger penalty gives smaller weights.
+    #[test]
+    fn stronger_penalty_smaller_weights() {
+        let (x, y) = problem(60, 20, 3, 7);
+        let design = Design::new(x, 60, 20);
+        let norms: Vec<f64> = [1e-4, 1e-2, 1.0]
+            .iter()
+            .map(|&l2| {
+                let f = design.fit(
+                    Targets::Softmax { classes: &y, k: 3 },
+                    &[1.0; 60],
+                    l2,
+                    None,
+                    Tolerance::default(),
+                );
+                f.weight.iter().map(|w| w * w).sum::<f64>().sqrt()
+            })
+            .collect();
+        assert!(norms[0] > norms[1] && norms[1] > norms[2], "{norms:?}");
+    }
+}

@@ -1,0 +1,360 @@
+//! The default probe: logistic regression on the standardised features, solved to
+//! convergence ([`super::logreg`]), its L2 strength and class weighting chosen on the
+//! validation side. When a test side will score the kept model, the choice is refitted on
+//! training + validation first (as in nested cross-validation, where the test side is the
+//! fold); otherwise the kept model is the fit the validation side scored.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::model::decision;
+
+use super::data::{Prepared, Target};
+use super::logreg::{Design, Fit, Targets, Tolerance};
+use super::metrics::Task;
+
+/// The L2 strengths tried, as scikit-learn's `C` (inverse strength; `λ = 1/(C·n)`), from
+/// strong to weak regularisation.
+pub const C_GRID: [f64; 8] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
+
+/// One point of the search, as scored on the validation side.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GridPoint {
+    pub c: f64,
+    pub class_weighting: String,
+    /// The selection criterion (see [`ProbeSelection::criterion`]).
+    pub score: f64,
+    /// Mean cross-entropy of the validation side (the tie-breaker).
+    pub log_loss: f64,
+    pub iterations: usize,
+}
+
+/// What the validation side chose for a probe, and on what.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeSelection {
+    pub solver: String,
+    /// Inverse L2 strength, scikit-learn's convention.
+    pub c: f64,
+    /// `λ` of the objective `mean loss + λ/2 ‖W‖²` on the refit rows.
+    pub l2: f64,
+    /// `none` or `balanced` (loss weights inversely proportional to class frequency).
+    pub class_weighting: String,
+    /// Where the choice was made.
+    pub chosen_on: String,
+    pub criterion: String,
+    /// Where the kept model was fitted with the chosen settings (training + validation when
+    /// a test side scores it, else the training side: the fit the validation side scored).
+    pub refit_on: String,
+    pub grid: Vec<GridPoint>,
+}
+
+impl ProbeSelection {
+    /// One line for the event stream.
+    pub fn summary(&self) -> String {
+        format!(
+            "probe settings chosen on {} by {}: C = {} (L2 λ = {:.2e}), class weighting {}; kept model refitted on {}",
+            self.chosen_on, self.criterion, self.c, self.l2, self.class_weighting, self.refit_on
+        )
+    }
+}
+
+/// The chosen probe: the fit the validation side scored, and the kept (refitted) one.
+pub(super) struct Solved {
+    pub(super) chosen: Fit,
+    pub(super) refit: Fit,
+    pub(super) selection: ProbeSelection,
+}
+
+/// Per-sample weights and per-output positive weights of one weighting.
+struct Weights {
+    sample: Vec<f64>,
+    positive: Vec<f64>,
+}
+
+/// Rows, targets and weights of some items.
+struct Side {
+    x: Vec<f64>,
+    items: Vec<usize>,
+    classes: Vec<usize>,
+    /// Sigmoid targets (`items × outputs`), for multi-label and ordinal heads.
+    t: Vec<f64>,
+}
+
+fn side(data: &Prepared, rows: &[Option<Vec<f32>>], items: &[usize], outputs: usize) -> Side {
+    let items: Vec<usize> = items
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].is_some())
+        .collect();
+    let mut x = Vec::new();
+    let mut classes = Vec::new();
+    let mut t = Vec::new();
+    for &i in &items {
+        x.extend(
+            rows[i]
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|&v| f64::from(v)),
+        );
+        let c = match &data.items[i].target {
+            Target::Class(c) => *c,
+            Target::Multi(_) => 0,
+        };
+        classes.push(c);
+        match (&data.items[i].target, data.task) {
+            (Target::Multi(flags), _) => t.extend(flags.iter().map(|&f| f64::from(u8::from(f)))),
+            (Target::Class(c), Task::Ordinal) => {
+                t.extend(super::ordinal::targets(*c, outputs + 1).map(f64::from))
+            }
+            (Target::Class(c), _) => t.extend((0..outputs).map(|j| f64::from(u8::from(j == *c)))),
+        }
+    }
+    Side {
+        x,
+        items,
+        classes,
+        t,
+    }
+}
+
+/// Weights of a weighting on the given training side (as the epoch-based probe's loss
+/// weights: `n / (k·n_c)` per class, or `(n − n_l)/n_l` per multi-label label).
+fn weights(data: &Prepared, s: &Side, outputs: usize, balanced: bool) -> Weights {
+    let n = s.items.len();
+    let k = data.labels.len();
+    if !balanced {
+        return Weights {
+            sample: vec![1.0; n],
+            positive: vec![1.0; outputs],
+        };
+    }
+    if data.task == Task::MultiLabel {
+        let positive = (0..outputs)
+            .map(|j| {
+                let c = (0..n).filter(|&i| s.t[i * outputs + j] > 0.5).count();
+                if c == 0 {
+                    1.0
+                } else {
+                    ((n - c) as f64 / c as f64).clamp(1.0, 50.0)
+                }
+            })
+            .collect();
+        return Weights {
+            sample: vec![1.0; n],
+            positive,
+        };
+    }
+    let mut counts = vec![0usize; k];
+    for &c in &s.classes {
+        counts[c] += 1;
+    }
+    let class_weight: Vec<f64> = counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                1.0
+            } else {
+                n as f64 / (k as f64 * c as f64)
+            }
+        })
+        .collect();
+    Weights {
+        sample: s.classes.iter().map(|&c| class_weight[c]).collect(),
+        positive: vec![1.0; outputs],
+    }
+}
+
+fn targets<'a>(data: &Prepared, s: &'a Side, w: &'a Weights, outputs: usize) -> Targets<'a> {
+    if data.task == Task::MultiLabel || data.task == Task::Ordinal {
+        Targets::Sigmoid {
+            t: &s.t,
+            k: outputs,
+            pos_weight: &w.positive,
+        }
+    } else {
+        Targets::Softmax {
+            classes: &s.classes,
+            k: outputs,
+        }
+    }
+}
+
+/// Probabilities of a side under a fit, through the one decision rule.
+pub(super) fn probabilities(
+    data: &Prepared,
+    fit: &Fit,
+    x: &[f64],
+    n: usize,
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let k = fit.bias.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let d = x.len() / n;
+    let logits: Vec<f32> = (0..n)
+        .flat_map(|i| fit.logits(&x[i * d..(i + 1) * d]))
+        .map(|v| v as f32)
+        .collect();
+    let t = Tensor::<2>::from_data(TensorData::new(logits, [n, k]), device);
+    decision::probabilities(data.task, data.task == Task::Ordinal, t)
+}
+
+/// Criterion (higher is better) and mean log loss of predictions of a side.
+fn criterion(data: &Prepared, s: &Side, probs: &[Vec<f32>]) -> (f64, f64) {
+    let m = super::batches::evaluate(data, &s.items, probs);
+    let score = match data.task {
+        Task::Ordinal => m.kappa_quadratic.unwrap_or(m.macro_f1),
+        _ => m.macro_f1,
+    };
+    let eps = 1e-12;
+    let log_loss = if data.task == Task::MultiLabel {
+        let k = data.labels.len();
+        probs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (0..k)
+                    .map(|j| {
+                        let (t, q) = (s.t[i * k + j], f64::from(p[j]).clamp(eps, 1.0 - eps));
+                        -(t * q.ln() + (1.0 - t) * (1.0 - q).ln())
+                    })
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    } else {
+        s.classes
+            .iter()
+            .zip(probs)
+            .map(|(&c, p)| -f64::from(p[c]).max(eps).ln())
+            .sum::<f64>()
+    } / probs.len().max(1) as f64;
+    (score, log_loss)
+}
+
+/// Searches the grid on the validation side; with `refit`, refits the choice on training +
+/// validation. `outputs` is the head's output count.
+pub(super) fn select_and_fit(
+    data: &Prepared,
+    rows: &[Option<Vec<f32>>],
+    outputs: usize,
+    refit: bool,
+    device: &Device,
+) -> anyhow::Result<Solved> {
+    let d = rows
+        .iter()
+        .flatten()
+        .map(Vec::len)
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no usable feature rows"))?;
+    let train = side(data, rows, &data.train, outputs);
+    let val = side(data, rows, &data.val, outputs);
+    anyhow::ensure!(!train.items.is_empty(), "no usable training images");
+    anyhow::ensure!(!val.items.is_empty(), "no usable validation images");
+    let design = Design::new(train.x.clone(), train.items.len(), d);
+    let tol = Tolerance::default();
+    let n = train.items.len() as f64;
+    // One path per weighting, warm-started from strong to weak regularisation; the two
+    // paths run in parallel (plain f64 work, no tensors).
+    let paths: Vec<Vec<(bool, f64, Fit)>> = [false, true]
+        .par_iter()
+        .map(|&balanced| {
+            let w = weights(data, &train, outputs, balanced);
+            let mut warm: Option<Fit> = None;
+            let mut out = Vec::new();
+            for &c in &C_GRID {
+                let fit = design.fit(
+                    targets(data, &train, &w, outputs),
+                    &w.sample,
+                    1.0 / (c * n),
+                    warm.as_ref(),
+                    tol,
+                );
+                out.push((balanced, c, fit.clone()));
+                warm = Some(fit);
+            }
+            out
+        })
+        .collect();
+    // Scored on the validation side here, on the run's thread.
+    let all: Vec<(GridPoint, Fit)> = paths
+        .into_iter()
+        .flatten()
+        .map(|(balanced, c, fit)| {
+            let probs = probabilities(data, &fit, &val.x, val.items.len(), device);
+            let (score, log_loss) = criterion(data, &val, &probs);
+            (
+                GridPoint {
+                    c,
+                    class_weighting: if balanced { "balanced" } else { "none" }.into(),
+                    score,
+                    log_loss,
+                    iterations: fit.iterations,
+                },
+                fit,
+            )
+        })
+        .collect();
+    // Best criterion; ties to the lower log loss, then the stronger regularisation.
+    let best = all
+        .iter()
+        .enumerate()
+        .max_by(|(ia, (a, _)), (ib, (b, _))| {
+            a.score
+                .total_cmp(&b.score)
+                .then(b.log_loss.total_cmp(&a.log_loss))
+                .then(ib.cmp(ia))
+        })
+        .map(|(i, _)| i)
+        .expect("a non-empty grid");
+    let (point, chosen) = all[best].clone();
+    // With a test side to score it, the kept model is refitted on both sides with the
+    // chosen settings; without one, the kept model is the fit the validation side scored,
+    // so the run's validation numbers and predictions describe the model it keeps.
+    let (refit, l2, refit_on) = if refit {
+        let mut both_items = data.train.clone();
+        both_items.extend(&data.val);
+        let both = side(data, rows, &both_items, outputs);
+        let nb = both.items.len();
+        let w = weights(data, &both, outputs, point.class_weighting == "balanced");
+        let l2 = 1.0 / (point.c * nb as f64);
+        let fit = Design::new(both.x.clone(), nb, d).fit(
+            targets(data, &both, &w, outputs),
+            &w.sample,
+            l2,
+            None,
+            tol,
+        );
+        (
+            fit,
+            l2,
+            format!("the training and validation sides ({nb} images)"),
+        )
+    } else {
+        (
+            chosen.clone(),
+            1.0 / (point.c * n),
+            format!("the training side ({} images)", train.items.len()),
+        )
+    };
+    let selection = ProbeSelection {
+        solver: "lbfgs".into(),
+        c: point.c,
+        l2,
+        class_weighting: point.class_weighting.clone(),
+        chosen_on: format!("the validation side ({} images)", val.items.len()),
+        criterion: match data.task {
+            Task::Ordinal => "quadratic kappa, then log loss",
+            _ => "macro F1, then log loss",
+        }
+        .into(),
+        refit_on,
+        grid: all.into_iter().map(|(p, _)| p).collect(),
+    };
+    Ok(Solved {
+        chosen,
+        refit,
+        selection,
+    })
+}

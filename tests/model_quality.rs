@@ -1,0 +1,221 @@
+//! The default probe (logistic regression solved to convergence): what it chooses, on which
+//! data, and that the kept model is the one its numbers describe. Real cells from
+//! `../shared/data`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+
+fn runs_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut d: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    d.sort();
+    d
+}
+
+/// `path → (side, probabilities)` of a predictions CSV (`side` empty for `predict` output).
+fn probabilities(csv: &Path) -> HashMap<String, (String, Vec<f64>)> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let p_cols: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i].starts_with("p_"))
+        .collect();
+    let split = header.iter().position(|h| *h == "split");
+    lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            let name = Path::new(c[0])
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let side = split.map_or_else(String::new, |s| c[s].to_owned());
+            (
+                name,
+                (
+                    side,
+                    p_cols.iter().map(|&i| c[i].parse().unwrap()).collect(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn train(args: &[&str], cache: &Path) -> std::process::Output {
+    cellbench()
+        .env("CELLBENCH_CACHE", cache)
+        .arg("train")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
+    let cache = tmp.path().join("cache");
+    let common = ["--backend", "cpu", "--image-size", "64", "--json"];
+
+    // A train/validation split: the kept model is the fit the validation side scored.
+    let runs = tmp.path().join("runs");
+    let mut args = vec![path_str(&data), "--runs", path_str(&runs)];
+    args.extend(common);
+    let out = train(&args, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_dir = runs_in(&runs).pop().unwrap();
+    let m = read_json(&run_dir.join("metrics.json"));
+    let chose = &m["val"]["chose"];
+    assert_eq!(chose["solver"], "lbfgs", "{m}");
+    let grid = chose["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 16, "8 L2 strengths × 2 class weightings");
+    let best = grid
+        .iter()
+        .map(|g| g["score"].as_f64().unwrap())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let picked = grid
+        .iter()
+        .find(|g| g["c"] == chose["c"] && g["class_weighting"] == chose["class_weighting"])
+        .expect("the choice is a grid point");
+    assert_eq!(
+        picked["score"].as_f64().unwrap(),
+        best,
+        "the best point is chosen"
+    );
+    // Its score is the validation macro F1 the run reports: the same model.
+    assert!(
+        (m["val"]["macro_f1"].as_f64().unwrap() - best).abs() < 1e-9,
+        "{m}"
+    );
+    assert!(
+        chose["refit_on"]
+            .as_str()
+            .unwrap()
+            .contains("training side")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("probe settings chosen on the validation side"),
+        "{stdout}"
+    );
+    // The saved model predicts what the run recorded.
+    let pred = tmp.path().join("pred.csv");
+    let out = run_cmd_predict(&run_dir, &data, &pred);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = probabilities(&pred);
+    let recorded = probabilities(&run_dir.join("predictions.csv"));
+    assert!(!recorded.is_empty());
+    for (name, (_, p)) in &recorded {
+        let q = &saved[name].1;
+        assert!(
+            p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{name}: {p:?} {q:?}"
+        );
+    }
+
+    // Nested cross-validation: the choice is refitted on training + validation, and the
+    // fold (test side) is scored by exactly the kept model.
+    let cv_runs = tmp.path().join("cv");
+    let mut args = vec![
+        path_str(&data),
+        "--folds",
+        "3",
+        "--runs",
+        path_str(&cv_runs),
+    ];
+    args.extend(common);
+    let out = train(&args, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for run in runs_in(&cv_runs) {
+        let m = read_json(&run.join("metrics.json"));
+        let refit_on = m["val"]["chose"]["refit_on"].as_str().unwrap();
+        assert!(refit_on.contains("training and validation"), "{refit_on}");
+        let pred = run.join("again.csv");
+        let out = run_cmd_predict(&run, &data, &pred);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let saved = probabilities(&pred);
+        let mut scored = 0;
+        for (name, (side, p)) in probabilities(&run.join("predictions.csv")) {
+            if side == "test" {
+                let q = &saved[&name].1;
+                assert!(p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4), "{name}");
+                scored += 1;
+            }
+        }
+        assert_eq!(scored as u64, m["test"]["n"].as_u64().unwrap());
+    }
+}
+
+fn run_cmd_predict(run_dir: &Path, data: &Path, out: &Path) -> std::process::Output {
+    run(&[
+        "predict",
+        path_str(run_dir),
+        path_str(data),
+        "--out",
+        path_str(out),
+        "--backend",
+        "cpu",
+    ])
+}
+
+/// The epoch-based probe is still there: several epochs, the best one chosen, no grid.
+#[test]
+fn sgd_solver_trains_in_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
+    let runs = tmp.path().join("runs");
+    let out = train(
+        &[
+            path_str(&data),
+            "--solver",
+            "sgd",
+            "--epochs",
+            "3",
+            "--backend",
+            "cpu",
+            "--image-size",
+            "64",
+            "--runs",
+            path_str(&runs),
+            "--json",
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = runs_in(&runs).pop().unwrap();
+    let m = read_json(&run.join("metrics.json"));
+    assert!(m["val"].get("chose").is_none(), "{m}");
+    let epochs = std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"epoch\""))
+        .count();
+    assert_eq!(epochs, 3);
+}
