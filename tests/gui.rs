@@ -131,10 +131,11 @@ fn notebook_runs_every_cell_on_real_cells() {
         .unwrap()
         .selected = Some(cell);
     harness.run_steps(3);
-    // The last tile of that name: the Dataset gallery shows the same file further up.
+    // The second tile of that name: the Dataset gallery shows the same file further up, the
+    // Predict cell further down.
     harness
         .get_all_by_label(&file)
-        .last()
+        .nth(1)
         .expect("thumbnail")
         .click();
     wait_until_settled(&mut harness, Duration::from_secs(30));
@@ -156,6 +157,21 @@ fn notebook_runs_every_cell_on_real_cells() {
     let predictions = std::fs::read_to_string(tmp.path().join("predictions.csv")).unwrap();
     assert_eq!(predictions.lines().count(), 36, "{predictions}");
     harness.get_by_label_contains("35 of 35 images predicted");
+    // The Predict cell shows every image with its label; a click shows all probabilities.
+    let first = predictions.lines().nth(1).unwrap();
+    let file = std::path::Path::new(first.split(',').next().unwrap())
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let label = first.split(',').nth(1).unwrap().to_owned();
+    harness
+        .get_all_by_label(&file)
+        .last()
+        .expect("prediction thumbnail")
+        .click();
+    harness.run_steps(3);
+    harness.get_by_label(&format!("predicted: {label}"));
 
     // Compare: pick the run.
     harness.get_by_label(&run_id).click();

@@ -14,6 +14,9 @@ pub struct PredictSummary {
     pub images: usize,
     pub predicted: usize,
     pub failed: Vec<(String, String)>,
+    /// Every prediction: the image, its label(s) and probabilities (in the model's label order).
+    #[serde(skip)]
+    pub rows: Vec<(PathBuf, String, Vec<f32>)>,
 }
 
 /// Collects image files: a single image, a folder (recursively) or a dataset manifest CSV.
@@ -54,6 +57,7 @@ pub fn predict_to_csv(
         images: paths.len(),
         predicted: 0,
         failed: Vec::new(),
+        rows: Vec::new(),
     };
     for (b, chunk) in paths.chunks(batch_size.max(1)).enumerate() {
         let loaded: Vec<Result<Vec<f32>, String>> = chunk
@@ -79,11 +83,13 @@ pub fn predict_to_csv(
         }
         let probs = classifier.probabilities(flat, ok_paths.len());
         for (p, pr) in ok_paths.iter().zip(&probs) {
+            let label = classifier.predicted(pr);
             text.push_str(&format!(
                 "{},{}",
                 csv_field(&p.display().to_string()),
-                csv_field(&classifier.predicted(pr))
+                csv_field(&label)
             ));
+            summary.rows.push(((*p).clone(), label, pr.clone()));
             for v in pr {
                 text.push_str(&format!(",{v:.6}"));
             }

@@ -250,7 +250,7 @@ pub struct Runtime {
     pub trains: HashMap<u64, TrainRuntime>,
     pub evals: HashMap<u64, cells::EvalRuntime>,
     pub compares: HashMap<u64, cells::CompareRuntime>,
-    pub predicts: HashMap<u64, Loading<String>>,
+    pub predicts: HashMap<u64, Loading<cells::PredictView>>,
     pub clusters: HashMap<u64, cells::ClusterRuntime>,
     pub explore_ui: HashMap<u64, cells::ExploreUi>,
     pub thumbs: ThumbCache,

@@ -23,6 +23,7 @@ pub use explore::ExploreUi;
 use explore::*;
 pub use note::bold_spans;
 use note::*;
+pub use predict::PredictView;
 use predict::*;
 use split::*;
 use train::*;
@@ -201,13 +202,18 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 let s =
                     crate::infer::predict_to_csv(&classifier, &paths, &output, 32, &mut |_, _| {})
                         .map_err(|e| format!("{e:#}"))?;
-                Ok(format!(
-                    "{} of {} images predicted to {} ({} unreadable)",
-                    s.predicted,
-                    s.images,
-                    output.display(),
-                    s.failed.len()
-                ))
+                Ok(PredictView {
+                    summary: format!(
+                        "{} of {} images predicted to {} ({} unreadable)",
+                        s.predicted,
+                        s.images,
+                        output.display(),
+                        s.failed.len()
+                    ),
+                    labels: classifier.info.labels.clone(),
+                    rows: s.rows,
+                    inspected: None,
+                })
             });
             app.rt.predicts.insert(id, Loading::Busy(task));
         }

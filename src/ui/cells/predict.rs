@@ -1,5 +1,7 @@
 //! The Predict cell: batch prediction of a folder with a run.
 
+use std::path::PathBuf;
+
 use eframe::egui;
 
 use crate::ui::app::{Loading, WorkbenchApp};
@@ -47,14 +49,63 @@ pub(super) fn predict_ui(
                 .on_hover_text("Probabilities and predicted label per image");
             ui.end_row();
         });
-    match app.rt.predicts.get(&id) {
-        Some(Loading::Busy(_)) => {
+    let Some(state) = app.rt.predicts.get_mut(&id) else {
+        return;
+    };
+    let view = match state {
+        Loading::Busy(_) => {
             ui.spinner();
+            return;
         }
-        Some(Loading::Ready(s)) => {
-            ui.label(s);
+        Loading::Failed(e) => {
+            error_label(ui, e);
+            return;
         }
-        Some(Loading::Failed(e)) => error_label(ui, e),
-        _ => {}
+        Loading::Idle => return,
+        Loading::Ready(view) => view,
+    };
+    ui.label(&view.summary);
+    // Every image with its top label; click one for all its probabilities.
+    let items: Vec<(PathBuf, String)> = view
+        .rows
+        .iter()
+        .map(|(path, label, probs)| {
+            let top = probs.iter().copied().fold(f32::NAN, f32::max);
+            (path.clone(), format!("{label} ({top:.2})"))
+        })
+        .collect();
+    let inspected = view.inspected;
+    let mut clicked = None;
+    widgets::gallery(
+        ui,
+        ("predict-gallery", id),
+        &mut app.rt.thumbs,
+        items.len(),
+        |k| (items[k].0.clone(), items[k].1.clone(), inspected == Some(k)),
+        &mut |k| clicked = Some(k),
+    );
+    let Some(Loading::Ready(view)) = app.rt.predicts.get_mut(&id) else {
+        return;
+    };
+    if let Some(k) = clicked {
+        view.inspected = (view.inspected != Some(k)).then_some(k);
     }
+    if let Some(k) = view.inspected
+        && let Some((path, label, probs)) = view.rows.get(k)
+    {
+        ui.separator();
+        ui.label(egui::RichText::new(path.display().to_string()).monospace());
+        ui.label(egui::RichText::new(format!("predicted: {label}")).strong());
+        widgets::probability_bars(ui, &view.labels, probs, 5);
+    }
+}
+
+/// What a Predict cell shows after a batch prediction.
+pub struct PredictView {
+    pub summary: String,
+    pub labels: Vec<String>,
+    /// Image, predicted label(s), probabilities.
+    pub rows: Vec<(PathBuf, String, Vec<f32>)>,
+    /// The row shown with all its probabilities.
+    pub inspected: Option<usize>,
 }
