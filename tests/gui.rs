@@ -10,6 +10,7 @@ use egui_kittest::kittest::Queryable as _;
 
 /// One feature cache for every test of this binary (they run on parallel threads of one
 /// process, so the variable must not change under a running test).
+#[allow(unsafe_code)]
 fn use_test_cache() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -470,6 +470,7 @@ impl Profiles {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // set_var in tests, one variable name per test
 mod tests {
     use super::*;
 

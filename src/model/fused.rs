@@ -12,6 +12,10 @@
 //! [`FusedLite0`] is built from an [`EfficientNetLite`] and computes the same function as
 //! [`EfficientNetLite::features`]; a test holds the two to each other and to PyTorch's logits.
 
+// The matrix kernels (gemm) and the AVX2/FMA depthwise path are unsafe calls; each block
+// states why it is sound.
+#![allow(unsafe_code)]
+
 use rayon::prelude::*;
 
 use super::efficientnet::{ConvBn, EfficientNetLite, FEATURES};
