@@ -6,6 +6,12 @@
 //! softmax over unordered classes does not know. Class probabilities follow from differences
 //! of the exceedance probabilities, made non-increasing first, so they are non-negative and
 //! sum to one.
+//!
+//! The default probe (`train::probe`) fits these outputs rank-consistently (CORAL, Cao et al.
+//! 2020): one weight vector shared by every threshold and non-increasing biases, so
+//! `P(grade > j)` never rises with `j` and the running minimum below has nothing to repair.
+//! The head keeps the same `k - 1` outputs (the shared column repeated), so everything that
+//! reads a model is unchanged. Heads trained in epochs keep independent thresholds.
 
 /// Network outputs for `k` ordered grades.
 pub fn outputs(k: usize) -> usize {

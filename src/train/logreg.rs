@@ -22,10 +22,15 @@ pub enum Targets<'a> {
     Softmax { classes: &'a [usize], k: usize },
     /// `k` independent sigmoid outputs per sample: `t[i * k + j]` in {0, 1}, and a weight on
     /// the positive term of each output.
+    ///
+    /// With `shared`, the outputs share one weight vector and differ only by their bias
+    /// (CORAL, Cao et al. 2020): output `j` is `x·w + b_j`, so for ordered thresholds
+    /// `P(grade > j)` can only fall as `j` grows once the biases are non-increasing.
     Sigmoid {
         t: &'a [f64],
         k: usize,
         pos_weight: &'a [f64],
+        shared: bool,
     },
 }
 
@@ -35,12 +40,21 @@ impl Targets<'_> {
             Self::Softmax { k, .. } | Self::Sigmoid { k, .. } => *k,
         }
     }
+
+    /// Weight columns: one per output, or one shared by all.
+    pub fn weight_columns(&self) -> usize {
+        match self {
+            Self::Sigmoid { shared: true, .. } => 1,
+            _ => self.outputs(),
+        }
+    }
 }
 
 /// A solved probe.
 #[derive(Clone, Debug)]
 pub struct Fit {
-    /// `[d, k]`, row-major: `weight[f * k + c]`.
+    /// `[d, cols]`, row-major: `weight[f * cols + c]`; `cols` is the output count, or 1 for
+    /// outputs sharing their weights (output `j` then uses column 0).
     pub weight: Vec<f64>,
     pub bias: Vec<f64>,
     /// Value of the objective at the solution.
@@ -51,20 +65,46 @@ pub struct Fit {
     /// The parameters in the coordinates the solver worked in (`[B; b]` in a rows' span),
     /// to warm-start another fit on the same [`Design`].
     pub solved: Vec<f64>,
+    /// Weight columns (see [`Fit::weight`]).
+    pub columns: usize,
 }
 
 impl Fit {
     /// Logits of one feature row.
     pub fn logits(&self, x: &[f64]) -> Vec<f64> {
-        let k = self.bias.len();
-        let mut z = self.bias.clone();
+        let cols = self.columns.max(1);
+        let mut xw = vec![0.0; cols];
         for (f, &v) in x.iter().enumerate() {
-            let row = &self.weight[f * k..(f + 1) * k];
-            for (zc, &w) in z.iter_mut().zip(row) {
-                *zc += v * w;
+            let row = &self.weight[f * cols..(f + 1) * cols];
+            for (a, &w) in xw.iter_mut().zip(row) {
+                *a += v * w;
             }
         }
-        z
+        self.bias
+            .iter()
+            .enumerate()
+            .map(|(j, b)| b + xw[j % cols])
+            .collect()
+    }
+
+    /// Makes the biases non-increasing (each at most the one before it). For outputs that
+    /// share their weights (ordered thresholds) every `P(grade > j)` is then at most
+    /// `P(grade > j − 1)`, on any input. At the optimum of a shared-weight fit the biases are
+    /// already ordered (Cao et al. 2020, theorem 1); this guards the last rounding.
+    pub fn order_biases(&mut self) {
+        for j in 1..self.bias.len() {
+            self.bias[j] = self.bias[j].min(self.bias[j - 1]);
+        }
+    }
+
+    /// The weights as `[d][outputs]` rows (a shared column repeated for every output).
+    pub fn weight_rows(&self) -> Vec<Vec<f64>> {
+        let k = self.bias.len();
+        let cols = self.columns.max(1);
+        self.weight
+            .chunks(cols)
+            .map(|row| (0..k).map(|j| row[j % cols]).collect())
+            .collect()
     }
 }
 
@@ -96,22 +136,28 @@ pub fn objective(
     grad: &mut [f64],
 ) -> f64 {
     let k = targets.outputs();
+    let cols = targets.weight_columns();
     let n = sample_weight.len();
-    let (w, b) = params.split_at(d * k);
+    let (w, b) = params.split_at(d * cols);
     grad.iter_mut().for_each(|g| *g = 0.0);
-    let (gw, gb) = grad.split_at_mut(d * k);
+    let (gw, gb) = grad.split_at_mut(d * cols);
     let mut loss = 0.0;
     let mut z = vec![0.0; k];
     let mut r = vec![0.0; k];
+    let mut xw = vec![0.0; cols];
+    let mut rc_sum = vec![0.0; cols];
     for i in 0..n {
         let row = &x[i * d..(i + 1) * d];
-        z.copy_from_slice(b);
+        xw.iter_mut().for_each(|v| *v = 0.0);
         for (f, &v) in row.iter().enumerate() {
             if v != 0.0 {
-                for (zc, &wc) in z.iter_mut().zip(&w[f * k..(f + 1) * k]) {
-                    *zc += v * wc;
+                for (a, &wc) in xw.iter_mut().zip(&w[f * cols..(f + 1) * cols]) {
+                    *a += v * wc;
                 }
             }
+        }
+        for (j, zj) in z.iter_mut().enumerate() {
+            *zj = b[j] + xw[j % cols];
         }
         let s = sample_weight[i] / n as f64;
         match targets {
@@ -135,12 +181,14 @@ pub fn objective(
                 }
             }
         }
-        for (gbc, &rc) in gb.iter_mut().zip(&r) {
+        rc_sum.iter_mut().for_each(|v| *v = 0.0);
+        for (j, (gbc, &rc)) in gb.iter_mut().zip(&r).enumerate() {
             *gbc += rc;
+            rc_sum[j % cols] += rc;
         }
         for (f, &v) in row.iter().enumerate() {
             if v != 0.0 {
-                for (g, &rc) in gw[f * k..(f + 1) * k].iter_mut().zip(&r) {
+                for (g, &rc) in gw[f * cols..(f + 1) * cols].iter_mut().zip(&rc_sum) {
                     *g += v * rc;
                 }
             }
@@ -193,7 +241,8 @@ pub fn minimise(
     tol: Tolerance,
 ) -> Fit {
     let k = targets.outputs();
-    let dim = d * k + k;
+    let cols = targets.weight_columns();
+    let dim = d * cols + k;
     let mut p = start.map_or_else(|| vec![0.0; dim], <[f64]>::to_vec);
     let mut g = vec![0.0; dim];
     let mut f = objective(x, d, targets, sample_weight, l2, &p, &mut g);
@@ -267,7 +316,7 @@ pub fn minimise(
     }
     let grad_max = grad_max(&g);
     let solved = p.clone();
-    let bias = p.split_off(d * k);
+    let bias = p.split_off(d * cols);
     Fit {
         weight: p,
         bias,
@@ -275,6 +324,7 @@ pub fn minimise(
         grad_max,
         iterations,
         solved,
+        columns: cols,
     }
 }
 
@@ -324,7 +374,7 @@ impl Design {
             None => minimise(&self.x, self.d, targets, sample_weight, l2, start, tol),
             Some((z, r)) => {
                 let mut fit = minimise(z, *r, targets, sample_weight, l2, start, tol);
-                fit.weight = self.weights_from_span(&fit.weight, targets.outputs());
+                fit.weight = self.weights_from_span(&fit.weight, targets.weight_columns());
                 fit
             }
         }
@@ -503,10 +553,18 @@ mod tests {
                 t: &t,
                 k,
                 pos_weight: &pw,
+                shared: false,
+            },
+            Targets::Sigmoid {
+                t: &t,
+                k,
+                pos_weight: &pw,
+                shared: true,
             },
         ] {
             let mut rng = SplitMix64::new(2);
-            let p: Vec<f64> = (0..d * k + k).map(|_| 0.3 * gauss(&mut rng)).collect();
+            let dim = d * targets.weight_columns() + k;
+            let p: Vec<f64> = (0..dim).map(|_| 0.3 * gauss(&mut rng)).collect();
             let mut g = vec![0.0; p.len()];
             objective(&x, d, targets, &sw, 0.3, &p, &mut g);
             let mut scratch = vec![0.0; p.len()];
@@ -586,6 +644,49 @@ mod tests {
         // A warm start from the solution stops at once.
         let again = design.fit(targets, &sw, 0.05, Some(&span), tol);
         assert!(again.iterations <= 2, "{}", again.iterations);
+    }
+
+    /// Ordered thresholds with shared weights: on any input, however extreme, the
+    /// probability of exceeding threshold `j` never rises with `j`.
+    #[test]
+    fn shared_thresholds_are_rank_consistent() {
+        let (d, n, k) = (6, 90, 4);
+        let mut rng = SplitMix64::new(9);
+        let w_true: Vec<f64> = (0..d).map(|_| gauss(&mut rng)).collect();
+        let mut x = Vec::new();
+        let mut t = Vec::new();
+        for _ in 0..n {
+            let row: Vec<f64> = (0..d).map(|_| gauss(&mut rng)).collect();
+            let score: f64 =
+                row.iter().zip(&w_true).map(|(a, b)| a * b).sum::<f64>() + 0.5 * gauss(&mut rng);
+            let grade = [-1.0, 0.0, 1.0, 2.0].iter().filter(|&&c| score > c).count();
+            t.extend((0..k).map(|j| f64::from(u8::from(grade > j))));
+            x.extend(row);
+        }
+        let targets = Targets::Sigmoid {
+            t: &t,
+            k,
+            pos_weight: &[1.0; 4],
+            shared: true,
+        };
+        let mut fit =
+            Design::new(x, n, d).fit(targets, &[1.0; 90], 1e-3, None, Tolerance::default());
+        assert_eq!(fit.columns, 1);
+        assert_eq!(fit.weight.len(), d);
+        // The optimum already orders the thresholds.
+        assert!(fit.bias.windows(2).all(|b| b[1] <= b[0]), "{:?}", fit.bias);
+        fit.order_biases();
+        let rows = fit.weight_rows();
+        assert!(
+            rows.iter()
+                .all(|r| r.len() == k && r.iter().all(|&v| v == r[0]))
+        );
+        for trial in 0..2000 {
+            let scale = [0.1, 1.0, 10.0, 1e3][trial % 4];
+            let input: Vec<f64> = (0..d).map(|_| scale * gauss(&mut rng)).collect();
+            let p: Vec<f64> = fit.logits(&input).into_iter().map(sigmoid).collect();
+            assert!(p.windows(2).all(|q| q[1] <= q[0]), "{p:?}");
+        }
     }
 
     /// A stronger penalty gives smaller weights.

@@ -42,6 +42,9 @@ pub struct ProbeSelection {
     /// Where the choice was made.
     pub chosen_on: String,
     pub criterion: String,
+    /// The head's form.
+    #[serde(default)]
+    pub head: String,
     /// Where the kept model was fitted with the chosen settings (training + validation when
     /// a test side scores it, else the training side: the fit the validation side scored).
     pub refit_on: String,
@@ -171,6 +174,8 @@ fn targets<'a>(data: &Prepared, s: &'a Side, w: &'a Weights, outputs: usize) -> 
             t: &s.t,
             k: outputs,
             pos_weight: &w.positive,
+            // Ordered grades: one weight vector, ordered thresholds (rank-consistent).
+            shared: data.task == Task::Ordinal,
         }
     } else {
         Targets::Softmax {
@@ -178,6 +183,15 @@ fn targets<'a>(data: &Prepared, s: &'a Side, w: &'a Weights, outputs: usize) -> 
             k: outputs,
         }
     }
+}
+
+/// An ordinal fit with its thresholds' biases made non-increasing (see
+/// [`Fit::order_biases`]); other fits as they are.
+fn ordered(data: &Prepared, mut fit: Fit) -> Fit {
+    if data.task == Task::Ordinal {
+        fit.order_biases();
+    }
+    fit
 }
 
 /// Probabilities of a side under a fit, through the one decision rule.
@@ -271,7 +285,7 @@ pub(super) fn select_and_fit(
                     warm.as_ref(),
                     tol,
                 );
-                out.push((balanced, c, fit.clone()));
+                out.push((balanced, c, ordered(data, fit.clone())));
                 warm = Some(fit);
             }
             out
@@ -327,7 +341,7 @@ pub(super) fn select_and_fit(
             tol,
         );
         (
-            fit,
+            ordered(data, fit),
             l2,
             format!("the training and validation sides ({nb} images)"),
         )
@@ -344,6 +358,12 @@ pub(super) fn select_and_fit(
         l2,
         class_weighting: point.class_weighting.clone(),
         chosen_on: format!("the validation side ({} images)", val.items.len()),
+        head: match data.task {
+            Task::Ordinal => "ordered thresholds sharing one weight vector (rank-consistent)",
+            Task::MultiLabel => "one sigmoid per label",
+            _ => "softmax over the classes",
+        }
+        .into(),
         criterion: match data.task {
             Task::Ordinal => "quadratic kappa, then log loss",
             _ => "macro F1, then log loss",

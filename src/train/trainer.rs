@@ -302,8 +302,7 @@ impl<'a> Trainer<'a> {
             },
         );
         let head = |fit: &super::logreg::Fit, device: &burn::tensor::Device| {
-            let rows: Vec<Vec<f64>> = fit.weight.chunks(outputs).map(<[f64]>::to_vec).collect();
-            Net::Probe(Head::from_weights(&rows, &fit.bias, device))
+            Net::Probe(Head::from_weights(&fit.weight_rows(), &fit.bias, device))
         };
         let chosen = head(&solved.chosen, &self.plain);
         // The epoch event: the chosen fit on the training and validation sides.
