@@ -151,6 +151,37 @@ fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
         "cpu",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A skipped image is listed; only --strict turns it into exit code 3.
+    let mixed = tmp.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::copy(
+        bccd_class_files("Eosinophil", 1)[0].clone(),
+        mixed.join("good.jpg"),
+    )
+    .unwrap();
+    std::fs::write(mixed.join("broken.jpg"), b"not an image").unwrap();
+    let mixed_csv = tmp.path().join("mixed.csv");
+    for (strict, code) in [(false, 0), (true, 3)] {
+        let mut args = vec![
+            "predict",
+            path_str(&run),
+            path_str(&mixed),
+            "--out",
+            path_str(&mixed_csv),
+            "--backend",
+            "cpu",
+        ];
+        if strict {
+            args.push("--strict");
+        }
+        let out = run_cmd(&args);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("skipped unreadable image"),
+            "{}",
+            stderr(&out)
+        );
+    }
     let text = std::fs::read_to_string(&pred).unwrap();
     assert!(
         text.starts_with("path,predicted,p_Eosinophil,p_Lymphocyte,p_Neutrophil\n"),

@@ -478,9 +478,14 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Exit with code 3 when any image was skipped (unreadable); without it, skipped images
+    /// are listed and the command succeeds.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
+    let strict = args.strict;
     let compute = backend::select(args.backend)?;
     let paths = crate::infer::collect_inputs(&args.input)?;
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
@@ -515,7 +520,7 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
         summary.predicted,
         out.display()
     );
-    Ok(if summary.failed.is_empty() {
+    Ok(if summary.failed.is_empty() || !strict {
         0
     } else {
         crate::cli::exit::PROBLEMS
