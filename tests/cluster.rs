@@ -285,7 +285,8 @@ fn run_config(dir: &std::path::Path, mode: &str, epochs: u32) -> std::path::Path
     let path = dir.join(format!("{mode}.toml"));
     std::fs::write(
         &path,
-        format!("mode = \"{mode}\"\nepochs = {epochs}\nbackend = \"cpu\"\nbatch_size = 8\nearly_stopping_patience = 1000\n[preprocess]\nsize = 64\n"),
+        // The epoch-based probe: these tests follow epochs streaming live.
+        format!("mode = \"{mode}\"\nsolver = \"sgd\"\nepochs = {epochs}\nbackend = \"cpu\"\nbatch_size = 8\nearly_stopping_patience = 1000\n[preprocess]\nsize = 64\n"),
     )
     .unwrap();
     path

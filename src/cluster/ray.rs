@@ -932,12 +932,17 @@ impl ClusterBackend for RayClient {
 
     fn stop(&self, id: &str) -> Result<bool> {
         validate_job_id(id)?;
-        if let Ok(info) = self.status(id)
-            && info.status == JobStatus::Pending
-        {
-            log::warn!(
-                "job {id} is still PENDING; Ray ignores a stop request until the job runs (ray#58353)"
-            );
+        if let Ok(info) = self.status(id) {
+            // An ended job has nothing to stop (Ray itself may still answer "stopped" for a
+            // while after the end, while its supervisor winds down).
+            if info.is_terminal() {
+                return Ok(false);
+            }
+            if info.status == JobStatus::Pending {
+                log::warn!(
+                    "job {id} is still PENDING; Ray ignores a stop request until the job runs (ray#58353)"
+                );
+            }
         }
         let reply = self.call("POST", &Self::job_path(id, "/stop"), None, Timeouts::Normal)?;
         let reply = self.expect_ok(reply, Some(id))?;
