@@ -22,6 +22,10 @@ pub struct TrainArgs {
     /// A split CSV (with a `split` column) to train on instead of splitting here.
     #[arg(long)]
     pub split: Option<PathBuf>,
+    /// For CSV ids without an extension: the image file name, e.g. `{id:03}.bmp` (`{id}`, or
+    /// `{id:0N}` for zero-padded numbers).
+    #[arg(long)]
+    pub image_pattern: Option<String>,
     /// k-fold cross-validation: k runs, each validating on one patient-grouped, stratified
     /// fold; prints the mean ± sd of the validation metrics (a given split is ignored).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u32).range(2..=50))]
@@ -158,7 +162,13 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                         ..Default::default()
                     },
                 ),
-                (None, Some(d)) => (d.clone(), OpenOptions::default()),
+                (None, Some(d)) => (
+                    d.clone(),
+                    OpenOptions {
+                        image_pattern: args.image_pattern.clone(),
+                        ..Default::default()
+                    },
+                ),
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
             let manifest = crate::dataset::open(&source, &options)?;
