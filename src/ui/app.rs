@@ -243,6 +243,15 @@ impl TrainRuntime {
     }
 }
 
+/// A Train cell's augmentation preview: the textures shown, the settings they show, and the
+/// rendering of newer settings in progress.
+#[derive(Default)]
+pub struct AugPreview {
+    pub key: String,
+    pub textures: Vec<egui::TextureHandle>,
+    pub pending: Option<(String, Task<Vec<egui::ColorImage>>)>,
+}
+
 /// Everything not persisted.
 pub struct Runtime {
     pub datasets: HashMap<u64, DatasetRuntime>,
@@ -263,6 +272,8 @@ pub struct Runtime {
     run_ids: Option<(Instant, PathBuf, Vec<String>)>,
     profiles: Option<(Instant, crate::cluster::Profiles)>,
     run_states: HashMap<PathBuf, (Instant, Option<crate::runs::RunState>)>,
+    /// The Train cells' augmentation previews.
+    pub aug_previews: HashMap<u64, AugPreview>,
     last_generation: u64,
     /// Messages from background work that has no cell of its own (exports).
     notes_tx: mpsc::Sender<(bool, String)>,
@@ -308,6 +319,7 @@ impl Runtime {
         self.predicts.remove(&id);
         self.clusters.remove(&id);
         self.explore_ui.remove(&id);
+        self.aug_previews.remove(&id);
     }
 
     /// A new generation number for a result about to be computed.
@@ -454,6 +466,7 @@ impl WorkbenchApp {
             run_ids: None,
             profiles: None,
             run_states: HashMap::new(),
+            aug_previews: HashMap::new(),
             last_generation: 0,
             notes_tx: notes.0,
             notes_rx: notes.1,

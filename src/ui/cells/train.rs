@@ -236,62 +236,72 @@ pub(super) fn augment_preview_ui(
     let Ok((manifest, data)) = train_manifest(app, id) else {
         return;
     };
-    let key = egui::Id::unique(("aug-preview", id));
     // Keyed by the data too: a new dataset shows its own images.
-    let wanted = (
-        config.augment.clone(),
-        config.preprocess.border_crop,
-        data.dataset,
-        data.split,
+    let wanted = format!(
+        "{:?}",
+        (
+            &config.augment,
+            config.preprocess.border_crop,
+            data.dataset,
+            data.split
+        )
     );
-    type Key = (
-        crate::dataset::preprocess::Augment,
-        bool,
-        (u64, u64),
-        Option<(u64, u64)>,
-    );
-    let current: Option<(Key, Vec<egui::TextureHandle>)> = ui.data(|d| d.get_temp(key));
-    let textures = match current {
-        Some((k, t)) if k == wanted => t,
-        _ => {
-            let sample: Vec<PathBuf> = manifest
-                .records
-                .iter()
-                .filter(|r| r.is_usable())
-                .take(4)
-                .map(|r| manifest.image_path(r))
-                .collect();
-            let pre = Preprocess {
-                size: 96,
-                border_crop: config.preprocess.border_crop,
-                center_crop: false,
-            };
-            let mut t = Vec::new();
+    let preview = app.rt.aug_previews.entry(id).or_default();
+    if let Some((key, task)) = &preview.pending
+        && let Some(images) = task.poll()
+    {
+        let key = key.clone();
+        preview.pending = None;
+        preview.textures = images
+            .into_iter()
+            .enumerate()
+            .map(|(i, img)| {
+                ui.ctx()
+                    .load_texture(format!("aug-{id}-{i}"), img, egui::TextureOptions::LINEAR)
+            })
+            .collect();
+        preview.key = key;
+    }
+    // Decoding runs in the background, one request at a time: while a slider moves, the last
+    // preview stays on screen and the newest settings are rendered next.
+    if preview.key != wanted && preview.pending.is_none() {
+        let sample: Vec<PathBuf> = manifest
+            .records
+            .iter()
+            .filter(|r| r.is_usable())
+            .take(4)
+            .map(|r| manifest.image_path(r))
+            .collect();
+        let pre = Preprocess {
+            size: 96,
+            border_crop: config.preprocess.border_crop,
+            center_crop: false,
+        };
+        let augment = config.augment.clone();
+        let task = BgTask::spawn(ui.ctx(), "augment-preview", move || {
+            let mut images = Vec::new();
             for (i, p) in sample.iter().enumerate() {
                 for v in 0..2u64 {
                     if let Ok(mut chw) = pre.load(p) {
                         if v > 0 {
-                            config.augment.apply(
+                            augment.apply(
                                 &mut chw,
                                 96,
                                 &mut crate::dataset::split::SplitMix64::new(i as u64 * 31 + v),
                             );
                         }
-                        t.push(ui.ctx().load_texture(
-                            format!("aug-{id}-{i}-{v}"),
-                            chw_to_image(&chw, 96),
-                            egui::TextureOptions::LINEAR,
-                        ));
+                        images.push(chw_to_image(&chw, 96));
                     }
                 }
             }
-            ui.data_mut(|d| d.insert_temp(key, (wanted, t.clone())));
-            t
-        }
-    };
-    if textures.is_empty() {
+            images
+        });
+        preview.pending = Some((wanted, task));
+    }
+    if preview.textures.is_empty() {
         return;
     }
+    let textures = preview.textures.clone();
     ui.horizontal(|ui| {
         ui.label("Preview (original, augmented):").on_hover_text(
             "Real images from the dataset through the current preprocessing and augmentation",
