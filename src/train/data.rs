@@ -42,6 +42,20 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// An item's true label(s) as written in files: the class, or `A|B` for several labels.
+    pub fn label_string(&self, item: &Item) -> String {
+        match &item.target {
+            Target::Class(c) => self.labels[*c].clone(),
+            Target::Multi(flags) => flags
+                .iter()
+                .zip(&self.labels)
+                .filter(|(f, _)| **f)
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("|"),
+        }
+    }
+
     /// Images per class on the training side (multi-label: images carrying each label).
     pub fn train_class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.labels.len()];

@@ -12,7 +12,7 @@ use crate::fsio::csv_field;
 use crate::model::backend;
 use crate::model::extractor::Extractor;
 
-use super::data::{Target, prepare};
+use super::data::prepare;
 use super::engine::TrainJob;
 use super::features::featurize;
 
@@ -63,16 +63,7 @@ pub fn export_features(job: &TrainJob, folds: Option<usize>, out: &Path) -> anyh
     let mut rows = 0;
     for ((item, feats), fold) in data.items.iter().zip(&f.features).zip(&fold_of) {
         let Some(feats) = feats else { continue };
-        let label = match &item.target {
-            Target::Class(c) => data.labels[*c].clone(),
-            Target::Multi(flags) => flags
-                .iter()
-                .zip(&data.labels)
-                .filter(|(f, _)| **f)
-                .map(|(_, l)| l.as_str())
-                .collect::<Vec<_>>()
-                .join("|"),
-        };
+        let label = data.label_string(item);
         write!(
             w,
             "{},{},{},{}",

@@ -20,7 +20,7 @@ use crate::runs::{RunDir, RunState};
 
 use super::batches::*;
 use super::config::{Mode, Schedule, TrainConfig};
-use super::data::{Prepared, Target};
+use super::data::Prepared;
 use super::engine::{TrainJob, TrainOutcome};
 use super::events::{EpochSide, Phase, TrainEvent};
 use super::features::featurize;
@@ -807,16 +807,7 @@ pub(super) fn predictions_csv(data: &Prepared, rows: &[(&str, usize, Vec<f32>)])
     out.push('\n');
     for (side, i, p) in rows {
         let item = &data.items[*i];
-        let truth = match &item.target {
-            Target::Class(c) => data.labels[*c].clone(),
-            Target::Multi(flags) => flags
-                .iter()
-                .zip(&data.labels)
-                .filter(|(f, _)| **f)
-                .map(|(_, l)| l.as_str())
-                .collect::<Vec<_>>()
-                .join("|"),
-        };
+        let truth = data.label_string(item);
         let pred = decision::predicted_label(data.task, &data.labels, p);
         out.push_str(&format!(
             "{},{},{side},{},{}",

@@ -218,19 +218,13 @@ pub(super) fn evaluate_ui(
                 )
             })
             .collect();
-        widgets::gallery(
+        rows_gallery(
             ui,
             ("cm-gallery", id),
             &mut app.rt.thumbs,
-            items.len(),
-            |k| {
-                (
-                    items[k].0.clone(),
-                    items[k].1.clone(),
-                    inspected == Some(items[k].2),
-                )
-            },
-            &mut |k| inspect = Some(items[k].2),
+            &items,
+            inspected,
+            &mut inspect,
         );
     }
     let mut mistakes: Vec<(usize, &crate::runs::view::PredictionRow)> = rows
@@ -258,19 +252,13 @@ pub(super) fn evaluate_ui(
                 )
             })
             .collect();
-        widgets::gallery(
+        rows_gallery(
             ui,
             ("mistakes", id),
             &mut app.rt.thumbs,
-            items.len(),
-            |k| {
-                (
-                    items[k].0.clone(),
-                    items[k].1.clone(),
-                    inspected == Some(items[k].2),
-                )
-            },
-            &mut |k| inspect = Some(items[k].2),
+            &items,
+            inspected,
+            &mut inspect,
         );
     }
     let ctx = ui.ctx().clone();
@@ -339,4 +327,30 @@ fn prediction_inspector_ui(
             widgets::probability_bars(ui, labels, &row.probs, labels.len());
         });
     });
+}
+
+/// Thumbnails of prediction rows (`(image, caption, row index)`); a click picks the row for the
+/// inspector, the inspected one is outlined.
+fn rows_gallery(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    thumbs: &mut crate::ui::thumbs::ThumbCache,
+    items: &[(PathBuf, String, usize)],
+    inspected: Option<usize>,
+    inspect: &mut Option<usize>,
+) {
+    widgets::gallery(
+        ui,
+        id,
+        thumbs,
+        items.len(),
+        |k| {
+            (
+                items[k].0.clone(),
+                items[k].1.clone(),
+                inspected == Some(items[k].2),
+            )
+        },
+        &mut |k| *inspect = Some(items[k].2),
+    );
 }
