@@ -1,14 +1,15 @@
-//! Dataset statistics: polars plans over the manifest, collected into plain structs that the
-//! CLI prints, the GUI draws and `--json` serialises.
+//! Dataset statistics: plain group-bys over the manifest's records, collected into plain
+//! structs that the CLI prints, the GUI draws and `--json` serialises. No dataframe library, so
+//! the same code serves the desktop and the browser.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod charts;
 pub mod table;
 
-use polars::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::dataset::frame::labels_frame;
 use crate::dataset::split::SplitReport;
-use crate::dataset::{DatasetFormat, Manifest, ProblemSummary};
+use crate::dataset::{DatasetFormat, Manifest, ProblemSummary, Record};
 pub use table::Table;
 
 /// Everything `cellbench explore` reports.
@@ -115,197 +116,167 @@ pub struct Imbalance {
     pub ratio: f64,
 }
 
-fn u64_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<u64>> {
-    let c = df.column(name)?.cast(&DataType::UInt64)?;
-    Ok(c.u64()?.iter().map(|v| v.unwrap_or(0)).collect())
+/// Per-label tallies from one pass over the records.
+#[derive(Default)]
+struct LabelTally<'a> {
+    /// (image, label) pairs: the images carrying the label.
+    images: u64,
+    /// Images of this label per patient having it.
+    per_patient: HashMap<&'a str, u64>,
 }
 
-fn f64_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<f64>> {
-    let c = df.column(name)?.cast(&DataType::Float64)?;
-    Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+/// Min, median, mean and max of images-per-patient counts. Without patients: 0 for the counts
+/// and extremes, NaN for the median and mean.
+fn distribution(mut counts: Vec<u64>) -> Distribution {
+    counts.sort_unstable();
+    let n = counts.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => counts[n / 2] as f64,
+        _ => (counts[n / 2 - 1] as f64 + counts[n / 2] as f64) / 2.0,
+    };
+    let mean = if n == 0 {
+        f64::NAN
+    } else {
+        counts.iter().sum::<u64>() as f64 / n as f64
+    };
+    Distribution {
+        patients: n as u64,
+        min: counts.first().copied().unwrap_or(0),
+        median,
+        mean,
+        max: counts.last().copied().unwrap_or(0),
+    }
 }
 
-fn str_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
-    Ok(df
-        .column(name)?
-        .str()?
+/// Images per (label, cell index) over the records that have a cell index; rows by label name.
+fn cell_table(records: &[Record]) -> CellTable {
+    let mut per_label: BTreeMap<&str, BTreeMap<u32, u64>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for r in records {
+        let Some(cell) = r.cell_no else { continue };
+        for label in &r.labels {
+            *per_label
+                .entry(label.as_str())
+                .or_default()
+                .entry(cell)
+                .or_default() += 1;
+            seen.insert(cell);
+        }
+    }
+    let cell_numbers: Vec<u32> = seen.into_iter().collect();
+    let rows = per_label
+        .into_iter()
+        .map(|(label, by_cell)| {
+            let counts = cell_numbers
+                .iter()
+                .map(|c| by_cell.get(c).copied().unwrap_or(0))
+                .collect();
+            (label.to_owned(), counts)
+        })
+        .collect();
+    CellTable { cell_numbers, rows }
+}
+
+/// Images per patient (each image once, whatever its labels), per label, and the histogram.
+fn patient_stats(records: &[Record], tallies: &[(&str, LabelTally)]) -> PatientStats {
+    let mut per_patient: HashMap<&str, u64> = HashMap::new();
+    for r in records.iter().filter(|r| !r.labels.is_empty()) {
+        if let Some(patient) = r.patient.as_deref() {
+            *per_patient.entry(patient).or_default() += 1;
+        }
+    }
+    let mut histogram: BTreeMap<u64, u64> = BTreeMap::new();
+    for &n in per_patient.values() {
+        *histogram.entry(n).or_default() += 1;
+    }
+    let by_label = tallies
         .iter()
-        .map(|v| v.unwrap_or_default().to_owned())
-        .collect())
+        .map(|(label, t)| {
+            let counts = t.per_patient.values().copied().collect();
+            ((*label).to_owned(), distribution(counts))
+        })
+        .collect();
+    PatientStats {
+        all: distribution(per_patient.into_values().collect()),
+        by_label,
+        histogram: histogram.into_iter().collect(),
+    }
 }
 
-/// Images and distinct patients per label.
-pub fn label_counts_plan(labels: LazyFrame) -> LazyFrame {
-    labels
-        .group_by([col("label")])
-        .agg([
-            len().alias("images"),
-            col("patient").drop_nulls().n_unique().alias("patients"),
-        ])
-        .sort(
-            ["images", "label"],
-            SortMultipleOptions::default().with_order_descending_multi([true, false]),
-        )
+/// Images carrying both labels, for every ordered pair of `order`, diagonal included.
+fn cooccurrence(records: &[Record], order: Vec<String>) -> Cooccurrence {
+    let index: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let mut counts = vec![vec![0u64; order.len()]; order.len()];
+    let mut at = Vec::new();
+    for r in records {
+        at.clear();
+        at.extend(
+            r.labels
+                .iter()
+                .filter_map(|l| index.get(l.as_str()).copied()),
+        );
+        for &i in &at {
+            for &j in &at {
+                counts[i][j] += 1;
+            }
+        }
+    }
+    Cooccurrence {
+        labels: order,
+        counts,
+    }
 }
 
-/// Images per (label, cell index).
-pub fn cell_counts_plan(labels: LazyFrame) -> LazyFrame {
-    labels
-        .filter(col("cell_no").is_not_null())
-        .group_by([col("label"), col("cell_no")])
-        .agg([len().alias("images")])
-        .sort(["label", "cell_no"], SortMultipleOptions::default())
-}
-
-/// Images per patient, and per (patient, label).
-pub fn per_patient_plan(labels: LazyFrame, by_label: bool) -> LazyFrame {
-    let keys = if by_label {
-        vec![col("patient"), col("label")]
-    } else {
-        vec![col("patient")]
-    };
-    let lf = labels.filter(col("patient").is_not_null());
-    // Count images, not (image, label) rows, when not grouping by label.
-    let lf = if by_label {
-        lf
-    } else {
-        lf.unique(Some(cols(["image"])), UniqueKeepStrategy::First)
-    };
-    lf.group_by(keys).agg([len().alias("n")])
-}
-
-/// (label a, label b, images with both) over all pairs, diagonal included.
-pub fn cooccurrence_plan(labels: LazyFrame) -> LazyFrame {
-    let pairs = labels.clone().select([col("image"), col("label")]);
-    let right = labels.select([col("image"), col("label").alias("other")]);
-    pairs
-        .join(
-            right,
-            [col("image")],
-            [col("image")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .group_by([col("label"), col("other")])
-        .agg([len().alias("n")])
-}
-
-fn distribution(df: &DataFrame) -> PolarsResult<Distribution> {
-    let stats = df
-        .clone()
-        .lazy()
-        .select([
-            len().alias("patients"),
-            col("n").min().alias("min"),
-            col("n").median().alias("median"),
-            col("n").mean().alias("mean"),
-            col("n").max().alias("max"),
-        ])
-        .collect()?;
-    Ok(Distribution {
-        patients: u64_column(&stats, "patients")?[0],
-        min: u64_column(&stats, "min")?[0],
-        median: f64_column(&stats, "median")?[0],
-        mean: f64_column(&stats, "mean")?[0],
-        max: u64_column(&stats, "max")?[0],
-    })
-}
-
-/// Computes the whole report. Pure: reads the manifest, returns plain data.
-pub fn explore(manifest: &Manifest) -> PolarsResult<ExploreReport> {
+/// Computes the whole report. Pure: reads the manifest, returns plain data. Never fails today;
+/// the `Result` leaves room for checks that can.
+pub fn explore(manifest: &Manifest) -> anyhow::Result<ExploreReport> {
     let records = &manifest.records;
-    let labels_df = labels_frame(records)?;
     let images = records.len() as u64;
     let has_patients = manifest.has_patients();
     let multi_label = manifest.is_multi_label();
 
-    let counts = label_counts_plan(labels_df.clone().lazy()).collect()?;
-    let names = str_column(&counts, "label")?;
-    let n_images = u64_column(&counts, "images")?;
-    let n_patients = u64_column(&counts, "patients")?;
-    let labels: Vec<LabelCount> = names
+    let mut tallies: HashMap<&str, LabelTally> = HashMap::new();
+    for r in records {
+        for label in &r.labels {
+            let t = tallies.entry(label.as_str()).or_default();
+            t.images += 1;
+            if let Some(patient) = r.patient.as_deref() {
+                *t.per_patient.entry(patient).or_default() += 1;
+            }
+        }
+    }
+    // Most frequent first, ties by name.
+    let mut tallies: Vec<(&str, LabelTally)> = tallies.into_iter().collect();
+    tallies.sort_unstable_by(|a, b| b.1.images.cmp(&a.1.images).then_with(|| a.0.cmp(b.0)));
+
+    let labels: Vec<LabelCount> = tallies
         .iter()
-        .zip(&n_images)
-        .zip(&n_patients)
-        .map(|((label, &img), &pat)| LabelCount {
-            label: label.clone(),
-            images: img,
+        .map(|(label, t)| LabelCount {
+            label: (*label).to_owned(),
+            images: t.images,
             share: if images > 0 {
-                img as f64 / images as f64
+                t.images as f64 / images as f64
             } else {
                 0.0
             },
-            patients: has_patients.then_some(pat),
+            patients: has_patients.then_some(t.per_patient.len() as u64),
         })
         .collect();
 
-    let cells = if records.iter().any(|r| r.cell_no.is_some()) {
-        let df = cell_counts_plan(labels_df.clone().lazy()).collect()?;
-        let label = str_column(&df, "label")?;
-        let cell = u64_column(&df, "cell_no")?;
-        let n = u64_column(&df, "images")?;
-        let mut cell_numbers: Vec<u32> = cell.iter().map(|&c| c as u32).collect();
-        cell_numbers.sort_unstable();
-        cell_numbers.dedup();
-        let mut rows: Vec<(String, Vec<u64>)> = Vec::new();
-        for ((l, c), n) in label.into_iter().zip(cell).zip(n) {
-            if rows.last().is_none_or(|r| r.0 != l) {
-                rows.push((l.clone(), vec![0; cell_numbers.len()]));
-            }
-            let col = cell_numbers.binary_search(&(c as u32)).unwrap_or(0);
-            rows.last_mut().expect("pushed above").1[col] = n;
-        }
-        Some(CellTable { cell_numbers, rows })
-    } else {
-        None
-    };
+    let cells = records
+        .iter()
+        .any(|r| r.cell_no.is_some())
+        .then(|| cell_table(records));
 
-    let images_per_patient = if has_patients {
-        let per_patient = per_patient_plan(labels_df.clone().lazy(), false).collect()?;
-        let all = distribution(&per_patient)?;
-        let mut histogram: std::collections::BTreeMap<u64, u64> = Default::default();
-        for n in u64_column(&per_patient, "n")? {
-            *histogram.entry(n).or_default() += 1;
-        }
-        let per_label = per_patient_plan(labels_df.clone().lazy(), true).collect()?;
-        let mut by_label = Vec::new();
-        for l in &labels {
-            let df = per_label
-                .clone()
-                .lazy()
-                .filter(col("label").eq(lit(l.label.as_str())))
-                .collect()?;
-            by_label.push((l.label.clone(), distribution(&df)?));
-        }
-        Some(PatientStats {
-            all,
-            by_label,
-            histogram: histogram.into_iter().collect(),
-        })
-    } else {
-        None
-    };
+    let images_per_patient = has_patients.then(|| patient_stats(records, &tallies));
 
-    let cooccurrence = if multi_label {
-        let df = cooccurrence_plan(labels_df.lazy()).collect()?;
-        let order: Vec<String> = labels.iter().map(|l| l.label.clone()).collect();
-        let index = |s: &str| order.iter().position(|l| l == s);
-        let mut counts = vec![vec![0u64; order.len()]; order.len()];
-        for ((a, b), n) in str_column(&df, "label")?
-            .iter()
-            .zip(str_column(&df, "other")?)
-            .zip(u64_column(&df, "n")?)
-        {
-            if let (Some(i), Some(j)) = (index(a), index(&b)) {
-                counts[i][j] = n;
-            }
-        }
-        Some(Cooccurrence {
-            labels: order,
-            counts,
-        })
-    } else {
-        None
-    };
+    let cooccurrence = multi_label
+        .then(|| cooccurrence(records, labels.iter().map(|l| l.label.clone()).collect()));
 
     let imbalance = match (labels.first(), labels.last()) {
         (Some(max), Some(min)) if labels.len() > 1 && min.images > 0 => Some(Imbalance {
@@ -325,7 +296,7 @@ pub fn explore(manifest: &Manifest) -> PolarsResult<ExploreReport> {
         records
             .iter()
             .filter_map(|r| r.patient.as_deref())
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<HashSet<_>>()
             .len() as u64
     });
     Ok(ExploreReport {
@@ -462,5 +433,119 @@ mod tests {
             co.top_pairs(1),
             [("Infiltration".into(), "Effusion".into(), 2)]
         );
+    }
+
+    /// Every statistic on a small multi-label manifest, by hand:
+    ///
+    /// | image | labels | patient | cell |
+    /// |---|---|---|---|
+    /// | a | x, y | P1 | 1 |
+    /// | b | x | P1 | 2 |
+    /// | c | y | P2 | 1 |
+    /// | d | x, z | P3 | – |
+    /// | e | w | – | 2 |
+    /// | f | x | P2 | – |
+    /// | g | y (unreadable) | P2 | – |
+    #[test]
+    fn every_statistic_matches_hand_computed_values() {
+        let mut g = rec("g", &["y"], Some("P2"), None);
+        g.problem = Some("unreadable".into());
+        let m = manifest(vec![
+            rec("a", &["x", "y"], Some("P1"), Some(1)),
+            rec("b", &["x"], Some("P1"), Some(2)),
+            rec("c", &["y"], Some("P2"), Some(1)),
+            rec("d", &["x", "z"], Some("P3"), None),
+            rec("e", &["w"], None, Some(2)),
+            rec("f", &["x"], Some("P2"), None),
+            g,
+        ]);
+        let r = explore(&m).unwrap();
+
+        assert_eq!(
+            r.summary,
+            Summary {
+                source: "fixture".into(),
+                format: DatasetFormat::Cnmc,
+                images: 7,
+                usable_images: 6,
+                labels: 4,
+                patients: Some(3),
+                multi_label: true,
+            }
+        );
+
+        // x 4, y 3, then the tie w = z = 1 by name; w has no patient, so Some(0).
+        let label = |label: &str, images: u64, patients: u64| LabelCount {
+            label: label.into(),
+            images,
+            share: images as f64 / 7.0,
+            patients: Some(patients),
+        };
+        assert_eq!(
+            r.labels,
+            [
+                label("x", 4, 3),
+                label("y", 3, 2),
+                label("w", 1, 0),
+                label("z", 1, 1)
+            ]
+        );
+
+        // Rows by label name; z has no cell index, so no row.
+        assert_eq!(
+            r.cells,
+            Some(CellTable {
+                cell_numbers: vec![1, 2],
+                rows: vec![
+                    ("w".into(), vec![0, 1]),
+                    ("x".into(), vec![1, 1]),
+                    ("y".into(), vec![2, 0]),
+                ],
+            })
+        );
+
+        // Images per patient: P1 2 (a, b), P2 3 (c, f, g), P3 1 (d); image a counts once.
+        let pp = r.images_per_patient.unwrap();
+        let dist = |patients, min, median, mean, max| Distribution {
+            patients,
+            min,
+            median,
+            mean,
+            max,
+        };
+        assert_eq!(pp.all, dist(3, 1, 2.0, 2.0, 3));
+        assert_eq!(pp.histogram, [(1, 1), (2, 1), (3, 1)]);
+        let names: Vec<&str> = pp.by_label.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(names, ["x", "y", "w", "z"]);
+        // x: P1 2, P2 1, P3 1 -> sorted 1, 1, 2.
+        assert_eq!(pp.by_label[0].1, dist(3, 1, 1.0, 4.0 / 3.0, 2));
+        // y: P1 1, P2 2 -> an even count, median halfway.
+        assert_eq!(pp.by_label[1].1, dist(2, 1, 1.5, 1.5, 2));
+        // w: no patients -> zero counts, NaN median and mean.
+        let w = &pp.by_label[2].1;
+        assert_eq!((w.patients, w.min, w.max), (0, 0, 0));
+        assert!(w.median.is_nan() && w.mean.is_nan());
+        assert_eq!(pp.by_label[3].1, dist(1, 1, 1.0, 1.0, 1));
+
+        let co = r.cooccurrence.unwrap();
+        assert_eq!(co.labels, ["x", "y", "w", "z"]);
+        assert_eq!(
+            co.counts,
+            [[4, 1, 0, 1], [1, 3, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]]
+        );
+        assert_eq!(
+            co.top_pairs(5),
+            [("x".into(), "y".into(), 1), ("x".into(), "z".into(), 1)]
+        );
+
+        assert_eq!(
+            r.imbalance,
+            Some(Imbalance {
+                majority: "x".into(),
+                minority: "z".into(),
+                ratio: 4.0,
+            })
+        );
+        assert_eq!(r.split, None);
     }
 }
