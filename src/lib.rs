@@ -6,14 +6,11 @@
 
 pub mod clock;
 pub mod dataset;
+pub mod fs;
 pub mod fsio;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod infer;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod model;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod runs;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -21,15 +18,19 @@ pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod cluster;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod explore;
 pub mod ui;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod workbook;
 
 /// Folder of the bundled assets (weights, demo dataset): `$CELLBENCH_ASSETS`, else `assets/`
 /// beside the executable's crate.
 pub fn assets_dir() -> std::path::PathBuf {
+    // In the browser the page fetches the assets into the in-memory file system.
+    if cfg!(target_arch = "wasm32") {
+        return std::path::PathBuf::from("/assets");
+    }
     std::env::var_os("CELLBENCH_ASSETS")
         .map(Into::into)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))

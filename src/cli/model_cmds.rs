@@ -115,7 +115,8 @@ impl TrainArgs {
     fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => toml::from_str(
-                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+                &crate::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
             )
             .with_context(|| format!("parsing {}", p.display()))?,
             None => TrainConfig::for_mode(self.mode.unwrap_or_default()),

@@ -169,7 +169,7 @@ pub fn submit(
 /// lines, which is how the client follows the job.
 pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
     use std::io::Write as _;
-    let spec: JobSpec = toml::from_str(&std::fs::read_to_string(spec_path)?)?;
+    let spec: JobSpec = toml::from_str(&crate::fs::read_to_string(spec_path)?)?;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         // Ray stops a job with SIGTERM: finish the batch, write the run folder, exit.
@@ -312,7 +312,7 @@ pub fn import_results(
     let log = backend.logs(id)?;
     let events: Vec<TrainEvent> = log.lines().filter_map(TrainEvent::parse_line).collect();
     let dir = runs_root.join(id);
-    std::fs::create_dir_all(&dir)?;
+    crate::fs::create_dir_all(&dir)?;
     let config = info
         .metadata
         .get("cellbench_config")

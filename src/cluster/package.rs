@@ -59,7 +59,8 @@ pub fn build_package(files: &[(String, PathBuf)], extra: &[(String, Vec<u8>)]) -
             }
             Source::Disk(path) => {
                 let ctx = || format!("adding {} to the job package as {name}", path.display());
-                let mut file = std::fs::File::open(path).map_err(|e| ClusterError::io(ctx(), e))?;
+                let mut file =
+                    crate::fs::File::open(path).map_err(|e| ClusterError::io(ctx(), e))?;
                 let meta = file.metadata().map_err(|e| ClusterError::io(ctx(), e))?;
                 if !meta.is_file() {
                     return Err(bad_entry(name, "is not a regular file"));
@@ -125,13 +126,13 @@ fn bad_entry(name: &str, what: &str) -> ClusterError {
 }
 
 #[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
+fn is_executable(meta: &crate::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     meta.permissions().mode() & 0o111 != 0
 }
 
 #[cfg(not(unix))]
-fn is_executable(_: &std::fs::Metadata) -> bool {
+fn is_executable(_: &crate::fs::Metadata) -> bool {
     false
 }
 
@@ -144,14 +145,14 @@ mod tests {
     fn zip_is_deterministic_flat_and_keeps_exec_bits() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("cellbench");
-        std::fs::write(&bin, b"#!/bin/sh\necho hi\n".repeat(100)).unwrap();
+        crate::fs::write(&bin, b"#!/bin/sh\necho hi\n".repeat(100)).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o700)).unwrap();
+            crate::fs::set_permissions(&bin, crate::fs::Permissions::from_mode(0o700)).unwrap();
         }
         let data = dir.path().join("notes.txt");
-        std::fs::write(&data, b"plain").unwrap();
+        crate::fs::write(&data, b"plain").unwrap();
         let files = vec![
             ("notes.txt".to_string(), data.clone()),
             ("cellbench".to_string(), bin.clone()),

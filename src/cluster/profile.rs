@@ -210,14 +210,15 @@ impl ClusterProfile {
         if let Some(file) = &self.token_file {
             let path = expand_home(file);
             let source = TokenSource::File(path.clone());
-            let text = std::fs::read_to_string(&path).map_err(|e| ClusterError::MissingToken {
-                message: format!(
-                    "cannot read token file {} (token_file of profile '{}'): {}",
-                    path.display(),
-                    self.name,
-                    e.kind()
-                ),
-            })?;
+            let text =
+                crate::fs::read_to_string(&path).map_err(|e| ClusterError::MissingToken {
+                    message: format!(
+                        "cannot read token file {} (token_file of profile '{}'): {}",
+                        path.display(),
+                        self.name,
+                        e.kind()
+                    ),
+                })?;
             warn_if_readable_by_others(&path);
             let value = text.trim();
             if value.is_empty() {
@@ -293,7 +294,7 @@ fn checked_token(value: &str, source: &TokenSource) -> Result<Secret> {
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
+    if let Ok(meta) = crate::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
         log::warn!(
@@ -372,7 +373,7 @@ impl Profiles {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::fs::read_to_string(path)
             .map_err(|e| ClusterError::io(format!("reading {}", path.display()), e))?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -459,12 +460,12 @@ impl Profiles {
     /// Writes atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::fs::create_dir_all(dir)
                 .map_err(|e| ClusterError::io(format!("creating {}", dir.display()), e))?;
         }
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, self.to_toml_string())
-            .and_then(|()| std::fs::rename(&tmp, path))
+        crate::fs::write(&tmp, self.to_toml_string())
+            .and_then(|()| crate::fs::rename(&tmp, path))
             .map_err(|e| ClusterError::io(format!("writing {}", path.display()), e))
     }
 }
@@ -557,7 +558,7 @@ verify_tls = false
     fn token_from_env_then_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tok");
-        std::fs::write(&file, "  file-token-abc\n").unwrap();
+        crate::fs::write(&file, "  file-token-abc\n").unwrap();
         let mut p = ClusterProfile::new("t", "http://h:1");
         assert_eq!(p.token().unwrap(), None);
 
@@ -590,7 +591,7 @@ verify_tls = false
             "*** *** Some(***)"
         );
 
-        std::fs::write(&file, "\n").unwrap();
+        crate::fs::write(&file, "\n").unwrap();
         p.token_env = None;
         assert!(p.token().unwrap_err().to_string().contains("is empty"));
         p.token_file = Some(dir.path().join("missing"));

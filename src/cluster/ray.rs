@@ -1385,7 +1385,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let token_file: PathBuf = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        crate::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let mut profile = ClusterProfile::new("fake", base.clone());
         profile.token_file = Some(token_file);
         Fake {
@@ -1500,7 +1500,7 @@ mod tests {
         });
         assert!(f.client().list().unwrap().is_empty());
 
-        std::fs::write(
+        crate::fs::write(
             f.profile.token_file.as_ref().unwrap(),
             "wrong-token-value-42",
         )

@@ -100,7 +100,7 @@ struct OpenQuote {
 /// never changes the parity): `Some` when the file ends inside a quoted field.
 fn unterminated_quote(path: &Path) -> std::io::Result<Option<OpenQuote>> {
     use std::io::Read as _;
-    let mut file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+    let mut file = std::io::BufReader::with_capacity(1 << 16, crate::fs::File::open(path)?);
     let mut buf = vec![0u8; 1 << 16];
     let mut line = 1usize;
     let mut line_start = 0u64; // byte offset of the current line
@@ -131,7 +131,7 @@ fn unterminated_quote(path: &Path) -> std::io::Result<Option<OpenQuote>> {
     let Some((line, start)) = open else {
         return Ok(None);
     };
-    let mut file = std::fs::File::open(path)?;
+    let mut file = crate::fs::File::open(path)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
     let mut head = Vec::with_capacity(MAX_MESSAGE_BYTES + 4);
     file.take(MAX_MESSAGE_BYTES as u64 + 4)
@@ -413,7 +413,7 @@ impl ImageIndex {
             by_name_stem: HashMap::new(),
             by_number: HashMap::new(),
         };
-        if !images_dir.is_dir() {
+        if !crate::fs::is_dir(images_dir) {
             return (index, Vec::new());
         }
         let walk = walk_images(images_dir);
@@ -449,7 +449,7 @@ impl ImageIndex {
     /// exists). With a pattern, the value is an id and the pattern names its file.
     fn resolve(&self, value: &str, pattern: Option<&ImagePattern>) -> Resolution {
         if Path::new(value).is_absolute() {
-            return match std::fs::metadata(value).ok().filter(|m| m.is_file()) {
+            return match crate::fs::metadata(value).ok().filter(|m| m.is_file()) {
                 Some(meta) => Resolution::Found {
                     rel: value.to_owned(),
                     bytes: meta.len(),
@@ -723,8 +723,8 @@ mod tests {
 
     fn write(dir: &Path, rel: &str, bytes: &[u8]) {
         let path = dir.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        crate::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        crate::fs::write(path, bytes).unwrap();
     }
 
     fn problems_of(m: &Manifest, kind: ProblemKind) -> Vec<&Problem> {
@@ -765,7 +765,7 @@ mod tests {
         write(root, "183.png", b"mask");
         write(root, "184.bmp", b"image");
         let csv = root.join("labels.csv");
-        std::fs::write(&csv, "id,label\n183,a\n184,b\n").unwrap();
+        crate::fs::write(&csv, "id,label\n183,a\n184,b\n").unwrap();
         let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
         let ambiguous = problems_of(&m, ProblemKind::AmbiguousId);
         assert_eq!(ambiguous.len(), 1, "{:?}", m.problems);
@@ -797,7 +797,7 @@ mod tests {
         assert_eq!(paths, ["183.bmp", "184.bmp"]);
 
         // Naming the extension in the CSV settles it too.
-        std::fs::write(&csv, "id,label\n183.png,a\n").unwrap();
+        crate::fs::write(&csv, "id,label\n183.png,a\n").unwrap();
         let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
         assert!(m.problems.is_empty(), "{:?}", m.problems);
         assert_eq!(m.records[0].path, "183.png");
@@ -811,7 +811,7 @@ mod tests {
         write(root, "img/007.bmp", b"x");
         write(root, "img/183.bmp", b"x");
         let csv = root.join("labels.csv");
-        std::fs::write(&csv, "id,label\n19,a\n7,b\n183,a\n5,b\n").unwrap();
+        crate::fs::write(&csv, "id,label\n19,a\n7,b\n183,a\n5,b\n").unwrap();
         let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
         let paths: Vec<&str> = m.records.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["5", "img/007.bmp", "img/019.bmp", "img/183.bmp"]);
@@ -843,7 +843,7 @@ mod tests {
         write(dir.path(), "019.bmp", b"x");
         write(dir.path(), "0019.bmp", b"x");
         let csv = dir.path().join("labels.csv");
-        std::fs::write(&csv, "id,label\n19,a\n").unwrap();
+        crate::fs::write(&csv, "id,label\n19,a\n").unwrap();
         let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
         let ambiguous = problems_of(&m, ProblemKind::AmbiguousId);
         assert_eq!(ambiguous.len(), 1, "{:?}", m.problems);
@@ -858,7 +858,7 @@ mod tests {
         for i in 0..20_000 {
             text.push_str(&format!("img_{i}.png,label_{i}\n"));
         }
-        std::fs::write(&csv, &text).unwrap();
+        crate::fs::write(&csv, &text).unwrap();
         let err = read_csv_strings(&csv).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("b.png,\"y"), "{err}");
@@ -870,7 +870,7 @@ mod tests {
         );
 
         // Quotes that are closed, and doubled quotes inside them, are fine.
-        std::fs::write(
+        crate::fs::write(
             &csv,
             "path,label\n\"a,1.png\",\"say \"\"hi\"\"\"\nb.png,x\n",
         )

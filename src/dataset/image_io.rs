@@ -25,9 +25,22 @@ pub struct Header {
     pub format: String,
 }
 
+/// A reader of an image file through [`crate::fs`] (the browser's files live in memory), its
+/// format guessed from the content, else from the extension.
+fn open_reader(
+    path: &Path,
+) -> Result<image::ImageReader<std::io::BufReader<crate::fs::File>>, image::ImageError> {
+    let file = crate::fs::File::open(path).map_err(image::ImageError::IoError)?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    Ok(reader.with_guessed_format()?)
+}
+
 /// Reads only the header (dimensions and format), guessing the format from the content.
 pub fn read_header(path: &Path) -> Result<Header, image::ImageError> {
-    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let reader = open_reader(path)?;
     let format = reader
         .format()
         .map_or_else(|| "unknown".to_owned(), format_name);
@@ -44,7 +57,7 @@ pub fn read_header(path: &Path) -> Result<Header, image::ImageError> {
 
 /// Decodes a whole image file within the limits.
 pub fn decode_file(path: &Path) -> Result<image::DynamicImage, image::ImageError> {
-    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let mut reader = open_reader(path)?;
     reader.limits(limits());
     reader.decode()
 }
@@ -246,7 +259,7 @@ fn webp_complete(b: &[u8]) -> Result<(), String> {
 /// Reads and decodes a whole file within the limits, after checking with [`check_complete`]
 /// that it is not truncated.
 pub fn decode_file_complete(path: &Path) -> Result<image::DynamicImage, DecodeFailure> {
-    let bytes = std::fs::read(path).map_err(|e| DecodeFailure::Unreadable(e.to_string()))?;
+    let bytes = crate::fs::read(path).map_err(|e| DecodeFailure::Unreadable(e.to_string()))?;
     if let Ok(format) = image::guess_format(&bytes) {
         check_complete(&bytes, format).map_err(DecodeFailure::Truncated)?;
     }
@@ -287,16 +300,16 @@ mod tests {
             image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 0]));
         let png = dir.path().join("ok.png");
         img.save(&png).unwrap();
-        let bytes = std::fs::read(&png).unwrap();
+        let bytes = crate::fs::read(&png).unwrap();
         assert_eq!(read_header(&png).unwrap().format, "png");
         assert!(decode_file(&png).is_ok());
 
         let truncated = dir.path().join("truncated.png");
-        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        crate::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
         assert!(decode_file(&truncated).is_err());
 
         let garbage = dir.path().join("garbage.jpg");
-        std::fs::write(&garbage, b"this is not an image at all").unwrap();
+        crate::fs::write(&garbage, b"this is not an image at all").unwrap();
         assert!(read_header(&garbage).is_err());
         assert!(decode_bytes(b"").is_err());
     }
@@ -318,7 +331,7 @@ mod tests {
         assert!(decode_bytes(&bmp).is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bomb.bmp");
-        std::fs::write(&path, &bmp).unwrap();
+        crate::fs::write(&path, &bmp).unwrap();
         assert!(read_header(&path).is_err());
     }
 
@@ -442,7 +455,7 @@ mod tests {
     fn decode_file_complete_bytes(bytes: &[u8]) -> Result<(), String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image");
-        std::fs::write(&path, bytes).unwrap();
+        crate::fs::write(&path, bytes).unwrap();
         match decode_file_complete(&path) {
             Ok(_) => Ok(()),
             Err(DecodeFailure::Truncated(_)) => Err("truncated".into()),

@@ -12,10 +12,8 @@ pub mod problem;
 pub mod csv_manifest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod frame;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod headers;
 pub mod image_io;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod scan;
 pub mod split;
 #[cfg(not(target_arch = "wasm32"))]
@@ -203,6 +201,9 @@ impl Manifest {
 pub enum OpenError {
     #[error("no such file or folder: {0}")]
     NotFound(PathBuf),
+    /// Something this build cannot open (e.g. a CSV manifest in the browser).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("no images found (looked for {exts}) in {path}", exts = naming::IMAGE_EXTENSIONS.join(", "))]
     NoImages { path: PathBuf },
     #[error("the CSV has no column {wanted:?} (columns: {columns}): {path}")]
@@ -239,12 +240,11 @@ pub enum OpenError {
 }
 
 /// Opens a folder or CSV as a dataset, detecting the format unless `options.format` forces one.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn open(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError> {
-    if !source.exists() {
+    if !crate::fs::exists(source) {
         return Err(OpenError::NotFound(source.to_owned()));
     }
-    if source.is_dir() {
+    if crate::fs::is_dir(source) {
         if let Some(format @ (DatasetFormat::Nih | DatasetFormat::Retina | DatasetFormat::Csv)) =
             options.format
         {
@@ -263,7 +263,13 @@ pub fn open(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError>
                 path: source.to_owned(),
             });
         }
-        csv_manifest::read_csv_dataset(source, options)
+        #[cfg(not(target_arch = "wasm32"))]
+        return csv_manifest::read_csv_dataset(source, options);
+        #[cfg(target_arch = "wasm32")]
+        Err(OpenError::Unsupported(format!(
+            "CSV manifests open in the desktop app; in the browser, drop a folder of class folders or C-NMC-named images: {}",
+            source.display()
+        )))
     }
 }
 

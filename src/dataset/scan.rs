@@ -1,6 +1,9 @@
 //! Parallel folder walk → [`Manifest`] for C-NMC and class-folder datasets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::PathBuf;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -30,6 +33,7 @@ pub struct Walk {
 
 /// Walks `root` in parallel, following symlinks (loops become problems), skipping hidden
 /// files. Image files are returned sorted by path.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn walk_images(root: &Path) -> Walk {
     let out = Mutex::new(Walk::default());
     let threads = std::thread::available_parallelism()
@@ -63,13 +67,35 @@ pub fn walk_images(root: &Path) -> Walk {
             ignore::WalkState::Continue
         })
     });
-    let mut walk = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    sorted(out.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Walks the in-memory file system of the browser (dropped files, the bundled demo): the
+/// same rules as the desktop walk, hidden files skipped.
+#[cfg(target_arch = "wasm32")]
+pub fn walk_images(root: &Path) -> Walk {
+    let mut walk = Walk::default();
+    let root = crate::fs::memory::normalise(root);
+    for path in crate::fs::memory::files_below(&root) {
+        let hidden = path
+            .strip_prefix(&root)
+            .is_ok_and(|rel| rel.iter().any(|c| c.to_string_lossy().starts_with('.')));
+        if !hidden {
+            let len = crate::fs::metadata(&path).map(|m| m.len());
+            visit_file(&root, &path, len, &mut walk);
+        }
+    }
+    sorted(walk)
+}
+
+fn sorted(mut walk: Walk) -> Walk {
     walk.images.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     walk.problems
         .sort_by(|a, b| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
     walk
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn visit(root: &Path, entry: Result<ignore::DirEntry, ignore::Error>, out: &mut Walk) {
     let entry = match entry {
         Ok(entry) => entry,
@@ -83,7 +109,12 @@ fn visit(root: &Path, entry: Result<ignore::DirEntry, ignore::Error>, out: &mut 
     if !entry.file_type().is_some_and(|t| t.is_file()) {
         return;
     }
-    let path = entry.path();
+    let len = entry.metadata().map(|m| m.len()).map_err(|e| e.to_string());
+    visit_file(root, entry.path(), len, out);
+}
+
+/// Sorts one file into an image or a problem.
+fn visit_file<E: std::fmt::Display>(root: &Path, path: &Path, len: Result<u64, E>, out: &mut Walk) {
     let Some(rel) = relative_path(path, root) else {
         out.problems.push(Problem::new(
             ProblemKind::NonUtf8Name,
@@ -104,8 +135,8 @@ fn visit(root: &Path, entry: Result<ignore::DirEntry, ignore::Error>, out: &mut 
             .push(Problem::new(ProblemKind::NotAnImage, rel, String::new()));
         return;
     }
-    let bytes = match entry.metadata() {
-        Ok(m) => m.len(),
+    let bytes = match len {
+        Ok(len) => len,
         Err(err) => {
             out.problems
                 .push(Problem::new(ProblemKind::WalkError, rel, err.to_string()));
@@ -115,6 +146,7 @@ fn visit(root: &Path, entry: Result<ignore::DirEntry, ignore::Error>, out: &mut 
     out.images.push(FoundFile { rel, bytes });
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn error_path(err: &ignore::Error) -> Option<PathBuf> {
     match err {
         ignore::Error::WithPath { path, .. } => Some(path.clone()),
@@ -127,6 +159,7 @@ fn error_path(err: &ignore::Error) -> Option<PathBuf> {
 }
 
 /// The error's message without the path (which is reported separately).
+#[cfg(not(target_arch = "wasm32"))]
 fn strip_path(err: &ignore::Error) -> String {
     match err {
         ignore::Error::WithPath { err, .. } => strip_path(err),
@@ -234,11 +267,16 @@ pub fn layout_warnings(root: &Path, records: &[Record]) -> Vec<Problem> {
         ));
     }
     let mut folders = vec![root.to_owned()];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        folders.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    if let Ok(entries) = crate::fs::read_dir(root) {
+        folders.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| crate::fs::is_dir(p)),
+        );
     }
     for folder in folders {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+        for entry in crate::fs::read_dir(&folder).into_iter().flatten().flatten() {
             let path = entry.path();
             if path
                 .extension()
@@ -370,13 +408,13 @@ mod tests {
     fn a_two_dataset_folder_with_masks_and_label_csvs_is_flagged() {
         let dir = tempfile::tempdir().unwrap();
         let png = |p: &Path| {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            crate::fs::create_dir_all(p.parent().unwrap()).unwrap();
             image::RgbImage::new(4, 4).save(p).unwrap();
         };
         for set in ["Dataset 1", "Dataset 2"] {
             png(&dir.path().join(set).join("001.bmp"));
             png(&dir.path().join(set).join("001.png"));
-            std::fs::write(
+            crate::fs::write(
                 dir.path().join(format!("{set} labels.csv")),
                 "id,class\n1,a\n",
             )
@@ -402,8 +440,8 @@ mod tests {
         let root = dir.path();
         for rel in ["A/b1/x.jpg", "B/b1/y.jpg", "A/top.jpg", "B/c/d/deep.png"] {
             let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, b"not decoded here").unwrap();
+            crate::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            crate::fs::write(path, b"not decoded here").unwrap();
         }
         let m = scan_folder(root, Some(DatasetFormat::ClassFolders)).unwrap();
         let labels: Vec<(&str, &str)> = m

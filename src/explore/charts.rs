@@ -385,7 +385,7 @@ pub fn write_chart(spec: &ChartSpec, dir: &Path, stem: &str) -> anyhow::Result<V
 
 /// Writes every chart of a report into `dir`; returns the files written.
 pub fn write_report_charts(report: &ExploreReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+    crate::fs::create_dir_all(dir)?;
     let mut files = Vec::new();
     for (stem, spec) in report_charts(report) {
         files.extend(write_chart(&spec, dir, stem)?);

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::dataset::csv_manifest::read_csv_strings;
 use crate::dataset::naming::split_labels;
+use crate::fsio::CsvTable;
 use crate::train::metrics::{self, Metrics, Task};
 
 /// The evaluation of a predictions file.
@@ -75,13 +75,8 @@ fn parse_probability(cell: &str) -> Result<f32, String> {
     Ok(v.clamp(0.0, 1.0) as f32)
 }
 
-fn column(df: &polars::prelude::DataFrame, name: &str) -> Option<Vec<String>> {
-    let c = df.column(name).ok()?.str().ok()?.clone();
-    Some(
-        c.iter()
-            .map(|v| v.unwrap_or_default().trim().to_owned())
-            .collect(),
-    )
+fn column(df: &CsvTable, name: &str) -> Option<Vec<String>> {
+    df.column(name)
 }
 
 fn base_name(p: &str) -> &str {
@@ -93,12 +88,8 @@ pub fn evaluate_csv(
     truth_csv: Option<&Path>,
     task: Option<Task>,
 ) -> anyhow::Result<Evaluation> {
-    let df = read_csv_strings(predictions)?;
-    let names: Vec<String> = df
-        .get_column_names()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let df = CsvTable::read(predictions)?;
+    let names: Vec<String> = df.header.iter().map(|c| c.trim().to_string()).collect();
     let prob_cols: Vec<&String> = names.iter().filter(|n| n.starts_with("p_")).collect();
     anyhow::ensure!(
         prob_cols.len() >= 2,
@@ -142,7 +133,7 @@ pub fn evaluate_csv(
                 )
             })?,
         Some(t) => {
-            let tdf = read_csv_strings(t)?;
+            let tdf = CsvTable::read(t)?;
             let paths = column(&tdf, "path")
                 .ok_or_else(|| anyhow::anyhow!("no `path` column in {}", t.display()))?;
             let labels_col = ["label", "truth", "labels", "target"]
@@ -272,7 +263,7 @@ mod tests {
     fn eval(text: &str) -> anyhow::Result<Evaluation> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pred.csv");
-        std::fs::write(&path, text).unwrap();
+        crate::fs::write(&path, text).unwrap();
         evaluate_csv(&path, None, None)
     }
 

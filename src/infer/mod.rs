@@ -1,6 +1,7 @@
 //! Using a trained model: loading a run, batch prediction to CSV, and the HTTP endpoint.
 
 pub mod evaluate;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod serve;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub struct PredictSummary {
 
 /// Collects image files: a single image, a folder (recursively) or a dataset manifest CSV.
 pub fn collect_inputs(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if input.is_dir() {
+    if crate::fs::is_dir(input) {
         let walk = crate::dataset::scan::walk_images(input);
         return Ok(walk.images.into_iter().map(|f| input.join(f.rel)).collect());
     }
@@ -31,35 +32,62 @@ pub fn collect_inputs(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
         return Ok(m.records.iter().map(|r| m.image_path(r)).collect());
     }
     anyhow::ensure!(
-        input.exists(),
+        crate::fs::exists(input),
         "no such file or folder: {}",
         input.display()
     );
     Ok(vec![input.to_owned()])
 }
 
-/// Predicts every image and writes `path,predicted,p_<label>…` to `out` (atomically).
-/// Unreadable images are listed in the summary and skipped.
-pub fn predict_to_csv(
-    classifier: &Classifier,
-    paths: &[PathBuf],
-    out: &Path,
+/// Batch prediction in steps: [`BatchPrediction::step`] predicts the next `batch_size` images,
+/// [`BatchPrediction::finish`] writes the CSV. [`predict_to_csv`] runs it to the end; the
+/// browser runs one step per frame.
+pub struct BatchPrediction {
+    paths: Vec<PathBuf>,
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<PredictSummary> {
-    use rayon::prelude::*;
-    let mut text = String::from("path,predicted");
-    for l in &classifier.info.labels {
-        text.push_str(&format!(",{}", csv_field(&format!("p_{l}"))));
+    next: usize,
+    text: String,
+    summary: PredictSummary,
+}
+
+impl BatchPrediction {
+    /// A prediction of `paths` by `classifier` (pass the same one to every step).
+    pub fn new(classifier: &Classifier, paths: Vec<PathBuf>, batch_size: usize) -> Self {
+        let mut text = String::from("path,predicted");
+        for l in &classifier.info.labels {
+            text.push_str(&format!(",{}", csv_field(&format!("p_{l}"))));
+        }
+        text.push('\n');
+        Self {
+            paths,
+            batch_size: batch_size.max(1),
+            next: 0,
+            text,
+            summary: PredictSummary {
+                images: 0,
+                predicted: 0,
+                failed: Vec::new(),
+                rows: Vec::new(),
+            },
+        }
     }
-    text.push('\n');
-    let mut summary = PredictSummary {
-        images: paths.len(),
-        predicted: 0,
-        failed: Vec::new(),
-        rows: Vec::new(),
-    };
-    for (b, chunk) in paths.chunks(batch_size.max(1)).enumerate() {
+
+    /// Images done so far.
+    pub fn done(&self) -> usize {
+        self.next
+    }
+
+    /// Images in all.
+    pub fn total(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Predicts the next batch; returns whether images are left.
+    pub fn step(&mut self, classifier: &Classifier) -> bool {
+        use rayon::prelude::*;
+        let end = (self.next + self.batch_size).min(self.paths.len());
+        let chunk = &self.paths[self.next..end];
+        self.next = end;
         let loaded: Vec<Result<Vec<f32>, String>> = chunk
             .par_iter()
             .map(|p| {
@@ -78,26 +106,53 @@ pub fn predict_to_csv(
                     ok_paths.push(p);
                     flat.extend(chw);
                 }
-                Err(e) => summary.failed.push((p.display().to_string(), e)),
+                Err(e) => self.summary.failed.push((p.display().to_string(), e)),
             }
         }
         let probs = classifier.probabilities(flat, ok_paths.len());
         for (p, pr) in ok_paths.iter().zip(&probs) {
             let label = classifier.predicted(pr);
-            text.push_str(&format!(
+            self.text.push_str(&format!(
                 "{},{}",
                 csv_field(&p.display().to_string()),
                 csv_field(&label)
             ));
-            summary.rows.push(((*p).clone(), label, pr.clone()));
+            self.summary.rows.push(((*p).clone(), label, pr.clone()));
             for v in pr {
-                text.push_str(&format!(",{v:.6}"));
+                self.text.push_str(&format!(",{v:.6}"));
             }
-            text.push('\n');
-            summary.predicted += 1;
+            self.text.push('\n');
+            self.summary.predicted += 1;
         }
-        progress(((b + 1) * batch_size).min(paths.len()), paths.len());
+        self.next < self.paths.len()
     }
-    crate::fsio::write_atomic_bytes(out, text.as_bytes())?;
-    Ok(summary)
+
+    /// Writes the CSV to `out`.
+    pub fn finish(mut self, out: &Path) -> anyhow::Result<PredictSummary> {
+        crate::fsio::write_atomic_bytes(out, self.text.as_bytes())?;
+        self.summary.images = self.paths.len();
+        Ok(self.summary)
+    }
+}
+
+/// Predicts every image and writes `path,predicted,p_<label>…` to `out` (atomically).
+/// Unreadable images are listed in the summary and skipped.
+pub fn predict_to_csv(
+    classifier: &Classifier,
+    paths: &[PathBuf],
+    out: &Path,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PredictSummary> {
+    let mut prediction = BatchPrediction::new(classifier, paths.to_vec(), batch_size);
+    if !paths.is_empty() {
+        loop {
+            let more = prediction.step(classifier);
+            progress(prediction.done(), paths.len());
+            if !more {
+                break;
+            }
+        }
+    }
+    prediction.finish(out)
 }

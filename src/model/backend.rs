@@ -58,6 +58,13 @@ pub fn adapters() -> Vec<Adapter> {
     ADAPTERS.get_or_init(probe_adapters).clone()
 }
 
+/// In the browser this build computes on the CPU path (WebAssembly SIMD); no adapter is probed.
+#[cfg(target_arch = "wasm32")]
+fn probe_adapters() -> Vec<Adapter> {
+    Vec::new()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn probe_adapters() -> Vec<Adapter> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -81,6 +88,12 @@ fn probe_adapters() -> Vec<Adapter> {
         .collect()
 }
 
+#[cfg(target_arch = "wasm32")]
+fn wgpu_device() -> Result<Compute, String> {
+    Err("the browser build computes on the CPU (WebAssembly); wgpu is for the desktop".into())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn wgpu_device() -> Result<Compute, String> {
     static WGPU: OnceLock<Result<Compute, String>> = OnceLock::new();
     WGPU.get_or_init(|| {

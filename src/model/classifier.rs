@@ -94,12 +94,12 @@ impl Classifier {
     /// Loads `model.safetensors` and `model.json` of a run folder onto `device`.
     pub fn load(run: &Path, device: &Device) -> anyhow::Result<Self> {
         let info: ModelInfo = serde_json::from_slice(
-            &std::fs::read(run.join("model.json"))
+            &crate::fs::read(run.join("model.json"))
                 .with_context(|| format!("no model.json in {}", run.display()))?,
         )
         .with_context(|| format!("reading {}", run.join("model.json").display()))?;
         crate::fsio::check_format_version(info.format_version, &run.join("model.json"))?;
-        let bytes = std::fs::read(run.join("model.safetensors")).with_context(|| {
+        let bytes = crate::fs::read(run.join("model.safetensors")).with_context(|| {
             format!(
                 "no model.safetensors in {} (did the run finish?)",
                 run.display()

@@ -233,12 +233,12 @@ impl EfficientNetLite {
 
 /// The bundled Lite0 weights.
 pub fn bundled_lite0_weights() -> std::io::Result<Vec<u8>> {
-    std::fs::read(crate::assets_dir().join("weights/efficientnet_lite0.safetensors"))
+    crate::fs::read(crate::assets_dir().join("weights/efficientnet_lite0.safetensors"))
 }
 
 /// ImageNet class names, index order.
 pub fn imagenet_classes() -> Vec<String> {
-    std::fs::read_to_string(crate::assets_dir().join("imagenet_classes.txt"))
+    crate::fs::read_to_string(crate::assets_dir().join("imagenet_classes.txt"))
         .map(|s| s.lines().map(str::to_owned).collect())
         .unwrap_or_default()
 }
@@ -254,7 +254,7 @@ pub(crate) mod reference {
     pub fn fixture() -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
         let fixture: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap())
+            serde_json::from_str(&crate::fs::read_to_string(dir.join("logits.json")).unwrap())
                 .unwrap();
         let mut batch = Vec::new();
         let mut expected = Vec::new();

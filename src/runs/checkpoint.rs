@@ -22,7 +22,7 @@ pub fn checkpoint_dir(run: &Path) -> PathBuf {
 pub fn latest(run: &Path) -> anyhow::Result<Option<PathBuf>> {
     let dir = checkpoint_dir(run);
     let pointer = dir.join(LATEST);
-    match std::fs::read_to_string(&pointer) {
+    match crate::fs::read_to_string(&pointer) {
         Ok(name) => {
             let name = name.trim();
             anyhow::ensure!(
@@ -32,14 +32,14 @@ pub fn latest(run: &Path) -> anyhow::Result<Option<PathBuf>> {
             );
             let generation = dir.join(name);
             anyhow::ensure!(
-                generation.is_dir(),
+                crate::fs::is_dir(&generation),
                 "the checkpoint pointer names a missing generation {name}: {}",
                 pointer.display()
             );
             Ok(Some(generation))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(dir.join("state.json").is_file().then_some(dir))
+            Ok(crate::fs::is_file(&dir.join("state.json")).then_some(dir))
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", pointer.display())),
     }
@@ -57,11 +57,11 @@ impl Generation {
     pub fn begin(run: &Path, epoch: u32) -> anyhow::Result<Self> {
         let name = format!("epoch-{epoch}");
         let partial = checkpoint_dir(run).join(format!("{name}.partial"));
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)
+        if crate::fs::exists(&partial) {
+            crate::fs::remove_dir_all(&partial)
                 .with_context(|| format!("removing {}", partial.display()))?;
         }
-        std::fs::create_dir_all(&partial)
+        crate::fs::create_dir_all(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
         Ok(Self {
             run: run.to_owned(),
@@ -89,26 +89,26 @@ impl Generation {
     pub fn commit(self) -> anyhow::Result<PathBuf> {
         let dir = checkpoint_dir(&self.run);
         let done = dir.join(&self.name);
-        if done.exists() {
+        if crate::fs::exists(&done) {
             // The same epoch written again (a resumed run repeating it).
-            std::fs::remove_dir_all(&done)
+            crate::fs::remove_dir_all(&done)
                 .with_context(|| format!("removing {}", done.display()))?;
         }
-        std::fs::rename(&self.partial, &done)
+        crate::fs::rename(&self.partial, &done)
             .with_context(|| format!("completing {}", done.display()))?;
         crate::fsio::write_atomic_bytes(&dir.join(LATEST), self.name.as_bytes())
             .with_context(|| format!("writing {}", dir.join(LATEST).display()))?;
         // Older generations and files of the layout before generations: no longer needed.
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for entry in crate::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == self.name || name == LATEST {
                 continue;
             }
             let path = entry.path();
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
+            let removed = if crate::fs::is_dir(&path) {
+                crate::fs::remove_dir_all(&path)
             } else {
-                std::fs::remove_file(&path)
+                crate::fs::remove_file(&path)
             };
             if let Err(e) = removed {
                 log::warn!("old checkpoint not removed ({e}): {}", path.display());
@@ -136,7 +136,7 @@ mod tests {
         drop(g);
         assert_eq!(latest(run.path()).unwrap(), Some(first.clone()));
         assert_eq!(
-            std::fs::read(first.join("state.json")).unwrap(),
+            crate::fs::read(first.join("state.json")).unwrap(),
             b"{\"epoch\":1}"
         );
         // The next writer of epoch 2 starts clean and, once committed, replaces epoch 1.
@@ -152,10 +152,10 @@ mod tests {
     fn the_layout_before_generations_still_resumes_and_a_bad_pointer_is_an_error() {
         let run = tempfile::tempdir().unwrap();
         let dir = checkpoint_dir(run.path());
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("state.json"), b"{}").unwrap();
+        crate::fs::create_dir_all(&dir).unwrap();
+        crate::fs::write(dir.join("state.json"), b"{}").unwrap();
         assert_eq!(latest(run.path()).unwrap(), Some(dir.clone()));
-        std::fs::write(dir.join(LATEST), b"epoch-9").unwrap();
+        crate::fs::write(dir.join(LATEST), b"epoch-9").unwrap();
         let err = latest(run.path()).unwrap_err().to_string();
         assert!(err.contains("missing generation epoch-9"), "{err}");
     }

@@ -88,7 +88,7 @@ impl DatasetFile {
     pub fn read(run: &Path) -> anyhow::Result<Self> {
         let path = run.join("dataset.json");
         anyhow::ensure!(
-            path.is_file(),
+            crate::fs::is_file(&path),
             "the run has no dataset.json (it was started by an older cellbench): {}",
             run.display()
         );
@@ -152,12 +152,12 @@ pub struct RunStatus {
 pub struct RunDir {
     pub id: String,
     pub path: PathBuf,
-    events: std::fs::File,
+    events: crate::fs::File,
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        std::fs::remove_file(self.path.join(LOCK)).ok();
+        crate::fs::remove_file(self.path.join(LOCK)).ok();
     }
 }
 
@@ -169,17 +169,17 @@ const LOCK: &str = "lock";
 fn take_lock(path: &Path) -> anyhow::Result<()> {
     let lock = path.join(LOCK);
     for _ in 0..2 {
-        match std::fs::OpenOptions::new()
+        match crate::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&lock)
         {
             Ok(mut f) => {
-                f.write_all(std::process::id().to_string().as_bytes())?;
+                f.write_all(crate::fs::process_id().to_string().as_bytes())?;
                 return Ok(());
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = std::fs::read_to_string(&lock)
+                let owner = crate::fs::read_to_string(&lock)
                     .ok()
                     .and_then(|s| s.trim().parse::<u32>().ok());
                 if let Some(pid) = owner
@@ -191,7 +191,7 @@ fn take_lock(path: &Path) -> anyhow::Result<()> {
                     );
                 }
                 // The owner is gone (killed): the lock is stale.
-                std::fs::remove_file(&lock)
+                crate::fs::remove_file(&lock)
                     .with_context(|| format!("removing the stale lock {}", lock.display()))?;
             }
             Err(e) => return Err(e).with_context(|| format!("locking {}", lock.display())),
@@ -203,13 +203,13 @@ fn take_lock(path: &Path) -> anyhow::Result<()> {
 impl RunDir {
     /// Creates `root/<id>` with a fresh id (`YYYYmmdd-HHMMSS-<mode>-<n>`).
     pub fn create(root: &Path, config: &TrainConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        crate::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let stamp = utc_stamp();
         let mode = format!("{:?}", config.mode).to_lowercase();
         for n in 1.. {
             let id = format!("{stamp}-{mode}-{n}");
             let path = root.join(&id);
-            match std::fs::create_dir(&path) {
+            match crate::fs::create_dir(&path) {
                 Ok(()) => {
                     take_lock(&path)?;
                     let toml = toml::to_string_pretty(config)?;
@@ -231,7 +231,7 @@ impl RunDir {
             .context("run folder name")?
             .to_owned();
         anyhow::ensure!(
-            path.join("config.toml").is_file(),
+            crate::fs::is_file(&path.join("config.toml")),
             "not a run folder (no config.toml): {}",
             path.display()
         );
@@ -240,7 +240,7 @@ impl RunDir {
     }
 
     fn open_events(id: String, path: PathBuf) -> anyhow::Result<Self> {
-        let events = std::fs::OpenOptions::new()
+        let events = crate::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path.join("events.jsonl"))
@@ -277,7 +277,7 @@ impl RunDir {
                 format_version: FORMAT_VERSION,
                 state,
                 epoch,
-                pid: (state == RunState::Running).then(std::process::id),
+                pid: (state == RunState::Running).then(crate::fs::process_id),
                 message,
             },
         )
@@ -286,7 +286,7 @@ impl RunDir {
 
 /// The config of an existing run.
 pub fn read_config(run: &Path) -> anyhow::Result<TrainConfig> {
-    let text = std::fs::read_to_string(run.join("config.toml"))
+    let text = crate::fs::read_to_string(run.join("config.toml"))
         .with_context(|| format!("reading {}", run.join("config.toml").display()))?;
     Ok(toml::from_str(&text)?)
 }
@@ -306,13 +306,13 @@ pub fn read_status(run: &Path) -> anyhow::Result<RunStatus> {
 
 /// Every event of a run, skipping lines that are not events (e.g. a torn last line).
 pub fn read_events(run: &Path) -> anyhow::Result<Vec<TrainEvent>> {
-    let text = std::fs::read_to_string(run.join("events.jsonl"))
+    let text = crate::fs::read_to_string(run.join("events.jsonl"))
         .with_context(|| format!("reading {}", run.join("events.jsonl").display()))?;
     Ok(text.lines().filter_map(TrainEvent::parse_line).collect())
 }
 
 fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
+    if pid == crate::fs::process_id() {
         return true;
     }
     Path::new(&format!("/proc/{pid}")).exists()
@@ -320,8 +320,8 @@ fn process_alive(pid: u32) -> bool {
 
 /// `YYYYmmdd-HHMMSS` in UTC, now.
 pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let secs = web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     crate::clock::utc_compact(secs).replace('T', "-")
 }
@@ -344,7 +344,7 @@ mod tests {
         a.set_status(RunState::Running, 0, None).unwrap();
         assert_eq!(read_status(&a.path).unwrap().state, RunState::Running);
         // A torn last line (killed mid-write) is ignored.
-        std::fs::OpenOptions::new()
+        crate::fs::OpenOptions::new()
             .append(true)
             .open(a.path.join("events.jsonl"))
             .unwrap()
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(read_events(&a.path).unwrap().len(), 1);
         assert_eq!(read_config(&a.path).unwrap(), cfg);
         // A status left by a dead process reads as interrupted.
-        std::fs::write(
+        crate::fs::write(
             a.path.join("status.json"),
             r#"{"state":"running","epoch":2,"pid":4000000000,"message":null}"#,
         )
@@ -361,7 +361,7 @@ mod tests {
         let s = read_status(&a.path).unwrap();
         assert_eq!((s.state, s.epoch), (RunState::Interrupted, 2));
         // A newer format is refused with a message, not misread.
-        std::fs::write(
+        crate::fs::write(
             a.path.join("status.json"),
             r#"{"format_version":99,"state":"finished","epoch":2,"pid":null,"message":null}"#,
         )
@@ -381,18 +381,18 @@ mod tests {
         let a = RunDir::create(dir.path(), &TrainConfig::default()).unwrap();
         let path = a.path.clone();
         // Held by this (live) process: a second trainer is refused.
-        std::fs::write(path.join(LOCK), "1").unwrap(); // pid 1 is always alive
+        crate::fs::write(path.join(LOCK), "1").unwrap(); // pid 1 is always alive
         let err = RunDir::reopen(&path).err().expect("refused");
         assert!(
             format!("{err:#}").contains("being trained by process 1"),
             "{err:#}"
         );
         // A lock left by a dead process is taken over.
-        std::fs::write(path.join(LOCK), "4000000000").unwrap();
+        crate::fs::write(path.join(LOCK), "4000000000").unwrap();
         let b = RunDir::reopen(&path).unwrap();
         assert_eq!(
-            std::fs::read_to_string(path.join(LOCK)).unwrap(),
-            std::process::id().to_string()
+            crate::fs::read_to_string(path.join(LOCK)).unwrap(),
+            crate::fs::process_id().to_string()
         );
         drop(b);
         assert!(!path.join(LOCK).exists());

@@ -12,11 +12,11 @@ use super::{RunState, read_config, read_events, read_status};
 
 /// Run folder names under `root`, oldest first (ids start with a UTC timestamp).
 pub fn list_runs(root: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(root)
+    let mut ids: Vec<String> = crate::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("config.toml").is_file())
+        .filter(|e| crate::fs::is_file(&e.path().join("config.toml")))
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     ids.sort();
@@ -112,7 +112,7 @@ pub fn load_summary(runs_root: &Path, id: &str) -> anyhow::Result<RunSummary> {
     let config = read_config(&dir)?;
     let status = read_status(&dir).ok();
     let events = read_events(&dir).unwrap_or_default();
-    let info: Option<crate::model::ModelInfo> = std::fs::read(dir.join("model.json"))
+    let info: Option<crate::model::ModelInfo> = crate::fs::read(dir.join("model.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let metrics = super::MetricsFile::read(&dir).ok();
@@ -189,20 +189,14 @@ pub fn load_evaluation(runs_root: &Path, id: &str) -> anyhow::Result<RunEvaluati
         .with_context(|| format!("{id}: no readable model.json"))?;
     super::check_format_version(info.format_version, &dir.join("model.json"))?;
     anyhow::ensure!(
-        dir.join("metrics.json").is_file(),
+        crate::fs::is_file(&dir.join("metrics.json")),
         "{id}: the run has not finished (no metrics.json)"
     );
     let file = super::MetricsFile::read(&dir)?;
     let metrics: Metrics = file.val.clone();
-    let df = crate::dataset::csv_manifest::read_csv_strings(&dir.join("predictions.csv"))?;
+    let df = crate::fsio::CsvTable::read(&dir.join("predictions.csv"))?;
     let col = |name: &str| -> Vec<String> {
         df.column(name)
-            .ok()
-            .and_then(|c| {
-                c.str()
-                    .ok()
-                    .map(|s| s.iter().map(|v| v.unwrap_or_default().to_owned()).collect())
-            })
             .unwrap_or_else(|| vec![String::new(); df.height()])
     };
     let (path, patient, split, truth, predicted) = (

@@ -46,7 +46,8 @@ pub fn export_features(job: &TrainJob, folds: Option<usize>, out: &Path) -> anyh
         &mut |_, _| {},
         &AtomicBool::new(false),
     );
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let file =
+        crate::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let d = f
         .features

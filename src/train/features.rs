@@ -38,7 +38,7 @@ impl FeatureCache {
     }
 
     fn get(&self, key: &str) -> Option<Vec<f32>> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
+        let bytes = crate::fs::read(self.path(key)).ok()?;
         (bytes.len() == FEATURES * 4).then(|| {
             bytes
                 .chunks_exact(4)
@@ -123,7 +123,7 @@ pub fn featurize(
         let loaded: Vec<Loaded> = chunk
             .par_iter()
             .map(|path| {
-                let bytes = match std::fs::read(path) {
+                let bytes = match crate::fs::read(path) {
                     Ok(b) => b,
                     Err(e) => return Loaded::Failed(e.to_string()),
                 };
@@ -188,7 +188,7 @@ mod tests {
             ..Preprocess::default()
         };
         let dir = crate::demo_dataset().join("Neutrophil");
-        let file = std::fs::read_dir(&dir)
+        let file = crate::fs::read_dir(&dir)
             .unwrap()
             .next()
             .unwrap()

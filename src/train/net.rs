@@ -189,13 +189,13 @@ pub(super) fn restore_training_state(
     best_epoch: u32,
 ) -> (Net, Option<Net>, Option<String>) {
     let mut missing = Vec::new();
-    let ids: Option<BTreeMap<String, u64>> = std::fs::read(dir.join("param_ids.json"))
+    let ids: Option<BTreeMap<String, u64>> = crate::fs::read(dir.join("param_ids.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let net = match ids {
         Some(ids) => {
             for (i, o) in optims.iter_mut().enumerate() {
-                let state = std::fs::read(dir.join(format!("optimizer-{i}.bpk")));
+                let state = crate::fs::read(dir.join(format!("optimizer-{i}.bpk")));
                 let restored = state.ok().and_then(|b| {
                     optimizer(config)
                         .from_bytes(burn::tensor::Bytes::from_bytes_vec(b))
@@ -214,7 +214,7 @@ pub(super) fn restore_training_state(
         }
     };
     let best = (best_epoch > 0)
-        .then(|| std::fs::read(dir.join("best.safetensors")).ok())
+        .then(|| crate::fs::read(dir.join("best.safetensors")).ok())
         .flatten()
         .and_then(|b| net.valid().with_bytes(&b).ok());
     if best.is_none() && best_epoch > 0 {

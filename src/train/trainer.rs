@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use web_time::Instant;
 
 use anyhow::Context as _;
 
@@ -239,11 +239,11 @@ impl<'a> Trainer<'a> {
             ),
         };
         let mut net = match &resume_from {
-            Some(g) => net.with_bytes(
-                &std::fs::read(g.join("model.safetensors")).with_context(|| {
-                    format!("reading {}", g.join("model.safetensors").display())
-                })?,
-            )?,
+            Some(g) => {
+                net.with_bytes(&crate::fs::read(g.join("model.safetensors")).with_context(
+                    || format!("reading {}", g.join("model.safetensors").display()),
+                )?)?
+            }
             None => net,
         };
         run.write_json("model.json", &info)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use web_time::Instant;
 
 use eframe::egui;
 
@@ -70,17 +70,22 @@ pub struct Task<T> {
 }
 
 impl<T: Send + 'static> Task<T> {
-    pub fn spawn(ctx: &egui::Context, name: &str, f: impl FnOnce() -> T + Send + 'static) -> Self {
+    pub fn spawn(
+        ctx: &egui::Context,
+        name: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let v = f();
-                tx.send(v).ok();
-                ctx.request_repaint();
-            });
-        if let Err(e) = spawned {
+        let job = move || {
+            let v = f();
+            tx.send(v).ok();
+            ctx.request_repaint();
+        };
+        #[cfg(target_arch = "wasm32")]
+        super::compute::defer(name, job);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(job) {
             log::error!("could not start {name}: {e}");
         }
         Self { rx }
@@ -98,6 +103,53 @@ impl<T: Send + 'static> Task<T> {
             tx.send(f()).ok();
             ctx.request_repaint();
         }) {
+            log::error!("the compute worker is gone");
+        }
+        Self { rx }
+    }
+
+    /// Runs a job in steps on the compute worker (see
+    /// [`ComputeWorker::submit_steps`](super::compute::ComputeWorker::submit_steps)): `init`
+    /// once, `step` until it returns false, then `finish`.
+    pub fn in_steps_on_worker<S: Send + 'static, V>(
+        ctx: &egui::Context,
+        worker: &super::compute::ComputeWorker,
+        init: impl FnOnce() -> Result<S, String> + Send + 'static,
+        mut step: impl FnMut(&mut S) -> bool + Send + 'static,
+        finish: impl FnOnce(S) -> Result<V, String> + Send + 'static,
+    ) -> Self
+    where
+        T: From<Result<V, String>>,
+    {
+        let (tx, rx) = mpsc::channel();
+        let ctx = ctx.clone();
+        let mut init = Some(init);
+        let mut finish = Some(finish);
+        let mut state: Option<S> = None;
+        let submitted = worker.submit_steps(move || {
+            if let Some(init) = init.take() {
+                match init() {
+                    Ok(s) => state = Some(s),
+                    Err(e) => {
+                        tx.send(T::from(Err(e))).ok();
+                        ctx.request_repaint();
+                        return false;
+                    }
+                }
+            }
+            let Some(s) = state.as_mut() else {
+                return false;
+            };
+            if step(s) {
+                return true;
+            }
+            if let (Some(s), Some(finish)) = (state.take(), finish.take()) {
+                tx.send(T::from(finish(s))).ok();
+                ctx.request_repaint();
+            }
+            false
+        });
+        if !submitted {
             log::error!("the compute worker is gone");
         }
         Self { rx }
@@ -289,22 +341,23 @@ impl Runtime {
     pub fn in_background(
         &self,
         ctx: &egui::Context,
-        name: &str,
+        name: &'static str,
         work: impl FnOnce() -> Result<String, String> + Send + 'static,
     ) {
         let tx = self.notes_tx.clone();
         let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let note = match work() {
-                    Ok(text) => (false, text),
-                    Err(text) => (true, text),
-                };
-                tx.send(note).ok();
-                ctx.request_repaint();
-            });
-        if let Err(e) = spawned {
+        let job = move || {
+            let note = match work() {
+                Ok(text) => (false, text),
+                Err(text) => (true, text),
+            };
+            tx.send(note).ok();
+            ctx.request_repaint();
+        };
+        #[cfg(target_arch = "wasm32")]
+        super::compute::defer(name, job);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(job) {
             log::error!("could not start {name}: {e}");
         }
     }
@@ -406,14 +459,40 @@ struct ScrollBench {
 
 /// Peak resident memory of this process (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = crate::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
+/// `CELLBENCH_RUN_ALL` (desktop) or `?run=all` in the page's address (browser): run every
+/// cell once the notebook is shown (demos, screenshots, end-to-end tests).
+fn run_all_on_start() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    let asked = std::env::var_os("CELLBENCH_RUN_ALL").is_some();
+    #[cfg(target_arch = "wasm32")]
+    let asked = crate::web::url_param("run").as_deref() == Some("all");
+    asked
+}
+
+/// What the notebook shows, in numbers: for scripts driving the page or the window.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct NotebookStatus {
+    /// Opened datasets: (images, labels).
+    pub datasets: Vec<(usize, usize)>,
+    /// Training runs: `running`, `finished` or `failed: …`.
+    pub trainings: Vec<String>,
+    /// Evaluations shown: the confusion matrix's side (0 without one).
+    pub confusion_sides: Vec<usize>,
+    /// Errors reported so far.
+    pub errors: Vec<String>,
+}
+
 /// Where the workbook lives when none was chosen.
 pub fn default_workbook_path() -> PathBuf {
+    if cfg!(target_arch = "wasm32") {
+        return PathBuf::from("/cellbench/notebook.cellbook.toml");
+    }
     std::env::var_os("CELLBENCH_WORKBOOK").map_or_else(
         || {
             std::env::var_os("HOME")
@@ -425,6 +504,101 @@ pub fn default_workbook_path() -> PathBuf {
 }
 
 impl WorkbenchApp {
+    /// The notebook's state in numbers (see [`NotebookStatus`]).
+    pub fn status(&self) -> NotebookStatus {
+        let mut ids: Vec<&u64> = self.rt.datasets.keys().collect();
+        ids.sort();
+        let datasets = ids
+            .iter()
+            .filter_map(|id| match &self.rt.datasets[id].data {
+                Loading::Ready(d) => Some((d.manifest.records.len(), d.report.labels.len())),
+                _ => None,
+            })
+            .collect();
+        let mut ids: Vec<&u64> = self.rt.trains.keys().collect();
+        ids.sort();
+        let trainings = ids
+            .iter()
+            .map(|id| match &self.rt.trains[id].finished {
+                None => "running".to_owned(),
+                Some(Ok(_)) => "finished".to_owned(),
+                Some(Err(e)) => format!("failed: {e}"),
+            })
+            .collect();
+        let mut ids: Vec<&u64> = self.rt.evals.keys().collect();
+        ids.sort();
+        let confusion_sides = ids
+            .iter()
+            .filter_map(|id| match &self.rt.evals[id].data {
+                Loading::Ready(e) => {
+                    Some(e.metrics.confusion.as_ref().map_or(0, |c| c.labels.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        let errors = self
+            .rt
+            .log
+            .iter()
+            .filter(|(_, error, _)| *error)
+            .map(|(_, _, text)| text.clone())
+            .collect();
+        NotebookStatus {
+            datasets,
+            trainings,
+            confusion_sides,
+            errors,
+        }
+    }
+
+    /// Takes in what the page asks (dropped files, run zips, a notebook file).
+    #[cfg(target_arch = "wasm32")]
+    fn page_request(&mut self, r: crate::web::PageRequest) {
+        use crate::web::PageRequest;
+        match r {
+            PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
+            PageRequest::Note(error, text) => self.rt.note(error, text),
+            PageRequest::ImportRuns(dirs) => {
+                let runs = self.runs_dir();
+                let mut names = Vec::new();
+                for d in dirs {
+                    let Some(name) = d.file_name() else { continue };
+                    let to = runs.join(name);
+                    if crate::fs::exists(&to) {
+                        crate::fs::remove_dir_all(&to).ok();
+                    }
+                    match crate::fs::rename(&d, &to) {
+                        Ok(()) => names.push(name.to_string_lossy().into_owned()),
+                        Err(e) => self.rt.note(true, format!("run {}: {e}", d.display())),
+                    }
+                }
+                self.rt.run_ids = None;
+                self.rt.evals.clear();
+                self.rt.compares.values_mut().for_each(|c| c.stale = true);
+                self.rt.note(
+                    false,
+                    format!(
+                        "opened {} run(s): {}; Evaluate and Compare cells show them",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                );
+            }
+            PageRequest::OpenWorkbook(path) => match Workbook::load(&path) {
+                Ok(w) => {
+                    for id in self.workbook.cells.iter().map(|c| c.id).collect::<Vec<_>>() {
+                        self.rt.forget(id);
+                    }
+                    self.workbook = w;
+                    self.touch();
+                    self.rt
+                        .note(false, format!("opened the notebook {}", path.display()));
+                }
+                Err(e) => self.rt.note(true, format!("{e:#}")),
+            },
+        }
+    }
+
     /// `workbook`: a `.cellbook.toml` to open; `dataset`: a dataset to add to it.
     pub fn new(
         cc: &eframe::CreationContext<'_>,
@@ -471,7 +645,7 @@ impl WorkbenchApp {
             notes_tx: notes.0,
             notes_rx: notes.1,
         };
-        let workbook = if path.exists() {
+        let workbook = if crate::fs::exists(&path) {
             match Workbook::load(&path) {
                 Ok(w) => w,
                 Err(e) => {
@@ -484,7 +658,7 @@ impl WorkbenchApp {
             Workbook::demo(&stored_path(&crate::demo_dataset(), &base))
         };
         state.workbook_path = Some(path.clone());
-        if !path.exists()
+        if !crate::fs::exists(&path)
             && let Err(e) = workbook.save(&path)
         {
             rt.note(true, format!("{e:#}"));
@@ -818,19 +992,19 @@ impl WorkbenchApp {
                     self.workbook_path.display()
                 ));
             ui.separator();
-            if ui
+            if super::widgets::DESKTOP && ui
                 .button("Open dataset…")
                 .on_hover_text("Open a dataset folder (C-NMC names or class folders). Ctrl+O. You can also drop a folder or CSV on the window.")
                 .clicked()
             {
-                self.pick_dataset(|| rfd::FileDialog::new().pick_folder());
+                self.pick_dataset(super::widgets::folder_dialog);
             }
-            if ui
+            if super::widgets::DESKTOP && ui
                 .button("Open CSV…")
                 .on_hover_text("Open a CSV manifest: NIH ChestX-ray14, Kaggle retinopathy trainLabels.csv, or any CSV with path and label columns")
                 .clicked()
             {
-                self.pick_dataset(|| rfd::FileDialog::new().add_filter("CSV", &["csv"]).pick_file());
+                self.pick_dataset(super::widgets::csv_dialog);
             }
             ui.menu_button("Add cell", |ui| {
                 for kind in CellKind::templates() {
@@ -923,7 +1097,7 @@ impl WorkbenchApp {
             self.push(Command::RunAll);
         }
         if open {
-            self.pick_dataset(|| rfd::FileDialog::new().pick_folder());
+            self.pick_dataset(super::widgets::folder_dialog);
         }
         let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
         if let Some(path) = dropped {
@@ -1004,7 +1178,7 @@ impl WorkbenchApp {
     pub fn frame(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.frames += 1;
-        if self.frames == 1 && std::env::var_os("CELLBENCH_RUN_ALL").is_some() {
+        if self.frames == 1 && run_all_on_start() {
             self.push(Command::RunAll);
         }
         self.poll_background();
@@ -1101,7 +1275,21 @@ impl WorkbenchApp {
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let start = Instant::now();
+        #[cfg(target_arch = "wasm32")]
+        {
+            if super::compute::run_deferred(std::time::Duration::from_millis(40)) {
+                ui.ctx().request_repaint();
+            }
+            for r in crate::web::take_requests() {
+                self.page_request(r);
+            }
+        }
         self.frame(ui);
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::web::publish_status(&self.status());
+            crate::web::persist_workbook();
+        }
         if self.scrolling() {
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if let Some(b) = &mut self.scroll_bench {

@@ -2,21 +2,77 @@
 //! (training, prediction) one after the other, in the order they were asked for. cubecl orders
 //! GPU work per thread, and two trainings at once would only halve each other's speed; a job
 //! waiting its turn is shown as queued by the cell that asked for it.
+//!
+//! A browser page has one thread. There the same jobs wait in a queue that [`run_deferred`]
+//! works through between frames, within a time budget per frame; background tasks of the UI
+//! (opening a dataset, thumbnails) use the same queue.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 type Job = Box<dyn FnOnce() + Send>;
 
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static DEFERRED: std::cell::RefCell<std::collections::VecDeque<(&'static str, Job)>> = Default::default();
+}
+
+/// Queues `job` to run between frames (the browser's stand-in for a thread). `name` appears
+/// in the console when one job holds the page for longer than a frame should take.
+#[cfg(target_arch = "wasm32")]
+pub fn defer(name: &'static str, job: impl FnOnce() + Send + 'static) {
+    DEFERRED.with(|q| q.borrow_mut().push_back((name, Box::new(job))));
+}
+
+/// Queues `job` before every other waiting job (the next step of a job in steps).
+#[cfg(target_arch = "wasm32")]
+fn defer_first(name: &'static str, job: Job) {
+    DEFERRED.with(|q| q.borrow_mut().push_front((name, job)));
+}
+
+/// Runs queued jobs, in order, until `budget` is spent (at least one job when any waits).
+/// Returns whether jobs are left. Called once per frame by the app.
+#[cfg(target_arch = "wasm32")]
+pub fn run_deferred(budget: std::time::Duration) -> bool {
+    let start = web_time::Instant::now();
+    loop {
+        let Some((name, job)) = DEFERRED.with(|q| q.borrow_mut().pop_front()) else {
+            return false;
+        };
+        let job_start = web_time::Instant::now();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            log::error!("a background job ({name}) panicked; the page goes on");
+        }
+        let ms = job_start.elapsed().as_millis();
+        if ms > 100 {
+            log::warn!("{name} held the page for {ms} ms");
+        }
+        if start.elapsed() >= budget {
+            return DEFERRED.with(|q| !q.borrow().is_empty());
+        }
+    }
+}
+
 /// A handle to the compute thread.
 pub struct ComputeWorker {
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     tx: Option<mpsc::Sender<Job>>,
     /// Jobs submitted and not yet finished (running + queued).
     pending: Arc<AtomicUsize>,
 }
 
 impl ComputeWorker {
+    /// In the browser: jobs go to the between-frames queue.
+    #[cfg(target_arch = "wasm32")]
+    pub fn start() -> Self {
+        Self {
+            tx: None,
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     /// Starts the compute thread.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn start() -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -45,6 +101,22 @@ impl ComputeWorker {
 
     /// Queues a job. Returns false when the worker is gone (the job is dropped).
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let count = self.pending.clone();
+            count.fetch_add(1, Ordering::SeqCst);
+            defer("compute", move || {
+                job();
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+            true
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.submit_to_thread(job)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn submit_to_thread(&self, job: impl FnOnce() + Send + 'static) -> bool {
         let Some(tx) = &self.tx else { return false };
         self.pending.fetch_add(1, Ordering::SeqCst);
         if tx.send(Box::new(job)).is_err() {
@@ -52,6 +124,36 @@ impl ComputeWorker {
             return false;
         }
         true
+    }
+
+    /// Queues a job made of steps: `step` is called until it returns false. On the desktop
+    /// the steps run back to back on the compute thread; in the browser one step per turn of
+    /// the between-frames queue, ahead of the jobs queued after it, so that a long job (a
+    /// batch prediction) never holds the page for more than a step.
+    pub fn submit_steps(&self, step: impl FnMut() -> bool + Send + 'static) -> bool {
+        #[cfg(target_arch = "wasm32")]
+        {
+            fn again(mut step: Box<dyn FnMut() -> bool + Send>, count: Arc<AtomicUsize>) -> Job {
+                Box::new(move || {
+                    if step() {
+                        defer_first("compute", again(step, count));
+                    } else {
+                        count.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            }
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            DEFERRED.with(|q| {
+                q.borrow_mut()
+                    .push_back(("compute", again(Box::new(step), self.pending.clone())))
+            });
+            true
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let mut step = step;
+            self.submit(move || while step() {})
+        }
     }
 
     /// Jobs running or waiting.

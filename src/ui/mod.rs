@@ -1,20 +1,13 @@
 //! The workbench window: a notebook of cells. It calls the library on background threads and
 //! draws the plain results; it never touches polars frames or tensors.
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod app;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod cells;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod compute;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod freshness;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod thumbs;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod widgets;
 
-#[cfg(not(target_arch = "wasm32"))]
 pub use app::{AppState, WorkbenchApp};
 
 /// Opens the workbench window on a workbook (default: the last one, or a demo workbook on

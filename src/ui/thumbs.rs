@@ -36,12 +36,20 @@ pub struct ThumbCache {
     queue: Arc<(Mutex<Vec<PathBuf>>, Condvar)>,
     done: mpsc::Receiver<(PathBuf, Option<egui::ColorImage>)>,
     ctx: egui::Context,
+    /// In the browser thumbnails are decoded in [`ThumbCache::poll`], a few per frame.
+    #[cfg(target_arch = "wasm32")]
+    decoded: mpsc::Sender<(PathBuf, Option<egui::ColorImage>)>,
 }
 
 impl ThumbCache {
     pub fn new(ctx: &egui::Context, workers: usize) -> Self {
         let queue: Arc<(Mutex<Vec<PathBuf>>, Condvar)> = Arc::default();
         let (tx, done) = mpsc::channel();
+        #[cfg(target_arch = "wasm32")]
+        let _ = workers;
+        #[cfg(target_arch = "wasm32")]
+        let decoded = tx.clone();
+        #[cfg(not(target_arch = "wasm32"))]
         for i in 0..workers.max(1) {
             let queue = queue.clone();
             let tx = tx.clone();
@@ -74,11 +82,32 @@ impl ThumbCache {
             queue,
             done,
             ctx: ctx.clone(),
+            #[cfg(target_arch = "wasm32")]
+            decoded,
         }
     }
 
     /// Takes finished thumbnails in (call once per frame).
     pub fn poll(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let start = web_time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(12) {
+                let next = self.queue.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(path) = next else { break };
+                let image = decode_thumbnail(&path);
+                self.decoded.send((path, image)).ok();
+            }
+            if !self
+                .queue
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                self.ctx.request_repaint();
+            }
+        }
         while let Ok((path, image)) = self.done.try_recv() {
             self.pending.remove(&path);
             let slot = match image {

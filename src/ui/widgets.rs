@@ -516,10 +516,34 @@ pub enum Picked {
     Unavailable,
 }
 
+/// File dialogs and exports into folders exist on the desktop; the browser takes dropped files
+/// and offers downloads instead.
+pub const DESKTOP: bool = cfg!(not(target_arch = "wasm32"));
+
+/// A folder chosen in the system's file dialog (always `None` in the browser).
+pub fn folder_dialog() -> Option<std::path::PathBuf> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let picked = rfd::FileDialog::new().pick_folder();
+    #[cfg(target_arch = "wasm32")]
+    let picked = None;
+    picked
+}
+
+/// A CSV file chosen in the system's file dialog (always `None` in the browser).
+pub fn csv_dialog() -> Option<std::path::PathBuf> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let picked = rfd::FileDialog::new()
+        .add_filter("CSV", &["csv"])
+        .pick_file();
+    #[cfg(target_arch = "wasm32")]
+    let picked = None;
+    picked
+}
+
 /// Runs a file dialog. rfd answers "nothing chosen" both when the user cancels and when no
 /// dialog can be shown at all; a dialog that closes at once was never shown.
 pub fn pick(dialog: impl FnOnce() -> Option<std::path::PathBuf>) -> Picked {
-    let started = std::time::Instant::now();
+    let started = web_time::Instant::now();
     match dialog() {
         Some(p) => Picked::Path(p),
         None if started.elapsed() < std::time::Duration::from_millis(300) => Picked::Unavailable,

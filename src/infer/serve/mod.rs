@@ -125,7 +125,7 @@ impl Token {
 
     /// Reads the token from a file.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let text = crate::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read the token file (--token-file) {}",
                 path.display()

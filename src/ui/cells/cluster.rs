@@ -1,15 +1,20 @@
 //! The Cluster job cell: the Train cell above as a Ray job, followed live.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::PathBuf;
 use std::sync::mpsc;
 
 use eframe::egui;
 
 use crate::train::events::TrainEvent;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::workbook::{CellKind, resolve_path};
 
-use crate::ui::app::{Task as BgTask, WorkbenchApp};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::ui::app::Task as BgTask;
+use crate::ui::app::WorkbenchApp;
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::*;
 
 /// What a cluster worker thread reports.
@@ -34,6 +39,7 @@ pub struct ClusterRuntime {
 
 /// Submits (when `spec` is given) and then follows a job until it ends, importing its
 /// results as a run folder. Also used to re-attach to a job after a restart.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn spawn_cluster_worker(
     ctx: &egui::Context,
     profile: crate::cluster::ClusterProfile,
@@ -94,6 +100,27 @@ pub(super) fn spawn_cluster_worker(
     }
 }
 
+/// In the browser a Cluster job cell explains where it runs instead of offering dead buttons
+/// (a page cannot reach a Ray head's REST API across origins, nor package a binary).
+#[cfg(target_arch = "wasm32")]
+#[allow(clippy::too_many_arguments)]
+pub fn cluster_ui(
+    _app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    _id: u64,
+    profile: &mut String,
+    _dataset: &mut String,
+    _runs: &mut String,
+    _gpus: &mut f64,
+    job: &mut Option<String>,
+) {
+    ui.label(format!(
+        "Cluster jobs are submitted and followed from the desktop app (profile {profile:?}{}). Runs they produce open here when you drop their run folder (.zip) on the page.",
+        job.as_ref().map_or(String::new(), |j| format!(", job {j}"))
+    ));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 #[allow(clippy::too_many_arguments)]
 pub fn cluster_ui(
     app: &mut WorkbenchApp,

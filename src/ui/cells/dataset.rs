@@ -33,12 +33,12 @@ pub(super) fn dataset_ui(
         if edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
             app.push(Command::RunCell(id));
         }
-        if ui
+        if widgets::DESKTOP && ui
             .button("Browse…")
             .on_hover_text("Pick a dataset folder")
             .clicked()
         {
-            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+            match widgets::pick(widgets::folder_dialog) {
                 widgets::Picked::Path(dir) => {
                     *path = crate::workbook::stored_path(&dir, &app.base_dir());
                 }

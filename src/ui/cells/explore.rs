@@ -114,12 +114,13 @@ pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         widgets::sortable_table(ui, ("explore-table", id, t), table, sort);
     }
     ui.horizontal(|ui| {
+        #[cfg(not(target_arch = "wasm32"))]
         if ui
             .button("Export charts…")
             .on_hover_text("Write every chart as PNG and SVG into a folder")
             .clicked()
         {
-            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+            match widgets::pick(widgets::folder_dialog) {
                 widgets::Picked::Path(dir) => {
                     let report = report.clone();
                     app.rt.in_background(ui.ctx(), "export-charts", move || {
@@ -134,12 +135,13 @@ pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 widgets::Picked::Cancelled => {}
             }
         }
-        if ui
-            .button("Export tables…")
-            .on_hover_text("Write every table as CSV into a folder")
-            .clicked()
+        if widgets::DESKTOP
+            && ui
+                .button("Export tables…")
+                .on_hover_text("Write every table as CSV into a folder")
+                .clicked()
         {
-            match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+            match widgets::pick(widgets::folder_dialog) {
                 widgets::Picked::Path(dir) => {
                     let tables = tables.clone();
                     app.rt.in_background(ui.ctx(), "export-tables", move || {

@@ -29,9 +29,10 @@ use split::*;
 use train::*;
 pub use train::{curves_ui, switch_mode};
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use web_time::Instant;
 
 use eframe::egui;
 
@@ -193,28 +194,38 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             let input = resolve_path(&input, &base);
             let output = resolve_path(&output, &base);
             let backend = BackendChoice::Auto;
-            let task = BgTask::on_worker(ctx, &app.rt.compute, move || {
-                let compute =
-                    crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
-                let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
-                    .map_err(|e| format!("{e:#}"))?;
-                let paths = crate::infer::collect_inputs(&input).map_err(|e| format!("{e:#}"))?;
-                let s =
-                    crate::infer::predict_to_csv(&classifier, &paths, &output, 32, &mut |_, _| {})
+            // Batches of 32 on the desktop; one image per step in the browser (a frame's work).
+            let batch = if cfg!(target_arch = "wasm32") { 1 } else { 32 };
+            let task = BgTask::in_steps_on_worker(
+                ctx,
+                &app.rt.compute,
+                move || {
+                    let compute =
+                        crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
+                    let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
                         .map_err(|e| format!("{e:#}"))?;
-                Ok(PredictView {
-                    summary: format!(
-                        "{} of {} images predicted to {} ({} unreadable)",
-                        s.predicted,
-                        s.images,
-                        output.display(),
-                        s.failed.len()
-                    ),
-                    labels: classifier.info.labels.clone(),
-                    rows: s.rows,
-                    inspected: None,
-                })
-            });
+                    let paths =
+                        crate::infer::collect_inputs(&input).map_err(|e| format!("{e:#}"))?;
+                    let prediction = crate::infer::BatchPrediction::new(&classifier, paths, batch);
+                    Ok((classifier, prediction))
+                },
+                |(classifier, prediction)| prediction.total() > 0 && prediction.step(classifier),
+                move |(classifier, prediction)| {
+                    let s = prediction.finish(&output).map_err(|e| format!("{e:#}"))?;
+                    Ok(PredictView {
+                        summary: format!(
+                            "{} of {} images predicted to {} ({} unreadable)",
+                            s.predicted,
+                            s.images,
+                            output.display(),
+                            s.failed.len()
+                        ),
+                        labels: classifier.info.labels.clone(),
+                        rows: s.rows,
+                        inspected: None,
+                    })
+                },
+            );
             app.rt.predicts.insert(id, Loading::Busy(task));
         }
         CellKind::Note { .. } | CellKind::Explore {} | CellKind::Cluster { .. } => {}
@@ -242,6 +253,16 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
         .map(|d| d.source.1.clone())
         .unwrap_or_default();
     let runs_root = app.runs_dir();
+    let prefetch = (config.mode == crate::model::Mode::Probe).then(|| FeaturePrefetch {
+        backbone: config.backbone.clone(),
+        orientation_mean: config.orientation_mean,
+        preprocess: config.preprocess.clone(),
+        paths: manifest
+            .records
+            .iter()
+            .map(|r| manifest.image_path(r))
+            .collect(),
+    });
     let make_job = move || {
         Ok(crate::train::engine::TrainJob {
             config,
@@ -252,7 +273,83 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
             cache: Some(crate::train::features::FeatureCache::default_location()),
         })
     };
-    spawn_training(app, ctx, id, data, make_job);
+    spawn_training(app, ctx, id, data, prefetch, make_job);
+}
+
+/// The backbone features a probe will need: in the browser they are computed ahead of the
+/// run, a few images per frame, into the feature cache the run then reads (the page stays
+/// responsive and Stop works between slices). The desktop computes them inside the run.
+pub struct FeaturePrefetch {
+    pub backbone: String,
+    pub orientation_mean: bool,
+    pub preprocess: crate::dataset::preprocess::Preprocess,
+    pub paths: Vec<PathBuf>,
+}
+
+/// Queues `prefetch` as slices of [`PREFETCH_SLICE`] images on the compute queue.
+#[cfg(target_arch = "wasm32")]
+fn queue_prefetch(
+    app: &WorkbenchApp,
+    ctx: &egui::Context,
+    prefetch: FeaturePrefetch,
+    tx: &mpsc::Sender<TrainEvent>,
+    cancel: &Arc<AtomicBool>,
+) {
+    /// Images per slice: one image at 224² is about 60 ms of WebAssembly work.
+    const PREFETCH_SLICE: usize = 1;
+    thread_local! {
+        static EXTRACTOR: std::cell::RefCell<Option<std::rc::Rc<crate::model::extractor::Extractor>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let prefetch = Arc::new(prefetch);
+    let total = prefetch.paths.len();
+    let cache = crate::train::features::FeatureCache::default_location();
+    for start in (0..total).step_by(PREFETCH_SLICE) {
+        let (prefetch, cache, tx, cancel, repaint) = (
+            prefetch.clone(),
+            cache.clone(),
+            tx.clone(),
+            cancel.clone(),
+            ctx.clone(),
+        );
+        app.rt.compute.submit(move || {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let extractor = EXTRACTOR.with(|e| {
+                let mut e = e.borrow_mut();
+                if e.is_none() {
+                    let device = burn::tensor::Device::flex();
+                    *e = crate::model::extractor::Extractor::bundled(&device)
+                        .map(std::rc::Rc::new)
+                        .map_err(|err| log::error!("{err:#}"))
+                        .ok();
+                }
+                e.clone()
+            });
+            // Without weights the run itself reports the error.
+            let Some(extractor) = extractor else { return };
+            let end = (start + PREFETCH_SLICE).min(total);
+            crate::train::features::featurize(
+                &extractor,
+                &prefetch.backbone,
+                prefetch.orientation_mean,
+                &prefetch.preprocess,
+                &prefetch.paths[start..end],
+                Some(&cache),
+                PREFETCH_SLICE,
+                &mut |_, _| {},
+                &cancel,
+            );
+            tx.send(TrainEvent::Progress {
+                phase: crate::train::events::Phase::Features,
+                done: end,
+                total,
+            })
+            .ok();
+            repaint.request_repaint();
+        });
+    }
 }
 
 /// Continues the Train cell's last run from its last complete checkpoint, on the data and
@@ -291,7 +388,7 @@ pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             cache: Some(crate::train::features::FeatureCache::default_location()),
         })
     };
-    spawn_training(app, ctx, id, data, make_job);
+    spawn_training(app, ctx, id, data, None, make_job);
 }
 
 /// Queues a training job on the compute worker and follows it through its events.
@@ -300,11 +397,18 @@ fn spawn_training(
     ctx: &egui::Context,
     id: u64,
     data: DataUse,
+    prefetch: Option<FeaturePrefetch>,
     make_job: impl FnOnce() -> anyhow::Result<crate::train::engine::TrainJob> + Send + 'static,
 ) {
     let (tx, rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
+    #[cfg(target_arch = "wasm32")]
+    if let Some(prefetch) = prefetch {
+        queue_prefetch(app, ctx, prefetch, &tx, &cancel);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = prefetch;
     let c = cancel.clone();
     let repaint = ctx.clone();
     // All burn work of the run on the compute worker's one thread, after any job before it.

@@ -33,8 +33,8 @@ pub(super) fn predict_ui(
                         .hint_text("folder, image or manifest CSV"),
                 )
                 .on_hover_text("What to predict");
-                if ui.button("Browse…").clicked() {
-                    match widgets::pick(|| rfd::FileDialog::new().pick_folder()) {
+                if widgets::DESKTOP && ui.button("Browse…").clicked() {
+                    match widgets::pick(widgets::folder_dialog) {
                         widgets::Picked::Path(dir) => {
                             *input = crate::workbook::stored_path(&dir, &app.base_dir());
                         }
