@@ -13,6 +13,7 @@ command -v fc-list >/dev/null 2>&1 || missing+=(fontconfig)
 fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)
 command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb xauth)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}"
   sudo_cmd=""
@@ -26,3 +27,12 @@ CELLBENCH_RAY_VENV="$(./scripts/ray-venv.sh)"
 export CELLBENCH_RAY_VENV
 
 cargo test --locked --all-targets "$@"
+
+# The browser build, driven end to end in headless Chromium (playwright-core from npm).
+./scripts/web.sh --build-only
+export CELLBENCH_PLAYWRIGHT="$HOME/.cache/cellbench-playwright"
+if [ ! -d "$CELLBENCH_PLAYWRIGHT/node_modules/playwright-core" ]; then
+  mkdir -p "$CELLBENCH_PLAYWRIGHT"
+  npm install --silent --no-audit --no-fund --prefix "$CELLBENCH_PLAYWRIGHT" playwright-core@1.64.1
+fi
+node tests/web/e2e.mjs --screenshot "$CARGO_TARGET_DIR/web-e2e.png"

@@ -1,0 +1,100 @@
+// End-to-end test of the browser workbench: serves wasm/dist on loopback, opens it in
+// Debian's Chromium (headless, no GPU) with `?run=all`, and checks what the page reports in
+// `window.cellbenchStatus`: the demo dataset (35 images, 5 labels), a finished probe and its
+// 5×5 confusion matrix, no panic and no error. Prints the measured budgets as JSON and
+// writes a screenshot.
+//
+//   node tests/web/e2e.mjs [--screenshot out.png]
+// Needs: wasm/dist (./scripts/web.sh --build-only), playwright-core ($CELLBENCH_PLAYWRIGHT), chromium.
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+// playwright-core lives where scripts/test.sh installed it (outside the repository).
+const modules = process.env.CELLBENCH_PLAYWRIGHT || path.join(process.env.HOME, ".cache/cellbench-playwright");
+const { chromium } = createRequire(path.join(modules, "package.json"))("playwright-core");
+
+const dist = path.resolve(process.env.CELLBENCH_WEB_DIST || "wasm/dist");
+const shotArg = process.argv.indexOf("--screenshot");
+const screenshot = shotArg > 0 ? process.argv[shotArg + 1] : path.join(dist, "..", "e2e.png");
+const timeoutMs = Number(process.env.CELLBENCH_WEB_TIMEOUT_MS || 300000);
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
+  ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg" };
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  const file = path.join(dist, decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname));
+  if (!file.startsWith(dist) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    res.writeHead(404); res.end(); return;
+  }
+  const body = fs.readFileSync(file);
+  res.writeHead(200, { "content-type": types[path.extname(file)] || "application/octet-stream",
+    "content-length": body.length });
+  res.end(body);
+});
+await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+const port = server.address().port;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--enable-unsafe-swiftshader"],
+});
+const failures = [];
+let result = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 2200 } });
+  const consoleLines = [];
+  page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+  // Frame gaps: the longest time between two animation frames while the notebook works.
+  await page.addInitScript(() => {
+    window.__longestFrameMs = 0;
+    let last = performance.now();
+    const tick = (t) => {
+      if (window.__measureFrames) window.__longestFrameMs = Math.max(window.__longestFrameMs, t - last);
+      last = t; requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  const t0 = Date.now();
+  await page.goto(`http://127.0.0.1:${port}/?run=all`);
+  await page.waitForSelector("#loading", { state: "detached", timeout: 60000 });
+  const firstFrameMs = Date.now() - t0;
+  await page.evaluate(() => { window.__measureFrames = true; });
+  const status = async () => JSON.parse(await page.evaluate(() => window.cellbenchStatus || "{}"));
+  let s = {};
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    s = await status();
+    const done = (s.trainings || []).some((t) => t !== "running") && (s.confusion_sides || []).length > 0;
+    if (done || failures.length || Date.now() > deadline) break;
+    await page.waitForTimeout(250);
+  }
+  const runAllMs = Date.now() - t0;
+  const longestFrameMs = await page.evaluate(() => window.__longestFrameMs);
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: screenshot });
+  if (JSON.stringify(s.datasets) !== JSON.stringify([[35, 5]])) failures.push(`datasets: ${JSON.stringify(s.datasets)} (expected [[35,5]])`);
+  if (!(s.trainings || []).includes("finished")) failures.push(`trainings: ${JSON.stringify(s.trainings)}`);
+  if (!(s.confusion_sides || []).includes(5)) failures.push(`confusion matrices: ${JSON.stringify(s.confusion_sides)} (expected a 5×5)`);
+  if ((s.errors || []).length) failures.push(`errors reported: ${JSON.stringify(s.errors)}`);
+  const panics = consoleLines.filter((l) => /panicked|RuntimeError|unreachable/.test(l));
+  if (panics.length) failures.push(`panic in the console: ${panics.join(" | ")}`);
+  // Jobs that held the page's thread for longer than a frame should take (logged by the app).
+  const slowJobs = consoleLines.filter((l) => l.includes("held the page")).map((l) => l.replace(/^\w+: /, ""));
+  result = { first_frame_ms: firstFrameMs, run_all_ms: runAllMs, longest_frame_ms: Math.round(longestFrameMs),
+    slow_jobs: slowJobs, status: s, screenshot };
+  if (failures.length) console.error(consoleLines.slice(-40).join("\n"));
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify(result));
+if (failures.length) {
+  console.error("FAILED:\n" + failures.join("\n"));
+  process.exit(1);
+}
+console.log("web end-to-end: ok");
