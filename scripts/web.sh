@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 build_only=0
 [ "${1:-}" = "--build-only" ] && build_only=1
 port="${PORT:-8080}"
-# The browser build keeps its own target folder: another target triple and profile, and a
-# desktop build running at the same time does not wait for it.
-export CARGO_TARGET_DIR="${CELLBENCH_WEB_TARGET_DIR:-$HOME/.cache/cellbench-target-web}"
+# The browser build keeps its own target folder inside the desktop one (another target triple
+# and profile; a desktop build running at the same time does not wait for it).
+export CARGO_TARGET_DIR="${CELLBENCH_WEB_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/cellbench-target}/wasm}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
