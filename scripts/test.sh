@@ -28,6 +28,10 @@ export CELLBENCH_RAY_VENV
 
 cargo test --locked --all-targets "$@"
 
+# The lean command-line build (no window, dialogs or charts) for cluster workers: checked,
+# not built.
+cargo check --locked --no-default-features --features headless --bin cellbench
+
 # The browser build, driven end to end in headless Chromium (playwright-core from npm).
 ./scripts/web.sh --build-only
 export CELLBENCH_PLAYWRIGHT="$HOME/.cache/cellbench-playwright"

@@ -173,7 +173,7 @@ impl CsvTable {
 
     /// A column's values (trimmed), or `None` without such a column.
     pub fn column(&self, name: &str) -> Option<Vec<String>> {
-        let i = self.header.iter().position(|h| h.trim() == name)?;
+        let i = self.header.iter().position(|h| h.trim() == name.trim())?;
         Some(
             self.rows
                 .iter()

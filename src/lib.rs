@@ -19,8 +19,9 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod explore;
+#[cfg(feature = "gui")]
 pub mod ui;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "gui"))]
 pub mod web;
 pub mod workbook;
 

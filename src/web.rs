@@ -75,8 +75,9 @@ pub fn publish_status(status: &NotebookStatus) {
 pub enum PageRequest {
     /// Open this folder of dropped images in the Dataset cell.
     OpenDataset(std::path::PathBuf),
-    /// Run folders unpacked from a dropped `.zip`, to move into the notebook's runs folder.
-    ImportRuns(Vec<std::path::PathBuf>),
+    /// Dropped files holding run folders (unpacked from a `.zip`, or a dropped folder), to
+    /// move into the notebook's runs folder.
+    ImportRuns(std::path::PathBuf),
     /// A dropped `.cellbook.toml`, to open as the notebook.
     OpenWorkbook(std::path::PathBuf),
     /// A message for the log (`true`: an error, also shown as a notification).
@@ -89,8 +90,8 @@ static ADDED: Mutex<Vec<Added>> = Mutex::new(Vec::new());
 
 #[derive(Clone, Debug, PartialEq)]
 enum Added {
-    Dataset(std::path::PathBuf),
-    Runs(Vec<std::path::PathBuf>),
+    /// A folder of dropped files (a dataset, or run folders).
+    Folder(std::path::PathBuf),
     Workbook(std::path::PathBuf),
 }
 
@@ -107,8 +108,6 @@ fn request(r: PageRequest) {
 pub const WORKBOOK: &str = "/cellbench/notebook.cellbook.toml";
 /// Where dropped files go.
 pub const DROPPED: &str = "/dropped";
-/// The most a dropped `.zip` may unpack to.
-const MAX_UNPACKED: u64 = 2 << 30;
 
 /// Takes one dropped or picked file. `path` is relative (`folder/sub/x.bmp` keeps its
 /// folders; a lone `x.bmp` goes to `files/`). A `.zip` is unpacked: run folders in it become
@@ -137,12 +136,8 @@ pub fn add_file(path: &str, bytes: &[u8]) -> Result<(), String> {
     if lower.ends_with(".zip") {
         let stem = name[..name.len() - 4].to_owned();
         let root = Path::new(DROPPED).join(&stem);
-        let runs = unzip(bytes, &root).map_err(|e| format!("{path}: {e}"))?;
-        added.push(if runs.is_empty() {
-            Added::Dataset(single_folder(&root))
-        } else {
-            Added::Runs(runs)
-        });
+        crate::runs::archive::unpack_zip(bytes, &root).map_err(|e| format!("{path}: {e:#}"))?;
+        added.push(Added::Folder(root));
         return Ok(());
     }
     let (root, to) = if rel.components().count() > 1 {
@@ -156,8 +151,8 @@ pub fn add_file(path: &str, bytes: &[u8]) -> Result<(), String> {
         (root.clone(), root.join(&rel))
     };
     crate::fs::memory::write(&to, bytes).map_err(|e| e.to_string())?;
-    if !added.contains(&Added::Dataset(root.clone())) {
-        added.push(Added::Dataset(root));
+    if !added.contains(&Added::Folder(root.clone())) {
+        added.push(Added::Folder(root));
     }
     Ok(())
 }
@@ -174,51 +169,6 @@ fn single_folder(root: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
-/// Unpacks a zip under `root`; returns the run folders it held (folders with a
-/// `config.toml` and a `model.json` or `status.json`).
-fn unzip(bytes: &[u8], root: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| format!("not a readable zip ({e})"))?;
-    let mut total = 0u64;
-    for i in 0..zip.len() {
-        let f = zip.by_index_raw(i).map_err(|e| e.to_string())?;
-        total = total.saturating_add(f.size());
-    }
-    if total > MAX_UNPACKED {
-        return Err(format!(
-            "it unpacks to {} MB, more than a page can hold ({} MB)",
-            total >> 20,
-            MAX_UNPACKED >> 20
-        ));
-    }
-    let mut folders = std::collections::BTreeSet::new();
-    for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| e.to_string())?;
-        if f.is_dir() {
-            continue;
-        }
-        // Names that climb out of the folder (`../x`) or are absolute are skipped.
-        let Some(name) = f.enclosed_name() else {
-            continue;
-        };
-        let mut data = Vec::with_capacity(f.size() as usize);
-        std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| format!("{name:?}: {e}"))?;
-        let to = root.join(&name);
-        crate::fs::memory::write(&to, &data).map_err(|e| e.to_string())?;
-        if let Some(parent) = to.parent() {
-            folders.insert(parent.to_owned());
-        }
-    }
-    Ok(folders
-        .into_iter()
-        .filter(|d| {
-            crate::fs::memory::metadata(d.join("config.toml")).is_ok()
-                && (crate::fs::memory::metadata(d.join("model.json")).is_ok()
-                    || crate::fs::memory::metadata(d.join("status.json")).is_ok())
-        })
-        .collect())
-}
-
 /// Ends a drop: opens what was added (the last dataset folder, every run) and reports the
 /// files that were refused.
 pub fn files_added(count: usize, problems: &str) {
@@ -229,8 +179,10 @@ pub fn files_added(count: usize, problems: &str) {
     let mut dataset = None;
     for a in added {
         match a {
-            Added::Dataset(d) => dataset = Some(d),
-            Added::Runs(r) => request(PageRequest::ImportRuns(r)),
+            Added::Folder(d) if !crate::runs::archive::run_folders_below(&d).is_empty() => {
+                request(PageRequest::ImportRuns(d));
+            }
+            Added::Folder(d) => dataset = Some(single_folder(&d)),
             Added::Workbook(w) => request(PageRequest::OpenWorkbook(w)),
         }
     }
@@ -254,31 +206,11 @@ pub fn workbook_toml() -> Result<String, JsValue> {
 
 /// Every run of the page as one zip of run folders (`runs/<id>/…`).
 pub fn runs_zip() -> Result<Vec<u8>, JsValue> {
-    use std::io::Write as _;
     let runs = std::path::Path::new(WORKBOOK)
         .parent()
         .unwrap_or(std::path::Path::new("/"))
         .join("runs");
-    let files = crate::fs::memory::files_below(&runs);
-    if files.is_empty() {
-        return Err(JsValue::from_str(
-            "no runs yet: train a model in the notebook first",
-        ));
-    }
-    let err = |e: &dyn std::fmt::Display| JsValue::from_str(&e.to_string());
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for f in files {
-        let Some(rel) = crate::dataset::relative_path(&f, runs.parent().unwrap_or(&runs)) else {
-            continue;
-        };
-        zip.start_file(rel, options).map_err(|e| err(&e))?;
-        let bytes = crate::fs::memory::read_shared(&f).map_err(|e| err(&e))?;
-        zip.write_all(&bytes).map_err(|e| err(&e))?;
-    }
-    let cursor = zip.finish().map_err(|e| err(&e))?;
-    Ok(cursor.into_inner())
+    crate::runs::archive::zip_runs(&runs).map_err(|e| JsValue::from_str(&format!("{e:#}")))
 }
 
 const STORAGE_KEY: &str = "cellbench-notebook";

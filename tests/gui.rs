@@ -1,5 +1,6 @@
 //! The workbench clicked through with egui_kittest on the bundled real demo dataset (BCCD
 //! white-blood-cell crops): open, explore, split, train a small probe, evaluate, compare.
+#![cfg(feature = "gui")]
 
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,16 @@ fn notebook_runs_every_cell_on_real_cells() {
     wait_until_settled(&mut harness, Duration::from_secs(30));
     harness.run_steps(3);
     harness.get_by_label(&format!("true label: {truth}"));
+    // Its saliency map is computed in the background; the switch lays it over the image.
+    harness.get_by_label("Saliency").click();
+    harness.run_steps(3);
+    assert!(
+        harness.state().rt.evals[&evaluate]
+            .inspected
+            .as_ref()
+            .is_some_and(|i| i.show_saliency && i.saliency.ready().is_some()),
+        "the saliency map is shown"
+    );
 
     // Filter the gallery to one label through the label filter.
     let dataset = harness.state().workbook.cells[1].id;

@@ -70,6 +70,8 @@ pub enum Command {
     Train(model_cmds::TrainArgs),
     /// Predict images with a trained run; writes a CSV of probabilities.
     Predict(model_cmds::PredictArgs),
+    /// Where a run's model looks: class activation maps as overlay PNGs and raw CSV maps.
+    Explain(model_cmds::ExplainArgs),
     /// Compute every metric from a predictions CSV.
     Evaluate(EvaluateCmdArgs),
     /// Serve a trained run over HTTP (POST /predict, GET /health).
@@ -357,16 +359,23 @@ fn init_logging() {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        #[cfg(feature = "gui")]
         None => crate::ui::run_native(None, None).map(|()| 0),
+        #[cfg(feature = "gui")]
         Some(Command::Gui { dataset, workbook }) => {
             crate::ui::run_native(workbook, dataset).map(|()| 0)
         }
+        #[cfg(not(feature = "gui"))]
+        None | Some(Command::Gui { .. }) => anyhow::bail!(
+            "this is the headless build of cellbench (no window): use its commands, e.g. `cellbench train`, `cellbench --help`"
+        ),
         Some(Command::Run { workbook }) => model_cmds::run_workbook(&workbook),
         Some(Command::Explore(args)) => explore(args),
         Some(Command::Split(args)) => split(args),
         Some(Command::Synth(args)) => synth(args),
         Some(Command::Train(args)) => model_cmds::train_cmd(args),
         Some(Command::Predict(args)) => model_cmds::predict_cmd(args),
+        Some(Command::Explain(args)) => model_cmds::explain_cmd(args),
         Some(Command::Evaluate(args)) => evaluate(args),
         Some(Command::Serve(args)) => model_cmds::serve_cmd(args),
         Some(Command::Cluster { command, target }) => cluster_cmds::run(command, &target),
@@ -500,8 +509,16 @@ fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
         }
     }
     if let Some(dir) = &args.plots {
-        let files = crate::explore::charts::write_report_charts(&report, dir)?;
-        eprintln!("wrote {} chart files to {}", files.len(), dir.display());
+        #[cfg(feature = "gui")]
+        {
+            let files = crate::explore::charts::write_report_charts(&report, dir)?;
+            eprintln!("wrote {} chart files to {}", files.len(), dir.display());
+        }
+        #[cfg(not(feature = "gui"))]
+        anyhow::bail!(
+            "this headless build draws no charts (built without the gui feature): {}",
+            dir.display()
+        );
     }
     Ok(if args.strict && !report.problems.is_empty() {
         exit::PROBLEMS

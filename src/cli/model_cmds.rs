@@ -495,6 +495,98 @@ pub struct PredictArgs {
     pub strict: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// A finished run folder (a linear probe or a fine-tuned model).
+    pub run: PathBuf,
+    /// An image, a folder of images, or a manifest CSV.
+    pub input: PathBuf,
+    /// Folder for the overlays (`<image>.png`), the raw maps (`<image>.csv`, one row per grid
+    /// row) and `saliency.csv` (one line per image: class, score, peak).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// The label to explain (default: each image's predicted label).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Opacity of the overlay at its strongest point, 0 to 1.
+    #[arg(long, default_value_t = 0.6)]
+    pub opacity: f32,
+}
+
+/// `cellbench explain`: class activation maps of a run's model, as overlays and raw maps.
+pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
+    let device = burn::tensor::Device::flex();
+    let classifier = crate::infer::Classifier::load(&args.run, &device)?;
+    let labels = &classifier.info.labels;
+    let class = match &args.class {
+        Some(name) => Some(labels.iter().position(|l| l == name).with_context(|| {
+            format!(
+                "no label {name:?} in the run (labels: {})",
+                labels.join(", ")
+            )
+        })?),
+        None => None,
+    };
+    let paths = crate::infer::collect_inputs(&args.input)?;
+    anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
+    crate::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let base = if crate::fs::is_dir(&args.input) {
+        args.input.clone()
+    } else {
+        args.input.parent().map(Path::to_owned).unwrap_or_default()
+    };
+    let mut index =
+        String::from("path,explains,label,peak_x,peak_y,grid_width,grid_height,overlay\n");
+    let mut skipped = 0usize;
+    for path in &paths {
+        let img = match crate::dataset::image_io::decode_file_complete(path) {
+            Ok(img) => img,
+            Err(e) => {
+                eprintln!("skipped (unreadable: {e}): {}", path.display());
+                skipped += 1;
+                continue;
+            }
+        };
+        let map = classifier.saliency(&img, class)?;
+        // `Neutrophil/x.bmp` → `Neutrophil__x.bmp`: one flat folder, names kept apart.
+        let name = crate::dataset::relative_path(path, &base)
+            .unwrap_or_else(|| path.display().to_string())
+            .replace(['/', '\\'], "__");
+        let overlay = args.out.join(format!("{name}.png"));
+        map.overlay(&img.to_rgb8(), args.opacity)
+            .save(&overlay)
+            .with_context(|| format!("writing {}", overlay.display()))?;
+        crate::fsio::write_atomic_bytes(
+            &args.out.join(format!("{name}.csv")),
+            map.to_csv().as_bytes(),
+        )?;
+        let (x, y) = map.peak();
+        index.push_str(&format!(
+            "{},{},{},{x},{y},{},{},{}\n",
+            crate::fsio::csv_field(&path.display().to_string()),
+            crate::fsio::csv_field(&map.explains),
+            crate::fsio::csv_field(labels.get(map.class).map_or("", String::as_str)),
+            map.width,
+            map.height,
+            crate::fsio::csv_field(&overlay.display().to_string()),
+        ));
+    }
+    crate::fsio::write_atomic_bytes(&args.out.join("saliency.csv"), index.as_bytes())?;
+    eprintln!(
+        "explained {} of {} images into {} ({} skipped)",
+        paths.len() - skipped,
+        paths.len(),
+        args.out.display(),
+        skipped
+    );
+    Ok(if skipped > 0 {
+        super::exit::PROBLEMS
+    } else {
+        0
+    })
+}
+
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     let strict = args.strict;
     let compute = backend::select(args.backend)?;

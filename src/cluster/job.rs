@@ -46,7 +46,8 @@ pub enum JobSpec {
 /// How to package and submit.
 #[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {
-    /// The cellbench binary to ship (default: this executable, stripped when `strip` exists).
+    /// The cellbench binary to ship (default: `cellbench-headless` beside this executable when
+    /// it exists, else this executable; stripped when `strip` exists).
     pub binary: Option<PathBuf>,
     /// Copy the dataset folder into the package (small datasets only).
     pub pack_dataset: bool,
@@ -97,7 +98,18 @@ fn dataset_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 pub fn package(spec: &JobSpec, options: &SubmitOptions) -> anyhow::Result<Vec<u8>> {
     let exe = match &options.binary {
         Some(b) => b.clone(),
-        None => std::env::current_exe().context("locating the cellbench executable")?,
+        None => {
+            let exe = std::env::current_exe().context("locating the cellbench executable")?;
+            // The lean build (`--features headless`, no window code) when it sits beside this
+            // executable as `cellbench-headless`: a smaller upload for every job.
+            let headless = exe.with_file_name("cellbench-headless");
+            if headless.is_file() {
+                log::info!("shipping {}", headless.display());
+                headless
+            } else {
+                exe
+            }
+        }
     };
     let (binary, _keep) = shippable_binary(&exe)?;
     let assets = crate::assets_dir();

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use polars::prelude::*;
+use crate::fsio::CsvTable;
 
 use super::naming::{is_image_extension, parse_retina, split_labels};
 use super::scan::walk_images;
@@ -49,7 +49,7 @@ const MAX_MESSAGE_BYTES: usize = 200;
 ///
 /// A CSV with an unterminated quote is refused with the line where the quote opens; parser
 /// errors are cut to a couple of hundred bytes (they can quote the rest of the file).
-pub fn read_csv_strings(path: &Path) -> Result<DataFrame, OpenError> {
+pub fn read_csv_strings(path: &Path) -> Result<CsvTable, OpenError> {
     let csv_err = |message: String| OpenError::Csv {
         path: path.to_owned(),
         message,
@@ -60,15 +60,16 @@ pub fn read_csv_strings(path: &Path) -> Result<DataFrame, OpenError> {
             quote.line, quote.excerpt
         )));
     }
-    let polars_err = |e: PolarsError| csv_err(clip_message(&e.to_string(), MAX_MESSAGE_BYTES));
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .map_parse_options(|o| o.with_truncate_ragged_lines(true))
-        .try_into_reader_with_file_path(Some(path.to_owned()))
-        .map_err(polars_err)?
-        .finish()
-        .map_err(polars_err)
+    let bytes = crate::fs::read(path).map_err(|e| csv_err(e.to_string()))?;
+    let table = CsvTable::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| csv_err(clip_message(&e, MAX_MESSAGE_BYTES)))?;
+    let mut seen = HashSet::new();
+    if let Some(twice) = table.header.iter().find(|h| !seen.insert(h.trim())) {
+        return Err(csv_err(format!(
+            "the column {twice:?} appears twice in the header"
+        )));
+    }
+    Ok(table)
 }
 
 /// `text` on one line, cut to at most `max_bytes` (at a character boundary) with `…`.
@@ -168,36 +169,20 @@ fn find_column(columns: &[String], candidates: &[&str]) -> Option<String> {
     })
 }
 
-fn string_column(
-    df: &DataFrame,
-    name: &str,
-    path: &Path,
-) -> Result<Vec<Option<String>>, OpenError> {
-    let column = df.column(name).map_err(|_| OpenError::MissingColumn {
+fn string_column(df: &CsvTable, name: &str, path: &Path) -> Result<Vec<Option<String>>, OpenError> {
+    let column = df.column(name).ok_or_else(|| OpenError::MissingColumn {
         wanted: name.to_owned(),
         columns: column_list(df),
         path: path.to_owned(),
     })?;
-    let ca = column.str().map_err(|e| OpenError::Csv {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok(ca
-        .iter()
-        .map(|v| {
-            v.map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        })
+    Ok(column
+        .into_iter()
+        .map(|v| (!v.is_empty()).then_some(v))
         .collect())
 }
 
-fn column_list(df: &DataFrame) -> String {
-    df.get_column_names()
-        .iter()
-        .map(|c| c.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+fn column_list(df: &CsvTable) -> String {
+    df.header.join(", ")
 }
 
 /// The columns a CSV dataset is read from, after detection and user overrides.
@@ -558,11 +543,7 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
     if df.height() == 0 {
         return Err(OpenError::EmptyCsv(source.to_owned()));
     }
-    let names: Vec<String> = df
-        .get_column_names()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let names: Vec<String> = df.header.clone();
     let format = options.format.unwrap_or_else(|| detect_csv_format(&names));
     let cols = choose_columns(format, &names, options, source)?;
 

@@ -8,7 +8,6 @@ pub mod naming;
 pub mod preprocess;
 pub mod problem;
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod csv_manifest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod frame;
@@ -201,9 +200,6 @@ impl Manifest {
 pub enum OpenError {
     #[error("no such file or folder: {0}")]
     NotFound(PathBuf),
-    /// Something this build cannot open (e.g. a CSV manifest in the browser).
-    #[error("{0}")]
-    Unsupported(String),
     #[error("no images found (looked for {exts}) in {path}", exts = naming::IMAGE_EXTENSIONS.join(", "))]
     NoImages { path: PathBuf },
     #[error("the CSV has no column {wanted:?} (columns: {columns}): {path}")]
@@ -263,13 +259,7 @@ pub fn open(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError>
                 path: source.to_owned(),
             });
         }
-        #[cfg(not(target_arch = "wasm32"))]
-        return csv_manifest::read_csv_dataset(source, options);
-        #[cfg(target_arch = "wasm32")]
-        Err(OpenError::Unsupported(format!(
-            "CSV manifests open in the desktop app; in the browser, drop a folder of class folders or C-NMC-named images: {}",
-            source.display()
-        )))
+        csv_manifest::read_csv_dataset(source, options)
     }
 }
 

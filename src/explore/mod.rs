@@ -2,7 +2,7 @@
 //! structs that the CLI prints, the GUI draws and `--json` serialises. No dataframe library, so
 //! the same code serves the desktop and the browser.
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "gui"))]
 pub mod charts;
 pub mod table;
 

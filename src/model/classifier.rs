@@ -17,6 +17,10 @@ use super::extractor::Extractor;
 use super::heads::{Head, SmallCnn};
 use super::{Mode, Task};
 
+/// Saliency maps are computed at this multiple of the model's input side (see
+/// [`Classifier::saliency`]).
+pub const SALIENCY_SCALE: u32 = 2;
+
 /// What a trained model needs besides its weights, saved as `model.json`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
@@ -215,6 +219,89 @@ impl Classifier {
         self.probabilities(self.info.preprocess.apply(img), 1)
             .pop()
             .unwrap_or_default()
+    }
+
+    /// Where the score of output `class` (default: the most probable class) comes from in a
+    /// decoded image: the exact class activation map of the backbone's last feature map
+    /// through the head ([`super::saliency`]). For a cumulative ordinal head the map explains
+    /// the grade score (all thresholds together). Computed on the CPU network.
+    pub fn saliency(
+        &self,
+        img: &image::DynamicImage,
+        class: Option<usize>,
+    ) -> anyhow::Result<super::saliency::Saliency> {
+        let Net::Features { backbone, head } = &self.net else {
+            anyhow::bail!(
+                "saliency maps need the pretrained backbone (a probe or a fine-tuned model); this run is a small CNN trained from scratch"
+            );
+        };
+        let Extractor::Cpu(net) = backbone else {
+            anyhow::bail!(
+                "saliency maps are computed on the CPU: load the model with the CPU backend"
+            );
+        };
+        let chw = self.info.preprocess.apply(img);
+        let outputs = self.info.outputs();
+        // The map is computed on the image at twice the model's input side: the network is
+        // convolutional up to the pooling, so the same head weighs a 14×14 grid instead of
+        // 7×7 (16-pixel cells of the model's view rather than 32).
+        let fine = Preprocess {
+            size: self.info.preprocess.size * SALIENCY_SCALE,
+            ..self.info.preprocess.clone()
+        };
+        let fine_side = fine.size as usize;
+        let fine_chw = fine.apply(img);
+        let class = match class {
+            Some(c) => {
+                anyhow::ensure!(
+                    c < self.info.labels.len(),
+                    "no class {c}: the model has {} labels",
+                    self.info.labels.len()
+                );
+                c
+            }
+            None => decision::argmax(&self.probabilities(chw.clone(), 1).pop().unwrap_or_default()),
+        };
+        let (map, height, width) = net.feature_map(&fine_chw, fine_side, fine_side);
+        // burn's layout: weight[feature][output].
+        let weight = head
+            .fc
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the head's weights: {e:?}"))?;
+        let row: Vec<f32> = if self.info.cumulative {
+            weight
+                .chunks_exact(outputs)
+                .map(|w| w.iter().sum())
+                .collect()
+        } else {
+            weight.chunks_exact(outputs).map(|w| w[class]).collect()
+        };
+        let std: &[f32] = if self.standardiser.std.len() == FEATURES {
+            &self.standardiser.std
+        } else {
+            &[]
+        };
+        let label = self.info.labels.get(class).cloned().unwrap_or_default();
+        let mut explains = if self.info.cumulative {
+            "the grade score (all thresholds)".to_owned()
+        } else {
+            format!("the score of {label}")
+        };
+        if self.info.orientation_mean {
+            explains.push_str(" (upright view of a model trained on 8 orientations)");
+        }
+        Ok(super::saliency::Saliency {
+            width,
+            height,
+            values: super::saliency::class_activation_map(&map, FEATURES, &row, std),
+            class,
+            explains,
+            input_side: fine_side,
+        })
     }
 
     /// The predicted label(s) for a probability vector ([`decision::predicted_label`]).

@@ -10,7 +10,8 @@ use super::fused::FusedLite0;
 /// One value per process or run: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Extractor {
-    Cpu(FusedLite0),
+    /// Shared: the bundled weights are folded once per process.
+    Cpu(std::sync::Arc<FusedLite0>),
     Burn {
         model: EfficientNetLite,
         device: Device,
@@ -21,7 +22,7 @@ impl Extractor {
     /// Wraps a loaded model for the device it lives on.
     pub fn new(model: EfficientNetLite, device: &Device) -> Self {
         if crate::model::backend::is_cpu(device) {
-            Self::Cpu(FusedLite0::from_model(&model))
+            Self::Cpu(std::sync::Arc::new(FusedLite0::from_model(&model)))
         } else {
             Self::Burn {
                 model,
@@ -30,9 +31,21 @@ impl Extractor {
         }
     }
 
-    /// The bundled pretrained Lite0 for `device`.
+    /// The bundled pretrained Lite0 for `device`. On the CPU the folded network is built once
+    /// per process and shared (a run, a prediction and the browser's feature slices reuse it).
     pub fn bundled(device: &Device) -> anyhow::Result<Self> {
-        Ok(Self::new(load_backbone(device)?, device))
+        static CPU: std::sync::Mutex<Option<std::sync::Arc<FusedLite0>>> =
+            std::sync::Mutex::new(None);
+        if !crate::model::backend::is_cpu(device) {
+            return Ok(Self::new(load_backbone(device)?, device));
+        }
+        let mut cached = CPU.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(net) = cached.as_ref() {
+            return Ok(Self::Cpu(net.clone()));
+        }
+        let net = std::sync::Arc::new(FusedLite0::from_model(&load_backbone(device)?));
+        *cached = Some(net.clone());
+        Ok(Self::Cpu(net))
     }
 
     /// Pooled features `[n * FEATURES]` of `n` preprocessed channels-first images `[n, 3, side, side]`.

@@ -481,6 +481,19 @@ impl FusedLite0 {
         })
     }
 
+    /// The last feature map of one channels-first image `[3, h, w]` before pooling,
+    /// channels-last `[h' · w', FEATURES]`, with `(h', w')` (7×7 at 224²): the map that
+    /// [`Self::features`] averages and that class activation maps weigh.
+    pub fn feature_map(&self, chw: &[f32], h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        SCRATCH.with_borrow_mut(|s| {
+            let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+            let (oh, ow, _) = self.trunk(chw, h, w, self.blocks.len(), s, par);
+            let mut out = vec![0.0; oh * ow * self.head.c_out];
+            self.head.run(&s.x, &mut out, None, par);
+            (out, oh, ow)
+        })
+    }
+
     /// The input of block `blocks`, channels-first `[n, c, h', w']` with `(c, h', w')` from
     /// [`Self::prefix_shape`]: what [`EfficientNetLite::forward_prefix`] computes, for
     /// fine-tuning the blocks after a frozen prefix.
@@ -547,6 +560,22 @@ mod tests {
         let want = to_vec(want);
         let got = fused.prefix(&x, h, w, blocks);
         assert_close(&got, &want, "prefix");
+    }
+
+    /// The feature map's average over positions is the pooled feature vector.
+    #[test]
+    fn feature_map_pools_to_the_features() {
+        let device = Device::flex();
+        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
+        let fused = FusedLite0::from_model(&EfficientNetLite::load(&bytes, &device).unwrap());
+        let x = noise(3 * 64 * 64);
+        let (map, h, w) = fused.feature_map(&x, 64, 64);
+        assert_eq!((h, w), (2, 2));
+        let mut pooled = vec![0.0f32; FEATURES];
+        for row in map.chunks_exact(FEATURES) {
+            pooled.iter_mut().zip(row).for_each(|(p, v)| *p += v / 4.0);
+        }
+        assert_close(&pooled, &fused.features(&x, 64, 64), "pooled map");
     }
 
     fn noise(len: usize) -> Vec<f32> {

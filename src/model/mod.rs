@@ -10,6 +10,7 @@ pub mod fused;
 pub mod heads;
 pub mod ordinal;
 pub mod safetensors;
+pub mod saliency;
 pub mod task;
 
 pub use classifier::{Classifier, FinetuneWeights, ModelInfo};

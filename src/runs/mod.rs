@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+pub mod archive;
 pub mod checkpoint;
 pub mod view;
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use web_time::Instant;
 
+use anyhow::Context as _;
 use eframe::egui;
 
 use crate::dataset::split::{SplitConfig, SplitReport};
@@ -465,6 +466,11 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+fn is_zip(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+}
+
 /// `CELLBENCH_RUN_ALL` (desktop) or `?run=all` in the page's address (browser): run every
 /// cell once the notebook is shown (demos, screenshots, end-to-end tests).
 fn run_all_on_start() -> bool {
@@ -551,27 +557,11 @@ impl WorkbenchApp {
         }
     }
 
-    /// Takes in what the page asks (dropped files, run zips, a notebook file).
-    #[cfg(target_arch = "wasm32")]
-    fn page_request(&mut self, r: crate::web::PageRequest) {
-        use crate::web::PageRequest;
-        match r {
-            PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
-            PageRequest::Note(error, text) => self.rt.note(error, text),
-            PageRequest::ImportRuns(dirs) => {
-                let runs = self.runs_dir();
-                let mut names = Vec::new();
-                for d in dirs {
-                    let Some(name) = d.file_name() else { continue };
-                    let to = runs.join(name);
-                    if crate::fs::exists(&to) {
-                        crate::fs::remove_dir_all(&to).ok();
-                    }
-                    match crate::fs::rename(&d, &to) {
-                        Ok(()) => names.push(name.to_string_lossy().into_owned()),
-                        Err(e) => self.rt.note(true, format!("run {}: {e}", d.display())),
-                    }
-                }
+    /// Imports run folders into the notebook's runs folder (`import` gets its path) and
+    /// refreshes the cells that list runs.
+    fn import_runs(&mut self, import: impl FnOnce(&Path) -> anyhow::Result<Vec<String>>) {
+        match import(&self.runs_dir()) {
+            Ok(ids) => {
                 self.rt.run_ids = None;
                 self.rt.evals.clear();
                 self.rt.compares.values_mut().for_each(|c| c.stale = true);
@@ -579,10 +569,24 @@ impl WorkbenchApp {
                     false,
                     format!(
                         "opened {} run(s): {}; Evaluate and Compare cells show them",
-                        names.len(),
-                        names.join(", ")
+                        ids.len(),
+                        ids.join(", ")
                     ),
                 );
+            }
+            Err(e) => self.rt.note(true, format!("runs not imported: {e:#}")),
+        }
+    }
+
+    /// Takes in what the page asks (dropped files, run zips, a notebook file).
+    #[cfg(target_arch = "wasm32")]
+    fn page_request(&mut self, r: crate::web::PageRequest) {
+        use crate::web::PageRequest;
+        match r {
+            PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
+            PageRequest::Note(error, text) => self.rt.note(error, text),
+            PageRequest::ImportRuns(from) => {
+                self.import_runs(|runs| crate::runs::archive::import_folders(&from, runs))
             }
             PageRequest::OpenWorkbook(path) => match Workbook::load(&path) {
                 Ok(w) => {
@@ -1100,7 +1104,16 @@ impl WorkbenchApp {
             self.pick_dataset(super::widgets::folder_dialog);
         }
         let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
-        if let Some(path) = dropped {
+        if let Some(path) = dropped.as_ref().filter(|p| is_zip(p)) {
+            // A zip of run folders (from the browser or a cluster job) joins the notebook's runs.
+            let path = path.clone();
+            self.import_runs(|runs| {
+                let bytes = crate::fs::read(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                crate::runs::archive::import_zip(&bytes, runs)
+                    .with_context(|| format!("{}", path.display()))
+            });
+        } else if let Some(path) = dropped {
             self.push(Command::OpenDataset(path));
         }
     }
@@ -1151,11 +1164,13 @@ impl WorkbenchApp {
                 .values()
                 .any(|d| matches!(d.data, Loading::Busy(_)))
             || self.rt.trains.values().any(TrainRuntime::is_running)
-            || self
-                .rt
-                .evals
-                .values()
-                .any(|e| matches!(e.data, Loading::Busy(_)))
+            || self.rt.evals.values().any(|e| {
+                matches!(e.data, Loading::Busy(_))
+                    || e.inspected.as_ref().is_some_and(|i| {
+                        matches!(i.image, Loading::Busy(_))
+                            || matches!(i.saliency, Loading::Busy(_))
+                    })
+            })
             || self
                 .rt
                 .predicts

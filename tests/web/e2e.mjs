@@ -36,12 +36,24 @@ const server = http.createServer((req, res) => {
 await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
 const port = server.address().port;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+// Debian's Chromium binary itself (its /usr/bin/chromium wrapper script only adds flags).
+const executablePath = process.env.CHROMIUM
+  || (fs.existsSync("/usr/lib/chromium/chromium") ? "/usr/lib/chromium/chromium" : "/usr/bin/chromium");
+const launchOptions = {
+  executablePath,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-    "--enable-unsafe-swiftshader"],
-});
+    "--disable-dev-shm-usage", "--enable-unsafe-swiftshader"],
+};
+// A browser that dies while starting (seen once on a loaded machine) is started again.
+let browser;
+for (let attempt = 1; ; attempt++) {
+  try { browser = await chromium.launch(launchOptions); break; }
+  catch (e) {
+    if (attempt === 3) throw e;
+    console.error(`chromium did not start (attempt ${attempt}): ${String(e.message).split("\n")[0]}`);
+  }
+}
 const failures = [];
 let result = {};
 try {
@@ -77,6 +89,30 @@ try {
   const longestFrameMs = await page.evaluate(() => window.__longestFrameMs);
   await page.waitForTimeout(500);
   await page.screenshot({ path: screenshot });
+  const demo = s;
+
+  // A user's folder, picked with "Add folder…": two class folders of real crops, a file that
+  // only claims to be an image, and a note beside them. It opens in the Dataset cell; the
+  // page keeps working.
+  const own = fs.mkdtempSync(path.join(process.env.TMPDIR || "/tmp", "cellbench-web-"));
+  const picked = path.join(own, "my cells");
+  for (const label of ["Lymphocyte", "Neutrophil"]) {
+    fs.mkdirSync(path.join(picked, label), { recursive: true });
+    const from = path.join(dist, "assets/demo/bccd", label);
+    for (const f of fs.readdirSync(from).sort().slice(0, 3)) fs.copyFileSync(path.join(from, f), path.join(picked, label, f));
+  }
+  fs.writeFileSync(path.join(picked, "Neutrophil", "broken.jpg"), "not a jpeg at all");
+  fs.writeFileSync(path.join(picked, "README.txt"), "cells from the lab");
+  await page.setInputFiles("#pick-folder", picked);
+  const pickDeadline = Date.now() + 60000;
+  for (;;) {
+    s = await status();
+    if (JSON.stringify(s.datasets) === JSON.stringify([[7, 2]]) || Date.now() > pickDeadline) break;
+    await page.waitForTimeout(250);
+  }
+  if (JSON.stringify(s.datasets) !== JSON.stringify([[7, 2]])) failures.push(`picked folder: datasets ${JSON.stringify(s.datasets)} (expected [[7,2]])`);
+  fs.rmSync(own, { recursive: true, force: true });
+  s = demo;
   if (JSON.stringify(s.datasets) !== JSON.stringify([[35, 5]])) failures.push(`datasets: ${JSON.stringify(s.datasets)} (expected [[35,5]])`);
   if (!(s.trainings || []).includes("finished")) failures.push(`trainings: ${JSON.stringify(s.trainings)}`);
   if (!(s.confusion_sides || []).includes(5)) failures.push(`confusion matrices: ${JSON.stringify(s.confusion_sides)} (expected a 5×5)`);

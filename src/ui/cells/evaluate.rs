@@ -18,7 +18,25 @@ pub struct EvalRuntime {
     pub normalised: bool,
     pub selected: Option<(usize, usize)>,
     /// The prediction row open in the inspector, with its image loading in the background.
-    pub inspected: Option<(usize, Loading<egui::TextureHandle>)>,
+    pub inspected: Option<Inspected>,
+}
+
+/// The image open in the Evaluate cell's inspector, and its saliency map.
+pub struct Inspected {
+    pub row: usize,
+    pub image: Loading<egui::TextureHandle>,
+    /// The class activation map of the predicted class, computed on the compute worker.
+    pub saliency: Loading<SaliencyView>,
+    pub show_saliency: bool,
+    pub opacity: f32,
+    /// The overlay texture and the opacity it was drawn with.
+    overlay: Option<(f32, egui::TextureHandle)>,
+}
+
+/// A saliency map with the (downscaled) image it is laid over.
+pub struct SaliencyView {
+    pub map: crate::model::saliency::Saliency,
+    pub base: image::RgbImage,
 }
 
 impl EvalRuntime {
@@ -195,7 +213,7 @@ pub(super) fn evaluate_ui(
     let labels = data.labels.clone();
     let rows = data.rows.clone();
     let selected = ev.selected;
-    let inspected = ev.inspected.as_ref().map(|i| i.0);
+    let inspected = ev.inspected.as_ref().map(|i| i.row);
     let mut inspect: Option<usize> = None;
     if let (Some((ti, pi)), Some(cm)) = (selected, &m.confusion) {
         let (t, p) = (&cm.labels[ti], &cm.labels[pi]);
@@ -271,21 +289,48 @@ pub(super) fn evaluate_ui(
         } else {
             let path = root.join(&rows[i].path);
             let c = ctx.clone();
+            let preview = path.clone();
             let task = BgTask::spawn(&ctx, "preview", move || {
-                crate::ui::thumbs::decode_preview(&path).map(|img| {
+                crate::ui::thumbs::decode_preview(&preview).map(|img| {
                     c.load_texture(
-                        path.display().to_string(),
+                        preview.display().to_string(),
                         img,
                         egui::TextureOptions::LINEAR,
                     )
                 })
             });
-            Some((i, Loading::Busy(task)))
+            let run_dir = runs_dir.join(&ev.run);
+            let saliency = BgTask::on_worker(&ctx, &app.rt.compute, move || {
+                // Saliency maps are computed on the CPU network.
+                let cpu = crate::model::backend::select(crate::model::backend::BackendChoice::Cpu)
+                    .map_err(|e| format!("{e:#}"))?;
+                let classifier = crate::model::Classifier::load(&run_dir, &cpu.device)
+                    .map_err(|e| format!("{e:#}"))?;
+                let img = crate::dataset::image_io::decode_file_complete(&path)
+                    .map_err(|e| e.to_string())?;
+                let map = classifier
+                    .saliency(&img, None)
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(SaliencyView {
+                    map,
+                    base: img.thumbnail(320, 320).to_rgb8(),
+                })
+            });
+            Some(Inspected {
+                row: i,
+                image: Loading::Busy(task),
+                saliency: Loading::Busy(saliency),
+                show_saliency: false,
+                opacity: 0.6,
+                overlay: None,
+            })
         };
     }
-    if let Some((i, texture)) = &mut ev.inspected {
-        texture.poll();
-        prediction_inspector_ui(ui, &rows[*i], &labels, &root, texture);
+    if let Some(inspected) = &mut ev.inspected {
+        inspected.image.poll();
+        inspected.saliency.poll();
+        let row = inspected.row;
+        prediction_inspector_ui(ui, &rows[row], &labels, &root, inspected);
     }
 }
 
@@ -295,11 +340,37 @@ fn prediction_inspector_ui(
     row: &crate::runs::view::PredictionRow,
     labels: &[String],
     root: &std::path::Path,
-    texture: &Loading<egui::TextureHandle>,
+    inspected: &mut Inspected,
 ) {
     ui.separator();
+    // The overlay texture follows the opacity slider (drawn here: a few hundred pixels).
+    if let Loading::Ready(view) = &inspected.saliency
+        && inspected.show_saliency
+        && inspected
+            .overlay
+            .as_ref()
+            .is_none_or(|(o, _)| *o != inspected.opacity)
+    {
+        let img = view.map.overlay(&view.base, inspected.opacity);
+        let color =
+            egui::ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw());
+        let tex = ui
+            .ctx()
+            .load_texture("saliency-overlay", color, egui::TextureOptions::LINEAR);
+        inspected.overlay = Some((inspected.opacity, tex));
+    }
+    let shown = match (
+        &inspected.overlay,
+        inspected.show_saliency,
+        &inspected.image,
+    ) {
+        (Some((_, tex)), true, _) => Loading::Ready(tex.clone()),
+        (_, _, Loading::Ready(tex)) => Loading::Ready(tex.clone()),
+        (_, _, Loading::Failed(e)) => Loading::Failed(e.clone()),
+        _ => Loading::Idle,
+    };
     ui.horizontal_top(|ui| {
-        match texture {
+        match &shown {
             Loading::Ready(tex) => {
                 let size = tex.size_vec2();
                 let scale = (260.0 / size.x.max(size.y)).min(2.0);
@@ -325,6 +396,31 @@ fn prediction_inspector_ui(
                 error_label(ui, &verdict);
             }
             widgets::probability_bars(ui, labels, &row.probs, labels.len());
+            match &inspected.saliency {
+                Loading::Ready(view) => {
+                    ui.checkbox(&mut inspected.show_saliency, "Saliency")
+                        .on_hover_text(format!(
+                            "Where {} comes from: the class activation map of the last feature map ({}×{} grid), exact for a probe or a fine-tuned network",
+                            view.map.explains, view.map.width, view.map.height
+                        ));
+                    if inspected.show_saliency {
+                        ui.add(
+                            egui::Slider::new(&mut inspected.opacity, 0.0..=1.0)
+                                .text("opacity")
+                                .step_by(0.05),
+                        );
+                    }
+                }
+                Loading::Failed(e) => {
+                    ui.label(egui::RichText::new(format!("no saliency map: {e}")).weak());
+                }
+                _ => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("saliency map…");
+                    });
+                }
+            }
         });
     });
 }

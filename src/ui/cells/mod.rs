@@ -297,10 +297,6 @@ fn queue_prefetch(
 ) {
     /// Images per slice: one image at 224² is about 60 ms of WebAssembly work.
     const PREFETCH_SLICE: usize = 1;
-    thread_local! {
-        static EXTRACTOR: std::cell::RefCell<Option<std::rc::Rc<crate::model::extractor::Extractor>>> =
-            const { std::cell::RefCell::new(None) };
-    }
     let prefetch = Arc::new(prefetch);
     let total = prefetch.paths.len();
     let cache = crate::train::features::FeatureCache::default_location();
@@ -316,19 +312,12 @@ fn queue_prefetch(
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
-            let extractor = EXTRACTOR.with(|e| {
-                let mut e = e.borrow_mut();
-                if e.is_none() {
-                    let device = burn::tensor::Device::flex();
-                    *e = crate::model::extractor::Extractor::bundled(&device)
-                        .map(std::rc::Rc::new)
-                        .map_err(|err| log::error!("{err:#}"))
-                        .ok();
-                }
-                e.clone()
-            });
-            // Without weights the run itself reports the error.
-            let Some(extractor) = extractor else { return };
+            // The folded network is built once and shared; without weights the run itself
+            // reports the error.
+            let device = burn::tensor::Device::flex();
+            let Ok(extractor) = crate::model::extractor::Extractor::bundled(&device) else {
+                return;
+            };
             let end = (start + PREFETCH_SLICE).min(total);
             crate::train::features::featurize(
                 &extractor,
