@@ -212,3 +212,59 @@ fn a_probe_map_lies_on_the_disk_that_decides_the_class() {
         "{err}"
     );
 }
+
+/// `cellbench embed` maps every readable image of the bundled demo to two coordinates and
+/// draws them; an image that is not one is listed and left out.
+#[test]
+fn embed_maps_the_demo_cells_and_skips_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cells");
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/bccd");
+    let mut count = 0;
+    for label in ["Lymphocyte", "Neutrophil"] {
+        std::fs::create_dir_all(data.join(label)).unwrap();
+        for e in std::fs::read_dir(demo.join(label)).unwrap().flatten() {
+            std::fs::copy(e.path(), data.join(label).join(e.file_name())).unwrap();
+            count += 1;
+        }
+    }
+    std::fs::write(data.join("Neutrophil/broken.jpg"), "not a jpeg").unwrap();
+    let (csv, png) = (dir.path().join("map.csv"), dir.path().join("map.png"));
+    let out = cellbench(
+        &[
+            "embed",
+            data.to_str().unwrap(),
+            "--out",
+            csv.to_str().unwrap(),
+            "--png",
+            png.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+        &dir.path().join("cache"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("broken.jpg"), "{stderr}");
+    assert!(stderr.contains("% of their variance"), "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "path,label,patient,x,y");
+    assert_eq!(lines.len(), count + 1, "{text}");
+    assert!(lines[1..].iter().all(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        f.len() == 5 && f[3].parse::<f32>().is_ok() && f[4].parse::<f32>().is_ok()
+    }));
+    // The two kinds of cell sit apart along the first axis more often than not.
+    let mean_x = |label: &str| {
+        let xs: Vec<f32> = lines[1..]
+            .iter()
+            .filter(|l| l.split(',').nth(1) == Some(label))
+            .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+            .collect();
+        xs.iter().sum::<f32>() / xs.len() as f32
+    };
+    assert!((mean_x("Lymphocyte") - mean_x("Neutrophil")).abs() > 1.0);
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (1000, 800));
+}

@@ -72,6 +72,8 @@ pub enum Command {
     Predict(model_cmds::PredictArgs),
     /// Where a run's model looks: class activation maps as overlay PNGs and raw CSV maps.
     Explain(model_cmds::ExplainArgs),
+    /// A 2-D map of a dataset's backbone features (PCA) as CSV, optionally a PNG.
+    Embed(model_cmds::EmbedArgs),
     /// Compute every metric from a predictions CSV.
     Evaluate(EvaluateCmdArgs),
     /// Serve a trained run over HTTP (POST /predict, GET /health).
@@ -376,6 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Train(args)) => model_cmds::train_cmd(args),
         Some(Command::Predict(args)) => model_cmds::predict_cmd(args),
         Some(Command::Explain(args)) => model_cmds::explain_cmd(args),
+        Some(Command::Embed(args)) => model_cmds::embed_cmd(args),
         Some(Command::Evaluate(args)) => evaluate(args),
         Some(Command::Serve(args)) => model_cmds::serve_cmd(args),
         Some(Command::Cluster { command, target }) => cluster_cmds::run(command, &target),

@@ -587,6 +587,117 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
     })
 }
 
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Dataset folder or CSV.
+    pub dataset: PathBuf,
+    /// The map as CSV: `path,label,patient,x,y` (principal components of the backbone
+    /// features).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Also draw the map as a PNG, points coloured by label.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+/// `cellbench embed`: a 2-D map (PCA) of a dataset's EfficientNet-Lite0 features, through the
+/// feature cache.
+pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
+    let manifest = crate::dataset::open(&args.dataset, &OpenOptions::default())?;
+    let records: Vec<_> = manifest
+        .records
+        .iter()
+        .filter(|r| r.bytes.is_some())
+        .collect();
+    anyhow::ensure!(
+        !records.is_empty(),
+        "no images in {}",
+        args.dataset.display()
+    );
+    let paths: Vec<PathBuf> = records.iter().map(|r| manifest.image_path(r)).collect();
+    let compute = backend::select(args.backend)?;
+    let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
+    eprintln!(
+        "extracting the features of {} images on {}",
+        paths.len(),
+        compute.description
+    );
+    let cache = FeatureCache::default_location();
+    let f = crate::train::features::featurize(
+        &extractor,
+        "efficientnet-lite0",
+        false,
+        &crate::dataset::preprocess::Preprocess::default(),
+        &paths,
+        Some(&cache),
+        32,
+        &mut |_, _| {},
+        &AtomicBool::new(false),
+    );
+    for (path, reason) in &f.failures {
+        eprintln!("skipped (unreadable: {reason}): {}", path.display());
+    }
+    let kept: Vec<usize> = (0..paths.len())
+        .filter(|&i| f.features[i].is_some())
+        .collect();
+    anyhow::ensure!(
+        kept.len() >= 2,
+        "fewer than two readable images: no map to draw"
+    );
+    let rows: Vec<Vec<f32>> = kept.iter().filter_map(|&i| f.features[i].clone()).collect();
+    let pca = crate::explore::embedding::pca(&rows, 2);
+    let mut text = String::from("path,label,patient,x,y\n");
+    let mut points = Vec::with_capacity(kept.len());
+    for (row, &i) in kept.iter().enumerate() {
+        let r = records[i];
+        let (x, y) = (
+            pca.coords[row][0],
+            pca.coords[row].get(1).copied().unwrap_or(0.0),
+        );
+        text.push_str(&format!(
+            "{},{},{},{x:.6},{y:.6}\n",
+            crate::fsio::csv_field(&r.path),
+            crate::fsio::csv_field(&r.label_string()),
+            crate::fsio::csv_field(r.patient.as_deref().unwrap_or("")),
+        ));
+        points.push((x, y, r.label_string()));
+    }
+    crate::fsio::write_atomic_bytes(&args.out, text.as_bytes())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let share = |c: usize| pca.explained.get(c).map_or(0.0, |e| e * 100.0);
+    eprintln!(
+        "mapped {} images to {}: the axes are the first two principal components of the features ({:.1}% and {:.1}% of their variance)",
+        kept.len(),
+        args.out.display(),
+        share(0),
+        share(1)
+    );
+    if let Some(png) = &args.png {
+        #[cfg(feature = "gui")]
+        {
+            let title = format!("{} images: PCA of EfficientNet-Lite0 features", kept.len());
+            let axes = (
+                format!("PC 1 ({:.1}% of variance)", share(0)),
+                format!("PC 2 ({:.1}% of variance)", share(1)),
+            );
+            crate::explore::charts::write_scatter_png(png, &title, &axes, &points)?;
+            eprintln!("drew {}", png.display());
+        }
+        #[cfg(not(feature = "gui"))]
+        anyhow::bail!(
+            "this headless build draws no charts (built without the gui feature): {}",
+            png.display()
+        );
+    }
+    Ok(if f.failures.is_empty() {
+        0
+    } else {
+        super::exit::PROBLEMS
+    })
+}
+
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     let strict = args.strict;
     let compute = backend::select(args.backend)?;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -384,6 +385,73 @@ pub fn write_chart(spec: &ChartSpec, dir: &Path, stem: &str) -> anyhow::Result<V
 }
 
 /// Writes every chart of a report into `dir`; returns the files written.
+/// A scatter plot of labelled points (one colour per label, with a legend) as a PNG.
+pub fn write_scatter_png(
+    path: &Path,
+    title: &str,
+    axes: &(String, String),
+    points: &[(f32, f32, String)],
+) -> anyhow::Result<()> {
+    let mut labels: Vec<&str> = points.iter().map(|p| p.2.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let range = |f: fn(&(f32, f32, String)) -> f32| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        (lo - pad)..(hi + pad)
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fs::create_dir_all(dir)?;
+    }
+    let (width, height) = (1000u32, 800u32);
+    let mut buf = vec![0u8; (width * height * 3) as usize];
+    let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+    let draw = || -> DrawResult<BitMapBackend<'_>> {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(60)
+            .build_cartesian_2d(range(|p| p.0), range(|p| p.1))?;
+        chart
+            .configure_mesh()
+            .x_desc(axes.0.as_str())
+            .y_desc(axes.1.as_str())
+            .axis_desc_style(("sans-serif", 16))
+            .draw()?;
+        for (k, label) in labels.iter().enumerate() {
+            let color = PALETTE[k % PALETTE.len()];
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| p.2 == *label)
+                        .map(|p| Circle::new((p.0, p.1), 4, color.mix(0.75).filled())),
+                )?
+                .label(*label)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 15))
+            .draw()?;
+        root.present()
+    };
+    draw().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    drop(root);
+    image::RgbImage::from_raw(width, height, buf)
+        .context("the chart buffer")?
+        .save(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn write_report_charts(report: &ExploreReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     crate::fs::create_dir_all(dir)?;
     let mut files = Vec::new();

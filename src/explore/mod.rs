@@ -4,6 +4,7 @@
 
 #[cfg(all(not(target_arch = "wasm32"), feature = "gui"))]
 pub mod charts;
+pub mod embedding;
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -1,0 +1,154 @@
+//! A 2-D map of a dataset's backbone features: principal component analysis, computed by
+//! power iteration on the centred features (no dense covariance matrix, so 100k images of
+//! 1280 features stay in memory once).
+
+/// The first principal components of a set of feature vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pca {
+    /// Feature means (subtracted before projecting).
+    pub mean: Vec<f32>,
+    /// Unit component vectors, strongest first.
+    pub components: Vec<Vec<f32>>,
+    /// Share of the total variance each component explains.
+    pub explained: Vec<f64>,
+    /// Each row's coordinates on the components.
+    pub coords: Vec<Vec<f32>>,
+}
+
+/// The first `k` principal components of `rows` (all of the same width). Deterministic: the
+/// power iteration starts from a fixed vector and runs to convergence (or 500 rounds).
+pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
+    let n = rows.len();
+    let d = rows.first().map_or(0, Vec::len);
+    let mut mean = vec![0.0f64; d];
+    for r in rows {
+        for (m, v) in mean.iter_mut().zip(r) {
+            *m += *v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+    let centred: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| r.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect())
+        .collect();
+    let total: f64 = centred.iter().flatten().map(|v| v * v).sum();
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    let mut explained = Vec::new();
+    for c in 0..k.min(d) {
+        // v ← Xᵀ X v, orthogonal to the components found so far.
+        let mut v: Vec<f64> = (0..d)
+            .map(|j| 1.0 + ((j * 7 + c * 13) % 17) as f64 / 17.0)
+            .collect();
+        let mut eigen = 0.0;
+        for _ in 0..500 {
+            for u in &components {
+                let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            v.iter_mut().for_each(|a| *a /= norm);
+            let mut next = vec![0.0f64; d];
+            for x in &centred {
+                let p: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+                next.iter_mut().zip(x).for_each(|(o, a)| *o += p * a);
+            }
+            let value: f64 = next.iter().zip(&v).map(|(a, b)| a * b).sum();
+            let converged = (value - eigen).abs() <= 1e-10 * value.abs().max(1e-300);
+            eigen = value;
+            v = next;
+            if converged {
+                break;
+            }
+        }
+        for u in &components {
+            let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            break;
+        }
+        v.iter_mut().for_each(|a| *a /= norm);
+        // A fixed sign: the largest entry is positive.
+        if v.iter()
+            .copied()
+            .fold(0.0f64, |m, a| if a.abs() > m.abs() { a } else { m })
+            < 0.0
+        {
+            v.iter_mut().for_each(|a| *a = -*a);
+        }
+        explained.push(if total > 0.0 { eigen / total } else { 0.0 });
+        components.push(v);
+    }
+    let coords = centred
+        .iter()
+        .map(|x| {
+            components
+                .iter()
+                .map(|u| x.iter().zip(u).map(|(a, b)| a * b).sum::<f64>() as f32)
+                .collect()
+        })
+        .collect();
+    Pca {
+        mean: mean.into_iter().map(|m| m as f32).collect(),
+        components: components
+            .into_iter()
+            .map(|u| u.into_iter().map(|a| a as f32).collect())
+            .collect(),
+        explained,
+        coords,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points spread along two known orthogonal directions (variances 9 and 1) plus a little
+    /// noise: the components are those directions, in that order, with those shares.
+    #[test]
+    fn finds_known_directions_and_their_variance_shares() {
+        let d = 6;
+        let s = 0.5f32.sqrt();
+        let u = [s, s, 0.0, 0.0, 0.0, 0.0];
+        let v = [0.0, 0.0, s, -s, 0.0, 0.0];
+        let mut rows = Vec::new();
+        let mut state = 12345u32;
+        let mut noise = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state as f32 / u32::MAX as f32 - 0.5) * 0.02
+        };
+        for i in 0..400 {
+            let a = ((i % 20) as f32 - 9.5) * (3.0 / 5.77);
+            let b = ((i / 20) as f32 - 9.5) * (1.0 / 5.77);
+            rows.push(
+                (0..d)
+                    .map(|j| 5.0 + a * u[j] + b * v[j] + noise())
+                    .collect(),
+            );
+        }
+        let p = pca(&rows, 2);
+        let dot = |x: &[f32], y: &[f32; 6]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f32>();
+        assert!(
+            dot(&p.components[0], &u).abs() > 0.999,
+            "{:?}",
+            p.components[0]
+        );
+        assert!(
+            dot(&p.components[1], &v).abs() > 0.999,
+            "{:?}",
+            p.components[1]
+        );
+        assert!((p.explained[0] - 0.9).abs() < 0.01, "{:?}", p.explained);
+        assert!((p.explained[1] - 0.1).abs() < 0.01, "{:?}", p.explained);
+        assert!((p.mean[0] - 5.0).abs() < 0.01);
+        // Coordinates are the projections: the first spreads three times the second.
+        let spread = |c: usize| (p.coords.iter().map(|r| r[c] * r[c]).sum::<f32>() / 400.0).sqrt();
+        assert!((spread(0) / spread(1) - 3.0).abs() < 0.05);
+    }
+}
