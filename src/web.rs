@@ -12,6 +12,10 @@ use wasm_bindgen::JsValue;
 
 use crate::ui::app::NotebookStatus;
 
+/// The page's egui context: a request from the page (dropped files) wakes the app with it,
+/// since an idle page draws no frames.
+static CONTEXT: std::sync::OnceLock<eframe::egui::Context> = std::sync::OnceLock::new();
+
 /// Starts the workbench on the canvas `canvas_id`.
 pub async fn start(canvas_id: &str) -> Result<(), JsValue> {
     eframe::WebLogger::init(log::LevelFilter::Info).ok();
@@ -28,7 +32,10 @@ pub async fn start(canvas_id: &str) -> Result<(), JsValue> {
         .start(
             canvas,
             eframe::WebOptions::default(),
-            Box::new(|cc| Ok(Box::new(crate::ui::WorkbenchApp::new(cc, None, None)))),
+            Box::new(|cc| {
+                CONTEXT.set(cc.egui_ctx.clone()).ok();
+                Ok(Box::new(crate::ui::WorkbenchApp::new(cc, None, None)))
+            }),
         )
         .await
 }
@@ -102,6 +109,9 @@ pub fn take_requests() -> Vec<PageRequest> {
 
 fn request(r: PageRequest) {
     REQUESTS.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    if let Some(ctx) = CONTEXT.get() {
+        ctx.request_repaint();
+    }
 }
 
 /// Where the page keeps its notebook (and, beside it, `runs/`).

@@ -81,7 +81,8 @@ try {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     s = await status();
-    const done = (s.trainings || []).some((t) => t !== "running") && (s.confusion_sides || []).length > 0;
+    const done = (s.trainings || []).some((t) => t !== "running") && (s.confusion_sides || []).length > 0
+      && consoleLines.some((l) => l.includes("prediction finished"));
     if (done || failures.length || Date.now() > deadline) break;
     await page.waitForTimeout(250);
   }
@@ -90,6 +91,26 @@ try {
   await page.waitForTimeout(500);
   await page.screenshot({ path: screenshot });
   const demo = s;
+
+  // Runs travel: the page's runs download as a zip of run folders, and that zip, picked
+  // again, opens as runs (the same way a desktop or cluster run folder arrives). The notebook
+  // downloads as a .cellbook.toml.
+  const [runsDownload] = await Promise.all([page.waitForEvent("download"), page.click("#save-runs")]);
+  const runsZip = path.join(fs.mkdtempSync(path.join(process.env.TMPDIR || "/tmp", "cellbench-runs-")), "runs.zip");
+  await runsDownload.saveAs(runsZip);
+  const zipBytes = fs.readFileSync(runsZip);
+  if (zipBytes.length < 1000 || zipBytes.readUInt32LE(0) !== 0x04034b50) failures.push(`runs zip: ${zipBytes.length} bytes, not a zip`);
+  const [bookDownload] = await Promise.all([page.waitForEvent("download"), page.click("#save-workbook")]);
+  const book = fs.readFileSync(await bookDownload.path(), "utf8");
+  if (!book.includes("Demo: white blood cells")) failures.push(`workbook download: ${book.slice(0, 200)}`);
+  const before = consoleLines.length;
+  await page.setInputFiles("#pick-files", runsZip);
+  const importDeadline = Date.now() + 30000;
+  while (!consoleLines.slice(before).some((l) => l.includes("opened 1 run(s)")) && Date.now() < importDeadline) {
+    await page.waitForTimeout(200);
+  }
+  if (!consoleLines.slice(before).some((l) => l.includes("opened 1 run(s)"))) failures.push("the downloaded runs zip did not open as a run");
+  fs.rmSync(path.dirname(runsZip), { recursive: true, force: true });
 
   // A user's folder, picked with "Add folder…": two class folders of real crops, a file that
   // only claims to be an image, and a note beside them. It opens in the Dataset cell; the
