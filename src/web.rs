@@ -214,12 +214,20 @@ pub fn workbook_toml() -> Result<String, JsValue> {
         .map_err(|_| JsValue::from_str("the notebook has not been saved yet"))
 }
 
+static RUNS_DIR: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// The notebook's runs folder, as the app resolves it (told once per frame).
+pub fn set_runs_dir(dir: std::path::PathBuf) {
+    *RUNS_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+}
+
 /// Every run of the page as one zip of run folders (`runs/<id>/…`).
 pub fn runs_zip() -> Result<Vec<u8>, JsValue> {
-    let runs = std::path::Path::new(WORKBOOK)
-        .parent()
-        .unwrap_or(std::path::Path::new("/"))
-        .join("runs");
+    let runs = RUNS_DIR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| JsValue::from_str("the notebook is not open yet"))?;
     crate::runs::archive::zip_runs(&runs).map_err(|e| JsValue::from_str(&format!("{e:#}")))
 }
 

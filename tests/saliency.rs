@@ -145,12 +145,7 @@ fn a_probe_map_lies_on_the_disk_that_decides_the_class() {
         if inside / n_inside as f32 >= 2.0 * outside / n_outside as f32 {
             concentrated += 1;
         }
-        let peak = heat
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0;
+        let peak = cellbench::model::decision::argmax(&heat);
         if distance(peak) <= RADIUS + 16.0 {
             peak_on_disk += 1;
         }

@@ -54,13 +54,13 @@ pub fn read_csv_strings(path: &Path) -> Result<CsvTable, OpenError> {
         path: path.to_owned(),
         message,
     };
-    if let Some(quote) = unterminated_quote(path).map_err(|e| csv_err(e.to_string()))? {
+    let bytes = crate::fs::read(path).map_err(|e| csv_err(e.to_string()))?;
+    if let Some(quote) = unterminated_quote(&bytes) {
         return Err(csv_err(format!(
             "line {}: a quote is never closed (the rest of the file would be one field): {}",
             quote.line, quote.excerpt
         )));
     }
-    let bytes = crate::fs::read(path).map_err(|e| csv_err(e.to_string()))?;
     let table = CsvTable::parse(&String::from_utf8_lossy(&bytes))
         .map_err(|e| csv_err(clip_message(&e, MAX_MESSAGE_BYTES)))?;
     let mut seen = HashSet::new();
@@ -99,53 +99,36 @@ struct OpenQuote {
 
 /// One pass over the file counting quotes (`""` inside a quoted field counts twice, so it
 /// never changes the parity): `Some` when the file ends inside a quoted field.
-fn unterminated_quote(path: &Path) -> std::io::Result<Option<OpenQuote>> {
-    use std::io::Read as _;
-    let mut file = std::io::BufReader::with_capacity(1 << 16, crate::fs::File::open(path)?);
-    let mut buf = vec![0u8; 1 << 16];
+fn unterminated_quote(bytes: &[u8]) -> Option<OpenQuote> {
     let mut line = 1usize;
-    let mut line_start = 0u64; // byte offset of the current line
-    let mut offset = 0u64;
-    let mut open: Option<(usize, u64)> = None; // (line, line start) of the open quote
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        for &b in &buf[..n] {
-            match b {
-                b'"' => {
-                    open = match open {
-                        Some(_) => None,
-                        None => Some((line, line_start)),
-                    }
+    let mut line_start = 0usize; // byte offset of the current line
+    let mut open: Option<(usize, usize)> = None; // (line, line start) of the open quote
+    for (offset, &b) in bytes.iter().enumerate() {
+        match b {
+            b'"' => {
+                open = match open {
+                    Some(_) => None,
+                    None => Some((line, line_start)),
                 }
-                b'\n' => {
-                    line += 1;
-                    line_start = offset + 1;
-                }
-                _ => {}
             }
-            offset += 1;
+            b'\n' => {
+                line += 1;
+                line_start = offset + 1;
+            }
+            _ => {}
         }
     }
-    let Some((line, start)) = open else {
-        return Ok(None);
-    };
-    let mut file = crate::fs::File::open(path)?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
-    let mut head = Vec::with_capacity(MAX_MESSAGE_BYTES + 4);
-    file.take(MAX_MESSAGE_BYTES as u64 + 4)
-        .read_to_end(&mut head)?;
-    let text = String::from_utf8_lossy(&head);
+    let (line, start) = open?;
+    let head = &bytes[start..bytes.len().min(start + MAX_MESSAGE_BYTES + 4)];
+    let text = String::from_utf8_lossy(head);
     let first_line = text.split('\n').next().unwrap_or_default();
-    Ok(Some(OpenQuote {
+    Some(OpenQuote {
         line,
         excerpt: format!(
             "`{}`",
             clip_message(first_line.trim_end(), MAX_MESSAGE_BYTES)
         ),
-    }))
+    })
 }
 
 /// Detects the CSV flavour from its column names.

@@ -76,7 +76,7 @@ pub fn walk_images(root: &Path) -> Walk {
 pub fn walk_images(root: &Path) -> Walk {
     let mut walk = Walk::default();
     let root = crate::fs::memory::normalise(root);
-    for path in crate::fs::memory::files_below(&root) {
+    for path in crate::fs::files_below(&root) {
         let hidden = path
             .strip_prefix(&root)
             .is_ok_and(|rel| rel.iter().any(|c| c.to_string_lossy().starts_with('.')));

@@ -41,15 +41,9 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
             .collect();
         let mut eigen = 0.0;
         for _ in 0..500 {
-            for u in &components {
-                let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
-                v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
-            }
-            let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
-            if norm == 0.0 {
+            if !orthonormalise(&mut v, &components) {
                 break;
             }
-            v.iter_mut().for_each(|a| *a /= norm);
             let mut next = vec![0.0f64; d];
             for x in &centred {
                 let p: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
@@ -63,15 +57,9 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
                 break;
             }
         }
-        for u in &components {
-            let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
-            v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
-        }
-        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
-        if norm == 0.0 {
+        if !orthonormalise(&mut v, &components) {
             break;
         }
-        v.iter_mut().for_each(|a| *a /= norm);
         // A fixed sign: the largest entry is positive.
         if v.iter()
             .copied()
@@ -101,6 +89,21 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
         explained,
         coords,
     }
+}
+
+/// Removes from `v` its parts along the (unit, orthogonal) `basis` and scales it to unit
+/// length; false when nothing is left.
+fn orthonormalise(v: &mut [f64], basis: &[Vec<f64>]) -> bool {
+    for u in basis {
+        let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+        v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+    }
+    let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return false;
+    }
+    v.iter_mut().for_each(|a| *a /= norm);
+    true
 }
 
 #[cfg(test)]

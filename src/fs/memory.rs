@@ -24,6 +24,23 @@ enum Node {
 
 static TREE: Mutex<BTreeMap<PathBuf, Node>> = Mutex::new(BTreeMap::new());
 
+impl Node {
+    fn metadata(&self) -> Metadata {
+        match self {
+            Node::File { bytes, modified } => Metadata {
+                len: bytes.len() as u64,
+                dir: false,
+                modified: *modified,
+            },
+            Node::Dir => Metadata {
+                len: 0,
+                dir: true,
+                modified: SystemTime::UNIX_EPOCH,
+            },
+        }
+    }
+}
+
 fn tree() -> MutexGuard<'static, BTreeMap<PathBuf, Node>> {
     TREE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -100,11 +117,6 @@ fn get(path: &Path) -> io::Result<Arc<Vec<u8>>> {
         )),
         None => Err(not_found(&path)),
     }
-}
-
-/// The file's bytes without copying them (the browser's image decoder reads these).
-pub fn read_shared(path: impl AsRef<Path>) -> io::Result<Arc<Vec<u8>>> {
-    get(path.as_ref())
 }
 
 pub fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
@@ -265,19 +277,10 @@ pub fn metadata(path: impl AsRef<Path>) -> io::Result<Metadata> {
             modified: SystemTime::UNIX_EPOCH,
         });
     }
-    match tree().get(&path) {
-        Some(Node::File { bytes, modified }) => Ok(Metadata {
-            len: bytes.len() as u64,
-            dir: false,
-            modified: *modified,
-        }),
-        Some(Node::Dir) => Ok(Metadata {
-            len: 0,
-            dir: true,
-            modified: SystemTime::UNIX_EPOCH,
-        }),
-        None => Err(not_found(&path)),
-    }
+    tree()
+        .get(&path)
+        .map(Node::metadata)
+        .ok_or_else(|| not_found(&path))
 }
 
 /// An entry of [`read_dir`].
@@ -328,32 +331,10 @@ pub fn read_dir(path: impl AsRef<Path>) -> io::Result<ReadDir> {
         .filter(|(p, _)| p.parent() == Some(path.as_path()))
         .map(|(p, n)| DirEntry {
             path: p.clone(),
-            meta: match n {
-                Node::File { bytes, modified } => Metadata {
-                    len: bytes.len() as u64,
-                    dir: false,
-                    modified: *modified,
-                },
-                Node::Dir => Metadata {
-                    len: 0,
-                    dir: true,
-                    modified: SystemTime::UNIX_EPOCH,
-                },
-            },
+            meta: n.metadata(),
         })
         .collect::<Vec<_>>();
     Ok(ReadDir(entries.into_iter()))
-}
-
-/// Every file below `root` (recursively), sorted.
-pub fn files_below(root: &Path) -> Vec<PathBuf> {
-    let root = normalise(root);
-    tree()
-        .range(root.clone()..)
-        .take_while(|(p, _)| p.starts_with(&root))
-        .filter(|(_, n)| matches!(n, Node::File { .. }))
-        .map(|(p, _)| p.clone())
-        .collect()
 }
 
 /// How a [`File`] is opened.
@@ -517,7 +498,6 @@ mod tests {
         // A folder's entries are its children only, and `x` does not list `x2`'s files.
         write(root.join("x2/3.bmp"), b"3").unwrap();
         assert_eq!(read_dir(root.join("x")).unwrap().count(), 2);
-        assert_eq!(files_below(&root.join("x")).len(), 2);
 
         rename(root.join("x"), root.join("y")).unwrap();
         assert!(read(root.join("x/1.bmp")).is_err());

@@ -31,6 +31,26 @@ pub fn is_file(path: &Path) -> bool {
     metadata(path).is_ok_and(|m| m.is_file())
 }
 
+/// Every file below `dir`, recursively, sorted (unreadable folders are skipped).
+pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// This process's id on the desktop; a fixed id in the browser, where one page is one process.
 pub fn process_id() -> u32 {
     #[cfg(not(target_arch = "wasm32"))]

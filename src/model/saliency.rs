@@ -34,12 +34,7 @@ pub struct Saliency {
 impl Saliency {
     /// The grid position with the largest value.
     pub fn peak(&self) -> (usize, usize) {
-        let i = self
-            .values
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
+        let i = super::decision::argmax(&self.values);
         (i % self.width.max(1), i / self.width.max(1))
     }
 
@@ -249,12 +244,7 @@ mod tests {
         };
         assert_eq!(s.peak(), (5, 2));
         let up = s.upsampled(224, 224);
-        let i = up
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0;
+        let i = crate::model::decision::argmax(&up);
         let (x, y) = (i % 224, i / 224);
         // Cell (5, 2) covers pixels 160..192 × 64..96.
         assert!((160..192).contains(&x) && (64..96).contains(&y), "{x},{y}");

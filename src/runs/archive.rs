@@ -4,6 +4,8 @@
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use crate::fs::files_below;
+
 use anyhow::Context as _;
 
 /// The most a zip may unpack to.
@@ -14,26 +16,6 @@ pub fn is_run_folder(dir: &Path) -> bool {
     crate::fs::is_file(&dir.join("config.toml"))
         && (crate::fs::is_file(&dir.join("model.json"))
             || crate::fs::is_file(&dir.join("status.json")))
-}
-
-/// Every file below `dir`, recursively, sorted.
-pub fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = crate::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => out.push(e.path()),
-                _ => {}
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The run folders at or below `dir`.

@@ -65,6 +65,17 @@ pub enum Command {
     },
 }
 
+/// Runs `job` away from the frame: on a named thread on the desktop, between frames in the
+/// browser.
+fn in_background(name: &'static str, job: impl FnOnce() + Send + 'static) {
+    #[cfg(target_arch = "wasm32")]
+    super::compute::defer(name, job);
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(job) {
+        log::error!("could not start {name}: {e}");
+    }
+}
+
 /// A one-shot background result.
 pub struct Task<T> {
     rx: mpsc::Receiver<T>,
@@ -78,17 +89,11 @@ impl<T: Send + 'static> Task<T> {
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let ctx = ctx.clone();
-        let job = move || {
+        in_background(name, move || {
             let v = f();
             tx.send(v).ok();
             ctx.request_repaint();
-        };
-        #[cfg(target_arch = "wasm32")]
-        super::compute::defer(name, job);
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(job) {
-            log::error!("could not start {name}: {e}");
-        }
+        });
         Self { rx }
     }
 
@@ -347,20 +352,14 @@ impl Runtime {
     ) {
         let tx = self.notes_tx.clone();
         let ctx = ctx.clone();
-        let job = move || {
+        in_background(name, move || {
             let note = match work() {
                 Ok(text) => (false, text),
                 Err(text) => (true, text),
             };
             tx.send(note).ok();
             ctx.request_repaint();
-        };
-        #[cfg(target_arch = "wasm32")]
-        super::compute::defer(name, job);
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(job) {
-            log::error!("could not start {name}: {e}");
-        }
+        });
     }
 
     /// Drops every runtime entry of a removed cell.
@@ -496,46 +495,47 @@ pub struct NotebookStatus {
 
 /// Where the workbook lives when none was chosen.
 pub fn default_workbook_path() -> PathBuf {
-    if cfg!(target_arch = "wasm32") {
-        return PathBuf::from("/cellbench/notebook.cellbook.toml");
-    }
-    std::env::var_os("CELLBENCH_WORKBOOK").map_or_else(
+    #[cfg(target_arch = "wasm32")]
+    let path = PathBuf::from(crate::web::WORKBOOK);
+    #[cfg(not(target_arch = "wasm32"))]
+    let path = std::env::var_os("CELLBENCH_WORKBOOK").map_or_else(
         || {
             std::env::var_os("HOME")
                 .map_or_else(|| PathBuf::from("."), PathBuf::from)
                 .join("cellbench/workbook.cellbook.toml")
         },
         PathBuf::from,
-    )
+    );
+    path
 }
 
 impl WorkbenchApp {
     /// The notebook's state in numbers (see [`NotebookStatus`]).
     pub fn status(&self) -> NotebookStatus {
-        let mut ids: Vec<&u64> = self.rt.datasets.keys().collect();
-        ids.sort();
-        let datasets = ids
-            .iter()
-            .filter_map(|id| match &self.rt.datasets[id].data {
+        /// A runtime map's entries by cell id (ids grow down the notebook).
+        fn by_id<T>(map: &HashMap<u64, T>) -> Vec<&T> {
+            let mut entries: Vec<(&u64, &T)> = map.iter().collect();
+            entries.sort_by_key(|(id, _)| **id);
+            entries.into_iter().map(|(_, v)| v).collect()
+        }
+        let datasets = by_id(&self.rt.datasets)
+            .into_iter()
+            .filter_map(|d| match &d.data {
                 Loading::Ready(d) => Some((d.manifest.records.len(), d.report.labels.len())),
                 _ => None,
             })
             .collect();
-        let mut ids: Vec<&u64> = self.rt.trains.keys().collect();
-        ids.sort();
-        let trainings = ids
-            .iter()
-            .map(|id| match &self.rt.trains[id].finished {
+        let trainings = by_id(&self.rt.trains)
+            .into_iter()
+            .map(|t| match &t.finished {
                 None => "running".to_owned(),
                 Some(Ok(_)) => "finished".to_owned(),
                 Some(Err(e)) => format!("failed: {e}"),
             })
             .collect();
-        let mut ids: Vec<&u64> = self.rt.evals.keys().collect();
-        ids.sort();
-        let confusion_sides = ids
-            .iter()
-            .filter_map(|id| match &self.rt.evals[id].data {
+        let confusion_sides = by_id(&self.rt.evals)
+            .into_iter()
+            .filter_map(|e| match &e.data {
                 Loading::Ready(e) => {
                     Some(e.metrics.confusion.as_ref().map_or(0, |c| c.labels.len()))
                 }
@@ -1304,6 +1304,7 @@ impl eframe::App for WorkbenchApp {
         {
             crate::web::publish_status(&self.status());
             crate::web::persist_workbook();
+            crate::web::set_runs_dir(self.runs_dir());
         }
         if self.scrolling() {
             let ms = start.elapsed().as_secs_f64() * 1e3;

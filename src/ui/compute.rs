@@ -103,20 +103,21 @@ impl ComputeWorker {
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) -> bool {
         #[cfg(target_arch = "wasm32")]
         {
-            let count = self.pending.clone();
-            count.fetch_add(1, Ordering::SeqCst);
-            defer("compute", move || {
-                job();
-                count.fetch_sub(1, Ordering::SeqCst);
-            });
-            true
+            // A job of one step.
+            let mut job = Some(job);
+            self.submit_steps(move || {
+                if let Some(job) = job.take() {
+                    job();
+                }
+                false
+            })
         }
         #[cfg(not(target_arch = "wasm32"))]
-        self.submit_to_thread(job)
+        self.send_to_thread(job)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    fn submit_to_thread(&self, job: impl FnOnce() + Send + 'static) -> bool {
+    fn send_to_thread(&self, job: impl FnOnce() + Send + 'static) -> bool {
         let Some(tx) = &self.tx else { return false };
         self.pending.fetch_add(1, Ordering::SeqCst);
         if tx.send(Box::new(job)).is_err() {
@@ -143,10 +144,7 @@ impl ComputeWorker {
                 })
             }
             self.pending.fetch_add(1, Ordering::SeqCst);
-            DEFERRED.with(|q| {
-                q.borrow_mut()
-                    .push_back(("compute", again(Box::new(step), self.pending.clone())))
-            });
+            defer("compute", again(Box::new(step), self.pending.clone()));
             true
         }
         #[cfg(not(target_arch = "wasm32"))]

@@ -253,16 +253,20 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
         .map(|d| d.source.1.clone())
         .unwrap_or_default();
     let runs_root = app.runs_dir();
-    let prefetch = (config.mode == crate::model::Mode::Probe).then(|| FeaturePrefetch {
-        backbone: config.backbone.clone(),
-        orientation_mean: config.orientation_mean,
-        preprocess: config.preprocess.clone(),
-        paths: manifest
-            .records
-            .iter()
-            .map(|r| manifest.image_path(r))
-            .collect(),
-    });
+    // Only the browser computes features ahead of the run (see `FeaturePrefetch`).
+    let prefetch =
+        (cfg!(target_arch = "wasm32") && config.mode == crate::model::Mode::Probe).then(|| {
+            FeaturePrefetch {
+                backbone: config.backbone.clone(),
+                orientation_mean: config.orientation_mean,
+                preprocess: config.preprocess.clone(),
+                paths: manifest
+                    .records
+                    .iter()
+                    .map(|r| manifest.image_path(r))
+                    .collect(),
+            }
+        });
     let make_job = move || {
         Ok(crate::train::engine::TrainJob {
             config,
