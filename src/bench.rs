@@ -45,6 +45,7 @@ pub fn scan(dir: &Path, repeats: usize) -> anyhow::Result<ScanBench> {
 /// Throughput of Lite0 feature extraction.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FeaturizeBench {
+    pub kind: &'static str,
     pub device: String,
     pub batch_size: usize,
     pub batches: usize,
@@ -114,6 +115,7 @@ pub fn featurize(
     }
     let timed_secs = start.elapsed().as_secs_f64();
     Ok(FeaturizeBench {
+        kind: "featurize",
         device,
         batch_size,
         batches: batches.max(1),

@@ -25,16 +25,30 @@ pub mod ui;
 pub mod web;
 pub mod workbook;
 
-/// Folder of the bundled assets (weights, demo dataset): `$CELLBENCH_ASSETS`, else `assets/`
-/// beside the executable's crate.
+/// Folder of the bundled assets (weights, demo dataset): `$CELLBENCH_ASSETS`, else the source
+/// tree's `assets/`, else `assets/` beside the binary.
 pub fn assets_dir() -> std::path::PathBuf {
     // In the browser the page fetches the assets into the in-memory file system.
     if cfg!(target_arch = "wasm32") {
         return std::path::PathBuf::from("/assets");
     }
-    std::env::var_os("CELLBENCH_ASSETS")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))
+    if let Some(dir) = std::env::var_os("CELLBENCH_ASSETS") {
+        return dir.into();
+    }
+    // The source tree it was built from, else beside the binary (a copied or installed
+    // binary: `<dir>/assets` or `<prefix>/share/cellbench/assets`).
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    if built.is_dir() {
+        return built;
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(std::path::Path::to_path_buf));
+    exe_dir
+        .into_iter()
+        .flat_map(|d| [d.join("assets"), d.join("../share/cellbench/assets")])
+        .find(|d| d.is_dir())
+        .unwrap_or(built)
 }
 
 /// The bundled real demo dataset (BCCD white-blood-cell crops).

@@ -168,8 +168,10 @@ fn generic_csv_with_multi_labels_patients_and_duplicates() {
         "filename,diagnosis,subject\na.png,A|B,s1\nb.png,B,s1\nc.png,A,s2\na.png,A,s3\n,B,s4\n",
     )
     .unwrap();
-    for n in ["a.png", "b.png", "c.png"] {
-        image::RgbImage::new(4, 4).save(dir.path().join(n)).unwrap();
+    for (i, n) in ["a.png", "b.png", "c.png"].into_iter().enumerate() {
+        image::RgbImage::from_pixel(4, 4, image::Rgb([i as u8 * 60, 0, 0]))
+            .save(dir.path().join(n))
+            .unwrap();
     }
     let report = run_json(&["explore", path_str(&csv), "--json"]);
     assert_eq!(report["summary"]["format"], "csv");
@@ -370,4 +372,114 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// A folder copied between trees (the same image under two names, once in each class):
+/// `explore` lists the copies, a split keeps them on one side, and a split that separates
+/// them fails `split --check` like a patient leak.
+#[test]
+fn identical_images_are_listed_kept_together_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cells");
+    let neutrophils = common::bccd_class_files("Neutrophil", 12);
+    let lymphocytes = common::bccd_class_files("Lymphocyte", 12);
+    for (class, files) in [("Neutrophil", &neutrophils), ("Lymphocyte", &lymphocytes)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for f in files.iter() {
+            std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    // Two copies of one neutrophil: one renamed in its own class, one (mislabelled) among the
+    // lymphocytes.
+    std::fs::copy(&neutrophils[0], data.join("Neutrophil/copy_of_first.jpg")).unwrap();
+    std::fs::copy(&neutrophils[0], data.join("Lymphocyte/stray.jpg")).unwrap();
+
+    let report = run_json(&["explore", path_str(&data), "--json"]);
+    let problems = report["problems"].as_array().unwrap();
+    let copies = problems
+        .iter()
+        .find(|p| p["kind"] == "identical-images")
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert_eq!(copies["count"], 1, "{copies}");
+    let text = copies.to_string();
+    assert!(
+        text.contains("stray.jpg") && text.contains("copy_of_first.jpg"),
+        "{text}"
+    );
+    assert!(text.contains("Lymphocyte vs Neutrophil"), "{text}");
+
+    // Every seed keeps the three copies on one side.
+    let copy_paths = [
+        format!(
+            "Neutrophil/{}",
+            neutrophils[0].file_name().unwrap().to_str().unwrap()
+        ),
+        "Neutrophil/copy_of_first.jpg".to_owned(),
+        "Lymphocyte/stray.jpg".to_owned(),
+    ];
+    let split_csv = dir.path().join("split.csv");
+    for seed in ["1", "2", "3", "4"] {
+        let out = run(&[
+            "split",
+            path_str(&data),
+            "--test",
+            "0.3",
+            "--val",
+            "0.3",
+            "--seed",
+            seed,
+            "--out",
+            path_str(&split_csv),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("no copy of an image"),
+            "{}",
+            stdout(&out)
+        );
+        let text = std::fs::read_to_string(&split_csv).unwrap();
+        let sides: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| copy_paths.iter().any(|p| l.contains(p.as_str())))
+            .map(|l| {
+                ["train", "val", "test"]
+                    .into_iter()
+                    .find(|s| l.contains(&format!(",{s}")))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(sides.len(), 1, "seed {seed}: {text}");
+    }
+    let check = run(&["split", "--check", path_str(&split_csv)]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+
+    // Move one copy to another side: the check fails and names the copies.
+    let text = std::fs::read_to_string(&split_csv).unwrap();
+    let tampered: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains("stray.jpg") {
+                let side = if l.contains(",test") {
+                    ",test"
+                } else if l.contains(",val") {
+                    ",val"
+                } else {
+                    ",train"
+                };
+                let other = if side == ",train" { ",test" } else { ",train" };
+                l.replace(side, other)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    let tampered_csv = dir.path().join("tampered.csv");
+    std::fs::write(&tampered_csv, tampered.join("\n") + "\n").unwrap();
+    let check = run(&["split", "--check", path_str(&tampered_csv)]);
+    assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("identical images") && stderr(&check).contains("stray.jpg"),
+        "{}",
+        stderr(&check)
+    );
 }

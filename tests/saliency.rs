@@ -263,3 +263,86 @@ fn embed_maps_the_demo_cells_and_skips_a_broken_file() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (1000, 800));
 }
+
+/// `explore --check features` on generated C-NMC-style data, where each patient has its own
+/// stain: the batch-effect check reads the patient within each label far above chance and
+/// says what to do; on a folder without patient ids it refuses with a reason.
+#[test]
+fn the_batch_effect_check_reads_each_patients_stain() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let cache = dir.path().join("cache");
+    let out = cellbench(
+        &[
+            "synth",
+            data.to_str().unwrap(),
+            "--patients",
+            "8",
+            "--images",
+            "10",
+            "--size",
+            "64",
+            "--seed",
+            "5",
+        ],
+        &cache,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cellbench(
+        &[
+            "explore",
+            data.to_str().unwrap(),
+            "--check",
+            "features",
+            "--json",
+            "--backend",
+            "cpu",
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &report["batch_effect"];
+    assert_eq!(b["patients"], 8, "{b}");
+    assert_eq!(b["labels"], 2, "{b}");
+    assert_eq!(b["images"], 80, "{b}");
+    let p = &b["patient_probe"];
+    let (acc, chance) = (
+        p["accuracy"].as_f64().unwrap(),
+        p["chance"].as_f64().unwrap(),
+    );
+    assert!(acc > chance + 0.3, "{b}");
+    assert!(b["summary"].as_str().unwrap().contains("patient"), "{b}");
+
+    // Text output: one plain sentence with the numbers.
+    let out = cellbench(
+        &[
+            "explore",
+            data.to_str().unwrap(),
+            "--check",
+            "features",
+            "--backend",
+            "cpu",
+        ],
+        &cache,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("batch effect (80 of 80 images, 8 patients, 2 labels)"),
+        "{text}"
+    );
+
+    // Class folders have no patient ids: a clear refusal.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/bccd");
+    let out = cellbench(
+        &["explore", demo.to_str().unwrap(), "--check", "features"],
+        &cache,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no patient ids"));
+}

@@ -142,16 +142,26 @@ pub struct DatasetArgs {
     /// (numeric ids zero-padded to 3 digits).
     #[arg(long, value_name = "PATTERN")]
     pub image_pattern: Option<String>,
-    /// Also read every image's header (`headers`) or decode every image (`decode`).
-    #[arg(long, value_parser = parse_check)]
-    pub check: Option<CheckLevel>,
+    /// Also read every image's header (`headers`) or decode every image (`decode`); for
+    /// `explore`, also `features`: whether the backbone features identify the patient more
+    /// easily than the label (a batch-effect check). Several: `--check decode,features`.
+    #[arg(long, value_parser = parse_check, value_delimiter = ',')]
+    pub check: Vec<Check>,
 }
 
-fn parse_check(s: &str) -> Result<CheckLevel, String> {
+/// One `--check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Images(CheckLevel),
+    Features,
+}
+
+fn parse_check(s: &str) -> Result<Check, String> {
     match s {
-        "headers" => Ok(CheckLevel::Headers),
-        "decode" => Ok(CheckLevel::Decode),
-        _ => Err("expected `headers` or `decode`".into()),
+        "headers" => Ok(Check::Images(CheckLevel::Headers)),
+        "decode" => Ok(Check::Images(CheckLevel::Decode)),
+        "features" => Ok(Check::Features),
+        _ => Err("expected `headers`, `decode` or `features`".into()),
     }
 }
 
@@ -167,10 +177,27 @@ impl DatasetArgs {
         }
     }
 
-    /// Opens the dataset and runs the requested image check.
+    /// Opens the dataset and runs the requested image check (`--check features` is
+    /// `explore`'s and refused here).
     pub fn open(&self) -> anyhow::Result<Manifest> {
+        anyhow::ensure!(
+            !self.check.contains(&Check::Features),
+            "--check features is a check of `cellbench explore`"
+        );
+        self.open_checked()
+    }
+
+    /// Opens the dataset and runs the requested image checks (the most thorough one).
+    fn open_checked(&self) -> anyhow::Result<Manifest> {
         let mut manifest = crate::dataset::open(&self.dataset, &self.options())?;
-        if let Some(level) = self.check {
+        let level = if self.check.contains(&Check::Images(CheckLevel::Decode)) {
+            Some(CheckLevel::Decode)
+        } else if self.check.contains(&Check::Images(CheckLevel::Headers)) {
+            Some(CheckLevel::Headers)
+        } else {
+            None
+        };
+        if let Some(level) = level {
             crate::dataset::headers::check_images(&mut manifest, level);
         }
         Ok(manifest)
@@ -190,6 +217,9 @@ pub struct ExploreArgs {
     /// Exit with code 3 when the dataset has problems.
     #[arg(long)]
     pub strict: bool,
+    /// Where `--check features` computes the backbone features.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
 }
 
 /// `evaluate`: the flags of the metrics report plus `--strict`.
@@ -299,7 +329,42 @@ pub enum BenchCommand {
         /// On the CPU, time the general burn graph (flex backend) instead of the fused network.
         #[arg(long)]
         graph: bool,
+        /// One JSON object per backend instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
+    /// Images per second of fine-tuning steps (decode, augment, forward, backward, AdamW) at
+    /// 224² on the demo images, per backend.
+    Finetune {
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        batches: usize,
+        /// Last backbone blocks trained (with the head).
+        #[arg(long, default_value_t = 2)]
+        unfreeze: usize,
+        /// Backends to measure (default: cpu and, when present, wgpu).
+        #[arg(long)]
+        backend: Vec<BackendChoice>,
+        /// One JSON object per backend instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The backends a benchmark measures: those asked for, else the CPU and, when a hardware
+/// adapter is present, wgpu.
+fn bench_backends(asked: Vec<BackendChoice>) -> Vec<BackendChoice> {
+    if !asked.is_empty() {
+        return asked;
+    }
+    let mut b = vec![BackendChoice::Cpu];
+    if crate::model::backend::adapters().iter().any(|a| !a.is_cpu) {
+        b.push(BackendChoice::Wgpu);
+    }
+    b
 }
 
 /// Entry point of the binary.
@@ -456,18 +521,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             batches,
             backend,
             graph,
+            json,
         })) => {
-            let backends = if backend.is_empty() {
-                let mut b = vec![BackendChoice::Cpu];
-                if crate::model::backend::adapters().iter().any(|a| !a.is_cpu) {
-                    b.push(BackendChoice::Wgpu);
-                }
-                b
-            } else {
-                backend
-            };
-            for choice in backends {
+            for choice in bench_backends(backend) {
                 let r = crate::bench::featurize(choice, batch_size, batches, graph)?;
+                if json {
+                    outln!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
                 outln!(
                     "featurize [{}]: {:.1} images/s at 224x224 (batch {}, {} timed batches, {:.2} s; first batch incl. warm-up {:.2} s)",
                     r.device,
@@ -475,6 +536,34 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     r.batch_size,
                     r.batches,
                     r.timed_secs,
+                    r.warmup_secs
+                );
+            }
+            Ok(0)
+        }
+        Some(Command::Bench(BenchCommand::Finetune {
+            batch_size,
+            batches,
+            unfreeze,
+            backend,
+            json,
+        })) => {
+            for choice in bench_backends(backend) {
+                let r =
+                    crate::train::engine::bench_finetune(choice, batch_size, batches, unfreeze)?;
+                if json {
+                    outln!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
+                outln!(
+                    "finetune [{}]: {:.1} images/s of training steps at 224x224 (batch {}, last {} blocks and the head trained, {} timed steps, {:.2} s of which loading {:.2} s; first step incl. warm-up {:.2} s)",
+                    r.device,
+                    r.images_per_sec,
+                    r.batch_size,
+                    r.unfrozen_blocks,
+                    r.batches,
+                    r.timed_secs,
+                    r.load_secs,
                     r.warmup_secs
                 );
             }
@@ -502,13 +591,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
-    let manifest = args.data.open()?;
-    let report = crate::explore::explore(&manifest)?;
+    let manifest = args.data.open_checked()?;
+    let mut report = crate::explore::explore(&manifest)?;
+    if args.data.check.contains(&Check::Features) {
+        report.batch_effect = Some(batch_effect(&manifest, args.backend)?);
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for table in report.tables() {
             outln!("{table}");
+        }
+        if let Some(b) = &report.batch_effect {
+            outln!(
+                "batch effect ({} of {} images, {} patients, {} labels): {}",
+                b.images,
+                b.dataset_images,
+                b.patients,
+                b.labels,
+                b.summary
+            );
         }
     }
     if let Some(dir) = &args.plots {
@@ -528,6 +630,30 @@ fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
     } else {
         0
     })
+}
+
+/// `explore --check features`: the batch-effect check on the dataset's backbone features
+/// (single-label images with a patient id).
+fn batch_effect(
+    manifest: &Manifest,
+    backend: BackendChoice,
+) -> anyhow::Result<crate::explore::batch_effect::BatchEffect> {
+    anyhow::ensure!(
+        manifest.has_patients(),
+        "--check features compares patients with labels, and this dataset has no patient ids"
+    );
+    let records: Vec<&crate::dataset::Record> = manifest
+        .records
+        .iter()
+        .filter(|r| r.is_usable() && r.patient.is_some() && r.labels.len() == 1)
+        .collect();
+    let (kept, rows) = model_cmds::backbone_features(manifest, &records, backend)?;
+    let labels: Vec<String> = kept.iter().map(|&i| records[i].labels[0].clone()).collect();
+    let patients: Vec<String> = kept
+        .iter()
+        .map(|&i| records[i].patient.clone().unwrap_or_default())
+        .collect();
+    crate::explore::batch_effect::check(&rows, &labels, &patients, 1).map_err(anyhow::Error::msg)
 }
 
 /// `evaluate`. Skipped rows and rows not summing to 1 are reported on stderr as they are
@@ -563,12 +689,15 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
             "no `split` column with train/val/test values in {}",
             csv.display()
         );
-        anyhow::ensure!(
-            manifest.has_patients(),
-            "no patient column in {}: leakage cannot be checked without patient ids",
-            csv.display()
-        );
-        let report = SplitReport::of(&manifest.records);
+        if !manifest.has_patients() {
+            eprintln!(
+                "note: no patient column in {}: only copies of images are checked, not patients",
+                csv.display()
+            );
+        }
+        let mut manifest = manifest;
+        crate::dataset::duplicates::check_copies(&mut manifest);
+        let report = SplitReport::of(&manifest.records, &manifest.copies);
         return Ok(print_split(&report, args.json, None));
     }
     let data = DatasetArgs {
@@ -579,7 +708,7 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
         label_column: args.label_column.clone(),
         patient_column: args.patient_column.clone(),
         image_pattern: args.image_pattern.clone(),
-        check: None,
+        check: Vec::new(),
     };
     let mut manifest = data.open()?;
     let config = SplitConfig {
@@ -587,12 +716,12 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
         val: args.val,
         seed: args.seed,
     };
-    let sides = assign_splits(&manifest.records, &config)?;
+    let sides = assign_splits(&manifest.records, &manifest.copies, &config)?;
     for (r, s) in manifest.records.iter_mut().zip(sides) {
         r.split = s;
     }
     crate::dataset::frame::write_manifest_csv(&manifest, &args.out)?;
-    let report = SplitReport::of(&manifest.records);
+    let report = SplitReport::of(&manifest.records, &manifest.copies);
     Ok(print_split(&report, args.json, Some(&args.out)))
 }
 
@@ -617,27 +746,37 @@ fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Pat
     if let Some(path) = written {
         eprintln!("wrote {}", path.display());
     }
-    if report.leaks.is_empty() {
+    if report.passed() {
         if !json {
-            outln!("leakage check: passed, no patient on more than one side");
-        }
-        0
-    } else {
-        eprintln!(
-            "leakage check FAILED: {} patient(s) on more than one side:",
-            report.leaks.len()
-        );
-        for leak in &report.leaks {
-            let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
-            eprintln!(
-                "  patient {} ({} images) in {}",
-                leak.patient,
-                leak.images,
-                sides.join(" and ")
+            outln!(
+                "leakage check: passed, no patient and no copy of an image on more than one side"
             );
         }
-        exit::LEAKAGE
+        return 0;
     }
+    eprintln!(
+        "leakage check FAILED: {} patient(s) and {} group(s) of identical images on more than one side:",
+        report.leaks.len(),
+        report.copy_leaks.len()
+    );
+    for leak in &report.leaks {
+        let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
+        eprintln!(
+            "  patient {} ({} images) in {}",
+            leak.patient,
+            leak.images,
+            sides.join(" and ")
+        );
+    }
+    for leak in &report.copy_leaks {
+        let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
+        eprintln!(
+            "  identical images {} in {}",
+            crate::explore::table::clip_chars(&leak.paths.join(", "), 200),
+            sides.join(" and ")
+        );
+    }
+    exit::LEAKAGE
 }
 
 fn synth(args: SynthArgs) -> anyhow::Result<u8> {

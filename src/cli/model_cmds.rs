@@ -602,22 +602,15 @@ pub struct EmbedArgs {
     pub backend: BackendChoice,
 }
 
-/// `cellbench embed`: a 2-D map (PCA) of a dataset's EfficientNet-Lite0 features, through the
-/// feature cache.
-pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
-    let manifest = crate::dataset::open(&args.dataset, &OpenOptions::default())?;
-    let records: Vec<_> = manifest
-        .records
-        .iter()
-        .filter(|r| r.bytes.is_some())
-        .collect();
-    anyhow::ensure!(
-        !records.is_empty(),
-        "no images in {}",
-        args.dataset.display()
-    );
+/// The Lite0 features of `records` (through the feature cache), with progress and skipped
+/// images on stderr. Returns the indices (into `records`) of the images read and their rows.
+pub fn backbone_features(
+    manifest: &crate::dataset::Manifest,
+    records: &[&crate::dataset::Record],
+    choice: BackendChoice,
+) -> anyhow::Result<(Vec<usize>, Vec<Vec<f32>>)> {
     let paths: Vec<PathBuf> = records.iter().map(|r| manifest.image_path(r)).collect();
-    let compute = backend::select(args.backend)?;
+    let compute = backend::select(choice)?;
     let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
     eprintln!(
         "extracting the features of {} images on {}",
@@ -642,11 +635,29 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
     let kept: Vec<usize> = (0..paths.len())
         .filter(|&i| f.features[i].is_some())
         .collect();
+    let rows = kept.iter().filter_map(|&i| f.features[i].clone()).collect();
+    Ok((kept, rows))
+}
+
+/// `cellbench embed`: a 2-D map (PCA) of a dataset's EfficientNet-Lite0 features, through the
+/// feature cache.
+pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
+    let manifest = crate::dataset::open(&args.dataset, &OpenOptions::default())?;
+    let records: Vec<_> = manifest
+        .records
+        .iter()
+        .filter(|r| r.bytes.is_some())
+        .collect();
+    anyhow::ensure!(
+        !records.is_empty(),
+        "no images in {}",
+        args.dataset.display()
+    );
+    let (kept, rows) = backbone_features(&manifest, &records, args.backend)?;
     anyhow::ensure!(
         kept.len() >= 2,
         "fewer than two readable images: no map to draw"
     );
-    let rows: Vec<Vec<f32>> = kept.iter().filter_map(|&i| f.features[i].clone()).collect();
     let pca = crate::explore::embedding::pca(&rows, 2);
     let mut text = String::from("path,label,patient,x,y\n");
     let mut points = Vec::with_capacity(kept.len());
@@ -691,7 +702,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
             png.display()
         );
     }
-    Ok(if f.failures.is_empty() {
+    Ok(if kept.len() == records.len() {
         0
     } else {
         super::exit::PROBLEMS

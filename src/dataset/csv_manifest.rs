@@ -678,6 +678,7 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
         format,
         records,
         problems,
+        copies: Vec::new(),
     })
 }
 

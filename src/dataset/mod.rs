@@ -9,6 +9,7 @@ pub mod preprocess;
 pub mod problem;
 
 pub mod csv_manifest;
+pub mod duplicates;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod frame;
 pub mod headers;
@@ -161,6 +162,10 @@ pub struct Manifest {
     /// Sorted by path.
     pub records: Vec<Record>,
     pub problems: Vec<Problem>,
+    /// Groups of record paths whose files are identical (see [`duplicates`]); filled when the
+    /// dataset is opened. Splits keep each group on one side.
+    #[serde(default)]
+    pub copies: Vec<Vec<String>>,
 }
 
 impl Manifest {
@@ -240,7 +245,7 @@ pub fn open(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError>
     if !crate::fs::exists(source) {
         return Err(OpenError::NotFound(source.to_owned()));
     }
-    if crate::fs::is_dir(source) {
+    let mut manifest = if crate::fs::is_dir(source) {
         if let Some(format @ (DatasetFormat::Nih | DatasetFormat::Retina | DatasetFormat::Csv)) =
             options.format
         {
@@ -260,7 +265,9 @@ pub fn open(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError>
             });
         }
         csv_manifest::read_csv_dataset(source, options)
-    }
+    }?;
+    duplicates::check_copies(&mut manifest);
+    Ok(manifest)
 }
 
 /// `path` relative to `base` when it lies under it, `/`-separated; otherwise `None`.

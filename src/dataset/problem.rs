@@ -45,6 +45,9 @@ pub enum ProblemKind {
     SameStem,
     /// A CSV beside the images that the dataset does not use: it may hold the real labels.
     UnusedCsv,
+    /// Files with identical content under different names (copied between folders): one
+    /// entry per group, on its first file.
+    IdenticalImages,
 }
 
 impl ProblemKind {
@@ -74,6 +77,9 @@ impl ProblemKind {
             Self::UnusedCsv => {
                 "CSV beside the images is not used (it may hold the labels: open it instead)"
             }
+            Self::IdenticalImages => {
+                "identical images under different names (kept on one side of every split)"
+            }
         }
     }
 
@@ -96,6 +102,7 @@ impl ProblemKind {
             Self::SuspiciousLabel => "suspicious-label",
             Self::SameStem => "same-stem",
             Self::UnusedCsv => "unused-csv",
+            Self::IdenticalImages => "identical-images",
         }
     }
 }

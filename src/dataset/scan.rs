@@ -221,6 +221,7 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
                 format,
                 records,
                 problems,
+                copies: Vec::new(),
             });
         }
         return Err(OpenError::NoImages {
@@ -233,6 +234,7 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
         format,
         records,
         problems,
+        copies: Vec::new(),
     })
 }
 

@@ -113,6 +113,14 @@ pub struct Leak {
     pub images: usize,
 }
 
+/// Identical images (see [`crate::dataset::duplicates`]) found on more than one side.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyLeak {
+    /// The identical files, by record path.
+    pub paths: Vec<String>,
+    pub splits: Vec<Split>,
+}
+
 /// The outcome of a split, or of checking an existing one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SplitReport {
@@ -120,13 +128,17 @@ pub struct SplitReport {
     pub counts: Vec<SplitCounts>,
     /// Empty when no patient crosses sides.
     pub leaks: Vec<Leak>,
+    /// Empty when no image has a copy on another side.
+    #[serde(default)]
+    pub copy_leaks: Vec<CopyLeak>,
     /// Images without a split (unusable images are left out of every side).
     pub unassigned: usize,
 }
 
 impl SplitReport {
-    /// Builds the report of whatever split the records carry.
-    pub fn of(records: &[Record]) -> Self {
+    /// Builds the report of whatever split the records carry; `copies` are the dataset's
+    /// groups of identical images ([`crate::dataset::Manifest::copies`]).
+    pub fn of(records: &[Record], copies: &[Vec<String>]) -> Self {
         let group_by = if records.iter().any(|r| r.patient.is_some()) {
             GroupBy::Patient
         } else {
@@ -165,9 +177,39 @@ impl SplitReport {
             group_by,
             counts,
             leaks: check_leakage(records),
+            copy_leaks: check_copy_leakage(records, copies),
             unassigned,
         }
     }
+
+    /// True when no patient and no copied image is on more than one side.
+    pub fn passed(&self) -> bool {
+        self.leaks.is_empty() && self.copy_leaks.is_empty()
+    }
+}
+
+/// Every group of identical images whose members sit on more than one side.
+pub fn check_copy_leakage(records: &[Record], copies: &[Vec<String>]) -> Vec<CopyLeak> {
+    if copies.is_empty() {
+        return Vec::new();
+    }
+    let side: HashMap<&str, Split> = records
+        .iter()
+        .filter_map(|r| r.split.map(|s| (r.path.as_str(), s)))
+        .collect();
+    copies
+        .iter()
+        .filter_map(|group| {
+            let sides: BTreeSet<Split> = group
+                .iter()
+                .filter_map(|p| side.get(p.as_str()).copied())
+                .collect();
+            (sides.len() > 1).then(|| CopyLeak {
+                paths: group.clone(),
+                splits: sides.into_iter().collect(),
+            })
+        })
+        .collect()
 }
 
 /// Every patient whose images sit on more than one side, sorted by patient id.
@@ -191,10 +233,12 @@ pub fn check_leakage(records: &[Record]) -> Vec<Leak> {
         .collect()
 }
 
-/// Assigns every usable record to a side: patients kept whole, stratified by label, seeded.
-/// Records with a problem get no side. Returns one entry per record.
+/// Assigns every usable record to a side: patients kept whole, identical images (`copies`,
+/// groups of record paths) kept together, stratified by label, seeded. Records with a problem
+/// get no side. Returns one entry per record.
 pub fn assign_splits(
     records: &[Record],
+    copies: &[Vec<String>],
     config: &SplitConfig,
 ) -> Result<Vec<Option<Split>>, SplitError> {
     let (test, val) = (config.test, config.val);
@@ -202,7 +246,13 @@ pub fn assign_splits(
     if !ok(test) || !ok(val) || test + val >= 1.0 {
         return Err(SplitError::BadFractions { test, val });
     }
-    let sides = assign_groups(records, &[1.0 - test - val, val, test], config.seed, false)?;
+    let sides = assign_groups(
+        records,
+        copies,
+        &[1.0 - test - val, val, test],
+        config.seed,
+        false,
+    )?;
     Ok(sides
         .into_iter()
         .map(|s| s.map(|k| Split::ALL[k]))
@@ -213,13 +263,14 @@ pub fn assign_splits(
 /// with the same rules as [`assign_splits`]: patients kept whole, stratified by label, seeded.
 pub fn assign_folds(
     records: &[Record],
+    copies: &[Vec<String>],
     k: usize,
     seed: u64,
 ) -> Result<Vec<Option<usize>>, SplitError> {
     if k < 2 {
         return Err(SplitError::BadFolds(k));
     }
-    let folds = assign_groups(records, &vec![1.0 / k as f64; k], seed, true)?;
+    let folds = assign_groups(records, copies, &vec![1.0 / k as f64; k], seed, true)?;
     let filled: BTreeSet<usize> = folds.iter().flatten().copied().collect();
     if filled.len() < k {
         return Err(SplitError::TooFewGroups {
@@ -237,6 +288,7 @@ pub fn assign_folds(
 /// (`None`: unusable record).
 fn assign_groups(
     records: &[Record],
+    copies: &[Vec<String>],
     fractions: &[f64],
     seed: u64,
     spread_ties: bool,
@@ -254,6 +306,7 @@ fn assign_groups(
         };
         groups.entry(key).or_default().push(i);
     }
+    merge_copies(&mut groups, records, copies);
     if groups.is_empty() {
         return Err(SplitError::Empty);
     }
@@ -327,6 +380,56 @@ fn assign_groups(
     Ok(out)
 }
 
+/// Merges the groups that hold copies of one image (whatever their patients) into the group
+/// of the smallest key, so that no split separates identical files.
+fn merge_copies(
+    groups: &mut BTreeMap<String, Vec<usize>>,
+    records: &[Record],
+    copies: &[Vec<String>],
+) {
+    if copies.is_empty() {
+        return;
+    }
+    let mut key_of: HashMap<&str, String> = HashMap::new();
+    for (key, members) in groups.iter() {
+        for &i in members {
+            key_of.insert(records[i].path.as_str(), key.clone());
+        }
+    }
+    // Union-find over group keys; a root is the smallest key of its set (deterministic).
+    let mut parent: HashMap<String, String> = HashMap::new();
+    fn find(parent: &mut HashMap<String, String>, k: &str) -> String {
+        let mut root = k.to_owned();
+        while let Some(p) = parent.get(&root).filter(|p| **p != root) {
+            root = p.clone();
+        }
+        parent.insert(k.to_owned(), root.clone());
+        root
+    }
+    for group in copies {
+        let keys: Vec<&String> = group
+            .iter()
+            .filter_map(|p| key_of.get(p.as_str()))
+            .collect();
+        for pair in keys.windows(2) {
+            let (a, b) = (find(&mut parent, pair[0]), find(&mut parent, pair[1]));
+            if a != b {
+                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                parent.insert(hi, lo);
+            }
+        }
+    }
+    let keys: Vec<String> = parent.keys().cloned().collect();
+    for key in keys {
+        let root = find(&mut parent, &key);
+        if root != key
+            && let Some(members) = groups.remove(&key)
+        {
+            groups.entry(root).or_default().extend(members);
+        }
+    }
+}
+
 /// A tiny, fully specified PRNG so that a seed gives the same split on every platform and
 /// every version of every dependency.
 #[derive(Clone, Debug)]
@@ -391,7 +494,7 @@ mod tests {
     }
 
     fn apply(records: &mut [Record], cfg: &SplitConfig) {
-        let sides = assign_splits(records, cfg).unwrap();
+        let sides = assign_splits(records, &[], cfg).unwrap();
         for (r, s) in records.iter_mut().zip(sides) {
             r.split = s;
         }
@@ -401,7 +504,7 @@ mod tests {
     fn folds_keep_patients_whole_and_share_out_every_label() {
         let records = cohort();
         for seed in 0..10 {
-            let folds = assign_folds(&records, 5, seed).unwrap();
+            let folds = assign_folds(&records, &[], 5, seed).unwrap();
             let mut fold_of_patient: HashMap<&str, usize> = HashMap::new();
             let mut sizes = [0usize; 5];
             let mut hem = [0usize; 5];
@@ -434,14 +537,14 @@ mod tests {
             .map(|p| rec(&format!("{p}.bmp"), "all", Some(&format!("P{p}"))))
             .collect();
         assert!(matches!(
-            assign_folds(&few, 5, 0),
+            assign_folds(&few, &[], 5, 0),
             Err(SplitError::TooFewGroups {
                 folds: 5,
                 groups: 3
             })
         ));
         assert!(matches!(
-            assign_folds(&few, 1, 0),
+            assign_folds(&few, &[], 1, 0),
             Err(SplitError::BadFolds(1))
         ));
     }
@@ -463,6 +566,68 @@ mod tests {
         }
     }
 
+    /// Images without patient ids are split one by one, except copies: every copy group ends
+    /// on one side, whatever the seed, and a split that separates copies fails the check.
+    #[test]
+    fn copies_stay_together_and_separated_copies_fail_the_check() {
+        let mut records: Vec<Record> = (0..60)
+            .map(|i| {
+                rec(
+                    &format!("{}/{i:02}.png", i % 2),
+                    &format!("{}", i % 2),
+                    None,
+                )
+            })
+            .collect();
+        let copies: Vec<Vec<String>> = (0..10)
+            .map(|g| vec![records[g].path.clone(), records[59 - g].path.clone()])
+            .chain([vec![
+                records[20].path.clone(),
+                records[30].path.clone(),
+                records[40].path.clone(),
+            ]])
+            .collect();
+        for seed in 0..20 {
+            let cfg = SplitConfig {
+                test: 0.3,
+                val: 0.2,
+                seed,
+            };
+            let sides = assign_splits(&records, &copies, &cfg).unwrap();
+            for (r, s) in records.iter_mut().zip(&sides) {
+                r.split = *s;
+            }
+            let report = SplitReport::of(&records, &copies);
+            assert!(report.passed(), "seed {seed}: {:?}", report.copy_leaks);
+            let folds = assign_folds(&records, &copies, 4, seed).unwrap();
+            let fold_of = |p: &str| folds[records.iter().position(|r| r.path == p).unwrap()];
+            for g in &copies {
+                assert!(
+                    g.iter().all(|p| fold_of(p) == fold_of(&g[0])),
+                    "seed {seed}"
+                );
+            }
+        }
+        // Without the copies the same seeds separate some of them, and the check says so.
+        let sides = assign_splits(
+            &records,
+            &[],
+            &SplitConfig {
+                test: 0.3,
+                val: 0.2,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        for (r, s) in records.iter_mut().zip(sides) {
+            r.split = s;
+        }
+        let report = SplitReport::of(&records, &copies);
+        assert!(!report.passed());
+        assert!(report.leaks.is_empty());
+        assert!(report.copy_leaks.iter().all(|l| l.splits.len() > 1));
+    }
+
     #[test]
     fn stratified_within_tolerance() {
         let mut records = cohort();
@@ -474,7 +639,7 @@ mod tests {
                 seed: 3,
             },
         );
-        let report = SplitReport::of(&records);
+        let report = SplitReport::of(&records, &[]);
         let total = |label: &str| records.iter().filter(|r| r.labels[0] == label).count() as f64;
         let test = report
             .counts
@@ -557,7 +722,7 @@ mod tests {
                 seed: 1,
             },
         );
-        let report = SplitReport::of(&records);
+        let report = SplitReport::of(&records, &[]);
         assert_eq!(report.group_by, GroupBy::Image);
         assert_eq!(report.unassigned, 1);
         let test = report
@@ -573,7 +738,7 @@ mod tests {
         let records = cohort();
         for (test, val) in [(0.6, 0.4), (-0.1, 0.1), (1.0, 0.0)] {
             assert_eq!(
-                assign_splits(&records, &SplitConfig { test, val, seed: 1 }),
+                assign_splits(&records, &[], &SplitConfig { test, val, seed: 1 }),
                 Err(SplitError::BadFractions { test, val })
             );
         }

@@ -2,6 +2,7 @@
 //! structs that the CLI prints, the GUI draws and `--json` serialises. No dataframe library, so
 //! the same code serves the desktop and the browser.
 
+pub mod batch_effect;
 #[cfg(all(not(target_arch = "wasm32"), feature = "gui"))]
 pub mod charts;
 pub mod embedding;
@@ -30,6 +31,9 @@ pub struct ExploreReport {
     /// Present when the manifest carries a split.
     pub split: Option<SplitReport>,
     pub problems: Vec<ProblemSummary>,
+    /// Whether the features identify the patient more easily than the label (on request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_effect: Option<batch_effect::BatchEffect>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -291,7 +295,7 @@ pub fn explore(manifest: &Manifest) -> anyhow::Result<ExploreReport> {
     let split = records
         .iter()
         .any(|r| r.split.is_some())
-        .then(|| SplitReport::of(records));
+        .then(|| SplitReport::of(records, &manifest.copies));
 
     let patients = has_patients.then(|| {
         records
@@ -317,6 +321,7 @@ pub fn explore(manifest: &Manifest) -> anyhow::Result<ExploreReport> {
         imbalance,
         split,
         problems: manifest.problem_summary(),
+        batch_effect: None,
     })
 }
 
@@ -343,6 +348,7 @@ mod tests {
             format: DatasetFormat::Cnmc,
             records,
             problems: vec![Problem::new(ProblemKind::NameMismatch, "x.bmp", "")],
+            copies: Vec::new(),
         }
     }
 

@@ -233,7 +233,12 @@ impl EfficientNetLite {
 
 /// The bundled Lite0 weights.
 pub fn bundled_lite0_weights() -> std::io::Result<Vec<u8>> {
-    crate::fs::read(crate::assets_dir().join("weights/efficientnet_lite0.safetensors"))
+    crate::fs::read(bundled_lite0_path())
+}
+
+/// Where the bundled Lite0 weights are read from.
+pub fn bundled_lite0_path() -> std::path::PathBuf {
+    crate::assets_dir().join("weights/efficientnet_lite0.safetensors")
 }
 
 /// ImageNet class names, index order.

@@ -124,6 +124,11 @@ impl Extractor {
 pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
     use anyhow::Context as _;
     let bytes = crate::model::efficientnet::bundled_lite0_weights()
-        .context("reading the bundled EfficientNet-Lite0 weights (assets/weights)")?;
+        .with_context(|| {
+            format!(
+                "reading the bundled EfficientNet-Lite0 weights ({}; set CELLBENCH_ASSETS to the folder that holds weights/)",
+                crate::model::efficientnet::bundled_lite0_path().display()
+            )
+        })?;
     Ok(EfficientNetLite::load(&bytes, device)?)
 }

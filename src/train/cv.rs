@@ -94,7 +94,12 @@ pub fn cross_validate(
     cancel: &AtomicBool,
 ) -> anyhow::Result<CvOutcome> {
     anyhow::ensure!(job.resume.is_none(), "cross-validation cannot resume a run");
-    let fold_of = assign_folds(&job.manifest.records, folds, job.config.seed)?;
+    let fold_of = assign_folds(
+        &job.manifest.records,
+        &job.manifest.copies,
+        folds,
+        job.config.seed,
+    )?;
     let mut outcomes = Vec::with_capacity(folds);
     for fold in 0..folds {
         let manifest = fold_manifest(&job.manifest, &fold_of, fold, &job.config)?;
@@ -152,6 +157,7 @@ pub fn fold_manifest(
         rest.iter().map(|&i| manifest.records[i].clone()).collect();
     let inner = crate::dataset::split::assign_splits(
         &records,
+        &manifest.copies,
         &crate::dataset::split::SplitConfig {
             test: 0.0,
             val: config.val_fraction,
@@ -281,6 +287,7 @@ mod tests {
             format: crate::dataset::DatasetFormat::Csv,
             records,
             problems: Vec::new(),
+            copies: Vec::new(),
         }
     }
 
@@ -290,7 +297,7 @@ mod tests {
     fn each_fold_is_scored_on_data_no_selection_saw() {
         let manifest = cohort();
         let config = crate::train::TrainConfig::default();
-        let fold_of = assign_folds(&manifest.records, 4, config.seed).unwrap();
+        let fold_of = assign_folds(&manifest.records, &manifest.copies, 4, config.seed).unwrap();
         let mut scored = vec![0; manifest.records.len()];
         for fold in 0..4 {
             let m = fold_manifest(&manifest, &fold_of, fold, &config).unwrap();

@@ -140,6 +140,7 @@ pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prep
         let records: Vec<crate::dataset::Record> = usable.iter().map(|r| (*r).clone()).collect();
         assign_splits(
             &records,
+            &manifest.copies,
             &SplitConfig {
                 test: 0.0,
                 val: config.val_fraction,

@@ -14,6 +14,7 @@ use crate::model::backend::{self};
 use crate::model::efficientnet::FEATURES;
 use crate::model::heads::Head;
 use crate::runs::{RunDir, RunState};
+use burn::module::Module as _;
 
 use super::batches::*;
 use super::config::TrainConfig;
@@ -126,6 +127,107 @@ pub fn bench_probe(n: usize, classes: usize, config: &TrainConfig) -> anyhow::Re
         epochs: config.epochs,
         secs: start.elapsed().as_secs_f64(),
         val_accuracy: accuracy,
+    })
+}
+
+/// Timing of fine-tuning steps on real images.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FinetuneBench {
+    pub kind: &'static str,
+    pub device: String,
+    pub batch_size: usize,
+    pub batches: usize,
+    pub unfrozen_blocks: usize,
+    /// The first step: kernel compilation, autotune, optimiser state.
+    pub warmup_secs: f64,
+    /// All timed steps, loading included.
+    pub timed_secs: f64,
+    /// Of `timed_secs`, decoding, augmenting and the frozen prefix's forward pass.
+    pub load_secs: f64,
+    pub images_per_sec: f64,
+}
+
+/// Images per second of fine-tuning steps exactly as a fine-tune run takes them (decode,
+/// augment, the frozen prefix without gradients, forward and backward through the last
+/// `unfreeze` blocks and the head, one AdamW step) on the bundled demo images at the default
+/// input side, batch `batch_size`: one warm-up step, then `batches` timed steps. Each step
+/// reads its loss back, so GPU work is finished inside the clock.
+pub fn bench_finetune(
+    choice: backend::BackendChoice,
+    batch_size: usize,
+    batches: usize,
+    unfreeze: usize,
+) -> anyhow::Result<FinetuneBench> {
+    use crate::model::efficientnet::NUM_BLOCKS;
+    use crate::model::extractor::{Extractor, load_backbone};
+    let (batch_size, batches) = (batch_size.max(1), batches.max(1));
+    let manifest = crate::dataset::open(&crate::demo_dataset(), &Default::default())
+        .map_err(|e| anyhow::anyhow!("opening the demo dataset: {e}"))?;
+    let config = TrainConfig {
+        backend: choice,
+        batch_size,
+        unfreeze_blocks: unfreeze,
+        ..TrainConfig::for_mode(super::config::Mode::Finetune)
+    };
+    let data = prepare(&manifest, &config)?;
+    let compute = backend::select(choice)?;
+    let (plain, ad) = (compute.device.clone(), compute.device.clone().autodiff());
+    let start_block = NUM_BLOCKS.saturating_sub(unfreeze.min(NUM_BLOCKS));
+    let backbone = load_backbone(&plain)?;
+    let feeder = Feeder::Images {
+        preprocess: config.preprocess.clone(),
+        augment: config.augment.clone(),
+        prefix: Some((Extractor::new(backbone.valid(), &plain), start_block)),
+    };
+    let mut net = Net::Finetune {
+        backbone: backbone.fork(&ad),
+        head: Head::new(FEATURES, data.labels.len(), config.dropout, &ad),
+    }
+    .train_mode();
+    let mut optims = vec![optimizer(&config), optimizer(&config)];
+    let weights = loss_weights(&data, config.imbalance);
+    let mut rng = SplitMix64::new(config.seed);
+    let all: Vec<usize> = (0..data.items.len()).collect();
+    let mut load_secs = 0.0;
+    let mut step = |net: Net, i: usize, load_secs: &mut f64| -> anyhow::Result<Net> {
+        let idx: Vec<usize> = all
+            .iter()
+            .cycle()
+            .skip(i * batch_size)
+            .take(batch_size)
+            .copied()
+            .collect();
+        let t = Instant::now();
+        let batch = feeder.batch(&data, &idx, true, &mut rng, &ad, &plain);
+        *load_secs += t.elapsed().as_secs_f64();
+        anyhow::ensure!(batch.failures.is_empty(), "a demo image failed to load");
+        let logits = net.logits(batch.input, start_block);
+        let (loss, _) = loss_and_probs(data.task, logits, &data, &batch.items, &weights);
+        let net = net.step(&mut optims, config.learning_rate, loss.clone());
+        let loss = f64::from(loss.into_scalar::<f32>());
+        anyhow::ensure!(loss.is_finite(), "the loss became {loss}");
+        Ok(net)
+    };
+    let t = Instant::now();
+    net = step(net, 0, &mut load_secs)?;
+    let warmup_secs = t.elapsed().as_secs_f64();
+    load_secs = 0.0;
+    let t = Instant::now();
+    for i in 1..=batches {
+        net = step(net, i, &mut load_secs)?;
+    }
+    let timed_secs = t.elapsed().as_secs_f64();
+    drop(net);
+    Ok(FinetuneBench {
+        kind: "finetune",
+        device: compute.description,
+        batch_size,
+        batches,
+        unfrozen_blocks: unfreeze.min(NUM_BLOCKS),
+        warmup_secs,
+        timed_secs,
+        load_secs,
+        images_per_sec: (batch_size * batches) as f64 / timed_secs,
     })
 }
 

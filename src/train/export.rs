@@ -24,7 +24,7 @@ pub fn export_features(job: &TrainJob, folds: Option<usize>, out: &Path) -> anyh
     let config = &job.config;
     let data = prepare(&job.manifest, config)?;
     let fold_of: Vec<Option<usize>> = match folds {
-        Some(k) => assign_folds(&job.manifest.records, k, config.seed)?
+        Some(k) => assign_folds(&job.manifest.records, &job.manifest.copies, k, config.seed)?
             .into_iter()
             .zip(&job.manifest.records)
             .filter(|(_, r)| r.is_usable())

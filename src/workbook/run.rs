@@ -52,6 +52,52 @@ pub fn run_workbook(
                 ));
                 manifests.insert(id, m);
             }
+            CellKind::Embedding {} => {
+                let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
+                let records: Vec<usize> = (0..m.records.len())
+                    .filter(|&i| m.records[i].is_usable())
+                    .collect();
+                let paths: Vec<std::path::PathBuf> = records
+                    .iter()
+                    .map(|&i| m.image_path(&m.records[i]))
+                    .collect();
+                let compute = crate::model::backend::select(Default::default())?;
+                let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
+                let f = crate::train::features::featurize(
+                    &extractor,
+                    "efficientnet-lite0",
+                    false,
+                    &crate::dataset::preprocess::Preprocess::default(),
+                    &paths,
+                    Some(&crate::train::features::FeatureCache::default_location()),
+                    32,
+                    &mut |_, _| {},
+                    cancel,
+                );
+                let (mut kept, mut rows) = (Vec::new(), Vec::new());
+                for (record, row) in records.into_iter().zip(f.features) {
+                    if let Some(row) = row {
+                        kept.push(record);
+                        rows.push(row);
+                    }
+                }
+                anyhow::ensure!(
+                    rows.len() >= 2,
+                    "{}: fewer than two readable images, no map to draw",
+                    ctx()
+                );
+                let map = crate::explore::embedding::EmbeddingMap::new(kept, &rows, f.failures);
+                out(Output::Text(
+                    title,
+                    format!(
+                        "{} images mapped; PC 1 explains {:.1}% of the features' variance, PC 2 {:.1}% ({} unreadable)",
+                        map.coords.len(),
+                        map.explained[0] * 100.0,
+                        map.explained[1] * 100.0,
+                        map.skipped.len()
+                    ),
+                ));
+            }
             CellKind::Explore {} => {
                 let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
                 let report = crate::explore::explore(m).with_context(ctx)?;
@@ -61,18 +107,19 @@ pub fn run_workbook(
             }
             CellKind::Split { config } => {
                 let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
-                let sides = assign_splits(&m.records, &config).with_context(ctx)?;
+                let sides = assign_splits(&m.records, &m.copies, &config).with_context(ctx)?;
                 let mut s = m.clone();
                 for (r, side) in s.records.iter_mut().zip(sides) {
                     r.split = side;
                 }
-                let report = SplitReport::of(&s.records);
+                let report = SplitReport::of(&s.records, &s.copies);
                 out(Output::Table(&crate::explore::table::split_table(&report)));
                 anyhow::ensure!(
-                    report.leaks.is_empty(),
-                    "{}: {} patients cross splits",
+                    report.passed(),
+                    "{}: {} patients and {} groups of identical images cross splits",
                     ctx(),
-                    report.leaks.len()
+                    report.leaks.len(),
+                    report.copy_leaks.len()
                 );
                 manifests.insert(id, s);
             }

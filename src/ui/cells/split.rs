@@ -36,22 +36,35 @@ pub(super) fn split_ui(
         Loading::Ready(r) => {
             let table = crate::explore::table::split_table(&r.report);
             widgets::table(ui, ("split-table", id), &table);
-            if r.report.leaks.is_empty() {
+            if r.report.passed() {
                 ui.colored_label(
                     egui::Color32::from_rgb(46, 160, 67),
-                    "Leakage check passed: no patient is on more than one side",
+                    "Leakage check passed: no patient and no copy of an image is on more than one side",
                 );
             } else {
                 error_label(
                     ui,
                     &format!(
-                        "Leakage: {} patients on more than one side",
-                        r.report.leaks.len()
+                        "Leakage: {} patients and {} groups of identical images on more than one side",
+                        r.report.leaks.len(),
+                        r.report.copy_leaks.len()
                     ),
                 );
                 for l in &r.report.leaks {
                     ui.label(format!("patient {} ({} images)", l.patient, l.images));
                 }
+                for l in &r.report.copy_leaks {
+                    ui.label(format!(
+                        "identical images: {}",
+                        crate::explore::table::clip_chars(&l.paths.join(", "), 200)
+                    ));
+                }
+            }
+            let copies = r.manifest.copies.len();
+            if copies > 0 {
+                ui.label(format!(
+                    "{copies} groups of identical images were each kept on one side."
+                ));
             }
             if r.report.group_by == crate::dataset::split::GroupBy::Image {
                 ui.label("The dataset has no patient ids: images were split individually.");
