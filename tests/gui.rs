@@ -65,7 +65,11 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label("35 of 35 images shown");
     harness.get_by_label("Images and patients per label");
     // Split.
-    harness.get_by_label("Leakage check passed: no patient is on more than one side");
+    harness.get_by_label(
+        "Leakage check passed: no patient and no copy of an image is on more than one side",
+    );
+    // Embedding: the map of the 35 images, drawn (the status line says what its axes carry).
+    harness.get_by_label_contains("35 images; PC 1 explains");
     harness.get_by_label("The dataset has no patient ids: images were split individually.");
     // Train: finished, with live curves drawn from the events.
     harness.get_by_label_contains("Finished in");
@@ -435,4 +439,49 @@ fn confusion_heatmap_snapshot() {
         });
     harness.run();
     harness.snapshot("confusion_heatmap");
+}
+
+/// The embedding map's own WGSL shader (`shaders/points.wgsl`), drawn through egui's wgpu
+/// paint callback on the test renderer (Mesa's software Vulkan here): three coloured clusters
+/// and a view that keeps them inside the plot.
+#[test]
+fn embedding_points_shader_snapshot() {
+    use cellbench::ui::points::{self, Point, PointSet, View};
+    use eframe::egui;
+    use egui_kittest::wgpu::{WgpuTestRenderer, create_render_state, default_wgpu_setup};
+    let render_state = create_render_state(
+        default_wgpu_setup(),
+        eframe::egui_wgpu::RendererOptions::PREDICTABLE,
+    );
+    points::install(&render_state);
+    assert!(points::on_gpu());
+    let colors = [
+        egui::Color32::from_rgb(31, 119, 180),
+        egui::Color32::from_rgb(255, 127, 14),
+        egui::Color32::from_rgb(44, 160, 44),
+    ];
+    let centres = [[-2.0f32, -1.0], [2.0, -1.0], [0.0, 2.0]];
+    let mut pts = Vec::new();
+    for (c, color) in centres.iter().zip(colors) {
+        for i in 0..60 {
+            let a = i as f32 * 2.399_963; // golden angle: a filled disk of points
+            let r = (i as f32 / 60.0).sqrt() * 0.8;
+            pts.push(Point::new([c[0] + r * a.cos(), c[1] + r * a.sin()], color));
+        }
+    }
+    let set = PointSet {
+        key: 1,
+        points: std::sync::Arc::new(pts),
+    };
+    let view = View::fit(&set.points);
+    let mut harness = Harness::builder()
+        .with_size([320.0, 240.0])
+        .renderer(WgpuTestRenderer::from_render_state(render_state))
+        .build_ui(move |ui| {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(300.0, 220.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 4.0, egui::Color32::WHITE);
+            points::paint(ui.painter(), rect, &set, view, 4.0);
+        });
+    harness.run();
+    harness.snapshot("embedding_points");
 }

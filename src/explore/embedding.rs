@@ -15,6 +15,47 @@ pub struct Pca {
     pub coords: Vec<Vec<f32>>,
 }
 
+/// A dataset's map: the first two principal components of its images' backbone features.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingMap {
+    /// One entry per mapped image: its index in the dataset's records.
+    pub records: Vec<usize>,
+    /// Its coordinates, in the same order.
+    pub coords: Vec<[f32; 2]>,
+    /// Share of the features' variance along each axis.
+    pub explained: [f64; 2],
+    /// Images that could not be read: `(path, reason)`.
+    pub skipped: Vec<(std::path::PathBuf, String)>,
+}
+
+impl EmbeddingMap {
+    /// Maps the images `records` whose feature rows are `rows` (same order).
+    pub fn new(
+        records: Vec<usize>,
+        rows: &[Vec<f32>],
+        skipped: Vec<(std::path::PathBuf, String)>,
+    ) -> Self {
+        let p = pca(rows, 2);
+        let coords = p
+            .coords
+            .iter()
+            .map(|c| {
+                [
+                    c.first().copied().unwrap_or(0.0),
+                    c.get(1).copied().unwrap_or(0.0),
+                ]
+            })
+            .collect();
+        let share = |k: usize| p.explained.get(k).copied().unwrap_or(0.0);
+        Self {
+            records,
+            coords,
+            explained: [share(0), share(1)],
+            skipped,
+        }
+    }
+}
+
 /// The first `k` principal components of `rows` (all of the same width). Deterministic: the
 /// power iteration starts from a fixed vector and runs to convergence (or 500 rounds).
 pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {

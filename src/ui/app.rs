@@ -242,6 +242,8 @@ pub struct GalleryFilter {
     /// Also show images that are missing or unreadable (hidden by default; the Problems
     /// list names them).
     pub show_unusable: bool,
+    /// Only these records (sorted indices): a box selected on an Embedding map.
+    pub picked: Option<Arc<Vec<usize>>>,
 }
 
 pub struct DatasetRuntime {
@@ -318,6 +320,7 @@ pub struct Runtime {
     pub evals: HashMap<u64, cells::EvalRuntime>,
     pub compares: HashMap<u64, cells::CompareRuntime>,
     pub predicts: HashMap<u64, Loading<cells::PredictView>>,
+    pub embeddings: HashMap<u64, cells::EmbeddingRuntime>,
     pub clusters: HashMap<u64, cells::ClusterRuntime>,
     pub explore_ui: HashMap<u64, cells::ExploreUi>,
     pub thumbs: ThumbCache,
@@ -370,6 +373,7 @@ impl Runtime {
         self.evals.remove(&id);
         self.compares.remove(&id);
         self.predicts.remove(&id);
+        self.embeddings.remove(&id);
         self.clusters.remove(&id);
         self.explore_ui.remove(&id);
         self.aug_previews.remove(&id);
@@ -613,6 +617,10 @@ impl WorkbenchApp {
             .storage
             .and_then(|s| eframe::get_value(s, APP_KEY))
             .unwrap_or_default();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(render_state) = &cc.wgpu_render_state {
+            super::points::install(render_state);
+        }
         Self::with_state(&cc.egui_ctx, state, workbook, dataset)
     }
 
@@ -635,6 +643,7 @@ impl WorkbenchApp {
             evals: HashMap::new(),
             compares: HashMap::new(),
             predicts: HashMap::new(),
+            embeddings: HashMap::new(),
             clusters: HashMap::new(),
             explore_ui: HashMap::new(),
             thumbs: ThumbCache::new(ctx, 2),
@@ -866,6 +875,11 @@ impl WorkbenchApp {
         for s in self.rt.splits.values_mut() {
             if let Some(Err(e)) = s.data.poll() {
                 notes.push((true, format!("split: {e}")));
+            }
+        }
+        for m in self.rt.embeddings.values_mut() {
+            if let Some(Err(e)) = m.data.poll() {
+                notes.push((true, format!("embedding: {e}")));
             }
         }
         for p in self.rt.predicts.values_mut() {

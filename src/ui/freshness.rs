@@ -125,6 +125,24 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             }
             loading_state(&rt.data)
         }
+        CellKind::Embedding {} => {
+            let Some(rt) = app.rt.embeddings.get(&id) else {
+                return Freshness::NotRun;
+            };
+            if let Some(problem) = inputs.dataset.and_then(|d| input_problem(app, d)) {
+                return Freshness::Stale(problem);
+            }
+            let current = inputs
+                .dataset
+                .and_then(|d| app.rt.datasets.get(&d))
+                .map(|d| (inputs.dataset.unwrap_or_default(), d.generation));
+            if current != Some(rt.dataset) {
+                return Freshness::Stale(
+                    "the map was drawn from an earlier load of the dataset above".to_owned(),
+                );
+            }
+            loading_state(&rt.data)
+        }
         CellKind::Explore {} => match inputs.dataset {
             None => Freshness::NotRun,
             Some(d) => match freshness(app, d) {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod cells;
 pub mod compute;
 pub mod freshness;
+pub mod points;
 pub mod thumbs;
 pub mod widgets;
 

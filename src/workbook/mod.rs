@@ -41,6 +41,8 @@ pub enum CellKind {
     },
     /// Counts and charts of the dataset above.
     Explore {},
+    /// A map of the dataset above: its images' backbone features, projected to 2-D.
+    Embedding {},
     /// Patient split of the dataset above.
     Split {
         #[serde(default)]
@@ -102,6 +104,7 @@ impl CellKind {
             Self::Note { .. } => "Note",
             Self::Dataset { .. } => "Dataset",
             Self::Explore {} => "Explore",
+            Self::Embedding {} => "Embedding",
             Self::Split { .. } => "Split",
             Self::Train { .. } => "Train",
             Self::Evaluate { .. } => "Evaluate",
@@ -119,6 +122,7 @@ impl CellKind {
                 options: OpenOptions::default(),
             },
             Self::Explore {},
+            Self::Embedding {},
             Self::Split {
                 config: SplitConfig::default(),
             },
@@ -184,6 +188,7 @@ impl Workbook {
             options: OpenOptions::default(),
         });
         book.push(CellKind::Explore {});
+        book.push(CellKind::Embedding {});
         book.push(CellKind::Split {
             config: SplitConfig {
                 test: 0.0,

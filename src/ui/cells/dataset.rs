@@ -186,6 +186,14 @@ pub(super) fn dataset_ui(
                 .hint_text("search path"),
         )
         .on_hover_text("Show images whose path contains this text");
+        if let Some(picked) = &filter.picked
+            && ui
+                .button(format!("{} selected on the map ✕", picked.len()))
+                .on_hover_text("Show every image again")
+                .clicked()
+        {
+            filter.picked = None;
+        }
     });
     if rt.visible_for.as_ref() != Some(&rt.filter) {
         let f = rt.filter.clone();
@@ -206,6 +214,7 @@ pub(super) fn dataset_ui(
             })
             .filter(|(_, r)| search.is_empty() || r.path.to_lowercase().contains(&search))
             .filter(|(_, r)| f.show_unusable || r.is_usable())
+            .filter(|(i, _)| f.picked.as_ref().is_none_or(|p| p.binary_search(i).is_ok()))
             .map(|(i, _)| i)
             .collect();
         rt.visible = Arc::new(visible);

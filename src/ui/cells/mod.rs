@@ -5,6 +5,7 @@
 mod cluster;
 mod compare;
 mod dataset;
+mod embedding;
 mod evaluate;
 mod explore;
 mod note;
@@ -17,6 +18,8 @@ pub use cluster::{ClusterMsg, ClusterRuntime};
 pub use compare::CompareRuntime;
 use compare::*;
 use dataset::*;
+pub use embedding::EmbeddingRuntime;
+use embedding::*;
 pub use evaluate::EvalRuntime;
 use evaluate::*;
 pub use explore::ExploreUi;
@@ -137,12 +140,13 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             let generation = app.rt.next_generation();
             let cfg = config.clone();
             let task = BgTask::spawn(ctx, "split", move || {
-                let sides = assign_splits(&manifest.records, &cfg).map_err(|e| e.to_string())?;
+                let sides = assign_splits(&manifest.records, &manifest.copies, &cfg)
+                    .map_err(|e| e.to_string())?;
                 let mut m = (*manifest).clone();
                 for (r, s) in m.records.iter_mut().zip(sides) {
                     r.split = s;
                 }
-                let report = SplitReport::of(&m.records);
+                let report = SplitReport::of(&m.records, &m.copies);
                 Ok(SplitResult {
                     manifest: Arc::new(m),
                     report,
@@ -158,6 +162,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 },
             );
         }
+        CellKind::Embedding {} => start_embedding(app, ctx, id),
         CellKind::Train { config, .. } => start_training(app, ctx, id, config),
         CellKind::Evaluate { run } => {
             if let Some(run) = run_for(app, id, &run) {
@@ -529,6 +534,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 dataset_ui(app, ui, id, path, &mut options.format)
             }
             CellKind::Explore {} => explore_ui(app, ui, id),
+            CellKind::Embedding {} => embedding_ui(app, ui, id),
             CellKind::Split { config } => split_ui(app, ui, id, config),
             CellKind::Train { config, run } => train_ui(app, ui, id, config, run),
             CellKind::Evaluate { run } => evaluate_ui(app, ui, id, run),

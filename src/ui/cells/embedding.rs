@@ -1,0 +1,469 @@
+//! The Embedding cell: a map of the dataset above, one point per image at the first two
+//! principal components of its EfficientNet-Lite0 features (through the feature cache),
+//! coloured by label, patient or split. Hover shows the image; a click opens it in the Dataset
+//! cell's inspector; Shift+drag selects a box of points and filters the gallery to them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use eframe::egui;
+
+use crate::explore::embedding::EmbeddingMap;
+use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::points::{self, Point, PointSet, View};
+use crate::ui::thumbs::Thumb;
+
+use super::*;
+
+/// What the points' colours show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColorBy {
+    #[default]
+    Label,
+    Patient,
+    Split,
+}
+
+impl ColorBy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Label => "label",
+            Self::Patient => "patient",
+            Self::Split => "split",
+        }
+    }
+}
+
+/// A computed map and the dataset it maps.
+pub struct EmbeddingResult {
+    pub manifest: Arc<Manifest>,
+    pub map: EmbeddingMap,
+}
+
+/// The colours of a map for one [`ColorBy`]: the point set and its legend.
+struct Colored {
+    by: ColorBy,
+    set: PointSet,
+    legend: Vec<(String, egui::Color32, usize)>,
+}
+
+/// Per-Embedding-cell state.
+pub struct EmbeddingRuntime {
+    /// The Dataset cell and the generation of its load the map was computed from.
+    pub dataset: (u64, u64),
+    pub generation: u64,
+    pub data: Loading<EmbeddingResult>,
+    /// Images whose features are ready, of how many.
+    pub progress: Arc<AtomicUsize>,
+    pub total: usize,
+    pub color_by: ColorBy,
+    view: Option<View>,
+    colored: Option<Colored>,
+    /// Where a Shift+drag box selection started.
+    box_from: Option<egui::Pos2>,
+}
+
+/// Images per compute step: a batch on the desktop, one image per frame in the browser.
+const STEP: usize = if cfg!(target_arch = "wasm32") { 1 } else { 32 };
+
+struct Featurizing {
+    extractor: crate::model::extractor::Extractor,
+    paths: Vec<std::path::PathBuf>,
+    rows: Vec<Option<Vec<f32>>>,
+    failures: Vec<(std::path::PathBuf, String)>,
+    progress: Arc<AtomicUsize>,
+}
+
+/// Starts computing the map of the Dataset cell above.
+pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+    let Some(dataset) = app.workbook.inputs(id).dataset else {
+        app.rt
+            .note(true, "embedding cell: add a Dataset cell above it");
+        return;
+    };
+    if !freshness(app, dataset).is_fresh() {
+        let name = cell_name(app, dataset);
+        app.rt.note(
+            true,
+            format!("embedding cell: {name} is not up to date; run it first"),
+        );
+        return;
+    }
+    let Some(data) = loaded(app, dataset) else {
+        return;
+    };
+    let manifest = data.manifest.clone();
+    let records: Vec<usize> = (0..manifest.records.len())
+        .filter(|&i| manifest.records[i].is_usable())
+        .collect();
+    let paths: Vec<std::path::PathBuf> = records
+        .iter()
+        .map(|&i| manifest.image_path(&manifest.records[i]))
+        .collect();
+    let total = paths.len();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let counter = progress.clone();
+    let dataset_generation = app.rt.datasets[&dataset].generation;
+    let generation = app.rt.next_generation();
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = BgTask::in_steps_on_worker(
+        ctx,
+        &app.rt.compute,
+        move || {
+            let compute =
+                crate::model::backend::select(BackendChoice::Auto).map_err(|e| format!("{e:#}"))?;
+            let extractor = crate::model::extractor::Extractor::bundled(&compute.device)
+                .map_err(|e| format!("{e:#}"))?;
+            Ok(Featurizing {
+                extractor,
+                rows: Vec::with_capacity(paths.len()),
+                paths,
+                failures: Vec::new(),
+                progress: counter,
+            })
+        },
+        move |s| {
+            let start = s.rows.len();
+            if start >= s.paths.len() {
+                return false;
+            }
+            let end = (start + STEP).min(s.paths.len());
+            let cache = crate::train::features::FeatureCache::default_location();
+            let f = crate::train::features::featurize(
+                &s.extractor,
+                "efficientnet-lite0",
+                false,
+                &crate::dataset::preprocess::Preprocess::default(),
+                &s.paths[start..end],
+                Some(&cache),
+                STEP,
+                &mut |_, _| {},
+                &never,
+            );
+            s.rows.extend(f.features);
+            s.failures.extend(f.failures);
+            s.progress.store(end, Ordering::Relaxed);
+            end < s.paths.len()
+        },
+        move |s| {
+            let (mut kept, mut rows) = (Vec::new(), Vec::new());
+            for (record, row) in records.into_iter().zip(s.rows) {
+                if let Some(row) = row {
+                    kept.push(record);
+                    rows.push(row);
+                }
+            }
+            if rows.len() < 2 {
+                return Err(format!(
+                    "fewer than two readable images ({} unreadable): no map to draw",
+                    s.failures.len()
+                ));
+            }
+            Ok(EmbeddingResult {
+                manifest,
+                map: EmbeddingMap::new(kept, &rows, s.failures),
+            })
+        },
+    );
+    app.rt.embeddings.insert(
+        id,
+        EmbeddingRuntime {
+            dataset: (dataset, dataset_generation),
+            generation,
+            data: Loading::Busy(task),
+            progress,
+            total,
+            color_by: ColorBy::default(),
+            view: None,
+            colored: None,
+            box_from: None,
+        },
+    );
+}
+
+/// A distinct colour for category `k` of `n`: a fixed palette for a few, evenly spread hues
+/// beyond it.
+fn category_color(k: usize, n: usize) -> egui::Color32 {
+    const PALETTE: [egui::Color32; 10] = [
+        egui::Color32::from_rgb(31, 119, 180),
+        egui::Color32::from_rgb(255, 127, 14),
+        egui::Color32::from_rgb(44, 160, 44),
+        egui::Color32::from_rgb(214, 39, 40),
+        egui::Color32::from_rgb(148, 103, 189),
+        egui::Color32::from_rgb(140, 86, 75),
+        egui::Color32::from_rgb(227, 119, 194),
+        egui::Color32::from_rgb(127, 127, 127),
+        egui::Color32::from_rgb(188, 189, 34),
+        egui::Color32::from_rgb(23, 190, 207),
+    ];
+    if n <= PALETTE.len() {
+        return PALETTE[k];
+    }
+    // Golden-ratio hue steps keep neighbouring categories apart.
+    let hue = (k as f32 * 0.618_034).fract();
+    egui::Color32::from(egui::ecolor::Hsva::new(hue, 0.75, 0.85, 1.0))
+}
+
+fn color_points(result: &EmbeddingResult, by: ColorBy, key: u64) -> Colored {
+    let records = &result.manifest.records;
+    let category = |i: usize| -> String {
+        let r = &records[i];
+        match by {
+            ColorBy::Label => r.label_string(),
+            ColorBy::Patient => r.patient.clone().unwrap_or_else(|| "(none)".into()),
+            ColorBy::Split => r
+                .split
+                .map_or_else(|| "(none)".into(), |s| s.name().to_owned()),
+        }
+    };
+    let names: Vec<String> = result.map.records.iter().map(|&i| category(i)).collect();
+    let mut distinct: Vec<&String> = names.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let index: std::collections::HashMap<&String, usize> =
+        distinct.iter().enumerate().map(|(k, n)| (*n, k)).collect();
+    let n = distinct.len();
+    let mut counts = vec![0usize; n];
+    let points: Vec<Point> = result
+        .map
+        .coords
+        .iter()
+        .zip(&names)
+        .map(|(c, name)| {
+            let k = index[name];
+            counts[k] += 1;
+            Point::new(*c, category_color(k, n).gamma_multiply(0.85))
+        })
+        .collect();
+    let legend = distinct
+        .iter()
+        .enumerate()
+        .map(|(k, name)| ((*name).clone(), category_color(k, n), counts[k]))
+        .collect();
+    Colored {
+        by,
+        set: PointSet {
+            key: key.wrapping_mul(4).wrapping_add(by as u64),
+            points: Arc::new(points),
+        },
+        legend,
+    }
+}
+
+pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
+    let Some(dataset) = app.workbook.inputs(id).dataset else {
+        ui.label("Add a Dataset cell above this one.");
+        return;
+    };
+    let Some(rt) = app.rt.embeddings.get_mut(&id) else {
+        ui.label(
+            "A map of the dataset above: each image at the first two principal components of its \
+             EfficientNet-Lite0 features. Press Run.",
+        );
+        return;
+    };
+    let result = match &rt.data {
+        Loading::Busy(_) => {
+            let done = rt.progress.load(Ordering::Relaxed);
+            ui.add(
+                egui::ProgressBar::new(done as f32 / rt.total.max(1) as f32)
+                    .text(format!("features of {done} / {} images", rt.total)),
+            );
+            return;
+        }
+        Loading::Failed(e) => {
+            error_label(ui, e);
+            return;
+        }
+        Loading::Idle => return,
+        Loading::Ready(r) => r,
+    };
+    let has_patients = result.manifest.has_patients();
+    let has_split = result.manifest.records.iter().any(|r| r.split.is_some());
+    ui.horizontal_wrapped(|ui| {
+        ui.label(format!(
+            "{} images; PC 1 explains {:.1}% of the features' variance, PC 2 {:.1}%.",
+            result.map.coords.len(),
+            result.map.explained[0] * 100.0,
+            result.map.explained[1] * 100.0
+        ));
+        if !result.map.skipped.is_empty() {
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!("{} unreadable images left out", result.map.skipped.len()),
+            )
+            .on_hover_text(
+                result
+                    .map
+                    .skipped
+                    .iter()
+                    .take(10)
+                    .map(|(p, e)| format!("{}: {e}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+    });
+    ui.horizontal(|ui| {
+        ui.label("Colour by");
+        for by in [ColorBy::Label, ColorBy::Patient, ColorBy::Split] {
+            let enabled = match by {
+                ColorBy::Label => true,
+                ColorBy::Patient => has_patients,
+                ColorBy::Split => has_split,
+            };
+            ui.add_enabled_ui(enabled, |ui| {
+                ui.selectable_value(&mut rt.color_by, by, by.name());
+            });
+        }
+        if ui
+            .button("Fit")
+            .on_hover_text("Show every point (or double-click the map)")
+            .clicked()
+        {
+            rt.view = None;
+        }
+        ui.label(
+            egui::RichText::new("drag to pan · Ctrl+scroll to zoom · Shift+drag to select").weak(),
+        );
+    });
+    if rt.colored.as_ref().is_none_or(|c| c.by != rt.color_by) {
+        rt.colored = Some(color_points(result, rt.color_by, rt.generation));
+    }
+    let Some(colored) = rt.colored.as_ref() else {
+        return;
+    };
+    let width = ui.available_width().clamp(200.0, 900.0);
+    let (rect, resp) =
+        ui.allocate_exact_size(egui::vec2(width, 420.0), egui::Sense::click_and_drag());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
+    let view = rt
+        .view
+        .get_or_insert_with(|| View::fit(&colored.set.points));
+    let shift = ui.input(|i| i.modifiers.shift);
+    if resp.drag_started() && shift {
+        rt.box_from = resp.interact_pointer_pos();
+    }
+    if resp.dragged() && rt.box_from.is_none() {
+        view.pan(rect, resp.drag_delta());
+    }
+    if resp.hovered() {
+        let zoom = ui.input(|i| i.zoom_delta());
+        if zoom != 1.0
+            && let Some(at) = resp.hover_pos()
+        {
+            view.zoom(rect, at, zoom);
+        }
+    }
+    if resp.double_clicked() {
+        *view = View::fit(&colored.set.points);
+    }
+    let view = *view;
+    points::paint(&painter, rect, &colored.set, view, 3.0);
+    // Axes.
+    let text = ui.visuals().weak_text_color();
+    painter.text(
+        rect.center_bottom() - egui::vec2(0.0, 4.0),
+        egui::Align2::CENTER_BOTTOM,
+        format!("PC 1 ({:.1}%)", result.map.explained[0] * 100.0),
+        egui::FontId::proportional(12.0),
+        text,
+    );
+    painter.text(
+        rect.left_top() + egui::vec2(6.0, 4.0),
+        egui::Align2::LEFT_TOP,
+        format!("PC 2 ({:.1}%)", result.map.explained[1] * 100.0),
+        egui::FontId::proportional(12.0),
+        text,
+    );
+    // Box selection.
+    let mut picked: Option<Vec<usize>> = None;
+    if let (Some(from), Some(to)) = (rt.box_from, resp.interact_pointer_pos()) {
+        let b = egui::Rect::from_two_pos(from, to);
+        painter.rect_stroke(
+            b,
+            0.0,
+            egui::Stroke::new(1.0, ui.visuals().selection.stroke.color),
+            egui::StrokeKind::Inside,
+        );
+        if resp.drag_stopped() {
+            let mut chosen: Vec<usize> = colored
+                .set
+                .points
+                .iter()
+                .zip(&result.map.records)
+                .filter(|(p, _)| b.contains(view.to_screen(rect, p.pos)))
+                .map(|(_, &r)| r)
+                .collect();
+            chosen.sort_unstable();
+            picked = Some(chosen);
+        }
+    }
+    if resp.drag_stopped() {
+        rt.box_from = None;
+    }
+    // Hover and click.
+    let hovered = resp
+        .hover_pos()
+        .and_then(|at| points::nearest(&colored.set.points, &view, rect, at, 8.0));
+    if let Some(k) = hovered {
+        let c = view.to_screen(rect, colored.set.points[k].pos);
+        painter.circle_stroke(
+            c,
+            6.0,
+            egui::Stroke::new(2.0, ui.visuals().strong_text_color()),
+        );
+    }
+    // Legend.
+    ui.horizontal_wrapped(|ui| {
+        for (name, color, count) in colored.legend.iter().take(24) {
+            let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().circle_filled(dot.center(), 5.0, *color);
+            ui.label(format!("{name} ({count})"));
+        }
+        if colored.legend.len() > 24 {
+            ui.label(format!("+{} more", colored.legend.len() - 24));
+        }
+    });
+    let clicked = resp.clicked() && !shift;
+    let hovered_record = hovered.map(|k| result.map.records[k]);
+    let manifest = result.manifest.clone();
+    if let Some(record) = hovered_record {
+        let r = &manifest.records[record];
+        let path = manifest.image_path(r);
+        let thumb = app.rt.thumbs.get(&path);
+        resp.on_hover_ui_at_pointer(|ui| {
+            if let Thumb::Ready(tex) = thumb {
+                ui.add(egui::Image::new(&tex).max_size(egui::vec2(128.0, 128.0)));
+            }
+            ui.label(egui::RichText::new(r.label_string()).strong());
+            if let Some(p) = &r.patient {
+                ui.label(format!("patient {p}"));
+            }
+            ui.label(egui::RichText::new(&r.path).weak());
+            ui.label(egui::RichText::new("click to inspect").weak());
+        });
+        if clicked && let Some(d) = app.rt.datasets.get_mut(&dataset) {
+            d.selected = Some(record);
+            app.rt.note(
+                false,
+                format!("{} opened in the Dataset cell's inspector", r.path),
+            );
+        }
+    }
+    if let Some(chosen) = picked {
+        let n = chosen.len();
+        if let Some(d) = app.rt.datasets.get_mut(&dataset) {
+            d.filter.picked = (n > 0).then(|| Arc::new(chosen));
+        }
+        app.rt.note(
+            false,
+            if n > 0 {
+                format!("the Dataset cell's gallery shows the {n} images selected on the map")
+            } else {
+                "no image in the box: the gallery shows every image again".to_owned()
+            },
+        );
+    }
+}
