@@ -168,7 +168,7 @@ prepare() {
   fi
   echo "ready: run '$dir/gpu-check.sh --run' on the GPU machine"
   case "$dir" in
-    "$REPO"/*) echo "device tool: carry [\"${dir#"$REPO"/}\"], command \"bash ${dir#"$REPO"/}/gpu-check.sh --run\"" ;;
+    "$REPO"/*) echo "in a copy of the repository: bash ${dir#"$REPO"/}/gpu-check.sh --run" ;;
   esac
 }
 
