@@ -483,3 +483,51 @@ fn identical_images_are_listed_kept_together_and_checked() {
         stderr(&check)
     );
 }
+
+/// `split --by-image` divides patients on purpose (for the comparison with a patient split):
+/// it succeeds, names the divided patients and says why the scores will be optimistic; the
+/// patient split of the same data divides none.
+#[test]
+fn an_image_split_is_allowed_on_purpose_and_says_what_it_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let out = run(&[
+        "synth",
+        path_str(&data),
+        "--patients",
+        "9",
+        "--images",
+        "10",
+        "--size",
+        "24",
+        "--signal",
+        "0.5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = dir.path().join("image.csv");
+    let out = run(&[
+        "split",
+        path_str(&data),
+        "--by-image",
+        "--test",
+        "0",
+        "--val",
+        "0.3",
+        "--out",
+        path_str(&csv),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("split by image on purpose"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("in train and val"),
+        "{}",
+        stderr(&out)
+    );
+    // The same file, checked as a split, is leaky.
+    let check = run(&["split", "--check", path_str(&csv)]);
+    assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+}

@@ -56,6 +56,10 @@ pub struct SplitConfig {
     /// Fraction of images for the validation side.
     pub val: f64,
     pub seed: u64,
+    /// Split images one by one even when patients are known: the leaky split, kept to show how
+    /// much it flatters a model next to the patient split (its leakage check fails, as it
+    /// should). Copies of one image still stay together.
+    pub by_image: bool,
 }
 
 impl Default for SplitConfig {
@@ -64,6 +68,7 @@ impl Default for SplitConfig {
             test: 0.2,
             val: 0.1,
             seed: 7,
+            by_image: false,
         }
     }
 }
@@ -252,6 +257,7 @@ pub fn assign_splits(
         &[1.0 - test - val, val, test],
         config.seed,
         false,
+        config.by_image,
     )?;
     Ok(sides
         .into_iter()
@@ -270,7 +276,7 @@ pub fn assign_folds(
     if k < 2 {
         return Err(SplitError::BadFolds(k));
     }
-    let folds = assign_groups(records, copies, &vec![1.0 / k as f64; k], seed, true)?;
+    let folds = assign_groups(records, copies, &vec![1.0 / k as f64; k], seed, true, false)?;
     let filled: BTreeSet<usize> = folds.iter().flatten().copied().collect();
     if filled.len() < k {
         return Err(SplitError::TooFewGroups {
@@ -292,9 +298,10 @@ fn assign_groups(
     fractions: &[f64],
     seed: u64,
     spread_ties: bool,
+    by_image: bool,
 ) -> Result<Vec<Option<usize>>, SplitError> {
-    // Groups: patients, or single images when there are no patient ids.
-    let by_patient = records.iter().any(|r| r.patient.is_some());
+    // Groups: patients, or single images when there are no patient ids (or `by_image`).
+    let by_patient = !by_image && records.iter().any(|r| r.patient.is_some());
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         if !r.is_usable() {
@@ -559,6 +566,7 @@ mod tests {
                     test: 0.2,
                     val: 0.1,
                     seed,
+                    by_image: false,
                 },
             );
             assert!(check_leakage(&records).is_empty(), "seed {seed}");
@@ -592,6 +600,7 @@ mod tests {
                 test: 0.3,
                 val: 0.2,
                 seed,
+                by_image: false,
             };
             let sides = assign_splits(&records, &copies, &cfg).unwrap();
             for (r, s) in records.iter_mut().zip(&sides) {
@@ -616,6 +625,7 @@ mod tests {
                 test: 0.3,
                 val: 0.2,
                 seed: 1,
+                by_image: false,
             },
         )
         .unwrap();
@@ -628,6 +638,43 @@ mod tests {
         assert!(report.copy_leaks.iter().all(|l| l.splits.len() > 1));
     }
 
+    /// The image-level split (for the comparison with the patient split) puts most patients
+    /// on both sides, and says so through the leakage check.
+    #[test]
+    fn an_image_split_divides_patients_and_the_check_says_so() {
+        let mut records = cohort();
+        apply(
+            &mut records,
+            &SplitConfig {
+                test: 0.0,
+                val: 0.3,
+                seed: 2,
+                by_image: true,
+            },
+        );
+        let leaks = check_leakage(&records);
+        let patients_with_two_or_more = 40
+            - records
+                .iter()
+                .fold(BTreeMap::<&str, usize>::new(), |mut m, r| {
+                    *m.entry(r.patient.as_deref().unwrap()).or_default() += 1;
+                    m
+                })
+                .values()
+                .filter(|&&n| n == 1)
+                .count();
+        assert!(
+            leaks.len() * 2 > patients_with_two_or_more,
+            "{} leaks",
+            leaks.len()
+        );
+        let val = records
+            .iter()
+            .filter(|r| r.split == Some(Split::Val))
+            .count() as f64;
+        assert!((val / records.len() as f64 - 0.3).abs() < 0.05);
+    }
+
     #[test]
     fn stratified_within_tolerance() {
         let mut records = cohort();
@@ -637,6 +684,7 @@ mod tests {
                 test: 0.25,
                 val: 0.0,
                 seed: 3,
+                by_image: false,
             },
         );
         let report = SplitReport::of(&records, &[]);
@@ -664,6 +712,7 @@ mod tests {
                     test: 0.2,
                     val: 0.1,
                     seed,
+                    by_image: false,
                 },
             );
             r.into_iter().map(|r| r.split).collect::<Vec<_>>()
@@ -720,6 +769,7 @@ mod tests {
                 test: 0.2,
                 val: 0.0,
                 seed: 1,
+                by_image: false,
             },
         );
         let report = SplitReport::of(&records, &[]);
@@ -738,7 +788,16 @@ mod tests {
         let records = cohort();
         for (test, val) in [(0.6, 0.4), (-0.1, 0.1), (1.0, 0.0)] {
             assert_eq!(
-                assign_splits(&records, &[], &SplitConfig { test, val, seed: 1 }),
+                assign_splits(
+                    &records,
+                    &[],
+                    &SplitConfig {
+                        test,
+                        val,
+                        seed: 1,
+                        by_image: false
+                    }
+                ),
                 Err(SplitError::BadFractions { test, val })
             );
         }

@@ -22,6 +22,10 @@ pub struct SynthConfig {
     /// Every `hem_every`-th patient is a healthy subject (`H…`); the others are `all`.
     pub hem_every: u32,
     pub seed: u64,
+    /// Share of an `all` patient's cells drawn as blasts; the rest look normal. Below 1 the
+    /// label is only partly visible in a cell and each patient's stain becomes the easier cue
+    /// (the case where an image-level split flatters a model).
+    pub signal: f64,
 }
 
 impl Default for SynthConfig {
@@ -33,6 +37,7 @@ impl Default for SynthConfig {
             size: 64,
             hem_every: 3,
             seed: 1,
+            signal: 1.0,
         }
     }
 }
@@ -133,7 +138,8 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> anyhow::Result<SynthSummary
             let name = format!("UID_{token}_{image_no}_{cell_no}_{}.bmp", plan.label);
             let path: PathBuf = dir.join(format!("fold_{}/{}/{name}", plan.fold, plan.label));
             let mut rng = SplitMix64::new(plan.seed ^ (u64::from(i) + 1).wrapping_mul(0x9E37_79B9));
-            let img = draw_cell(&mut rng, plan.label == "all", plan.stain, config.size);
+            let blast = plan.label == "all" && (config.signal >= 1.0 || rng.unit() < config.signal);
+            let img = draw_cell(&mut rng, blast, plan.stain, config.size);
             img.save_with_format(&path, image::ImageFormat::Bmp)
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(crate::fs::metadata(&path)?.len())

@@ -162,6 +162,7 @@ pub fn fold_manifest(
             test: 0.0,
             val: config.val_fraction,
             seed: config.seed ^ (fold as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+            by_image: false,
         },
     )
     .with_context(|| format!("splitting the training side of fold {}", fold + 1))?;

@@ -145,6 +145,7 @@ pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prep
                 test: 0.0,
                 val: config.val_fraction,
                 seed: config.seed,
+                by_image: false,
             },
         )?
     };

@@ -453,6 +453,7 @@ pub struct WorkbenchApp {
     /// `CELLBENCH_BENCH_SCROLL=<frames>`: scroll the first gallery that many frames, then print
     /// frame-time percentiles and peak memory and quit.
     scroll_bench: Option<ScrollBench>,
+    map_bench: Option<cells::MapBench>,
 }
 
 /// Frame times of the scrolling benchmark.
@@ -699,6 +700,7 @@ impl WorkbenchApp {
                     frames,
                     times_ms: Vec::new(),
                 }),
+            map_bench: cells::MapBench::from_env(),
         };
         if let Some(d) = dataset {
             app.commands.push(Command::OpenDataset(d));
@@ -1304,6 +1306,8 @@ impl WorkbenchApp {
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let start = Instant::now();
+        let mut map_bench = self.map_bench.take();
+        let benching = map_bench.as_mut().is_some_and(|b| b.before_frame(self));
         #[cfg(target_arch = "wasm32")]
         {
             if super::compute::run_deferred(std::time::Duration::from_millis(40)) {
@@ -1320,6 +1324,21 @@ impl eframe::App for WorkbenchApp {
             crate::web::persist_workbook();
             crate::web::set_runs_dir(self.runs_dir());
         }
+        if let Some(mut b) = map_bench {
+            let report = benching
+                .then(|| b.after_frame(start.elapsed().as_secs_f64() * 1e3, peak_rss_mib()))
+                .flatten();
+            match report {
+                Some(report) => {
+                    println!("{report}");
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+                None => {
+                    ui.ctx().request_repaint();
+                    self.map_bench = Some(b);
+                }
+            }
+        }
         if self.scrolling() {
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if let Some(b) = &mut self.scroll_bench {
@@ -1332,6 +1351,9 @@ impl eframe::App for WorkbenchApp {
     }
 
     fn raw_input_hook(&mut self, _ctx: &egui::Context, raw_input: &mut egui::RawInput) {
+        if let Some(pos) = self.map_bench.as_ref().and_then(|b| b.pointer(self)) {
+            raw_input.events.push(egui::Event::PointerMoved(pos));
+        }
         if self.scrolling() {
             // Wheel over the first gallery (the Dataset cell of the default layout).
             let pos = egui::pos2(400.0, 420.0);

@@ -140,10 +140,15 @@ pub fn paint(painter: &egui::Painter, rect: egui::Rect, set: &PointSet, view: Vi
     paint_mesh(painter, rect, set, view, radius);
 }
 
-/// The same picture as the shader's, as egui triangles (squares; points outside are skipped).
+/// Up to this many points the mesh path draws disks; beyond it, squares (cheaper to tessellate).
+const MESH_DISKS: usize = 5000;
+
+/// The same picture as the shader's, as egui shapes (points outside are skipped).
 fn paint_mesh(painter: &egui::Painter, rect: egui::Rect, set: &PointSet, view: View, radius: f32) {
-    let mut mesh = egui::Mesh::default();
+    let painter = painter.with_clip_rect(rect);
     let grown = rect.expand(radius);
+    let disks = set.points.len() <= MESH_DISKS;
+    let mut mesh = egui::Mesh::default();
     for p in set.points.iter() {
         let c = view.to_screen(rect, p.pos);
         if !grown.contains(c) {
@@ -151,12 +156,18 @@ fn paint_mesh(painter: &egui::Painter, rect: egui::Rect, set: &PointSet, view: V
         }
         let [r, g, b, a] = p.rgba.to_le_bytes();
         let color = egui::Color32::from_rgba_unmultiplied(r, g, b, a);
-        mesh.add_colored_rect(
-            egui::Rect::from_center_size(c, egui::vec2(2.0 * radius, 2.0 * radius)),
-            color,
-        );
+        if disks {
+            painter.circle_filled(c, radius, color);
+        } else {
+            mesh.add_colored_rect(
+                egui::Rect::from_center_size(c, egui::vec2(2.0 * radius, 2.0 * radius)),
+                color,
+            );
+        }
     }
-    painter.with_clip_rect(rect).add(mesh);
+    if !disks {
+        painter.add(mesh);
+    }
 }
 
 /// Creates the points pipeline in the window's renderer (desktop, wgpu). Without it points

@@ -194,6 +194,7 @@ impl Workbook {
                 test: 0.0,
                 val: 0.3,
                 seed: 7,
+                by_image: false,
             },
         });
         book.push(CellKind::Train {

@@ -23,6 +23,12 @@ pub(super) fn split_ui(
         ui.label("Seed");
         ui.add(egui::DragValue::new(&mut config.seed))
             .on_hover_text("The same seed always gives the same split");
+        ui.checkbox(&mut config.by_image, "by image (leaky)")
+            .on_hover_text(
+                "Split images one by one even though patients are known: a model then meets the \
+             patients of its validation images in training. Train once on this split and once \
+             on a patient split, and Compare: the gap is how much an image split flatters it.",
+            );
     });
     let Some(rt) = app.rt.splits.get(&id) else {
         ui.label("Press Run to split the dataset above by patient.");
@@ -36,7 +42,16 @@ pub(super) fn split_ui(
         Loading::Ready(r) => {
             let table = crate::explore::table::split_table(&r.report);
             widgets::table(ui, ("split-table", id), &table);
-            if r.report.passed() {
+            if config.by_image && !r.report.leaks.is_empty() {
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!(
+                        "Split by image on purpose: {} patients have images on more than one side, \
+                         so validation scores will be optimistic. Compare with a patient split.",
+                        r.report.leaks.len()
+                    ),
+                );
+            } else if r.report.passed() {
                 ui.colored_label(
                     egui::Color32::from_rgb(46, 160, 67),
                     "Leakage check passed: no patient and no copy of an image is on more than one side",
