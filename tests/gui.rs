@@ -485,3 +485,70 @@ fn embedding_points_shader_snapshot() {
     harness.run();
     harness.snapshot("embedding_points");
 }
+
+/// A label CSV whose columns cannot be guessed: the Dataset cell says to choose them, offers
+/// the CSV's own column names, and with the choices made (as the combo boxes make them) the
+/// dataset opens; the choices live in the workbook.
+#[test]
+fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
+    use cellbench::ui::app::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    use_test_cache();
+    let demo = cellbench::demo_dataset();
+    let mut text = String::from("specimen,finding,donor\n");
+    for (i, label) in ["Lymphocyte", "Neutrophil"].into_iter().enumerate() {
+        for e in std::fs::read_dir(demo.join(label))
+            .unwrap()
+            .flatten()
+            .take(4)
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            std::fs::copy(e.path(), tmp.path().join(&name)).unwrap();
+            text.push_str(&format!("{name},{label},d{i}\n"));
+        }
+    }
+    let csv = tmp.path().join("labels.csv");
+    std::fs::write(&csv, text).unwrap();
+    let ctx = eframe::egui::Context::default();
+    let app = WorkbenchApp::with_state(
+        &ctx,
+        AppState::default(),
+        Some(tmp.path().join("book.cellbook.toml")),
+        None,
+    );
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 3000.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    let dataset = set_dataset_path(&mut harness, &csv);
+    harness.state_mut().push(Command::RunCell(dataset));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.run_steps(3);
+    harness.get_by_label_contains(
+        "Could not open the dataset: could not guess the path column (columns: specimen, finding, donor); choose the Image column above",
+    );
+    harness.get_by_label("Choose the CSV's columns above, then press Run.");
+    harness.get_by_label("Image column");
+    // Three column choices, each still guessing.
+    let combos = harness.query_all_by_value("guess").count();
+    assert!(combos >= 3, "{combos} column choices shown");
+    let app = harness.state_mut();
+    if let Some(CellKind::Dataset { options, .. }) = app
+        .workbook
+        .cells
+        .iter_mut()
+        .find(|c| c.id == dataset)
+        .map(|c| &mut c.kind)
+    {
+        options.path_column = Some("specimen".into());
+        options.label_column = Some("finding".into());
+        options.patient_column = Some("donor".into());
+    }
+    harness.state_mut().push(Command::RunCell(dataset));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.run_steps(3);
+    harness.get_by_label_contains("8 images · 2 labels · 2 patients");
+    let saved = harness.state().workbook.clone();
+    let toml = toml::to_string(&saved).unwrap();
+    assert!(toml.contains("path_column = \"specimen\""), "{toml}");
+}

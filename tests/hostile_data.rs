@@ -235,8 +235,8 @@ fn an_unterminated_quote_is_one_short_error_with_its_line() {
 fn ids_matching_several_files_are_ambiguous_until_named() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for name in ["183.bmp", "019.bmp", "020.bmp"] {
-        noise(6, 6, 5).save(root.join(name)).unwrap();
+    for (seed, name) in ["183.bmp", "019.bmp", "020.bmp"].into_iter().enumerate() {
+        noise(6, 6, 10 + seed as u32).save(root.join(name)).unwrap();
     }
     noise(6, 6, 7).save(root.join("183.png")).unwrap(); // a mask beside its image
     let csv = root.join("labels.csv");

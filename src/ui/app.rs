@@ -323,6 +323,8 @@ pub struct Runtime {
     pub embeddings: HashMap<u64, cells::EmbeddingRuntime>,
     pub clusters: HashMap<u64, cells::ClusterRuntime>,
     pub explore_ui: HashMap<u64, cells::ExploreUi>,
+    /// The header of each Dataset cell's CSV, for the column choices.
+    pub csv_columns: HashMap<u64, cells::CsvColumns>,
     pub thumbs: ThumbCache,
     /// The one owner of burn/tensor work.
     pub compute: super::compute::ComputeWorker,
@@ -376,6 +378,7 @@ impl Runtime {
         self.embeddings.remove(&id);
         self.clusters.remove(&id);
         self.explore_ui.remove(&id);
+        self.csv_columns.remove(&id);
         self.aug_previews.remove(&id);
     }
 
@@ -647,6 +650,7 @@ impl WorkbenchApp {
             embeddings: HashMap::new(),
             clusters: HashMap::new(),
             explore_ui: HashMap::new(),
+            csv_columns: HashMap::new(),
             thumbs: ThumbCache::new(ctx, 2),
             compute: super::compute::ComputeWorker::start(),
             log: Vec::new(),
@@ -868,7 +872,7 @@ impl WorkbenchApp {
         let mut notes = Vec::new();
         for d in self.rt.datasets.values_mut() {
             if let Some(Err(e)) = d.data.poll() {
-                notes.push((true, format!("dataset: {e}")));
+                notes.push((true, format!("dataset: {}", cells::in_cell_words(&e))));
             }
             if let Some((_, p)) = &mut d.preview {
                 p.poll();
@@ -878,6 +882,9 @@ impl WorkbenchApp {
             if let Some(Err(e)) = s.data.poll() {
                 notes.push((true, format!("split: {e}")));
             }
+        }
+        for c in self.rt.csv_columns.values_mut() {
+            c.columns.poll();
         }
         for m in self.rt.embeddings.values_mut() {
             if let Some(Err(e)) = m.data.poll() {

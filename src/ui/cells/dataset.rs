@@ -16,9 +16,10 @@ pub(super) fn dataset_ui(
     ui: &mut egui::Ui,
     id: u64,
     path: &mut String,
-    format: &mut Option<DatasetFormat>,
+    options: &mut crate::dataset::OpenOptions,
 ) {
     let base = app.base_dir();
+    let format = &mut options.format;
     ui.horizontal(|ui| {
         ui.label("Folder or CSV");
         let edit = ui
@@ -57,6 +58,7 @@ pub(super) fn dataset_ui(
             .response
             .on_hover_text("How names and labels are read; auto-detect looks at the files");
     });
+    csv_import_ui(app, ui, id, path, options);
     let Some(rt) = app.rt.datasets.get_mut(&id) else {
         ui.label("Not opened yet: press Run.");
         return;
@@ -71,7 +73,13 @@ pub(super) fn dataset_ui(
             return;
         }
         Loading::Failed(e) => {
-            error_label(ui, &format!("Could not open the dataset: {e}"));
+            error_label(
+                ui,
+                &format!("Could not open the dataset: {}", in_cell_words(e)),
+            );
+            if e.contains("could not guess") || e.contains("has no column") {
+                ui.label("Choose the CSV's columns above, then press Run.");
+            }
             return;
         }
         Loading::Ready(_) => {}
@@ -346,5 +354,163 @@ pub(super) fn inspector_ui(
                 error_label(ui, &format!("Problem: {p}"));
             }
         });
+    });
+}
+
+/// An opening error as the cell says it: its fields instead of the command line's flags.
+pub fn in_cell_words(error: &str) -> String {
+    [
+        (
+            "name it with --path-column",
+            "choose the Image column above",
+        ),
+        (
+            "name it with --label-column",
+            "choose the Label column above",
+        ),
+        (
+            "name it with --patient-column",
+            "choose the Patient column above",
+        ),
+        ("--image-pattern", "the File name of an id field"),
+    ]
+    .iter()
+    .fold(error.to_owned(), |e, (flag, field)| e.replace(flag, field))
+}
+
+/// The header of the CSV a Dataset cell points at (read in the background, once per path).
+pub struct CsvColumns {
+    pub path: std::path::PathBuf,
+    pub columns: Loading<Vec<String>>,
+}
+
+/// Reads the header line of a CSV.
+fn read_header(path: &std::path::Path) -> Result<Vec<String>, String> {
+    use std::io::Read as _;
+    let mut file = crate::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut head = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    let text = String::from_utf8_lossy(&head[..n]);
+    let line = text.lines().next().unwrap_or_default();
+    let table = crate::fsio::CsvTable::parse(line)?;
+    Ok(table.header)
+}
+
+/// The import step for CSV manifests: which columns hold the image path (or id), the label
+/// and the patient, where the images are and how ids become file names. The choices are part
+/// of the cell (saved in the workbook); changing one makes the cell out of date.
+fn csv_import_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    path: &str,
+    options: &mut crate::dataset::OpenOptions,
+) {
+    let is_csv = std::path::Path::new(path.trim())
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if !is_csv {
+        return;
+    }
+    let full = crate::workbook::resolve_path(path.trim(), &app.base_dir());
+    let ctx = ui.ctx().clone();
+    let entry = app.rt.csv_columns.get(&id);
+    if entry.is_none_or(|c| c.path != full) {
+        let p = full.clone();
+        let task = BgTask::spawn(&ctx, "csv-header", move || read_header(&p));
+        app.rt.csv_columns.insert(
+            id,
+            CsvColumns {
+                path: full.clone(),
+                columns: Loading::Busy(task),
+            },
+        );
+    }
+    let columns: Vec<String> = app
+        .rt
+        .csv_columns
+        .get(&id)
+        .and_then(|c| c.columns.ready().cloned())
+        .unwrap_or_default();
+    let column_combo = |ui: &mut egui::Ui, what: &str, value: &mut Option<String>, hint: &str| {
+        ui.label(what);
+        egui::ComboBox::from_id_salt(("csv-column", what, id))
+            .selected_text(value.clone().unwrap_or_else(|| "guess".to_owned()))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(value, None, "guess");
+                for c in &columns {
+                    ui.selectable_value(value, Some(c.clone()), c);
+                }
+            })
+            .response
+            .on_hover_text(hint);
+    };
+    ui.horizontal_wrapped(|ui| {
+        column_combo(
+            ui,
+            "Image column",
+            &mut options.path_column,
+            "The column with image paths, file names or ids",
+        );
+        column_combo(
+            ui,
+            "Label column",
+            &mut options.label_column,
+            "The column with labels (A|B for several)",
+        );
+        column_combo(
+            ui,
+            "Patient column",
+            &mut options.patient_column,
+            "The column with patient ids (keeps each patient on one side of a split)",
+        );
+    });
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Images folder");
+        let mut folder = options
+            .images
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if ui
+            .add(
+                egui::TextEdit::singleline(&mut folder)
+                    .desired_width(260.0)
+                    .hint_text("the CSV's folder"),
+            )
+            .on_hover_text("Where the images are looked up (by path, or by file name in any subfolder)")
+            .changed()
+        {
+            options.images = (!folder.trim().is_empty()).then(|| folder.trim().into());
+        }
+        if widgets::DESKTOP && ui.button("Browse…").clicked() {
+            match widgets::pick(widgets::folder_dialog) {
+                widgets::Picked::Path(dir) => options.images = Some(dir),
+                widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
+                widgets::Picked::Cancelled => {}
+            }
+        }
+        ui.label("File name of an id");
+        let mut pattern = options.image_pattern.clone().unwrap_or_default();
+        if ui
+            .add(
+                egui::TextEdit::singleline(&mut pattern)
+                    .desired_width(110.0)
+                    .hint_text("{id}.bmp"),
+            )
+            .on_hover_text(
+                "For ids without an extension: the file name, e.g. {id}.bmp, or {id:03}.bmp for ids zero-padded to 3 digits",
+            )
+            .changed()
+        {
+            options.image_pattern = (!pattern.trim().is_empty()).then(|| pattern.trim().to_owned());
+        }
     });
 }

@@ -391,7 +391,10 @@ pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         *view = View::fit(&colored.set.points);
     }
     let view = *view;
-    points::paint(&painter, rect, &colored.set, view, 3.0);
+    // Larger points for small maps, smaller for crowded ones.
+    let n = colored.set.points.len().max(1) as f32;
+    let radius = (5.0 - 0.6 * n.log10()).clamp(2.0, 4.5);
+    points::paint(&painter, rect, &colored.set, view, radius);
     // Axes.
     let text = ui.visuals().weak_text_color();
     painter.text(

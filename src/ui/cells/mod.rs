@@ -17,6 +17,7 @@ use cluster::*;
 pub use cluster::{ClusterMsg, ClusterRuntime};
 pub use compare::CompareRuntime;
 use compare::*;
+pub use dataset::{CsvColumns, in_cell_words};
 use dataset::*;
 use embedding::*;
 pub use embedding::{EmbeddingRuntime, MapBench};
@@ -530,9 +531,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         let mut kind = cell.kind.clone();
         match &mut kind {
             CellKind::Note { text } => note_ui(ui, id, text),
-            CellKind::Dataset { path, options } => {
-                dataset_ui(app, ui, id, path, &mut options.format)
-            }
+            CellKind::Dataset { path, options } => dataset_ui(app, ui, id, path, options),
             CellKind::Explore {} => explore_ui(app, ui, id),
             CellKind::Embedding {} => embedding_ui(app, ui, id),
             CellKind::Split { config } => split_ui(app, ui, id, config),
