@@ -481,3 +481,42 @@ fn cellbench_cli_names_the_token_source_on_a_wrong_token() {
     assert!(!err.contains("definitely-not-the-token-4242"), "{err}");
     assert!(!common::stdout(&out).contains("definitely-not-the-token-4242"));
 }
+
+/// `cluster featurize --follow`: two shards on the real Ray head, followed until the shared
+/// cache is complete; a probe run pointed at that cache then takes every vector from it.
+#[test]
+fn featurize_shards_are_followed_until_the_cache_is_complete() {
+    let head = RayHead::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let cache = tmp.path().join("shared-cache");
+    let out = common::cellbench()
+        .args(["cluster", "featurize", common::path_str(&data)])
+        .args(["--shards", "2", "--cache", common::path_str(&cache)])
+        .args(["--image-size", "64", "--follow"])
+        .args([
+            "--address",
+            head.address(),
+            "--token-file",
+            common::path_str(head.token_file()),
+        ])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("shard 0/2") && err.contains("shard 1/2"), "{err}");
+    assert!(err.contains("SUCCEEDED"), "{err}");
+    assert!(
+        err.contains("the cache is complete: 12 feature vectors from 2 shards"),
+        "{err}"
+    );
+    let out = common::cellbench()
+        .env("CELLBENCH_CACHE", &cache)
+        .args(["train", common::path_str(&data), "--image-size", "64"])
+        .args(["--backend", "cpu", "--runs", common::path_str(&tmp.path().join("runs"))])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("12 of 12 feature vectors came from the cache"), "{err}");
+}

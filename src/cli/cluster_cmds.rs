@@ -141,6 +141,10 @@ pub struct FeaturizeArgs {
     pub image_size: Option<u32>,
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Wait for every shard: progress per shard, one line when the cache is complete, the
+    /// reason when a shard fails (exit 1).
+    #[arg(long)]
+    pub follow: bool,
 }
 
 fn spec_from(args: &SubmitArgs) -> anyhow::Result<(JobSpec, Option<PathBuf>)> {
@@ -285,6 +289,9 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
                 outln!("{id}");
                 ids.push(id);
             }
+            if args.follow {
+                return follow_shards(&client, &ids, &args.cache, std::time::Duration::from_secs(2));
+            }
             eprintln!(
                 "{} featurize jobs submitted; when they succeed, train the probe with CELLBENCH_CACHE={} so the features come from the shared cache",
                 ids.len(),
@@ -338,6 +345,90 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
 }
 
 /// Follows a job with the same progress view as a local run; the exit code reflects its end.
+/// Follows featurize shards until each has ended: a line per shard when its state changes or
+/// its progress passes another tenth, then one line when the cache is complete, or each failed
+/// shard with its reason and the end of its log (exit 1).
+fn follow_shards(
+    client: &dyn ClusterBackend,
+    ids: &[String],
+    cache: &str,
+    every: std::time::Duration,
+) -> anyhow::Result<u8> {
+    use crate::train::TrainEvent;
+    let n = ids.len();
+    // Per shard: the state and progress last printed, and whether it has ended.
+    let mut shown: Vec<(String, usize)> = vec![(String::new(), usize::MAX); n];
+    let mut ended: Vec<Option<(crate::cluster::JobInfo, Vec<TrainEvent>, String)>> =
+        vec![None; n];
+    while ended.iter().any(Option::is_none) {
+        for (i, id) in ids.iter().enumerate() {
+            if ended[i].is_some() {
+                continue;
+            }
+            let info = client.status(id)?;
+            let log = client.logs(id).unwrap_or_default();
+            let events: Vec<TrainEvent> = log.lines().filter_map(TrainEvent::parse_line).collect();
+            let progress = events.iter().rev().find_map(|e| match e {
+                TrainEvent::Progress { done, total, .. } => Some((*done, *total)),
+                _ => None,
+            });
+            let tenth = progress.map_or(0, |(d, t)| d * 10 / t.max(1));
+            let state = info.status.as_str().to_owned();
+            if shown[i] != (state.clone(), tenth) {
+                let images = progress.map_or_else(String::new, |(d, t)| format!(", {d}/{t} images"));
+                eprintln!("shard {i}/{n} ({id}): {state}{images}");
+                shown[i] = (state, tenth);
+            }
+            if info.status.is_terminal() {
+                ended[i] = Some((info, events, log));
+            }
+        }
+        if ended.iter().any(Option::is_none) {
+            std::thread::sleep(every);
+        }
+    }
+    let mut vectors = 0usize;
+    let mut failed = 0;
+    for (i, end) in ended.into_iter().enumerate() {
+        let Some((info, events, log)) = end else {
+            continue;
+        };
+        if info.status == crate::cluster::JobStatus::Succeeded {
+            // The worker's last line: "shard i/n: N feature vectors in <cache>".
+            vectors += events
+                .iter()
+                .rev()
+                .find_map(|e| match e {
+                    TrainEvent::Warning { message } => message
+                        .split(": ")
+                        .nth(1)
+                        .and_then(|s| s.split(' ').next())
+                        .and_then(|s| s.parse::<usize>().ok()),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            continue;
+        }
+        failed += 1;
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        eprintln!(
+            "shard {i}/{n} ({}) {}: {}\n  last lines of its log:\n    {}",
+            info.submission_id,
+            info.status.as_str(),
+            info.message.as_deref().unwrap_or("no message"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+        );
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {n} shards failed: the cache in {cache} is incomplete");
+        return Ok(1);
+    }
+    eprintln!(
+        "the cache is complete: {vectors} feature vectors from {n} shards in {cache}; a probe run with CELLBENCH_CACHE={cache} reads them from there"
+    );
+    Ok(0)
+}
+
 fn follow(client: &RayClient, id: &str) -> anyhow::Result<u8> {
     let mut view = super::ProgressView::new(false);
     crate::cluster::job::follow(client, id, &mut |e| view.show(e))?;

@@ -5,8 +5,9 @@
 //!
 //! Files are compared in three steps so that a folder of thousands of same-sized images (BMP
 //! crops are all one size) costs a few small reads per file, not a full read: equal size, then
-//! equal samples (eight 4 KiB blocks spread over the file), then equal SHA-256 of the whole
-//! file. Only the last step, for files that passed the first two, reads them completely.
+//! an equal fast digest of samples (eight 4 KiB blocks spread over the file, or all of a small
+//! file), then equal SHA-256 of the whole file. Only the last step, for files that passed the
+//! first two, reads large files completely.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -84,18 +85,31 @@ fn refine<'a, I: Sync, K: Send + Eq + std::hash::Hash + Clone>(
     keyed.into_iter().filter(|(k, _)| count[k] > 1).collect()
 }
 
-/// SHA-256 of [`SAMPLES`] blocks spread evenly over a file of `size` bytes.
-fn sample_digest(path: &Path, size: u64) -> Option<[u8; 32]> {
+/// A fast (non-cryptographic, fixed-key SipHash) digest of [`SAMPLES`] blocks spread evenly
+/// over a file of `size` bytes, or of the whole file when it is no larger than the blocks
+/// together. Equal digests are confirmed by SHA-256 of the whole files.
+fn sample_digest(path: &Path, size: u64) -> Option<u64> {
+    use std::hash::Hasher as _;
     let mut file = crate::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
+    let mut hasher = std::hash::DefaultHasher::new();
     let mut block = vec![0u8; SAMPLE_BYTES];
-    let span = size.saturating_sub(SAMPLE_BYTES as u64);
+    if size <= SAMPLES * SAMPLE_BYTES as u64 {
+        loop {
+            let n = read_up_to(&mut file, &mut block)?;
+            if n == 0 {
+                break;
+            }
+            hasher.write(&block[..n]);
+        }
+        return Some(hasher.finish());
+    }
+    let span = size - SAMPLE_BYTES as u64;
     for i in 0..SAMPLES {
         file.seek(SeekFrom::Start(span * i / (SAMPLES - 1))).ok()?;
         let n = read_up_to(&mut file, &mut block)?;
-        hasher.update(&block[..n]);
+        hasher.write(&block[..n]);
     }
-    Some(hasher.finalize().into())
+    Some(hasher.finish())
 }
 
 /// SHA-256 of a whole file.
