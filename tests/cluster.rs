@@ -504,7 +504,10 @@ fn featurize_shards_are_followed_until_the_cache_is_complete() {
         .unwrap();
     let err = common::stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("shard 0/2") && err.contains("shard 1/2"), "{err}");
+    assert!(
+        err.contains("shard 0/2") && err.contains("shard 1/2"),
+        "{err}"
+    );
     assert!(err.contains("SUCCEEDED"), "{err}");
     assert!(
         err.contains("the cache is complete: 12 feature vectors from 2 shards"),
@@ -513,10 +516,18 @@ fn featurize_shards_are_followed_until_the_cache_is_complete() {
     let out = common::cellbench()
         .env("CELLBENCH_CACHE", &cache)
         .args(["train", common::path_str(&data), "--image-size", "64"])
-        .args(["--backend", "cpu", "--runs", common::path_str(&tmp.path().join("runs"))])
+        .args([
+            "--backend",
+            "cpu",
+            "--runs",
+            common::path_str(&tmp.path().join("runs")),
+        ])
         .output()
         .unwrap();
     let err = common::stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("12 of 12 feature vectors came from the cache"), "{err}");
+    assert!(
+        err.contains("12 of 12 feature vectors came from the cache"),
+        "{err}"
+    );
 }

@@ -103,6 +103,32 @@ fn notebook_runs_every_cell_on_real_cells() {
             .is_file()
     );
 
+    // The Embedding cell coloured by the run: its 9 validation images right or wrong, the 26
+    // training images not predicted by it.
+    let embedding = cell_id(harness.state(), |k| matches!(k, CellKind::Embedding { .. }));
+    if let Some(CellKind::Embedding { run }) = harness
+        .state_mut()
+        .workbook
+        .cells
+        .iter_mut()
+        .find(|c| c.id == embedding)
+        .map(|c| &mut c.kind)
+    {
+        *run = Some(run_id.clone());
+    }
+    let start = Instant::now();
+    while harness.query_by_label("correct").is_none()
+        || egui_kittest::kittest::NodeT::accesskit_node(&harness.get_by_label("correct"))
+            .is_disabled()
+    {
+        harness.step();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(start.elapsed() < Duration::from_secs(30), "no run colours");
+    }
+    harness.get_by_label("correct").click();
+    harness.run_steps(3);
+    harness.get_by_label("(not predicted by the run) (26)");
+
     // The images behind a confusion-matrix cell open in the inspector with their prediction.
     let evaluate = harness
         .state()

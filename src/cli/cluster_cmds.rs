@@ -290,7 +290,12 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
                 ids.push(id);
             }
             if args.follow {
-                return follow_shards(&client, &ids, &args.cache, std::time::Duration::from_secs(2));
+                return follow_shards(
+                    &client,
+                    &ids,
+                    &args.cache,
+                    std::time::Duration::from_secs(2),
+                );
             }
             eprintln!(
                 "{} featurize jobs submitted; when they succeed, train the probe with CELLBENCH_CACHE={} so the features come from the shared cache",
@@ -358,8 +363,7 @@ fn follow_shards(
     let n = ids.len();
     // Per shard: the state and progress last printed, and whether it has ended.
     let mut shown: Vec<(String, usize)> = vec![(String::new(), usize::MAX); n];
-    let mut ended: Vec<Option<(crate::cluster::JobInfo, Vec<TrainEvent>, String)>> =
-        vec![None; n];
+    let mut ended: Vec<Option<(crate::cluster::JobInfo, Vec<TrainEvent>, String)>> = vec![None; n];
     while ended.iter().any(Option::is_none) {
         for (i, id) in ids.iter().enumerate() {
             if ended[i].is_some() {
@@ -375,7 +379,8 @@ fn follow_shards(
             let tenth = progress.map_or(0, |(d, t)| d * 10 / t.max(1));
             let state = info.status.as_str().to_owned();
             if shown[i] != (state.clone(), tenth) {
-                let images = progress.map_or_else(String::new, |(d, t)| format!(", {d}/{t} images"));
+                let images =
+                    progress.map_or_else(String::new, |(d, t)| format!(", {d}/{t} images"));
                 eprintln!("shard {i}/{n} ({id}): {state}{images}");
                 shown[i] = (state, tenth);
             }

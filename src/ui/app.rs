@@ -887,7 +887,7 @@ impl WorkbenchApp {
             c.columns.poll();
         }
         for m in self.rt.embeddings.values_mut() {
-            if let Some(Err(e)) = m.data.poll() {
+            if let Some(Err(e)) = m.poll() {
                 notes.push((true, format!("embedding: {e}")));
             }
         }

@@ -125,7 +125,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             }
             loading_state(&rt.data)
         }
-        CellKind::Embedding {} => {
+        CellKind::Embedding { .. } => {
             let Some(rt) = app.rt.embeddings.get(&id) else {
                 return Freshness::NotRun;
             };

@@ -41,8 +41,12 @@ pub enum CellKind {
     },
     /// Counts and charts of the dataset above.
     Explore {},
-    /// A map of the dataset above: its images' backbone features, projected to 2-D.
-    Embedding {},
+    /// A map of the dataset above: its images' backbone features, projected to 2-D; coloured
+    /// by a run's predictions when `run` names one.
+    Embedding {
+        #[serde(default)]
+        run: Option<String>,
+    },
     /// Patient split of the dataset above.
     Split {
         #[serde(default)]
@@ -104,7 +108,7 @@ impl CellKind {
             Self::Note { .. } => "Note",
             Self::Dataset { .. } => "Dataset",
             Self::Explore {} => "Explore",
-            Self::Embedding {} => "Embedding",
+            Self::Embedding { .. } => "Embedding",
             Self::Split { .. } => "Split",
             Self::Train { .. } => "Train",
             Self::Evaluate { .. } => "Evaluate",
@@ -122,7 +126,7 @@ impl CellKind {
                 options: OpenOptions::default(),
             },
             Self::Explore {},
-            Self::Embedding {},
+            Self::Embedding { run: None },
             Self::Split {
                 config: SplitConfig::default(),
             },
@@ -188,7 +192,7 @@ impl Workbook {
             options: OpenOptions::default(),
         });
         book.push(CellKind::Explore {});
-        book.push(CellKind::Embedding {});
+        book.push(CellKind::Embedding { run: None });
         book.push(CellKind::Split {
             config: SplitConfig {
                 test: 0.0,

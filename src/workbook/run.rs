@@ -52,7 +52,7 @@ pub fn run_workbook(
                 ));
                 manifests.insert(id, m);
             }
-            CellKind::Embedding {} => {
+            CellKind::Embedding { .. } => {
                 let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
                 let records: Vec<usize> = (0..m.records.len())
                     .filter(|&i| m.records[i].is_usable())

@@ -22,16 +22,90 @@ pub enum ColorBy {
     Label,
     Patient,
     Split,
+    /// A run's predicted label.
+    Prediction,
+    /// Whether a run predicted the label right.
+    Correct,
+    /// A run's probability of its predicted label, binned.
+    Confidence,
 }
 
 impl ColorBy {
+    const ALL: [Self; 6] = [
+        Self::Label,
+        Self::Patient,
+        Self::Split,
+        Self::Prediction,
+        Self::Correct,
+        Self::Confidence,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Self::Label => "label",
             Self::Patient => "patient",
             Self::Split => "split",
+            Self::Prediction => "prediction",
+            Self::Correct => "correct",
+            Self::Confidence => "confidence",
         }
     }
+
+    fn needs_run(self) -> bool {
+        matches!(self, Self::Prediction | Self::Correct | Self::Confidence)
+    }
+}
+
+/// A run's prediction of one mapped image.
+#[derive(Clone, Debug)]
+pub struct Predicted {
+    pub label: String,
+    pub correct: bool,
+    pub confidence: f32,
+}
+
+/// A run's predictions by record index (only the images the run predicted: its validation
+/// and test sides).
+pub struct RunColors {
+    pub run: String,
+    pub by_record: Loading<std::collections::HashMap<usize, Predicted>>,
+}
+
+/// Reads `run`'s predictions and matches them to `manifest`'s records by absolute path.
+fn load_predictions(
+    runs_root: &std::path::Path,
+    run: &str,
+    manifest: &Manifest,
+) -> Result<std::collections::HashMap<usize, Predicted>, String> {
+    let ev = crate::runs::view::load_evaluation(runs_root, run).map_err(|e| format!("{e:#}"))?;
+    let norm = |p: std::path::PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let index: std::collections::HashMap<std::path::PathBuf, usize> = manifest
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (norm(manifest.image_path(r)), i))
+        .collect();
+    let root = ev.dataset_root.clone().unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
+    for row in &ev.rows {
+        if let Some(&i) = index.get(&norm(root.join(&row.path))) {
+            out.insert(
+                i,
+                Predicted {
+                    label: row.predicted.clone(),
+                    correct: row.predicted == row.truth,
+                    confidence: row.confidence(&ev.labels),
+                },
+            );
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "none of {run}'s {} predictions is an image of this dataset",
+            ev.rows.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// A computed map and the dataset it maps.
@@ -88,6 +162,21 @@ pub struct EmbeddingRuntime {
     box_from: Option<egui::Pos2>,
     /// Where the map was drawn last.
     last_rect: Option<egui::Rect>,
+    /// The predictions of the run chosen in the cell, for the run-based colourings.
+    run_colors: Option<RunColors>,
+}
+
+impl EmbeddingRuntime {
+    /// Drains the map's and the chosen run's background results (once per frame, from the
+    /// app, whether the cell is drawn or collapsed).
+    pub fn poll(&mut self) -> Option<Result<(), String>> {
+        if let Some(c) = &mut self.run_colors
+            && c.by_record.poll().is_some()
+        {
+            self.colored = None;
+        }
+        self.data.poll()
+    }
 }
 
 /// Images per compute step: a batch on the desktop, one image per frame in the browser.
@@ -207,6 +296,7 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
             colored: None,
             box_from: None,
             last_rect: None,
+            run_colors: None,
         },
     );
 }
@@ -234,16 +324,39 @@ fn category_color(k: usize, n: usize) -> egui::Color32 {
     egui::Color32::from(egui::ecolor::Hsva::new(hue, 0.75, 0.85, 1.0))
 }
 
-fn color_points(result: &EmbeddingResult, by: ColorBy, key: u64) -> Colored {
+fn color_points(
+    result: &EmbeddingResult,
+    by: ColorBy,
+    key: u64,
+    predicted: Option<&std::collections::HashMap<usize, Predicted>>,
+) -> Colored {
     let records = &result.manifest.records;
+    const NOT_PREDICTED: &str = "(not predicted by the run)";
     let category = |i: usize| -> String {
         let r = &records[i];
+        let p = predicted.and_then(|m| m.get(&i));
         match by {
             ColorBy::Label => r.label_string(),
             ColorBy::Patient => r.patient.clone().unwrap_or_else(|| "(none)".into()),
             ColorBy::Split => r
                 .split
                 .map_or_else(|| "(none)".into(), |s| s.name().to_owned()),
+            ColorBy::Prediction => p.map_or_else(|| NOT_PREDICTED.into(), |p| p.label.clone()),
+            ColorBy::Correct => p.map_or_else(
+                || NOT_PREDICTED.into(),
+                |p| if p.correct { "right" } else { "wrong" }.into(),
+            ),
+            ColorBy::Confidence => p.map_or_else(
+                || NOT_PREDICTED.into(),
+                |p| {
+                    let tenth = ((p.confidence * 10.0).floor() as u32).min(9);
+                    format!(
+                        "{:.1}–{:.1}",
+                        tenth as f32 / 10.0,
+                        (tenth + 1) as f32 / 10.0
+                    )
+                },
+            ),
         }
     };
     let names: Vec<String> = result.map.records.iter().map(|&i| category(i)).collect();
@@ -254,6 +367,29 @@ fn color_points(result: &EmbeddingResult, by: ColorBy, key: u64) -> Colored {
         distinct.iter().enumerate().map(|(k, n)| (*n, k)).collect();
     let n = distinct.len();
     let mut counts = vec![0usize; n];
+    // Run-based colourings have fixed meanings (wrong in red, confidence on a ramp); images the
+    // run did not predict are light grey.
+    let color_of = |k: usize, name: &str| -> egui::Color32 {
+        if name == NOT_PREDICTED {
+            return egui::Color32::from_gray(170);
+        }
+        match by {
+            ColorBy::Correct if name == "wrong" => egui::Color32::from_rgb(214, 39, 40),
+            ColorBy::Correct => egui::Color32::from_rgb(44, 160, 44),
+            ColorBy::Confidence => {
+                let t = name
+                    .get(..3)
+                    .and_then(|s| s.parse::<f32>().ok())
+                    .unwrap_or(0.0);
+                egui::Color32::from_rgb(
+                    (40.0 + 200.0 * t) as u8,
+                    (60.0 + 120.0 * t) as u8,
+                    (200.0 - 170.0 * t) as u8,
+                )
+            }
+            _ => category_color(k, n),
+        }
+    };
     let points: Vec<Point> = result
         .map
         .coords
@@ -262,29 +398,46 @@ fn color_points(result: &EmbeddingResult, by: ColorBy, key: u64) -> Colored {
         .map(|(c, name)| {
             let k = index[name];
             counts[k] += 1;
-            Point::new(*c, category_color(k, n).gamma_multiply(0.85))
+            Point::new(*c, color_of(k, name).gamma_multiply(0.85))
         })
         .collect();
     let legend = distinct
         .iter()
         .enumerate()
-        .map(|(k, name)| ((*name).clone(), category_color(k, n), counts[k]))
+        .map(|(k, name)| ((*name).clone(), color_of(k, name), counts[k]))
         .collect();
     Colored {
         by,
         set: PointSet {
-            key: key.wrapping_mul(4).wrapping_add(by as u64),
+            key: key.wrapping_mul(8).wrapping_add(by as u64),
             points: Arc::new(points),
         },
         legend,
     }
 }
 
-pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
+pub(super) fn embedding_ui(
+    app: &mut WorkbenchApp,
+    ui: &mut egui::Ui,
+    id: u64,
+    run: &mut Option<String>,
+) {
     let Some(dataset) = app.workbook.inputs(id).dataset else {
         ui.label("Add a Dataset cell above this one.");
         return;
     };
+    let runs_dir = app.runs_dir();
+    let runs = app.rt.run_ids(&runs_dir);
+    ui.horizontal(|ui| {
+        ui.label("Run");
+        runs_combo(ui, ("embedding-run", id), &runs, run, "none");
+        ui.label(
+            egui::RichText::new(
+                "colours points by its predictions (its validation and test images)",
+            )
+            .weak(),
+        );
+    });
     let Some(rt) = app.rt.embeddings.get_mut(&id) else {
         ui.label(
             "A map of the dataset above: each image at the first two principal components of its \
@@ -310,6 +463,30 @@ pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
     };
     let has_patients = result.manifest.has_patients();
     let has_split = result.manifest.records.iter().any(|r| r.split.is_some());
+    // The chosen run's predictions, loaded in the background when the choice changes.
+    if rt.run_colors.as_ref().map(|c| &c.run) != run.as_ref() {
+        rt.run_colors = run.as_ref().map(|r| {
+            let (root, r2, manifest) = (runs_dir.clone(), r.clone(), result.manifest.clone());
+            RunColors {
+                run: r.clone(),
+                by_record: Loading::Busy(BgTask::spawn(ui.ctx(), "embedding-run", move || {
+                    load_predictions(&root, &r2, &manifest)
+                })),
+            }
+        });
+        rt.colored = None;
+    }
+    let predicted = rt.run_colors.as_ref().and_then(|c| c.by_record.ready());
+    if predicted.is_none() && rt.color_by.needs_run() {
+        rt.color_by = ColorBy::Label;
+    }
+    if let Some(RunColors {
+        by_record: Loading::Failed(e),
+        ..
+    }) = &rt.run_colors
+    {
+        error_label(ui, e);
+    }
     ui.horizontal_wrapped(|ui| {
         ui.label(format!(
             "{} images; PC 1 explains {:.1}% of the features' variance, PC 2 {:.1}%.",
@@ -336,11 +513,12 @@ pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
     });
     ui.horizontal(|ui| {
         ui.label("Colour by");
-        for by in [ColorBy::Label, ColorBy::Patient, ColorBy::Split] {
+        for by in ColorBy::ALL {
             let enabled = match by {
                 ColorBy::Label => true,
                 ColorBy::Patient => has_patients,
                 ColorBy::Split => has_split,
+                _ => predicted.is_some(),
             };
             ui.add_enabled_ui(enabled, |ui| {
                 ui.selectable_value(&mut rt.color_by, by, by.name());
@@ -358,7 +536,14 @@ pub(super) fn embedding_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         );
     });
     if rt.colored.as_ref().is_none_or(|c| c.by != rt.color_by) {
-        rt.colored = Some(color_points(result, rt.color_by, rt.generation));
+        // Each colouring, of each run, is its own point set on the GPU.
+        let run_key = rt.run_colors.as_ref().map_or(0, |c| {
+            c.run
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b))
+        });
+        let key = rt.generation.wrapping_mul(131).wrapping_add(run_key);
+        rt.colored = Some(color_points(result, rt.color_by, key, predicted));
     }
     let Some(colored) = rt.colored.as_ref() else {
         return;
@@ -555,7 +740,7 @@ impl MapBench {
                     .workbook
                     .cells
                     .iter()
-                    .find(|c| matches!(c.kind, CellKind::Embedding {}))
+                    .find(|c| matches!(c.kind, CellKind::Embedding { .. }))
                     .map(|c| c.id)
                 else {
                     return false;
@@ -587,6 +772,7 @@ impl MapBench {
                         colored: None,
                         box_from: None,
                         last_rect: None,
+                        run_colors: None,
                     },
                 );
                 self.installed = Some(id);

@@ -17,8 +17,8 @@ use cluster::*;
 pub use cluster::{ClusterMsg, ClusterRuntime};
 pub use compare::CompareRuntime;
 use compare::*;
-pub use dataset::{CsvColumns, in_cell_words};
 use dataset::*;
+pub use dataset::{CsvColumns, in_cell_words};
 use embedding::*;
 pub use embedding::{EmbeddingRuntime, MapBench};
 pub use evaluate::EvalRuntime;
@@ -163,7 +163,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 },
             );
         }
-        CellKind::Embedding {} => start_embedding(app, ctx, id),
+        CellKind::Embedding { .. } => start_embedding(app, ctx, id),
         CellKind::Train { config, .. } => start_training(app, ctx, id, config),
         CellKind::Evaluate { run } => {
             if let Some(run) = run_for(app, id, &run) {
@@ -533,7 +533,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             CellKind::Note { text } => note_ui(ui, id, text),
             CellKind::Dataset { path, options } => dataset_ui(app, ui, id, path, options),
             CellKind::Explore {} => explore_ui(app, ui, id),
-            CellKind::Embedding {} => embedding_ui(app, ui, id),
+            CellKind::Embedding { run } => embedding_ui(app, ui, id, run),
             CellKind::Split { config } => split_ui(app, ui, id, config),
             CellKind::Train { config, run } => train_ui(app, ui, id, config, run),
             CellKind::Evaluate { run } => evaluate_ui(app, ui, id, run),
