@@ -497,6 +497,8 @@ pub struct NotebookStatus {
     pub trainings: Vec<String>,
     /// Evaluations shown: the confusion matrix's side (0 without one).
     pub confusion_sides: Vec<usize>,
+    /// Embedding maps drawn: their points.
+    pub maps: Vec<usize>,
     /// Errors reported so far.
     pub errors: Vec<String>,
 }
@@ -557,10 +559,15 @@ impl WorkbenchApp {
             .filter(|(_, error, _)| *error)
             .map(|(_, _, text)| text.clone())
             .collect();
+        let maps = by_id(&self.rt.embeddings)
+            .into_iter()
+            .filter_map(|m| m.data.ready().map(|r| r.map.coords.len()))
+            .collect();
         NotebookStatus {
             datasets,
             trainings,
             confusion_sides,
+            maps,
             errors,
         }
     }

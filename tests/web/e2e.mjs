@@ -137,6 +137,7 @@ try {
   if (JSON.stringify(s.datasets) !== JSON.stringify([[35, 5]])) failures.push(`datasets: ${JSON.stringify(s.datasets)} (expected [[35,5]])`);
   if (!(s.trainings || []).includes("finished")) failures.push(`trainings: ${JSON.stringify(s.trainings)}`);
   if (!(s.confusion_sides || []).includes(5)) failures.push(`confusion matrices: ${JSON.stringify(s.confusion_sides)} (expected a 5×5)`);
+  if (JSON.stringify(s.maps) !== JSON.stringify([35])) failures.push(`embedding maps: ${JSON.stringify(s.maps)} (expected one map of 35 points)`);
   if ((s.errors || []).length) failures.push(`errors reported: ${JSON.stringify(s.errors)}`);
   const panics = consoleLines.filter((l) => /panicked|RuntimeError|unreachable/.test(l));
   if (panics.length) failures.push(`panic in the console: ${panics.join(" | ")}`);
