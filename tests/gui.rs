@@ -77,6 +77,9 @@ fn notebook_runs_every_cell_on_real_cells() {
     // Evaluate.
     harness.get_by_label("Confusion matrix (val side)");
     harness.get_by_label("ROC curves (one vs rest)");
+    // Headline numbers with their bootstrap intervals, and the reliability diagram.
+    harness.get_by_label_contains("95% bootstrap intervals over 9 images");
+    harness.get_by_label_contains("Reliability (calibration error ");
     harness.get_by_label("validation: per class");
 
     // The workbook remembers the run.

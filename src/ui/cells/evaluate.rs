@@ -123,27 +123,18 @@ pub(super) fn evaluate_ui(
     }
     let m = &data.metrics;
     ui.label(format!(
-        "Run {} · {} side, {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}{}",
+        "Run {} · {} side, {} images · {}",
         data.id,
         data.split,
         m.n,
-        m.accuracy,
-        m.balanced_accuracy,
-        m.macro_f1,
-        m.macro_auc
-            .map_or(String::new(), |a| format!(" · macro AUC {a:.3}")),
-        m.kappa_quadratic
-            .map_or(String::new(), |k| format!(" · quadratic kappa {k:.3}"))
+        headline(m)
     ));
     if let Some(t) = &data.test {
         ui.label(
             egui::RichText::new(format!(
-                "Test side (scored once, with the weights the validation side chose), {} images · accuracy {:.3} · balanced {:.3} · macro F1 {:.3}{}",
+                "Test side (scored once, with the weights the validation side chose), {} images · {}",
                 t.n,
-                t.accuracy,
-                t.balanced_accuracy,
-                t.macro_f1,
-                t.macro_auc.map_or(String::new(), |a| format!(" · macro AUC {a:.3}"))
+                headline(t)
             ))
             .strong(),
         );
@@ -195,6 +186,9 @@ pub(super) fn evaluate_ui(
                     );
                 });
         });
+        if let Some(c) = &m.calibration {
+            ui.vertical(|ui| reliability_ui(ui, id, c));
+        }
     });
     if let Some(c) = clicked {
         ev.selected = if ev.selected == Some(c) {
@@ -449,4 +443,93 @@ fn rows_gallery(
         },
         &mut |k| *inspect = Some(items[k].2),
     );
+}
+
+/// The headline metrics of one side, each with its bootstrap 95% interval when the run
+/// computed one, and the expected calibration error.
+fn headline(m: &crate::train::metrics::Metrics) -> String {
+    use crate::train::uncertainty::Interval;
+    let ci = m.ci.as_ref();
+    let with = |name: &str, v: f64, i: Option<&Interval>| match i {
+        Some(i) => format!("{name} {v:.3} [{:.3}, {:.3}]", i.low, i.high),
+        None => format!("{name} {v:.3}"),
+    };
+    let mut parts = vec![
+        with("accuracy", m.accuracy, ci.and_then(|c| c.accuracy.as_ref())),
+        with(
+            "balanced",
+            m.balanced_accuracy,
+            ci.and_then(|c| c.balanced_accuracy.as_ref()),
+        ),
+        with("macro F1", m.macro_f1, ci.and_then(|c| c.macro_f1.as_ref())),
+    ];
+    if let Some(a) = m.macro_auc {
+        parts.push(with("macro AUC", a, ci.and_then(|c| c.macro_auc.as_ref())));
+    }
+    if let Some(k) = m.kappa_quadratic {
+        parts.push(with(
+            "quadratic kappa",
+            k,
+            ci.and_then(|c| c.kappa_quadratic.as_ref()),
+        ));
+    }
+    if let Some(c) = &m.calibration {
+        parts.push(format!("calibration error {:.3}", c.ece));
+    }
+    let mut text = parts.join(" · ");
+    if let Some(c) = ci {
+        text.push_str(&format!(
+            " ({:.0}% bootstrap intervals over {} {})",
+            c.level * 100.0,
+            c.units,
+            c.unit
+        ));
+    }
+    text
+}
+
+/// Reliability diagram: per confidence bin, the share of right predictions against the mean
+/// confidence (the diagonal is perfect calibration), with the expected calibration error.
+fn reliability_ui(ui: &mut egui::Ui, id: u64, c: &crate::train::uncertainty::Calibration) {
+    use egui_plot::{Bar, BarChart};
+    ui.label(egui::RichText::new(format!("Reliability (calibration error {:.3})", c.ece)).strong())
+        .on_hover_text(
+            "Predictions grouped by confidence (the top probability): bars are how often each group was right, the line is perfect calibration. Expected calibration error: the bins' gaps weighted by their share of predictions.",
+        );
+    let bars: Vec<Bar> = c
+        .bins
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| {
+            Bar::new((b.low + b.high) / 2.0, b.accuracy)
+                .width((b.high - b.low) * 0.9)
+                .name(format!(
+                    "{:.1}–{:.1}: {} predictions, {:.0}% right, mean confidence {:.2}",
+                    b.low,
+                    b.high,
+                    b.count,
+                    b.accuracy * 100.0,
+                    b.confidence
+                ))
+        })
+        .collect();
+    Plot::new(("reliability", id))
+        .width(260.0)
+        .height(300.0)
+        .x_axis_label("confidence")
+        .y_axis_label("share right")
+        .include_x(0.0)
+        .include_x(1.0)
+        .include_y(0.0)
+        .include_y(1.0)
+        .allow_scroll(false)
+        .show(ui, |p| {
+            p.bar_chart(
+                BarChart::new("share right", bars).color(egui::Color32::from_rgb(52, 101, 164)),
+            );
+            p.line(
+                Line::new("perfect", PlotPoints::from(vec![[0.0, 0.0], [1.0, 1.0]]))
+                    .color(egui::Color32::GRAY),
+            );
+        });
 }
