@@ -518,16 +518,86 @@ fn an_image_split_is_allowed_on_purpose_and_says_what_it_leaks() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("split by image on purpose"),
+        stdout(&out).contains("split by image on purpose"),
         "{}",
-        stderr(&out)
+        stdout(&out)
     );
     assert!(
-        stderr(&out).contains("in train and val"),
+        stdout(&out).contains("split (grouped by image)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("have images on more than one side, as --by-image does"),
         "{}",
         stderr(&out)
     );
     // The same file, checked as a split, is leaky.
     let check = run(&["split", "--check", path_str(&csv)]);
     assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+}
+
+/// `split --check` says what it could not check and does not pass it: a split value that is
+/// not train/val/test, and a split CSV moved away from its images (copies among them cannot
+/// be compared).
+#[test]
+fn a_split_check_that_cannot_see_everything_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let out = run(&[
+        "synth",
+        path_str(&data),
+        "--patients",
+        "6",
+        "--images",
+        "4",
+        "--size",
+        "24",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = dir.path().join("split.csv");
+    let out = run(&[
+        "split",
+        path_str(&data),
+        "--out",
+        path_str(&csv),
+        "--val",
+        "0.3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        run(&["split", "--check", path_str(&csv)]).status.code(),
+        Some(0)
+    );
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let holdout = dir.path().join("holdout.csv");
+    std::fs::write(&holdout, text.replacen(",train,", ",holdout,", 1)).unwrap();
+    let check = run(&["split", "--check", path_str(&holdout)]);
+    assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("unknown split \"holdout\""),
+        "{}",
+        stderr(&check)
+    );
+
+    let away = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&away).unwrap();
+    std::fs::copy(&csv, away.join("split.csv")).unwrap();
+    let check = run(&["split", "--check", path_str(&away.join("split.csv"))]);
+    assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("could not be checked"),
+        "{}",
+        stderr(&check)
+    );
+    // Given the images folder, the same file passes.
+    let check = run(&[
+        "split",
+        "--check",
+        path_str(&away.join("split.csv")),
+        "--images",
+        path_str(dir.path()),
+    ]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
 }

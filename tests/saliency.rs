@@ -239,7 +239,7 @@ fn embed_maps_the_demo_cells_and_skips_a_broken_file() {
         &dir.path().join("cache"),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("broken.jpg"), "{stderr}");
     assert!(stderr.contains("% of their variance"), "{stderr}");
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -345,4 +345,35 @@ fn the_batch_effect_check_reads_each_patients_stain() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no patient ids"));
+}
+
+/// A map of copies of one image has no axes: a clear refusal, not a crash.
+#[test]
+fn embed_refuses_a_folder_of_identical_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/bccd");
+    let one = std::fs::read_dir(demo.join("Basophil"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join("same").join(class)).unwrap();
+        std::fs::copy(&one, dir.path().join("same").join(class).join("x.jpg")).unwrap();
+    }
+    let out = cellbench(
+        &[
+            "embed",
+            dir.path().join("same").to_str().unwrap(),
+            "--out",
+            dir.path().join("m.csv").to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+        &dir.path().join("cache"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("identical features"), "{stderr}");
 }

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::dataset::headers::CheckLevel;
-use crate::dataset::split::{SplitConfig, SplitReport, assign_splits};
+use crate::dataset::split::{Split, SplitConfig, SplitReport, assign_splits};
 use crate::dataset::{DatasetFormat, Manifest, OpenOptions};
 use crate::model::backend::BackendChoice;
 
@@ -250,7 +250,7 @@ pub struct SplitArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Split images one by one even when patients are known: the leaky split, to compare
-    /// with the patient split (it names the divided patients and still succeeds).
+    /// with the patient split (it says how many patients it divides and still succeeds).
     #[arg(long)]
     pub by_image: bool,
     /// Where to write the split manifest.
@@ -531,6 +531,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             graph,
             json,
         })) => {
+            anyhow::ensure!(
+                batch_size >= 1 && batches >= 1,
+                "--batch-size and --batches must be at least 1"
+            );
             for choice in bench_backends(backend) {
                 let r = crate::bench::featurize(choice, batch_size, batches, graph)?;
                 if json {
@@ -556,6 +560,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             backend,
             json,
         })) => {
+            anyhow::ensure!(
+                batch_size >= 1 && batches >= 1,
+                "--batch-size and --batches must be at least 1"
+            );
+            anyhow::ensure!(
+                unfreeze <= crate::model::efficientnet::NUM_BLOCKS,
+                "--unfreeze: EfficientNet-Lite0 has {} blocks",
+                crate::model::efficientnet::NUM_BLOCKS
+            );
             for choice in bench_backends(backend) {
                 let r =
                     crate::train::engine::bench_finetune(choice, batch_size, batches, unfreeze)?;
@@ -610,6 +623,19 @@ fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
         for table in report.tables() {
             outln!("{table}");
         }
+        let conflicting = manifest
+            .problems
+            .iter()
+            .filter(|p| {
+                p.kind == crate::dataset::ProblemKind::IdenticalImages
+                    && p.detail.contains("labelled differently")
+            })
+            .count();
+        if conflicting > 0 {
+            eprintln!(
+                "warning: {conflicting} group(s) of identical images carry different labels: at most one label of each is right (`--json` lists them)"
+            );
+        }
         if let Some(b) = &report.batch_effect {
             outln!(
                 "batch effect ({} of {} images, {} patients, {} labels): {}",
@@ -650,18 +676,43 @@ fn batch_effect(
         manifest.has_patients(),
         "--check features compares patients with labels, and this dataset has no patient ids"
     );
+    let usable = manifest.records.iter().filter(|r| r.is_usable()).count();
     let records: Vec<&crate::dataset::Record> = manifest
         .records
         .iter()
         .filter(|r| r.is_usable() && r.patient.is_some() && r.labels.len() == 1)
         .collect();
+    if records.len() < usable {
+        eprintln!(
+            "--check features: {} of {usable} usable images left out (several labels, or no patient id)",
+            usable - records.len()
+        );
+    }
+    // Refuse before extracting anything when the check cannot run.
+    let distinct = |f: &dyn Fn(&crate::dataset::Record) -> String| {
+        records
+            .iter()
+            .map(|r| f(r))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let (labels, patients) = (
+        distinct(&|r| r.labels[0].clone()),
+        distinct(&|r| r.patient.clone().unwrap_or_default()),
+    );
+    anyhow::ensure!(
+        labels >= 2 && patients >= 2,
+        "--check features needs two labels and two patients among the single-label images with a patient id; found {labels} label(s) and {patients} patient(s) in {} images",
+        records.len()
+    );
     let (kept, rows) = model_cmds::backbone_features(manifest, &records, backend)?;
     let labels: Vec<String> = kept.iter().map(|&i| records[i].labels[0].clone()).collect();
     let patients: Vec<String> = kept
         .iter()
         .map(|&i| records[i].patient.clone().unwrap_or_default())
         .collect();
-    crate::explore::batch_effect::check(&rows, &labels, &patients, 1).map_err(anyhow::Error::msg)
+    crate::explore::batch_effect::check(&rows, &labels, &patients, 1)
+        .map_err(|e| anyhow::anyhow!("--check features: {e}"))
 }
 
 /// `evaluate`. Skipped rows and rows not summing to 1 are reported on stderr as they are
@@ -689,9 +740,26 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
             csv,
             &OpenOptions {
                 format: Some(DatasetFormat::Csv),
+                images: args.images.clone(),
                 ..Default::default()
             },
         )?;
+        // What the check cannot see is said, not passed over: rows whose split is not
+        // train/val/test, rows listed twice, images it could not find (copies among them are
+        // not compared).
+        let mut blind = 0;
+        for p in &manifest.problems {
+            use crate::dataset::ProblemKind as K;
+            if matches!(p.kind, K::BadRow | K::DuplicatePath | K::MissingImage) {
+                blind += 1;
+                if blind <= 20 {
+                    eprintln!("{}: {} ({})", p.kind.description(), p.path, p.detail);
+                }
+            }
+        }
+        if blind > 20 {
+            eprintln!("… and {} more", blind - 20);
+        }
         anyhow::ensure!(
             manifest.records.iter().any(|r| r.split.is_some()),
             "no `split` column with train/val/test values in {}",
@@ -703,10 +771,15 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
                 csv.display()
             );
         }
-        let mut manifest = manifest;
-        crate::dataset::duplicates::check_copies(&mut manifest);
         let report = SplitReport::of(&manifest.records, &manifest.copies);
-        return Ok(print_split(&report, args.json, None));
+        let code = print_split(&report, args.json, None, false);
+        if code == 0 && blind > 0 {
+            eprintln!(
+                "leakage check incomplete: {blind} row(s) above could not be checked (give the images folder with --images when the split CSV is not beside the dataset); failing"
+            );
+            return Ok(exit::LEAKAGE);
+        }
+        return Ok(code);
     }
     let data = DatasetArgs {
         dataset: args.dataset.clone().context("a dataset is required")?,
@@ -730,20 +803,53 @@ fn split(args: SplitArgs) -> anyhow::Result<u8> {
         r.split = s;
     }
     crate::dataset::frame::write_manifest_csv(&manifest, &args.out)?;
-    let report = SplitReport::of(&manifest.records, &manifest.copies);
-    let code = print_split(&report, args.json, Some(&args.out));
-    if args.by_image && report.copy_leaks.is_empty() {
-        if !report.leaks.is_empty() {
+    let mut report = SplitReport::of(&manifest.records, &manifest.copies);
+    if args.by_image {
+        report.group_by = crate::dataset::split::GroupBy::Image;
+    }
+    // Sides asked for but left empty (too few patient groups) are said, not passed over.
+    for (side, share) in [(Split::Val, args.val), (Split::Test, args.test)] {
+        let images = report
+            .counts
+            .iter()
+            .find(|c| c.split == side)
+            .map_or(0, |c| c.images);
+        if share > 0.0 && images == 0 {
+            let groups = if manifest.has_patients() && !args.by_image {
+                "patients"
+            } else {
+                "images"
+            };
+            let copies = if manifest.copies.is_empty() {
+                ""
+            } else {
+                " (copies of one image count as one)"
+            };
             eprintln!(
-                "note: split by image on purpose (--by-image): validation scores on it are optimistic; compare with a patient split"
+                "warning: the {} side is empty: whole {groups}{copies} cannot make up {:.0}% of this dataset",
+                side.name(),
+                share * 100.0
             );
         }
-        return Ok(0);
     }
-    Ok(code)
+    Ok(print_split(
+        &report,
+        args.json,
+        Some(&args.out),
+        args.by_image,
+    ))
 }
 
-fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Path>) -> u8 {
+/// Prints a split's table and its leakage check; returns the exit code. `by_image`: the
+/// split divides patients on purpose (`--by-image`), so divided patients are expected.
+fn print_split(
+    report: &SplitReport,
+    json: bool,
+    written: Option<&std::path::Path>,
+    by_image: bool,
+) -> u8 {
+    /// Leaks listed one per line, at most this many of each kind.
+    const SHOWN: usize = 20;
     if json {
         outln!(
             "{}",
@@ -751,7 +857,11 @@ fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Pat
         );
     } else {
         outln!("{}", crate::explore::table::split_table(report));
-        if report.group_by == crate::dataset::split::GroupBy::Image {
+        if by_image {
+            outln!(
+                "note: split by image on purpose (--by-image): validation scores on it are optimistic; compare with a patient split"
+            );
+        } else if report.group_by == crate::dataset::split::GroupBy::Image {
             outln!("note: the dataset has no patient ids, so images were split individually");
         }
         if report.unassigned > 0 {
@@ -772,12 +882,19 @@ fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Pat
         }
         return 0;
     }
+    if by_image && report.copy_leaks.is_empty() {
+        eprintln!(
+            "{} patient(s) have images on more than one side, as --by-image does (copies of one image were still kept together)",
+            report.leaks.len()
+        );
+        return 0;
+    }
     eprintln!(
         "leakage check FAILED: {} patient(s) and {} group(s) of identical images on more than one side:",
         report.leaks.len(),
         report.copy_leaks.len()
     );
-    for leak in &report.leaks {
+    for leak in report.leaks.iter().take(SHOWN) {
         let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
         eprintln!(
             "  patient {} ({} images) in {}",
@@ -786,7 +903,10 @@ fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Pat
             sides.join(" and ")
         );
     }
-    for leak in &report.copy_leaks {
+    if report.leaks.len() > SHOWN {
+        eprintln!("  … and {} more patients", report.leaks.len() - SHOWN);
+    }
+    for leak in report.copy_leaks.iter().take(SHOWN) {
         let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
         eprintln!(
             "  identical images {} in {}",
@@ -794,10 +914,21 @@ fn print_split(report: &SplitReport, json: bool, written: Option<&std::path::Pat
             sides.join(" and ")
         );
     }
+    if report.copy_leaks.len() > SHOWN {
+        eprintln!(
+            "  … and {} more groups of identical images",
+            report.copy_leaks.len() - SHOWN
+        );
+    }
     exit::LEAKAGE
 }
 
 fn synth(args: SynthArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.signal),
+        "--signal is a share of cells, from 0 to 1; got {}",
+        args.signal
+    );
     let config = crate::dataset::synth::SynthConfig {
         patients: args.patients,
         images_per_patient: args.images,

@@ -653,20 +653,31 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
         "no images in {}",
         args.dataset.display()
     );
+    if let Some(png) = &args.png {
+        anyhow::ensure!(
+            png.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png")),
+            "--png needs a file name ending in .png, got {}",
+            png.display()
+        );
+    }
     let (kept, rows) = backbone_features(&manifest, &records, args.backend)?;
     anyhow::ensure!(
         kept.len() >= 2,
         "fewer than two readable images: no map to draw"
     );
-    let pca = crate::explore::embedding::pca(&rows, 2);
+    let map =
+        crate::explore::embedding::EmbeddingMap::new((0..kept.len()).collect(), &rows, Vec::new());
+    anyhow::ensure!(
+        map.explained[0] > 0.0,
+        "all {} images have identical features (copies of one image?): no map to draw",
+        kept.len()
+    );
     let mut text = String::from("path,label,patient,x,y\n");
     let mut points = Vec::with_capacity(kept.len());
     for (row, &i) in kept.iter().enumerate() {
         let r = records[i];
-        let (x, y) = (
-            pca.coords[row][0],
-            pca.coords[row].get(1).copied().unwrap_or(0.0),
-        );
+        let [x, y] = map.coords[row];
         text.push_str(&format!(
             "{},{},{},{x:.6},{y:.6}\n",
             crate::fsio::csv_field(&r.path),
@@ -677,7 +688,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
     }
     crate::fsio::write_atomic_bytes(&args.out, text.as_bytes())
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let share = |c: usize| pca.explained.get(c).map_or(0.0, |e| e * 100.0);
+    let share = |c: usize| map.explained[c] * 100.0;
     eprintln!(
         "mapped {} images to {}: the axes are the first two principal components of the features ({:.1}% and {:.1}% of their variance)",
         kept.len(),
@@ -702,11 +713,8 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
             png.display()
         );
     }
-    Ok(if kept.len() == records.len() {
-        0
-    } else {
-        super::exit::PROBLEMS
-    })
+    // Unreadable images were listed above; exit code 3 is for `--strict` alone.
+    Ok(0)
 }
 
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {

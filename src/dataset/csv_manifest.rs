@@ -638,13 +638,31 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
                 )
             }
         };
+        // A split column's value is train, val or test (or empty: no side, as `split` writes
+        // for unusable images): anything else is listed, never read as "no side" in silence.
+        let split = match splits[row]
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse::<Split>())
+        {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                problems.push(Problem::new(
+                    ProblemKind::BadRow,
+                    rel.clone(),
+                    format!("line {line}: {e}"),
+                ));
+                None
+            }
+            None => None,
+        };
         records.push(Record {
             path: rel,
             labels: row_labels,
             patient,
             image_no: image_nos[row].as_deref().and_then(|s| s.parse().ok()),
             cell_no: cell_nos[row].as_deref().and_then(|s| s.parse().ok()),
-            split: splits[row].as_deref().and_then(|s| s.parse::<Split>().ok()),
+            split,
             bytes,
             problem,
             ..Default::default()

@@ -101,6 +101,18 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
         if !orthonormalise(&mut v, &components) {
             break;
         }
+        // The variance along the final direction, measured (not the iteration's estimate,
+        // which is noise when no variance is left): a direction without any ends the list.
+        let eigen: f64 = centred
+            .iter()
+            .map(|x| {
+                let p: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+                p * p
+            })
+            .sum();
+        if eigen <= 1e-12 * total {
+            break;
+        }
         // A fixed sign: the largest entry is positive.
         if v.iter()
             .copied()
@@ -135,12 +147,17 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> Pca {
 /// Removes from `v` its parts along the (unit, orthogonal) `basis` and scales it to unit
 /// length; false when nothing is left.
 fn orthonormalise(v: &mut [f64], basis: &[Vec<f64>]) -> bool {
-    for u in basis {
-        let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
-        v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+    let before = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    // Twice: one pass leaves rounding along the basis, which dominates a small remainder.
+    for _ in 0..2 {
+        for u in basis {
+            let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+        }
     }
     let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
-    if norm == 0.0 {
+    // A remainder at rounding level is not a direction.
+    if norm == 0.0 || norm <= 1e-9 * before {
         return false;
     }
     v.iter_mut().for_each(|a| *a /= norm);
@@ -153,6 +170,25 @@ mod tests {
 
     /// Points spread along two known orthogonal directions (variances 9 and 1) plus a little
     /// noise: the components are those directions, in that order, with those shares.
+    /// Data with one direction of variance has one component: no second axis made of noise
+    /// (its share would be nonsense), and identical rows have none.
+    #[test]
+    fn rank_one_and_constant_data_have_no_spurious_components() {
+        let rows = vec![
+            vec![1.0f32, 2.0, 3.0],
+            vec![-1.0, -2.0, -3.0],
+            vec![2.0, 4.0, 6.0],
+        ];
+        let p = pca(&rows, 2);
+        assert_eq!(p.components.len(), 1, "{:?}", p.explained);
+        assert!((p.explained[0] - 1.0).abs() < 1e-9);
+        let same = vec![vec![0.5f32, 0.5]; 4];
+        assert!(pca(&same, 2).components.is_empty());
+        let map = EmbeddingMap::new(vec![0, 1, 2], &rows, Vec::new());
+        assert!(map.coords.iter().all(|c| c[1] == 0.0));
+        assert_eq!(map.explained[1], 0.0);
+    }
+
     #[test]
     fn finds_known_directions_and_their_variance_shares() {
         let d = 6;
