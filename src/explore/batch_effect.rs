@@ -380,6 +380,13 @@ fn patient_probe(
                 .into(),
         );
     }
+    // A verdict on a handful of images would be noise presented as a finding.
+    const ENOUGH: usize = 20;
+    if total < ENOUGH {
+        return Err(format!(
+            "only {total} images come from patients with two or more images in one label: too few to judge (at least {ENOUGH})"
+        ));
+    }
     Ok(score(correct, total, majority, classes))
 }
 
