@@ -535,6 +535,20 @@ fn an_image_split_is_allowed_on_purpose_and_says_what_it_leaks() {
     // The same file, checked as a split, is leaky.
     let check = run(&["split", "--check", path_str(&csv)]);
     assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+    // Training on it works, and says the scores will be optimistic.
+    let out = cellbench()
+        .env("CELLBENCH_CACHE", dir.path().join("cache"))
+        .args(["train", path_str(&data), "--split", path_str(&csv)])
+        .args(["--image-size", "32", "--backend", "cpu"])
+        .args(["--runs", path_str(&dir.path().join("runs"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("validation scores on it are optimistic"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `split --check` says what it could not check and does not pass it: a split value that is

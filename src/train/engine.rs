@@ -312,6 +312,25 @@ pub fn train(
             },
         ),
     };
+    // A split given with the data is used as it is, but never in silence when it leaks: a
+    // patient or copies of one image on both sides make validation scores optimistic.
+    if data.split_given && job.resume.is_none() {
+        let report =
+            crate::dataset::split::SplitReport::of(&job.manifest.records, &job.manifest.copies);
+        if !report.passed() {
+            emit(
+                &mut run,
+                sink,
+                TrainEvent::Warning {
+                    message: format!(
+                        "the given split puts {} patient(s) and {} group(s) of identical images on more than one side: validation scores on it are optimistic (`cellbench split --check` lists them)",
+                        report.leaks.len(),
+                        report.copy_leaks.len()
+                    ),
+                },
+            );
+        }
+    }
     let result = Trainer::run(
         &job, &config, &data, &compute, &mut run, progress, sink, cancel, started,
     );
