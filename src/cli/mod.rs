@@ -623,14 +623,7 @@ fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
         for table in report.tables() {
             outln!("{table}");
         }
-        let conflicting = manifest
-            .problems
-            .iter()
-            .filter(|p| {
-                p.kind == crate::dataset::ProblemKind::IdenticalImages
-                    && p.detail.contains("labelled differently")
-            })
-            .count();
+        let conflicting = crate::dataset::duplicates::conflicting_groups(&manifest);
         if conflicting > 0 {
             eprintln!(
                 "warning: {conflicting} group(s) of identical images carry different labels: at most one label of each is right (`--json` lists them)"

@@ -618,25 +618,20 @@ pub fn backbone_features(
         compute.description
     );
     let cache = FeatureCache::default_location();
-    let f = crate::train::features::featurize(
+    let f = crate::explore::embedding::map_features(
         &extractor,
-        "efficientnet-lite0",
-        false,
-        &crate::dataset::preprocess::Preprocess::default(),
         &paths,
         Some(&cache),
         32,
-        &mut |_, _| {},
         &AtomicBool::new(false),
     );
     for (path, reason) in &f.failures {
         eprintln!("skipped (unreadable: {reason}): {}", path.display());
     }
-    let kept: Vec<usize> = (0..paths.len())
-        .filter(|&i| f.features[i].is_some())
-        .collect();
-    let rows = kept.iter().filter_map(|&i| f.features[i].clone()).collect();
-    Ok((kept, rows))
+    Ok(crate::explore::embedding::read_rows(
+        0..paths.len(),
+        f.features,
+    ))
 }
 
 /// `cellbench embed`: a 2-D map (PCA) of a dataset's EfficientNet-Lite0 features, through the

@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use super::{Manifest, Problem, ProblemKind};
+use super::{Manifest, Problem, ProblemKind, Record};
 
 /// Blocks sampled per file in the second step, and their size.
 const SAMPLES: u64 = 8;
@@ -140,20 +140,43 @@ fn read_up_to(file: &mut crate::fs::File, buf: &mut [u8]) -> Option<usize> {
     Some(filled)
 }
 
+/// The distinct labels of one group of copies, sorted (more than one: at most one is right).
+fn labels_of(group: &[String], labels: &HashMap<&str, &Record>) -> Vec<String> {
+    let mut distinct: Vec<String> = group
+        .iter()
+        .filter_map(|p| labels.get(p.as_str()).map(|r| r.label_string()))
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
+/// How many of the dataset's groups of copies carry different labels.
+pub fn conflicting_groups(manifest: &Manifest) -> usize {
+    let by_path = records_by_path(manifest);
+    manifest
+        .copies
+        .iter()
+        .filter(|g| labels_of(g, &by_path).len() > 1)
+        .count()
+}
+
+fn records_by_path(manifest: &Manifest) -> HashMap<&str, &Record> {
+    manifest
+        .records
+        .iter()
+        .map(|r| (r.path.as_str(), r))
+        .collect()
+}
+
 /// Finds the dataset's copies, keeps them in `manifest.copies` and lists each group as a
 /// problem (on its first file). Returns the number of groups.
 pub fn check_copies(manifest: &mut Manifest) -> usize {
     let copies = find_copies(manifest);
-    let labels: HashMap<&str, String> = manifest
-        .records
-        .iter()
-        .map(|r| (r.path.as_str(), r.label_string()))
-        .collect();
+    let by_path = records_by_path(manifest);
     let mut problems = Vec::new();
     for group in &copies {
-        let mut distinct: Vec<&str> = group.iter().map(|p| labels[p.as_str()].as_str()).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
+        let distinct = labels_of(group, &by_path);
         let others = group[1..].join(", ");
         let detail = if distinct.len() > 1 {
             format!(

@@ -15,6 +15,40 @@ pub struct Pca {
     pub coords: Vec<Vec<f32>>,
 }
 
+/// The backbone features a map (and the batch-effect check) reads: plain EfficientNet-Lite0
+/// features at the default preprocessing, through `cache`, `batch` images at a time.
+pub fn map_features(
+    extractor: &crate::model::extractor::Extractor,
+    paths: &[std::path::PathBuf],
+    cache: Option<&crate::train::features::FeatureCache>,
+    batch: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> crate::train::features::Featurized {
+    crate::train::features::featurize(
+        extractor,
+        "efficientnet-lite0",
+        false,
+        &crate::dataset::preprocess::Preprocess::default(),
+        paths,
+        cache,
+        batch,
+        &mut |_, _| {},
+        cancel,
+    )
+}
+
+/// Pairs `ids` with the feature rows of [`map_features`] (same order) and keeps the rows that
+/// were read: their ids and the rows.
+pub fn read_rows<T>(
+    ids: impl IntoIterator<Item = T>,
+    features: Vec<Option<Vec<f32>>>,
+) -> (Vec<T>, Vec<Vec<f32>>) {
+    ids.into_iter()
+        .zip(features)
+        .filter_map(|(id, row)| row.map(|r| (id, r)))
+        .unzip()
+}
+
 /// A dataset's map: the first two principal components of its images' backbone features.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddingMap {

@@ -59,6 +59,21 @@ fn input_problem(app: &WorkbenchApp, input: u64) -> Option<String> {
     }
 }
 
+/// Why a result computed from the Dataset cell and load `computed_from` no longer matches the
+/// Dataset cell `dataset` above (`changed` when it was opened again), or `None`.
+fn dataset_problem(
+    app: &WorkbenchApp,
+    dataset: Option<u64>,
+    computed_from: (u64, u64),
+    changed: &str,
+) -> Option<String> {
+    if let Some(problem) = dataset.and_then(|d| input_problem(app, d)) {
+        return Some(problem);
+    }
+    let current = dataset.and_then(|d| app.rt.datasets.get(&d).map(|rt| (d, rt.generation)));
+    (current != Some(computed_from)).then(|| changed.to_owned())
+}
+
 /// The data a Train cell would use now, when all of it is up to date.
 pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
     let inputs = app.workbook.inputs(id);
@@ -129,17 +144,13 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             let Some(rt) = app.rt.embeddings.get(&id) else {
                 return Freshness::NotRun;
             };
-            if let Some(problem) = inputs.dataset.and_then(|d| input_problem(app, d)) {
+            if let Some(problem) = dataset_problem(
+                app,
+                inputs.dataset,
+                rt.dataset,
+                "the map was drawn from an earlier load of the dataset above",
+            ) {
                 return Freshness::Stale(problem);
-            }
-            let current = inputs
-                .dataset
-                .and_then(|d| app.rt.datasets.get(&d))
-                .map(|d| (inputs.dataset.unwrap_or_default(), d.generation));
-            if current != Some(rt.dataset) {
-                return Freshness::Stale(
-                    "the map was drawn from an earlier load of the dataset above".to_owned(),
-                );
             }
             loading_state(&rt.data)
         }
@@ -156,17 +167,13 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             let Some(rt) = app.rt.splits.get(&id) else {
                 return Freshness::NotRun;
             };
-            if let Some(problem) = inputs.dataset.and_then(|d| input_problem(app, d)) {
+            if let Some(problem) = dataset_problem(
+                app,
+                inputs.dataset,
+                rt.dataset,
+                "the dataset above was opened again or changed since the split",
+            ) {
                 return Freshness::Stale(problem);
-            }
-            let current = inputs
-                .dataset
-                .and_then(|d| app.rt.datasets.get(&d))
-                .map(|d| (inputs.dataset.unwrap_or_default(), d.generation));
-            if current != Some(rt.dataset) {
-                return Freshness::Stale(
-                    "the dataset above was opened again or changed since the split".to_owned(),
-                );
             }
             if rt.config != *config {
                 return Freshness::Stale("its parameters changed".to_owned());

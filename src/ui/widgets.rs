@@ -554,15 +554,22 @@ pub fn pick(dialog: impl FnOnce() -> Option<std::path::PathBuf>) -> Picked {
 /// What to tell the user when no file dialog can be shown.
 pub const NO_DIALOG: &str = "No file dialog is available on this system (no desktop portal or zenity): type or paste the path into the cell's path field and press Enter, or drop the folder or CSV on the window.";
 
-/// A distinct colour for the `k`-th series of a chart (legend and markers agree).
+/// Ten distinct category colours (matplotlib's `tab10`).
+pub const CATEGORY_PALETTE: [egui::Color32; 10] = [
+    egui::Color32::from_rgb(31, 119, 180),
+    egui::Color32::from_rgb(255, 127, 14),
+    egui::Color32::from_rgb(44, 160, 44),
+    egui::Color32::from_rgb(214, 39, 40),
+    egui::Color32::from_rgb(148, 103, 189),
+    egui::Color32::from_rgb(140, 86, 75),
+    egui::Color32::from_rgb(227, 119, 194),
+    egui::Color32::from_rgb(127, 127, 127),
+    egui::Color32::from_rgb(188, 189, 34),
+    egui::Color32::from_rgb(23, 190, 207),
+];
+
+/// A distinct colour for the `k`-th series of a chart (legend and markers agree): the first
+/// six category colours, in turn.
 pub fn series_color(k: usize) -> egui::Color32 {
-    const PALETTE: [egui::Color32; 6] = [
-        egui::Color32::from_rgb(31, 119, 180),
-        egui::Color32::from_rgb(255, 127, 14),
-        egui::Color32::from_rgb(44, 160, 44),
-        egui::Color32::from_rgb(214, 39, 40),
-        egui::Color32::from_rgb(148, 103, 189),
-        egui::Color32::from_rgb(140, 86, 75),
-    ];
-    PALETTE[k % PALETTE.len()]
+    CATEGORY_PALETTE[k % 6]
 }

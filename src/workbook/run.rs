@@ -63,24 +63,14 @@ pub fn run_workbook(
                     .collect();
                 let compute = crate::model::backend::select(Default::default())?;
                 let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
-                let f = crate::train::features::featurize(
+                let f = crate::explore::embedding::map_features(
                     &extractor,
-                    "efficientnet-lite0",
-                    false,
-                    &crate::dataset::preprocess::Preprocess::default(),
                     &paths,
                     Some(&crate::train::features::FeatureCache::default_location()),
                     32,
-                    &mut |_, _| {},
                     cancel,
                 );
-                let (mut kept, mut rows) = (Vec::new(), Vec::new());
-                for (record, row) in records.into_iter().zip(f.features) {
-                    if let Some(row) = row {
-                        kept.push(record);
-                        rows.push(row);
-                    }
-                }
+                let (kept, rows) = crate::explore::embedding::read_rows(records, f.features);
                 anyhow::ensure!(
                     rows.len() >= 2,
                     "{}: fewer than two readable images, no map to draw",

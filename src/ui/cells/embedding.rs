@@ -245,15 +245,11 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
             }
             let end = (start + STEP).min(s.paths.len());
             let cache = crate::train::features::FeatureCache::default_location();
-            let f = crate::train::features::featurize(
+            let f = crate::explore::embedding::map_features(
                 &s.extractor,
-                "efficientnet-lite0",
-                false,
-                &crate::dataset::preprocess::Preprocess::default(),
                 &s.paths[start..end],
                 Some(&cache),
                 STEP,
-                &mut |_, _| {},
                 &never,
             );
             s.rows.extend(f.features);
@@ -262,13 +258,7 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
             end < s.paths.len()
         },
         move |s| {
-            let (mut kept, mut rows) = (Vec::new(), Vec::new());
-            for (record, row) in records.into_iter().zip(s.rows) {
-                if let Some(row) = row {
-                    kept.push(record);
-                    rows.push(row);
-                }
-            }
+            let (kept, rows) = crate::explore::embedding::read_rows(records, s.rows);
             if rows.len() < 2 {
                 return Err(format!(
                     "fewer than two readable images ({} unreadable): no map to draw",
@@ -304,20 +294,9 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
 /// A distinct colour for category `k` of `n`: a fixed palette for a few, evenly spread hues
 /// beyond it.
 fn category_color(k: usize, n: usize) -> egui::Color32 {
-    const PALETTE: [egui::Color32; 10] = [
-        egui::Color32::from_rgb(31, 119, 180),
-        egui::Color32::from_rgb(255, 127, 14),
-        egui::Color32::from_rgb(44, 160, 44),
-        egui::Color32::from_rgb(214, 39, 40),
-        egui::Color32::from_rgb(148, 103, 189),
-        egui::Color32::from_rgb(140, 86, 75),
-        egui::Color32::from_rgb(227, 119, 194),
-        egui::Color32::from_rgb(127, 127, 127),
-        egui::Color32::from_rgb(188, 189, 34),
-        egui::Color32::from_rgb(23, 190, 207),
-    ];
-    if n <= PALETTE.len() {
-        return PALETTE[k];
+    use crate::ui::widgets::CATEGORY_PALETTE;
+    if n <= CATEGORY_PALETTE.len() {
+        return CATEGORY_PALETTE[k];
     }
     // Golden-ratio hue steps keep neighbouring categories apart.
     let hue = (k as f32 * 0.618_034).fract();
