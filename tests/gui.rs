@@ -142,7 +142,7 @@ fn notebook_runs_every_cell_on_real_cells() {
         .unwrap()
         .id;
     let (cell, file, truth) = {
-        let ev = &harness.state().rt.evals[&evaluate];
+        let ev = &harness.state().rt.eval(evaluate).expect("the cell's state");
         let data = ev.data.ready().expect("evaluation loaded");
         let row = &data.rows[0];
         let cm = data.metrics.confusion.as_ref().unwrap();
@@ -158,13 +158,7 @@ fn notebook_runs_every_cell_on_real_cells() {
             row.truth.clone(),
         )
     };
-    harness
-        .state_mut()
-        .rt
-        .evals
-        .get_mut(&evaluate)
-        .unwrap()
-        .selected = Some(cell);
+    harness.state_mut().rt.eval_mut(evaluate).unwrap().selected = Some(cell);
     harness.run_steps(3);
     // The second tile of that name: the Dataset gallery shows the same file further up, the
     // Predict cell further down.
@@ -180,7 +174,11 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label("Saliency").click();
     harness.run_steps(3);
     assert!(
-        harness.state().rt.evals[&evaluate]
+        harness
+            .state()
+            .rt
+            .eval(evaluate)
+            .expect("the cell's state")
             .inspected
             .as_ref()
             .is_some_and(|i| i.show_saliency && i.saliency.ready().is_some()),
@@ -347,7 +345,11 @@ fn training_never_uses_a_stale_split() {
     harness.state_mut().push(Command::RunCell(train));
     wait_until_settled(&mut harness, Duration::from_secs(180));
     assert_eq!(freshness(harness.state(), split), Freshness::Fresh);
-    let started = harness.state().rt.trains[&train]
+    let started = harness
+        .state()
+        .rt
+        .train(train)
+        .expect("the cell's state")
         .events
         .iter()
         .find_map(|e| match e {

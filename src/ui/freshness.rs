@@ -70,7 +70,7 @@ fn dataset_problem(
     if let Some(problem) = dataset.and_then(|d| input_problem(app, d)) {
         return Some(problem);
     }
-    let current = dataset.and_then(|d| app.rt.datasets.get(&d).map(|rt| (d, rt.generation)));
+    let current = dataset.and_then(|d| app.rt.dataset(d).map(|rt| (d, rt.generation)));
     (current != Some(computed_from)).then(|| changed.to_owned())
 }
 
@@ -85,7 +85,7 @@ pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
             return Err(problem);
         }
     }
-    let d = &app.rt.datasets[&dataset];
+    let d = app.rt.dataset(dataset).expect("checked fresh above");
     let data = d.data.ready().expect("fresh");
     let name = data
         .manifest
@@ -94,7 +94,7 @@ pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
         .map_or_else(|| d.source.0.clone(), |n| n.to_string_lossy().into_owned());
     let mut description = format!("{name} ({} images)", data.manifest.records.len());
     let split = inputs.split.map(|s| {
-        let rt = &app.rt.splits[&s];
+        let rt = app.rt.split(s).expect("checked fresh above");
         let report = &rt.data.ready().expect("fresh").report;
         let side = |k: crate::dataset::Split| {
             report
@@ -132,7 +132,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
     let inputs = app.workbook.inputs(id);
     match &app.workbook.cells[i].kind {
         CellKind::Dataset { path, options } => {
-            let Some(rt) = app.rt.datasets.get(&id) else {
+            let Some(rt) = app.rt.dataset(id) else {
                 return Freshness::NotRun;
             };
             if rt.source.0 != *path || rt.source.1 != *options {
@@ -141,7 +141,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             loading_state(&rt.data)
         }
         CellKind::Embedding { .. } => {
-            let Some(rt) = app.rt.embeddings.get(&id) else {
+            let Some(rt) = app.rt.embedding(id) else {
                 return Freshness::NotRun;
             };
             if let Some(problem) = dataset_problem(
@@ -164,7 +164,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             },
         },
         CellKind::Split { config } => {
-            let Some(rt) = app.rt.splits.get(&id) else {
+            let Some(rt) = app.rt.split(id) else {
                 return Freshness::NotRun;
             };
             if let Some(problem) = dataset_problem(
@@ -181,7 +181,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             loading_state(&rt.data)
         }
         CellKind::Train { .. } => {
-            let Some(rt) = app.rt.trains.get(&id) else {
+            let Some(rt) = app.rt.train(id) else {
                 return Freshness::NotRun;
             };
             if rt.is_running() {

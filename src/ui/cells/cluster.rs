@@ -158,7 +158,7 @@ pub fn cluster_ui(
     let base = app.base_dir();
     let runs_root = app.runs_dir();
     // Re-attach to a remembered job.
-    if let (Some(j), false) = (job.clone(), app.rt.clusters.contains_key(&id))
+    if let (Some(j), false) = (job.clone(), app.rt.cluster(id).is_some())
         && let Ok(p) = profiles.get(profile)
     {
         let rt = spawn_cluster_worker(
@@ -169,10 +169,9 @@ pub fn cluster_ui(
             runs_root.clone(),
         );
         app.rt
-            .clusters
-            .insert(id, ClusterRuntime { job: Some(j), ..rt });
+            .set_cluster(id, ClusterRuntime { job: Some(j), ..rt });
     }
-    let active = app.rt.clusters.get(&id).is_some_and(|r| r.active);
+    let active = app.rt.cluster(id).is_some_and(|r| r.active);
     ui.horizontal(|ui| {
         let can_submit = !active && !profile.is_empty();
         if ui
@@ -216,7 +215,7 @@ pub fn cluster_ui(
                         None,
                         runs_root.clone(),
                     );
-                    app.rt.clusters.insert(id, rt);
+                    app.rt.set_cluster(id, rt);
                 }
                 (None, _, _) => app.rt.note(true, "cluster job: add a Train cell above it"),
                 (_, None, _) => app
@@ -252,11 +251,11 @@ pub fn cluster_ui(
                     .clicked()
             {
                 *job = None;
-                app.rt.clusters.remove(&id);
+                app.rt.take_cluster(id);
             }
         }
     });
-    let Some(rt) = app.rt.clusters.get(&id) else {
+    let Some(rt) = app.rt.cluster(id) else {
         if profiles.profiles.is_empty() {
             ui.label("No cluster profiles yet: `cellbench cluster add-profile NAME --url http://head:8265 --token-env-var RAY_TOKEN`.");
         }

@@ -58,7 +58,7 @@ pub(super) fn compare_ui(
             }
         }
     });
-    let rt = app.rt.compares.entry(id).or_insert_with(|| CompareRuntime {
+    let rt = app.rt.compare_or_insert_with(id, || CompareRuntime {
         selected: Vec::new(),
         loaded: Loading::Idle,
         stale: true,

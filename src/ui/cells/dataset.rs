@@ -59,7 +59,7 @@ pub(super) fn dataset_ui(
             .on_hover_text("How names and labels are read; auto-detect looks at the files");
     });
     csv_import_ui(app, ui, id, path, options);
-    let Some(rt) = app.rt.datasets.get_mut(&id) else {
+    let Some(rt) = app.rt.dataset_mut(id) else {
         ui.label("Not opened yet: press Run.");
         return;
     };
@@ -252,10 +252,10 @@ pub(super) fn dataset_ui(
         &mut |k| selected = Some(visible[k]),
     );
     inspector_ui(app, ui, id, &manifest, selected);
-    if let Some(rt) = app.rt.datasets.get_mut(&id) {
+    if let Some(rt) = app.rt.dataset_mut(id) {
         rt.selected = selected;
     }
-    if let Some(data) = app.rt.datasets.get(&id).and_then(|d| d.data.ready())
+    if let Some(data) = app.rt.dataset(id).and_then(|d| d.data.ready())
         && !data.report.problems.is_empty()
     {
         egui::CollapsingHeader::new(format!("Problems ({problems})"))
@@ -293,7 +293,7 @@ pub(super) fn inspector_ui(
     };
     let path = manifest.image_path(record);
     let ctx = ui.ctx().clone();
-    let Some(rt) = app.rt.datasets.get_mut(&id) else {
+    let Some(rt) = app.rt.dataset_mut(id) else {
         return;
     };
     if rt.preview.as_ref().is_none_or(|(i, _)| *i != index) {
@@ -421,11 +421,11 @@ fn csv_import_ui(
     }
     let full = crate::workbook::resolve_path(path.trim(), &app.base_dir());
     let ctx = ui.ctx().clone();
-    let entry = app.rt.csv_columns.get(&id);
+    let entry = app.rt.csv_columns(id);
     if entry.is_none_or(|c| c.path != full) {
         let p = full.clone();
         let task = BgTask::spawn(&ctx, "csv-header", move || read_header(&p));
-        app.rt.csv_columns.insert(
+        app.rt.set_csv_columns(
             id,
             CsvColumns {
                 path: full.clone(),
@@ -435,8 +435,7 @@ fn csv_import_ui(
     }
     let columns: Vec<String> = app
         .rt
-        .csv_columns
-        .get(&id)
+        .csv_columns(id)
         .and_then(|c| c.columns.ready().cloned())
         .unwrap_or_default();
     let column_combo = |ui: &mut egui::Ui, what: &str, value: &mut Option<String>, hint: &str| {

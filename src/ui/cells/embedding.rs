@@ -219,7 +219,7 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
     let total = paths.len();
     let progress = Arc::new(AtomicUsize::new(0));
     let counter = progress.clone();
-    let dataset_generation = app.rt.datasets[&dataset].generation;
+    let dataset_generation = app.rt.dataset(dataset).expect("loaded above").generation;
     let generation = app.rt.next_generation();
     let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = BgTask::in_steps_on_worker(
@@ -273,7 +273,7 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
             })
         },
     );
-    app.rt.embeddings.insert(
+    app.rt.set_embedding(
         id,
         EmbeddingRuntime {
             dataset: (dataset, dataset_generation),
@@ -417,7 +417,7 @@ pub(super) fn embedding_ui(
             .weak(),
         );
     });
-    let Some(rt) = app.rt.embeddings.get_mut(&id) else {
+    let Some(rt) = app.rt.embedding_mut(id) else {
         ui.label(
             "A map of the dataset above: each image at the first two principal components of its \
              EfficientNet-Lite0 features. Press Run.",
@@ -657,7 +657,7 @@ pub(super) fn embedding_ui(
             ui.label(egui::RichText::new(&r.path).weak());
             ui.label(egui::RichText::new("click to inspect").weak());
         });
-        if clicked && let Some(d) = app.rt.datasets.get_mut(&dataset) {
+        if clicked && let Some(d) = app.rt.dataset_mut(dataset) {
             d.selected = Some(record);
             app.rt.note(
                 false,
@@ -667,7 +667,7 @@ pub(super) fn embedding_ui(
     }
     if let Some(chosen) = picked {
         let n = chosen.len();
-        if let Some(d) = app.rt.datasets.get_mut(&dataset) {
+        if let Some(d) = app.rt.dataset_mut(dataset) {
             d.filter.picked = (n > 0).then(|| Arc::new(chosen));
         }
         app.rt.note(
@@ -729,8 +729,7 @@ impl MapBench {
                 };
                 let Some(generation) = app
                     .rt
-                    .datasets
-                    .get(&dataset)
+                    .dataset(dataset)
                     .filter(|d| d.data.ready().is_some())
                     .map(|d| d.generation)
                 else {
@@ -738,7 +737,7 @@ impl MapBench {
                 };
                 let result = synthetic_map(self.points);
                 let map_generation = app.rt.next_generation();
-                app.rt.embeddings.insert(
+                app.rt.set_embedding(
                     id,
                     EmbeddingRuntime {
                         dataset: (dataset, generation),
@@ -764,7 +763,7 @@ impl MapBench {
                 .push(now.duration_since(last).as_secs_f64() * 1e3);
         }
         self.last = Some(now);
-        if let Some(rt) = app.rt.embeddings.get_mut(&id)
+        if let Some(rt) = app.rt.embedding_mut(id)
             && let Some(colored) = &rt.colored
         {
             let base = View::fit(&colored.set.points);
@@ -783,7 +782,7 @@ impl MapBench {
 
     /// Where the pointer should be (over the map, moving), once the map has been drawn.
     pub fn pointer(&self, app: &WorkbenchApp) -> Option<egui::Pos2> {
-        let rect = app.rt.embeddings.get(&self.installed?)?.last_rect?;
+        let rect = app.rt.embedding(self.installed?)?.last_rect?;
         let t = self.work_ms.len() as f32 / 7.0;
         Some(
             rect.center() + egui::vec2(0.3 * rect.width() * t.cos(), 0.3 * rect.height() * t.sin()),

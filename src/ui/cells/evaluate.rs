@@ -68,9 +68,9 @@ pub(super) fn evaluate_ui(
         ui.label("No run yet: train one above, then press Run.");
         return;
     };
-    if app.rt.evals.get(&id).is_none_or(|e| e.run != wanted) {
+    if app.rt.eval(id).is_none_or(|e| e.run != wanted) {
         let ctx = ui.ctx().clone();
-        app.rt.evals.remove(&id);
+        app.rt.take_eval(id);
         // Load on demand when the run changes.
         let root = app.runs_dir();
         let r = wanted.clone();
@@ -78,10 +78,17 @@ pub(super) fn evaluate_ui(
             crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
         });
         app.rt
-            .evals
-            .insert(id, EvalRuntime::new(wanted, Loading::Busy(task)));
+            .set_eval(id, EvalRuntime::new(wanted, Loading::Busy(task)));
     }
-    let Some(ev) = app.rt.evals.get_mut(&id) else {
+    // The dataset above, to say when the run was trained on another one.
+    let above = app
+        .workbook
+        .inputs(id)
+        .dataset
+        .and_then(|d| app.rt.dataset(d))
+        .and_then(|d| d.data.ready())
+        .map(|d| std::path::absolute(&d.manifest.root).unwrap_or(d.manifest.root.clone()));
+    let Some(ev) = app.rt.eval_mut(id) else {
         return;
     };
     let data = match &ev.data {
@@ -103,13 +110,6 @@ pub(super) fn evaluate_ui(
             .as_deref()
             .unwrap_or("an unknown dataset (older run)")
     ));
-    let above = app
-        .workbook
-        .inputs(id)
-        .dataset
-        .and_then(|d| app.rt.datasets.get(&d))
-        .and_then(|d| d.data.ready())
-        .map(|d| std::path::absolute(&d.manifest.root).unwrap_or(d.manifest.root.clone()));
     if let (Some(root), Some(above)) = (&data.dataset_root, &above)
         && root != above
     {
@@ -274,11 +274,10 @@ pub(super) fn evaluate_ui(
         );
     }
     let ctx = ui.ctx().clone();
-    let Some(ev) = app.rt.evals.get_mut(&id) else {
-        return;
-    };
-    if let Some(i) = inspect {
-        ev.inspected = if inspected == Some(i) {
+    if let Some(i) = inspect
+        && let Some(run) = app.rt.eval(id).map(|ev| ev.run.clone())
+    {
+        let opened = if inspected == Some(i) {
             None
         } else {
             let path = root.join(&rows[i].path);
@@ -293,7 +292,7 @@ pub(super) fn evaluate_ui(
                     )
                 })
             });
-            let run_dir = runs_dir.join(&ev.run);
+            let run_dir = runs_dir.join(&run);
             let saliency = BgTask::on_worker(&ctx, &app.rt.compute, move || {
                 // Saliency maps are computed on the CPU network.
                 let cpu = crate::model::backend::select(crate::model::backend::BackendChoice::Cpu)
@@ -319,7 +318,13 @@ pub(super) fn evaluate_ui(
                 overlay: None,
             })
         };
+        if let Some(ev) = app.rt.eval_mut(id) {
+            ev.inspected = opened;
+        }
     }
+    let Some(ev) = app.rt.eval_mut(id) else {
+        return;
+    };
     if let Some(inspected) = &mut ev.inspected {
         inspected.image.poll();
         inspected.saliency.poll();

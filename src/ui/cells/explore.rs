@@ -28,11 +28,7 @@ pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         return;
     };
     let report: Arc<ExploreReport> = data.report.clone();
-    let filter_label = app
-        .rt
-        .datasets
-        .get(&dataset)
-        .and_then(|d| d.filter.label.clone());
+    let filter_label = app.rt.dataset(dataset).and_then(|d| d.filter.label.clone());
     ui.horizontal_wrapped(|ui| {
         ui.label(egui::RichText::new("Images per label").strong());
         ui.label("(click a bar to filter the gallery)");
@@ -108,7 +104,7 @@ pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
     }
     ui.add_space(6.0);
     let tables: Vec<Table> = report.tables();
-    let ex = app.rt.explore_ui.entry(id).or_default();
+    let ex = app.rt.explore_ui_or_insert_with(id, Default::default);
     for (t, table) in tables.iter().enumerate().skip(1) {
         let sort = ex.sort.entry(t).or_insert((usize::MAX, false));
         widgets::sortable_table(ui, ("explore-table", id, t), table, sort);

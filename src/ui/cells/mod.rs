@@ -54,7 +54,7 @@ use crate::ui::app::{
 };
 
 fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
-    app.rt.datasets.get(&dataset)?.data.ready()
+    app.rt.dataset(dataset)?.data.ready()
 }
 
 /// The manifest a Train cell trains on (the Split above when there is one, else the dataset
@@ -62,7 +62,11 @@ fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
 fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
     let data = current_data(app, id)?;
     let manifest = match data.split {
-        Some((s, _)) => app.rt.splits[&s].data.ready().map(|r| r.manifest.clone()),
+        Some((s, _)) => app
+            .rt
+            .split(s)
+            .and_then(|r| r.data.ready())
+            .map(|r| r.manifest.clone()),
         None => loaded(app, data.dataset.0).map(|d| d.manifest.clone()),
     }
     .ok_or_else(|| "the data above is not loaded".to_owned())?;
@@ -106,7 +110,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     report: Arc::new(report),
                 })
             });
-            app.rt.datasets.insert(
+            app.rt.set_dataset(
                 id,
                 super::app::DatasetRuntime {
                     source: (path, options),
@@ -137,7 +141,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 return;
             };
             let manifest = data.manifest.clone();
-            let dataset_generation = app.rt.datasets[&dataset].generation;
+            let dataset_generation = app.rt.dataset(dataset).expect("loaded above").generation;
             let generation = app.rt.next_generation();
             let cfg = config.clone();
             let task = BgTask::spawn(ctx, "split", move || {
@@ -153,7 +157,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     report,
                 })
             });
-            app.rt.splits.insert(
+            app.rt.set_split(
                 id,
                 SplitRuntime {
                     dataset: (dataset, dataset_generation),
@@ -173,13 +177,12 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     crate::runs::view::load_evaluation(&root, &r).map_err(|e| format!("{e:#}"))
                 });
                 app.rt
-                    .evals
-                    .insert(id, EvalRuntime::new(run, Loading::Busy(task)));
+                    .set_eval(id, EvalRuntime::new(run, Loading::Busy(task)));
             }
         }
         CellKind::Compare { runs } => {
             let loaded = load_summaries(ctx, app.runs_dir(), runs.clone());
-            app.rt.compares.insert(
+            app.rt.set_compare(
                 id,
                 CompareRuntime {
                     selected: runs,
@@ -232,14 +235,14 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     })
                 },
             );
-            app.rt.predicts.insert(id, Loading::Busy(task));
+            app.rt.set_predict(id, Loading::Busy(task));
         }
         CellKind::Note { .. } | CellKind::Explore {} | CellKind::Cluster { .. } => {}
     }
 }
 
 fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: TrainConfig) {
-    if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
+    if app.rt.train(id).is_some_and(TrainRuntime::is_running) {
         return;
     }
     // Never train on out-of-date data: the Run command brings the cells above up to date
@@ -254,8 +257,7 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
     };
     let options = app
         .rt
-        .datasets
-        .get(&data.dataset.0)
+        .dataset(data.dataset.0)
         .map(|d| d.source.1.clone())
         .unwrap_or_default();
     let runs_root = app.runs_dir();
@@ -354,7 +356,7 @@ fn queue_prefetch(
 /// Continues the Train cell's last run from its last complete checkpoint, on the data and
 /// split the run recorded (its `dataset.json`), whoever started it.
 pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
-    if app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running) {
+    if app.rt.train(id).is_some_and(TrainRuntime::is_running) {
         return;
     }
     let run = app
@@ -439,7 +441,7 @@ fn spawn_training(
             .note(true, "could not start training: the compute worker is gone");
         return;
     }
-    app.rt.trains.insert(
+    app.rt.set_train(
         id,
         TrainRuntime {
             data,

@@ -49,7 +49,7 @@ pub(super) fn predict_ui(
                 .on_hover_text("Probabilities and predicted label per image");
             ui.end_row();
         });
-    let Some(state) = app.rt.predicts.get_mut(&id) else {
+    let Some(state) = app.rt.predict_mut(id) else {
         return;
     };
     let view = match state {
@@ -84,7 +84,7 @@ pub(super) fn predict_ui(
         |k| (items[k].0.clone(), items[k].1.clone(), inspected == Some(k)),
         &mut |k| clicked = Some(k),
     );
-    let Some(Loading::Ready(view)) = app.rt.predicts.get_mut(&id) else {
+    let Some(Loading::Ready(view)) = app.rt.predict_mut(id) else {
         return;
     };
     if let Some(k) = clicked {

@@ -30,7 +30,7 @@ pub(super) fn split_ui(
              on a patient split, and Compare: the gap is how much an image split flatters it.",
             );
     });
-    let Some(rt) = app.rt.splits.get(&id) else {
+    let Some(rt) = app.rt.split(id) else {
         ui.label("Press Run to split the dataset above by patient.");
         return;
     };

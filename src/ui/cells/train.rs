@@ -23,7 +23,7 @@ pub(super) fn train_ui(
     config: &mut TrainConfig,
     run: &mut Option<String>,
 ) {
-    let running = app.rt.trains.get(&id).is_some_and(TrainRuntime::is_running);
+    let running = app.rt.train(id).is_some_and(TrainRuntime::is_running);
     match current_data(app, id) {
         Ok(data) => {
             ui.label(format!("Trains on {}", data.description));
@@ -35,7 +35,7 @@ pub(super) fn train_ui(
             );
         }
     }
-    if let Some(t) = app.rt.trains.get(&id) {
+    if let Some(t) = app.rt.train(id) {
         ui.label(
             egui::RichText::new(format!(
                 "{} run used: {}",
@@ -200,7 +200,7 @@ pub(super) fn train_ui(
             }
         }
     });
-    let Some(t) = app.rt.trains.get(&id) else {
+    let Some(t) = app.rt.train(id) else {
         return;
     };
     progress_ui(ui, t);
@@ -246,7 +246,9 @@ pub(super) fn augment_preview_ui(
             data.split
         )
     );
-    let preview = app.rt.aug_previews.entry(id).or_default();
+    let preview = app
+        .rt
+        .aug_preview_or_insert_with(id, crate::ui::app::AugPreview::default);
     if let Some((key, task)) = &preview.pending
         && let Some(images) = task.poll()
     {

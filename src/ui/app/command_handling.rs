@@ -1,0 +1,207 @@
+//! Intents from the UI, applied once per frame after drawing: draw code never changes the
+//! notebook while it iterates over it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use web_time::Instant;
+
+use eframe::egui;
+
+use crate::dataset::OpenOptions;
+use crate::ui::cells;
+use crate::workbook::{CellKind, stored_path};
+
+use super::WorkbenchApp;
+
+/// Intents from the UI, applied after drawing.
+#[derive(Clone, Debug)]
+pub enum Command {
+    AddCell {
+        after: Option<u64>,
+        kind: CellKind,
+    },
+    RemoveCell(u64),
+    MoveCell(u64, isize),
+    ToggleCollapse(u64),
+    RunCell(u64),
+    /// Continue the Train cell's last run from its checkpoint, on the data it recorded.
+    ResumeTrain(u64),
+    RunAll,
+    StopTrain(u64),
+    OpenDataset(PathBuf),
+    SaveWorkbook,
+    /// Filter the gallery of a dataset cell to one label (from a chart click).
+    FilterLabel {
+        dataset: u64,
+        label: Option<String>,
+    },
+}
+
+impl WorkbenchApp {
+    /// Imports run folders into the notebook's runs folder (`import` gets its path) and
+    /// refreshes the cells that list runs.
+    pub(super) fn import_runs(
+        &mut self,
+        import: impl FnOnce(&Path) -> anyhow::Result<Vec<String>>,
+    ) {
+        match import(&self.runs_dir()) {
+            Ok(ids) => {
+                self.rt.refresh_runs();
+                self.rt.note(
+                    false,
+                    format!(
+                        "opened {} run(s): {}; Evaluate and Compare cells show them",
+                        ids.len(),
+                        ids.join(", ")
+                    ),
+                );
+            }
+            Err(e) => self.rt.note(true, format!("runs not imported: {e:#}")),
+        }
+    }
+
+    /// Takes in what the page asks (dropped files, run zips, a notebook file).
+    #[cfg(target_arch = "wasm32")]
+    pub(super) fn page_request(&mut self, r: crate::web::PageRequest) {
+        use crate::web::PageRequest;
+        match r {
+            PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
+            PageRequest::Note(error, text) => self.rt.note(error, text),
+            PageRequest::ImportRuns(from) => {
+                self.import_runs(|runs| crate::runs::archive::import_folders(&from, runs))
+            }
+            PageRequest::OpenWorkbook(path) => match crate::workbook::Workbook::load(&path) {
+                Ok(w) => {
+                    for id in self.workbook.cells.iter().map(|c| c.id).collect::<Vec<_>>() {
+                        self.rt.forget(id);
+                    }
+                    self.workbook = w;
+                    self.touch();
+                    self.rt
+                        .note(false, format!("opened the notebook {}", path.display()));
+                }
+                Err(e) => self.rt.note(true, format!("{e:#}")),
+            },
+        }
+    }
+
+    /// Opens what a file dialog picks; says so (as an error notification) when no dialog
+    /// can be shown instead of doing nothing.
+    pub(super) fn pick_dataset(&mut self, dialog: impl FnOnce() -> Option<PathBuf>) {
+        match crate::ui::widgets::pick(dialog) {
+            crate::ui::widgets::Picked::Path(p) => self.push(Command::OpenDataset(p)),
+            crate::ui::widgets::Picked::Cancelled => {}
+            crate::ui::widgets::Picked::Unavailable => {
+                self.rt.note(true, crate::ui::widgets::NO_DIALOG)
+            }
+        }
+    }
+
+    /// Applies queued commands (once per frame).
+    pub fn apply_commands(&mut self, ctx: &egui::Context) {
+        let commands = std::mem::take(&mut self.commands);
+        for c in commands {
+            match c {
+                Command::AddCell { after, kind } => {
+                    self.workbook.insert_after(after, kind);
+                    self.touch();
+                }
+                Command::RemoveCell(id) => {
+                    if let Some(t) = self.rt.train(id) {
+                        t.cancel.store(true, Ordering::Relaxed);
+                    }
+                    self.rt.forget(id);
+                    self.run_queue.retain(|&q| q != id);
+                    self.workbook.remove(id);
+                    self.touch();
+                }
+                Command::MoveCell(id, d) => {
+                    self.workbook.move_cell(id, d);
+                    self.touch();
+                }
+                Command::ToggleCollapse(id) => {
+                    if let Some(i) = self.workbook.position(id) {
+                        self.workbook.cells[i].collapsed ^= true;
+                        self.touch();
+                    }
+                }
+                Command::RunCell(id) => {
+                    // Inputs that are out of date run first (queued), then the cell.
+                    let plan = crate::ui::freshness::plan_run(self, id);
+                    if plan.len() == 1 {
+                        cells::run_cell(self, ctx, id);
+                    } else {
+                        let names: Vec<String> = plan[..plan.len() - 1]
+                            .iter()
+                            .map(|&c| crate::ui::freshness::cell_name(self, c))
+                            .collect();
+                        self.rt.note(
+                            false,
+                            format!("running {} first: out of date", names.join(" and ")),
+                        );
+                        for c in plan.into_iter().rev() {
+                            self.run_queue.retain(|&q| q != c);
+                            self.run_queue.push_front(c);
+                        }
+                    }
+                }
+                Command::ResumeTrain(id) => cells::resume_training(self, ctx, id),
+                Command::RunAll => {
+                    self.run_queue = self.workbook.cells.iter().map(|c| c.id).collect();
+                }
+                Command::StopTrain(id) => {
+                    if let Some(t) = self.rt.train(id) {
+                        t.cancel.store(true, Ordering::Relaxed);
+                        self.rt
+                            .note(false, "stopping the training run after the current batch");
+                    }
+                }
+                Command::OpenDataset(path) => {
+                    let base = self.base_dir();
+                    let stored = stored_path(&path, &base);
+                    let existing = self
+                        .workbook
+                        .cells
+                        .iter()
+                        .find(|c| matches!(c.kind, CellKind::Dataset { .. }))
+                        .map(|c| c.id);
+                    let id = match existing {
+                        Some(id) => {
+                            let i = self.workbook.position(id).expect("found above");
+                            self.workbook.cells[i].kind = CellKind::Dataset {
+                                path: stored,
+                                options: OpenOptions::default(),
+                            };
+                            id
+                        }
+                        None => {
+                            let id = self.workbook.insert_after(
+                                None,
+                                CellKind::Dataset {
+                                    path: stored,
+                                    options: OpenOptions::default(),
+                                },
+                            );
+                            self.workbook.insert_after(Some(id), CellKind::Explore {});
+                            id
+                        }
+                    };
+                    self.rt.take_dataset(id);
+                    cells::run_cell(self, ctx, id);
+                    self.touch();
+                }
+                Command::SaveWorkbook => {
+                    self.save();
+                    let text = format!("saved {}", self.workbook_path.display());
+                    self.rt.toasts.push((Instant::now(), false, text.clone()));
+                    self.rt.note(false, text);
+                }
+                Command::FilterLabel { dataset, label } => {
+                    if let Some(d) = self.rt.dataset_mut(dataset) {
+                        d.filter.label = label;
+                    }
+                }
+            }
+        }
+    }
+}

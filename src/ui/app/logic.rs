@@ -1,0 +1,175 @@
+//! Once per frame, before drawing: every background channel is drained here, whatever is
+//! collapsed, and the Run-all queue advances when nothing runs.
+
+use eframe::egui;
+
+use crate::train::TrainEvent;
+use crate::ui::cells;
+use crate::workbook::CellKind;
+
+use super::Loading;
+
+use super::WorkbenchApp;
+
+impl WorkbenchApp {
+    pub(super) fn poll_background(&mut self) {
+        self.rt.thumbs.poll();
+        let mut notes = Vec::new();
+        for (_, d) in self.rt.datasets_mut() {
+            if let Some(Err(e)) = d.data.poll() {
+                notes.push((true, format!("dataset: {}", cells::in_cell_words(&e))));
+            }
+            if let Some((_, p)) = &mut d.preview {
+                p.poll();
+            }
+        }
+        for (_, s) in self.rt.splits_mut() {
+            if let Some(Err(e)) = s.data.poll() {
+                notes.push((true, format!("split: {e}")));
+            }
+        }
+        for (_, c) in self.rt.all_csv_columns_mut() {
+            c.columns.poll();
+        }
+        for (_, m) in self.rt.embeddings_mut() {
+            if let Some(Err(e)) = m.poll() {
+                notes.push((true, format!("embedding: {e}")));
+            }
+        }
+        for (_, p) in self.rt.predicts_mut() {
+            match p.poll() {
+                Some(Err(e)) => notes.push((true, format!("predict: {e}"))),
+                Some(Ok(())) => notes.push((false, "prediction finished".to_owned())),
+                None => {}
+            }
+        }
+        let mut finished_runs = Vec::new();
+        for (id, t) in self.rt.trains_mut() {
+            if let Some(rx) = &t.rx {
+                for e in rx.try_iter() {
+                    if let TrainEvent::Warning { message } = &e {
+                        notes.push((false, message.clone()));
+                    }
+                    t.events.push(e);
+                }
+            }
+            if let Some(rx) = &t.done_rx
+                && let Ok(r) = rx.try_recv()
+            {
+                match &r {
+                    Ok(run) => {
+                        notes.push((false, format!("training run {run} ended")));
+                        finished_runs.push((id, run.clone()));
+                    }
+                    Err(e) => notes.push((true, format!("training failed: {e}"))),
+                }
+                t.finished = Some(r);
+                t.done_rx = None;
+            }
+        }
+        for (id, run) in finished_runs {
+            if let Some(i) = self.workbook.position(id)
+                && let CellKind::Train { run: r, .. } = &mut self.workbook.cells[i].kind
+            {
+                *r = Some(run);
+            }
+            // Evaluate cells that follow this run refresh.
+            self.rt.refresh_runs();
+            self.touch();
+        }
+        // Cluster jobs report here, every frame, whether their cell is drawn or collapsed.
+        let mut submitted = Vec::new();
+        for (id, rt) in self.rt.clusters_mut() {
+            for m in rt.rx.try_iter() {
+                match m {
+                    cells::ClusterMsg::Submitted(j) => {
+                        submitted.push((id, j.clone()));
+                        rt.job = Some(j);
+                    }
+                    cells::ClusterMsg::Status(s) => rt.status = s,
+                    cells::ClusterMsg::Event(e) => rt.events.push(e),
+                    cells::ClusterMsg::Imported(r) => {
+                        notes.push((false, format!("cluster job imported as run {r}")));
+                        rt.imported = Some(r);
+                        rt.active = false;
+                    }
+                    cells::ClusterMsg::Failed(e) => {
+                        notes.push((true, format!("cluster job: {e}")));
+                        rt.error = Some(e);
+                        rt.active = false;
+                    }
+                }
+            }
+        }
+        for (id, j) in submitted {
+            if let Some(i) = self.workbook.position(id)
+                && let CellKind::Cluster { job, .. } = &mut self.workbook.cells[i].kind
+            {
+                *job = Some(j);
+                self.touch();
+            }
+        }
+        for (_, c) in self.rt.compares_mut() {
+            if let Some(Err(err)) = c.loaded.poll() {
+                notes.push((true, format!("compare: {err}")));
+            }
+        }
+        for (_, e) in self.rt.evals_mut() {
+            if let Some(Err(err)) = e.data.poll() {
+                notes.push((true, format!("evaluate: {err}")));
+            }
+        }
+        notes.extend(self.rt.take_notes());
+        // Queued cells (Run all, or the inputs of a cell) stop at the first failure.
+        if notes.iter().any(|n| n.0) {
+            self.run_queue.clear();
+        }
+        for (error, text) in notes {
+            self.rt.note(error, text);
+        }
+    }
+
+    /// Starts the next queued cell once nothing is running.
+    pub(super) fn advance_queue(&mut self, ctx: &egui::Context) {
+        if self.run_queue.is_empty() || self.busy() {
+            return;
+        }
+        if let Some(id) = self.run_queue.pop_front() {
+            cells::run_cell(self, ctx, id);
+        }
+        ctx.request_repaint();
+    }
+
+    /// True while background work of any cell runs.
+    pub fn busy(&self) -> bool {
+        self.rt
+            .datasets()
+            .any(|(_, d)| matches!(d.data, Loading::Busy(_)))
+            || self
+                .rt
+                .splits()
+                .any(|(_, s)| matches!(s.data, Loading::Busy(_)))
+            || self.rt.trains().any(|(_, t)| t.is_running())
+            || self.rt.evals().any(|(_, e)| {
+                matches!(e.data, Loading::Busy(_))
+                    || e.inspected.as_ref().is_some_and(|i| {
+                        matches!(i.image, Loading::Busy(_))
+                            || matches!(i.saliency, Loading::Busy(_))
+                    })
+            })
+            || self
+                .rt
+                .predicts()
+                .any(|(_, p)| matches!(p, Loading::Busy(_)))
+            || self.rt.clusters().any(|(_, c)| c.active)
+            || self
+                .rt
+                .compares()
+                .any(|(_, c)| matches!(c.loaded, Loading::Busy(_)))
+    }
+
+    /// True when no background work is running or queued.
+    pub fn settled(&self) -> bool {
+        self.frames > 10 && self.run_queue.is_empty() && !self.busy()
+    }
+}
