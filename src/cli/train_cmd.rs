@@ -1,0 +1,478 @@
+//! `train`: the command, its options, and its progress view (also used by `cluster` and `featurize`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::dataset::{DatasetFormat, OpenOptions};
+use crate::model::backend::BackendChoice;
+use crate::train::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::train::engine::{TrainJob, train};
+use crate::train::events::{Phase, TrainEvent};
+use crate::train::features::FeatureCache;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset folder or CSV (a split CSV from `cellbench split` works too).
+    #[arg(required_unless_present_any = ["split", "resume"])]
+    pub dataset: Option<PathBuf>,
+    /// A split CSV (with a `split` column) to train on instead of splitting here.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// For CSV ids without an extension: the image file name, e.g. `{id:03}.bmp` (`{id}`, or
+    /// `{id:0N}` for zero-padded numbers).
+    #[arg(long)]
+    pub image_pattern: Option<String>,
+    /// k-fold cross-validation: k runs, each validating on one patient-grouped, stratified
+    /// fold; prints the mean ± sd of the validation metrics (a given split is ignored).
+    #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u32).range(2..=50))]
+    pub folds: Option<u32>,
+    /// A TOML run configuration; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// binary, multi-class, multi-label or ordinal (default: from the data).
+    #[arg(long, value_parser = parse_task)]
+    pub task: Option<Task>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long = "lr")]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// sgd, adam or adamw.
+    #[arg(long)]
+    pub optimizer: Option<Optimizer>,
+    /// constant, cosine or plateau.
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
+    /// none, class-weights or oversample.
+    #[arg(long)]
+    pub imbalance: Option<Imbalance>,
+    /// Input side in pixels.
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Fine-tuning: number of last backbone blocks to train.
+    #[arg(long)]
+    pub unfreeze: Option<usize>,
+    #[arg(long)]
+    pub patience: Option<u32>,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Probe: average each image's features over its 8 orientations (flips, 90° turns).
+    #[arg(long)]
+    pub orientation_mean: bool,
+    /// Probe: lbfgs (default: logistic regression solved to convergence, its L2 strength
+    /// and class weighting chosen on the validation side, refitted on training + validation
+    /// when a test side scores it; --epochs, --lr, --optimizer, --weight-decay and
+    /// --imbalance do not apply)
+    /// or sgd (epochs of mini-batch steps, the best epoch chosen on the validation side).
+    #[arg(long)]
+    pub solver: Option<crate::train::config::Solver>,
+    /// Dropout before the classification head.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto, wgpu or cpu.
+    #[arg(long)]
+    pub backend: Option<BackendChoice>,
+    /// Folder that holds run folders.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print every event as a JSON line on stdout (instead of a progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the backbone features of every image (and its --folds fold) to this CSV
+    /// instead of training: for checking the probe against other tools.
+    #[arg(long, hide = true, value_name = "CSV")]
+    pub export_features: Option<PathBuf>,
+}
+
+pub(super) fn parse_task(s: &str) -> Result<Task, String> {
+    match s {
+        "binary" => Ok(Task::Binary),
+        "multi-class" | "multiclass" => Ok(Task::MultiClass),
+        "multi-label" | "multilabel" => Ok(Task::MultiLabel),
+        "ordinal" => Ok(Task::Ordinal),
+        _ => Err("expected binary, multi-class, multi-label or ordinal".into()),
+    }
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => toml::from_str(
+                &crate::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
+            None => TrainConfig::for_mode(self.mode.unwrap_or_default()),
+        };
+        if let Some(v) = self.mode {
+            c.mode = v;
+        }
+        c.task = self.task.or(c.task);
+        macro_rules! set {
+            ($($field:ident <- $arg:expr),*) => { $( if let Some(v) = $arg { c.$field = v; } )* };
+        }
+        set!(epochs <- self.epochs, batch_size <- self.batch_size, learning_rate <- self.learning_rate,
+             weight_decay <- self.weight_decay, optimizer <- self.optimizer, schedule <- self.schedule,
+             imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend,
+             solver <- self.solver);
+        if let Some(s) = self.image_size {
+            c.preprocess.size = s;
+        }
+        if let Some(p) = self.patience {
+            c.early_stopping_patience = Some(p);
+        }
+        if self.no_augment {
+            c.augment = crate::dataset::preprocess::Augment::none();
+        }
+        c.orientation_mean |= self.orientation_mean;
+        Ok(c)
+    }
+}
+
+pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
+    let (config, manifest, options) = match &args.resume {
+        Some(run) => {
+            // The run's own record of its data and split: any run can be resumed, whoever
+            // started it (CLI, GUI, workbook or cluster job).
+            let d = crate::runs::DatasetFile::read(run)?;
+            (crate::runs::read_config(run)?, d.open()?, d.options)
+        }
+        None => {
+            let (source, options) = match (&args.split, &args.dataset) {
+                (Some(split), _) => (
+                    split.clone(),
+                    OpenOptions {
+                        format: Some(DatasetFormat::Csv),
+                        ..Default::default()
+                    },
+                ),
+                (None, Some(d)) => (
+                    d.clone(),
+                    OpenOptions {
+                        image_pattern: args.image_pattern.clone(),
+                        ..Default::default()
+                    },
+                ),
+                (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
+            };
+            let manifest = crate::dataset::open(&source, &options)?;
+            (args.config()?, manifest, options)
+        }
+    };
+    let job = TrainJob {
+        config,
+        manifest,
+        options,
+        runs_root: args.runs.clone(),
+        resume: args.resume.clone(),
+        cache: (!args.no_cache).then(FeatureCache::default_location),
+    };
+    if let Some(out) = &args.export_features {
+        let rows =
+            crate::train::export::export_features(&job, args.folds.map(|k| k as usize), out)?;
+        eprintln!("wrote the features of {rows} images to {}", out.display());
+        return Ok(0);
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+        })
+        .ok();
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<TrainEvent>();
+    // All burn work of the run on one dedicated thread.
+    let folds = args.folds.map(|k| k as usize);
+    let worker = {
+        let cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("train".into())
+            .spawn(move || {
+                let mut sink = |e: &TrainEvent| {
+                    tx.send(e.clone()).ok();
+                };
+                match folds {
+                    Some(k) => crate::train::cv::cross_validate(job, k, &mut sink, &cancel)
+                        .map(|cv| Finished::Folds(Box::new(cv))),
+                    None => train(job, &mut sink, &cancel).map(|o| Finished::Run(Box::new(o))),
+                }
+            })?
+    };
+    let mut bar = ProgressView::new(args.json);
+    let mut fold = 0;
+    for event in rx {
+        if let (TrainEvent::Started { .. }, Some(k)) = (&event, folds) {
+            fold += 1;
+            if !args.json {
+                bar.println(format!("cross-validation: fold {fold} of {k}"));
+            }
+        }
+        bar.show(&event);
+    }
+    bar.finish();
+    let outcome = match worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the training thread panicked"))??
+    {
+        Finished::Run(o) => *o,
+        Finished::Folds(cv) => return Ok(report_folds(*cv, args.json)),
+    };
+    eprintln!("run folder: {}", outcome.run_dir.display());
+    if let Some(m) = &outcome.metrics
+        && !args.json
+    {
+        for t in crate::train::report::metrics_tables("validation (chose the kept model)", m) {
+            outln!("{t}");
+        }
+        // The test side, when the split has one: scored once, with the weights the
+        // validation side chose.
+        if let Some(test) = crate::runs::MetricsFile::read(&outcome.run_dir)
+            .ok()
+            .and_then(|f| f.test)
+        {
+            for t in crate::train::report::metrics_tables("test (scored once)", &test) {
+                outln!("{t}");
+            }
+        }
+    }
+    Ok(match outcome.state {
+        crate::runs::RunState::Finished => 0,
+        crate::runs::RunState::Cancelled => 130,
+        _ => 1,
+    })
+}
+
+/// What the training thread produced.
+enum Finished {
+    Run(Box<crate::train::engine::TrainOutcome>),
+    Folds(Box<crate::train::cv::CvOutcome>),
+}
+
+/// Prints a cross-validation's mean ± sd table (or its JSON) and returns the exit code.
+fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
+    for o in &cv.outcomes {
+        eprintln!("run folder: {}", o.run_dir.display());
+    }
+    let Some(summary) = cv.summary else {
+        let cancelled = cv
+            .outcomes
+            .last()
+            .is_some_and(|o| o.state == crate::runs::RunState::Cancelled);
+        eprintln!(
+            "cross-validation stopped after {} fold(s); no summary written",
+            cv.outcomes.len()
+        );
+        return if cancelled { 130 } else { 1 };
+    };
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({ "event": "cross_validation", "summary": summary })
+        );
+    } else {
+        let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
+        let mut table = crate::explore::table::Table::new(
+            format!(
+                "cross-validation, {} folds (held-out images per fold, each scored once: {})",
+                summary.folds,
+                images.join(", ")
+            ),
+            &["metric", "mean ± sd", "per fold"],
+        );
+        for (name, s) in &summary.metrics {
+            let folds: Vec<String> = s.folds.iter().map(|v| format!("{v:.3}")).collect();
+            table.row(vec![
+                name.replace('_', " "),
+                format!("{:.3} ± {:.3}", s.mean, s.sd),
+                folds.join("  "),
+            ]);
+        }
+        outln!("{table}");
+        let inner: Vec<String> = summary
+            .selection_images
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        outln!(
+            "chosen on: {} ({} images per fold); scored on: {}",
+            summary.chosen_on,
+            inner.join(", "),
+            summary.scored_on
+        );
+        for (i, c) in summary.chosen.iter().enumerate() {
+            outln!("  fold {}: {c}", i + 1);
+        }
+        if let Some(p) = &summary.pooled {
+            use crate::train::report::with_interval;
+            let ci = p.ci.as_ref();
+            outln!(
+                "all folds' held-out predictions together ({} images; 95% bootstrap intervals over {}): accuracy {}, balanced accuracy {}, macro F1 {}, macro AUC {}{}{}",
+                p.n,
+                ci.map_or_else(|| "-".into(), |c| format!("{} {}", c.units, c.unit)),
+                with_interval(Some(p.accuracy), ci.and_then(|c| c.accuracy)),
+                with_interval(
+                    Some(p.balanced_accuracy),
+                    ci.and_then(|c| c.balanced_accuracy)
+                ),
+                with_interval(Some(p.macro_f1), ci.and_then(|c| c.macro_f1)),
+                with_interval(p.macro_auc, ci.and_then(|c| c.macro_auc)),
+                p.kappa_quadratic.map_or_else(String::new, |k| format!(
+                    ", quadratic kappa {}",
+                    with_interval(Some(k), ci.and_then(|c| c.kappa_quadratic))
+                )),
+                p.calibration
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!(", ECE {:.4}", c.ece)),
+            );
+        }
+    }
+    if let Some(p) = &cv.summary_path {
+        eprintln!("summary: {}", p.display());
+    }
+    0
+}
+
+/// Renders events as a progress bar and log lines (or JSON lines).
+pub struct ProgressView {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    phase: Option<Phase>,
+}
+
+impl ProgressView {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            bar: None,
+            phase: None,
+        }
+    }
+
+    fn println(&self, s: String) {
+        match &self.bar {
+            Some(b) if !b.is_hidden() => b.println(s),
+            _ => eprintln!("{s}"),
+        }
+    }
+
+    pub fn show(&mut self, event: &TrainEvent) {
+        if self.json {
+            outln!("{}", event.to_json_line());
+            return;
+        }
+        match event {
+            TrainEvent::Started {
+                run_id,
+                mode,
+                task,
+                labels,
+                train_images,
+                val_images,
+                device,
+                epochs,
+            } => {
+                eprintln!(
+                    "run {run_id}: {mode:?} {task:?} on {device}; {} labels, {train_images} train / {val_images} val images, {epochs} epochs",
+                    labels.len()
+                );
+            }
+            TrainEvent::Progress { phase, done, total } => {
+                if self.phase != Some(*phase) {
+                    if let Some(b) = self.bar.take() {
+                        b.finish_and_clear();
+                    }
+                    let b = indicatif::ProgressBar::new(*total as u64);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg:>9} [{bar:40}] {pos}/{len} ({eta} left)",
+                        )
+                        .expect("template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_message(format!("{phase:?}").to_lowercase());
+                    self.bar = Some(b);
+                    self.phase = Some(*phase);
+                }
+                if let Some(b) = &self.bar {
+                    b.set_length(*total as u64);
+                    b.set_position(*done as u64);
+                }
+            }
+            TrainEvent::Epoch {
+                epoch,
+                learning_rate,
+                train,
+                val,
+                ..
+            } => {
+                self.phase = None;
+                if let Some(b) = &self.bar {
+                    b.set_position(0);
+                }
+                let v = val.as_ref().map_or_else(String::new, |v| {
+                    format!(
+                        "  val loss {:.4} acc {:.3} bal {:.3} F1 {:.3} AUC {}",
+                        v.loss,
+                        v.accuracy,
+                        v.balanced_accuracy,
+                        v.macro_f1,
+                        v.macro_auc.map_or("-".into(), |a| format!("{a:.3}"))
+                    )
+                });
+                self.println(format!(
+                    "epoch {epoch:>3}  lr {learning_rate:.2e}  train loss {:.4} acc {:.3}{v}",
+                    train.loss, train.accuracy
+                ));
+            }
+            TrainEvent::Warning { message } => self.println(format!("warning: {message}")),
+            TrainEvent::Finished {
+                best_epoch,
+                elapsed_secs,
+                patient_metrics,
+                ..
+            } => {
+                self.println(format!(
+                    "finished in {elapsed_secs:.1} s; best epoch {best_epoch}"
+                ));
+                if let Some(p) = patient_metrics {
+                    self.println(format!(
+                        "patient level ({} patients): accuracy {:.3}, balanced {:.3}, macro F1 {:.3}",
+                        p.n, p.accuracy, p.balanced_accuracy, p.macro_f1
+                    ));
+                }
+            }
+            TrainEvent::Failed { error } => self.println(format!("failed: {error}")),
+            TrainEvent::Cancelled { epoch } => self.println(format!(
+                "cancelled after epoch {epoch}; resume with --resume <run>"
+            )),
+            TrainEvent::Confusion { .. } | TrainEvent::Checkpoint { .. } => {}
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
