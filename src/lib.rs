@@ -11,6 +11,7 @@ pub mod fsio;
 pub mod infer;
 pub mod model;
 pub mod runs;
+pub mod table;
 pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -21,8 +22,9 @@ pub mod cluster;
 pub mod explore;
 #[cfg(feature = "gui")]
 pub mod ui;
+/// The browser page's side of the workbench (see [`ui::web`]).
 #[cfg(all(target_arch = "wasm32", feature = "gui"))]
-pub mod web;
+pub use ui::web;
 pub mod workbook;
 
 /// Folder of the bundled assets (weights, demo dataset): `$CELLBENCH_ASSETS`, else the source

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Tensor, activation};
 
-use crate::train::Task;
+use crate::model::task::Task;
 
 /// A label of a multi-label model is predicted when its probability is at least this.
 pub const MULTI_LABEL_THRESHOLD: f32 = 0.5;
@@ -45,7 +45,7 @@ pub fn predicted_label(task: Task, labels: &[String], probs: &[f32]) -> String {
 
 /// Probabilities from logits `[n, outputs]`: softmax over classes; a sigmoid per label for a
 /// multi-label task; for a cumulative ordinal head, `P(grade > j)` turned into one probability
-/// per grade (see [`crate::train::ordinal::class_probs`]).
+/// per grade (see [`crate::model::ordinal::class_probs`]).
 pub fn probabilities(task: Task, cumulative: bool, logits: Tensor<2>) -> Vec<Vec<f32>> {
     let [_, k] = logits.dims();
     let p = if task == Task::MultiLabel || cumulative {
@@ -61,7 +61,7 @@ pub fn probabilities(task: Task, cumulative: bool, logits: Tensor<2>) -> Vec<Vec
     v.chunks(k.max(1))
         .map(|row| {
             if cumulative {
-                crate::train::ordinal::class_probs(row)
+                crate::model::ordinal::class_probs(row)
             } else {
                 row.to_vec()
             }

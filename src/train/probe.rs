@@ -13,6 +13,21 @@ use super::data::{Prepared, Target};
 use super::logreg::{Design, Fit, Targets, Tolerance};
 use super::metrics::Task;
 
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use web_time::Instant;
+
+use crate::model::decision::Standardiser;
+use crate::model::extractor::Extractor;
+use crate::runs::RunDir;
+
+use super::config::TrainConfig;
+use super::engine::TrainJob;
+use super::events::{Phase, TrainEvent};
+use super::features::featurize;
+use super::trainer::{emit, warn_skipped};
+use crate::model::efficientnet::FEATURES;
+
 /// The L2 strengths tried, as scikit-learn's `C` (inverse strength; `λ = 1/(C·n)`), from
 /// strong to weak regularisation.
 pub const C_GRID: [f64; 8] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
@@ -377,4 +392,81 @@ pub(super) fn select_and_fit(
         refit,
         selection,
     })
+}
+
+/// Probe inputs: backbone features of every image (through the cache), standardised on the
+/// training side. Fails when no training image could be read.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn probe_features(
+    job: &TrainJob,
+    config: &TrainConfig,
+    data: &Prepared,
+    plain: &burn::tensor::Device,
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    cancel: &AtomicBool,
+    warned: &mut std::collections::HashSet<PathBuf>,
+) -> anyhow::Result<(Vec<Option<Vec<f32>>>, Standardiser)> {
+    let extractor = Extractor::bundled(plain)?;
+    let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
+    let mut last = Instant::now();
+    let f = featurize(
+        &extractor,
+        &config.backbone,
+        config.orientation_mean,
+        &config.preprocess,
+        &all,
+        job.cache.as_ref(),
+        config.batch_size.clamp(8, 64),
+        &mut |done, total| {
+            if last.elapsed().as_millis() > 250 || done == total {
+                last = Instant::now();
+                sink(&TrainEvent::Progress {
+                    phase: Phase::Features,
+                    done,
+                    total,
+                });
+            }
+        },
+        cancel,
+    );
+    let first_failure = f
+        .failures
+        .first()
+        .map(|(p, e)| format!(" (first: {e}: {})", p.display()));
+    warn_skipped(run, sink, warned, f.failures);
+    let usable = data
+        .train
+        .iter()
+        .filter(|&&i| f.features[i].is_some())
+        .count();
+    anyhow::ensure!(
+        usable > 0 || cancel.load(std::sync::atomic::Ordering::Relaxed),
+        "no usable images: none of the {} training images could be read{}",
+        data.train.len(),
+        first_failure.unwrap_or_default()
+    );
+    if f.from_cache > 0 {
+        let message = format!(
+            "{} of {} feature vectors came from the cache",
+            f.from_cache,
+            all.len()
+        );
+        emit(run, sink, TrainEvent::Warning { message });
+    }
+    let standardiser = Standardiser::fit(
+        data.train.iter().filter_map(|&i| f.features[i].as_deref()),
+        FEATURES,
+    );
+    let rows = f
+        .features
+        .into_iter()
+        .map(|r| {
+            r.map(|mut v| {
+                standardiser.apply(&mut v);
+                v
+            })
+        })
+        .collect();
+    Ok((rows, standardiser))
 }

@@ -1,6 +1,6 @@
 //! Metrics as tables, for the CLI and the GUI.
 
-use crate::explore::Table;
+use crate::table::Table;
 
 use super::metrics::Metrics;
 

@@ -12,7 +12,7 @@ use crate::dataset::split::SplitMix64;
 use crate::fsio::csv_field;
 use crate::model::ModelInfo;
 use crate::model::backend::Compute;
-use crate::model::decision::{self, Standardiser};
+use crate::model::decision::{self};
 use crate::model::efficientnet::{FEATURES, NUM_BLOCKS};
 use crate::model::extractor::{Extractor, load_backbone};
 use crate::model::heads::{Head, SmallCnn};
@@ -23,7 +23,6 @@ use super::config::{Mode, Schedule, TrainConfig};
 use super::data::Prepared;
 use super::engine::{TrainJob, TrainOutcome};
 use super::events::{EpochSide, Phase, TrainEvent};
-use super::features::featurize;
 use super::metrics::{self, Task};
 use super::net::*;
 use super::ordinal;
@@ -207,8 +206,16 @@ impl<'a> Trainer<'a> {
         };
         let (net, feeder) = match config.mode {
             Mode::Probe => {
-                let (rows, standardiser) =
-                    probe_features(job, config, data, &plain, run, sink, cancel, &mut warned)?;
+                let (rows, standardiser) = super::probe::probe_features(
+                    job,
+                    config,
+                    data,
+                    &plain,
+                    run,
+                    sink,
+                    cancel,
+                    &mut warned,
+                )?;
                 info.feature_mean = standardiser.mean;
                 info.feature_std = standardiser.std;
                 let head = Head::zeros(FEATURES, outputs, config.dropout, &ad);
@@ -667,83 +674,6 @@ impl<'a> Trainer<'a> {
             test_predictions,
         })
     }
-}
-
-/// Probe inputs: backbone features of every image (through the cache), standardised on the
-/// training side. Fails when no training image could be read.
-#[allow(clippy::too_many_arguments)]
-fn probe_features(
-    job: &TrainJob,
-    config: &TrainConfig,
-    data: &Prepared,
-    plain: &burn::tensor::Device,
-    run: &mut RunDir,
-    sink: &mut dyn FnMut(&TrainEvent),
-    cancel: &AtomicBool,
-    warned: &mut std::collections::HashSet<PathBuf>,
-) -> anyhow::Result<(Vec<Option<Vec<f32>>>, Standardiser)> {
-    let extractor = Extractor::bundled(plain)?;
-    let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
-    let mut last = Instant::now();
-    let f = featurize(
-        &extractor,
-        &config.backbone,
-        config.orientation_mean,
-        &config.preprocess,
-        &all,
-        job.cache.as_ref(),
-        config.batch_size.clamp(8, 64),
-        &mut |done, total| {
-            if last.elapsed().as_millis() > 250 || done == total {
-                last = Instant::now();
-                sink(&TrainEvent::Progress {
-                    phase: Phase::Features,
-                    done,
-                    total,
-                });
-            }
-        },
-        cancel,
-    );
-    let first_failure = f
-        .failures
-        .first()
-        .map(|(p, e)| format!(" (first: {e}: {})", p.display()));
-    warn_skipped(run, sink, warned, f.failures);
-    let usable = data
-        .train
-        .iter()
-        .filter(|&&i| f.features[i].is_some())
-        .count();
-    anyhow::ensure!(
-        usable > 0 || cancel.load(std::sync::atomic::Ordering::Relaxed),
-        "no usable images: none of the {} training images could be read{}",
-        data.train.len(),
-        first_failure.unwrap_or_default()
-    );
-    if f.from_cache > 0 {
-        let message = format!(
-            "{} of {} feature vectors came from the cache",
-            f.from_cache,
-            all.len()
-        );
-        emit(run, sink, TrainEvent::Warning { message });
-    }
-    let standardiser = Standardiser::fit(
-        data.train.iter().filter_map(|&i| f.features[i].as_deref()),
-        FEATURES,
-    );
-    let rows = f
-        .features
-        .into_iter()
-        .map(|r| {
-            r.map(|mut v| {
-                standardiser.apply(&mut v);
-                v
-            })
-        })
-        .collect();
-    Ok((rows, standardiser))
 }
 
 /// One warning per unreadable image, the first time it fails in a run.

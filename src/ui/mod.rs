@@ -7,6 +7,8 @@ pub mod compute;
 pub mod freshness;
 pub mod points;
 pub mod thumbs;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod widgets;
 
 pub use app::{AppState, WorkbenchApp};

@@ -62,8 +62,8 @@ impl WorkbenchApp {
 
     /// Takes in what the page asks (dropped files, run zips, a notebook file).
     #[cfg(target_arch = "wasm32")]
-    pub(super) fn page_request(&mut self, r: crate::web::PageRequest) {
-        use crate::web::PageRequest;
+    pub(super) fn page_request(&mut self, r: crate::ui::web::PageRequest) {
+        use crate::ui::web::PageRequest;
         match r {
             PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
             PageRequest::Note(error, text) => self.rt.note(error, text),

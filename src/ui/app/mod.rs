@@ -78,7 +78,7 @@ fn run_all_on_start() -> bool {
     #[cfg(not(target_arch = "wasm32"))]
     let asked = std::env::var_os("CELLBENCH_RUN_ALL").is_some();
     #[cfg(target_arch = "wasm32")]
-    let asked = crate::web::url_param("run").as_deref() == Some("all");
+    let asked = crate::ui::web::url_param("run").as_deref() == Some("all");
     asked
 }
 
@@ -100,7 +100,7 @@ pub struct NotebookStatus {
 /// Where the workbook lives when none was chosen.
 pub fn default_workbook_path() -> PathBuf {
     #[cfg(target_arch = "wasm32")]
-    let path = PathBuf::from(crate::web::WORKBOOK);
+    let path = PathBuf::from(crate::ui::web::WORKBOOK);
     #[cfg(not(target_arch = "wasm32"))]
     let path = std::env::var_os("CELLBENCH_WORKBOOK").map_or_else(
         || {
@@ -343,16 +343,16 @@ impl eframe::App for WorkbenchApp {
             if crate::ui::compute::run_deferred(std::time::Duration::from_millis(40)) {
                 ui.ctx().request_repaint();
             }
-            for r in crate::web::take_requests() {
+            for r in crate::ui::web::take_requests() {
                 self.page_request(r);
             }
         }
         self.frame(ui);
         #[cfg(target_arch = "wasm32")]
         {
-            crate::web::publish_status(&self.status());
-            crate::web::persist_workbook();
-            crate::web::set_runs_dir(self.runs_dir());
+            crate::ui::web::publish_status(&self.status());
+            crate::ui::web::persist_workbook();
+            crate::ui::web::set_runs_dir(self.runs_dir());
         }
         if let Some(mut b) = map_bench {
             let report = benching
