@@ -583,3 +583,167 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
     let toml = toml::to_string(&saved).unwrap();
     assert!(toml.contains("path_column = \"specimen\""), "{toml}");
 }
+
+#[test]
+fn cross_validation_runs_from_the_train_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("cv.cellbook.toml");
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    for cell in &mut app.workbook.cells {
+        if let CellKind::Train { config, folds, .. } = &mut cell.kind {
+            config.epochs = 2;
+            config.preprocess.size = 64;
+            config.backend = cellbench::model::backend::BackendChoice::Cpu;
+            *folds = 3;
+        }
+    }
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    // The form says what the button does; the split above is run first, then not used.
+    harness.get_by_label("Start cross-validation").click();
+    wait_until_settled(&mut harness, Duration::from_secs(300));
+    let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
+    let events = harness.state().rt.train(train).unwrap().events.clone();
+    let folds: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            cellbench::train::TrainEvent::Fold { fold, folds } => Some((*fold, *folds)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(folds, vec![(1, 3), (2, 3), (3, 3)]);
+    let summary = events
+        .iter()
+        .find_map(|e| match e {
+            cellbench::train::TrainEvent::CrossValidation { summary } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("the cross-validation finished");
+    assert_eq!(summary.folds, 3);
+    assert_eq!(summary.runs.len(), 3);
+    assert_eq!(
+        summary.images.iter().sum::<u64>(),
+        35,
+        "every demo image is scored exactly once"
+    );
+    let spread = &summary.metrics["accuracy"];
+    assert_eq!(spread.folds.len(), 3);
+    // The cell shows the spread and records the last fold's run.
+    harness.get_by_label_contains("Cross-validation over 3 folds");
+    harness.get_by_label("mean ± sd");
+    harness.get_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd));
+    let run = harness
+        .state()
+        .workbook
+        .cells
+        .iter()
+        .find_map(|c| match &c.kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(Some(&run), summary.runs.last());
+}
+
+/// A file dropped on the window, as the desktop integration hands it over.
+#[derive(Debug)]
+struct Dropped(std::path::PathBuf);
+
+impl eframe::egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn images_dropped_on_the_notebook_are_predicted_and_inspected() {
+    use cellbench::ui::app::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("drop.cellbook.toml");
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    for cell in &mut app.workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 2;
+            config.preprocess.size = 64;
+            config.backend = cellbench::model::backend::BackendChoice::Cpu;
+        }
+        if let CellKind::Predict { input, .. } = &mut cell.kind {
+            input.clear();
+        }
+    }
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
+    harness.state_mut().push(Command::RunCell(train));
+    wait_until_settled(&mut harness, Duration::from_secs(180));
+    harness.get_by_label(
+        "Drop images or a folder on this cell to classify them with the run at once.",
+    );
+
+    // Two images dropped anywhere: the Predict cell classifies them at once.
+    let demo = cellbench::demo_dataset();
+    let mut images: Vec<std::path::PathBuf> = walk(&demo)
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "jpg" || e == "png" || e == "bmp")
+        })
+        .collect();
+    images.sort();
+    let dropped: Vec<std::path::PathBuf> = images.into_iter().take(2).collect();
+    assert_eq!(dropped.len(), 2);
+    for p in &dropped {
+        harness
+            .input_mut()
+            .dropped_files
+            .push(std::sync::Arc::new(Dropped(p.clone())));
+    }
+    harness.run_steps(2);
+    wait_until_settled(&mut harness, Duration::from_secs(120));
+    let predict = cell_id(harness.state(), |k| matches!(k, CellKind::Predict { .. }));
+    let rows = match harness.state().rt.predict(predict) {
+        Some(cellbench::ui::app::Loading::Ready(view)) => view.rows.clone(),
+        _ => panic!("the dropped images were not predicted"),
+    };
+    let predicted: Vec<&std::path::PathBuf> = rows.iter().map(|r| &r.0).collect();
+    assert_eq!(predicted, dropped.iter().collect::<Vec<_>>());
+    harness.get_by_label_contains("2 of 2 images predicted");
+    // The dataset was not replaced by the drop.
+    harness.get_by_label_contains("35 images · 5 labels");
+
+    // A thumbnail opens the inspector with the probabilities and the saliency switch.
+    // The last tile of that name: the Dataset gallery shows the same file further up.
+    let name = dropped[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    harness.get_all_by_label(&name).last().unwrap().click();
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.get_by_label(&format!("predicted: {}", rows[0].1));
+    harness.get_by_label("Saliency");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

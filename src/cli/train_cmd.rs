@@ -220,14 +220,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
             })?
     };
     let mut bar = ProgressView::new(args.json);
-    let mut fold = 0;
     for event in rx {
-        if let (TrainEvent::Started { .. }, Some(k)) = (&event, folds) {
-            fold += 1;
-            if !args.json {
-                bar.println(format!("cross-validation: fold {fold} of {k}"));
-            }
-        }
         bar.show(&event);
     }
     bar.finish();
@@ -285,30 +278,9 @@ fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
         );
         return if cancelled { 130 } else { 1 };
     };
-    if json {
-        outln!(
-            "{}",
-            serde_json::json!({ "event": "cross_validation", "summary": summary })
-        );
-    } else {
-        let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
-        let mut table = crate::explore::table::Table::new(
-            format!(
-                "cross-validation, {} folds (held-out images per fold, each scored once: {})",
-                summary.folds,
-                images.join(", ")
-            ),
-            &["metric", "mean ± sd", "per fold"],
-        );
-        for (name, s) in &summary.metrics {
-            let folds: Vec<String> = s.folds.iter().map(|v| format!("{v:.3}")).collect();
-            table.row(vec![
-                name.replace('_', " "),
-                format!("{:.3} ± {:.3}", s.mean, s.sd),
-                folds.join("  "),
-            ]);
-        }
-        outln!("{table}");
+    // With --json the summary was printed as the `cross_validation` event.
+    if !json {
+        outln!("{}", crate::train::report::cv_table(&summary));
         let inner: Vec<String> = summary
             .selection_images
             .iter()
@@ -463,6 +435,11 @@ impl ProgressView {
                 }
             }
             TrainEvent::Failed { error } => self.println(format!("failed: {error}")),
+            TrainEvent::Fold { fold, folds } => {
+                self.println(format!("cross-validation: fold {fold} of {folds}"));
+            }
+            // Printed as a table when the folds are done.
+            TrainEvent::CrossValidation { .. } => {}
             TrainEvent::Cancelled { epoch } => self.println(format!(
                 "cancelled after epoch {epoch}; resume with --resume <run>"
             )),

@@ -45,7 +45,7 @@ impl Spread {
 
 /// What a cross-validation produced: one run folder per fold and the spread of their
 /// held-out (test side) metrics. Saved as `cv-<timestamp>.json` beside the run folders.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CvSummary {
     pub folds: usize,
     /// Run ids, fold order.
@@ -102,6 +102,10 @@ pub fn cross_validate(
     )?;
     let mut outcomes = Vec::with_capacity(folds);
     for fold in 0..folds {
+        sink(&TrainEvent::Fold {
+            fold: fold + 1,
+            folds,
+        });
         let manifest = fold_manifest(&job.manifest, &fold_of, fold, &job.config)?;
         let outcome = train(
             TrainJob {
@@ -132,6 +136,11 @@ pub fn cross_validate(
     });
     if let (Some(s), Some(p)) = (&summary, &path) {
         crate::fsio::write_atomic_bytes(p, &serde_json::to_vec_pretty(s)?)?;
+    }
+    if let Some(s) = &summary {
+        sink(&TrainEvent::CrossValidation {
+            summary: Box::new(s.clone()),
+        });
     }
     Ok(CvOutcome {
         summary,

@@ -90,6 +90,17 @@ pub enum TrainEvent {
     Cancelled {
         epoch: u32,
     },
+    /// Cross-validation: fold `fold` (1-based) of `folds` starts; the events up to the next
+    /// `Fold` are its run's.
+    Fold {
+        fold: usize,
+        folds: usize,
+    },
+    /// Cross-validation scored every fold: the spread of their held-out metrics (also saved
+    /// as `cv-<timestamp>.json` beside the run folders).
+    CrossValidation {
+        summary: Box<super::cv::CvSummary>,
+    },
 }
 
 impl TrainEvent {

@@ -113,3 +113,25 @@ pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
     }
     out
 }
+
+/// A cross-validation's held-out metrics: mean ± sd over the folds and each fold's value.
+pub fn cv_table(summary: &super::cv::CvSummary) -> Table {
+    let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
+    let mut table = Table::new(
+        format!(
+            "cross-validation, {} folds (held-out images per fold, each scored once: {})",
+            summary.folds,
+            images.join(", ")
+        ),
+        &["metric", "mean ± sd", "per fold"],
+    );
+    for (name, s) in &summary.metrics {
+        let folds: Vec<String> = s.folds.iter().map(|v| format!("{v:.3}")).collect();
+        table.row(vec![
+            name.replace('_', " "),
+            format!("{:.3} ± {:.3}", s.mean, s.sd),
+            folds.join("  "),
+        ]);
+    }
+    table
+}

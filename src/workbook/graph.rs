@@ -115,12 +115,14 @@ mod tests {
         let t1 = book.push(CellKind::Train {
             config: Default::default(),
             run: None,
+            folds: 0,
         });
         let e1 = book.push(CellKind::Evaluate { run: None });
         let d2 = book.push(dataset("b"));
         let t2 = book.push(CellKind::Train {
             config: Default::default(),
             run: None,
+            folds: 0,
         });
         let e2 = book.push(CellKind::Evaluate { run: None });
 
@@ -146,6 +148,7 @@ mod tests {
         let t = book.push(CellKind::Train {
             config: Default::default(),
             run: None,
+            folds: 0,
         });
         book.push(dataset("a"));
         assert_eq!(book.inputs(t), super::Inputs::default());

@@ -59,6 +59,10 @@ pub enum CellKind {
         /// The run this cell produced last (under the runs folder).
         #[serde(default)]
         run: Option<String>,
+        /// Cross-validate with this many patient-grouped folds instead of training once
+        /// (0: train once, on the split above).
+        #[serde(default)]
+        folds: u32,
     },
     /// Metrics, confusion matrix, ROC curves and mistakes of a run (default: the Train above).
     Evaluate {
@@ -133,6 +137,7 @@ impl CellKind {
             Self::Train {
                 config: TrainConfig::default(),
                 run: None,
+                folds: 0,
             },
             Self::Evaluate { run: None },
             Self::Compare { runs: Vec::new() },
@@ -207,6 +212,7 @@ impl Workbook {
                 ..TrainConfig::default()
             },
             run: None,
+            folds: 0,
         });
         book.push(CellKind::Evaluate { run: None });
         book.push(CellKind::Compare { runs: Vec::new() });
@@ -339,6 +345,7 @@ mod tests {
         let t = book.push(CellKind::Train {
             config: TrainConfig::default(),
             run: None,
+            folds: 0,
         });
         let s = book.insert_after(
             Some(d),

@@ -113,7 +113,7 @@ pub fn run_workbook(
                 );
                 manifests.insert(id, s);
             }
-            CellKind::Train { config, .. } => {
+            CellKind::Train { config, folds, .. } => {
                 let m = inputs
                     .split
                     .and_then(|s| manifests.get(&s))
@@ -128,19 +128,37 @@ pub fn run_workbook(
                     Some(CellKind::Dataset { options, .. }) => options.clone(),
                     _ => Default::default(),
                 };
-                let outcome = crate::train::engine::train(
-                    crate::train::engine::TrainJob {
-                        config,
-                        manifest: m,
-                        options,
-                        runs_root: runs_root.clone(),
-                        resume: None,
-                        cache: Some(crate::train::features::FeatureCache::default_location()),
-                    },
-                    &mut |e| out(Output::Event(e)),
-                    cancel,
-                )
-                .with_context(ctx)?;
+                let job = crate::train::engine::TrainJob {
+                    config,
+                    manifest: m,
+                    options,
+                    runs_root: runs_root.clone(),
+                    resume: None,
+                    cache: Some(crate::train::features::FeatureCache::default_location()),
+                };
+                let outcome = if folds >= 2 {
+                    // Cross-validation: the cell's run is the last fold's; the table is all
+                    // folds'.
+                    let cv = crate::train::cv::cross_validate(
+                        job,
+                        folds as usize,
+                        &mut |e| out(Output::Event(e)),
+                        cancel,
+                    )
+                    .with_context(ctx)?;
+                    let summary = cv.summary.with_context(|| {
+                        format!(
+                            "{}: cross-validation stopped after {} of {folds} folds",
+                            ctx(),
+                            cv.outcomes.len()
+                        )
+                    })?;
+                    out(Output::Table(&crate::train::report::cv_table(&summary)));
+                    cv.outcomes.into_iter().last().with_context(ctx)?
+                } else {
+                    crate::train::engine::train(job, &mut |e| out(Output::Event(e)), cancel)
+                        .with_context(ctx)?
+                };
                 if let CellKind::Train { run, .. } = &mut book.cells[i].kind {
                     *run = Some(outcome.run_id.clone());
                 }

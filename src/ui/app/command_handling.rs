@@ -30,6 +30,11 @@ pub enum Command {
     StopTrain(u64),
     OpenDataset(PathBuf),
     SaveWorkbook,
+    /// Predict these files or folders with a Predict cell (dropped on it).
+    Predict {
+        cell: u64,
+        paths: Vec<PathBuf>,
+    },
     /// Filter the gallery of a dataset cell to one label (from a chart click).
     FilterLabel {
         dataset: u64,
@@ -195,6 +200,23 @@ impl WorkbenchApp {
                     let text = format!("saved {}", self.workbook_path.display());
                     self.rt.toasts.push((Instant::now(), false, text.clone()));
                     self.rt.note(false, text);
+                }
+                Command::Predict { cell, paths } => {
+                    let base = self.base_dir();
+                    let Some(i) = self.workbook.position(cell) else {
+                        continue;
+                    };
+                    if let CellKind::Predict { input, .. } = &mut self.workbook.cells[i].kind {
+                        let stored: Vec<String> =
+                            paths.iter().map(|p| stored_path(p, &base)).collect();
+                        *input = stored.join("\n");
+                        self.touch();
+                        self.rt.note(
+                            false,
+                            format!("predicting {} dropped file(s) or folder(s)", paths.len()),
+                        );
+                        cells::run_cell(self, ctx, cell);
+                    }
                 }
                 Command::FilterLabel { dataset, label } => {
                     if let Some(d) = self.rt.dataset_mut(dataset) {

@@ -152,15 +152,13 @@ impl WorkbenchApp {
             || self.rt.trains().any(|(_, t)| t.is_running())
             || self.rt.evals().any(|(_, e)| {
                 matches!(e.data, Loading::Busy(_))
-                    || e.inspected.as_ref().is_some_and(|i| {
-                        matches!(i.image, Loading::Busy(_))
-                            || matches!(i.saliency, Loading::Busy(_))
-                    })
+                    || e.inspected.as_ref().is_some_and(cells::Inspected::busy)
             })
-            || self
-                .rt
-                .predicts()
-                .any(|(_, p)| matches!(p, Loading::Busy(_)))
+            || self.rt.predicts().any(|(_, p)| match p {
+                Loading::Busy(_) => true,
+                Loading::Ready(v) => v.inspected.as_ref().is_some_and(cells::Inspected::busy),
+                _ => false,
+            })
             || self.rt.clusters().any(|(_, c)| c.active)
             || self
                 .rt

@@ -69,6 +69,8 @@ pub struct WorkbenchApp {
     /// `CELLBENCH_BENCH_SCROLL=<frames>`: scroll the first gallery that many frames, then print
     /// frame-time percentiles and peak memory and quit.
     scroll_bench: Option<ScrollBench>,
+    /// The cells files can be dropped on this frame (Predict cells), with where they are.
+    pub drop_targets: Vec<(u64, egui::Rect)>,
     map_bench: Option<cells::MapBench>,
 }
 
@@ -235,6 +237,7 @@ impl WorkbenchApp {
                     times_ms: Vec::new(),
                 }),
             map_bench: cells::MapBench::from_env(),
+            drop_targets: Vec::new(),
         };
         if let Some(d) = dataset {
             app.commands.push(Command::OpenDataset(d));
@@ -288,6 +291,7 @@ impl WorkbenchApp {
         }
         self.poll_background();
         self.shortcuts(&ctx);
+        self.drop_targets.clear();
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
         if self.state.show_log {
             self.log_panel(ui);
@@ -315,6 +319,7 @@ impl WorkbenchApp {
                     ui.add_space(40.0);
                 });
         });
+        self.take_drops(&ctx);
         self.toasts(&ctx);
         self.apply_commands(&ctx);
         self.advance_queue(&ctx);

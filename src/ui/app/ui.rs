@@ -153,8 +153,50 @@ impl WorkbenchApp {
         if open {
             self.pick_dataset(crate::ui::widgets::folder_dialog);
         }
-        let dropped = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_owned()));
-        if let Some(path) = dropped.as_ref().filter(|p| is_zip(p)) {
+    }
+
+    /// Files dropped on the window, after the cells are drawn: a zip of run folders joins the
+    /// runs; images or a folder dropped on a Predict cell (or images dropped anywhere, when
+    /// the notebook has a Predict cell) are predicted by it; anything else opens as the
+    /// dataset.
+    pub(super) fn take_drops(&mut self, ctx: &egui::Context) {
+        let (paths, pointer): (Vec<std::path::PathBuf>, _) = ctx.input(|i| {
+            (
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_owned())
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect(),
+                i.pointer.latest_pos(),
+            )
+        });
+        let Some(first) = paths.first().cloned() else {
+            return;
+        };
+        let all_images = paths.iter().all(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(crate::dataset::naming::is_image_extension)
+        });
+        let under_pointer = pointer.and_then(|pos| {
+            self.drop_targets
+                .iter()
+                .find(|(_, rect)| rect.contains(pos))
+                .map(|(id, _)| *id)
+        });
+        // In the browser the page takes dropped files in (they have no path on disk).
+        let predict_cell = under_pointer
+            .or_else(|| {
+                all_images
+                    .then(|| self.drop_targets.first().map(|(id, _)| *id))
+                    .flatten()
+            })
+            .filter(|_| !cfg!(target_arch = "wasm32"));
+        let dropped = Some(first);
+        if let Some(cell) = predict_cell.filter(|_| !paths.iter().any(|p| is_zip(p))) {
+            self.push(Command::Predict { cell, paths });
+        } else if let Some(path) = dropped.as_ref().filter(|p| is_zip(p)) {
             // A zip of run folders (from the browser or a cluster job) joins the notebook's runs.
             let path = path.clone();
             self.import_runs(|runs| {

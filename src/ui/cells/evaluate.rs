@@ -21,24 +21,6 @@ pub struct EvalRuntime {
     pub inspected: Option<Inspected>,
 }
 
-/// The image open in the Evaluate cell's inspector, and its saliency map.
-pub struct Inspected {
-    pub row: usize,
-    pub image: Loading<egui::TextureHandle>,
-    /// The class activation map of the predicted class, computed on the compute worker.
-    pub saliency: Loading<SaliencyView>,
-    pub show_saliency: bool,
-    pub opacity: f32,
-    /// The overlay texture and the opacity it was drawn with.
-    overlay: Option<(f32, egui::TextureHandle)>,
-}
-
-/// A saliency map with the (downscaled) image it is laid over.
-pub struct SaliencyView {
-    pub map: crate::model::saliency::Saliency,
-    pub base: image::RgbImage,
-}
-
 impl EvalRuntime {
     pub fn new(run: String, data: Loading<RunEvaluation>) -> Self {
         Self {
@@ -277,47 +259,15 @@ pub(super) fn evaluate_ui(
     if let Some(i) = inspect
         && let Some(run) = app.rt.eval(id).map(|ev| ev.run.clone())
     {
-        let opened = if inspected == Some(i) {
-            None
-        } else {
-            let path = root.join(&rows[i].path);
-            let c = ctx.clone();
-            let preview = path.clone();
-            let task = BgTask::spawn(&ctx, "preview", move || {
-                crate::ui::thumbs::decode_preview(&preview).map(|img| {
-                    c.load_texture(
-                        preview.display().to_string(),
-                        img,
-                        egui::TextureOptions::LINEAR,
-                    )
-                })
-            });
-            let run_dir = runs_dir.join(&run);
-            let saliency = BgTask::on_worker(&ctx, &app.rt.compute, move || {
-                // Saliency maps are computed on the CPU network.
-                let cpu = crate::model::backend::select(crate::model::backend::BackendChoice::Cpu)
-                    .map_err(|e| format!("{e:#}"))?;
-                let classifier = crate::model::Classifier::load(&run_dir, &cpu.device)
-                    .map_err(|e| format!("{e:#}"))?;
-                let img = crate::dataset::image_io::decode_file_complete(&path)
-                    .map_err(|e| e.to_string())?;
-                let map = classifier
-                    .saliency(&img, None)
-                    .map_err(|e| format!("{e:#}"))?;
-                Ok(SaliencyView {
-                    map,
-                    base: img.thumbnail(320, 320).to_rgb8(),
-                })
-            });
-            Some(Inspected {
-                row: i,
-                image: Loading::Busy(task),
-                saliency: Loading::Busy(saliency),
-                show_saliency: false,
-                opacity: 0.6,
-                overlay: None,
-            })
-        };
+        let opened = (inspected != Some(i)).then(|| {
+            Inspected::open(
+                &ctx,
+                &app.rt.compute,
+                i,
+                root.join(&rows[i].path),
+                runs_dir.join(&run),
+            )
+        });
         if let Some(ev) = app.rt.eval_mut(id) {
             ev.inspected = opened;
         }
@@ -326,8 +276,6 @@ pub(super) fn evaluate_ui(
         return;
     };
     if let Some(inspected) = &mut ev.inspected {
-        inspected.image.poll();
-        inspected.saliency.poll();
         let row = inspected.row;
         prediction_inspector_ui(ui, &rows[row], &labels, &root, inspected);
     }
@@ -342,85 +290,21 @@ fn prediction_inspector_ui(
     inspected: &mut Inspected,
 ) {
     ui.separator();
-    // The overlay texture follows the opacity slider (drawn here: a few hundred pixels).
-    if let Loading::Ready(view) = &inspected.saliency
-        && inspected.show_saliency
-        && inspected
-            .overlay
-            .as_ref()
-            .is_none_or(|(o, _)| *o != inspected.opacity)
-    {
-        let img = view.map.overlay(&view.base, inspected.opacity);
-        let color =
-            egui::ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw());
-        let tex = ui
-            .ctx()
-            .load_texture("saliency-overlay", color, egui::TextureOptions::LINEAR);
-        inspected.overlay = Some((inspected.opacity, tex));
-    }
-    let shown = match (
-        &inspected.overlay,
-        inspected.show_saliency,
-        &inspected.image,
-    ) {
-        (Some((_, tex)), true, _) => Loading::Ready(tex.clone()),
-        (_, _, Loading::Ready(tex)) => Loading::Ready(tex.clone()),
-        (_, _, Loading::Failed(e)) => Loading::Failed(e.clone()),
-        _ => Loading::Idle,
-    };
-    ui.horizontal_top(|ui| {
-        match &shown {
-            Loading::Ready(tex) => {
-                let size = tex.size_vec2();
-                let scale = (260.0 / size.x.max(size.y)).min(2.0);
-                ui.add(egui::Image::new(tex).fit_to_exact_size(size * scale));
-            }
-            Loading::Failed(e) => error_label(ui, &format!("Cannot show this image: {e}")),
-            _ => {
-                ui.spinner();
-            }
+    inspected.show(ui, |ui| {
+        ui.label(egui::RichText::new(&row.path).monospace())
+            .on_hover_text(root.join(&row.path).display().to_string());
+        if !row.patient.is_empty() {
+            ui.label(format!("patient {}", row.patient));
         }
-        ui.vertical(|ui| {
-            ui.label(egui::RichText::new(&row.path).monospace())
-                .on_hover_text(root.join(&row.path).display().to_string());
-            if !row.patient.is_empty() {
-                ui.label(format!("patient {}", row.patient));
-            }
-            let right = row.truth == row.predicted;
-            ui.label(format!("true label: {}", row.truth));
-            let verdict = format!("predicted: {}", row.predicted);
-            if right {
-                ui.colored_label(egui::Color32::from_rgb(46, 160, 67), verdict);
-            } else {
-                error_label(ui, &verdict);
-            }
-            widgets::probability_bars(ui, labels, &row.probs, labels.len());
-            match &inspected.saliency {
-                Loading::Ready(view) => {
-                    ui.checkbox(&mut inspected.show_saliency, "Saliency")
-                        .on_hover_text(format!(
-                            "Where {} comes from: the class activation map of the last feature map ({}×{} grid), exact for a probe or a fine-tuned network",
-                            view.map.explains, view.map.width, view.map.height
-                        ));
-                    if inspected.show_saliency {
-                        ui.add(
-                            egui::Slider::new(&mut inspected.opacity, 0.0..=1.0)
-                                .text("opacity")
-                                .step_by(0.05),
-                        );
-                    }
-                }
-                Loading::Failed(e) => {
-                    ui.label(egui::RichText::new(format!("no saliency map: {e}")).weak());
-                }
-                _ => {
-                    ui.horizontal(|ui| {
-                        ui.spinner();
-                        ui.label("saliency map…");
-                    });
-                }
-            }
-        });
+        let right = row.truth == row.predicted;
+        ui.label(format!("true label: {}", row.truth));
+        let verdict = format!("predicted: {}", row.predicted);
+        if right {
+            ui.colored_label(egui::Color32::from_rgb(46, 160, 67), verdict);
+        } else {
+            error_label(ui, &verdict);
+        }
+        widgets::probability_bars(ui, labels, &row.probs, labels.len());
     });
 }
 

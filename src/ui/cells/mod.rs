@@ -8,6 +8,7 @@ mod dataset;
 mod embedding;
 mod evaluate;
 mod explore;
+mod inspector;
 mod note;
 mod predict;
 mod split;
@@ -25,6 +26,7 @@ pub use evaluate::EvalRuntime;
 use evaluate::*;
 pub use explore::ExploreUi;
 use explore::*;
+pub use inspector::{Inspected, SaliencyView};
 pub use note::bold_spans;
 use note::*;
 pub use predict::PredictView;
@@ -168,7 +170,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             );
         }
         CellKind::Embedding { .. } => start_embedding(app, ctx, id),
-        CellKind::Train { config, .. } => start_training(app, ctx, id, config),
+        CellKind::Train { config, folds, .. } => start_training(app, ctx, id, config, folds),
         CellKind::Evaluate { run } => {
             if let Some(run) = run_for(app, id, &run) {
                 let root = app.runs_dir();
@@ -200,7 +202,14 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 return;
             };
             let run_dir = app.runs_dir().join(run);
-            let input = resolve_path(&input, &base);
+            // One input per line (a folder, an image or a manifest CSV).
+            let inputs: Vec<PathBuf> = input
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| resolve_path(l, &base))
+                .collect();
+            let run_dir_shown = run_dir.clone();
             let output = resolve_path(&output, &base);
             let backend = BackendChoice::Auto;
             // Batches of 32 on the desktop; one image per step in the browser (a frame's work).
@@ -213,8 +222,12 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                         crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
                     let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
                         .map_err(|e| format!("{e:#}"))?;
-                    let paths =
-                        crate::infer::collect_inputs(&input).map_err(|e| format!("{e:#}"))?;
+                    let mut paths = Vec::new();
+                    for input in &inputs {
+                        paths.extend(
+                            crate::infer::collect_inputs(input).map_err(|e| format!("{e:#}"))?,
+                        );
+                    }
                     let prediction = crate::infer::BatchPrediction::new(&classifier, paths, batch);
                     Ok((classifier, prediction))
                 },
@@ -231,6 +244,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                         ),
                         labels: classifier.info.labels.clone(),
                         rows: s.rows,
+                        run_dir: run_dir_shown,
                         inspected: None,
                     })
                 },
@@ -241,13 +255,19 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
     }
 }
 
-fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: TrainConfig) {
+fn start_training(
+    app: &mut WorkbenchApp,
+    ctx: &egui::Context,
+    id: u64,
+    config: TrainConfig,
+    folds: u32,
+) {
     if app.rt.train(id).is_some_and(TrainRuntime::is_running) {
         return;
     }
     // Never train on out-of-date data: the Run command brings the cells above up to date
     // first; anything still stale here (a direct call) is refused with the cell named.
-    let (manifest, data) = match train_manifest(app, id) {
+    let (manifest, mut data) = match train_manifest(app, id) {
         Ok(m) => m,
         Err(problem) => {
             app.rt
@@ -255,6 +275,13 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
             return;
         }
     };
+    let folds = (folds >= 2).then_some(folds as usize);
+    if let Some(k) = folds {
+        data.description = format!(
+            "{}; cross-validated over {k} patient-grouped folds (a split given above is not used)",
+            data.description
+        );
+    }
     let options = app
         .rt
         .dataset(data.dataset.0)
@@ -285,7 +312,7 @@ fn start_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64, config: 
             cache: Some(crate::train::features::FeatureCache::default_location()),
         })
     };
-    spawn_training(app, ctx, id, data, prefetch, make_job);
+    spawn_training(app, ctx, id, data, prefetch, folds, make_job);
 }
 
 /// The backbone features a probe will need: in the browser they are computed ahead of the
@@ -389,16 +416,18 @@ pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             cache: Some(crate::train::features::FeatureCache::default_location()),
         })
     };
-    spawn_training(app, ctx, id, data, None, make_job);
+    spawn_training(app, ctx, id, data, None, None, make_job);
 }
 
-/// Queues a training job on the compute worker and follows it through its events.
+/// Queues a training job (or a `folds`-fold cross-validation of it) on the compute worker
+/// and follows it through its events.
 fn spawn_training(
     app: &mut WorkbenchApp,
     ctx: &egui::Context,
     id: u64,
     data: DataUse,
     prefetch: Option<FeaturePrefetch>,
+    folds: Option<usize>,
     make_job: impl FnOnce() -> anyhow::Result<crate::train::engine::TrainJob> + Send + 'static,
 ) {
     let (tx, rx) = mpsc::channel();
@@ -421,19 +450,28 @@ fn spawn_training(
             repaint.request_repaint();
             return;
         }
-        let r = make_job().and_then(|job| {
-            crate::train::engine::train(
-                job,
-                &mut |e: &TrainEvent| {
-                    tx.send(e.clone()).ok();
-                    repaint.request_repaint();
-                },
-                &c,
-            )
+        let mut sink = |e: &TrainEvent| {
+            tx.send(e.clone()).ok();
+            repaint.request_repaint();
+        };
+        let r = make_job().and_then(|job| match folds {
+            None => crate::train::engine::train(job, &mut sink, &c).map(|o| o.run_id),
+            Some(k) => {
+                let cv = crate::train::cv::cross_validate(job, k, &mut sink, &c)?;
+                let done = cv.outcomes.len();
+                let last = cv.outcomes.into_iter().last();
+                match (cv.summary, last) {
+                    (Some(_), Some(last)) => Ok(last.run_id),
+                    (None, Some(last)) if last.state == crate::runs::RunState::Cancelled => {
+                        Ok(last.run_id)
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "cross-validation stopped after {done} of {k} folds"
+                    )),
+                }
+            }
         });
-        done_tx
-            .send(r.map(|o| o.run_id).map_err(|e| format!("{e:#}")))
-            .ok();
+        done_tx.send(r.map_err(|e| format!("{e:#}"))).ok();
         repaint.request_repaint();
     });
     if !submitted {
@@ -464,7 +502,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
     let frame = egui::Frame::group(ui.style())
         .inner_margin(egui::Margin::same(10))
         .corner_radius(6.0);
-    frame.show(ui, |ui| {
+    let shown = frame.show(ui, |ui| {
         ui.set_width(ui.available_width());
         ui.horizontal(|ui| {
             let arrow = if cell.collapsed { "Show" } else { "Hide" };
@@ -537,7 +575,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             CellKind::Explore {} => explore_ui(app, ui, id),
             CellKind::Embedding { run } => embedding_ui(app, ui, id, run),
             CellKind::Split { config } => split_ui(app, ui, id, config),
-            CellKind::Train { config, run } => train_ui(app, ui, id, config, run),
+            CellKind::Train { config, run, folds } => train_ui(app, ui, id, config, run, folds),
             CellKind::Evaluate { run } => evaluate_ui(app, ui, id, run),
             CellKind::Compare { runs } => compare_ui(app, ui, id, runs),
             CellKind::Predict { run, input, output } => predict_ui(app, ui, id, run, input, output),
@@ -556,6 +594,10 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             app.touch();
         }
     });
+    // Files dropped on a Predict cell are predicted by it (see `WorkbenchApp::take_drops`).
+    if matches!(cell.kind, CellKind::Predict { .. }) {
+        app.drop_targets.push((id, shown.response.rect));
+    }
 }
 
 /// Headers of out-of-date cells.

@@ -1,4 +1,6 @@
-//! The Predict cell: batch prediction of a folder with a run.
+//! The Predict cell: batch prediction of a folder, images or a manifest with a run. Images or
+//! a folder dropped on the cell are classified at once; every thumbnail opens the inspector
+//! with the probabilities and the saliency overlay.
 
 use std::path::PathBuf;
 
@@ -28,11 +30,12 @@ pub(super) fn predict_ui(
             ui.label("Images");
             ui.horizontal(|ui| {
                 ui.add(
-                    egui::TextEdit::singleline(input)
+                    egui::TextEdit::multiline(input)
+                        .desired_rows(1)
                         .desired_width(360.0)
-                        .hint_text("folder, image or manifest CSV"),
+                        .hint_text("folder, image or manifest CSV (one per line)"),
                 )
-                .on_hover_text("What to predict");
+                .on_hover_text("What to predict: a folder, images or a manifest CSV, one per line. Or drop images or a folder on this cell.");
                 if widgets::DESKTOP && ui.button("Browse…").clicked() {
                     match widgets::pick(widgets::folder_dialog) {
                         widgets::Picked::Path(dir) => {
@@ -49,6 +52,11 @@ pub(super) fn predict_ui(
                 .on_hover_text("Probabilities and predicted label per image");
             ui.end_row();
         });
+    let hovering = ui.ctx().input(|i| !i.raw.hovered_files.is_empty());
+    let hint = egui::RichText::new(
+        "Drop images or a folder on this cell to classify them with the run at once.",
+    );
+    ui.label(if hovering { hint.strong() } else { hint.weak() });
     let Some(state) = app.rt.predict_mut(id) else {
         return;
     };
@@ -74,7 +82,7 @@ pub(super) fn predict_ui(
             (path.clone(), format!("{label} ({top:.2})"))
         })
         .collect();
-    let inspected = view.inspected;
+    let inspected = view.inspected.as_ref().map(|i| i.row);
     let mut clicked = None;
     widgets::gallery(
         ui,
@@ -84,19 +92,32 @@ pub(super) fn predict_ui(
         |k| (items[k].0.clone(), items[k].1.clone(), inspected == Some(k)),
         &mut |k| clicked = Some(k),
     );
+    let ctx = ui.ctx().clone();
+    if let Some(k) = clicked {
+        let image = items[k].0.clone();
+        let run_dir = match app.rt.predict(id) {
+            Some(Loading::Ready(view)) => view.run_dir.clone(),
+            _ => return,
+        };
+        let opened = (inspected != Some(k))
+            .then(|| Inspected::open(&ctx, &app.rt.compute, k, image, run_dir));
+        if let Some(Loading::Ready(view)) = app.rt.predict_mut(id) {
+            view.inspected = opened;
+        }
+    }
     let Some(Loading::Ready(view)) = app.rt.predict_mut(id) else {
         return;
     };
-    if let Some(k) = clicked {
-        view.inspected = (view.inspected != Some(k)).then_some(k);
-    }
-    if let Some(k) = view.inspected
-        && let Some((path, label, probs)) = view.rows.get(k)
+    let labels = &view.labels;
+    if let Some(inspected) = &mut view.inspected
+        && let Some((path, label, probs)) = view.rows.get(inspected.row)
     {
         ui.separator();
-        ui.label(egui::RichText::new(path.display().to_string()).monospace());
-        ui.label(egui::RichText::new(format!("predicted: {label}")).strong());
-        widgets::probability_bars(ui, &view.labels, probs, 5);
+        inspected.show(ui, |ui| {
+            ui.label(egui::RichText::new(path.display().to_string()).monospace());
+            ui.label(egui::RichText::new(format!("predicted: {label}")).strong());
+            widgets::probability_bars(ui, labels, probs, 5);
+        });
     }
 }
 
@@ -106,6 +127,8 @@ pub struct PredictView {
     pub labels: Vec<String>,
     /// Image, predicted label(s), probabilities.
     pub rows: Vec<(PathBuf, String, Vec<f32>)>,
-    /// The row shown with all its probabilities.
-    pub inspected: Option<usize>,
+    /// The run that predicted (its model explains the saliency maps).
+    pub run_dir: PathBuf,
+    /// The image open in the inspector.
+    pub inspected: Option<Inspected>,
 }

@@ -22,9 +22,20 @@ pub(super) fn train_ui(
     id: u64,
     config: &mut TrainConfig,
     run: &mut Option<String>,
+    folds: &mut u32,
 ) {
     let running = app.rt.train(id).is_some_and(TrainRuntime::is_running);
     match current_data(app, id) {
+        Ok(data) if *folds >= 2 => {
+            let dataset = data
+                .description
+                .split(", split by")
+                .next()
+                .unwrap_or_default();
+            ui.label(format!(
+                "Cross-validates on {dataset}: {folds} folds grouped by patient (where known) and stratified by label; a split above is not used"
+            ));
+        }
         Ok(data) => {
             ui.label(format!("Trains on {}", data.description));
         }
@@ -158,6 +169,21 @@ pub(super) fn train_ui(
             ui.checkbox(&mut config.preprocess.border_crop, "crop black border")
                 .on_hover_text("Crop to the cell before resizing (cells imaged on black)");
         });
+        ui.horizontal(|ui| {
+            let mut cv = *folds >= 2;
+            if ui
+                .checkbox(&mut cv, "Cross-validate")
+                .on_hover_text("Train one run per fold: each run scores one patient-grouped, stratified fold it never saw, once, and makes its choices (best epoch, the probe's settings) on an inner validation part of its own training side. Reports mean ± sd over the folds, so you can see how big a difference between two settings really is.")
+                .changed()
+            {
+                *folds = if cv { 5 } else { 0 };
+            }
+            if cv {
+                ui.add(egui::DragValue::new(folds).range(2..=20).suffix(" folds"))
+                    .on_hover_text("Number of folds (k). Patients never span two folds.");
+                ui.label(egui::RichText::new("A split given above is not used; every image is scored once.").weak());
+            }
+        });
         if config.mode == Mode::Probe {
             ui.horizontal(|ui| {
                 ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
@@ -177,7 +203,7 @@ pub(super) fn train_ui(
                 app.push(Command::StopTrain(id));
             }
         } else if ui
-            .button("Start training")
+            .button(if *folds >= 2 { "Start cross-validation" } else { "Start training" })
             .on_hover_text("Train on the dataset (and split) above")
             .clicked()
         {
@@ -203,8 +229,23 @@ pub(super) fn train_ui(
     let Some(t) = app.rt.train(id) else {
         return;
     };
-    progress_ui(ui, t);
-    curves_ui(ui, ("train-curves", id), &t.events);
+    // Cross-validation: one run per fold, one after the other; progress and curves show the
+    // fold running (or the last one), the table the spread over all of them.
+    let fold = fold_of(&t.events);
+    let run_events = current_run(&t.events);
+    if let Some((i, k)) = fold
+        && t.is_running()
+    {
+        ui.strong(format!("Cross-validation: fold {i} of {k}"));
+    }
+    progress_ui(ui, t, run_events, fold);
+    curves_ui(ui, ("train-curves", id), run_events);
+    if let Some(summary) = t.events.iter().rev().find_map(|e| match e {
+        TrainEvent::CrossValidation { summary } => Some(summary),
+        _ => None,
+    }) {
+        cv_summary_ui(ui, id, summary);
+    }
     let warnings: Vec<&String> = t
         .events
         .iter()
@@ -323,8 +364,162 @@ pub(super) fn chw_to_image(chw: &[f32], side: usize) -> egui::ColorImage {
     egui::ColorImage::new([side, side], pixels)
 }
 
-pub(super) fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
-    let started = t.events.iter().find_map(|e| match e {
+/// The fold running (1-based) and the number of folds, in a cross-validation.
+pub fn fold_of(events: &[TrainEvent]) -> Option<(usize, usize)> {
+    events.iter().rev().find_map(|e| match e {
+        TrainEvent::Fold { fold, folds } => Some((*fold, *folds)),
+        _ => None,
+    })
+}
+
+/// The events of the run in progress (or the last one): in a cross-validation, those after
+/// the last `Fold` event.
+pub fn current_run(events: &[TrainEvent]) -> &[TrainEvent] {
+    let start = events
+        .iter()
+        .rposition(|e| matches!(e, TrainEvent::Fold { .. }))
+        .map_or(0, |i| i + 1);
+    &events[start..]
+}
+
+/// A metric's name as the tables print it.
+fn metric_title(key: &str) -> String {
+    match key {
+        "accuracy" => "accuracy".into(),
+        "balanced_accuracy" => "balanced accuracy".into(),
+        "macro_f1" => "macro F1".into(),
+        "macro_auc" => "macro AUC".into(),
+        "kappa_quadratic" => "quadratic kappa".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// The spread of a cross-validation's held-out metrics: a mean ± sd table with each fold's
+/// value, and a chart of the folds (dots) around the mean (± sd bar) per metric.
+fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
+    ui.add_space(4.0);
+    ui.strong(format!(
+        "Cross-validation over {} folds: every image scored once, by a run that never saw its patient",
+        s.folds
+    ));
+    let images: Vec<String> = s.images.iter().map(u64::to_string).collect();
+    ui.label(
+        egui::RichText::new(format!(
+            "Scored on: {} ({} images per fold). Chosen on: {}.",
+            s.scored_on,
+            images.join(", "),
+            s.chosen_on
+        ))
+        .weak(),
+    );
+    egui::Grid::new(("cv-table", id))
+        .striped(true)
+        .num_columns(2 + s.folds)
+        .show(ui, |ui| {
+            ui.strong("metric");
+            ui.strong("mean ± sd");
+            for f in 1..=s.folds {
+                ui.strong(format!("fold {f}"));
+            }
+            ui.end_row();
+            for (key, spread) in &s.metrics {
+                ui.label(metric_title(key));
+                ui.label(format!("{:.3} ± {:.3}", spread.mean, spread.sd));
+                for v in &spread.folds {
+                    ui.label(format!("{v:.3}"));
+                }
+                ui.end_row();
+            }
+        });
+    if let Some(pooled) = &s.pooled {
+        use crate::train::report::with_interval;
+        let intervals = pooled.ci.as_ref();
+        ui.label(format!(
+            "All held-out predictions together: accuracy {}, macro F1 {} (95% bootstrap intervals)",
+            with_interval(Some(pooled.accuracy), intervals.and_then(|c| c.accuracy)),
+            with_interval(Some(pooled.macro_f1), intervals.and_then(|c| c.macro_f1))
+        ));
+    }
+    cv_spread_plot(ui, id, s);
+}
+
+/// Each metric's folds as dots, its mean as a bar ± one sd (the loss is left out: another
+/// scale).
+fn cv_spread_plot(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
+    use egui_plot::{Plot, Points};
+    let shown: Vec<(&String, &crate::train::cv::Spread)> = s
+        .metrics
+        .iter()
+        .filter(|(k, _)| k.as_str() != "loss")
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    let names: Vec<String> = shown.iter().map(|(k, _)| metric_title(k)).collect();
+    let color = ui.visuals().text_color();
+    Plot::new(("cv-spread", id))
+        .height(200.0)
+        .include_y(0.0)
+        .include_y(1.0)
+        .include_x(-0.5)
+        .include_x(shown.len() as f64 - 0.5)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .y_axis_label("held-out score per fold")
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .show(ui, |p| {
+            for (j, (_, spread)) in shown.iter().enumerate() {
+                let x = j as f64;
+                let dots: Vec<[f64; 2]> = spread
+                    .folds
+                    .iter()
+                    .enumerate()
+                    .map(|(f, v)| {
+                        [
+                            x - 0.15 + 0.3 * f as f64 / spread.folds.len().max(2) as f64,
+                            *v,
+                        ]
+                    })
+                    .collect();
+                p.points(Points::new("folds", dots).radius(3.0));
+                p.line(
+                    Line::new(
+                        "mean ± sd",
+                        PlotPoints::from(vec![
+                            [x, spread.mean - spread.sd],
+                            [x, spread.mean + spread.sd],
+                        ]),
+                    )
+                    .color(color)
+                    .width(2.0),
+                );
+                p.line(
+                    Line::new(
+                        "mean ± sd",
+                        PlotPoints::from(vec![[x - 0.2, spread.mean], [x + 0.2, spread.mean]]),
+                    )
+                    .color(color)
+                    .width(2.0),
+                );
+            }
+        });
+}
+
+pub(super) fn progress_ui(
+    ui: &mut egui::Ui,
+    t: &TrainRuntime,
+    events: &[TrainEvent],
+    fold: Option<(usize, usize)>,
+) {
+    let started = events.iter().find_map(|e| match e {
         TrainEvent::Started {
             device,
             epochs,
@@ -343,12 +538,11 @@ pub(super) fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
         }
         return;
     };
-    let epochs_done = t
-        .events
+    let epochs_done = events
         .iter()
         .filter(|e| matches!(e, TrainEvent::Epoch { .. }))
         .count() as u32;
-    let last_progress = t.events.iter().rev().find_map(|e| match e {
+    let last_progress = events.iter().rev().find_map(|e| match e {
         TrainEvent::Progress { phase, done, total } => Some((*phase, *done, *total)),
         _ => None,
     });
@@ -367,6 +561,8 @@ pub(super) fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
             }
             None => ("starting".into(), 0.0),
         };
+        // Over all folds of a cross-validation.
+        let frac = fold.map_or(frac, |(i, k)| ((i - 1) as f32 + frac) / k.max(1) as f32);
         let elapsed = t.started.elapsed().as_secs_f32();
         let eta = if frac > 0.02 {
             format!(" · about {:.0} s left", elapsed / frac - elapsed)
@@ -378,8 +574,8 @@ pub(super) fn progress_ui(ui: &mut egui::Ui, t: &TrainRuntime) {
                 .text(format!("{text}{eta}"))
                 .animate(true),
         );
-    } else {
-        for e in &t.events {
+    } else if fold.is_none() {
+        for e in events {
             match e {
                 TrainEvent::Finished {
                     best_epoch,
