@@ -647,6 +647,32 @@ fn cross_validation_runs_from_the_train_cell() {
         })
         .unwrap();
     assert_eq!(Some(&run), summary.runs.last());
+
+    // Compare lists the cross-validation and shows its spread next to others.
+    let root = tmp.path().join("runs");
+    let cvs = cellbench::runs::view::list_cross_validations(&root);
+    assert_eq!(cvs.len(), 1, "{cvs:?}");
+    let saved = cellbench::runs::view::load_cross_validation(&root, &cvs[0]).unwrap();
+    assert_eq!(
+        (&saved.runs, &saved.images),
+        (&summary.runs, &summary.images)
+    );
+    assert!((saved.metrics["accuracy"].mean - spread.mean).abs() < 1e-12);
+    for cell in &mut harness.state_mut().workbook.cells {
+        if let CellKind::Compare { runs } = &mut cell.kind {
+            *runs = cvs.clone();
+        }
+    }
+    harness.run_steps(2);
+    wait_until_settled(&mut harness, Duration::from_secs(30));
+    harness.get_by_label("Cross-validations: mean ± sd over folds (each image scored once)");
+    assert_eq!(
+        harness
+            .get_all_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd))
+            .count(),
+        2,
+        "the Train cell's table and the Compare cell's"
+    );
 }
 
 /// A file dropped on the window, as the desktop integration hands it over.

@@ -23,6 +23,33 @@ pub fn list_runs(root: &Path) -> Vec<String> {
     ids
 }
 
+/// Cross-validation summaries under `root` (`cv-<timestamp>.json`, written beside the run
+/// folders), by id (the file name without `.json`), oldest first.
+pub fn list_cross_validations(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = crate::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter_map(|n| {
+            n.strip_prefix("cv-")
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .map(|stamp| format!("cv-{stamp}"))
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The cross-validation summary `id` (see [`list_cross_validations`]).
+pub fn load_cross_validation(root: &Path, id: &str) -> anyhow::Result<crate::train::cv::CvSummary> {
+    anyhow::ensure!(
+        id.starts_with("cv-") && !id.contains(['/', '\\']),
+        "not a cross-validation id: {id}"
+    );
+    crate::runs::read_json(&root.join(format!("{id}.json")))
+}
+
 /// One epoch's headline numbers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochPoint {

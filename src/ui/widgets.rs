@@ -209,9 +209,10 @@ pub fn confusion_heatmap(
     let n = cm.labels.len().max(1);
     let cell = (300.0 / n as f32).clamp(28.0, 64.0);
     let label_w = cm.labels.iter().map(|l| l.len()).max().unwrap_or(4) as f32 * 7.0 + 16.0;
+    // The "predicted" header above the cells, one line of column labels below them.
     let size = egui::vec2(
         label_w + cell * n as f32 + 10.0,
-        34.0 + cell * n as f32 + label_w,
+        24.0 + cell * n as f32 + 24.0,
     );
     let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click());
     let painter = ui.painter_at(rect);
@@ -572,4 +573,94 @@ pub const CATEGORY_PALETTE: [egui::Color32; 10] = [
 /// six category colours, in turn.
 pub fn series_color(k: usize) -> egui::Color32 {
     CATEGORY_PALETTE[k % 6]
+}
+
+/// A metric's name as the tables print it.
+pub fn metric_title(key: &str) -> String {
+    match key {
+        "balanced_accuracy" => "balanced accuracy".into(),
+        "macro_f1" => "macro F1".into(),
+        "macro_auc" => "macro AUC".into(),
+        "kappa_quadratic" => "quadratic kappa".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// Cross-validations side by side: per metric (the loss left out: another scale), each
+/// one's folds as dots and its mean as a bar ± one standard deviation, in its own colour, so
+/// the spread shows how big a difference between them really is.
+pub fn fold_spread_plot(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    cvs: &[(String, &crate::train::cv::CvSummary)],
+) {
+    use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+    let mut keys: Vec<&String> = cvs
+        .iter()
+        .flat_map(|(_, s)| s.metrics.keys())
+        .filter(|k| k.as_str() != "loss")
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return;
+    }
+    let names: Vec<String> = keys.iter().map(|k| metric_title(k)).collect();
+    let n = cvs.len().max(1) as f64;
+    let width = 0.6 / n;
+    Plot::new(id)
+        .height(220.0)
+        .include_y(0.0)
+        .include_y(1.0)
+        .include_x(-0.5)
+        .include_x(keys.len() as f64 - 0.5)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
+        .y_axis_label("held-out score per fold")
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .show(ui, |p| {
+            for (c, (name, summary)) in cvs.iter().enumerate() {
+                let color = series_color(c);
+                for (j, key) in keys.iter().enumerate() {
+                    let Some(spread) = summary.metrics.get(*key) else {
+                        continue;
+                    };
+                    let x = j as f64 - 0.3 + width * (c as f64 + 0.5);
+                    let k = spread.folds.len().max(1) as f64;
+                    let dots: Vec<[f64; 2]> = spread
+                        .folds
+                        .iter()
+                        .enumerate()
+                        .map(|(f, v)| [x - width * 0.3 + width * 0.6 * f as f64 / k, *v])
+                        .collect();
+                    p.points(Points::new(name.clone(), dots).radius(2.5).color(color));
+                    let (lo, hi) = (spread.mean - spread.sd, spread.mean + spread.sd);
+                    p.line(
+                        Line::new(name.clone(), PlotPoints::from(vec![[x, lo], [x, hi]]))
+                            .color(color)
+                            .width(2.0),
+                    );
+                    p.line(
+                        Line::new(
+                            name.clone(),
+                            PlotPoints::from(vec![
+                                [x - width * 0.4, spread.mean],
+                                [x + width * 0.4, spread.mean],
+                            ]),
+                        )
+                        .color(color)
+                        .width(2.5),
+                    );
+                }
+            }
+        });
 }

@@ -379,6 +379,7 @@ pub struct Runtime {
     /// Run folder names and cluster profiles, re-read from disk at most every few seconds
     /// instead of on every frame.
     run_ids: Option<(Instant, PathBuf, Vec<String>)>,
+    cv_ids: Option<(Instant, PathBuf, Vec<String>)>,
     profiles: Option<(Instant, crate::cluster::Profiles)>,
     run_states: HashMap<PathBuf, (Instant, Option<crate::runs::RunState>)>,
     last_generation: u64,
@@ -400,6 +401,7 @@ impl Runtime {
             log: Vec::new(),
             toasts: Vec::new(),
             run_ids: None,
+            cv_ids: None,
             profiles: None,
             run_states: HashMap::new(),
             last_generation: 0,
@@ -447,6 +449,7 @@ impl Runtime {
     /// again (a run finished or was imported).
     pub fn refresh_runs(&mut self) {
         self.run_ids = None;
+        self.cv_ids = None;
         self.refresh_evaluations();
         self.compares_mut().for_each(|(_, c)| c.stale = true);
     }
@@ -494,6 +497,19 @@ impl Runtime {
             _ => {
                 let ids = crate::runs::view::list_runs(dir);
                 self.run_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
+                ids
+            }
+        }
+    }
+
+    /// Cross-validation summaries under `dir` (see
+    /// [`crate::runs::view::list_cross_validations`]), cached briefly.
+    pub fn cross_validation_ids(&mut self, dir: &Path) -> Vec<String> {
+        match &self.cv_ids {
+            Some((at, d, ids)) if d == dir && at.elapsed() < DISK_LISTING_TTL => ids.clone(),
+            _ => {
+                let ids = crate::runs::view::list_cross_validations(dir);
+                self.cv_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
                 ids
             }
         }

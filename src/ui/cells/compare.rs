@@ -1,4 +1,4 @@
-//! The Compare cell: runs side by side.
+//! The Compare cell: runs side by side, and cross-validations with their spread over folds.
 
 use std::path::PathBuf;
 
@@ -15,22 +15,87 @@ use super::*;
 pub struct CompareRuntime {
     pub selected: Vec<String>,
     /// Summaries of `selected`, read from disk in the background.
-    pub loaded: Loading<Vec<RunSummary>>,
+    pub loaded: Loading<Compared>,
     pub stale: bool,
 }
 
-/// Reads run summaries in the background (runs that cannot be read are left out).
+/// What a Compare cell shows: the runs and cross-validations it selected.
+#[derive(Default)]
+pub struct Compared {
+    pub runs: Vec<RunSummary>,
+    pub cross_validations: Vec<(String, crate::train::cv::CvSummary)>,
+}
+
+/// Reads run and cross-validation summaries in the background (those that cannot be read
+/// are left out).
 pub(super) fn load_summaries(
     ctx: &egui::Context,
     root: PathBuf,
-    runs: Vec<String>,
-) -> Loading<Vec<RunSummary>> {
+    ids: Vec<String>,
+) -> Loading<Compared> {
     Loading::Busy(BgTask::spawn(ctx, "compare", move || {
-        Ok(runs
-            .iter()
-            .filter_map(|r| crate::runs::view::load_summary(&root, r).ok())
-            .collect())
+        let mut out = Compared::default();
+        for id in &ids {
+            if id.starts_with("cv-") {
+                if let Ok(s) = crate::runs::view::load_cross_validation(&root, id) {
+                    out.cross_validations.push((id.clone(), s));
+                }
+            } else if let Ok(s) = crate::runs::view::load_summary(&root, id) {
+                out.runs.push(s);
+            }
+        }
+        Ok(out)
     }))
+}
+
+/// A checkbox per id (newest first, at most 20) that adds it to or removes it from `chosen`.
+fn choices(ui: &mut egui::Ui, ids: &[String], chosen: &mut Vec<String>) {
+    ui.horizontal_wrapped(|ui| {
+        for r in ids.iter().rev().take(20) {
+            let mut on = chosen.contains(r);
+            if ui.checkbox(&mut on, r).changed() {
+                if on {
+                    chosen.push(r.clone());
+                } else {
+                    chosen.retain(|x| x != r);
+                }
+            }
+        }
+    });
+}
+
+/// Cross-validations side by side: mean ± sd per metric, and the folds around each mean.
+fn cross_validations_ui(ui: &mut egui::Ui, id: u64, cvs: &[(String, crate::train::cv::CvSummary)]) {
+    ui.strong("Cross-validations: mean ± sd over folds (each image scored once)");
+    let keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"];
+    egui::Grid::new(("cmp-cv", id))
+        .striped(true)
+        .num_columns(3 + keys.len())
+        .show(ui, |ui| {
+            ui.strong("cross-validation");
+            ui.strong("folds");
+            ui.strong("images");
+            for k in keys {
+                ui.strong(widgets::metric_title(k));
+            }
+            ui.end_row();
+            for (name, s) in cvs {
+                ui.label(name);
+                ui.label(s.folds.to_string());
+                ui.label(s.images.iter().sum::<u64>().to_string());
+                for k in keys {
+                    ui.label(
+                        s.metrics
+                            .get(k)
+                            .map_or("-".into(), |m| format!("{:.3} ± {:.3}", m.mean, m.sd)),
+                    );
+                }
+                ui.end_row();
+            }
+        });
+    let shown: Vec<(String, &crate::train::cv::CvSummary)> =
+        cvs.iter().map(|(n, s)| (n.clone(), s)).collect();
+    widgets::fold_spread_plot(ui, ("cmp-cv-spread", id), &shown);
 }
 
 pub(super) fn compare_ui(
@@ -46,18 +111,12 @@ pub(super) fn compare_ui(
         return;
     }
     ui.label("Runs to compare:");
-    ui.horizontal_wrapped(|ui| {
-        for r in all.iter().rev().take(20) {
-            let mut on = runs.contains(r);
-            if ui.checkbox(&mut on, r).changed() {
-                if on {
-                    runs.push(r.clone());
-                } else {
-                    runs.retain(|x| x != r);
-                }
-            }
-        }
-    });
+    choices(ui, &all, runs);
+    let cvs = app.rt.cross_validation_ids(&root);
+    if !cvs.is_empty() {
+        ui.label("Cross-validations to compare (the spread over folds shows how big a difference really is):");
+        choices(ui, &cvs, runs);
+    }
     let rt = app.rt.compare_or_insert_with(id, || CompareRuntime {
         selected: Vec::new(),
         loaded: Loading::Idle,
@@ -80,6 +139,10 @@ pub(super) fn compare_ui(
         }
         Loading::Idle => return,
     };
+    if !loaded.cross_validations.is_empty() {
+        cross_validations_ui(ui, id, &loaded.cross_validations);
+    }
+    let loaded = &loaded.runs;
     if loaded.is_empty() {
         return;
     }

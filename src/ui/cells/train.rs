@@ -382,18 +382,6 @@ pub fn current_run(events: &[TrainEvent]) -> &[TrainEvent] {
     &events[start..]
 }
 
-/// A metric's name as the tables print it.
-fn metric_title(key: &str) -> String {
-    match key {
-        "accuracy" => "accuracy".into(),
-        "balanced_accuracy" => "balanced accuracy".into(),
-        "macro_f1" => "macro F1".into(),
-        "macro_auc" => "macro AUC".into(),
-        "kappa_quadratic" => "quadratic kappa".into(),
-        other => other.replace('_', " "),
-    }
-}
-
 /// The spread of a cross-validation's held-out metrics: a mean ± sd table with each fold's
 /// value, and a chart of the folds (dots) around the mean (± sd bar) per metric.
 fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
@@ -423,7 +411,7 @@ fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
             }
             ui.end_row();
             for (key, spread) in &s.metrics {
-                ui.label(metric_title(key));
+                ui.label(widgets::metric_title(key));
                 ui.label(format!("{:.3} ± {:.3}", spread.mean, spread.sd));
                 for v in &spread.folds {
                     ui.label(format!("{v:.3}"));
@@ -440,77 +428,7 @@ fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
             with_interval(Some(pooled.macro_f1), intervals.and_then(|c| c.macro_f1))
         ));
     }
-    cv_spread_plot(ui, id, s);
-}
-
-/// Each metric's folds as dots, its mean as a bar ± one sd (the loss is left out: another
-/// scale).
-fn cv_spread_plot(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
-    use egui_plot::{Plot, Points};
-    let shown: Vec<(&String, &crate::train::cv::Spread)> = s
-        .metrics
-        .iter()
-        .filter(|(k, _)| k.as_str() != "loss")
-        .collect();
-    if shown.is_empty() {
-        return;
-    }
-    let names: Vec<String> = shown.iter().map(|(k, _)| metric_title(k)).collect();
-    let color = ui.visuals().text_color();
-    Plot::new(("cv-spread", id))
-        .height(200.0)
-        .include_y(0.0)
-        .include_y(1.0)
-        .include_x(-0.5)
-        .include_x(shown.len() as f64 - 0.5)
-        .allow_drag(false)
-        .allow_zoom(false)
-        .allow_scroll(false)
-        .y_axis_label("held-out score per fold")
-        .x_axis_formatter(move |mark, _| {
-            let i = mark.value.round();
-            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .show(ui, |p| {
-            for (j, (_, spread)) in shown.iter().enumerate() {
-                let x = j as f64;
-                let dots: Vec<[f64; 2]> = spread
-                    .folds
-                    .iter()
-                    .enumerate()
-                    .map(|(f, v)| {
-                        [
-                            x - 0.15 + 0.3 * f as f64 / spread.folds.len().max(2) as f64,
-                            *v,
-                        ]
-                    })
-                    .collect();
-                p.points(Points::new("folds", dots).radius(3.0));
-                p.line(
-                    Line::new(
-                        "mean ± sd",
-                        PlotPoints::from(vec![
-                            [x, spread.mean - spread.sd],
-                            [x, spread.mean + spread.sd],
-                        ]),
-                    )
-                    .color(color)
-                    .width(2.0),
-                );
-                p.line(
-                    Line::new(
-                        "mean ± sd",
-                        PlotPoints::from(vec![[x - 0.2, spread.mean], [x + 0.2, spread.mean]]),
-                    )
-                    .color(color)
-                    .width(2.0),
-                );
-            }
-        });
+    widgets::fold_spread_plot(ui, ("cv-spread", id), &[(format!("{} folds", s.folds), s)]);
 }
 
 pub(super) fn progress_ui(
