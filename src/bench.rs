@@ -73,8 +73,11 @@ pub fn featurize(
         let model = load_backbone(&compute.device)?;
         let device = compute.device;
         (
-            Extractor::Burn { model, device },
-            format!("cpu, burn flex graph, {threads} threads"),
+            Extractor::Burn {
+                model: crate::model::folded::FoldedLite0::of(&model),
+                device,
+            },
+            format!("cpu, burn flex graph (batch norm folded), {threads} threads"),
         )
     } else {
         (

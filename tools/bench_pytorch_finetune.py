@@ -13,7 +13,8 @@ read back. fp32 throughout (on CUDA TF32 is off unless --tf32 is given).
 
 Input: the bundled demo images preprocessed once (see bench_pytorch_featurize.py), cycled to
 fill the batch, with their class labels. cellbench also decodes and augments each batch inside
-its clock (its JSON reports that part as load_secs); this tool does not.
+its clock, on a loader thread ahead of the steps (its JSON reports that work alone as
+decode_secs); this tool does not.
 
 One warm-up step, then --batches timed steps:
     python tools/bench_pytorch_finetune.py --threads 2 --batch 8 --batches 2

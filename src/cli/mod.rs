@@ -406,14 +406,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     continue;
                 }
                 outln!(
-                    "finetune [{}]: {:.1} images/s of training steps at 224x224 (batch {}, last {} blocks and the head trained, {} timed steps, {:.2} s of which loading {:.2} s; first step incl. warm-up {:.2} s)",
+                    "finetune [{}]: {:.1} images/s of training steps at 224x224 (batch {}, last {} blocks and the head trained, {} timed steps in {:.2} s, images decoded on a loader thread ahead of them (decoding them alone: {:.2} s); first step incl. warm-up {:.2} s)",
                     r.device,
                     r.images_per_sec,
                     r.batch_size,
                     r.unfrozen_blocks,
                     r.batches,
                     r.timed_secs,
-                    r.load_secs,
+                    r.decode_secs,
                     r.warmup_secs
                 );
             }

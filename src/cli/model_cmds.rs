@@ -134,9 +134,9 @@ pub struct EmbedArgs {
     /// features).
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Also draw the map as a PNG, points coloured by label.
-    #[arg(long)]
-    pub png: Option<PathBuf>,
+    /// Also draw the map, points coloured by label: a PNG or an SVG, by the file's extension.
+    #[arg(long, visible_alias = "png")]
+    pub plot: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
 }
@@ -187,12 +187,12 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
         "no images in {}",
         args.dataset.display()
     );
-    if let Some(png) = &args.png {
+    if let Some(plot) = &args.plot {
         anyhow::ensure!(
-            png.extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("png")),
-            "--png needs a file name ending in .png, got {}",
-            png.display()
+            plot.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("svg")),
+            "--plot needs a file name ending in .png or .svg, got {}",
+            plot.display()
         );
     }
     let (kept, rows) = backbone_features(&manifest, &records, args.backend)?;
@@ -230,7 +230,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
         share(0),
         share(1)
     );
-    if let Some(png) = &args.png {
+    if let Some(png) = &args.plot {
         #[cfg(feature = "gui")]
         {
             let title = format!("{} images: PCA of EfficientNet-Lite0 features", kept.len());
@@ -238,7 +238,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
                 format!("PC 1 ({:.1}% of variance)", share(0)),
                 format!("PC 2 ({:.1}% of variance)", share(1)),
             );
-            crate::explore::charts::write_scatter_png(png, &title, &axes, &points)?;
+            crate::explore::charts::write_scatter(png, &title, &axes, &points)?;
             eprintln!("drew {}", png.display());
         }
         #[cfg(not(feature = "gui"))]

@@ -384,55 +384,93 @@ pub fn write_chart(spec: &ChartSpec, dir: &Path, stem: &str) -> anyhow::Result<V
     Ok(vec![png_path, svg_path])
 }
 
-/// Writes every chart of a report into `dir`; returns the files written.
-/// A scatter plot of labelled points (one colour per label, with a legend) as a PNG.
-pub fn write_scatter_png(
-    path: &Path,
-    title: &str,
-    axes: &(String, String),
-    points: &[(f32, f32, String)],
-) -> anyhow::Result<()> {
-    let mut labels: Vec<&str> = points.iter().map(|p| p.2.as_str()).collect();
-    labels.sort_unstable();
-    labels.dedup();
-    let range = |f: fn(&(f32, f32, String)) -> f32| {
-        let (lo, hi) = points
-            .iter()
-            .map(f)
-            .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let pad = ((hi - lo) * 0.05).max(1e-3);
-        (lo - pad)..(hi + pad)
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::fs::create_dir_all(dir)?;
+/// A scatter plot of points in categories (one colour each, with a legend and the count of
+/// each), written as PNG or SVG by the file's extension.
+pub struct Scatter<'a> {
+    pub title: &'a str,
+    /// The x and y axis descriptions.
+    pub axes: (&'a str, &'a str),
+    /// `(x, y, category index)`.
+    pub points: &'a [(f32, f32, usize)],
+    /// Each category's name and colour.
+    pub categories: &'a [(String, [u8; 3])],
+}
+
+impl Scatter<'_> {
+    /// Writes the plot to `path` (`.png` or `.svg`).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fs::create_dir_all(dir)?;
+        }
+        let (width, height) = (1000u32, 800u32);
+        match ext.as_deref() {
+            Some("png") => {
+                let mut buf = vec![0u8; (width * height * 3) as usize];
+                {
+                    let root =
+                        BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+                    self.draw(&root)
+                        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+                }
+                image::RgbImage::from_raw(width, height, buf)
+                    .context("the chart buffer")?
+                    .save(path)
+                    .with_context(|| format!("writing {}", path.display()))
+            }
+            Some("svg") => {
+                let mut svg = String::new();
+                {
+                    let root =
+                        SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+                    self.draw(&root)
+                        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+                }
+                crate::fsio::write_atomic_bytes(path, svg.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))
+            }
+            _ => anyhow::bail!("a plot is written as .png or .svg, not {}", path.display()),
+        }
     }
-    let (width, height) = (1000u32, 800u32);
-    let mut buf = vec![0u8; (width * height * 3) as usize];
-    let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-    let draw = || -> DrawResult<BitMapBackend<'_>> {
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let range = |f: fn(&(f32, f32, usize)) -> f32| {
+            let (lo, hi) = self
+                .points
+                .iter()
+                .map(f)
+                .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
+            let pad = ((hi - lo) * 0.05).max(1e-3);
+            (lo - pad)..(hi + pad)
+        };
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 24))
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 24))
             .margin(16)
             .x_label_area_size(50)
             .y_label_area_size(60)
             .build_cartesian_2d(range(|p| p.0), range(|p| p.1))?;
         chart
             .configure_mesh()
-            .x_desc(axes.0.as_str())
-            .y_desc(axes.1.as_str())
+            .x_desc(self.axes.0)
+            .y_desc(self.axes.1)
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
-        for (k, label) in labels.iter().enumerate() {
-            let color = PALETTE[k % PALETTE.len()];
+        for (k, (name, [r, g, b])) in self.categories.iter().enumerate() {
+            let color = RGBColor(*r, *g, *b);
+            let count = self.points.iter().filter(|p| p.2 == k).count();
             chart
                 .draw_series(
-                    points
+                    self.points
                         .iter()
-                        .filter(|p| p.2 == *label)
+                        .filter(|p| p.2 == k)
                         .map(|p| Circle::new((p.0, p.1), 4, color.mix(0.75).filled())),
                 )?
-                .label(*label)
+                .label(format!("{name} ({count})"))
                 .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
         }
         chart
@@ -443,15 +481,41 @@ pub fn write_scatter_png(
             .label_font(("sans-serif", 15))
             .draw()?;
         root.present()
-    };
-    draw().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
-    drop(root);
-    image::RgbImage::from_raw(width, height, buf)
-        .context("the chart buffer")?
-        .save(path)
-        .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
+/// A scatter plot of labelled points, one palette colour per label (sorted), as PNG or SVG.
+pub fn write_scatter(
+    path: &Path,
+    title: &str,
+    axes: &(String, String),
+    points: &[(f32, f32, String)],
+) -> anyhow::Result<()> {
+    let mut labels: Vec<&str> = points.iter().map(|p| p.2.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let categories: Vec<(String, [u8; 3])> = labels
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let c = PALETTE[k % PALETTE.len()];
+            ((*l).to_owned(), [c.0, c.1, c.2])
+        })
+        .collect();
+    let indexed: Vec<(f32, f32, usize)> = points
+        .iter()
+        .map(|p| (p.0, p.1, labels.binary_search(&p.2.as_str()).unwrap_or(0)))
+        .collect();
+    Scatter {
+        title,
+        axes: (&axes.0, &axes.1),
+        points: &indexed,
+        categories: &categories,
+    }
+    .write(path)
+}
+
+/// Writes every chart of a report into `dir`; returns the files written.
 pub fn write_report_charts(report: &ExploreReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     crate::fs::create_dir_all(dir)?;
     let mut files = Vec::new();
@@ -459,4 +523,44 @@ pub fn write_report_charts(report: &ExploreReport, dir: &Path) -> anyhow::Result
         files.extend(write_chart(&spec, dir, stem)?);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scatter is written as SVG or PNG by the extension, with each category's count in the
+    /// legend; any other extension is refused.
+    #[test]
+    fn scatter_writes_svg_and_png_with_a_counted_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let points = [(0.0, 1.0, 0), (1.0, 0.5, 0), (0.5, -1.0, 1)];
+        let categories = [
+            ("right".to_owned(), [44, 160, 44]),
+            ("wrong".to_owned(), [214, 39, 40]),
+        ];
+        let scatter = Scatter {
+            title: "map",
+            axes: ("PC 1", "PC 2"),
+            points: &points,
+            categories: &categories,
+        };
+        let svg = dir.path().join("m.svg");
+        scatter.write(&svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.contains("right (2)") && text.contains("wrong (1)"),
+            "{text}"
+        );
+        // The category's own colour, not a palette colour.
+        assert!(text.to_ascii_uppercase().contains("#D62728"), "{text}");
+        let png = dir.path().join("m.png");
+        scatter.write(&png).unwrap();
+        assert_eq!(
+            image::open(&png).unwrap().to_rgb8().dimensions(),
+            (1000, 800)
+        );
+        let err = scatter.write(&dir.path().join("m.jpg")).unwrap_err();
+        assert!(err.to_string().contains(".png or .svg"), "{err}");
+    }
 }

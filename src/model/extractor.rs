@@ -3,17 +3,19 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::efficientnet::{EfficientNetLite, FEATURES};
+use super::folded::FoldedLite0;
 use super::fused::FusedLite0;
 
 /// The frozen backbone as a function from preprocessed images to pooled features: on the CPU
-/// the batch-norm-folded channels-last network ([`FusedLite0`]), on a wgpu device the burn model.
+/// the batch-norm-folded channels-last network ([`FusedLite0`]), on a wgpu device the burn
+/// model with its batch norms folded into the convolutions ([`FoldedLite0`]).
 /// One value per process or run: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Extractor {
     /// Shared: the bundled weights are folded once per process.
     Cpu(std::sync::Arc<FusedLite0>),
     Burn {
-        model: EfficientNetLite,
+        model: FoldedLite0,
         device: Device,
     },
 }
@@ -25,7 +27,7 @@ impl Extractor {
             Self::Cpu(std::sync::Arc::new(FusedLite0::from_model(&model)))
         } else {
             Self::Burn {
-                model,
+                model: FoldedLite0::of(&model),
                 device: device.clone(),
             }
         }

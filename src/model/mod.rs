@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod decision;
 pub mod efficientnet;
 pub mod extractor;
+pub mod folded;
 pub mod fused;
 pub mod heads;
 pub mod ordinal;

@@ -72,61 +72,174 @@ impl Feeder {
             Self::Images {
                 preprocess,
                 augment,
-                prefix,
+                ..
             } => {
-                let side = preprocess.size as usize;
                 let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
-                let loaded: Vec<(usize, Result<Vec<f32>, String>)> = idx
-                    .par_iter()
-                    .zip(seeds)
-                    .map(|(&i, seed)| {
-                        let r = preprocess
-                            .load(&data.items[i].path)
-                            .map_err(|e| e.to_string());
-                        let r = r.map(|mut chw| {
-                            if train && !augment.is_identity() {
-                                augment.apply(&mut chw, side, &mut SplitMix64::new(seed));
-                            }
-                            chw
-                        });
-                        (i, r)
-                    })
-                    .collect();
-                let mut items = Vec::new();
-                let mut flat = Vec::new();
-                let mut failures = Vec::new();
-                for (i, r) in loaded {
-                    match r {
-                        Ok(chw) => {
-                            items.push(i);
-                            flat.extend(chw);
-                        }
-                        Err(e) => failures.push((data.items[i].path.clone(), e)),
-                    }
-                }
-                let n = items.len();
-                let input = match prefix {
-                    Some((frozen, start)) => {
-                        let y = frozen.prefix(flat, n, side, *start, plain);
-                        Input::Images(if device.is_autodiff() {
-                            y.autodiff()
-                        } else {
-                            y
-                        })
-                    }
-                    None => Input::Images(Tensor::<4>::from_data(
-                        TensorData::new(flat, [n, 3, side, side]),
-                        device,
-                    )),
-                };
-                Batch {
-                    input,
-                    items,
-                    failures,
-                }
+                let decoded = decode_images(preprocess, augment, data, idx, train, &seeds);
+                self.images_batch(decoded, device, plain)
             }
         }
     }
+
+    /// The device half of a batch of images: the tensor, through the frozen prefix of a
+    /// fine-tuned backbone when there is one.
+    fn images_batch(&self, decoded: Decoded, device: &Device, plain: &Device) -> Batch {
+        let Self::Images {
+            preprocess, prefix, ..
+        } = self
+        else {
+            unreachable!("only image feeders decode images")
+        };
+        let side = preprocess.size as usize;
+        let Decoded {
+            items,
+            flat,
+            failures,
+        } = decoded;
+        let n = items.len();
+        let input = match prefix {
+            Some((frozen, start)) => {
+                let y = frozen.prefix(flat, n, side, *start, plain);
+                Input::Images(if device.is_autodiff() {
+                    y.autodiff()
+                } else {
+                    y
+                })
+            }
+            None => Input::Images(Tensor::<4>::from_data(
+                TensorData::new(flat, [n, 3, side, side]),
+                device,
+            )),
+        };
+        Batch {
+            input,
+            items,
+            failures,
+        }
+    }
+}
+
+/// The CPU half of a batch of images: decoded, preprocessed and (when training) augmented,
+/// each image with its own seed.
+pub(super) struct Decoded {
+    items: Vec<usize>,
+    flat: Vec<f32>,
+    failures: Vec<(PathBuf, String)>,
+}
+
+pub(super) fn decode_images(
+    preprocess: &Preprocess,
+    augment: &Augment,
+    data: &Prepared,
+    idx: &[usize],
+    train: bool,
+    seeds: &[u64],
+) -> Decoded {
+    let side = preprocess.size as usize;
+    let loaded: Vec<(usize, Result<Vec<f32>, String>)> = idx
+        .par_iter()
+        .zip(seeds)
+        .map(|(&i, &seed)| {
+            let r = preprocess
+                .load(&data.items[i].path)
+                .map_err(|e| e.to_string());
+            let r = r.map(|mut chw| {
+                if train && !augment.is_identity() {
+                    augment.apply(&mut chw, side, &mut SplitMix64::new(seed));
+                }
+                chw
+            });
+            (i, r)
+        })
+        .collect();
+    let mut decoded = Decoded {
+        items: Vec::new(),
+        flat: Vec::new(),
+        failures: Vec::new(),
+    };
+    for (i, r) in loaded {
+        match r {
+            Ok(chw) => {
+                decoded.items.push(i);
+                decoded.flat.extend(chw);
+            }
+            Err(e) => decoded.failures.push((data.items[i].path.clone(), e)),
+        }
+    }
+    decoded
+}
+
+/// Calls `f` with the batches of `chunks`, in order. Images are decoded and augmented on a
+/// loader thread up to two batches ahead of `f`, so the device (a GPU above all) does not wait
+/// for the CPU; their tensors are made on the calling thread. The images, their seeds and the
+/// order are those of decoding each batch inline ([`Feeder::batch`]), so a run is the same
+/// with or without the loader. `f` stops the pass by returning `Break`.
+pub(super) fn for_each_batch(
+    feeder: &Feeder,
+    data: &Prepared,
+    chunks: &[&[usize]],
+    train: bool,
+    rng: &mut SplitMix64,
+    (device, plain): (&Device, &Device),
+    f: &mut dyn FnMut(usize, Batch) -> anyhow::Result<std::ops::ControlFlow<()>>,
+) -> anyhow::Result<()> {
+    let Feeder::Images {
+        preprocess,
+        augment,
+        ..
+    } = feeder
+    else {
+        for (b, chunk) in chunks.iter().enumerate() {
+            if f(b, feeder.batch(data, chunk, train, rng, device, plain))?.is_break() {
+                break;
+            }
+        }
+        return Ok(());
+    };
+    let seeds: Vec<Vec<u64>> = chunks
+        .iter()
+        .map(|c| c.iter().map(|_| rng.next_u64()).collect())
+        .collect();
+    let decode = |b: usize| decode_images(preprocess, augment, data, chunks[b], train, &seeds[b]);
+    // The browser has no threads: decode inline, between the steps.
+    #[cfg(target_arch = "wasm32")]
+    for b in 0..chunks.len() {
+        if f(b, feeder.images_batch(decode(b), device, plain))?.is_break() {
+            break;
+        }
+    }
+    #[cfg(target_arch = "wasm32")]
+    return Ok(());
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(1);
+        let decode = &decode;
+        let loader = std::thread::Builder::new()
+            .name("batch-loader".into())
+            .spawn_scoped(scope, move || {
+                for b in 0..chunks.len() {
+                    // The receiver is gone when the pass stopped early.
+                    if tx.send(decode(b)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = loader {
+            log::warn!("no batch loader thread ({e}); decoding between the steps");
+            for b in 0..chunks.len() {
+                if f(b, feeder.images_batch(decode(b), device, plain))?.is_break() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        for (b, decoded) in rx.iter().enumerate() {
+            if f(b, feeder.images_batch(decoded, device, plain))?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Loss weights per class (single-label) or positive weights per label (multi-label).
@@ -261,7 +374,7 @@ pub(super) struct EpochResult {
 /// Fails on a non-finite loss; stops between batches when `cancel` is set.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_epoch(
-    mut net: Net,
+    net: Net,
     optims: &mut [ModuleOptimizer],
     feeder: &Feeder,
     data: &Prepared,
@@ -278,41 +391,58 @@ pub(super) fn train_epoch(
     let (mut seen, mut probs, mut failures, mut loss_sum) =
         (Vec::new(), Vec::new(), Vec::new(), 0.0);
     let total = order.len();
-    for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(EpochResult {
-                net,
-                seen,
-                probs,
-                loss: f64::NAN,
-                failures,
-                cancelled: true,
-            });
-        }
-        let batch = feeder.batch(data, chunk, true, rng, ad, plain);
-        failures.extend(batch.failures);
-        if batch.items.is_empty() {
-            continue;
-        }
-        let logits = net.logits(batch.input, finetune_start);
-        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
-        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-        if !loss_value.is_finite() {
-            anyhow::bail!(
-                "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
-                b + 1
-            );
-        }
-        // A probe minimises the mean loss plus `weight_decay · ½‖W‖²`.
-        let objective = match net.l2_term() {
-            Some(l2) if config.weight_decay > 0.0 => loss + l2 * config.weight_decay,
-            _ => loss,
-        };
-        net = net.step(optims, lr, objective);
-        loss_sum += loss_value * batch.items.len() as f64;
-        seen.extend(batch.items);
-        probs.extend(p);
-        progress(((b + 1) * config.batch_size).min(total), total);
+    let chunks: Vec<&[usize]> = order.chunks(config.batch_size.max(1)).collect();
+    let mut net = Some(net);
+    let mut cancelled = false;
+    for_each_batch(
+        feeder,
+        data,
+        &chunks,
+        true,
+        rng,
+        (ad, plain),
+        &mut |b, batch| {
+            if cancel.load(Ordering::Relaxed) {
+                cancelled = true;
+                return Ok(std::ops::ControlFlow::Break(()));
+            }
+            failures.extend(batch.failures);
+            if batch.items.is_empty() {
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
+            let current = net.take().expect("the network is back after each step");
+            let logits = current.logits(batch.input, finetune_start);
+            let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                anyhow::bail!(
+                    "the loss became {loss_value} in epoch {epoch}, batch {}: lower the learning rate (now {lr:.2e})",
+                    b + 1
+                );
+            }
+            // A probe minimises the mean loss plus `weight_decay · ½‖W‖²`.
+            let objective = match current.l2_term() {
+                Some(l2) if config.weight_decay > 0.0 => loss + l2 * config.weight_decay,
+                _ => loss,
+            };
+            net = Some(current.step(optims, lr, objective));
+            loss_sum += loss_value * batch.items.len() as f64;
+            seen.extend(batch.items);
+            probs.extend(p);
+            progress(((b + 1) * config.batch_size).min(total), total);
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+    )?;
+    let net = net.expect("the network is back after the pass");
+    if cancelled {
+        return Ok(EpochResult {
+            net,
+            seen,
+            probs,
+            loss: f64::NAN,
+            failures,
+            cancelled: true,
+        });
     }
     let loss = loss_sum / seen.len().max(1) as f64;
     Ok(EpochResult {
@@ -350,18 +480,28 @@ pub(super) fn predict_side(
     let mut rng = SplitMix64::new(0);
     let (mut kept, mut probs, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut loss_sum = 0.0;
-    for chunk in items.chunks(batch_size.max(1)) {
-        let batch = feeder.batch(data, chunk, false, &mut rng, plain, plain);
-        failures.extend(batch.failures);
-        if batch.items.is_empty() {
-            continue;
-        }
-        let logits = net.logits(batch.input, finetune_start);
-        let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
-        loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.items.len() as f64;
-        kept.extend(batch.items);
-        probs.extend(p);
-    }
+    let chunks: Vec<&[usize]> = items.chunks(batch_size.max(1)).collect();
+    let pass = for_each_batch(
+        feeder,
+        data,
+        &chunks,
+        false,
+        &mut rng,
+        (plain, plain),
+        &mut |_, batch| {
+            failures.extend(batch.failures);
+            if !batch.items.is_empty() {
+                let logits = net.logits(batch.input, finetune_start);
+                let (loss, p) = loss_and_probs(data.task, logits, data, &batch.items, weights);
+                loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.items.len() as f64;
+                kept.extend(batch.items);
+                probs.extend(p);
+            }
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+    );
+    // The pass fails only when `f` does, and it never does.
+    debug_assert!(pass.is_ok());
     let mean = if kept.is_empty() {
         f64::NAN
     } else {

@@ -385,10 +385,14 @@ pub fn compare_table(
             for r in runs {
                 ui.label(&r.id);
                 ui.label(format!("{:?}", r.state).to_lowercase());
-                for ((_, _, f), b) in cols.iter().zip(&best) {
+                for ((name, _, f), b) in cols.iter().zip(&best) {
                     match f(r) {
                         Some(v) => {
-                            let text = egui::RichText::new(format!("{v:.4}"));
+                            let text = egui::RichText::new(if *name == "best epoch" {
+                                format!("{v:.0}")
+                            } else {
+                                format!("{v:.4}")
+                            });
                             if b.is_some_and(|b| (b - v).abs() < 1e-12) {
                                 ui.label(text.color(egui::Color32::from_rgb(46, 160, 67)).strong());
                             } else {

@@ -12,6 +12,7 @@ use crate::explore::embedding::EmbeddingMap;
 use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
 use crate::ui::points::{self, Point, PointSet, View};
 use crate::ui::thumbs::Thumb;
+use crate::ui::widgets;
 
 use super::*;
 
@@ -143,10 +144,13 @@ fn batch_effect_of(
 }
 
 /// The colours of a map for one [`ColorBy`]: the point set and its legend.
+#[derive(Clone)]
 struct Colored {
     by: ColorBy,
     set: PointSet,
     legend: Vec<(String, egui::Color32, usize)>,
+    /// Each point's entry in `legend`, in the map's order.
+    category: Arc<Vec<usize>>,
 }
 
 /// Per-Embedding-cell state.
@@ -372,13 +376,14 @@ fn color_points(
             _ => category_color(k, n),
         }
     };
+    let category: Vec<usize> = names.iter().map(|name| index[name]).collect();
     let points: Vec<Point> = result
         .map
         .coords
         .iter()
         .zip(&names)
-        .map(|(c, name)| {
-            let k = index[name];
+        .zip(&category)
+        .map(|((c, name), &k)| {
             counts[k] += 1;
             Point::new(*c, color_of(k, name).gamma_multiply(0.85))
         })
@@ -395,7 +400,77 @@ fn color_points(
             points: Arc::new(points),
         },
         legend,
+        category: Arc::new(category),
     }
+}
+
+/// Writes the map as shown (points coloured as in the cell, with the legend) to
+/// `embedding.png` and `embedding.svg` in `dir`, and every point to `embedding.csv`
+/// (coordinates, colour category, image, label, patient, split).
+fn export_map(
+    dir: &std::path::Path,
+    result: &EmbeddingResult,
+    colored: &Colored,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use crate::fsio::csv_field;
+    let map = &result.map;
+    let points: Vec<(f32, f32, usize)> = map
+        .coords
+        .iter()
+        .zip(colored.category.iter())
+        .map(|(c, &k)| (c[0], c[1], k))
+        .collect();
+    let categories: Vec<(String, [u8; 3])> = colored
+        .legend
+        .iter()
+        .map(|(name, c, _)| (name.clone(), [c.r(), c.g(), c.b()]))
+        .collect();
+    let title = format!(
+        "{} images: PCA of EfficientNet-Lite0 features, coloured by {}",
+        map.records.len(),
+        colored.by.name()
+    );
+    let axes = (
+        format!("PC 1 ({:.1}% of variance)", map.explained[0] * 100.0),
+        format!("PC 2 ({:.1}% of variance)", map.explained[1] * 100.0),
+    );
+    let scatter = crate::explore::charts::Scatter {
+        title: &title,
+        axes: (&axes.0, &axes.1),
+        points: &points,
+        categories: &categories,
+    };
+    crate::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for ext in ["png", "svg"] {
+        let path = dir.join(format!("embedding.{ext}"));
+        scatter.write(&path)?;
+        written.push(path);
+    }
+    let mut csv = format!("pc1,pc2,{},path,label,patient,split\n", colored.by.name());
+    let records = &result.manifest.records;
+    for ((c, &k), &i) in map
+        .coords
+        .iter()
+        .zip(colored.category.iter())
+        .zip(&map.records)
+    {
+        let r = &records[i];
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            c[0],
+            c[1],
+            csv_field(&colored.legend[k].0),
+            csv_field(&r.path),
+            csv_field(&r.label_string()),
+            csv_field(r.patient.as_deref().unwrap_or("")),
+            r.split.map_or("", |s| s.name())
+        ));
+    }
+    let path = dir.join("embedding.csv");
+    crate::fsio::write_atomic_bytes(&path, csv.as_bytes())?;
+    written.push(path);
+    Ok(written)
 }
 
 pub(super) fn embedding_ui(
@@ -617,6 +692,7 @@ pub(super) fn embedding_ui(
         );
     }
     // Legend.
+    let mut export = None;
     ui.horizontal_wrapped(|ui| {
         for (name, color, count) in colored.legend.iter().take(24) {
             let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
@@ -626,6 +702,22 @@ pub(super) fn embedding_ui(
         if colored.legend.len() > 24 {
             ui.label(format!("+{} more", colored.legend.len() - 24));
         }
+        if widgets::DESKTOP
+            && ui
+                .button("Export map…")
+                .on_hover_text("Save the map as shown (PNG and SVG, with its legend) and every point with its coordinates, colour, image, label, patient and split (CSV), into a folder")
+                .clicked()
+        {
+            export = Some(widgets::pick(widgets::folder_dialog));
+        }
+    });
+    let export = export.map(|picked| {
+        let shown = EmbeddingResult {
+            manifest: result.manifest.clone(),
+            map: result.map.clone(),
+            batch_effect: None,
+        };
+        (picked, shown, colored.clone())
     });
     match &result.batch_effect {
         Some(Ok(b)) => {
@@ -645,6 +737,23 @@ pub(super) fn embedding_ui(
     let clicked = resp.clicked() && !shift;
     let hovered_record = hovered.map(|k| result.map.records[k]);
     let manifest = result.manifest.clone();
+    match export {
+        Some((widgets::Picked::Path(dir), shown, colored)) => {
+            app.rt.in_background(ui.ctx(), "export-map", move || {
+                export_map(&dir, &shown, &colored)
+                    .map(|files| {
+                        format!(
+                            "exported the map to {} ({} files)",
+                            dir.display(),
+                            files.len()
+                        )
+                    })
+                    .map_err(|e| format!("exporting the map: {e:#}"))
+            });
+        }
+        Some((widgets::Picked::Unavailable, ..)) => app.rt.note(true, widgets::NO_DIALOG),
+        _ => {}
+    }
     if let Some(record) = hovered_record {
         let r = &manifest.records[record];
         let path = manifest.image_path(r);

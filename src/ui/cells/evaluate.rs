@@ -138,11 +138,14 @@ pub(super) fn evaluate_ui(
         }
         ui.vertical(|ui| {
             ui.label(egui::RichText::new("ROC curves (one vs rest)").strong());
-            Plot::new(("roc", id))
-                .width(360.0)
-                .height(300.0)
-                .legend(Legend::default())
-                .x_axis_label("false positive rate")
+            // A few curves: the legend sits in the empty lower right of the plot. Many: it is
+            // listed below the plot instead of covering it.
+            let inside = data.roc.len() <= 6;
+            let mut plot = Plot::new(("roc", id)).width(360.0).height(300.0);
+            if inside {
+                plot = plot.legend(Legend::default().position(egui_plot::Corner::RightBottom));
+            }
+            plot.x_axis_label("false positive rate")
                 .y_axis_label("true positive rate")
                 .include_x(0.0)
                 .include_x(1.0)
@@ -150,7 +153,7 @@ pub(super) fn evaluate_ui(
                 .include_y(1.0)
                 .data_aspect(1.0)
                 .show(ui, |p| {
-                    for c in &data.roc {
+                    for (k, c) in data.roc.iter().enumerate() {
                         let pts: Vec<[f64; 2]> = c.points.iter().map(|(x, y)| [*x, *y]).collect();
                         let name = c
                             .auc
@@ -159,7 +162,8 @@ pub(super) fn evaluate_ui(
                         p.line(
                             Line::new(name, PlotPoints::from(pts))
                                 .allow_band(false)
-                                .width(2.0),
+                                .width(2.0)
+                                .color(widgets::series_color(k)),
                         );
                     }
                     p.line(
@@ -167,6 +171,21 @@ pub(super) fn evaluate_ui(
                             .color(egui::Color32::GRAY),
                     );
                 });
+            if !inside {
+                ui.set_max_width(360.0);
+                ui.horizontal_wrapped(|ui| {
+                    for (k, c) in data.roc.iter().enumerate() {
+                        let (dot, _) =
+                            ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+                        ui.painter()
+                            .circle_filled(dot.center(), 4.5, widgets::series_color(k));
+                        ui.label(
+                            c.auc
+                                .map_or(c.label.clone(), |a| format!("{} {a:.3}", c.label)),
+                        );
+                    }
+                });
+            }
         });
         if let Some(c) = &m.calibration {
             ui.vertical(|ui| reliability_ui(ui, id, c));

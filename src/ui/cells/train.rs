@@ -554,7 +554,8 @@ pub fn curves_ui(
         widgets::refitting_plot(ui, egui::Id::unique(("loss", id)), signature(&loss))
             .width(width)
             .height(200.0)
-            .legend(Legend::default())
+            // Losses fall towards the lower right; the legend stays out of their way.
+            .legend(Legend::default().position(egui_plot::Corner::RightTop))
             .x_axis_label("epoch")
             .y_axis_label("loss")
             .include_x(0.5)
@@ -575,7 +576,8 @@ pub fn curves_ui(
         widgets::refitting_plot(ui, egui::Id::unique(("acc", id)), signature(&scores))
             .width(width)
             .height(200.0)
-            .legend(Legend::default())
+            // Scores climb towards the upper right; the legend sits below them.
+            .legend(Legend::default().position(egui_plot::Corner::RightBottom))
             .x_axis_label("epoch")
             .include_x(0.5)
             .include_x(last_epoch + 0.5)
