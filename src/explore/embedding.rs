@@ -37,6 +37,23 @@ pub fn map_features(
     )
 }
 
+/// The features [`map_features`] computes, a piece at a time (the browser's way: see
+/// [`crate::train::features::FeatureSteps`]).
+pub fn map_feature_steps(
+    extractor: crate::model::extractor::Extractor,
+    paths: Vec<std::path::PathBuf>,
+    cache: crate::train::features::FeatureCache,
+) -> crate::train::features::FeatureSteps {
+    crate::train::features::FeatureSteps::new(
+        extractor,
+        "efficientnet-lite0",
+        false,
+        &crate::dataset::preprocess::Preprocess::default(),
+        paths,
+        Some(cache),
+    )
+}
+
 /// Pairs `ids` with the feature rows of [`map_features`] (same order) and keeps the rows that
 /// were read: their ids and the rows.
 pub fn read_rows<T>(

@@ -69,7 +69,19 @@ pub struct FusedLite0 {
     head: Pointwise,
 }
 
-/// Per-thread activation buffers, grown on demand and reused.
+/// One image's features in progress (see [`FusedLite0::begin`]).
+pub struct ImagePass {
+    chw: Vec<f32>,
+    h: usize,
+    w: usize,
+    /// Pieces run so far: the stem, then the blocks, then the head.
+    done: usize,
+    /// The activation's `(h, w, c)` in `scratch.x`.
+    hwc: (usize, usize, usize),
+    scratch: Scratch,
+}
+
+/// Activation buffers, grown on demand and reused (one set per thread, or per pass).
 #[derive(Default)]
 struct Scratch {
     x: Vec<f32>,
@@ -379,27 +391,106 @@ impl FusedLite0 {
         s: &mut Scratch,
         par: gemm::Parallelism,
     ) -> (usize, usize, usize) {
-        let Scratch { x, t1, t2 } = s;
-        let (mut h, mut w) = self.stem.run(chw, h, w, t1, x, par);
-        let mut c = self.stem.c_out;
+        let mut hwc = self.stem_into(chw, h, w, s, par);
         for block in self.blocks.iter().take(blocks) {
-            let p = h * w;
-            let input: &[f32] = match &block.expand {
-                Some(e) => {
-                    t1.resize(p * e.c_out, 0.0);
-                    e.run(x, t1, None, par);
-                    t1
-                }
-                None => x,
-            };
-            (h, w) = block.depthwise.run(input, h, w, t2);
-            c = block.project.c_out;
-            t1.resize(h * w * c, 0.0);
-            let residual = block.residual.then_some(&x[..]);
-            block.project.run(t2, t1, residual, par);
-            std::mem::swap(x, t1);
+            hwc = Self::block_into(block, hwc, s, par);
         }
+        hwc
+    }
+
+    /// The stem of one channels-first image, channels-last into `s.x`.
+    fn stem_into(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        s: &mut Scratch,
+        par: gemm::Parallelism,
+    ) -> (usize, usize, usize) {
+        let (h, w) = self.stem.run(chw, h, w, &mut s.t1, &mut s.x, par);
+        (h, w, self.stem.c_out)
+    }
+
+    /// One block on the activation in `s.x` (`(h, w, c)`), leaving its output there.
+    fn block_into(
+        block: &Block,
+        (h, w, _): (usize, usize, usize),
+        s: &mut Scratch,
+        par: gemm::Parallelism,
+    ) -> (usize, usize, usize) {
+        let Scratch { x, t1, t2 } = s;
+        let p = h * w;
+        let input: &[f32] = match &block.expand {
+            Some(e) => {
+                t1.resize(p * e.c_out, 0.0);
+                e.run(x, t1, None, par);
+                t1
+            }
+            None => x,
+        };
+        let (h, w) = block.depthwise.run(input, h, w, t2);
+        let c = block.project.c_out;
+        t1.resize(h * w * c, 0.0);
+        let residual = block.residual.then_some(&x[..]);
+        block.project.run(t2, t1, residual, par);
+        std::mem::swap(x, t1);
         (h, w, c)
+    }
+
+    /// The head convolution on `s.x` and global average pooling into `out`.
+    fn head_pool(
+        &self,
+        (h, w, _): (usize, usize, usize),
+        s: &mut Scratch,
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let p = h * w;
+        s.t1.resize(p * self.head.c_out, 0.0);
+        self.head.run(&s.x, &mut s.t1, None, par);
+        out.fill(0.0);
+        for row in s.t1.chunks_exact(self.head.c_out) {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+        let inv = 1.0 / p as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+
+    /// Starts the features of one channels-first image `[3, h, w]` computed a piece at a time
+    /// (see [`Self::advance`]): a page with one thread runs one piece per frame.
+    pub fn begin(&self, chw: Vec<f32>, h: usize, w: usize) -> ImagePass {
+        ImagePass {
+            chw,
+            h,
+            w,
+            done: 0,
+            hwc: (h, w, 3),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Runs the next `pieces` pieces of `pass` (the stem, each block, and the head with the
+    /// pooling are one piece each: 18 for Lite0). Returns the pooled features (`FEATURES`
+    /// long, as [`Self::features`] computes them) once the last piece has run.
+    pub fn advance(&self, pass: &mut ImagePass, pieces: usize) -> Option<Vec<f32>> {
+        let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+        for _ in 0..pieces.max(1) {
+            let s = &mut pass.scratch;
+            if pass.done == 0 {
+                pass.hwc = self.stem_into(&pass.chw, pass.h, pass.w, s, par);
+            } else if pass.done <= self.blocks.len() {
+                pass.hwc = Self::block_into(&self.blocks[pass.done - 1], pass.hwc, s, par);
+            } else {
+                let mut out = vec![0.0; FEATURES];
+                self.head_pool(pass.hwc, s, &mut out, par);
+                pass.done += 1;
+                return Some(out);
+            }
+            pass.done += 1;
+        }
+        None
     }
 
     /// Pooled features of one channels-first image `[3, h, w]` into `out` (`FEATURES` long).
@@ -412,18 +503,8 @@ impl FusedLite0 {
         out: &mut [f32],
         par: gemm::Parallelism,
     ) {
-        let (h, w, _) = self.trunk(chw, h, w, self.blocks.len(), s, par);
-        let p = h * w;
-        s.t1.resize(p * self.head.c_out, 0.0);
-        self.head.run(&s.x, &mut s.t1, None, par);
-        out.fill(0.0);
-        for row in s.t1.chunks_exact(self.head.c_out) {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += v;
-            }
-        }
-        let inv = 1.0 / p as f32;
-        out.iter_mut().for_each(|o| *o *= inv);
+        let hwc = self.trunk(chw, h, w, self.blocks.len(), s, par);
+        self.head_pool(hwc, s, out, par);
     }
 
     /// `(c, h, w)` of the input of block `blocks` for an `h × w` image.
@@ -560,6 +641,29 @@ mod tests {
         let want = to_vec(want);
         let got = fused.prefix(&x, h, w, blocks);
         assert_close(&got, &want, "prefix");
+    }
+
+    /// Computed a piece at a time, an image's features are the ones computed at once.
+    #[test]
+    fn a_pass_in_pieces_gives_the_same_features() {
+        let device = Device::flex();
+        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
+        let fused = FusedLite0::from_model(&EfficientNetLite::load(&bytes, &device).unwrap());
+        let x = noise(3 * 64 * 64);
+        let mut pass = fused.begin(x.clone(), 64, 64);
+        let mut pieces = 0;
+        let got = loop {
+            pieces += 1;
+            if let Some(f) = fused.advance(&mut pass, 1) {
+                break f;
+            }
+        };
+        assert_eq!(
+            pieces,
+            2 + fused.blocks.len(),
+            "the stem, each block, the head"
+        );
+        assert_eq!(got, fused.features(&x, 64, 64));
     }
 
     /// The feature map's average over positions is the pooled feature vector.

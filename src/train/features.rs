@@ -174,6 +174,192 @@ pub fn featurize(
     out
 }
 
+/// An image in progress: its index, cache key, the passes of its views still running and the
+/// features of those done.
+type InProgress = (
+    usize,
+    String,
+    Vec<crate::model::fused::ImagePass>,
+    Vec<Vec<f32>>,
+);
+
+/// Features of `paths` a little at a time, for a page with one thread: [`Self::step`] does
+/// about a time budget of work, cutting an image's network pass between its blocks, so no
+/// step holds the page for long. The features and cache entries are those of [`featurize`].
+pub struct FeatureSteps {
+    extractor: Extractor,
+    /// The cache's backbone name (with `+orientation-mean` for averaged features).
+    backbone: String,
+    orientation_mean: bool,
+    preprocess: Preprocess,
+    paths: Vec<PathBuf>,
+    cache: Option<FeatureCache>,
+    /// The next image to start.
+    next: usize,
+    /// The image in progress.
+    current: Option<InProgress>,
+    result: Featurized,
+}
+
+impl FeatureSteps {
+    pub fn new(
+        extractor: Extractor,
+        backbone: &str,
+        orientation_mean: bool,
+        preprocess: &Preprocess,
+        paths: Vec<PathBuf>,
+        cache: Option<FeatureCache>,
+    ) -> Self {
+        let n = paths.len();
+        Self {
+            extractor,
+            backbone: if orientation_mean {
+                format!("{backbone}+orientation-mean")
+            } else {
+                backbone.to_owned()
+            },
+            orientation_mean,
+            preprocess: preprocess.clone(),
+            paths,
+            cache,
+            next: 0,
+            current: None,
+            result: Featurized {
+                features: vec![None; n],
+                failures: Vec::new(),
+                from_cache: 0,
+                computed: 0,
+            },
+        }
+    }
+
+    /// Images finished (read from the cache, computed or failed).
+    pub fn done(&self) -> usize {
+        self.next - usize::from(self.current.is_some())
+    }
+
+    pub fn total(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Works for about `budget` (at least one piece); false once every image is done.
+    pub fn step(&mut self, budget: std::time::Duration) -> bool {
+        let start = web_time::Instant::now();
+        loop {
+            if self.current.is_none() && !self.start_next() {
+                return false;
+            }
+            self.advance();
+            if start.elapsed() >= budget {
+                return self.current.is_some() || self.next < self.paths.len();
+            }
+        }
+    }
+
+    /// What was computed.
+    pub fn finish(self) -> Featurized {
+        self.result
+    }
+
+    /// Reads the next image: its features from the cache, or its passes started. False when
+    /// no image is left.
+    fn start_next(&mut self) -> bool {
+        let Some(path) = self.paths.get(self.next).cloned() else {
+            return false;
+        };
+        let i = self.next;
+        self.next += 1;
+        let bytes = match crate::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.result.failures.push((path, e.to_string()));
+                return true;
+            }
+        };
+        let key = cache_key(&self.backbone, &self.preprocess, &bytes);
+        if let Some(f) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            self.result.features[i] = Some(f);
+            self.result.from_cache += 1;
+            return true;
+        }
+        let chw = match crate::dataset::image_io::decode_bytes(&bytes) {
+            Ok(img) => self.preprocess.apply(&img),
+            Err(e) => {
+                self.result.failures.push((path, e.to_string()));
+                return true;
+            }
+        };
+        let side = self.preprocess.size as usize;
+        match &self.extractor {
+            Extractor::Cpu(net) => {
+                let views: Vec<Vec<f32>> = if self.orientation_mean {
+                    (0..8u8)
+                        .map(|k| {
+                            let mut v = chw.clone();
+                            crate::dataset::preprocess::dihedral(&mut v, side, k);
+                            v
+                        })
+                        .collect()
+                } else {
+                    vec![chw]
+                };
+                let passes = views
+                    .into_iter()
+                    .map(|v| net.begin(v, side, side))
+                    .collect();
+                self.current = Some((i, key, passes, Vec::new()));
+            }
+            // A GPU computes an image at once.
+            Extractor::Burn { .. } => {
+                let f = if self.orientation_mean {
+                    self.extractor.features_orientation_mean(chw, 1, side)
+                } else {
+                    self.extractor.features(chw, 1, side)
+                };
+                self.store(i, &key, f);
+            }
+        }
+        true
+    }
+
+    /// One piece of the image in progress; stores its features when its last view is done.
+    fn advance(&mut self) {
+        let Some((_, _, passes, done)) = self.current.as_mut() else {
+            return;
+        };
+        let Extractor::Cpu(net) = &self.extractor else {
+            return;
+        };
+        if let Some(pass) = passes.last_mut()
+            && let Some(f) = net.advance(pass, 1)
+        {
+            passes.pop();
+            done.push(f);
+        }
+        if passes.is_empty() {
+            let (i, key, _, done) = self.current.take().expect("in progress");
+            let mut mean = vec![0.0f32; FEATURES];
+            for f in &done {
+                mean.iter_mut().zip(f).for_each(|(m, v)| *m += v);
+            }
+            let views = done.len().max(1) as f32;
+            mean.iter_mut().for_each(|m| *m /= views);
+            self.store(i, &key, mean);
+        }
+    }
+
+    fn store(&mut self, i: usize, key: &str, f: Vec<f32>) {
+        if f.len() != FEATURES {
+            return;
+        }
+        if let Some(c) = &self.cache {
+            c.put(key, &f);
+        }
+        self.result.features[i] = Some(f);
+        self.result.computed += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +403,91 @@ mod tests {
         assert!(max_diff(m0, m1) < 1e-4, "averaged: {}", max_diff(m0, m1));
         // The mean of the 8 views, not of one.
         assert!(max_diff(m0, p0) > 0.01);
+    }
+
+    /// Features computed in steps (pieces of an image's pass, a small time budget each) are
+    /// those of the batch path, for plain and orientation-averaged features, and fill the same
+    /// cache entries; a file that is not an image fails alone.
+    #[test]
+    fn features_in_steps_match_the_batch_path_and_its_cache() {
+        let extractor = Extractor::bundled(&burn::tensor::Device::flex()).unwrap();
+        let pre = Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        };
+        let dir = crate::demo_dataset().join("Neutrophil");
+        let mut paths: Vec<PathBuf> = crate::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .take(2)
+            .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("not-an-image.png");
+        std::fs::write(&bad, b"not a png").unwrap();
+        paths.push(bad);
+        let never = AtomicBool::new(false);
+        for orientation_mean in [false, true] {
+            let want = featurize(
+                &extractor,
+                "b",
+                orientation_mean,
+                &pre,
+                &paths,
+                None,
+                8,
+                &mut |_, _| {},
+                &never,
+            );
+            let cache = FeatureCache {
+                dir: tmp.path().join(format!("cache-{orientation_mean}")),
+            };
+            let mut steps = FeatureSteps::new(
+                Extractor::bundled(&burn::tensor::Device::flex()).unwrap(),
+                "b",
+                orientation_mean,
+                &pre,
+                paths.clone(),
+                Some(cache.clone()),
+            );
+            let mut calls = 0;
+            while steps.step(std::time::Duration::ZERO) {
+                calls += 1;
+            }
+            assert!(
+                calls > 18,
+                "one piece per step with no budget: {calls} steps"
+            );
+            assert_eq!(steps.done(), 3);
+            let got = steps.finish();
+            assert_eq!(got.computed, 2);
+            assert_eq!(got.failures.len(), 1);
+            for (g, w) in got.features.iter().zip(&want.features) {
+                match (g, w) {
+                    (Some(g), Some(w)) => {
+                        let err = g
+                            .iter()
+                            .zip(w)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0, f32::max);
+                        assert!(err < 1e-4, "max difference {err}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("one path failed where the other did not"),
+                }
+            }
+            // The cache now answers the batch path.
+            let cached = featurize(
+                &extractor,
+                "b",
+                orientation_mean,
+                &pre,
+                &paths,
+                Some(&cache),
+                8,
+                &mut |_, _| {},
+                &never,
+            );
+            assert_eq!((cached.from_cache, cached.computed), (2, 0));
+        }
     }
 }

@@ -20,6 +20,11 @@ static CONTEXT: std::sync::OnceLock<eframe::egui::Context> = std::sync::OnceLock
 pub async fn start(canvas_id: &str) -> Result<(), JsValue> {
     eframe::WebLogger::init(log::LevelFilter::Info).ok();
     restore_workbook();
+    // The network's weights are folded once, while the page still says "Starting…", instead
+    // of inside the first compute step (a long frame).
+    if let Err(e) = crate::model::extractor::Extractor::bundled(&burn::tensor::Device::flex()) {
+        log::warn!("the feature network is not ready: {e:#}");
+    }
     let document = web_sys::window()
         .and_then(|w| w.document())
         .ok_or_else(|| JsValue::from_str("no document"))?;

@@ -64,9 +64,20 @@ try {
   // Frame gaps: the longest time between two animation frames while the notebook works.
   await page.addInitScript(() => {
     window.__longestFrameMs = 0;
+    window.__longestExtractingMs = 0;
+    // Every frame gap over 100 ms: [ms since measuring began, gap, extracting].
+    window.__longFrames = [];
     let last = performance.now();
     const tick = (t) => {
-      if (window.__measureFrames) window.__longestFrameMs = Math.max(window.__longestFrameMs, t - last);
+      if (window.__measureFrames) {
+        window.__longestFrameMs = Math.max(window.__longestFrameMs, t - last);
+        // While backbone features are computed (the page publishes it in its status).
+        let extracting = false;
+        try { extracting = JSON.parse(window.cellbenchStatus || "{}").extracting === true; } catch (e) {}
+        if (extracting) window.__longestExtractingMs = Math.max(window.__longestExtractingMs, t - last);
+        window.__measureStart = window.__measureStart || t;
+        if (t - last > 100) window.__longFrames.push([Math.round(t - window.__measureStart), Math.round(t - last), extracting]);
+      }
       last = t; requestAnimationFrame(tick);
     };
     requestAnimationFrame(tick);
@@ -88,6 +99,8 @@ try {
   }
   const runAllMs = Date.now() - t0;
   const longestFrameMs = await page.evaluate(() => window.__longestFrameMs);
+  const longestExtractingMs = await page.evaluate(() => window.__longestExtractingMs);
+  const longFrames = await page.evaluate(() => window.__longFrames);
   await page.waitForTimeout(500);
   await page.screenshot({ path: screenshot });
   const demo = s;
@@ -144,6 +157,8 @@ try {
   // Jobs that held the page's thread for longer than a frame should take (logged by the app).
   const slowJobs = consoleLines.filter((l) => l.includes("held the page")).map((l) => l.replace(/^\w+: /, ""));
   result = { first_frame_ms: firstFrameMs, run_all_ms: runAllMs, longest_frame_ms: Math.round(longestFrameMs),
+    longest_frame_extracting_ms: Math.round(longestExtractingMs),
+    long_frames: longFrames,
     slow_jobs: slowJobs, status: s, screenshot };
   if (failures.length) console.error(consoleLines.slice(-40).join("\n"));
 } finally {

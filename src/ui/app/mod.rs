@@ -29,6 +29,7 @@ use web_time::Instant;
 
 use eframe::egui;
 
+use crate::train::TrainEvent;
 use crate::workbook::{CellKind, Workbook, resolve_path, stored_path};
 
 use crate::ui::cells;
@@ -95,6 +96,8 @@ pub struct NotebookStatus {
     pub confusion_sides: Vec<usize>,
     /// Embedding maps drawn: their points.
     pub maps: Vec<usize>,
+    /// Backbone features are being computed (a probe's, or a map's).
+    pub extracting: bool,
     /// Errors reported so far.
     pub errors: Vec<String>,
 }
@@ -157,11 +160,29 @@ impl WorkbenchApp {
             .embeddings()
             .filter_map(|(_, m)| m.data.ready().map(|r| r.map.coords.len()))
             .collect();
+        let extracting = self
+            .rt
+            .embeddings()
+            .any(|(_, m)| matches!(m.data, Loading::Busy(_)))
+            || self.rt.trains().any(|(_, t)| {
+                t.is_running()
+                    && matches!(
+                        t.events
+                            .iter()
+                            .rev()
+                            .find(|e| matches!(e, TrainEvent::Progress { .. })),
+                        Some(TrainEvent::Progress {
+                            phase: crate::train::events::Phase::Features,
+                            ..
+                        })
+                    )
+            });
         NotebookStatus {
             datasets,
             trainings,
             confusion_sides,
             maps,
+            extracting,
             errors,
         }
     }
@@ -352,7 +373,17 @@ impl eframe::App for WorkbenchApp {
                 self.page_request(r);
             }
         }
+        #[cfg(target_arch = "wasm32")]
+        let jobs_ms = start.elapsed().as_millis();
         self.frame(ui);
+        // A page has one thread: say which part of a long frame was background work.
+        #[cfg(target_arch = "wasm32")]
+        if start.elapsed().as_millis() > 100 {
+            log::warn!(
+                "a frame held the page for {} ms ({jobs_ms} ms of background jobs)",
+                start.elapsed().as_millis()
+            );
+        }
         #[cfg(target_arch = "wasm32")]
         {
             crate::ui::web::publish_status(&self.status());

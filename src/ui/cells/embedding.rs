@@ -149,7 +149,8 @@ struct Colored {
     by: ColorBy,
     set: PointSet,
     legend: Vec<(String, egui::Color32, usize)>,
-    /// Each point's entry in `legend`, in the map's order.
+    /// Each point's entry in `legend`, in the map's order (for exports: desktop only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     category: Arc<Vec<usize>>,
 }
 
@@ -186,15 +187,27 @@ impl EmbeddingRuntime {
     }
 }
 
-/// Images per compute step: a batch on the desktop, one image per frame in the browser.
-const STEP: usize = if cfg!(target_arch = "wasm32") { 1 } else { 32 };
+/// Images per compute step on the desktop.
+const STEP: usize = 32;
 
-struct Featurizing {
-    extractor: crate::model::extractor::Extractor,
-    paths: Vec<std::path::PathBuf>,
-    rows: Vec<Option<Vec<f32>>>,
-    failures: Vec<(std::path::PathBuf, String)>,
-    progress: Arc<AtomicUsize>,
+/// The browser's work per step (a piece of an image's network pass at a time), so a frame
+/// stays short.
+const BROWSER_STEP: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// The features of the map in progress: batches of [`STEP`] images on the desktop, a few
+/// milliseconds of one image's pass at a time in the browser.
+enum Featurizing {
+    Batches {
+        extractor: crate::model::extractor::Extractor,
+        paths: Vec<std::path::PathBuf>,
+        rows: Vec<Option<Vec<f32>>>,
+        failures: Vec<(std::path::PathBuf, String)>,
+        progress: Arc<AtomicUsize>,
+    },
+    Pieces {
+        steps: crate::train::features::FeatureSteps,
+        progress: Arc<AtomicUsize>,
+    },
 }
 
 /// Starts computing the map of the Dataset cell above.
@@ -237,45 +250,73 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
                 crate::model::backend::select(BackendChoice::Auto).map_err(|e| format!("{e:#}"))?;
             let extractor = crate::model::extractor::Extractor::bundled(&compute.device)
                 .map_err(|e| format!("{e:#}"))?;
-            Ok(Featurizing {
-                extractor,
-                rows: Vec::with_capacity(paths.len()),
-                paths,
-                failures: Vec::new(),
-                progress: counter,
+            let cache = crate::train::features::FeatureCache::default_location();
+            Ok(if cfg!(target_arch = "wasm32") {
+                Featurizing::Pieces {
+                    steps: crate::explore::embedding::map_feature_steps(extractor, paths, cache),
+                    progress: counter,
+                }
+            } else {
+                Featurizing::Batches {
+                    extractor,
+                    rows: Vec::with_capacity(paths.len()),
+                    paths,
+                    failures: Vec::new(),
+                    progress: counter,
+                }
             })
         },
-        move |s| {
-            let start = s.rows.len();
-            if start >= s.paths.len() {
-                return false;
+        move |s| match s {
+            Featurizing::Batches {
+                extractor,
+                paths,
+                rows,
+                failures,
+                progress,
+            } => {
+                let start = rows.len();
+                if start >= paths.len() {
+                    return false;
+                }
+                let end = (start + STEP).min(paths.len());
+                let cache = crate::train::features::FeatureCache::default_location();
+                let f = crate::explore::embedding::map_features(
+                    extractor,
+                    &paths[start..end],
+                    Some(&cache),
+                    STEP,
+                    &never,
+                );
+                rows.extend(f.features);
+                failures.extend(f.failures);
+                progress.store(end, Ordering::Relaxed);
+                end < paths.len()
             }
-            let end = (start + STEP).min(s.paths.len());
-            let cache = crate::train::features::FeatureCache::default_location();
-            let f = crate::explore::embedding::map_features(
-                &s.extractor,
-                &s.paths[start..end],
-                Some(&cache),
-                STEP,
-                &never,
-            );
-            s.rows.extend(f.features);
-            s.failures.extend(f.failures);
-            s.progress.store(end, Ordering::Relaxed);
-            end < s.paths.len()
+            Featurizing::Pieces { steps, progress } => {
+                let more = steps.step(BROWSER_STEP);
+                progress.store(steps.done(), Ordering::Relaxed);
+                more
+            }
         },
         move |s| {
-            let (kept, rows) = crate::explore::embedding::read_rows(records, s.rows);
+            let (rows, failures) = match s {
+                Featurizing::Batches { rows, failures, .. } => (rows, failures),
+                Featurizing::Pieces { steps, .. } => {
+                    let f = steps.finish();
+                    (f.features, f.failures)
+                }
+            };
+            let (kept, rows) = crate::explore::embedding::read_rows(records, rows);
             if rows.len() < 2 {
                 return Err(format!(
                     "fewer than two readable images ({} unreadable): no map to draw",
-                    s.failures.len()
+                    failures.len()
                 ));
             }
             let batch_effect = batch_effect_of(&manifest, &kept, &rows);
             Ok(EmbeddingResult {
                 manifest,
-                map: EmbeddingMap::new(kept, &rows, s.failures),
+                map: EmbeddingMap::new(kept, &rows, failures),
                 batch_effect,
             })
         },
@@ -407,6 +448,7 @@ fn color_points(
 /// Writes the map as shown (points coloured as in the cell, with the legend) to
 /// `embedding.png` and `embedding.svg` in `dir`, and every point to `embedding.csv`
 /// (coordinates, colour category, image, label, patient, split).
+#[cfg(not(target_arch = "wasm32"))]
 fn export_map(
     dir: &std::path::Path,
     result: &EmbeddingResult,
@@ -471,6 +513,16 @@ fn export_map(
     crate::fsio::write_atomic_bytes(&path, csv.as_bytes())?;
     written.push(path);
     Ok(written)
+}
+
+/// The browser draws no chart files (plotters is desktop-only); the page has no button for it.
+#[cfg(target_arch = "wasm32")]
+fn export_map(
+    _: &std::path::Path,
+    _: &EmbeddingResult,
+    _: &Colored,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    anyhow::bail!("maps are exported from the desktop app")
 }
 
 pub(super) fn embedding_ui(

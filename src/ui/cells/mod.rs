@@ -325,7 +325,9 @@ pub struct FeaturePrefetch {
     pub paths: Vec<PathBuf>,
 }
 
-/// Queues `prefetch` as slices of [`PREFETCH_SLICE`] images on the compute queue.
+/// Queues `prefetch` on the compute queue as one job in steps of a few milliseconds each (a
+/// piece of an image's network pass at a time: see
+/// [`crate::train::features::FeatureSteps`]), reporting progress after each step.
 #[cfg(target_arch = "wasm32")]
 fn queue_prefetch(
     app: &WorkbenchApp,
@@ -334,50 +336,49 @@ fn queue_prefetch(
     tx: &mpsc::Sender<TrainEvent>,
     cancel: &Arc<AtomicBool>,
 ) {
-    /// Images per slice: one image at 224² is about 60 ms of WebAssembly work.
-    const PREFETCH_SLICE: usize = 1;
-    let prefetch = Arc::new(prefetch);
-    let total = prefetch.paths.len();
-    let cache = crate::train::features::FeatureCache::default_location();
-    for start in (0..total).step_by(PREFETCH_SLICE) {
-        let (prefetch, cache, tx, cancel, repaint) = (
-            prefetch.clone(),
-            cache.clone(),
-            tx.clone(),
-            cancel.clone(),
-            ctx.clone(),
-        );
-        app.rt.compute.submit(move || {
-            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
+    /// Work per step: the frame around it stays well under 100 ms.
+    const STEP: std::time::Duration = std::time::Duration::from_millis(30);
+    let (tx, cancel, repaint) = (tx.clone(), cancel.clone(), ctx.clone());
+    let mut prefetch = Some(prefetch);
+    let mut steps: Option<crate::train::features::FeatureSteps> = None;
+    app.rt.compute.submit_steps(move || {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        if steps.is_none() {
             // The folded network is built once and shared; without weights the run itself
             // reports the error.
             let device = burn::tensor::Device::flex();
-            let Ok(extractor) = crate::model::extractor::Extractor::bundled(&device) else {
-                return;
+            let (Some(p), Ok(extractor)) = (
+                prefetch.take(),
+                crate::model::extractor::Extractor::bundled(&device),
+            ) else {
+                return false;
             };
-            let end = (start + PREFETCH_SLICE).min(total);
-            crate::train::features::featurize(
-                &extractor,
-                &prefetch.backbone,
-                prefetch.orientation_mean,
-                &prefetch.preprocess,
-                &prefetch.paths[start..end],
-                Some(&cache),
-                PREFETCH_SLICE,
-                &mut |_, _| {},
-                &cancel,
-            );
-            tx.send(TrainEvent::Progress {
-                phase: crate::train::events::Phase::Features,
-                done: end,
-                total,
-            })
-            .ok();
-            repaint.request_repaint();
-        });
-    }
+            steps = Some(crate::train::features::FeatureSteps::new(
+                extractor,
+                &p.backbone,
+                p.orientation_mean,
+                &p.preprocess,
+                p.paths,
+                Some(crate::train::features::FeatureCache::default_location()),
+            ));
+            // The first step: weights folded and the cache ready; images next frame.
+            return true;
+        }
+        let Some(s) = steps.as_mut() else {
+            return false;
+        };
+        let more = s.step(STEP);
+        tx.send(TrainEvent::Progress {
+            phase: crate::train::events::Phase::Features,
+            done: s.done(),
+            total: s.total(),
+        })
+        .ok();
+        repaint.request_repaint();
+        more
+    });
 }
 
 /// Continues the Train cell's last run from its last complete checkpoint, on the data and
