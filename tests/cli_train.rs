@@ -1187,3 +1187,53 @@ fn finetune_learns_on_real_cells() {
         "fine-tuned accuracy {acc} vs majority {majority}"
     );
 }
+
+/// `--calibrate` fits a temperature on the validation side, saves it with the model, reports
+/// the calibration error before and after, and `predict` applies it: the run's predictions and
+/// `predict`'s still agree to 1e-5.
+#[test]
+fn calibrated_probe_saves_its_temperature_and_predict_uses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--calibrate",
+        "--backend",
+        "cpu",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("temperature scaling"),
+        "the metrics table names the temperature"
+    );
+    let dir = only_run(&runs);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
+    let t = info["temperature"]
+        .as_f64()
+        .expect("a temperature in model.json");
+    assert!(t.is_finite() && t > 0.0, "{t}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    let scaling = &metrics["val"]["temperature"];
+    assert!((scaling["temperature"].as_f64().unwrap() - t).abs() < 1e-6);
+    assert!(scaling["ece_before"].as_f64().unwrap().is_finite());
+    let pred = tmp.path().join("predicted.csv");
+    let out = run(&[
+        "predict",
+        path_str(&dir),
+        path_str(&data),
+        "--out",
+        path_str(&pred),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_run_agrees_with_predict(&dir, &data, &pred, "calibrated probe");
+}

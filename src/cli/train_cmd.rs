@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// Probe: average each image's features over its 8 orientations (flips, 90° turns).
     #[arg(long)]
     pub orientation_mean: bool,
+    /// Binary and multi-class tasks: fit a temperature on the validation side that calibrates
+    /// the probabilities (temperature scaling), saved with the model and used by predict,
+    /// serve and evaluate. The test side reports its calibration error before and after.
+    #[arg(long)]
+    pub calibrate: bool,
     /// Probe: lbfgs (default: logistic regression solved to convergence, its L2 strength
     /// and class weighting chosen on the validation side, refitted on training + validation
     /// when a test side scores it; --epochs, --lr, --optimizer, --weight-decay and
@@ -142,6 +147,7 @@ impl TrainArgs {
             c.augment = crate::dataset::preprocess::Augment::none();
         }
         c.orientation_mean |= self.orientation_mean;
+        c.calibrate |= self.calibrate;
         Ok(c)
     }
 }

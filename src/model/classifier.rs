@@ -47,6 +47,10 @@ pub struct ModelInfo {
     /// [`super::extractor::Extractor::features_orientation_mean`]).
     #[serde(default)]
     pub orientation_mean: bool,
+    /// Single-label tasks: the temperature fitted on the validation side (`--calibrate`);
+    /// every prediction's probabilities are `softmax(logits / temperature)`.
+    #[serde(default)]
+    pub temperature: Option<f32>,
 }
 
 impl ModelInfo {
@@ -175,6 +179,17 @@ impl Classifier {
         }
     }
 
+    /// The probabilities of logits: the decision rule, at the fitted temperature if any.
+    fn decide(&self, logits: Tensor<2>) -> Vec<Vec<f32>> {
+        let logits = match self.info.temperature {
+            Some(t) if t > 0.0 && !self.info.cumulative && self.info.task != Task::MultiLabel => {
+                logits.div_scalar(t)
+            }
+            _ => logits,
+        };
+        decision::probabilities(self.info.task, self.info.cumulative, logits)
+    }
+
     /// Probabilities from backbone features (`n` rows of [`FEATURES`], as
     /// [`Self::features`] gives them): standardisation, head, decision rules.
     pub fn probabilities_from_features(&self, mut features: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
@@ -189,7 +204,7 @@ impl Classifier {
             TensorData::new(features, [n, FEATURES]),
             &self.device,
         ));
-        decision::probabilities(self.info.task, self.info.cumulative, logits)
+        self.decide(logits)
     }
 
     /// Class probabilities (softmax; sigmoid per label for multi-label; one per grade for an
@@ -209,7 +224,7 @@ impl Classifier {
                     TensorData::new(chw, [n, 3, side, side]),
                     &self.device,
                 ));
-                decision::probabilities(self.info.task, self.info.cumulative, logits)
+                self.decide(logits)
             }
         }
     }

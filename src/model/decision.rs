@@ -69,6 +69,48 @@ pub fn probabilities(task: Task, cumulative: bool, logits: Tensor<2>) -> Vec<Vec
         .collect()
 }
 
+/// Probabilities at temperature `t`: `softmax(ln p / t)`, which is `softmax(z / t)` for the
+/// logits `z` the probabilities came from. `t > 1` softens overconfident probabilities; the
+/// most probable class never changes.
+pub fn with_temperature(probs: &[f32], t: f32) -> Vec<f32> {
+    let logits: Vec<f32> = probs.iter().map(|p| p.max(1e-12).ln() / t).collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|z| (z - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The temperature (between 0.05 and 20) that minimises the mean negative log-likelihood of
+/// the true classes `truth` under [`with_temperature`]: temperature scaling (Guo et al.,
+/// 2017), fitted by golden-section search on `ln t` (the likelihood is unimodal in it).
+pub fn fit_temperature(probs: &[Vec<f32>], truth: &[usize]) -> f32 {
+    let nll = |log_t: f64| -> f64 {
+        let t = log_t.exp() as f32;
+        probs
+            .iter()
+            .zip(truth)
+            .map(|(p, &y)| -f64::from(with_temperature(p, t)[y].max(1e-12)).ln())
+            .sum::<f64>()
+            / probs.len().max(1) as f64
+    };
+    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (nll(c), nll(d));
+    for _ in 0..60 {
+        if fc < fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - g * (b - a);
+            fc = nll(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + g * (b - a);
+            fd = nll(d);
+        }
+    }
+    ((a + b) / 2.0).exp() as f32
+}
+
 /// Per-feature standardisation of a probe: `(x - mean) / std`, fitted on the training side.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Standardiser {
@@ -160,5 +202,39 @@ mod tests {
         let mut y = vec![5.0];
         Standardiser::default().apply(&mut y);
         assert_eq!(y, [5.0]);
+    }
+
+    /// Probabilities made overconfident by a temperature of 1/3 are calibrated back: the fit
+    /// finds 3; at temperature 1 nothing changes, and the most probable class never does.
+    #[test]
+    fn temperature_scaling_undoes_overconfidence() {
+        let mut state = 0x2545_f491_u32;
+        let mut unit = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as f32 / u32::MAX as f32
+        };
+        let (mut probs, mut truth) = (Vec::new(), Vec::new());
+        for _ in 0..4000 {
+            let z: Vec<f32> = (0..4).map(|_| 2.0 * unit()).collect();
+            let calibrated = with_temperature(&z.iter().map(|v| v.exp()).collect::<Vec<_>>(), 1.0);
+            // The truth drawn from the calibrated distribution.
+            let (mut r, mut y) = (unit(), 0);
+            while y < 3 && r > calibrated[y] {
+                r -= calibrated[y];
+                y += 1;
+            }
+            probs.push(with_temperature(&calibrated, 1.0 / 3.0));
+            truth.push(y);
+        }
+        let t = fit_temperature(&probs, &truth);
+        assert!((t - 3.0).abs() < 0.3, "fitted temperature {t}");
+        let p = [0.7, 0.2, 0.1];
+        let same = with_temperature(&p, 1.0);
+        assert!(same.iter().zip(p).all(|(a, b)| (a - b).abs() < 1e-6));
+        let soft = with_temperature(&p, 2.5);
+        assert_eq!(argmax(&soft), 0);
+        assert!(soft[0] < 0.7 && (soft.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
 }

@@ -151,6 +151,9 @@ pub struct TrainConfig {
     pub orientation_mean: bool,
     /// Probe: how the head is fitted (fine-tuning and scratch always train in epochs).
     pub solver: Solver,
+    /// Single-label tasks: fit a temperature on the validation side (the kept model's
+    /// choice-making data) that calibrates the probabilities, and use it in every prediction.
+    pub calibrate: bool,
 }
 
 impl Default for TrainConfig {
@@ -178,6 +181,7 @@ impl Default for TrainConfig {
             val_fraction: 0.2,
             orientation_mean: false,
             solver: Solver::Lbfgs,
+            calibrate: false,
         }
     }
 }

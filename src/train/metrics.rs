@@ -132,6 +132,20 @@ pub struct Metrics {
     /// The settings this side chose (the validation side of a probe solved to convergence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chose: Option<super::probe::ProbeSelection>,
+    /// Temperature scaling applied to these probabilities (`--calibrate`), with the
+    /// calibration error before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<TemperatureScaling>,
+}
+
+/// A temperature fitted on the validation side and the expected calibration error of the
+/// side it was applied to, before and after.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TemperatureScaling {
+    pub temperature: f32,
+    pub fitted_on: String,
+    pub ece_before: f64,
+    pub ece_after: f64,
 }
 
 /// Total order on scores: NaN is below everything (including `-inf`), NaNs are equal to each
@@ -266,6 +280,7 @@ fn empty_metrics(task: Task, labels: &[String]) -> Metrics {
         ci: None,
         calibration: None,
         chose: None,
+        temperature: None,
         classes: labels
             .iter()
             .map(|label| ClassMetrics {
@@ -376,6 +391,7 @@ pub fn evaluate_single(
         ci: None,
         calibration: None,
         chose: None,
+        temperature: None,
         classes: averages.classes,
         confusion: Some(ConfusionMatrix {
             labels: labels.to_vec(),
@@ -467,6 +483,7 @@ pub fn evaluate_multi_label(
         ci: None,
         calibration: None,
         chose: None,
+        temperature: None,
         classes: averages.classes,
         confusion: None,
     }

@@ -78,6 +78,15 @@ pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
     if let Some(c) = &m.calibration {
         row("expected calibration error", f(c.ece));
     }
+    if let Some(t) = &m.temperature {
+        row(
+            "temperature scaling",
+            format!(
+                "T = {:.3}, fitted on the validation side; calibration error {:.4} before",
+                t.temperature, t.ece_before
+            ),
+        );
+    }
     out.push(t);
 
     let mut t = Table::new(

@@ -192,6 +192,7 @@ impl<'a> Trainer<'a> {
             feature_mean: Vec::new(),
             feature_std: Vec::new(),
             cumulative: data.task == Task::Ordinal,
+            temperature: None,
             orientation_mean: config.mode == Mode::Probe && config.orientation_mean,
             dataset_root: Some(
                 std::path::absolute(&job.manifest.root)
@@ -547,6 +548,10 @@ impl<'a> Trainer<'a> {
         let mut test_metrics = None;
         let mut patient_metrics = None;
         let mut test_predictions = None;
+        // Temperature scaling, fitted on the validation side's predictions (`--calibrate`).
+        let calibrate =
+            self.config.calibrate && matches!(self.data.task, Task::Binary | Task::MultiClass);
+        let mut temperature: Option<f32> = None;
         for (side, items) in [("val", &self.data.val), ("test", &self.data.test)] {
             if items.is_empty() {
                 continue;
@@ -568,6 +573,20 @@ impl<'a> Trainer<'a> {
                 &self.weights,
                 &self.plain,
             );
+            let truth: Vec<usize> = kept.iter().map(|&i| class_of(self.data, i)).collect();
+            if calibrate && side == "val" && !kept.is_empty() {
+                temperature = Some(decision::fit_temperature(&probs, &truth));
+            }
+            let before = temperature
+                .and_then(|_| super::uncertainty::calibration(&truth, &probs, 10))
+                .map(|c| c.ece);
+            let probs: Vec<Vec<f32>> = match temperature {
+                Some(t) => probs
+                    .iter()
+                    .map(|p| decision::with_temperature(p, t))
+                    .collect(),
+                None => probs,
+            };
             // The final score of a side: its metrics with bootstrap intervals and calibration.
             let mut m = super::uncertainty::score(
                 self.data.task,
@@ -587,6 +606,18 @@ impl<'a> Trainer<'a> {
             if side == "val" {
                 m.chose = self.chosen.as_ref().map(|(_, s)| s.clone());
             }
+            if let (Some(t), Some(before), Some(after)) =
+                (temperature, before, m.calibration.as_ref().map(|c| c.ece))
+            {
+                m.temperature = Some(metrics::TemperatureScaling {
+                    temperature: t,
+                    fitted_on: "the validation side's predictions (its calibration error after \
+                                scaling is optimistic; the test side's is not)"
+                        .into(),
+                    ece_before: before,
+                    ece_after: after,
+                });
+            }
             for (&i, p) in kept.iter().zip(&probs) {
                 predictions.push((side, i, p.clone()));
             }
@@ -598,7 +629,6 @@ impl<'a> Trainer<'a> {
                         .iter()
                         .map(|&i| self.data.items[i].patient.as_deref().unwrap_or(""))
                         .collect();
-                    let truth: Vec<usize> = kept.iter().map(|&i| class_of(self.data, i)).collect();
                     let (_, pt, pp) = metrics::aggregate_by_patient(&patients, &truth, &probs);
                     patient_metrics = Some(metrics::evaluate_single(
                         self.data.task,
@@ -626,6 +656,13 @@ impl<'a> Trainer<'a> {
             }
         }
         let val_metrics = val_metrics.context("no validation predictions")?;
+        if let Some(t) = temperature {
+            // Every prediction of the kept model uses the temperature (`model::Classifier`).
+            let path = self.run.path.join("model.json");
+            let mut info: ModelInfo = crate::runs::read_json(&path)?;
+            info.temperature = Some(t);
+            self.run.write_json("model.json", &info)?;
+        }
         self.run
             .write_bytes("model.safetensors", &final_net.to_bytes()?)?;
         self.run.write_bytes(

@@ -188,7 +188,16 @@ pub(super) fn evaluate_ui(
             }
         });
         if let Some(c) = &m.calibration {
-            ui.vertical(|ui| reliability_ui(ui, id, c));
+            ui.vertical(|ui| {
+                reliability_ui(ui, id, c);
+                if let Some(t) = &m.temperature {
+                    ui.label(format!(
+                        "Temperature scaling: T = {:.2}, fitted on the validation side; calibration error {:.3} before",
+                        t.temperature, t.ece_before
+                    ))
+                    .on_hover_text(&t.fitted_on);
+                }
+            });
         }
     });
     if let Some(c) = clicked {

@@ -184,6 +184,8 @@ pub(super) fn train_ui(
                 ui.label(egui::RichText::new("A split given above is not used; every image is scored once.").weak());
             }
         });
+        ui.checkbox(&mut config.calibrate, "calibrate probabilities (temperature scaling)")
+            .on_hover_text("Binary and multi-class tasks: a temperature fitted on the validation side softens (or sharpens) the probabilities so that a 0.8 means right 8 times in 10; the predicted class never changes. Saved with the model and used by every prediction; Evaluate shows the calibration error before and after.");
         if config.mode == Mode::Probe {
             ui.horizontal(|ui| {
                 ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
