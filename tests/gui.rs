@@ -773,3 +773,87 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Ctrl+drag draws a lasso on the Embedding map; the points inside it filter the Dataset
+/// gallery (here a lasso around the whole map: all 35 images).
+#[test]
+fn a_lasso_on_the_map_filters_the_gallery() {
+    use eframe::egui;
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("lasso.cellbook.toml");
+    use_test_cache();
+    let ctx = egui::Context::default();
+    let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    for cell in &mut app.workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 2;
+            config.preprocess.size = 64;
+            config.backend = cellbench::model::backend::BackendChoice::Cpu;
+        }
+    }
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    harness.run_steps(2);
+    harness.get_by_label("Run all").click();
+    wait_until_settled(&mut harness, Duration::from_secs(180));
+    let map = cell_id(harness.state(), |k| matches!(k, CellKind::Embedding { .. }));
+    let dataset = cell_id(harness.state(), |k| matches!(k, CellKind::Dataset { .. }));
+    let rect = harness
+        .state()
+        .rt
+        .embedding(map)
+        .and_then(|m| m.map_rect())
+        .unwrap_or_else(|| panic!("the map is drawn: {:?}", harness.state().rt.log));
+    let r = rect.shrink(4.0);
+    let corners = [
+        r.left_top(),
+        r.right_top(),
+        r.right_bottom(),
+        r.left_bottom(),
+    ];
+    let command = egui::Modifiers::COMMAND;
+    let press = |harness: &mut Harness<'_, WorkbenchApp>, pos: egui::Pos2, pressed: bool| {
+        harness.input_mut().events.push(egui::Event::PointerButton {
+            pos,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: command,
+        });
+    };
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::ModifiersChanged(command));
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::PointerMoved(corners[0]));
+    harness.step();
+    press(&mut harness, corners[0], true);
+    harness.step();
+    for c in corners.iter().skip(1).chain([&corners[0]]) {
+        for k in 1..=4 {
+            let prev = corners[(corners.iter().position(|x| x == c).unwrap() + 3) % 4];
+            let at = prev + (*c - prev) * (k as f32 / 4.0);
+            harness
+                .input_mut()
+                .events
+                .push(egui::Event::PointerMoved(at));
+            harness.step();
+        }
+    }
+    press(&mut harness, corners[0], false);
+    harness.run_steps(3);
+    let picked = harness
+        .state()
+        .rt
+        .dataset(dataset)
+        .unwrap()
+        .filter
+        .picked
+        .clone()
+        .expect("the lasso filtered the gallery");
+    assert_eq!(picked.len(), 35);
+    harness.get_by_label("35 of 35 images shown");
+}

@@ -196,7 +196,7 @@ pub(super) fn dataset_ui(
         .on_hover_text("Show images whose path contains this text");
         if let Some(picked) = &filter.picked
             && ui
-                .button(format!("{} selected on the map ✕", picked.len()))
+                .button(format!("{} selected on the map · clear", picked.len()))
                 .on_hover_text("Show every image again")
                 .clicked()
         {

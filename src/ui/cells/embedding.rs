@@ -168,6 +168,8 @@ pub struct EmbeddingRuntime {
     colored: Option<Colored>,
     /// Where a Shift+drag box selection started.
     box_from: Option<egui::Pos2>,
+    /// The lasso being drawn (Ctrl+drag), in screen coordinates.
+    lasso: Vec<egui::Pos2>,
     /// Where the map was drawn last.
     last_rect: Option<egui::Rect>,
     /// The predictions of the run chosen in the cell, for the run-based colourings.
@@ -175,6 +177,11 @@ pub struct EmbeddingRuntime {
 }
 
 impl EmbeddingRuntime {
+    /// Where the map was drawn last frame, on the screen.
+    pub fn map_rect(&self) -> Option<egui::Rect> {
+        self.last_rect
+    }
+
     /// Drains the map's and the chosen run's background results (once per frame, from the
     /// app, whether the cell is drawn or collapsed).
     pub fn poll(&mut self) -> Option<Result<(), String>> {
@@ -333,6 +340,7 @@ pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u
             view: None,
             colored: None,
             box_from: None,
+            lasso: Vec::new(),
             last_rect: None,
             run_colors: None,
         },
@@ -641,7 +649,10 @@ pub(super) fn embedding_ui(
             rt.view = None;
         }
         ui.label(
-            egui::RichText::new("drag to pan · Ctrl+scroll to zoom · Shift+drag to select").weak(),
+            egui::RichText::new(
+                "drag to pan · Ctrl+scroll to zoom · Shift+drag: box · Ctrl+drag: lasso",
+            )
+            .weak(),
         );
     });
     if rt.colored.as_ref().is_none_or(|c| c.by != rt.color_by) {
@@ -666,11 +677,26 @@ pub(super) fn embedding_ui(
     let view = rt
         .view
         .get_or_insert_with(|| View::fit(&colored.set.points));
-    let shift = ui.input(|i| i.modifiers.shift);
+    // Ctrl (⌘ on a Mac) for the lasso: Alt+drag moves windows on many Linux desktops.
+    let (shift, lasso_key) = ui.input(|i| (i.modifiers.shift, i.modifiers.command));
     if resp.drag_started() && shift {
         rt.box_from = resp.interact_pointer_pos();
     }
-    if resp.dragged() && rt.box_from.is_none() {
+    if resp.drag_started()
+        && lasso_key
+        && !shift
+        && let Some(at) = resp.interact_pointer_pos()
+    {
+        rt.lasso = vec![at];
+    }
+    if resp.dragged()
+        && !rt.lasso.is_empty()
+        && let Some(at) = resp.interact_pointer_pos()
+        && rt.lasso.last().is_none_or(|l| l.distance(at) > 2.0)
+    {
+        rt.lasso.push(at);
+    }
+    if resp.dragged() && rt.box_from.is_none() && rt.lasso.is_empty() {
         view.pan(rect, resp.drag_delta());
     }
     if resp.hovered() {
@@ -728,8 +754,32 @@ pub(super) fn embedding_ui(
             picked = Some(chosen);
         }
     }
+    // Lasso selection.
+    if rt.lasso.len() > 1 {
+        let mut outline = rt.lasso.clone();
+        outline.push(rt.lasso[0]);
+        painter.add(egui::Shape::line(
+            outline,
+            egui::Stroke::new(1.5, ui.visuals().selection.stroke.color),
+        ));
+        if resp.drag_stopped() {
+            let screen: Vec<egui::Pos2> = colored
+                .set
+                .points
+                .iter()
+                .map(|p| view.to_screen(rect, p.pos))
+                .collect();
+            let mut chosen: Vec<usize> = lasso_pick(&rt.lasso, &screen)
+                .into_iter()
+                .map(|k| result.map.records[k])
+                .collect();
+            chosen.sort_unstable();
+            picked = Some(chosen);
+        }
+    }
     if resp.drag_stopped() {
         rt.box_from = None;
+        rt.lasso.clear();
     }
     // Hover and click.
     let hovered = resp
@@ -842,5 +892,64 @@ pub(super) fn embedding_ui(
                 "no image in the box: the gallery shows every image again".to_owned()
             },
         );
+    }
+}
+
+/// The points (by index) inside the closed polygon `lasso` (the even-odd rule: a ray from
+/// the point crosses the outline an odd number of times).
+fn lasso_pick(lasso: &[egui::Pos2], points: &[egui::Pos2]) -> Vec<usize> {
+    if lasso.len() < 3 {
+        return Vec::new();
+    }
+    let bounds = egui::Rect::from_points(lasso);
+    let inside = |p: egui::Pos2| {
+        if !bounds.contains(p) {
+            return false;
+        }
+        let mut odd = false;
+        let mut j = lasso.len() - 1;
+        for i in 0..lasso.len() {
+            let (a, b) = (lasso[i], lasso[j]);
+            if (a.y > p.y) != (b.y > p.y) && p.x < (b.x - a.x) * (p.y - a.y) / (b.y - a.y) + a.x {
+                odd = !odd;
+            }
+            j = i;
+        }
+        odd
+    };
+    points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| inside(**p))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[cfg(test)]
+mod lasso_tests {
+    use super::*;
+
+    /// An L-shaped lasso picks the points in the L, not those in the notch of its bounding
+    /// box; fewer than three corners pick nothing.
+    #[test]
+    fn a_lasso_picks_what_it_encloses() {
+        let p = egui::pos2;
+        let l = [
+            p(0.0, 0.0),
+            p(10.0, 0.0),
+            p(10.0, 4.0),
+            p(4.0, 4.0),
+            p(4.0, 10.0),
+            p(0.0, 10.0),
+        ];
+        let points = [
+            p(2.0, 2.0),
+            p(8.0, 2.0),
+            p(2.0, 8.0),
+            p(8.0, 8.0),
+            p(20.0, 1.0),
+        ];
+        assert_eq!(lasso_pick(&l, &points), vec![0, 1, 2]);
+        assert!(lasso_pick(&l[..2], &points).is_empty());
     }
 }

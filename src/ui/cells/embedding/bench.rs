@@ -77,6 +77,7 @@ impl MapBench {
                         view: None,
                         colored: None,
                         box_from: None,
+                        lasso: Vec::new(),
                         last_rect: None,
                         run_colors: None,
                     },
