@@ -17,7 +17,13 @@ use crate::ui::widgets;
 use super::*;
 
 mod bench;
+mod compute;
+mod export;
+mod lasso;
 pub use bench::MapBench;
+pub(super) use compute::start_embedding;
+use export::export_map;
+use lasso::lasso_pick;
 
 /// What the points' colours show.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,159 +200,6 @@ impl EmbeddingRuntime {
     }
 }
 
-/// Images per compute step on the desktop.
-const STEP: usize = 32;
-
-/// The browser's work per step (a piece of an image's network pass at a time), so a frame
-/// stays short.
-const BROWSER_STEP: std::time::Duration = std::time::Duration::from_millis(30);
-
-/// The features of the map in progress: batches of [`STEP`] images on the desktop, a few
-/// milliseconds of one image's pass at a time in the browser.
-enum Featurizing {
-    Batches {
-        extractor: crate::model::extractor::Extractor,
-        paths: Vec<std::path::PathBuf>,
-        rows: Vec<Option<Vec<f32>>>,
-        failures: Vec<(std::path::PathBuf, String)>,
-        progress: Arc<AtomicUsize>,
-    },
-    Pieces {
-        steps: crate::train::features::FeatureSteps,
-        progress: Arc<AtomicUsize>,
-    },
-}
-
-/// Starts computing the map of the Dataset cell above.
-pub(super) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
-    let Some(dataset) = app.workbook.inputs(id).dataset else {
-        app.rt
-            .note(true, "embedding cell: add a Dataset cell above it");
-        return;
-    };
-    if !freshness(app, dataset).is_fresh() {
-        let name = cell_name(app, dataset);
-        app.rt.note(
-            true,
-            format!("embedding cell: {name} is not up to date; run it first"),
-        );
-        return;
-    }
-    let Some(data) = loaded(app, dataset) else {
-        return;
-    };
-    let manifest = data.manifest.clone();
-    let records: Vec<usize> = (0..manifest.records.len())
-        .filter(|&i| manifest.records[i].is_usable())
-        .collect();
-    let paths: Vec<std::path::PathBuf> = records
-        .iter()
-        .map(|&i| manifest.image_path(&manifest.records[i]))
-        .collect();
-    let total = paths.len();
-    let progress = Arc::new(AtomicUsize::new(0));
-    let counter = progress.clone();
-    let dataset_generation = app.rt.dataset(dataset).expect("loaded above").generation;
-    let generation = app.rt.next_generation();
-    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let task = BgTask::in_steps_on_worker(
-        ctx,
-        &app.rt.compute,
-        move || {
-            let compute =
-                crate::model::backend::select(BackendChoice::Auto).map_err(|e| format!("{e:#}"))?;
-            let extractor = crate::model::extractor::Extractor::bundled(&compute.device)
-                .map_err(|e| format!("{e:#}"))?;
-            let cache = crate::train::features::FeatureCache::default_location();
-            Ok(if cfg!(target_arch = "wasm32") {
-                Featurizing::Pieces {
-                    steps: crate::explore::embedding::map_feature_steps(extractor, paths, cache),
-                    progress: counter,
-                }
-            } else {
-                Featurizing::Batches {
-                    extractor,
-                    rows: Vec::with_capacity(paths.len()),
-                    paths,
-                    failures: Vec::new(),
-                    progress: counter,
-                }
-            })
-        },
-        move |s| match s {
-            Featurizing::Batches {
-                extractor,
-                paths,
-                rows,
-                failures,
-                progress,
-            } => {
-                let start = rows.len();
-                if start >= paths.len() {
-                    return false;
-                }
-                let end = (start + STEP).min(paths.len());
-                let cache = crate::train::features::FeatureCache::default_location();
-                let f = crate::explore::embedding::map_features(
-                    extractor,
-                    &paths[start..end],
-                    Some(&cache),
-                    STEP,
-                    &never,
-                );
-                rows.extend(f.features);
-                failures.extend(f.failures);
-                progress.store(end, Ordering::Relaxed);
-                end < paths.len()
-            }
-            Featurizing::Pieces { steps, progress } => {
-                let more = steps.step(BROWSER_STEP);
-                progress.store(steps.done(), Ordering::Relaxed);
-                more
-            }
-        },
-        move |s| {
-            let (rows, failures) = match s {
-                Featurizing::Batches { rows, failures, .. } => (rows, failures),
-                Featurizing::Pieces { steps, .. } => {
-                    let f = steps.finish();
-                    (f.features, f.failures)
-                }
-            };
-            let (kept, rows) = crate::explore::embedding::read_rows(records, rows);
-            if rows.len() < 2 {
-                return Err(format!(
-                    "fewer than two readable images ({} unreadable): no map to draw",
-                    failures.len()
-                ));
-            }
-            let batch_effect = batch_effect_of(&manifest, &kept, &rows);
-            Ok(EmbeddingResult {
-                manifest,
-                map: EmbeddingMap::new(kept, &rows, failures),
-                batch_effect,
-            })
-        },
-    );
-    app.rt.set_embedding(
-        id,
-        EmbeddingRuntime {
-            dataset: (dataset, dataset_generation),
-            generation,
-            data: Loading::Busy(task),
-            progress,
-            total,
-            color_by: ColorBy::default(),
-            view: None,
-            colored: None,
-            box_from: None,
-            lasso: Vec::new(),
-            last_rect: None,
-            run_colors: None,
-        },
-    );
-}
-
 /// A distinct colour for category `k` of `n`: a fixed palette for a few, evenly spread hues
 /// beyond it.
 fn category_color(k: usize, n: usize) -> egui::Color32 {
@@ -451,86 +304,6 @@ fn color_points(
         legend,
         category: Arc::new(category),
     }
-}
-
-/// Writes the map as shown (points coloured as in the cell, with the legend) to
-/// `embedding.png` and `embedding.svg` in `dir`, and every point to `embedding.csv`
-/// (coordinates, colour category, image, label, patient, split).
-#[cfg(not(target_arch = "wasm32"))]
-fn export_map(
-    dir: &std::path::Path,
-    result: &EmbeddingResult,
-    colored: &Colored,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    use crate::fsio::csv_field;
-    let map = &result.map;
-    let points: Vec<(f32, f32, usize)> = map
-        .coords
-        .iter()
-        .zip(colored.category.iter())
-        .map(|(c, &k)| (c[0], c[1], k))
-        .collect();
-    let categories: Vec<(String, [u8; 3])> = colored
-        .legend
-        .iter()
-        .map(|(name, c, _)| (name.clone(), [c.r(), c.g(), c.b()]))
-        .collect();
-    let title = format!(
-        "{} images: PCA of EfficientNet-Lite0 features, coloured by {}",
-        map.records.len(),
-        colored.by.name()
-    );
-    let axes = (
-        format!("PC 1 ({:.1}% of variance)", map.explained[0] * 100.0),
-        format!("PC 2 ({:.1}% of variance)", map.explained[1] * 100.0),
-    );
-    let scatter = crate::explore::charts::Scatter {
-        title: &title,
-        axes: (&axes.0, &axes.1),
-        points: &points,
-        categories: &categories,
-    };
-    crate::fs::create_dir_all(dir)?;
-    let mut written = Vec::new();
-    for ext in ["png", "svg"] {
-        let path = dir.join(format!("embedding.{ext}"));
-        scatter.write(&path)?;
-        written.push(path);
-    }
-    let mut csv = format!("pc1,pc2,{},path,label,patient,split\n", colored.by.name());
-    let records = &result.manifest.records;
-    for ((c, &k), &i) in map
-        .coords
-        .iter()
-        .zip(colored.category.iter())
-        .zip(&map.records)
-    {
-        let r = &records[i];
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            c[0],
-            c[1],
-            csv_field(&colored.legend[k].0),
-            csv_field(&r.path),
-            csv_field(&r.label_string()),
-            csv_field(r.patient.as_deref().unwrap_or("")),
-            r.split.map_or("", |s| s.name())
-        ));
-    }
-    let path = dir.join("embedding.csv");
-    crate::fsio::write_atomic_bytes(&path, csv.as_bytes())?;
-    written.push(path);
-    Ok(written)
-}
-
-/// The browser draws no chart files (plotters is desktop-only); the page has no button for it.
-#[cfg(target_arch = "wasm32")]
-fn export_map(
-    _: &std::path::Path,
-    _: &EmbeddingResult,
-    _: &Colored,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    anyhow::bail!("maps are exported from the desktop app")
 }
 
 pub(super) fn embedding_ui(
@@ -892,64 +665,5 @@ pub(super) fn embedding_ui(
                 "no image in the box: the gallery shows every image again".to_owned()
             },
         );
-    }
-}
-
-/// The points (by index) inside the closed polygon `lasso` (the even-odd rule: a ray from
-/// the point crosses the outline an odd number of times).
-fn lasso_pick(lasso: &[egui::Pos2], points: &[egui::Pos2]) -> Vec<usize> {
-    if lasso.len() < 3 {
-        return Vec::new();
-    }
-    let bounds = egui::Rect::from_points(lasso);
-    let inside = |p: egui::Pos2| {
-        if !bounds.contains(p) {
-            return false;
-        }
-        let mut odd = false;
-        let mut j = lasso.len() - 1;
-        for i in 0..lasso.len() {
-            let (a, b) = (lasso[i], lasso[j]);
-            if (a.y > p.y) != (b.y > p.y) && p.x < (b.x - a.x) * (p.y - a.y) / (b.y - a.y) + a.x {
-                odd = !odd;
-            }
-            j = i;
-        }
-        odd
-    };
-    points
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| inside(**p))
-        .map(|(k, _)| k)
-        .collect()
-}
-
-#[cfg(test)]
-mod lasso_tests {
-    use super::*;
-
-    /// An L-shaped lasso picks the points in the L, not those in the notch of its bounding
-    /// box; fewer than three corners pick nothing.
-    #[test]
-    fn a_lasso_picks_what_it_encloses() {
-        let p = egui::pos2;
-        let l = [
-            p(0.0, 0.0),
-            p(10.0, 0.0),
-            p(10.0, 4.0),
-            p(4.0, 4.0),
-            p(4.0, 10.0),
-            p(0.0, 10.0),
-        ];
-        let points = [
-            p(2.0, 2.0),
-            p(8.0, 2.0),
-            p(2.0, 8.0),
-            p(8.0, 8.0),
-            p(20.0, 1.0),
-        ];
-        assert_eq!(lasso_pick(&l, &points), vec![0, 1, 2]);
-        assert!(lasso_pick(&l[..2], &points).is_empty());
     }
 }
