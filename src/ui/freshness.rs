@@ -92,7 +92,8 @@ pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
         .root
         .file_name()
         .map_or_else(|| d.source.0.clone(), |n| n.to_string_lossy().into_owned());
-    let mut description = format!("{name} ({} images)", data.manifest.records.len());
+    let dataset_name = format!("{name} ({} images)", data.manifest.records.len());
+    let mut description = dataset_name.clone();
     let split = inputs.split.map(|s| {
         let rt = app.rt.split(s).expect("checked fresh above");
         let report = &rt.data.ready().expect("fresh").report;
@@ -120,6 +121,7 @@ pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
         dataset: (dataset, d.generation),
         split,
         resumed: false,
+        dataset_name,
         description,
     })
 }

@@ -234,6 +234,8 @@ pub struct DataUse {
     pub split: Option<(u64, u64)>,
     /// A resumed run: it continues on the data its run folder recorded, not the cells above.
     pub resumed: bool,
+    /// The dataset alone, e.g. "BCCD_cropped (35 images)".
+    pub dataset_name: String,
     /// For the header, e.g. "BCCD_cropped (35 images), split by the Split cell: 24 train / 11 validation".
     pub description: String,
 }

@@ -193,20 +193,18 @@ impl WorkbenchApp {
                     .flatten()
             })
             .filter(|_| !cfg!(target_arch = "wasm32"));
-        let dropped = Some(first);
         if let Some(cell) = predict_cell.filter(|_| !paths.iter().any(|p| is_zip(p))) {
             self.push(Command::Predict { cell, paths });
-        } else if let Some(path) = dropped.as_ref().filter(|p| is_zip(p)) {
+        } else if is_zip(&first) {
             // A zip of run folders (from the browser or a cluster job) joins the notebook's runs.
-            let path = path.clone();
             self.import_runs(|runs| {
-                let bytes = crate::fs::read(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                let bytes = crate::fs::read(&first)
+                    .with_context(|| format!("reading {}", first.display()))?;
                 crate::runs::archive::import_zip(&bytes, runs)
-                    .with_context(|| format!("{}", path.display()))
+                    .with_context(|| format!("{}", first.display()))
             });
-        } else if let Some(path) = dropped {
-            self.push(Command::OpenDataset(path));
+        } else {
+            self.push(Command::OpenDataset(first));
         }
     }
 

@@ -183,6 +183,31 @@ pub struct EmbeddingRuntime {
 }
 
 impl EmbeddingRuntime {
+    /// A map of `total` images of the Dataset cell load `dataset`, computed as `data`; coloured
+    /// by label and fitted to the view until the user says otherwise.
+    fn new(
+        dataset: (u64, u64),
+        generation: u64,
+        data: Loading<EmbeddingResult>,
+        progress: Arc<AtomicUsize>,
+        total: usize,
+    ) -> Self {
+        Self {
+            dataset,
+            generation,
+            data,
+            progress,
+            total,
+            color_by: ColorBy::default(),
+            view: None,
+            colored: None,
+            box_from: None,
+            lasso: Vec::new(),
+            last_rect: None,
+            run_colors: None,
+        }
+    }
+
     /// Where the map was drawn last frame, on the screen.
     pub fn map_rect(&self) -> Option<egui::Rect> {
         self.last_rect

@@ -279,7 +279,7 @@ fn start_training(
     if let Some(k) = folds {
         data.description = format!(
             "{}; cross-validated over {k} patient-grouped folds (a split given above is not used)",
-            data.description
+            data.dataset_name
         );
     }
     let options = app
@@ -404,6 +404,7 @@ pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
         dataset: (0, 0),
         split: None,
         resumed: true,
+        dataset_name: format!("the data run {run} recorded"),
         description: format!("the data run {run} recorded (resumed)"),
     };
     let make_job = move || -> anyhow::Result<crate::train::engine::TrainJob> {

@@ -27,11 +27,7 @@ pub(super) fn train_ui(
     let running = app.rt.train(id).is_some_and(TrainRuntime::is_running);
     match current_data(app, id) {
         Ok(data) if *folds >= 2 => {
-            let dataset = data
-                .description
-                .split(", split by")
-                .next()
-                .unwrap_or_default();
+            let dataset = &data.dataset_name;
             ui.label(format!(
                 "Cross-validates on {dataset}: {folds} folds grouped by patient (where known) and stratified by label; a split above is not used"
             ));

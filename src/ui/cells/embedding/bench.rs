@@ -67,20 +67,13 @@ impl MapBench {
                 let map_generation = app.rt.next_generation();
                 app.rt.set_embedding(
                     id,
-                    EmbeddingRuntime {
-                        dataset: (dataset, generation),
-                        generation: map_generation,
-                        data: Loading::Ready(result),
-                        progress: Arc::new(AtomicUsize::new(0)),
-                        total: self.points,
-                        color_by: ColorBy::Label,
-                        view: None,
-                        colored: None,
-                        box_from: None,
-                        lasso: Vec::new(),
-                        last_rect: None,
-                        run_colors: None,
-                    },
+                    EmbeddingRuntime::new(
+                        (dataset, generation),
+                        map_generation,
+                        Loading::Ready(result),
+                        Arc::new(AtomicUsize::new(0)),
+                        self.points,
+                    ),
                 );
                 self.installed = Some(id);
                 id

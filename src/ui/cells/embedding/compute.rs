@@ -12,7 +12,7 @@ use crate::model::backend::BackendChoice;
 use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
 use crate::ui::cells::{cell_name, freshness, loaded};
 
-use super::{ColorBy, EmbeddingResult, EmbeddingRuntime, batch_effect_of};
+use super::{EmbeddingResult, EmbeddingRuntime, batch_effect_of};
 
 /// Images per compute step on the desktop.
 const STEP: usize = 32;
@@ -150,19 +150,12 @@ pub(in crate::ui::cells) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::
     );
     app.rt.set_embedding(
         id,
-        EmbeddingRuntime {
-            dataset: (dataset, dataset_generation),
+        EmbeddingRuntime::new(
+            (dataset, dataset_generation),
             generation,
-            data: Loading::Busy(task),
+            Loading::Busy(task),
             progress,
             total,
-            color_by: ColorBy::default(),
-            view: None,
-            colored: None,
-            box_from: None,
-            lasso: Vec::new(),
-            last_rect: None,
-            run_colors: None,
-        },
+        ),
     );
 }
