@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod dataset;
+pub mod experiment;
 pub mod fs;
 pub mod fsio;
 pub mod infer;

@@ -390,7 +390,7 @@ fn training_never_uses_a_stale_split() {
 
 /// Epoch events of a run with `n` epochs whose scores climb from 0.2 towards 0.95.
 fn epochs(n: u32) -> Vec<cellbench::train::TrainEvent> {
-    use cellbench::train::events::EpochSide;
+    use cellbench::experiment::events::EpochSide;
     (1..=n)
         .map(|epoch| {
             let score = 0.2 + 0.75 * f64::from(epoch) / f64::from(n);
@@ -459,7 +459,7 @@ fn curves_refit_to_every_new_run() {
 
 #[test]
 fn confusion_heatmap_snapshot() {
-    let cm = cellbench::train::metrics::ConfusionMatrix {
+    let cm = cellbench::experiment::metrics::ConfusionMatrix {
         labels: vec!["all".into(), "hem".into()],
         counts: vec![vec![40, 5], vec![8, 27]],
     };

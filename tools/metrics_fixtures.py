@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""scikit-learn reference values for `src/train/metrics.rs`.
+"""scikit-learn reference values for `src/experiment/metrics.rs`.
 
 Run in a throwaway venv (NOT a project dependency):
 

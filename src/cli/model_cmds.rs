@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::dataset::OpenOptions;
+use crate::experiment::config::Task;
+use crate::experiment::events::TrainEvent;
 use crate::model::backend::{self, BackendChoice};
-use crate::train::config::Task;
-use crate::train::events::TrainEvent;
 use crate::train::features::FeatureCache;
 
 use super::ProgressView;

@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::dataset::{DatasetFormat, OpenOptions};
+use crate::experiment::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::experiment::events::{Phase, TrainEvent};
 use crate::model::backend::BackendChoice;
-use crate::train::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
 use crate::train::engine::{TrainJob, train};
-use crate::train::events::{Phase, TrainEvent};
 use crate::train::features::FeatureCache;
 
 #[derive(Args, Debug)]
@@ -79,7 +79,7 @@ pub struct TrainArgs {
     /// --imbalance do not apply)
     /// or sgd (epochs of mini-batch steps, the best epoch chosen on the validation side).
     #[arg(long)]
-    pub solver: Option<crate::train::config::Solver>,
+    pub solver: Option<crate::experiment::config::Solver>,
     /// Dropout before the classification head.
     #[arg(long)]
     pub dropout: Option<f64>,

@@ -280,7 +280,7 @@ pub fn featurize_shard(
         config.batch_size.clamp(8, 64),
         &mut |done, total| {
             sink(&TrainEvent::Progress {
-                phase: crate::train::events::Phase::Features,
+                phase: crate::experiment::events::Phase::Features,
                 done,
                 total,
             });

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::dataset::naming::split_labels;
+use crate::experiment::metrics::{self, Metrics, Task};
 use crate::fsio::CsvTable;
-use crate::train::metrics::{self, Metrics, Task};
 
 /// The evaluation of a predictions file.
 #[derive(Clone, Debug, serde::Serialize)]

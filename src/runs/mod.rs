@@ -12,9 +12,9 @@ pub mod archive;
 pub mod checkpoint;
 pub mod view;
 
+use crate::experiment::metrics::{ConfusionMatrix, Metrics};
+use crate::experiment::{TrainConfig, TrainEvent};
 use crate::fsio::write_atomic_bytes;
-use crate::train::metrics::{ConfusionMatrix, Metrics};
-use crate::train::{TrainConfig, TrainEvent};
 
 pub use crate::fsio::{FORMAT_VERSION, check_format_version, read_json};
 

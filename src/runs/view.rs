@@ -4,9 +4,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::train::TrainConfig;
-use crate::train::events::TrainEvent;
-use crate::train::metrics::{self, Metrics, Task};
+use crate::experiment::TrainConfig;
+use crate::experiment::events::TrainEvent;
+use crate::experiment::metrics::{self, Metrics, Task};
 
 use super::{RunState, read_config, read_events, read_status};
 
@@ -42,7 +42,10 @@ pub fn list_cross_validations(root: &Path) -> Vec<String> {
 }
 
 /// The cross-validation summary `id` (see [`list_cross_validations`]).
-pub fn load_cross_validation(root: &Path, id: &str) -> anyhow::Result<crate::train::cv::CvSummary> {
+pub fn load_cross_validation(
+    root: &Path,
+    id: &str,
+) -> anyhow::Result<crate::experiment::cv::CvSummary> {
     anyhow::ensure!(
         id.starts_with("cv-") && !id.contains(['/', '\\']),
         "not a cross-validation id: {id}"

@@ -15,11 +15,12 @@ use crate::model::decision::{self};
 use crate::model::efficientnet::FEATURES;
 use crate::model::extractor::Extractor;
 
-use super::config::{Imbalance, TrainConfig};
-use super::data::{Prepared, Target};
-use super::metrics::{self, Metrics, Task};
+use super::data::Prepared;
 use super::net::{Input, Net};
 use super::ordinal;
+use crate::experiment::config::{Imbalance, TrainConfig};
+use crate::experiment::metrics::Target;
+use crate::experiment::metrics::{self, Metrics, Task};
 
 /// Feeds batches: cached features (probe) or decoded, augmented images. One value per run.
 #[allow(clippy::large_enum_variant)]
@@ -547,8 +548,8 @@ pub(super) fn epoch_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::config::Mode;
     use crate::model::heads::Head;
-    use crate::train::config::Mode;
     use crate::train::engine::synthetic_features;
     use crate::train::net::optimizer;
 

@@ -12,66 +12,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dataset::split::{Split, assign_folds};
+use crate::experiment::cv::{CvSummary, Spread};
 use crate::runs::RunState;
 
 use super::engine::{TrainJob, TrainOutcome, train};
-use super::events::TrainEvent;
-
-/// Mean and sample standard deviation of one metric over the folds.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Spread {
-    pub mean: f64,
-    pub sd: f64,
-    /// One value per fold, in fold order.
-    pub folds: Vec<f64>,
-}
-
-impl Spread {
-    fn of(values: Vec<f64>) -> Self {
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let sd = if values.len() > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-        } else {
-            0.0
-        };
-        Self {
-            mean,
-            sd,
-            folds: values,
-        }
-    }
-}
-
-/// What a cross-validation produced: one run folder per fold and the spread of their
-/// held-out (test side) metrics. Saved as `cv-<timestamp>.json` beside the run folders.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CvSummary {
-    pub folds: usize,
-    /// Run ids, fold order.
-    pub runs: Vec<String>,
-    /// Scored (held-out) images per fold.
-    pub images: Vec<u64>,
-    /// `accuracy`, `balanced_accuracy`, `macro_f1`, `loss`, and `macro_auc` and
-    /// `kappa_quadratic` where every fold has them: each fold's held-out part, scored once.
-    pub metrics: BTreeMap<String, Spread>,
-    /// Which data made the choices of each fold's run.
-    #[serde(default)]
-    pub chosen_on: String,
-    /// Which data the reported metrics come from.
-    #[serde(default)]
-    pub scored_on: String,
-    /// Images of each fold's inner validation part (the data that chose).
-    #[serde(default)]
-    pub selection_images: Vec<u64>,
-    /// What each fold's run chose on its inner validation part, fold order.
-    #[serde(default)]
-    pub chosen: Vec<String>,
-    /// All folds' held-out predictions scored together (each image once), with bootstrap
-    /// 95% intervals and calibration.
-    #[serde(default)]
-    pub pooled: Option<super::Metrics>,
-}
+use crate::experiment::events::TrainEvent;
 
 /// How a cross-validation ended.
 #[derive(Debug)]
@@ -261,10 +206,11 @@ fn pooled(outcomes: &[TrainOutcome], seed: u64) -> Option<super::Metrics> {
         .map(|o| o.test_predictions.as_ref())
         .collect::<Option<_>>()?;
     let first = sides.first()?;
-    let targets: Vec<super::data::Target> = sides.iter().flat_map(|s| s.targets.clone()).collect();
+    let targets: Vec<crate::experiment::metrics::Target> =
+        sides.iter().flat_map(|s| s.targets.clone()).collect();
     let patients: Vec<Option<String>> = sides.iter().flat_map(|s| s.patients.clone()).collect();
     let probs: Vec<Vec<f32>> = sides.iter().flat_map(|s| s.probs.clone()).collect();
-    Some(super::uncertainty::score(
+    Some(crate::experiment::uncertainty::score(
         first.task,
         &first.labels,
         &targets,

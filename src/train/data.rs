@@ -5,18 +5,10 @@ use std::path::PathBuf;
 
 use crate::dataset::split::{SplitConfig, assign_splits};
 use crate::dataset::{DatasetFormat, Manifest, Split};
+use crate::experiment::metrics::Target;
 
-use super::config::TrainConfig;
-use super::metrics::Task;
-
-/// The target of one image.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Target {
-    /// Class index (binary, multi-class, ordinal).
-    Class(usize),
-    /// One flag per label (multi-label).
-    Multi(Vec<bool>),
-}
+use crate::experiment::config::TrainConfig;
+use crate::experiment::metrics::Task;
 
 /// One usable image.
 #[derive(Clone, Debug)]

@@ -17,13 +17,14 @@ use crate::runs::{RunDir, RunState};
 use burn::module::Module as _;
 
 use super::batches::*;
-use super::config::TrainConfig;
-use super::data::{Prepared, Target, prepare};
-use super::events::TrainEvent;
+use super::data::{Prepared, prepare};
 use super::features::FeatureCache;
-use super::metrics::{Metrics, Task};
 use super::net::*;
 use super::trainer::*;
+use crate::experiment::config::TrainConfig;
+use crate::experiment::events::TrainEvent;
+use crate::experiment::metrics::Target;
+use crate::experiment::metrics::{Metrics, Task};
 
 /// Everything a training job needs.
 pub struct TrainJob {
@@ -168,7 +169,7 @@ pub fn bench_finetune(
         backend: choice,
         batch_size,
         unfreeze_blocks: unfreeze,
-        ..TrainConfig::for_mode(super::config::Mode::Finetune)
+        ..TrainConfig::for_mode(crate::experiment::config::Mode::Finetune)
     };
     let data = prepare(&manifest, &config)?;
     let compute = backend::select(choice)?;

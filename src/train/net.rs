@@ -16,7 +16,7 @@ use crate::model::FinetuneWeights;
 use crate::model::efficientnet::EfficientNetLite;
 use crate::model::heads::{Head, SmallCnn};
 
-use super::config::{Optimizer, TrainConfig};
+use crate::experiment::config::{Optimizer, TrainConfig};
 
 /// The network being trained, with its input. One value per run: the size difference
 /// between variants costs nothing.
@@ -269,7 +269,7 @@ impl ModuleMapper for IdPaths {
 /// which over the few hundred steps of a probe leaves every decay below about 1 without
 /// effect.
 pub(super) fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    let wd = if config.mode == super::config::Mode::Probe {
+    let wd = if config.mode == crate::experiment::config::Mode::Probe {
         0.0
     } else {
         config.weight_decay as f32

@@ -9,9 +9,11 @@ use rayon::prelude::*;
 
 use crate::model::decision;
 
-use super::data::{Prepared, Target};
+use super::data::Prepared;
 use super::logreg::{Design, Fit, Targets, Tolerance};
-use super::metrics::Task;
+use crate::experiment::metrics::Target;
+use crate::experiment::metrics::Task;
+use crate::experiment::selection::{GridPoint, ProbeSelection};
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -21,60 +23,16 @@ use crate::model::decision::Standardiser;
 use crate::model::extractor::Extractor;
 use crate::runs::RunDir;
 
-use super::config::TrainConfig;
 use super::engine::TrainJob;
-use super::events::{Phase, TrainEvent};
 use super::features::featurize;
 use super::trainer::{emit, warn_skipped};
+use crate::experiment::config::TrainConfig;
+use crate::experiment::events::{Phase, TrainEvent};
 use crate::model::efficientnet::FEATURES;
 
 /// The L2 strengths tried, as scikit-learn's `C` (inverse strength; `λ = 1/(C·n)`), from
 /// strong to weak regularisation.
 pub const C_GRID: [f64; 8] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
-
-/// One point of the search, as scored on the validation side.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GridPoint {
-    pub c: f64,
-    pub class_weighting: String,
-    /// The selection criterion (see [`ProbeSelection::criterion`]).
-    pub score: f64,
-    /// Mean cross-entropy of the validation side (the tie-breaker).
-    pub log_loss: f64,
-    pub iterations: usize,
-}
-
-/// What the validation side chose for a probe, and on what.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ProbeSelection {
-    pub solver: String,
-    /// Inverse L2 strength, scikit-learn's convention.
-    pub c: f64,
-    /// `λ` of the objective `mean loss + λ/2 ‖W‖²` on the refit rows.
-    pub l2: f64,
-    /// `none` or `balanced` (loss weights inversely proportional to class frequency).
-    pub class_weighting: String,
-    /// Where the choice was made.
-    pub chosen_on: String,
-    pub criterion: String,
-    /// The head's form.
-    #[serde(default)]
-    pub head: String,
-    /// Where the kept model was fitted with the chosen settings (training + validation when
-    /// a test side scores it, else the training side: the fit the validation side scored).
-    pub refit_on: String,
-    pub grid: Vec<GridPoint>,
-}
-
-impl ProbeSelection {
-    /// One line for the event stream.
-    pub fn summary(&self) -> String {
-        format!(
-            "probe settings chosen on {} by {}: C = {} (L2 λ = {:.2e}), class weighting {}; kept model refitted on {}",
-            self.chosen_on, self.criterion, self.c, self.l2, self.class_weighting, self.refit_on
-        )
-    }
-}
 
 /// The chosen probe: the fit the validation side scored, and the kept (refitted) one.
 pub(super) struct Solved {

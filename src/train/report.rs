@@ -2,7 +2,7 @@
 
 use crate::table::Table;
 
-use super::metrics::Metrics;
+use crate::experiment::metrics::Metrics;
 
 fn f(x: f64) -> String {
     if x.is_finite() {
@@ -17,7 +17,10 @@ fn opt(x: Option<f64>) -> String {
 }
 
 /// `0.8000 [0.7100, 0.8800]`: a value and its interval, when there is one.
-pub fn with_interval(x: Option<f64>, ci: Option<super::uncertainty::Interval>) -> String {
+pub fn with_interval(
+    x: Option<f64>,
+    ci: Option<crate::experiment::uncertainty::Interval>,
+) -> String {
     match (x, ci) {
         (Some(x), Some(ci)) => format!("{} [{}, {}]", f(x), f(ci.low), f(ci.high)),
         (x, _) => opt(x),
@@ -124,7 +127,7 @@ pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
 }
 
 /// A cross-validation's held-out metrics: mean ± sd over the folds and each fold's value.
-pub fn cv_table(summary: &super::cv::CvSummary) -> Table {
+pub fn cv_table(summary: &crate::experiment::cv::CvSummary) -> Table {
     let images: Vec<String> = summary.images.iter().map(u64::to_string).collect();
     let mut table = Table::new(
         format!(

@@ -19,13 +19,13 @@ use crate::model::heads::{Head, SmallCnn};
 use crate::runs::{RunDir, RunState};
 
 use super::batches::*;
-use super::config::{Mode, Schedule, TrainConfig};
 use super::data::Prepared;
 use super::engine::{TrainJob, TrainOutcome};
-use super::events::{EpochSide, Phase, TrainEvent};
-use super::metrics::{self, Task};
 use super::net::*;
 use super::ordinal;
+use crate::experiment::config::{Mode, Schedule, TrainConfig};
+use crate::experiment::events::{EpochSide, Phase, TrainEvent};
+use crate::experiment::metrics::{self, Task};
 
 /// Per-epoch state saved with each checkpoint, enough to resume.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -68,7 +68,7 @@ pub(super) struct Trainer<'a> {
     warned: std::collections::HashSet<PathBuf>,
     /// A probe solved to convergence: the fit the validation side scored (the kept model is
     /// refitted on training + validation) and what it chose.
-    chosen: Option<(Net, super::probe::ProbeSelection)>,
+    chosen: Option<(Net, crate::experiment::selection::ProbeSelection)>,
 }
 
 /// What validation found in one epoch.
@@ -578,7 +578,7 @@ impl<'a> Trainer<'a> {
                 temperature = Some(decision::fit_temperature(&probs, &truth));
             }
             let before = temperature
-                .and_then(|_| super::uncertainty::calibration(&truth, &probs, 10))
+                .and_then(|_| crate::experiment::uncertainty::calibration(&truth, &probs, 10))
                 .map(|c| c.ece);
             let probs: Vec<Vec<f32>> = match temperature {
                 Some(t) => probs
@@ -588,7 +588,7 @@ impl<'a> Trainer<'a> {
                 None => probs,
             };
             // The final score of a side: its metrics with bootstrap intervals and calibration.
-            let mut m = super::uncertainty::score(
+            let mut m = crate::experiment::uncertainty::score(
                 self.data.task,
                 &self.data.labels,
                 &kept

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
+use crate::experiment::metrics::ConfusionMatrix;
 use crate::explore::Table;
 use crate::runs::view::RunSummary;
-use crate::train::metrics::ConfusionMatrix;
 
 use super::thumbs::{THUMB_SIDE, Thumb, ThumbCache};
 
@@ -596,7 +596,7 @@ pub fn metric_title(key: &str) -> String {
 pub fn fold_spread_plot(
     ui: &mut egui::Ui,
     id: impl std::hash::Hash + std::fmt::Debug,
-    cvs: &[(String, &crate::train::cv::CvSummary)],
+    cvs: &[(String, &crate::experiment::cv::CvSummary)],
 ) {
     use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
     let mut keys: Vec<&String> = cvs

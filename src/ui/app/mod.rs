@@ -172,7 +172,7 @@ impl WorkbenchApp {
                             .rev()
                             .find(|e| matches!(e, TrainEvent::Progress { .. })),
                         Some(TrainEvent::Progress {
-                            phase: crate::train::events::Phase::Features,
+                            phase: crate::experiment::events::Phase::Features,
                             ..
                         })
                     )

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 
 use eframe::egui;
 
-use crate::train::events::TrainEvent;
+use crate::experiment::events::TrainEvent;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::workbook::{CellKind, resolve_path};
 

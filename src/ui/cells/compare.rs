@@ -23,7 +23,7 @@ pub struct CompareRuntime {
 #[derive(Default)]
 pub struct Compared {
     pub runs: Vec<RunSummary>,
-    pub cross_validations: Vec<(String, crate::train::cv::CvSummary)>,
+    pub cross_validations: Vec<(String, crate::experiment::cv::CvSummary)>,
 }
 
 /// Reads run and cross-validation summaries in the background (those that cannot be read
@@ -65,7 +65,11 @@ fn choices(ui: &mut egui::Ui, ids: &[String], chosen: &mut Vec<String>) {
 }
 
 /// Cross-validations side by side: mean ± sd per metric, and the folds around each mean.
-fn cross_validations_ui(ui: &mut egui::Ui, id: u64, cvs: &[(String, crate::train::cv::CvSummary)]) {
+fn cross_validations_ui(
+    ui: &mut egui::Ui,
+    id: u64,
+    cvs: &[(String, crate::experiment::cv::CvSummary)],
+) {
     ui.strong("Cross-validations: mean ± sd over folds (each image scored once)");
     let keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"];
     egui::Grid::new(("cmp-cv", id))
@@ -93,7 +97,7 @@ fn cross_validations_ui(ui: &mut egui::Ui, id: u64, cvs: &[(String, crate::train
                 ui.end_row();
             }
         });
-    let shown: Vec<(String, &crate::train::cv::CvSummary)> =
+    let shown: Vec<(String, &crate::experiment::cv::CvSummary)> =
         cvs.iter().map(|(n, s)| (n.clone(), s)).collect();
     widgets::fold_spread_plot(ui, ("cmp-cv-spread", id), &shown);
 }

@@ -364,8 +364,8 @@ fn rows_gallery(
 
 /// The headline metrics of one side, each with its bootstrap 95% interval when the run
 /// computed one, and the expected calibration error.
-fn headline(m: &crate::train::metrics::Metrics) -> String {
-    use crate::train::uncertainty::Interval;
+fn headline(m: &crate::experiment::metrics::Metrics) -> String {
+    use crate::experiment::uncertainty::Interval;
     let ci = m.ci.as_ref();
     let with = |name: &str, v: f64, i: Option<&Interval>| match i {
         Some(i) => format!("{name} {v:.3} [{:.3}, {:.3}]", i.low, i.high),
@@ -407,7 +407,7 @@ fn headline(m: &crate::train::metrics::Metrics) -> String {
 
 /// Reliability diagram: per confidence bin, the share of right predictions against the mean
 /// confidence (the diagonal is perfect calibration), with the expected calibration error.
-fn reliability_ui(ui: &mut egui::Ui, id: u64, c: &crate::train::uncertainty::Calibration) {
+fn reliability_ui(ui: &mut egui::Ui, id: u64, c: &crate::experiment::uncertainty::Calibration) {
     use egui_plot::{Bar, BarChart};
     ui.label(egui::RichText::new(format!("Reliability (calibration error {:.3})", c.ece)).strong())
         .on_hover_text(

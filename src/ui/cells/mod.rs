@@ -44,9 +44,9 @@ use eframe::egui;
 
 use crate::dataset::Manifest;
 use crate::dataset::split::{SplitReport, assign_splits};
+use crate::experiment::config::TrainConfig;
+use crate::experiment::events::TrainEvent;
 use crate::model::backend::BackendChoice;
-use crate::train::config::TrainConfig;
-use crate::train::events::TrainEvent;
 use crate::workbook::{CellKind, resolve_path};
 
 use super::freshness::{Freshness, cell_name, current_data, freshness};
@@ -371,7 +371,7 @@ fn queue_prefetch(
         };
         let more = s.step(STEP);
         tx.send(TrainEvent::Progress {
-            phase: crate::train::events::Phase::Features,
+            phase: crate::experiment::events::Phase::Features,
             done: s.done(),
             total: s.total(),
         })

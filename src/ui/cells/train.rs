@@ -6,9 +6,9 @@ use eframe::egui;
 use egui_plot::{Legend, Line, PlotPoints};
 
 use crate::dataset::preprocess::Preprocess;
+use crate::experiment::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::experiment::events::{Phase, TrainEvent};
 use crate::model::backend::BackendChoice;
-use crate::train::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
-use crate::train::events::{Phase, TrainEvent};
 
 use crate::ui::app::{Command, TrainRuntime, WorkbenchApp};
 use crate::ui::freshness::current_data;
@@ -382,7 +382,7 @@ pub fn current_run(events: &[TrainEvent]) -> &[TrainEvent] {
 
 /// The spread of a cross-validation's held-out metrics: a mean ± sd table with each fold's
 /// value, and a chart of the folds (dots) around the mean (± sd bar) per metric.
-fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::train::cv::CvSummary) {
+fn cv_summary_ui(ui: &mut egui::Ui, id: u64, s: &crate::experiment::cv::CvSummary) {
     ui.add_space(4.0);
     ui.strong(format!(
         "Cross-validation over {} folds: every image scored once, by a run that never saw its patient",

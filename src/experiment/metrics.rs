@@ -29,6 +29,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The target of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Class index (binary, multi-class, ordinal).
+    Class(usize),
+    /// One flag per label (multi-label).
+    Multi(Vec<bool>),
+}
+
 pub use crate::model::task::Task;
 
 /// Metrics of one class (single-label tasks) or one label (multi-label task).
@@ -131,7 +140,7 @@ pub struct Metrics {
     pub calibration: Option<super::uncertainty::Calibration>,
     /// The settings this side chose (the validation side of a probe solved to convergence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chose: Option<super::probe::ProbeSelection>,
+    pub chose: Option<super::selection::ProbeSelection>,
     /// Temperature scaling applied to these probabilities (`--calibrate`), with the
     /// calibration error before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,17 +50,17 @@ pub struct Intervals {
 /// The metrics of scored predictions with their 95% bootstrap intervals (seeded by `seed`)
 /// and, for single-label tasks, their calibration in 10 bins.
 pub fn score(
-    task: super::Task,
+    task: super::metrics::Task,
     labels: &[String],
-    targets: &[super::data::Target],
+    targets: &[super::metrics::Target],
     patients: &[Option<String>],
     probs: &[Vec<f32>],
     seed: u64,
 ) -> Metrics {
-    use super::data::Target;
+    use super::metrics::Target;
     let k = labels.len();
     let metrics_of = |idx: &[usize]| {
-        if task == super::Task::MultiLabel {
+        if task == super::metrics::Task::MultiLabel {
             let truth: Vec<Vec<bool>> = idx
                 .iter()
                 .map(|&i| match &targets[i] {
@@ -90,17 +90,17 @@ pub fn score(
         seed,
         metrics_of,
     ));
-    if task != super::Task::MultiLabel {
+    if task != super::metrics::Task::MultiLabel {
         let truth: Vec<usize> = all.iter().map(|&i| class_index(&targets[i])).collect();
         m.calibration = calibration(&truth, probs, 10);
     }
     m
 }
 
-fn class_index(t: &super::data::Target) -> usize {
+fn class_index(t: &super::metrics::Target) -> usize {
     match t {
-        super::data::Target::Class(c) => *c,
-        super::data::Target::Multi(_) => 0,
+        super::metrics::Target::Class(c) => *c,
+        super::metrics::Target::Multi(_) => 0,
     }
 }
 
@@ -266,7 +266,7 @@ pub fn calibration(truth: &[usize], probs: &[Vec<f32>], bins: usize) -> Option<C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::metrics::{Task, evaluate_single};
+    use crate::experiment::metrics::{Task, evaluate_single};
 
     fn labels() -> Vec<String> {
         vec!["a".into(), "b".into()]
