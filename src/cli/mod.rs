@@ -109,10 +109,13 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum WeightsCommand {
-    /// Print the ImageNet top-5 of a photo through the bundled EfficientNet-Lite0.
+    /// Print the ImageNet top-5 of a photo through a bundled backbone.
     Check {
         /// A photo (default: the bundled cat picture).
         image: Option<PathBuf>,
+        /// lite0, lite1 or lite2.
+        #[arg(long, default_value = "lite0")]
+        backbone: crate::model::efficientnet::Backbone,
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
     },
@@ -152,8 +155,11 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         backend: BackendChoice,
     },
-    /// Images per second of EfficientNet-Lite0 feature extraction at 224², per backend.
+    /// Images per second of backbone feature extraction at its input size, per backend.
     Featurize {
+        /// lite0 (224²), lite1 (240²) or lite2 (260²).
+        #[arg(long, default_value = "lite0")]
+        backbone: crate::model::efficientnet::Backbone,
         /// Images per batch.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
@@ -171,8 +177,11 @@ pub enum BenchCommand {
         json: bool,
     },
     /// Images per second of fine-tuning steps (decode, augment, forward, backward, AdamW) at
-    /// 224² on the demo images, per backend.
+    /// the backbone's input size on the demo images, per backend.
     Finetune {
+        /// lite0 (224²), lite1 (240²) or lite2 (260²).
+        #[arg(long, default_value = "lite0")]
+        backbone: crate::model::efficientnet::Backbone,
         /// Images per batch.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
@@ -325,9 +334,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Some(Command::Weights(WeightsCommand::Check { image, backend })) => {
-            model_cmds::weights_check(image.as_deref(), backend)
-        }
+        Some(Command::Weights(WeightsCommand::Check {
+            image,
+            backbone,
+            backend,
+        })) => model_cmds::weights_check(image.as_deref(), backbone, backend),
         Some(Command::Bench(BenchCommand::Probe {
             features,
             classes,
@@ -354,6 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Bench(BenchCommand::Featurize {
+            backbone,
             batch_size,
             batches,
             backend,
@@ -365,15 +377,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "--batch-size and --batches must be at least 1"
             );
             for choice in bench_backends(backend) {
-                let r = crate::bench::featurize(choice, batch_size, batches, graph)?;
+                let r = crate::bench::featurize(choice, backbone, batch_size, batches, graph)?;
                 if json {
                     outln!("{}", serde_json::to_string(&r)?);
                     continue;
                 }
                 outln!(
-                    "featurize [{}]: {:.1} images/s at 224x224 (batch {}, {} timed batches, {:.2} s; first batch incl. warm-up {:.2} s)",
+                    "featurize {} [{}]: {:.1} images/s at {}x{} (batch {}, {} timed batches, {:.2} s; first batch incl. warm-up {:.2} s)",
+                    r.backbone,
                     r.device,
                     r.images_per_sec,
+                    r.size,
+                    r.size,
                     r.batch_size,
                     r.batches,
                     r.timed_secs,
@@ -383,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Bench(BenchCommand::Finetune {
+            backbone,
             batch_size,
             batches,
             unfreeze,
@@ -394,13 +410,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "--batch-size and --batches must be at least 1"
             );
             anyhow::ensure!(
-                unfreeze <= crate::model::efficientnet::NUM_BLOCKS,
-                "--unfreeze: EfficientNet-Lite0 has {} blocks",
-                crate::model::efficientnet::NUM_BLOCKS
+                unfreeze <= backbone.num_blocks(),
+                "--unfreeze: {backbone} has {} blocks",
+                backbone.num_blocks()
             );
             for choice in bench_backends(backend) {
-                let r =
-                    crate::train::engine::bench_finetune(choice, batch_size, batches, unfreeze)?;
+                let r = crate::train::engine::bench_finetune(
+                    choice, backbone, batch_size, batches, unfreeze,
+                )?;
                 if json {
                     outln!("{}", serde_json::to_string(&r)?);
                     continue;

@@ -32,6 +32,10 @@ pub struct PredictArgs {
     /// are listed and the command succeeds.
     #[arg(long)]
     pub strict: bool,
+    /// Test-time augmentation: average each image's probabilities over its 8 orientations
+    /// (flips, quarter turns); 8 times the compute.
+    #[arg(long)]
+    pub tta: bool,
 }
 
 #[derive(Args, Debug)]
@@ -150,7 +154,10 @@ pub fn backbone_features(
 ) -> anyhow::Result<(Vec<usize>, Vec<Vec<f32>>)> {
     let paths: Vec<PathBuf> = records.iter().map(|r| manifest.image_path(r)).collect();
     let compute = backend::select(choice)?;
-    let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
+    let extractor = crate::model::extractor::Extractor::bundled(
+        crate::model::efficientnet::Backbone::Lite0,
+        &compute.device,
+    )?;
     eprintln!(
         "extracting the features of {} images on {}",
         paths.len(),
@@ -258,11 +265,17 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
     let worker = std::thread::Builder::new().name("predict".into()).spawn(
         move || -> anyhow::Result<_> {
-            let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?;
+            let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?
+                .with_orientation_tta(args.tta);
             eprintln!(
-                "predicting {} images on {}",
+                "predicting {} images on {}{}",
                 paths.len(),
-                compute.description
+                compute.description,
+                if args.tta {
+                    ", each averaged over its 8 orientations"
+                } else {
+                    ""
+                }
             );
             let bar = indicatif::ProgressBar::new(paths.len() as u64);
             let summary = crate::infer::predict_to_csv(
@@ -331,6 +344,10 @@ pub fn evaluate_cmd(args: EvaluateArgs) -> anyhow::Result<u8> {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     pub run: PathBuf,
+    /// Test-time augmentation: average each image's probabilities over its 8 orientations
+    /// (flips, quarter turns); 8 times the compute per image.
+    #[arg(long)]
+    pub tta: bool,
     /// Port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -392,6 +409,7 @@ pub fn serve_cmd(args: ServeArgs) -> anyhow::Result<u8> {
         queue: args.queue as usize,
         max_batch: args.max_batch as usize,
         batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
+        orientation_tta: args.tta,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_pixels: args.max_pixels,
@@ -405,7 +423,11 @@ pub fn serve_cmd(args: ServeArgs) -> anyhow::Result<u8> {
 }
 
 /// `cellbench weights check [image]`: ImageNet top-5 of a photo through the bundled backbone.
-pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> anyhow::Result<u8> {
+pub fn weights_check(
+    image: Option<&Path>,
+    backbone: crate::model::efficientnet::Backbone,
+    backend_choice: BackendChoice,
+) -> anyhow::Result<u8> {
     use burn::tensor::{Tensor, TensorData, activation};
     let compute = backend::select(backend_choice)?;
     let path = image.map_or_else(
@@ -415,13 +437,14 @@ pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> any
     let img = crate::dataset::image_io::decode_file(&path)
         .with_context(|| format!("reading {}", path.display()))?;
     let pre = crate::dataset::preprocess::Preprocess {
-        size: 224,
+        size: backbone.input_size(),
         border_crop: false,
         center_crop: false,
     };
-    let model = crate::model::extractor::load_backbone(&compute.device)?;
+    let model = crate::model::extractor::load_backbone(backbone, &compute.device)?;
+    let side = pre.size as usize;
     let x = Tensor::<4>::from_data(
-        TensorData::new(pre.apply(&img), [1, 3, 224, 224]),
+        TensorData::new(pre.apply(&img), [1, 3, side, side]),
         &compute.device,
     );
     let probs: Vec<f32> = activation::softmax(model.logits(x), 1)
@@ -433,7 +456,7 @@ pub fn weights_check(image: Option<&Path>, backend_choice: BackendChoice) -> any
     let mut idx: Vec<usize> = (0..probs.len()).collect();
     idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     outln!(
-        "EfficientNet-Lite0 (ImageNet) on {} [{}]:",
+        "{backbone} (ImageNet, {side}x{side}) on {} [{}]:",
         path.display(),
         compute.description
     );

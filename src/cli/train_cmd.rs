@@ -55,7 +55,11 @@ pub struct TrainArgs {
     /// none, class-weights or oversample.
     #[arg(long)]
     pub imbalance: Option<Imbalance>,
-    /// Input side in pixels.
+    /// The pretrained network: lite0 (default, 224²), lite1 (240²) or lite2 (260²); the image
+    /// size follows it unless --image-size is given.
+    #[arg(long)]
+    pub backbone: Option<crate::model::efficientnet::Backbone>,
+    /// Input side in pixels (default: the backbone's).
     #[arg(long)]
     pub image_size: Option<u32>,
     /// Fine-tuning: number of last backbone blocks to train.
@@ -137,6 +141,9 @@ impl TrainArgs {
              weight_decay <- self.weight_decay, optimizer <- self.optimizer, schedule <- self.schedule,
              imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend,
              solver <- self.solver);
+        if let Some(b) = self.backbone {
+            c = c.with_backbone(b);
+        }
         if let Some(s) = self.image_size {
             c.preprocess.size = s;
         }

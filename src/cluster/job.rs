@@ -113,12 +113,12 @@ pub fn package(spec: &JobSpec, options: &SubmitOptions) -> anyhow::Result<Vec<u8
     };
     let (binary, _keep) = shippable_binary(&exe)?;
     let assets = crate::assets_dir();
+    // The job's backbone: the only weights it reads.
+    let (JobSpec::Train { config, .. } | JobSpec::Featurize { config, .. }) = spec;
+    let weights = config.backbone.weights_file();
     let mut files = vec![
         ("cellbench".to_owned(), binary),
-        (
-            "assets/weights/efficientnet_lite0.safetensors".to_owned(),
-            assets.join("weights/efficientnet_lite0.safetensors"),
-        ),
+        (format!("assets/{weights}"), assets.join(&weights)),
         (
             "assets/imagenet_classes.txt".to_owned(),
             assets.join("imagenet_classes.txt"),
@@ -258,7 +258,7 @@ pub fn featurize_shard(
         "shard {shard} of {shards} does not exist"
     );
     let compute = crate::model::backend::select(config.backend)?;
-    let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
+    let extractor = crate::model::extractor::Extractor::bundled(config.backbone, &compute.device)?;
     let paths: Vec<PathBuf> = manifest
         .records
         .iter()
@@ -272,7 +272,7 @@ pub fn featurize_shard(
     };
     let f = crate::train::features::featurize(
         &extractor,
-        &config.backbone,
+        config.backbone.name(),
         config.orientation_mean,
         &config.preprocess,
         &paths,

@@ -125,7 +125,9 @@ pub struct TrainConfig {
     /// `None`: decided from the data (2 labels → binary, `A|B` labels → multi-label,
     /// retinopathy levels → ordinal, else multi-class).
     pub task: Option<Task>,
-    pub backbone: String,
+    /// The pretrained network (probe features, fine-tuning); its input size is the default
+    /// image size.
+    pub backbone: crate::model::efficientnet::Backbone,
     pub preprocess: Preprocess,
     pub augment: Augment,
     pub epochs: u32,
@@ -161,7 +163,7 @@ impl Default for TrainConfig {
         Self {
             mode: Mode::Probe,
             task: None,
-            backbone: "efficientnet-lite0".into(),
+            backbone: Default::default(),
             preprocess: Preprocess::default(),
             augment: Augment::default(),
             epochs: 30,
@@ -190,6 +192,16 @@ impl TrainConfig {
     /// True when the run fits a probe to convergence instead of training in epochs.
     pub fn solves_probe(&self) -> bool {
         self.mode == Mode::Probe && self.solver == Solver::Lbfgs
+    }
+
+    /// This config on `backbone`, at the backbone's input size (scratch CNNs keep theirs: they
+    /// do not use the backbone).
+    pub fn with_backbone(mut self, backbone: crate::model::efficientnet::Backbone) -> Self {
+        if self.mode != Mode::Scratch {
+            self.preprocess.size = backbone.input_size();
+        }
+        self.backbone = backbone;
+        self
     }
 
     /// Sensible defaults per mode (fine-tuning and scratch need smaller steps and more epochs).
@@ -249,11 +261,6 @@ impl TrainConfig {
             "dropout must be in [0, 1)"
         );
         anyhow::ensure!(self.preprocess.size >= 16, "image size must be at least 16");
-        anyhow::ensure!(
-            self.backbone == "efficientnet-lite0",
-            "unknown backbone {:?} (available: efficientnet-lite0)",
-            self.backbone
-        );
         Ok(())
     }
 }
@@ -261,6 +268,23 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backbone_brings_its_input_size_except_to_a_scratch_cnn() {
+        use crate::model::efficientnet::Backbone;
+        let c = TrainConfig::for_mode(Mode::Probe).with_backbone(Backbone::Lite2);
+        assert_eq!((c.backbone, c.preprocess.size), (Backbone::Lite2, 260));
+        let c = TrainConfig::for_mode(Mode::Finetune).with_backbone(Backbone::Lite1);
+        assert_eq!(c.preprocess.size, 240);
+        let s = TrainConfig::for_mode(Mode::Scratch).with_backbone(Backbone::Lite2);
+        assert_eq!(s.preprocess.size, 64);
+        // Configs written before the choice existed are Lite0 runs.
+        let old: TrainConfig = toml::from_str("epochs = 3").unwrap();
+        assert_eq!(old.backbone, Backbone::Lite0);
+        let named: TrainConfig = toml::from_str("backbone = \"efficientnet-lite1\"").unwrap();
+        assert_eq!(named.backbone, Backbone::Lite1);
+        assert!(toml::from_str::<TrainConfig>("backbone = \"resnet50\"").is_err());
+    }
 
     #[test]
     fn toml_round_trip_and_partial_files() {

@@ -26,7 +26,7 @@ pub fn map_features(
 ) -> crate::train::features::Featurized {
     crate::train::features::featurize(
         extractor,
-        "efficientnet-lite0",
+        crate::model::efficientnet::Backbone::Lite0.name(),
         false,
         &crate::dataset::preprocess::Preprocess::default(),
         paths,
@@ -46,7 +46,7 @@ pub fn map_feature_steps(
 ) -> crate::train::features::FeatureSteps {
     crate::train::features::FeatureSteps::new(
         extractor,
-        "efficientnet-lite0",
+        crate::model::efficientnet::Backbone::Lite0.name(),
         false,
         &crate::dataset::preprocess::Preprocess::default(),
         paths,

@@ -47,6 +47,9 @@ pub struct ModelInfo {
     /// [`super::extractor::Extractor::features_orientation_mean`]).
     #[serde(default)]
     pub orientation_mean: bool,
+    /// The pretrained backbone (probe and fine-tune); runs before it was recorded used Lite0.
+    #[serde(default)]
+    pub backbone: super::efficientnet::Backbone,
     /// Single-label tasks: the temperature fitted on the validation side (`--calibrate`);
     /// every prediction's probabilities are `softmax(logits / temperature)`.
     #[serde(default)]
@@ -85,7 +88,12 @@ pub struct Classifier {
     net: Net,
     standardiser: Standardiser,
     device: Device,
+    /// Test-time augmentation (see [`Self::with_orientation_tta`]).
+    tta: bool,
 }
+
+/// The orientations test-time augmentation averages over: the 8 symmetries of the square.
+pub const TTA_VIEWS: usize = 8;
 
 #[allow(clippy::large_enum_variant)] // one per loaded model
 enum Net {
@@ -126,13 +134,13 @@ impl Classifier {
                 let mut head = Head::new(FEATURES, k, 0.0, device);
                 head.load_from(&mut store)?;
                 Net::Features {
-                    backbone: Extractor::bundled(device)?,
+                    backbone: Extractor::bundled(info.backbone, device)?,
                     head,
                 }
             }
             Mode::Finetune => {
                 let mut w = FinetuneWeights {
-                    backbone: EfficientNetLite::lite0(device),
+                    backbone: EfficientNetLite::new(info.backbone, device),
                     head: Head::new(FEATURES, k, 0.0, device),
                 };
                 w.load_from(&mut store)?;
@@ -162,7 +170,21 @@ impl Classifier {
             net,
             standardiser,
             device: device.clone(),
+            tta: false,
         })
+    }
+
+    /// Test-time augmentation: each image's probabilities become the mean of those of its 8
+    /// orientations (flips and quarter turns; cells have no up), at 8 times the compute.
+    /// Applies to [`Self::probabilities`] and what calls it (batch prediction, the endpoint).
+    pub fn with_orientation_tta(mut self, on: bool) -> Self {
+        self.tta = on;
+        self
+    }
+
+    /// Whether [`Self::with_orientation_tta`] is on.
+    pub fn orientation_tta(&self) -> bool {
+        self.tta
     }
 
     /// The backbone features this model's head reads for preprocessed CHW inputs (`n`
@@ -208,11 +230,47 @@ impl Classifier {
     }
 
     /// Class probabilities (softmax; sigmoid per label for multi-label; one per grade for an
-    /// ordinal head) of preprocessed CHW inputs, `n` images concatenated.
+    /// ordinal head) of preprocessed CHW inputs, `n` images concatenated; with test-time
+    /// augmentation on, the mean over each image's orientations.
     pub fn probabilities(&self, chw: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
         if n == 0 {
             return Vec::new();
         }
+        if !self.tta {
+            return self.probabilities_once(chw, n);
+        }
+        let side = self.info.preprocess.size as usize;
+        let per_image = 3 * side * side;
+        let mut out = Vec::with_capacity(n);
+        // A few images at a time bounds the memory of their views.
+        for group in chw.chunks(per_image * 4) {
+            let images = group.len() / per_image;
+            let mut views = Vec::with_capacity(group.len() * TTA_VIEWS);
+            for img in group.chunks_exact(per_image) {
+                for k in 0..TTA_VIEWS as u8 {
+                    let start = views.len();
+                    views.extend_from_slice(img);
+                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
+                }
+            }
+            let probs = self.probabilities_once(views, images * TTA_VIEWS);
+            for per_view in probs.chunks(TTA_VIEWS) {
+                let mut mean = vec![0.0f32; per_view.first().map_or(0, Vec::len)];
+                for p in per_view {
+                    mean.iter_mut().zip(p).for_each(|(m, v)| *m += v);
+                }
+                out.push(
+                    mean.into_iter()
+                        .map(|m| m / per_view.len() as f32)
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    /// [`Self::probabilities`] of the images as given.
+    fn probabilities_once(&self, chw: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
         match &self.net {
             Net::Features { .. } => {
                 let f = self.features(chw, n).unwrap_or_default();

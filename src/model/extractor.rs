@@ -2,20 +2,20 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::efficientnet::{EfficientNetLite, FEATURES};
-use super::folded::FoldedLite0;
-use super::fused::FusedLite0;
+use super::efficientnet::{Backbone, EfficientNetLite, FEATURES};
+use super::folded::FoldedLite;
+use super::fused::FusedLite;
 
 /// The frozen backbone as a function from preprocessed images to pooled features: on the CPU
-/// the batch-norm-folded channels-last network ([`FusedLite0`]), on a wgpu device the burn
-/// model with its batch norms folded into the convolutions ([`FoldedLite0`]).
+/// the batch-norm-folded channels-last network ([`FusedLite`]), on a wgpu device the burn
+/// model with its batch norms folded into the convolutions ([`FoldedLite`]).
 /// One value per process or run: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Extractor {
     /// Shared: the bundled weights are folded once per process.
-    Cpu(std::sync::Arc<FusedLite0>),
+    Cpu(std::sync::Arc<FusedLite>),
     Burn {
-        model: FoldedLite0,
+        model: FoldedLite,
         device: Device,
     },
 }
@@ -24,29 +24,30 @@ impl Extractor {
     /// Wraps a loaded model for the device it lives on.
     pub fn new(model: EfficientNetLite, device: &Device) -> Self {
         if crate::model::backend::is_cpu(device) {
-            Self::Cpu(std::sync::Arc::new(FusedLite0::from_model(&model)))
+            Self::Cpu(std::sync::Arc::new(FusedLite::from_model(&model)))
         } else {
             Self::Burn {
-                model: FoldedLite0::of(&model),
+                model: FoldedLite::of(&model),
                 device: device.clone(),
             }
         }
     }
 
-    /// The bundled pretrained Lite0 for `device`. On the CPU the folded network is built once
-    /// per process and shared (a run, a prediction and the browser's feature slices reuse it).
-    pub fn bundled(device: &Device) -> anyhow::Result<Self> {
-        static CPU: std::sync::Mutex<Option<std::sync::Arc<FusedLite0>>> =
-            std::sync::Mutex::new(None);
+    /// The bundled pretrained `backbone` for `device`. On the CPU the folded network is built
+    /// once per process and backbone, and shared (a run, a prediction and the browser's feature
+    /// slices reuse it).
+    pub fn bundled(backbone: Backbone, device: &Device) -> anyhow::Result<Self> {
+        type Folded = Vec<(Backbone, std::sync::Arc<FusedLite>)>;
+        static CPU: std::sync::Mutex<Folded> = std::sync::Mutex::new(Vec::new());
         if !crate::model::backend::is_cpu(device) {
-            return Ok(Self::new(load_backbone(device)?, device));
+            return Ok(Self::new(load_backbone(backbone, device)?, device));
         }
         let mut cached = CPU.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(net) = cached.as_ref() {
+        if let Some((_, net)) = cached.iter().find(|(b, _)| *b == backbone) {
             return Ok(Self::Cpu(net.clone()));
         }
-        let net = std::sync::Arc::new(FusedLite0::from_model(&load_backbone(device)?));
-        *cached = Some(net.clone());
+        let net = std::sync::Arc::new(FusedLite::from_model(&load_backbone(backbone, device)?));
+        cached.push((backbone, net.clone()));
         Ok(Self::Cpu(net))
     }
 
@@ -122,15 +123,14 @@ impl Extractor {
     }
 }
 
-/// Loads the bundled Lite0 onto `device`.
-pub fn load_backbone(device: &Device) -> anyhow::Result<EfficientNetLite> {
+/// Loads the bundled pretrained `backbone` onto `device`.
+pub fn load_backbone(backbone: Backbone, device: &Device) -> anyhow::Result<EfficientNetLite> {
     use anyhow::Context as _;
-    let bytes = crate::model::efficientnet::bundled_lite0_weights()
-        .with_context(|| {
-            format!(
-                "reading the bundled EfficientNet-Lite0 weights ({}; set CELLBENCH_ASSETS to the folder that holds weights/)",
-                crate::model::efficientnet::bundled_lite0_path().display()
-            )
-        })?;
-    Ok(EfficientNetLite::load(&bytes, device)?)
+    let bytes = crate::model::efficientnet::bundled_weights(backbone).with_context(|| {
+        format!(
+            "reading the bundled {backbone} weights ({}; set CELLBENCH_ASSETS to the folder that holds weights/)",
+            backbone.weights_path().display()
+        )
+    })?;
+    Ok(EfficientNetLite::load(backbone, &bytes, device)?)
 }

@@ -79,13 +79,13 @@ impl FoldedBlock {
 /// The Lite0 backbone (no ImageNet classifier) with batch norm folded, on the device of the
 /// model it was folded from.
 #[derive(Clone, Debug)]
-pub struct FoldedLite0 {
+pub struct FoldedLite {
     stem: FoldedConv,
     blocks: Vec<FoldedBlock>,
     head: FoldedConv,
 }
 
-impl FoldedLite0 {
+impl FoldedLite {
     /// Folds a (pretrained or fine-tuned) model's weights and batch-norm statistics.
     pub fn of(model: &EfficientNetLite) -> Self {
         Self {
@@ -117,11 +117,11 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
-    use crate::model::efficientnet::{bundled_lite0_weights, reference};
+    use crate::model::efficientnet::{Backbone, bundled_weights, reference};
 
     fn logits(
         model: &EfficientNetLite,
-        folded: &FoldedLite0,
+        folded: &FoldedLite,
         batch: Vec<f32>,
         n: usize,
     ) -> Vec<f32> {
@@ -140,9 +140,14 @@ mod tests {
     #[test]
     fn folded_reproduces_pytorch_reference_logits() {
         let device = Device::flex();
-        let model = EfficientNetLite::load(&bundled_lite0_weights().unwrap(), &device).unwrap();
-        let folded = FoldedLite0::of(&model);
-        let (batch, expected) = reference::fixture();
+        let model = EfficientNetLite::load(
+            Backbone::Lite0,
+            &bundled_weights(Backbone::Lite0).unwrap(),
+            &device,
+        )
+        .unwrap();
+        let folded = FoldedLite::of(&model);
+        let (batch, expected) = reference::fixture(Backbone::Lite0);
         let n = expected.len();
         reference::assert_matches(&logits(&model, &folded, batch, n), &expected);
     }
@@ -154,10 +159,14 @@ mod tests {
     fn folded_on_wgpu_reproduces_pytorch_reference_logits() {
         let compute = crate::model::backend::select(crate::model::backend::BackendChoice::Wgpu)
             .expect("a wgpu adapter (the test command installs Mesa's software Vulkan)");
-        let model =
-            EfficientNetLite::load(&bundled_lite0_weights().unwrap(), &compute.device).unwrap();
-        let folded = FoldedLite0::of(&model);
-        let (batch, expected) = reference::fixture();
+        let model = EfficientNetLite::load(
+            Backbone::Lite0,
+            &bundled_weights(Backbone::Lite0).unwrap(),
+            &compute.device,
+        )
+        .unwrap();
+        let folded = FoldedLite::of(&model);
+        let (batch, expected) = reference::fixture(Backbone::Lite0);
         let n = 1;
         let batch = batch[..n * 3 * 224 * 224].to_vec();
         reference::assert_matches(&logits(&model, &folded, batch, n), &expected[..n]);

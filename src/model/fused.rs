@@ -9,7 +9,7 @@
 //!   follows each product, instead of one full pass per operation;
 //! - each worker thread owns its activation buffers and reuses them from image to image.
 //!
-//! [`FusedLite0`] is built from an [`EfficientNetLite`] and computes the same function as
+//! [`FusedLite`] is built from an [`EfficientNetLite`] and computes the same function as
 //! [`EfficientNetLite::features`]; a test holds the two to each other and to PyTorch's logits.
 
 // The matrix kernels (gemm) and the AVX2/FMA depthwise path are unsafe calls; each block
@@ -63,13 +63,13 @@ struct Stem {
 
 /// EfficientNet-Lite0 features on the CPU, batch norm folded, channels-last.
 #[derive(Clone, Debug)]
-pub struct FusedLite0 {
+pub struct FusedLite {
     stem: Stem,
     blocks: Vec<Block>,
     head: Pointwise,
 }
 
-/// One image's features in progress (see [`FusedLite0::begin`]).
+/// One image's features in progress (see [`FusedLite::begin`]).
 pub struct ImagePass {
     chw: Vec<f32>,
     h: usize,
@@ -361,7 +361,7 @@ impl Stem {
     }
 }
 
-impl FusedLite0 {
+impl FusedLite {
     /// Folds a (pretrained or fine-tuned) model's weights and batch-norm statistics.
     pub fn from_model(model: &EfficientNetLite) -> Self {
         Self {
@@ -595,6 +595,7 @@ impl FusedLite0 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::efficientnet::Backbone;
     use burn::tensor::{Device, Tensor, TensorData};
 
     #[test]
@@ -612,24 +613,42 @@ mod tests {
     /// the reference photos (the same fixture the burn model is held to).
     #[test]
     fn reproduces_pytorch_reference_logits() {
+        check_against_pytorch(Backbone::Lite0);
+    }
+
+    /// Lite1 (240²) and Lite2 (260²) through the same code: their odd sizes (65 → 33, 17 → 9)
+    /// pad stride-2 convolutions evenly, where Lite0's sizes put the odd pixel at the end.
+    #[test]
+    fn lite1_and_lite2_reproduce_pytorch_reference_logits() {
+        assert_eq!(same(65, 5, 2), (33, 2));
+        assert_eq!(same(33, 3, 2), (17, 1));
+        check_against_pytorch(Backbone::Lite1);
+        check_against_pytorch(Backbone::Lite2);
+    }
+
+    fn check_against_pytorch(backbone: Backbone) {
         use crate::model::efficientnet::reference;
         let device = Device::flex();
-        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
-        let model = EfficientNetLite::load(&bytes, &device).unwrap();
-        let fused = FusedLite0::from_model(&model);
-        let (batch, expected) = reference::fixture();
-        let f = fused.features(&batch, 224, 224);
+        let model = load(backbone, &device);
+        let fused = FusedLite::from_model(&model);
+        let (batch, expected) = reference::fixture(backbone);
+        let side = backbone.input_size() as usize;
+        let f = fused.features(&batch, side, side);
         let f = Tensor::<2>::from_data(TensorData::new(f, [expected.len(), FEATURES]), &device);
         reference::assert_matches(&to_vec(model.classifier.forward(f)), &expected);
+    }
+
+    fn load(backbone: Backbone, device: &Device) -> EfficientNetLite {
+        let bytes = crate::model::efficientnet::bundled_weights(backbone).unwrap();
+        EfficientNetLite::load(backbone, &bytes, device).unwrap()
     }
 
     /// The fused prefix is the burn model's `forward_prefix`, channels-first.
     #[test]
     fn prefix_matches_the_burn_model() {
         let device = Device::flex();
-        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
-        let model = EfficientNetLite::load(&bytes, &device).unwrap();
-        let fused = FusedLite0::from_model(&model);
+        let model = load(Backbone::Lite0, &device);
+        let fused = FusedLite::from_model(&model);
         let (n, h, w, blocks) = (2, 40, 40, 14);
         let x = noise(n * 3 * h * w);
         let want = model.forward_prefix(
@@ -647,8 +666,7 @@ mod tests {
     #[test]
     fn a_pass_in_pieces_gives_the_same_features() {
         let device = Device::flex();
-        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
-        let fused = FusedLite0::from_model(&EfficientNetLite::load(&bytes, &device).unwrap());
+        let fused = FusedLite::from_model(&load(Backbone::Lite0, &device));
         let x = noise(3 * 64 * 64);
         let mut pass = fused.begin(x.clone(), 64, 64);
         let mut pieces = 0;
@@ -670,8 +688,7 @@ mod tests {
     #[test]
     fn feature_map_pools_to_the_features() {
         let device = Device::flex();
-        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
-        let fused = FusedLite0::from_model(&EfficientNetLite::load(&bytes, &device).unwrap());
+        let fused = FusedLite::from_model(&load(Backbone::Lite0, &device));
         let x = noise(3 * 64 * 64);
         let (map, h, w) = fused.feature_map(&x, 64, 64);
         assert_eq!((h, w), (2, 2));
@@ -714,9 +731,8 @@ mod tests {
     #[test]
     fn matches_the_burn_model() {
         let device = Device::flex();
-        let bytes = crate::model::efficientnet::bundled_lite0_weights().unwrap();
-        let model = EfficientNetLite::load(&bytes, &device).unwrap();
-        let fused = FusedLite0::from_model(&model);
+        let model = load(Backbone::Lite0, &device);
+        let fused = FusedLite::from_model(&model);
         for (n, h, w) in [(1, 67, 45), (3, 64, 64)] {
             let x = noise(n * 3 * h * w);
             let want = to_vec(model.features(Tensor::<4>::from_data(

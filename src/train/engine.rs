@@ -156,11 +156,11 @@ pub struct FinetuneBench {
 /// reads its loss back, so GPU work is finished inside the clock.
 pub fn bench_finetune(
     choice: backend::BackendChoice,
+    backbone: crate::model::efficientnet::Backbone,
     batch_size: usize,
     batches: usize,
     unfreeze: usize,
 ) -> anyhow::Result<FinetuneBench> {
-    use crate::model::efficientnet::NUM_BLOCKS;
     use crate::model::extractor::{Extractor, load_backbone};
     let (batch_size, batches) = (batch_size.max(1), batches.max(1));
     let manifest = crate::dataset::open(&crate::demo_dataset(), &Default::default())
@@ -169,13 +169,14 @@ pub fn bench_finetune(
         backend: choice,
         batch_size,
         unfreeze_blocks: unfreeze,
-        ..TrainConfig::for_mode(crate::experiment::config::Mode::Finetune)
+        ..TrainConfig::for_mode(crate::experiment::config::Mode::Finetune).with_backbone(backbone)
     };
     let data = prepare(&manifest, &config)?;
     let compute = backend::select(choice)?;
     let (plain, ad) = (compute.device.clone(), compute.device.clone().autodiff());
-    let start_block = NUM_BLOCKS.saturating_sub(unfreeze.min(NUM_BLOCKS));
-    let backbone = load_backbone(&plain)?;
+    let blocks = config.backbone.num_blocks();
+    let start_block = blocks.saturating_sub(unfreeze.min(blocks));
+    let backbone = load_backbone(config.backbone, &plain)?;
     let feeder = Feeder::Images {
         preprocess: config.preprocess.clone(),
         augment: config.augment.clone(),
@@ -253,7 +254,7 @@ pub fn bench_finetune(
         device: compute.description,
         batch_size,
         batches,
-        unfrozen_blocks: unfreeze.min(NUM_BLOCKS),
+        unfrozen_blocks: unfreeze.min(blocks),
         warmup_secs,
         timed_secs,
         decode_secs,

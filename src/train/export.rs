@@ -33,11 +33,11 @@ pub fn export_features(job: &TrainJob, folds: Option<usize>, out: &Path) -> anyh
         None => vec![None; data.items.len()],
     };
     let compute = backend::select(config.backend)?;
-    let extractor = Extractor::bundled(&compute.device)?;
+    let extractor = Extractor::bundled(config.backbone, &compute.device)?;
     let paths: Vec<_> = data.items.iter().map(|i| i.path.clone()).collect();
     let f = featurize(
         &extractor,
-        &config.backbone,
+        config.backbone.name(),
         config.orientation_mean,
         &config.preprocess,
         &paths,

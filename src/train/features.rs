@@ -368,7 +368,8 @@ mod tests {
     /// plain features do.
     #[test]
     fn orientation_mean_is_the_same_for_every_orientation() {
-        let extractor = Extractor::bundled(&burn::tensor::Device::flex()).unwrap();
+        let extractor =
+            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
         let pre = Preprocess {
             size: 64,
             ..Preprocess::default()
@@ -410,7 +411,8 @@ mod tests {
     /// cache entries; a file that is not an image fails alone.
     #[test]
     fn features_in_steps_match_the_batch_path_and_its_cache() {
-        let extractor = Extractor::bundled(&burn::tensor::Device::flex()).unwrap();
+        let extractor =
+            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
         let pre = Preprocess {
             size: 64,
             ..Preprocess::default()
@@ -442,7 +444,7 @@ mod tests {
                 dir: tmp.path().join(format!("cache-{orientation_mean}")),
             };
             let mut steps = FeatureSteps::new(
-                Extractor::bundled(&burn::tensor::Device::flex()).unwrap(),
+                Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap(),
                 "b",
                 orientation_mean,
                 &pre,

@@ -365,12 +365,12 @@ pub(super) fn probe_features(
     cancel: &AtomicBool,
     warned: &mut std::collections::HashSet<PathBuf>,
 ) -> anyhow::Result<(Vec<Option<Vec<f32>>>, Standardiser)> {
-    let extractor = Extractor::bundled(plain)?;
+    let extractor = Extractor::bundled(config.backbone, plain)?;
     let all: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
     let mut last = Instant::now();
     let f = featurize(
         &extractor,
-        &config.backbone,
+        config.backbone.name(),
         config.orientation_mean,
         &config.preprocess,
         &all,

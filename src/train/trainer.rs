@@ -13,7 +13,7 @@ use crate::fsio::csv_field;
 use crate::model::ModelInfo;
 use crate::model::backend::Compute;
 use crate::model::decision::{self};
-use crate::model::efficientnet::{FEATURES, NUM_BLOCKS};
+use crate::model::efficientnet::FEATURES;
 use crate::model::extractor::{Extractor, load_backbone};
 use crate::model::heads::{Head, SmallCnn};
 use crate::runs::{RunDir, RunState};
@@ -181,13 +181,15 @@ impl<'a> Trainer<'a> {
         } else {
             k
         };
-        let finetune_start = NUM_BLOCKS.saturating_sub(config.unfreeze_blocks.min(NUM_BLOCKS));
+        let blocks = config.backbone.num_blocks();
+        let finetune_start = blocks.saturating_sub(config.unfreeze_blocks.min(blocks));
         let mut info = ModelInfo {
             format_version: crate::runs::FORMAT_VERSION,
             mode: config.mode,
             task: data.task,
             labels: data.labels.clone(),
             preprocess: config.preprocess.clone(),
+            backbone: config.backbone,
             finetune_start,
             feature_mean: Vec::new(),
             feature_std: Vec::new(),
@@ -223,7 +225,7 @@ impl<'a> Trainer<'a> {
                 (Net::Probe(head), Feeder::Features { rows })
             }
             Mode::Finetune => {
-                let backbone = load_backbone(&plain)?;
+                let backbone = load_backbone(config.backbone, &plain)?;
                 let frozen = Extractor::new(backbone.valid(), &plain);
                 (
                     Net::Finetune {

@@ -22,7 +22,10 @@ pub async fn start(canvas_id: &str) -> Result<(), JsValue> {
     restore_workbook();
     // The network's weights are folded once, while the page still says "Starting…", instead
     // of inside the first compute step (a long frame).
-    if let Err(e) = crate::model::extractor::Extractor::bundled(&burn::tensor::Device::flex()) {
+    if let Err(e) = crate::model::extractor::Extractor::bundled(
+        Default::default(),
+        &burn::tensor::Device::flex(),
+    ) {
         log::warn!("the feature network is not ready: {e:#}");
     }
     let document = web_sys::window()

@@ -418,7 +418,7 @@ pub fn compare_table(
                 ui.strong(&r.id);
             }
             ui.end_row();
-            let rows: [ConfigRow; 12] = [
+            let rows: [ConfigRow; 13] = [
                 ("dataset", |r| {
                     r.dataset_root
                         .as_ref()
@@ -429,6 +429,7 @@ pub fn compare_table(
                     r.task.map_or_else(|| "?".to_owned(), |t| format!("{t:?}"))
                 }),
                 ("mode", |r| format!("{:?}", r.config.mode)),
+                ("backbone", |r| r.config.backbone.short_name().to_owned()),
                 ("device", |r| r.device.clone().unwrap_or_default()),
                 ("epochs", |r| r.config.epochs.to_string()),
                 ("batch size", |r| r.config.batch_size.to_string()),

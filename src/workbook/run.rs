@@ -62,7 +62,10 @@ pub fn run_workbook(
                     .map(|&i| m.image_path(&m.records[i]))
                     .collect();
                 let compute = crate::model::backend::select(Default::default())?;
-                let extractor = crate::model::extractor::Extractor::bundled(&compute.device)?;
+                let extractor = crate::model::extractor::Extractor::bundled(
+                    crate::model::efficientnet::Backbone::Lite0,
+                    &compute.device,
+                )?;
                 let f = crate::explore::embedding::map_features(
                     &extractor,
                     &paths,

@@ -69,6 +69,8 @@ pub struct ServeOptions {
     pub max_batch: usize,
     /// How long the model waits for more images to fill a batch while more are on their way.
     pub batch_wait: Duration,
+    /// Average each image's probabilities over its 8 orientations (8 times the compute).
+    pub orientation_tta: bool,
     pub limits: Limits,
 }
 
@@ -81,6 +83,7 @@ impl Default for ServeOptions {
             queue: 64,
             max_batch: 16,
             batch_wait: Duration::from_millis(5),
+            orientation_tta: false,
             limits: Limits::default(),
         }
     }
@@ -186,6 +189,7 @@ pub fn serve(
         model::Batching {
             max_batch: options.max_batch,
             wait: options.batch_wait,
+            orientation_tta: options.orientation_tta,
         },
         admission.clone(),
     )?;

@@ -106,6 +106,8 @@ pub struct Batching {
     /// How long to wait for more images after the first of a batch, while more are on their
     /// way (admitted and being decoded).
     pub wait: Duration,
+    /// Test-time augmentation over the 8 orientations.
+    pub orientation_tta: bool,
 }
 
 /// Starts the model thread: it loads the run's model onto `device`, reports what it serves
@@ -122,7 +124,7 @@ pub fn spawn(
         .name("cellbench-model".into())
         .spawn(move || {
             let classifier = match Classifier::load(&run, &device) {
-                Ok(c) => c,
+                Ok(c) => c.with_orientation_tta(batching.orientation_tta),
                 Err(e) => {
                     ready_tx.send(Err(format!("{e:#}"))).ok();
                     return;
@@ -156,12 +158,19 @@ fn summary(classifier: &Classifier) -> ModelSummary {
             "task": info.task,
             "labels": info.labels,
             "input_size": info.preprocess.size,
+            "backbone": info.backbone,
+            "orientation_tta": classifier.orientation_tta(),
         }),
         description: format!(
-            "{} ({:?}, labels {})",
+            "{} ({:?}, labels {}{})",
             info.mode_name(),
             info.task,
-            info.labels.join(", ")
+            info.labels.join(", "),
+            if classifier.orientation_tta() {
+                "; each image averaged over its 8 orientations"
+            } else {
+                ""
+            }
         ),
     }
 }

@@ -292,7 +292,7 @@ fn start_training(
     let prefetch =
         (cfg!(target_arch = "wasm32") && config.mode == crate::model::Mode::Probe).then(|| {
             FeaturePrefetch {
-                backbone: config.backbone.clone(),
+                backbone: config.backbone,
                 orientation_mean: config.orientation_mean,
                 preprocess: config.preprocess.clone(),
                 paths: manifest
@@ -319,7 +319,7 @@ fn start_training(
 /// run, a few images per frame, into the feature cache the run then reads (the page stays
 /// responsive and Stop works between slices). The desktop computes them inside the run.
 pub struct FeaturePrefetch {
-    pub backbone: String,
+    pub backbone: crate::model::efficientnet::Backbone,
     pub orientation_mean: bool,
     pub preprocess: crate::dataset::preprocess::Preprocess,
     pub paths: Vec<PathBuf>,
@@ -349,15 +349,16 @@ fn queue_prefetch(
             // The folded network is built once and shared; without weights the run itself
             // reports the error.
             let device = burn::tensor::Device::flex();
-            let (Some(p), Ok(extractor)) = (
-                prefetch.take(),
-                crate::model::extractor::Extractor::bundled(&device),
-            ) else {
+            let Some(p) = prefetch.take() else {
+                return false;
+            };
+            let Ok(extractor) = crate::model::extractor::Extractor::bundled(p.backbone, &device)
+            else {
                 return false;
             };
             steps = Some(crate::train::features::FeatureSteps::new(
                 extractor,
-                &p.backbone,
+                p.backbone.name(),
                 p.orientation_mean,
                 &p.preprocess,
                 p.paths,

@@ -137,6 +137,11 @@ pub(super) fn train_ui(
             ui.add(egui::DragValue::new(&mut config.preprocess.size).range(32..=512).suffix(" px"))
                 .on_hover_text("Side of the square network input");
             ui.end_row();
+            if config.mode != Mode::Scratch {
+                ui.label("Backbone");
+                backbone_choice(ui, id, config);
+                ui.end_row();
+            }
             ui.label("Device");
             egui::ComboBox::from_id_salt(("backend", id))
                 .selected_text(format!("{:?}", config.backend))
@@ -149,7 +154,7 @@ pub(super) fn train_ui(
                 .on_hover_text("Where the network runs");
             if config.mode == Mode::Finetune {
                 ui.label("Unfrozen blocks");
-                ui.add(egui::DragValue::new(&mut config.unfreeze_blocks).range(0..=16))
+                ui.add(egui::DragValue::new(&mut config.unfreeze_blocks).range(0..=config.backbone.num_blocks()))
                     .on_hover_text("How many of the last backbone blocks are trained");
             }
             ui.end_row();
@@ -597,12 +602,46 @@ pub fn curves_ui(
 }
 
 /// Changes the training mode. A setting still at the old mode's default takes the new
+/// The pretrained network. Choosing one moves the image size to its input size unless the
+/// user set another. The page bundles Lite0's weights only.
+fn backbone_choice(ui: &mut egui::Ui, id: u64, config: &mut TrainConfig) {
+    use crate::model::efficientnet::Backbone;
+    let label = |b: Backbone| match b {
+        Backbone::Lite0 => "EfficientNet-Lite0 (224 px, 4.7 M)",
+        Backbone::Lite1 => "EfficientNet-Lite1 (240 px, 5.4 M)",
+        Backbone::Lite2 => "EfficientNet-Lite2 (260 px, 6.1 M)",
+    };
+    let mut chosen = config.backbone;
+    ui.add_enabled_ui(!cfg!(target_arch = "wasm32"), |ui| {
+        egui::ComboBox::from_id_salt(("backbone", id))
+            .selected_text(label(chosen))
+            .show_ui(ui, |ui| {
+                for b in Backbone::ALL {
+                    ui.selectable_value(&mut chosen, b, label(b));
+                }
+            })
+            .response
+            .on_hover_text("ImageNet-pretrained network whose features the head reads; larger ones are slower and sometimes better")
+            .on_disabled_hover_text("The page carries Lite0 only; Lite1 and Lite2 run in the desktop app");
+    });
+    if chosen != config.backbone {
+        let size = config.preprocess.size;
+        let unfreeze = config.unfreeze_blocks;
+        let followed = size == config.backbone.input_size();
+        *config = config.clone().with_backbone(chosen);
+        if !followed {
+            config.preprocess.size = size;
+        }
+        config.unfreeze_blocks = unfreeze.min(chosen.num_blocks());
+    }
+}
+
 /// mode's default; a setting the user changed is kept (so Probe → Fine-tune → Probe gives
 /// back the same form).
 pub fn switch_mode(config: &mut TrainConfig, mode: Mode) {
     let (old, new) = (
-        TrainConfig::for_mode(config.mode),
-        TrainConfig::for_mode(mode),
+        TrainConfig::for_mode(config.mode).with_backbone(config.backbone),
+        TrainConfig::for_mode(mode).with_backbone(config.backbone),
     );
     macro_rules! follow {
         ($($field:ident).+) => {

@@ -75,8 +75,11 @@ pub(in crate::ui::cells) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::
         move || {
             let compute =
                 crate::model::backend::select(BackendChoice::Auto).map_err(|e| format!("{e:#}"))?;
-            let extractor = crate::model::extractor::Extractor::bundled(&compute.device)
-                .map_err(|e| format!("{e:#}"))?;
+            let extractor = crate::model::extractor::Extractor::bundled(
+                crate::model::efficientnet::Backbone::Lite0,
+                &compute.device,
+            )
+            .map_err(|e| format!("{e:#}"))?;
             let cache = crate::train::features::FeatureCache::default_location();
             Ok(if cfg!(target_arch = "wasm32") {
                 Featurizing::Pieces {
