@@ -261,6 +261,13 @@ impl TrainConfig {
             "dropout must be in [0, 1)"
         );
         anyhow::ensure!(self.preprocess.size >= 16, "image size must be at least 16");
+        anyhow::ensure!(
+            self.mode != Mode::Finetune || self.unfreeze_blocks <= self.backbone.num_blocks(),
+            "--unfreeze {}: {} has {} blocks",
+            self.unfreeze_blocks,
+            self.backbone,
+            self.backbone.num_blocks()
+        );
         Ok(())
     }
 }

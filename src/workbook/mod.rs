@@ -99,6 +99,9 @@ pub enum CellKind {
         input: String,
         #[serde(default = "default_predictions")]
         output: String,
+        /// Test-time augmentation: each image's probabilities averaged over its 8 orientations.
+        #[serde(default)]
+        tta: bool,
     },
 }
 
@@ -145,6 +148,7 @@ impl CellKind {
                 run: None,
                 input: String::new(),
                 output: default_predictions(),
+                tta: false,
             },
             Self::Note {
                 text: String::new(),
@@ -220,6 +224,7 @@ impl Workbook {
             run: None,
             input: dataset.into(),
             output: default_predictions(),
+            tta: false,
         });
         book
     }

@@ -211,13 +211,19 @@ pub fn run_workbook(
                     ),
                 ));
             }
-            CellKind::Predict { run, input, output } => {
+            CellKind::Predict {
+                run,
+                input,
+                output,
+                tta,
+            } => {
                 let id = run
                     .or_else(|| last_run.clone())
                     .with_context(|| format!("{}: no run to predict with", ctx()))?;
                 let compute = crate::model::backend::select(Default::default())?;
                 let classifier =
-                    crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)?;
+                    crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)?
+                        .with_orientation_tta(tta);
                 let paths = crate::infer::collect_inputs(&resolve_path(&input, &base))?;
                 let out_path = resolve_path(&output, &base);
                 let s = crate::infer::predict_to_csv(

@@ -193,7 +193,12 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 },
             );
         }
-        CellKind::Predict { run, input, output } => {
+        CellKind::Predict {
+            run,
+            input,
+            output,
+            tta,
+        } => {
             let Some(run) = run_for(app, id, &run) else {
                 app.rt.note(
                     true,
@@ -221,7 +226,8 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                     let compute =
                         crate::model::backend::select(backend).map_err(|e| format!("{e:#}"))?;
                     let classifier = crate::infer::Classifier::load(&run_dir, &compute.device)
-                        .map_err(|e| format!("{e:#}"))?;
+                        .map_err(|e| format!("{e:#}"))?
+                        .with_orientation_tta(tta);
                     let mut paths = Vec::new();
                     for input in &inputs {
                         paths.extend(
@@ -581,7 +587,12 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             CellKind::Train { config, run, folds } => train_ui(app, ui, id, config, run, folds),
             CellKind::Evaluate { run } => evaluate_ui(app, ui, id, run),
             CellKind::Compare { runs } => compare_ui(app, ui, id, runs),
-            CellKind::Predict { run, input, output } => predict_ui(app, ui, id, run, input, output),
+            CellKind::Predict {
+                run,
+                input,
+                output,
+                tta,
+            } => predict_ui(app, ui, id, run, input, output, tta),
             CellKind::Cluster {
                 profile,
                 dataset,

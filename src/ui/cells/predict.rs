@@ -18,6 +18,7 @@ pub(super) fn predict_ui(
     run: &mut Option<String>,
     input: &mut String,
     output: &mut String,
+    tta: &mut bool,
 ) {
     let runs_dir = app.runs_dir();
     let runs = app.rt.run_ids(&runs_dir);
@@ -50,6 +51,11 @@ pub(super) fn predict_ui(
             ui.label("Output CSV");
             ui.add(egui::TextEdit::singleline(output).desired_width(360.0))
                 .on_hover_text("Probabilities and predicted label per image");
+            ui.end_row();
+            ui.label("");
+            ui.checkbox(tta, "Average over the 8 orientations (8× slower)").on_hover_text(
+                "Test-time augmentation: each image is classified in every flip and quarter turn and the probabilities averaged. Helps models trained with rotation augmentation (fine-tuned), not a probe fitted on upright images.",
+            );
             ui.end_row();
         });
     let hovering = ui.ctx().input(|i| !i.raw.hovered_files.is_empty());

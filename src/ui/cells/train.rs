@@ -624,16 +624,22 @@ fn backbone_choice(ui: &mut egui::Ui, id: u64, config: &mut TrainConfig) {
             .on_hover_text("ImageNet-pretrained network whose features the head reads; larger ones are slower and sometimes better")
             .on_disabled_hover_text("The page carries Lite0 only; Lite1 and Lite2 run in the desktop app");
     });
-    if chosen != config.backbone {
-        let size = config.preprocess.size;
-        let unfreeze = config.unfreeze_blocks;
-        let followed = size == config.backbone.input_size();
-        *config = config.clone().with_backbone(chosen);
-        if !followed {
-            config.preprocess.size = size;
-        }
-        config.unfreeze_blocks = unfreeze.min(chosen.num_blocks());
+    choose_backbone(config, chosen);
+}
+
+/// Switches `config` to `backbone`: an image size left at the old backbone's input size moves
+/// to the new one's (a size the user set stays), and the unfrozen blocks fit the new network.
+pub fn choose_backbone(config: &mut TrainConfig, backbone: crate::model::efficientnet::Backbone) {
+    if backbone == config.backbone {
+        return;
     }
+    let size = config.preprocess.size;
+    let followed = size == config.backbone.input_size();
+    *config = config.clone().with_backbone(backbone);
+    if !followed {
+        config.preprocess.size = size;
+    }
+    config.unfreeze_blocks = config.unfreeze_blocks.min(backbone.num_blocks());
 }
 
 /// mode's default; a setting the user changed is kept (so Probe → Fine-tune → Probe gives
@@ -666,6 +672,31 @@ pub fn switch_mode(config: &mut TrainConfig, mode: Mode) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn choosing_a_backbone_moves_the_default_image_size_but_keeps_a_chosen_one() {
+        use crate::model::efficientnet::Backbone;
+        let mut config = TrainConfig::for_mode(Mode::Finetune);
+        choose_backbone(&mut config, Backbone::Lite2);
+        assert_eq!(
+            (config.backbone, config.preprocess.size),
+            (Backbone::Lite2, 260)
+        );
+        config.unfreeze_blocks = 20;
+        config.preprocess.size = 300;
+        choose_backbone(&mut config, Backbone::Lite0);
+        assert_eq!(config.preprocess.size, 300, "a size the user set stays");
+        assert_eq!(config.unfreeze_blocks, 16, "Lite0 has 16 blocks");
+        assert!(config.validate().is_ok());
+        config.unfreeze_blocks = 17;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("16 blocks")
+        );
+    }
 
     #[test]
     fn switching_modes_back_and_forth_keeps_what_the_user_set() {
