@@ -126,6 +126,10 @@ impl Extractor {
 /// Loads the bundled pretrained `backbone` onto `device`.
 pub fn load_backbone(backbone: Backbone, device: &Device) -> anyhow::Result<EfficientNetLite> {
     use anyhow::Context as _;
+    anyhow::ensure!(
+        !cfg!(target_arch = "wasm32") || backbone == Backbone::Lite0,
+        "this run uses {backbone}; the page carries EfficientNet-Lite0 only (open the run in the desktop app)"
+    );
     let bytes = crate::model::efficientnet::bundled_weights(backbone).with_context(|| {
         format!(
             "reading the bundled {backbone} weights ({}; set CELLBENCH_ASSETS to the folder that holds weights/)",
