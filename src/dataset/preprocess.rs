@@ -162,6 +162,24 @@ impl Augment {
     }
 }
 
+/// The symmetries of the square: [`dihedral`]'s `k` runs over `0..ORIENTATIONS`.
+pub const ORIENTATIONS: usize = 8;
+
+/// Each channels-first image of `chw` (`[n, 3, side, side]`) in its [`ORIENTATIONS`]
+/// orientations, image by image and identity first: `[n * ORIENTATIONS, 3, side, side]`.
+pub fn orientations(chw: &[f32], side: usize) -> Vec<f32> {
+    let per_image = 3 * side * side;
+    let mut views = Vec::with_capacity(chw.len() * ORIENTATIONS);
+    for img in chw.chunks_exact(per_image) {
+        for k in 0..ORIENTATIONS as u8 {
+            let start = views.len();
+            views.extend_from_slice(img);
+            dihedral(&mut views[start..], side, k);
+        }
+    }
+    views
+}
+
 /// Applies symmetry `k` of the square (0 = identity; bit 2 = transpose, bits 0–1 = flips).
 pub fn dihedral(chw: &mut [f32], side: usize, k: u8) {
     if k == 0 {

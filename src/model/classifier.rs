@@ -92,9 +92,6 @@ pub struct Classifier {
     tta: bool,
 }
 
-/// The orientations test-time augmentation averages over: the 8 symmetries of the square.
-pub const TTA_VIEWS: usize = 8;
-
 #[allow(clippy::large_enum_variant)] // one per loaded model
 enum Net {
     /// Backbone features into a head: a probe (standardised features, frozen pretrained
@@ -239,22 +236,15 @@ impl Classifier {
         if !self.tta {
             return self.probabilities_once(chw, n);
         }
+        use crate::dataset::preprocess::{ORIENTATIONS, orientations};
         let side = self.info.preprocess.size as usize;
         let per_image = 3 * side * side;
         let mut out = Vec::with_capacity(n);
         // A few images at a time bounds the memory of their views.
         for group in chw.chunks(per_image * 4) {
             let images = group.len() / per_image;
-            let mut views = Vec::with_capacity(group.len() * TTA_VIEWS);
-            for img in group.chunks_exact(per_image) {
-                for k in 0..TTA_VIEWS as u8 {
-                    let start = views.len();
-                    views.extend_from_slice(img);
-                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
-                }
-            }
-            let probs = self.probabilities_once(views, images * TTA_VIEWS);
-            for per_view in probs.chunks(TTA_VIEWS) {
+            let probs = self.probabilities_once(orientations(group, side), images * ORIENTATIONS);
+            for per_view in probs.chunks(ORIENTATIONS) {
                 let mut mean = vec![0.0f32; per_view.first().map_or(0, Vec::len)];
                 for p in per_view {
                     mean.iter_mut().zip(p).for_each(|(m, v)| *m += v);

@@ -73,21 +73,13 @@ impl Extractor {
     /// Features averaged over the 8 orientations of each image (the symmetries of the square):
     /// the same for an image in any orientation. Same layout as [`Self::features`].
     pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
-        const VIEWS: usize = 8;
+        use crate::dataset::preprocess::{ORIENTATIONS as VIEWS, orientations};
         let per_image = 3 * side * side;
         let mut out = Vec::with_capacity(n * FEATURES);
         // A few images at a time bounds the memory of their 8 views.
         for group in chw.chunks(per_image * 4) {
             let images = group.len() / per_image;
-            let mut views = Vec::with_capacity(group.len() * VIEWS);
-            for img in group.chunks_exact(per_image) {
-                for k in 0..VIEWS as u8 {
-                    let start = views.len();
-                    views.extend_from_slice(img);
-                    crate::dataset::preprocess::dihedral(&mut views[start..], side, k);
-                }
-            }
-            let f = self.features(views, images * VIEWS, side);
+            let f = self.features(orientations(group, side), images * VIEWS, side);
             for per_view in f.chunks_exact(FEATURES * VIEWS) {
                 let mut mean = vec![0.0f32; FEATURES];
                 for row in per_view.chunks_exact(FEATURES) {

@@ -293,12 +293,9 @@ impl FeatureSteps {
         match &self.extractor {
             Extractor::Cpu(net) => {
                 let views: Vec<Vec<f32>> = if self.orientation_mean {
-                    (0..8u8)
-                        .map(|k| {
-                            let mut v = chw.clone();
-                            crate::dataset::preprocess::dihedral(&mut v, side, k);
-                            v
-                        })
+                    crate::dataset::preprocess::orientations(&chw, side)
+                        .chunks_exact(chw.len())
+                        .map(<[f32]>::to_vec)
                         .collect()
                 } else {
                     vec![chw]
