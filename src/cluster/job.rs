@@ -43,6 +43,15 @@ pub enum JobSpec {
     },
 }
 
+impl JobSpec {
+    /// The run configuration the job carries.
+    pub fn config(&self) -> &TrainConfig {
+        match self {
+            Self::Train { config, .. } | Self::Featurize { config, .. } => config,
+        }
+    }
+}
+
 /// How to package and submit.
 #[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {
@@ -114,8 +123,7 @@ pub fn package(spec: &JobSpec, options: &SubmitOptions) -> anyhow::Result<Vec<u8
     let (binary, _keep) = shippable_binary(&exe)?;
     let assets = crate::assets_dir();
     // The job's backbone: the only weights it reads.
-    let (JobSpec::Train { config, .. } | JobSpec::Featurize { config, .. }) = spec;
-    let weights = config.backbone.weights_file();
+    let weights = spec.config().backbone.weights_file();
     let mut files = vec![
         ("cellbench".to_owned(), binary),
         (format!("assets/{weights}"), assets.join(&weights)),
@@ -164,13 +172,16 @@ pub fn submit(
         ("CELLBENCH_ASSETS".to_owned(), "assets".to_owned()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
     ]);
-    let (kind, config) = match spec {
-        JobSpec::Train { config, .. } => ("train", config),
-        JobSpec::Featurize { config, .. } => ("featurize", config),
+    let kind = match spec {
+        JobSpec::Train { .. } => "train",
+        JobSpec::Featurize { .. } => "featurize",
     };
     job.metadata = BTreeMap::from([
         ("cellbench_kind".to_owned(), kind.to_owned()),
-        ("cellbench_config".to_owned(), toml::to_string(config)?),
+        (
+            "cellbench_config".to_owned(),
+            toml::to_string(spec.config())?,
+        ),
     ]);
     job.entrypoint_num_cpus = options.cpus;
     job.entrypoint_num_gpus = options.gpus;
