@@ -169,6 +169,74 @@ fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe(
     }
 }
 
+/// A multi-scale probe reads wider features (the final pool, then two earlier stages' pools),
+/// its saved model predicts what the run recorded, and `explain` maps its score.
+#[test]
+fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
+    let cache = tmp.path().join("cache");
+    let runs = tmp.path().join("runs");
+    let out = train(
+        &[
+            path_str(&data),
+            "--multiscale",
+            "--backend",
+            "cpu",
+            "--image-size",
+            "64",
+            "--json",
+            "--runs",
+            path_str(&runs),
+        ],
+        &cache,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_dir = runs_in(&runs).pop().unwrap();
+    let info = read_json(&run_dir.join("model.json"));
+    assert_eq!(info["multiscale"], true);
+    assert_eq!(
+        info["feature_mean"].as_array().unwrap().len(),
+        1280 + 112 + 192
+    );
+    let pred = tmp.path().join("pred.csv");
+    let out = run_cmd_predict(&run_dir, &data, &pred);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = probabilities(&pred);
+    let recorded = probabilities(&run_dir.join("predictions.csv"));
+    assert!(!recorded.is_empty());
+    for (name, (_, p)) in &recorded {
+        let q = &saved[name].1;
+        assert!(
+            p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{name}: {p:?} {q:?}"
+        );
+    }
+    let explained = tmp.path().join("explained");
+    let out = run(&[
+        "explain",
+        path_str(&run_dir),
+        path_str(&data.join("Eosinophil")),
+        "--out",
+        path_str(&explained),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = std::fs::read_to_string(explained.join("saliency.csv")).unwrap();
+    assert_eq!(index.lines().count(), 13, "{index}");
+}
+
 fn run_cmd_predict(run_dir: &Path, data: &Path, out: &Path) -> std::process::Output {
     run(&[
         "predict",

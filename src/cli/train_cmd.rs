@@ -65,6 +65,14 @@ pub struct TrainArgs {
     /// Fine-tuning: number of last backbone blocks to train.
     #[arg(long)]
     pub unfreeze: Option<usize>,
+    /// Fine-tuning: where the head starts — probe (default: the probe solved on the training
+    /// side, so fine-tuning starts where the probe ends) or random.
+    #[arg(long)]
+    pub head_init: Option<crate::experiment::config::HeadInit>,
+    /// Fine-tuning: what the trained blocks' batch norms normalise by — frozen (default: the
+    /// pretrained running statistics, as in prediction) or batch (each batch's statistics).
+    #[arg(long)]
+    pub batch_norm: Option<crate::experiment::config::BatchNormMode>,
     #[arg(long)]
     pub patience: Option<u32>,
     #[arg(long)]
@@ -72,6 +80,10 @@ pub struct TrainArgs {
     /// Probe: average each image's features over its 8 orientations (flips, 90° turns).
     #[arg(long)]
     pub orientation_mean: bool,
+    /// Probe: multi-scale features — the pooled outputs of two earlier stages (112 and 192
+    /// channels on Lite0) after the final 1280, each weighted alike; same forward pass.
+    #[arg(long)]
+    pub multiscale: bool,
     /// Binary and multi-class tasks: fit a temperature on the validation side that calibrates
     /// the probabilities (temperature scaling), saved with the model and used by predict,
     /// serve and evaluate. The test side reports its calibration error before and after.
@@ -140,7 +152,8 @@ impl TrainArgs {
         set!(epochs <- self.epochs, batch_size <- self.batch_size, learning_rate <- self.learning_rate,
              weight_decay <- self.weight_decay, optimizer <- self.optimizer, schedule <- self.schedule,
              imbalance <- self.imbalance, unfreeze_blocks <- self.unfreeze, dropout <- self.dropout, seed <- self.seed, backend <- self.backend,
-             solver <- self.solver);
+             solver <- self.solver, head_init <- self.head_init,
+             batch_norm <- self.batch_norm);
         if let Some(b) = self.backbone {
             c = c.with_backbone(b);
         }
@@ -154,6 +167,7 @@ impl TrainArgs {
             c.augment = crate::dataset::preprocess::Augment::none();
         }
         c.orientation_mean |= self.orientation_mean;
+        c.multiscale |= self.multiscale;
         c.calibrate |= self.calibrate;
         Ok(c)
     }

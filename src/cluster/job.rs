@@ -283,8 +283,7 @@ pub fn featurize_shard(
     };
     let f = crate::train::features::featurize(
         &extractor,
-        config.backbone.name(),
-        config.orientation_mean,
+        config.feature_kind(),
         &config.preprocess,
         &paths,
         Some(&cache),

@@ -91,6 +91,57 @@ impl std::str::FromStr for Solver {
     }
 }
 
+/// Where a fine-tuned network's classification head starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// The probe of the same backbone solved on the training side (its L2 strength and class
+    /// weighting chosen on the validation side), its feature standardisation folded into the
+    /// weights: fine-tuning starts where the probe ends ("linear probe, then fine-tune").
+    #[default]
+    Probe,
+    /// Small random weights.
+    Random,
+}
+
+impl std::str::FromStr for HeadInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "probe" => Ok(Self::Probe),
+            "random" => Ok(Self::Random),
+            other => Err(format!(
+                "unknown head start {other:?} (expected probe or random)"
+            )),
+        }
+    }
+}
+
+/// What a fine-tuned backbone's batch norms normalise by while training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNormMode {
+    /// The running statistics of the pretrained weights, as in prediction (scale and shift
+    /// still learn).
+    #[default]
+    Frozen,
+    /// Each batch's own statistics, the running statistics updated from them.
+    Batch,
+}
+
+impl std::str::FromStr for BatchNormMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "frozen" => Ok(Self::Frozen),
+            "batch" => Ok(Self::Batch),
+            other => Err(format!(
+                "unknown batch norm mode {other:?} (expected frozen or batch)"
+            )),
+        }
+    }
+}
+
 /// What to do about unequal class sizes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -144,6 +195,10 @@ pub struct TrainConfig {
     pub dropout: f64,
     /// Fine-tuning: how many of the last backbone blocks are trained.
     pub unfreeze_blocks: usize,
+    /// Fine-tuning: where the classification head starts.
+    pub head_init: HeadInit,
+    /// Fine-tuning: what the trained blocks' batch norms normalise by.
+    pub batch_norm: BatchNormMode,
     pub seed: u64,
     pub backend: BackendChoice,
     /// Without a split column: the share of patients held out for validation.
@@ -151,6 +206,10 @@ pub struct TrainConfig {
     /// Probe: features averaged over the 8 orientations of the square (flips, 90° turns), so a
     /// cell gives the same features however it lies. Costs 8× the feature extraction.
     pub orientation_mean: bool,
+    /// Probe: the pooled outputs of two earlier stages follow the final pool (multi-scale
+    /// features; see [`crate::model::efficientnet::Backbone::taps`]), each part weighted alike
+    /// in the L2 penalty. Computed in the same pass.
+    pub multiscale: bool,
     /// Probe: how the head is fitted (fine-tuning and scratch always train in epochs).
     pub solver: Solver,
     /// Single-label tasks: fit a temperature on the validation side (the kept model's
@@ -178,10 +237,13 @@ impl Default for TrainConfig {
             // A linear probe is regularised by weight decay; dropout is for the deeper heads.
             dropout: 0.0,
             unfreeze_blocks: 2,
+            head_init: HeadInit::Probe,
+            batch_norm: BatchNormMode::Frozen,
             seed: 7,
             backend: BackendChoice::Auto,
             val_fraction: 0.2,
             orientation_mean: false,
+            multiscale: false,
             solver: Solver::Lbfgs,
             calibrate: false,
         }
@@ -192,6 +254,16 @@ impl TrainConfig {
     /// True when the run fits a probe to convergence instead of training in epochs.
     pub fn solves_probe(&self) -> bool {
         self.mode == Mode::Probe && self.solver == Solver::Lbfgs
+    }
+
+    /// What the probe's feature vectors hold (fine-tuned heads read the final pool of one view).
+    pub fn feature_kind(&self) -> crate::model::extractor::FeatureKind {
+        let probe = self.mode == Mode::Probe;
+        crate::model::extractor::FeatureKind {
+            backbone: self.backbone,
+            orientation_mean: probe && self.orientation_mean,
+            multiscale: probe && self.multiscale,
+        }
     }
 
     /// This config on `backbone`, at the backbone's input size (scratch CNNs keep theirs: they

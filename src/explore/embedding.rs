@@ -26,8 +26,7 @@ pub fn map_features(
 ) -> crate::train::features::Featurized {
     crate::train::features::featurize(
         extractor,
-        crate::model::efficientnet::Backbone::Lite0.name(),
-        false,
+        crate::model::extractor::FeatureKind::plain(crate::model::efficientnet::Backbone::Lite0),
         &crate::dataset::preprocess::Preprocess::default(),
         paths,
         cache,
@@ -46,8 +45,7 @@ pub fn map_feature_steps(
 ) -> crate::train::features::FeatureSteps {
     crate::train::features::FeatureSteps::new(
         extractor,
-        crate::model::efficientnet::Backbone::Lite0.name(),
-        false,
+        crate::model::extractor::FeatureKind::plain(crate::model::efficientnet::Backbone::Lite0),
         &crate::dataset::preprocess::Preprocess::default(),
         paths,
         Some(cache),

@@ -50,6 +50,10 @@ pub struct ModelInfo {
     /// The pretrained backbone (probe and fine-tune); runs before it was recorded used Lite0.
     #[serde(default)]
     pub backbone: super::efficientnet::Backbone,
+    /// Probe: the features are multi-scale (the final pool, then earlier stages' pools; see
+    /// [`super::extractor::FeatureKind`]).
+    #[serde(default)]
+    pub multiscale: bool,
     /// Single-label tasks: the temperature fitted on the validation side (`--calibrate`);
     /// every prediction's probabilities are `softmax(logits / temperature)`.
     #[serde(default)]
@@ -63,6 +67,16 @@ impl ModelInfo {
             super::ordinal::outputs(self.labels.len())
         } else {
             self.labels.len()
+        }
+    }
+
+    /// What the head's feature vectors hold (fine-tuned heads: the final pool of one view).
+    pub fn feature_kind(&self) -> super::extractor::FeatureKind {
+        let probe = self.mode == Mode::Probe;
+        super::extractor::FeatureKind {
+            backbone: self.backbone,
+            orientation_mean: probe && self.orientation_mean,
+            multiscale: probe && self.multiscale,
         }
     }
 
@@ -125,10 +139,11 @@ impl Classifier {
     /// A model from its description and safetensors bytes (as a run saves them).
     pub fn from_bytes(info: ModelInfo, bytes: Vec<u8>, device: &Device) -> anyhow::Result<Self> {
         let k = info.outputs();
+        let width = info.feature_kind().width();
         let mut store = SafetensorsStore::from_bytes(Some(bytes));
         let net = match info.mode {
             Mode::Probe => {
-                let mut head = Head::new(FEATURES, k, 0.0, device);
+                let mut head = Head::new(width, k, 0.0, device);
                 head.load_from(&mut store)?;
                 Net::Features {
                     backbone: Extractor::bundled(info.backbone, device)?,
@@ -153,15 +168,14 @@ impl Classifier {
             }
         };
         // A probe was trained on standardised features; a fine-tuned head on raw ones.
-        let standardiser =
-            if info.feature_mean.len() == FEATURES && info.feature_std.len() == FEATURES {
-                Standardiser {
-                    mean: info.feature_mean.clone(),
-                    std: info.feature_std.clone(),
-                }
-            } else {
-                Standardiser::default()
-            };
+        let standardiser = if info.feature_mean.len() == width && info.feature_std.len() == width {
+            Standardiser {
+                mean: info.feature_mean.clone(),
+                std: info.feature_std.clone(),
+            }
+        } else {
+            Standardiser::default()
+        };
         Ok(Self {
             info,
             net,
@@ -189,11 +203,9 @@ impl Classifier {
     pub fn features(&self, chw: Vec<f32>, n: usize) -> Option<Vec<f32>> {
         let side = self.info.preprocess.size as usize;
         match &self.net {
-            Net::Features { backbone, .. } => Some(if self.info.orientation_mean {
-                backbone.features_orientation_mean(chw, n, side)
-            } else {
-                backbone.features(chw, n, side)
-            }),
+            Net::Features { backbone, .. } => {
+                Some(backbone.features_of(&self.info.feature_kind(), chw, n, side))
+            }
             Net::Scratch(_) => None,
         }
     }
@@ -209,7 +221,7 @@ impl Classifier {
         decision::probabilities(self.info.task, self.info.cumulative, logits)
     }
 
-    /// Probabilities from backbone features (`n` rows of [`FEATURES`], as
+    /// Probabilities from backbone features (`n` rows of the feature kind's width, as
     /// [`Self::features`] gives them): standardisation, head, decision rules.
     pub fn probabilities_from_features(&self, mut features: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
         let Net::Features { head, .. } = &self.net else {
@@ -219,8 +231,9 @@ impl Classifier {
             return Vec::new();
         }
         self.standardiser.apply(&mut features);
+        let width = self.info.feature_kind().width();
         let logits = head.forward(Tensor::<2>::from_data(
-            TensorData::new(features, [n, FEATURES]),
+            TensorData::new(features, [n, width]),
             &self.device,
         ));
         self.decide(logits)
@@ -343,11 +356,36 @@ impl Classifier {
         } else {
             weight.chunks_exact(outputs).map(|w| w[class]).collect()
         };
-        let std: &[f32] = if self.standardiser.std.len() == FEATURES {
+        let kind = self.info.feature_kind();
+        let std: &[f32] = if self.standardiser.std.len() == kind.width() {
             &self.standardiser.std
         } else {
             &[]
         };
+        let parts = kind.parts();
+        let part_std = |i: usize| std.get(parts[i].clone()).unwrap_or(&[]);
+        let mut values = super::saliency::class_activation_map(
+            &map,
+            FEATURES,
+            &row[parts[0].clone()],
+            part_std(0),
+        );
+        // Multi-scale: each earlier stage's share of the score, on the final grid.
+        let taps = kind.taps();
+        for (i, (tap, (h, w, c))) in net
+            .tap_maps(&fine_chw, fine_side, fine_side, &taps)
+            .into_iter()
+            .enumerate()
+        {
+            let cam = super::saliency::class_activation_map(
+                &tap,
+                c,
+                &row[parts[i + 1].clone()],
+                part_std(i + 1),
+            );
+            let cam = super::saliency::to_grid(&cam, (h, w), (height, width));
+            values.iter_mut().zip(cam).for_each(|(v, t)| *v += t);
+        }
         let label = self.info.labels.get(class).cloned().unwrap_or_default();
         let mut explains = if self.info.cumulative {
             "the grade score (all thresholds)".to_owned()
@@ -360,7 +398,7 @@ impl Classifier {
         Ok(super::saliency::Saliency {
             width,
             height,
-            values: super::saliency::class_activation_map(&map, FEATURES, &row, std),
+            values,
             class,
             explains,
             input_side: fine_side,

@@ -154,6 +154,20 @@ impl Backbone {
         self.blocks().len()
     }
 
+    /// Where multi-scale features tap the network: `(blocks, channels)` — the output of the
+    /// first `blocks` blocks, `channels` wide, is pooled. These are the last blocks of the two
+    /// stages before the last one (112 and 192 channels after 11 and 15 blocks on Lite0):
+    /// mid-level texture and shape, which cell types differ in, next to the final pool.
+    pub fn taps(self) -> [(usize, usize); 2] {
+        let blocks = self.blocks();
+        let ends: Vec<(usize, usize)> = (0..blocks.len())
+            .filter(|&i| i + 1 == blocks.len() || blocks[i + 1].4 != blocks[i].4)
+            .map(|i| (i + 1, blocks[i].4))
+            .collect();
+        let n = ends.len();
+        [ends[n - 3], ends[n - 2]]
+    }
+
     /// Learnable parameters (batch-norm running statistics not counted).
     pub fn parameters(self) -> usize {
         match self {
@@ -370,6 +384,21 @@ impl EfficientNetLite {
         x.mean_dims(&[2, 3]).flatten::<2>(1, 3)
     }
 
+    /// The same network with every batch norm normalising by its running statistics in
+    /// training too; its scale and shift still learn. Fine-tuning batches are small and of one
+    /// domain, so their own statistics are far from those the pretrained weights were fitted
+    /// with: normalising by them changes the features the head reads between training and
+    /// prediction.
+    pub fn with_frozen_statistics(self) -> Self {
+        struct Frozen;
+        impl burn::module::ModuleMapper for Frozen {
+            fn map_flag(&mut self, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+                flag.with_value(false)
+            }
+        }
+        self.map(&mut Frozen)
+    }
+
     /// Pooled features `[batch, 1280]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_suffix(self.forward_prefix(x, 0), 0)
@@ -454,6 +483,55 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With frozen statistics a network in training gives the features it gives when it
+    /// predicts, leaves its running statistics alone, and still passes gradients to the
+    /// batch norms' scale; with batch statistics it does neither of the first two.
+    #[test]
+    fn frozen_statistics_train_on_the_features_prediction_sees() {
+        let plain = Device::flex();
+        let ad = plain.clone().autodiff();
+        let model = EfficientNetLite::load(
+            Backbone::Lite0,
+            &bundled_weights(Backbone::Lite0).unwrap(),
+            &plain,
+        )
+        .unwrap();
+        let start = model.blocks.len() - 2;
+        let x = model.forward_prefix(
+            Tensor::<4>::random([2, 3, 64, 64], burn::tensor::Distribution::Default, &plain),
+            start,
+        );
+        let to_vec = |t: Tensor<2>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let want = to_vec(model.forward_suffix(x.clone(), start));
+        let mean_before = to_vec(model.head.bn.running_mean.value().reshape([1, -1]));
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        };
+
+        let frozen = model.clone().fork(&ad).with_frozen_statistics().train();
+        let y = frozen.forward_suffix(x.clone().fork(&ad), start);
+        let grads = y.clone().sum().backward();
+        assert!(max_diff(&to_vec(y.valid()), &want) < 1e-4);
+        let after = to_vec(frozen.head.bn.running_mean.value().valid().reshape([1, -1]));
+        assert_eq!(after, mean_before, "running statistics unchanged");
+        assert!(
+            frozen.head.bn.gamma.grad(&grads).is_some(),
+            "scale still learns"
+        );
+
+        let batch = model.fork(&ad).train();
+        let y = batch.forward_suffix(x.fork(&ad), start);
+        assert!(max_diff(&to_vec(y.valid()), &want) > 1e-2);
+    }
 
     /// The burn model reproduces logits computed by PyTorch from the same (fp16) weights.
     #[test]

@@ -6,6 +6,67 @@ use super::efficientnet::{Backbone, EfficientNetLite, FEATURES};
 use super::folded::FoldedLite;
 use super::fused::FusedLite;
 
+/// What one image's feature vector holds: which backbone computed it, whether it is averaged
+/// over the 8 orientations, and whether earlier stages' pools follow the final pool
+/// (multi-scale, see [`Backbone::taps`]). Different kinds are different features: each has
+/// its own cache entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FeatureKind {
+    pub backbone: Backbone,
+    pub orientation_mean: bool,
+    pub multiscale: bool,
+}
+
+impl FeatureKind {
+    /// The final 1280-d pool of one view.
+    pub fn plain(backbone: Backbone) -> Self {
+        Self {
+            backbone,
+            orientation_mean: false,
+            multiscale: false,
+        }
+    }
+
+    /// Blocks run before each pooled tap (empty unless multi-scale).
+    pub fn taps(&self) -> Vec<usize> {
+        if self.multiscale {
+            self.backbone.taps().iter().map(|t| t.0).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The parts of a vector, in order: the final pool, then each tap's pool.
+    pub fn parts(&self) -> Vec<std::ops::Range<usize>> {
+        let mut parts = Vec::with_capacity(3);
+        parts.push(0..FEATURES);
+        if self.multiscale {
+            for (_, c) in self.backbone.taps() {
+                let start = parts.last().map_or(0, |r| r.end);
+                parts.push(start..start + c);
+            }
+        }
+        parts
+    }
+
+    /// Values per vector.
+    pub fn width(&self) -> usize {
+        self.parts().last().map_or(FEATURES, |r| r.end)
+    }
+
+    /// The name in cache keys: the backbone's, with `+orientation-mean` and `+multiscale`.
+    pub fn cache_name(&self) -> String {
+        let mut name = self.backbone.name().to_owned();
+        if self.orientation_mean {
+            name.push_str("+orientation-mean");
+        }
+        if self.multiscale {
+            name.push_str("+multiscale");
+        }
+        name
+    }
+}
+
 /// The frozen backbone as a function from preprocessed images to pooled features: on the CPU
 /// the batch-norm-folded channels-last network ([`FusedLite`]), on a wgpu device the burn
 /// model with its batch norms folded into the convolutions ([`FoldedLite`]).
@@ -70,19 +131,51 @@ impl Extractor {
         }
     }
 
-    /// Features averaged over the 8 orientations of each image (the symmetries of the square):
-    /// the same for an image in any orientation. Same layout as [`Self::features`].
-    pub fn features_orientation_mean(&self, chw: Vec<f32>, n: usize, side: usize) -> Vec<f32> {
+    /// Pooled features with multi-scale `taps` (see [`FusedLite::pooled`]): `n` rows of
+    /// `FEATURES` plus the taps' channels.
+    fn pooled(&self, chw: Vec<f32>, n: usize, side: usize, taps: &[usize]) -> Vec<f32> {
+        if taps.is_empty() || n == 0 {
+            return self.features(chw, n, side);
+        }
+        match self {
+            Self::Cpu(net) => net.pooled(&chw, side, side, taps),
+            Self::Burn { model, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(chw, [n, 3, side, side]), device);
+                model
+                    .pooled(x, taps)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Features of `kind` (`n` rows of `kind.width()`) of `n` preprocessed channels-first
+    /// images `[n, 3, side, side]`. Averaged over orientations, they are the mean over the
+    /// 8 symmetries of the square of each image: the same for an image in any orientation.
+    pub fn features_of(
+        &self,
+        kind: &FeatureKind,
+        chw: Vec<f32>,
+        n: usize,
+        side: usize,
+    ) -> Vec<f32> {
         use crate::dataset::preprocess::{ORIENTATIONS as VIEWS, orientations};
+        let taps = kind.taps();
+        if !kind.orientation_mean {
+            return self.pooled(chw, n, side, &taps);
+        }
+        let width = kind.width();
         let per_image = 3 * side * side;
-        let mut out = Vec::with_capacity(n * FEATURES);
+        let mut out = Vec::with_capacity(n * width);
         // A few images at a time bounds the memory of their 8 views.
         for group in chw.chunks(per_image * 4) {
             let images = group.len() / per_image;
-            let f = self.features(orientations(group, side), images * VIEWS, side);
-            for per_view in f.chunks_exact(FEATURES * VIEWS) {
-                let mut mean = vec![0.0f32; FEATURES];
-                for row in per_view.chunks_exact(FEATURES) {
+            let f = self.pooled(orientations(group, side), images * VIEWS, side, &taps);
+            for per_view in f.chunks_exact(width * VIEWS) {
+                let mut mean = vec![0.0f32; width];
+                for row in per_view.chunks_exact(width) {
                     mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
                 }
                 out.extend(mean.into_iter().map(|m| m / VIEWS as f32));

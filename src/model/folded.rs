@@ -104,6 +104,22 @@ impl FoldedLite {
         x
     }
 
+    /// Multi-scale pooled features: the final pool, then the pooled output of the first `t`
+    /// blocks for each `t` of `taps` (ascending), concatenated: `[batch, 1280 + …]`.
+    pub fn pooled(&self, x: Tensor<4>, taps: &[usize]) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        let mut parts = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if taps.contains(&(i + 1)) {
+                parts.push(x.clone().mean_dims(&[2, 3]).flatten::<2>(1, 3));
+            }
+        }
+        let head = self.head.forward(x).mean_dims(&[2, 3]).flatten::<2>(1, 3);
+        parts.insert(0, head);
+        Tensor::cat(parts, 1)
+    }
+
     /// Pooled features `[batch, 1280]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.forward_prefix(x, self.blocks.len());

@@ -76,6 +76,9 @@ pub struct ImagePass {
     w: usize,
     /// Pieces run so far: the stem, then the blocks, then the head.
     done: usize,
+    /// Multi-scale taps (blocks run when an activation is pooled) and their pools so far.
+    taps: Vec<usize>,
+    pooled: Vec<f32>,
     /// The activation's `(h, w, c)` in `scratch.x`.
     hwc: (usize, usize, usize),
     scratch: Scratch,
@@ -461,10 +464,18 @@ impl FusedLite {
     /// Starts the features of one channels-first image `[3, h, w]` computed a piece at a time
     /// (see [`Self::advance`]): a page with one thread runs one piece per frame.
     pub fn begin(&self, chw: Vec<f32>, h: usize, w: usize) -> ImagePass {
+        self.begin_pooled(chw, h, w, &[])
+    }
+
+    /// As [`Self::begin`], pooling the outputs of the blocks in `taps` as well (see
+    /// [`Self::pooled`]).
+    pub fn begin_pooled(&self, chw: Vec<f32>, h: usize, w: usize, taps: &[usize]) -> ImagePass {
         ImagePass {
             chw,
             h,
             w,
+            taps: taps.to_vec(),
+            pooled: Vec::new(),
             done: 0,
             hwc: (h, w, 3),
             scratch: Scratch::default(),
@@ -482,9 +493,16 @@ impl FusedLite {
                 pass.hwc = self.stem_into(&pass.chw, pass.h, pass.w, s, par);
             } else if pass.done <= self.blocks.len() {
                 pass.hwc = Self::block_into(&self.blocks[pass.done - 1], pass.hwc, s, par);
+                if pass.taps.contains(&pass.done) {
+                    let (h, w, c) = pass.hwc;
+                    let start = pass.pooled.len();
+                    pass.pooled.resize(start + c, 0.0);
+                    mean_rows(&s.x[..h * w * c], c, &mut pass.pooled[start..]);
+                }
             } else {
                 let mut out = vec![0.0; FEATURES];
                 self.head_pool(pass.hwc, s, &mut out, par);
+                out.append(&mut pass.pooled);
                 pass.done += 1;
                 return Some(out);
             }
@@ -505,6 +523,59 @@ impl FusedLite {
     ) {
         let hwc = self.trunk(chw, h, w, self.blocks.len(), s, par);
         self.head_pool(hwc, s, out, par);
+    }
+
+    /// Pooled features of one image with multi-scale taps: the final pool (`FEATURES`), then
+    /// the pooled output of the first `t` blocks for each `t` of `taps`, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn image_pooled(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        taps: &[usize],
+        s: &mut Scratch,
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let (head_out, mut rest) = out.split_at_mut(FEATURES);
+        let mut hwc = self.stem_into(chw, h, w, s, par);
+        for (i, block) in self.blocks.iter().enumerate() {
+            hwc = Self::block_into(block, hwc, s, par);
+            if taps.contains(&(i + 1)) {
+                let (h, w, c) = hwc;
+                let (this, after) = rest.split_at_mut(c);
+                mean_rows(&s.x[..h * w * c], c, this);
+                rest = after;
+            }
+        }
+        self.head_pool(hwc, s, head_out, par);
+    }
+
+    /// Output width of [`Self::pooled`] with `taps`.
+    pub fn pooled_width(&self, taps: &[usize]) -> usize {
+        FEATURES
+            + taps
+                .iter()
+                .map(|&t| self.blocks[t - 1].project.c_out)
+                .sum::<usize>()
+    }
+
+    /// Multi-scale pooled features `[n, FEATURES + …]` of `n` channels-first images: per
+    /// image the final pool, then the global average of the output of the first `t` blocks
+    /// for each `t` of `taps` (ascending, each at most the number of blocks).
+    pub fn pooled(&self, batch: &[f32], h: usize, w: usize, taps: &[usize]) -> Vec<f32> {
+        if taps.is_empty() {
+            return self.features(batch, h, w);
+        }
+        assert!(
+            taps.windows(2).all(|p| p[0] < p[1])
+                && taps.iter().all(|&t| (1..=self.blocks.len()).contains(&t)),
+            "taps must be ascending block counts"
+        );
+        Self::each_image(batch, h, w, self.pooled_width(taps), |img, s, o, par| {
+            self.image_pooled(img, h, w, taps, s, o, par)
+        })
     }
 
     /// `(c, h, w)` of the input of block `blocks` for an `h × w` image.
@@ -575,6 +646,32 @@ impl FusedLite {
         })
     }
 
+    /// The activations after the first `t` blocks for each `t` of `taps`, channels-last, with
+    /// their `(h', w', c)`: the maps whose pools [`Self::pooled`] appends.
+    pub fn tap_maps(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        taps: &[usize],
+    ) -> Vec<(Vec<f32>, (usize, usize, usize))> {
+        SCRATCH.with_borrow_mut(|s| {
+            let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+            let mut hwc = self.stem_into(chw, h, w, s, par);
+            let mut out = Vec::new();
+            for (i, block) in self.blocks.iter().enumerate() {
+                if out.len() == taps.len() {
+                    break;
+                }
+                hwc = Self::block_into(block, hwc, s, par);
+                if taps.contains(&(i + 1)) {
+                    out.push((s.x[..hwc.0 * hwc.1 * hwc.2].to_vec(), hwc));
+                }
+            }
+            out
+        })
+    }
+
     /// The input of block `blocks`, channels-first `[n, c, h', w']` with `(c, h', w')` from
     /// [`Self::prefix_shape`]: what [`EfficientNetLite::forward_prefix`] computes, for
     /// fine-tuning the blocks after a frozen prefix.
@@ -590,6 +687,19 @@ impl FusedLite {
             }
         })
     }
+}
+
+/// Column means of the channels-last rows of `x` (`c` wide) into `out`.
+fn mean_rows(x: &[f32], c: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let rows = x.len() / c;
+    for row in x.chunks_exact(c) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    let inv = 1.0 / rows.max(1) as f32;
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 #[cfg(test)]

@@ -157,6 +157,26 @@ pub fn class_activation_map(
         .collect()
 }
 
+/// A map `[h · w]` resampled onto a coarser `[oh · ow]` grid covering the same image: each
+/// coarse cell is the mean of the fine cells whose centres fall in it (a grid twice as fine
+/// keeps its mean exactly).
+pub fn to_grid(map: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let mut sum = vec![0.0f32; oh * ow];
+    let mut count = vec![0u32; oh * ow];
+    for y in 0..h {
+        let cy = ((y * 2 + 1) * oh / (2 * h)).min(oh - 1);
+        for x in 0..w {
+            let cx = ((x * 2 + 1) * ow / (2 * w)).min(ow - 1);
+            sum[cy * ow + cx] += map[y * w + x];
+            count[cy * ow + cx] += 1;
+        }
+    }
+    sum.iter()
+        .zip(&count)
+        .map(|(s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +191,20 @@ mod tests {
                 state as f32 / u32::MAX as f32
             })
             .collect()
+    }
+
+    /// A map on a grid twice as fine keeps its mean on the coarse grid, and each coarse cell
+    /// is the mean of the four fine cells over it.
+    #[test]
+    fn a_finer_map_moved_to_the_coarse_grid_keeps_its_mean() {
+        let fine = noise(8 * 6, 3);
+        let coarse = to_grid(&fine, (8, 6), (4, 3));
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        assert!((mean(&fine) - mean(&coarse)).abs() < 1e-6);
+        let want = (fine[0] + fine[1] + fine[6] + fine[7]) / 4.0;
+        assert!((coarse[0] - want).abs() < 1e-6);
+        // The same grid is unchanged.
+        assert_eq!(to_grid(&fine, (8, 6), (8, 6)), fine);
     }
 
     /// The CAM is exact: its mean is the class score up to the head's constant, and it is

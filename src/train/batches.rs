@@ -58,12 +58,15 @@ impl Feeder {
             Self::Features { rows } => {
                 let items: Vec<usize> =
                     idx.iter().copied().filter(|&i| rows[i].is_some()).collect();
-                let mut flat = Vec::with_capacity(items.len() * FEATURES);
+                let width = items
+                    .first()
+                    .and_then(|&i| rows[i].as_ref())
+                    .map_or(FEATURES, Vec::len);
+                let mut flat = Vec::with_capacity(items.len() * width);
                 for &i in &items {
                     flat.extend_from_slice(rows[i].as_deref().unwrap_or_default());
                 }
-                let x =
-                    Tensor::<2>::from_data(TensorData::new(flat, [items.len(), FEATURES]), device);
+                let x = Tensor::<2>::from_data(TensorData::new(flat, [items.len(), width]), device);
                 Batch {
                     input: Input::Features(x),
                     items,

@@ -37,8 +37,7 @@ pub fn export_features(job: &TrainJob, folds: Option<usize>, out: &Path) -> anyh
     let paths: Vec<_> = data.items.iter().map(|i| i.path.clone()).collect();
     let f = featurize(
         &extractor,
-        config.backbone.name(),
-        config.orientation_mean,
+        config.feature_kind(),
         &config.preprocess,
         &paths,
         job.cache.as_ref(),

@@ -8,8 +8,7 @@ use rayon::prelude::*;
 use sha2::Digest as _;
 
 use crate::dataset::preprocess::Preprocess;
-use crate::model::efficientnet::FEATURES;
-use crate::model::extractor::Extractor;
+use crate::model::extractor::{Extractor, FeatureKind};
 
 /// A folder of cached feature vectors, one small file per (backbone, preprocessing, image).
 #[derive(Clone, Debug)]
@@ -37,9 +36,10 @@ impl FeatureCache {
         self.dir.join(&key[..2]).join(format!("{key}.f32"))
     }
 
-    fn get(&self, key: &str) -> Option<Vec<f32>> {
+    /// The cached vector of `key`, if it holds `width` values.
+    fn get(&self, key: &str, width: usize) -> Option<Vec<f32>> {
         let bytes = crate::fs::read(self.path(key)).ok()?;
-        (bytes.len() == FEATURES * 4).then(|| {
+        (bytes.len() == width * 4).then(|| {
             bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
@@ -69,7 +69,7 @@ pub fn cache_key(backbone: &str, preprocess: &Preprocess, file_bytes: &[u8]) -> 
 
 /// What feature extraction produced.
 pub struct Featurized {
-    /// One vector of [`FEATURES`] per input, `None` where the image failed.
+    /// One vector (of the kind's width) per input, `None` where the image failed.
     pub features: Vec<Option<Vec<f32>>>,
     /// `(path, reason)` of each image that failed to read or decode.
     pub failures: Vec<(PathBuf, String)>,
@@ -77,16 +77,14 @@ pub struct Featurized {
     pub computed: usize,
 }
 
-/// Extracts pooled Lite0 features (averaged over orientations with `orientation_mean`) for
-/// `paths` in batches. Reads and decodes in parallel,
+/// Extracts backbone features of `kind` for `paths` in batches. Reads and decodes in parallel,
 /// runs the network (call from the thread that owns burn work).
 /// `progress(done, total)` is called after each batch; `cancel` stops between batches
 /// (the result then holds `None` for the rest).
 #[allow(clippy::too_many_arguments)]
 pub fn featurize(
     extractor: &Extractor,
-    backbone: &str,
-    orientation_mean: bool,
+    kind: FeatureKind,
     preprocess: &Preprocess,
     paths: &[PathBuf],
     cache: Option<&FeatureCache>,
@@ -102,13 +100,9 @@ pub fn featurize(
     };
     let side = preprocess.size as usize;
     let batch_size = batch_size.max(1);
-    // Averaged features are other features: they get their own cache entries.
-    let backbone = if orientation_mean {
-        format!("{backbone}+orientation-mean")
-    } else {
-        backbone.to_owned()
-    };
-    let backbone = backbone.as_str();
+    // Averaged or multi-scale features are other features: they get their own cache entries.
+    let name = kind.cache_name();
+    let width = kind.width();
     for (chunk_no, chunk) in paths.chunks(batch_size).enumerate() {
         if cancel.load(Ordering::Relaxed) {
             break;
@@ -127,8 +121,8 @@ pub fn featurize(
                     Ok(b) => b,
                     Err(e) => return Loaded::Failed(e.to_string()),
                 };
-                let key = cache_key(backbone, preprocess, &bytes);
-                if let Some(f) = cache.and_then(|c| c.get(&key)) {
+                let key = cache_key(&name, preprocess, &bytes);
+                if let Some(f) = cache.and_then(|c| c.get(&key, width)) {
                     return Loaded::Cached(f);
                 }
                 match crate::dataset::image_io::decode_bytes(&bytes) {
@@ -153,15 +147,9 @@ pub fn featurize(
             }
         }
         if !slots.is_empty() {
-            let feats = if orientation_mean {
-                extractor.features_orientation_mean(inputs, slots.len(), side)
-            } else {
-                extractor.features(inputs, slots.len(), side)
-            };
+            let feats = extractor.features_of(&kind, inputs, slots.len(), side);
             for (j, (slot, key)) in slots.into_iter().enumerate() {
-                let f = feats
-                    .get(j * FEATURES..(j + 1) * FEATURES)
-                    .map(<[f32]>::to_vec);
+                let f = feats.get(j * width..(j + 1) * width).map(<[f32]>::to_vec);
                 if let (Some(f), Some(c)) = (&f, cache) {
                     c.put(&key, f);
                 }
@@ -188,9 +176,7 @@ type InProgress = (
 /// step holds the page for long. The features and cache entries are those of [`featurize`].
 pub struct FeatureSteps {
     extractor: Extractor,
-    /// The cache's backbone name (with `+orientation-mean` for averaged features).
-    backbone: String,
-    orientation_mean: bool,
+    kind: FeatureKind,
     preprocess: Preprocess,
     paths: Vec<PathBuf>,
     cache: Option<FeatureCache>,
@@ -204,8 +190,7 @@ pub struct FeatureSteps {
 impl FeatureSteps {
     pub fn new(
         extractor: Extractor,
-        backbone: &str,
-        orientation_mean: bool,
+        kind: FeatureKind,
         preprocess: &Preprocess,
         paths: Vec<PathBuf>,
         cache: Option<FeatureCache>,
@@ -213,12 +198,7 @@ impl FeatureSteps {
         let n = paths.len();
         Self {
             extractor,
-            backbone: if orientation_mean {
-                format!("{backbone}+orientation-mean")
-            } else {
-                backbone.to_owned()
-            },
-            orientation_mean,
+            kind,
             preprocess: preprocess.clone(),
             paths,
             cache,
@@ -276,8 +256,12 @@ impl FeatureSteps {
                 return true;
             }
         };
-        let key = cache_key(&self.backbone, &self.preprocess, &bytes);
-        if let Some(f) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+        let key = cache_key(&self.kind.cache_name(), &self.preprocess, &bytes);
+        if let Some(f) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&key, self.kind.width()))
+        {
             self.result.features[i] = Some(f);
             self.result.from_cache += 1;
             return true;
@@ -292,7 +276,7 @@ impl FeatureSteps {
         let side = self.preprocess.size as usize;
         match &self.extractor {
             Extractor::Cpu(net) => {
-                let views: Vec<Vec<f32>> = if self.orientation_mean {
+                let views: Vec<Vec<f32>> = if self.kind.orientation_mean {
                     crate::dataset::preprocess::orientations(&chw, side)
                         .chunks_exact(chw.len())
                         .map(<[f32]>::to_vec)
@@ -300,19 +284,16 @@ impl FeatureSteps {
                 } else {
                     vec![chw]
                 };
+                let taps = self.kind.taps();
                 let passes = views
                     .into_iter()
-                    .map(|v| net.begin(v, side, side))
+                    .map(|v| net.begin_pooled(v, side, side, &taps))
                     .collect();
                 self.current = Some((i, key, passes, Vec::new()));
             }
             // A GPU computes an image at once.
             Extractor::Burn { .. } => {
-                let f = if self.orientation_mean {
-                    self.extractor.features_orientation_mean(chw, 1, side)
-                } else {
-                    self.extractor.features(chw, 1, side)
-                };
+                let f = self.extractor.features_of(&self.kind, chw, 1, side);
                 self.store(i, &key, f);
             }
         }
@@ -335,7 +316,7 @@ impl FeatureSteps {
         }
         if passes.is_empty() {
             let (i, key, _, done) = self.current.take().expect("in progress");
-            let mut mean = vec![0.0f32; FEATURES];
+            let mut mean = vec![0.0f32; self.kind.width()];
             for f in &done {
                 mean.iter_mut().zip(f).for_each(|(m, v)| *m += v);
             }
@@ -346,7 +327,7 @@ impl FeatureSteps {
     }
 
     fn store(&mut self, i: usize, key: &str, f: Vec<f32>) {
-        if f.len() != FEATURES {
+        if f.len() != self.kind.width() {
             return;
         }
         if let Some(c) = &self.cache {
@@ -360,6 +341,7 @@ impl FeatureSteps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::efficientnet::FEATURES;
 
     /// Orientation-averaged features do not change when the cell is turned or flipped;
     /// plain features do.
@@ -390,7 +372,11 @@ mod tests {
         };
         let both = [img.clone(), turned.clone()].concat();
         let plain = extractor.features(both.clone(), 2, 64);
-        let mean = extractor.features_orientation_mean(both, 2, 64);
+        let kind = FeatureKind {
+            orientation_mean: true,
+            ..FeatureKind::plain(Default::default())
+        };
+        let mean = extractor.features_of(&kind, both, 2, 64);
         assert_eq!(mean.len(), 2 * FEATURES);
         let (p0, p1) = plain.split_at(FEATURES);
         let (m0, m1) = mean.split_at(FEATURES);
@@ -404,8 +390,8 @@ mod tests {
     }
 
     /// Features computed in steps (pieces of an image's pass, a small time budget each) are
-    /// those of the batch path, for plain and orientation-averaged features, and fill the same
-    /// cache entries; a file that is not an image fails alone.
+    /// those of the batch path, for plain, orientation-averaged and multi-scale features, and
+    /// fill the same cache entries; a file that is not an image fails alone.
     #[test]
     fn features_in_steps_match_the_batch_path_and_its_cache() {
         let extractor =
@@ -425,11 +411,22 @@ mod tests {
         std::fs::write(&bad, b"not a png").unwrap();
         paths.push(bad);
         let never = AtomicBool::new(false);
-        for orientation_mean in [false, true] {
+        let plain = FeatureKind::plain(Default::default());
+        let kinds = [
+            plain,
+            FeatureKind {
+                orientation_mean: true,
+                ..plain
+            },
+            FeatureKind {
+                multiscale: true,
+                ..plain
+            },
+        ];
+        for (k, kind) in kinds.into_iter().enumerate() {
             let want = featurize(
                 &extractor,
-                "b",
-                orientation_mean,
+                kind,
                 &pre,
                 &paths,
                 None,
@@ -438,12 +435,11 @@ mod tests {
                 &never,
             );
             let cache = FeatureCache {
-                dir: tmp.path().join(format!("cache-{orientation_mean}")),
+                dir: tmp.path().join(format!("cache-{k}")),
             };
             let mut steps = FeatureSteps::new(
                 Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap(),
-                "b",
-                orientation_mean,
+                kind,
                 &pre,
                 paths.clone(),
                 Some(cache.clone()),
@@ -463,6 +459,7 @@ mod tests {
             for (g, w) in got.features.iter().zip(&want.features) {
                 match (g, w) {
                     (Some(g), Some(w)) => {
+                        assert_eq!((g.len(), w.len()), (kind.width(), kind.width()));
                         let err = g
                             .iter()
                             .zip(w)
@@ -477,8 +474,7 @@ mod tests {
             // The cache now answers the batch path.
             let cached = featurize(
                 &extractor,
-                "b",
-                orientation_mean,
+                kind,
                 &pre,
                 &paths,
                 Some(&cache),
@@ -487,6 +483,64 @@ mod tests {
                 &never,
             );
             assert_eq!((cached.from_cache, cached.computed), (2, 0));
+        }
+    }
+
+    /// Multi-scale features are the plain features followed by the pools of the two tapped
+    /// stages (112 + 192 channels on Lite0), which match pooling the burn model's activations
+    /// after the same blocks.
+    #[test]
+    fn multiscale_features_extend_the_plain_ones_with_earlier_pools() {
+        use burn::tensor::{Tensor, TensorData};
+        let device = burn::tensor::Device::flex();
+        let backbone = crate::model::efficientnet::Backbone::Lite0;
+        let extractor = Extractor::bundled(backbone, &device).unwrap();
+        let kind = FeatureKind {
+            multiscale: true,
+            ..FeatureKind::plain(backbone)
+        };
+        assert_eq!(backbone.taps(), [(11, 112), (15, 192)]);
+        assert_eq!(kind.width(), FEATURES + 112 + 192);
+        let pre = Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        };
+        let dir = crate::demo_dataset().join("Neutrophil");
+        let file = crate::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let img = pre.apply(
+            &crate::dataset::image_io::decode_bytes(&crate::fs::read(&file).unwrap()).unwrap(),
+        );
+        let plain = extractor.features(img.clone(), 1, 64);
+        let multi = extractor.features_of(&kind, img.clone(), 1, 64);
+        assert_eq!(multi.len(), kind.width());
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(close(&multi[..FEATURES], &plain) < 1e-5);
+        let model = crate::model::extractor::load_backbone(backbone, &device).unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new(img, [1, 3, 64, 64]), &device);
+        for (part, (blocks, _)) in kind.parts()[1..].iter().zip(backbone.taps()) {
+            let want: Vec<f32> = model
+                .forward_prefix(x.clone(), blocks)
+                .mean_dims(&[2, 3])
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .unwrap();
+            assert_eq!(want.len(), part.len());
+            let err = close(&multi[part.clone()], &want);
+            assert!(
+                err < 1e-3,
+                "tap after {blocks} blocks: max difference {err}"
+            );
         }
     }
 }

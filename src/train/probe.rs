@@ -352,6 +352,68 @@ pub(super) fn select_and_fit(
     })
 }
 
+/// A head for raw pooled features, and the probe choice it came from.
+pub(super) struct ProbeStart {
+    /// `[feature][output]`.
+    pub(super) weight: Vec<Vec<f64>>,
+    pub(super) bias: Vec<f64>,
+    pub(super) selection: ProbeSelection,
+}
+
+/// The head a fine-tune starts from: the probe of the same backbone solved on the training
+/// side, its L2 strength and class weighting chosen on the validation side, with its feature
+/// standardisation folded into the weights so that it reads raw pooled features
+/// (see [`fold_standardiser`]). `None` when the run was stopped while features were computed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn probe_start(
+    job: &TrainJob,
+    config: &TrainConfig,
+    data: &Prepared,
+    outputs: usize,
+    plain: &burn::tensor::Device,
+    run: &mut RunDir,
+    sink: &mut dyn FnMut(&TrainEvent),
+    cancel: &AtomicBool,
+    warned: &mut std::collections::HashSet<PathBuf>,
+) -> anyhow::Result<Option<ProbeStart>> {
+    // A fine-tune's feature kind is the final pool of one view, as its head reads.
+    let (rows, standardiser) = probe_features(job, config, data, plain, run, sink, cancel, warned)?;
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let solved = select_and_fit(data, &rows, outputs, false, plain)?;
+    let (weight, bias) = fold_standardiser(
+        solved.chosen.weight_rows(),
+        solved.chosen.bias.clone(),
+        &standardiser,
+    );
+    Ok(Some(ProbeStart {
+        weight,
+        bias,
+        selection: solved.selection,
+    }))
+}
+
+/// A linear head on standardised features as the same head on raw features:
+/// `w'_fc = w_fc / σ_f`, `b'_c = b_c − Σ_f w_fc μ_f / σ_f`.
+fn fold_standardiser(
+    mut weight: Vec<Vec<f64>>,
+    mut bias: Vec<f64>,
+    standardiser: &Standardiser,
+) -> (Vec<Vec<f64>>, Vec<f64>) {
+    for ((row, &mean), &std) in weight
+        .iter_mut()
+        .zip(&standardiser.mean)
+        .zip(&standardiser.std)
+    {
+        for (w, b) in row.iter_mut().zip(bias.iter_mut()) {
+            *w /= f64::from(std);
+            *b -= *w * f64::from(mean);
+        }
+    }
+    (weight, bias)
+}
+
 /// Probe inputs: backbone features of every image (through the cache), standardised on the
 /// training side. Fails when no training image could be read.
 #[allow(clippy::too_many_arguments)]
@@ -370,8 +432,7 @@ pub(super) fn probe_features(
     let mut last = Instant::now();
     let f = featurize(
         &extractor,
-        config.backbone.name(),
-        config.orientation_mean,
+        config.feature_kind(),
         &config.preprocess,
         &all,
         job.cache.as_ref(),
@@ -412,10 +473,20 @@ pub(super) fn probe_features(
         );
         emit(run, sink, TrainEvent::Warning { message });
     }
-    let standardiser = Standardiser::fit(
+    let kind = config.feature_kind();
+    let mut standardiser = Standardiser::fit(
         data.train.iter().filter_map(|&i| f.features[i].as_deref()),
-        FEATURES,
+        kind.width(),
     );
+    // Multi-scale: each earlier stage's pool, standardised, is scaled to the total variance
+    // of the final pool, so that its 112 or 192 values weigh as much as the 1280 in the L2
+    // penalty instead of in proportion to their number.
+    for part in &kind.parts()[1..] {
+        let scale = (part.len() as f32 / FEATURES as f32).sqrt();
+        standardiser.std[part.clone()]
+            .iter_mut()
+            .for_each(|s| *s *= scale);
+    }
     let rows = f
         .features
         .into_iter()
@@ -427,4 +498,36 @@ pub(super) fn probe_features(
         })
         .collect();
     Ok((rows, standardiser))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The folded head gives on raw features the logits the probe gives on standardised ones.
+    #[test]
+    fn folding_the_standardiser_into_the_head_keeps_its_logits() {
+        let (d, k) = (5, 3);
+        let weight: Vec<Vec<f64>> = (0..d)
+            .map(|f| (0..k).map(|c| (f * k + c) as f64 * 0.1 - 0.7).collect())
+            .collect();
+        let bias = vec![0.3, -0.2, 0.05];
+        let standardiser = Standardiser {
+            mean: vec![1.0, -2.0, 0.5, 3.0, 0.0],
+            std: vec![0.5, 2.0, 1.0, 4.0, 0.25],
+        };
+        let raw = [0.7f32, -1.0, 2.0, 5.0, 0.1];
+        let mut standardised = raw.to_vec();
+        standardiser.apply(&mut standardised);
+        let logits = |w: &[Vec<f64>], b: &[f64], x: &[f32]| -> Vec<f64> {
+            (0..k)
+                .map(|c| b[c] + (0..d).map(|f| w[f][c] * f64::from(x[f])).sum::<f64>())
+                .collect()
+        };
+        let want = logits(&weight, &bias, &standardised);
+        let (w, b) = fold_standardiser(weight, bias, &standardiser);
+        for (g, e) in logits(&w, &b, &raw).iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+        }
+    }
 }

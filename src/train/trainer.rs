@@ -23,7 +23,7 @@ use super::data::Prepared;
 use super::engine::{TrainJob, TrainOutcome};
 use super::net::*;
 use super::ordinal;
-use crate::experiment::config::{Mode, Schedule, TrainConfig};
+use crate::experiment::config::{BatchNormMode, HeadInit, Mode, Schedule, TrainConfig};
 use crate::experiment::events::{EpochSide, Phase, TrainEvent};
 use crate::experiment::metrics::{self, Task};
 
@@ -195,7 +195,8 @@ impl<'a> Trainer<'a> {
             feature_std: Vec::new(),
             cumulative: data.task == Task::Ordinal,
             temperature: None,
-            orientation_mean: config.mode == Mode::Probe && config.orientation_mean,
+            orientation_mean: config.feature_kind().orientation_mean,
+            multiscale: config.feature_kind().multiscale,
             dataset_root: Some(
                 std::path::absolute(&job.manifest.root)
                     .unwrap_or_else(|_| job.manifest.root.clone()),
@@ -221,17 +222,51 @@ impl<'a> Trainer<'a> {
                 )?;
                 info.feature_mean = standardiser.mean;
                 info.feature_std = standardiser.std;
-                let head = Head::zeros(FEATURES, outputs, config.dropout, &ad);
+                let head = Head::zeros(config.feature_kind().width(), outputs, config.dropout, &ad);
                 (Net::Probe(head), Feeder::Features { rows })
             }
             Mode::Finetune => {
                 let backbone = load_backbone(config.backbone, &plain)?;
                 let frozen = Extractor::new(backbone.valid(), &plain);
+                // A resumed run takes its head from the checkpoint.
+                let start = if config.head_init == HeadInit::Probe && resume_from.is_none() {
+                    super::probe::probe_start(
+                        job,
+                        config,
+                        data,
+                        outputs,
+                        &plain,
+                        run,
+                        sink,
+                        cancel,
+                        &mut warned,
+                    )?
+                } else {
+                    None
+                };
+                let head = match start {
+                    Some(super::probe::ProbeStart {
+                        weight,
+                        bias,
+                        selection,
+                    }) => {
+                        let message =
+                            format!("the head starts from the probe: {}", selection.summary());
+                        emit(run, sink, TrainEvent::Warning { message });
+                        Head {
+                            dropout: burn::nn::DropoutConfig::new(config.dropout).init(),
+                            ..Head::from_weights(&weight, &bias, &ad)
+                        }
+                    }
+                    None => Head::new(FEATURES, outputs, config.dropout, &ad),
+                };
+                let backbone = backbone.fork(&ad);
+                let backbone = match config.batch_norm {
+                    BatchNormMode::Frozen => backbone.with_frozen_statistics(),
+                    BatchNormMode::Batch => backbone,
+                };
                 (
-                    Net::Finetune {
-                        backbone: backbone.fork(&ad),
-                        head: Head::new(FEATURES, outputs, config.dropout, &ad),
-                    },
+                    Net::Finetune { backbone, head },
                     Feeder::Images {
                         preprocess: config.preprocess.clone(),
                         augment: config.augment.clone(),

@@ -298,8 +298,7 @@ fn start_training(
     let prefetch =
         (cfg!(target_arch = "wasm32") && config.mode == crate::model::Mode::Probe).then(|| {
             FeaturePrefetch {
-                backbone: config.backbone,
-                orientation_mean: config.orientation_mean,
+                kind: config.feature_kind(),
                 preprocess: config.preprocess.clone(),
                 paths: manifest
                     .records
@@ -325,8 +324,7 @@ fn start_training(
 /// run, a few images per frame, into the feature cache the run then reads (the page stays
 /// responsive and Stop works between slices). The desktop computes them inside the run.
 pub struct FeaturePrefetch {
-    pub backbone: crate::model::efficientnet::Backbone,
-    pub orientation_mean: bool,
+    pub kind: crate::model::extractor::FeatureKind,
     pub preprocess: crate::dataset::preprocess::Preprocess,
     pub paths: Vec<PathBuf>,
 }
@@ -358,14 +356,14 @@ fn queue_prefetch(
             let Some(p) = prefetch.take() else {
                 return false;
             };
-            let Ok(extractor) = crate::model::extractor::Extractor::bundled(p.backbone, &device)
+            let Ok(extractor) =
+                crate::model::extractor::Extractor::bundled(p.kind.backbone, &device)
             else {
                 return false;
             };
             steps = Some(crate::train::features::FeatureSteps::new(
                 extractor,
-                p.backbone.name(),
-                p.orientation_mean,
+                p.kind,
                 &p.preprocess,
                 p.paths,
                 Some(crate::train::features::FeatureCache::default_location()),

@@ -6,7 +6,9 @@ use eframe::egui;
 use egui_plot::{Legend, Line, PlotPoints};
 
 use crate::dataset::preprocess::Preprocess;
-use crate::experiment::config::{Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig};
+use crate::experiment::config::{
+    BatchNormMode, HeadInit, Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig,
+};
 use crate::experiment::events::{Phase, TrainEvent};
 use crate::model::backend::BackendChoice;
 
@@ -191,7 +193,29 @@ pub(super) fn train_ui(
             ui.horizontal(|ui| {
                 ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
                     .on_hover_text("Each image's features are the mean over its flips and 90° turns, so a cell gives the same features however it lies. 8× the feature extraction; cached like the others.");
+                ui.checkbox(&mut config.multiscale, "multi-scale features")
+                    .on_hover_text("The pooled outputs of two earlier stages (mid-level texture and shape) follow the final pool, each weighted alike; same forward pass, cached like the others.");
                 ui.label(egui::RichText::new("Probe runs use features of unaugmented images (cached).").weak());
+            });
+        }
+        if config.mode == Mode::Finetune {
+            ui.horizontal(|ui| {
+                let mut from_probe = config.head_init == HeadInit::Probe;
+                if ui
+                    .checkbox(&mut from_probe, "start the head from the probe")
+                    .on_hover_text("The probe of the same backbone is solved on the training side first (cached features, about a second) and the fine-tune starts from it, instead of from a random head that the first epochs would spend learning what the probe already knows.")
+                    .changed()
+                {
+                    config.head_init = if from_probe { HeadInit::Probe } else { HeadInit::Random };
+                }
+                let mut frozen = config.batch_norm == BatchNormMode::Frozen;
+                if ui
+                    .checkbox(&mut frozen, "keep batch-norm statistics")
+                    .on_hover_text("The trained blocks normalise by the pretrained running statistics, as in prediction (their scale and shift still learn). Off: each batch's own statistics, which for small batches of one kind of image differ from what the network sees when it predicts.")
+                    .changed()
+                {
+                    config.batch_norm = if frozen { BatchNormMode::Frozen } else { BatchNormMode::Batch };
+                }
             });
         }
     });
