@@ -104,6 +104,12 @@ pub enum HeadInit {
     Random,
 }
 
+impl HeadInit {
+    fn before_choice() -> Self {
+        Self::Random
+    }
+}
+
 impl std::str::FromStr for HeadInit {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -127,6 +133,12 @@ pub enum BatchNormMode {
     Frozen,
     /// Each batch's own statistics, the running statistics updated from them.
     Batch,
+}
+
+impl BatchNormMode {
+    fn before_choice() -> Self {
+        Self::Batch
+    }
 }
 
 impl std::str::FromStr for BatchNormMode {
@@ -195,9 +207,14 @@ pub struct TrainConfig {
     pub dropout: f64,
     /// Fine-tuning: how many of the last backbone blocks are trained.
     pub unfreeze_blocks: usize,
-    /// Fine-tuning: where the classification head starts.
+    /// Fine-tuning: where the classification head starts. A file without it (a run folder's
+    /// `config.toml` or a workbook written before the choice existed) describes a fine-tune
+    /// from a random head, and reads as one, so that resuming or rerunning it does what it did.
+    #[serde(default = "HeadInit::before_choice")]
     pub head_init: HeadInit,
-    /// Fine-tuning: what the trained blocks' batch norms normalise by.
+    /// Fine-tuning: what the trained blocks' batch norms normalise by; absent from a file, the
+    /// batch statistics every fine-tune used before the choice existed.
+    #[serde(default = "BatchNormMode::before_choice")]
     pub batch_norm: BatchNormMode,
     pub seed: u64,
     pub backend: BackendChoice,
@@ -379,6 +396,15 @@ mod tests {
         assert_eq!(partial.mode, Mode::Scratch);
         assert_eq!(partial.optimizer, Optimizer::Sgd { momentum: 0.8 });
         assert_eq!(partial.batch_size, TrainConfig::default().batch_size);
+        // A file from before the fine-tune's head and batch-norm choices reads as what it ran.
+        assert_eq!(
+            (partial.head_init, partial.batch_norm),
+            (HeadInit::Random, BatchNormMode::Batch)
+        );
+        assert_eq!(
+            (cfg.head_init, cfg.batch_norm),
+            (HeadInit::Probe, BatchNormMode::Frozen)
+        );
     }
 
     #[test]

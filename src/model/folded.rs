@@ -168,6 +168,39 @@ mod tests {
         reference::assert_matches(&logits(&model, &folded, batch, n), &expected);
     }
 
+    /// The burn path's multi-scale features are the fused CPU network's: the final pool,
+    /// then the pools after the tapped blocks.
+    #[test]
+    fn folded_multiscale_features_match_the_fused_network() {
+        let device = Device::flex();
+        let model = EfficientNetLite::load(
+            Backbone::Lite0,
+            &bundled_weights(Backbone::Lite0).unwrap(),
+            &device,
+        )
+        .unwrap();
+        let taps: Vec<usize> = Backbone::Lite0.taps().iter().map(|t| t.0).collect();
+        let (batch, _) = reference::fixture(Backbone::Lite0);
+        let one = batch[..3 * 224 * 224].to_vec();
+        let want = super::super::fused::FusedLite::from_model(&model).pooled(&one, 224, 224, &taps);
+        let got = FoldedLite::of(&model)
+            .pooled(
+                Tensor::<4>::from_data(TensorData::new(one, [1, 3, 224, 224]), &device),
+                &taps,
+            )
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), 1280 + 112 + 192);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-3, "max difference {err}");
+    }
+
     /// On a wgpu device (Mesa's software Vulkan where there is no GPU) the folded backbone
     /// reproduces PyTorch's logits: the path `Extractor` takes on a GPU. One fixture image
     /// keeps it short on a software rasteriser (about a minute and a half on 2 cores).

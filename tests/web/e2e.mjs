@@ -4,10 +4,11 @@
 // 5×5 confusion matrix, no panic and no error. Prints the measured budgets as JSON and
 // writes a screenshot.
 //
-//   node tests/web/e2e.mjs [--screenshot out.png]
+//   node tests/web/e2e.mjs [--screenshot out.png]   (default: cellbench-web-e2e.png in the temp folder)
 // Needs: wasm/dist (./scripts/web.sh --build-only), playwright-core ($CELLBENCH_PLAYWRIGHT), chromium.
 import http from "node:http";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 
@@ -17,7 +18,7 @@ const { chromium } = createRequire(path.join(modules, "package.json"))("playwrig
 
 const dist = path.resolve(process.env.CELLBENCH_WEB_DIST || "wasm/dist");
 const shotArg = process.argv.indexOf("--screenshot");
-const screenshot = shotArg > 0 ? process.argv[shotArg + 1] : path.join(dist, "..", "e2e.png");
+const screenshot = shotArg > 0 ? process.argv[shotArg + 1] : path.join(os.tmpdir(), "cellbench-web-e2e.png");
 const timeoutMs = Number(process.env.CELLBENCH_WEB_TIMEOUT_MS || 300000);
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
