@@ -14,6 +14,7 @@
 #       On the GPU machine (NVIDIA driver, python3 with PyTorch and CUDA, no network): finds
 #       the NVIDIA Vulkan driver, checks the network on wgpu (ImageNet top-5 of a photo against
 #       the CPU's), times `bench featurize` and `bench finetune` on wgpu and on the CPU and the
+#       embedding map's offscreen draw (`bench map`, 100,000 points) on wgpu, and the
 #       PyTorch tools on CUDA and on the CPU, each under its own time limit (about 5 minutes
 #       in all), and prints one markdown table. Any step may fail: its row says why and the
 #       others still run. The raw JSON lines, the table and a log go to $OUT when set, else to
@@ -349,6 +350,7 @@ run_check() {
   step check-cpu 30 "$bin" weights check --backend cpu "$photo"
   step featurize-wgpu 60 "$bin" bench featurize --backend wgpu "${b[@]}" --json
   step finetune-wgpu 75 "$bin" bench finetune --backend wgpu "${b[@]}" --unfreeze "$UNFREEZE" --json
+  step map-wgpu 30 "$bin" bench map --points 100000 --frames 300 --json
   step featurize-cuda 45 "$py" "$dir/tools/bench_pytorch_featurize.py" --device cuda --threads "$threads" "${p[@]}" --json
   step finetune-cuda 45 "$py" "$dir/tools/bench_pytorch_finetune.py" --device cuda --threads "$threads" "${p[@]}" --unfreeze "$UNFREEZE" --json
   step featurize-cpu 40 "$bin" bench featurize --backend cpu "${b[@]}" --json
@@ -429,6 +431,17 @@ def top5(step):
     return out
 
 
+def map_line():
+    """The embedding map's offscreen draw (`bench map`), or why it failed."""
+    objs = [l for l in read("map-wgpu", "out").splitlines() if l.strip().startswith("{")]
+    if read("map-wgpu", "rc").strip() != "0" or not objs:
+        return f"embedding map draw: failed: {reason('map-wgpu')}", None
+    m = json.loads(objs[-1])
+    return (f"embedding map draw ({m['points']:,} points, {m['width']}×{m['height']}, offscreen on "
+            f"{m['adapter']}): frame p50 {m['frame_p50_ms']:.2f} ms, p95 {m['frame_p95_ms']:.2f} ms, "
+            f"max {m['frame_max_ms']:.2f} ms over {m['frames']} frames"), m
+
+
 def check_line():
     gpu, cpu = top5("check-wgpu"), top5("check-cpu")
     if read("check-wgpu", "rc").strip() != "0" or not gpu:
@@ -457,7 +470,8 @@ for what, step, ref in ROWS:
         ratio = f"{obj['images_per_sec'] / res[ref][0]['images_per_sec']:.2f}×"
     lines.append(f"| {what} | {obj.get('device', '?')} | {obj.get('batch_size', batch)} | "
                  f"{obj['images_per_sec']:.1f} | {ratio} |")
-notes = [f"GPU: {read('gpu', 'txt').strip() or 'unknown'}", check_line(),
+map_note, map_result = map_line()
+notes = [f"GPU: {read('gpu', 'txt').strip() or 'unknown'}", check_line(), map_note,
          f"batch {batch}, {batches} timed batches or steps after one warm-up; fine-tune rows train "
          f"the last {unfreeze} blocks, the head convolution and a 5-class classifier; "
          f"{elapsed} s in all"]
@@ -472,6 +486,9 @@ print(text, end="")
 with open(os.path.join(results, "table.md"), "w") as fh:
     fh.write(text)
 with open(os.path.join(results, "results.jsonl"), "w") as fh:
+    fh.write(json.dumps({"step": "map-wgpu", "exit": read("map-wgpu", "rc").strip(),
+                         "secs": read("map-wgpu", "secs").strip(),
+                         **({"result": map_result} if map_result else {"error": reason("map-wgpu")})}) + "\n")
     for step in ["check-wgpu", "check-cpu"] + [s for _, s, _ in ROWS]:
         obj, err = res.get(step, (None, None))
         line = {"step": step, "exit": read(step, "rc").strip(), "secs": read(step, "secs").strip()}

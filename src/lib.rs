@@ -11,6 +11,8 @@ pub mod fs;
 pub mod fsio;
 pub mod infer;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
 pub mod runs;
 pub mod table;
 pub mod train;

@@ -134,6 +134,26 @@ pub struct EvaluateCmdArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Frame time of the embedding map's draw (our WGSL point sprites) offscreen on the
+    /// machine's wgpu adapter, panned and zoomed every frame: no window, so it runs on a
+    /// headless GPU machine too.
+    Map {
+        /// Points drawn.
+        #[arg(long, default_value_t = 100_000)]
+        points: usize,
+        /// Target width in pixels.
+        #[arg(long, default_value_t = 1280)]
+        width: u32,
+        /// Target height in pixels.
+        #[arg(long, default_value_t = 800)]
+        height: u32,
+        /// Timed frames (after one warm-up frame).
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
+        /// One JSON object instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
     /// Files per second of walk + parse + count over a folder.
     Scan {
         dir: PathBuf,
@@ -432,6 +452,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     r.timed_secs,
                     r.decode_secs,
                     r.warmup_secs
+                );
+            }
+            Ok(0)
+        }
+        Some(Command::Bench(BenchCommand::Map {
+            points,
+            width,
+            height,
+            frames,
+            json,
+        })) => {
+            let r = crate::render::points::bench(points, width, height, frames)?;
+            if json {
+                outln!("{}", serde_json::to_string(&r)?);
+            } else {
+                outln!(
+                    "map [{}]: {} points on {}x{}: frame p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms over {} frames (new view, one instanced draw, waiting for the device); upload {:.1} ms",
+                    r.adapter,
+                    r.points,
+                    r.width,
+                    r.height,
+                    r.frame_p50_ms,
+                    r.frame_p95_ms,
+                    r.frame_max_ms,
+                    r.frames,
+                    r.upload_ms
                 );
             }
             Ok(0)

@@ -191,102 +191,32 @@ mod gpu {
     use eframe::egui_wgpu::{self, wgpu};
 
     use super::{PointSet, View};
+    use crate::render::points::{PointsPipeline, UploadedPoints};
 
     /// Point sets kept on the GPU (least recently drawn dropped first).
     const KEEP: usize = 8;
-    /// Bytes per point: two `f32` and one packed colour.
-    const STRIDE: u64 = 12;
 
-    /// `View` in `shaders/points.wgsl`: scale, offset, radius, padding.
+    /// `View` in `shaders/points.wgsl` for `view` shown in `rect`.
     pub fn uniform(view: View, rect: egui::Rect, radius: f32) -> [f32; 8] {
-        let (sx, sy) = (1.0 / view.half[0], 1.0 / view.half[1]);
-        [
-            sx,
-            sy,
-            -view.center[0] * sx,
-            -view.center[1] * sy,
-            2.0 * radius / rect.width().max(1.0),
-            2.0 * radius / rect.height().max(1.0),
-            0.0,
-            0.0,
-        ]
+        crate::render::points::uniform(
+            view.center,
+            view.half,
+            [rect.width(), rect.height()],
+            radius,
+        )
     }
 
-    fn bytes_of(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-
-    struct Uploaded {
-        instances: wgpu::Buffer,
-        count: u32,
-        uniform: wgpu::Buffer,
-        bind_group: wgpu::BindGroup,
-        last_used: u64,
-    }
-
+    /// The shared pipeline and the point sets on the device, in egui's callback resources.
     pub struct Pipeline {
-        pipeline: wgpu::RenderPipeline,
-        layout: wgpu::BindGroupLayout,
-        sets: HashMap<u64, Uploaded>,
+        points: PointsPipeline,
+        sets: HashMap<u64, (UploadedPoints, u64)>,
         frame: u64,
     }
 
     impl Pipeline {
         pub fn new(device: &wgpu::Device, format: wgpu::TextureFormat) -> Self {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("cellbench points"),
-                source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/points.wgsl").into()),
-            });
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("cellbench points view"),
-                entries: &[wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::VERTEX,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                }],
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("cellbench points"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-                label: Some("cellbench points"),
-                layout: Some(&pipeline_layout),
-                vertex: wgpu::VertexState {
-                    module: &module,
-                    entry_point: Some("vs_main"),
-                    buffers: &[Some(wgpu::VertexBufferLayout {
-                        array_stride: STRIDE,
-                        step_mode: wgpu::VertexStepMode::Instance,
-                        attributes: &wgpu::vertex_attr_array![0 => Float32x2, 1 => Uint32],
-                    })],
-                    compilation_options: wgpu::PipelineCompilationOptions::default(),
-                },
-                primitive: wgpu::PrimitiveState::default(),
-                depth_stencil: None,
-                multisample: wgpu::MultisampleState::default(),
-                fragment: Some(wgpu::FragmentState {
-                    module: &module,
-                    entry_point: Some("fs_main"),
-                    targets: &[Some(wgpu::ColorTargetState {
-                        format,
-                        blend: Some(wgpu::BlendState::PREMULTIPLIED_ALPHA_BLENDING),
-                        write_mask: wgpu::ColorWrites::ALL,
-                    })],
-                    compilation_options: wgpu::PipelineCompilationOptions::default(),
-                }),
-                multiview_mask: None,
-                cache: None,
-            });
             Self {
-                pipeline,
-                layout,
+                points: PointsPipeline::new(device, format),
                 sets: HashMap::new(),
                 frame: 0,
             }
@@ -317,52 +247,22 @@ mod gpu {
                     && let Some(oldest) = p
                         .sets
                         .iter()
-                        .min_by_key(|(_, u)| u.last_used)
+                        .min_by_key(|(_, (_, last_used))| *last_used)
                         .map(|(k, _)| *k)
                 {
                     p.sets.remove(&oldest);
                 }
-                let mut data = Vec::with_capacity(self.set.points.len() * STRIDE as usize);
-                for q in self.set.points.iter() {
-                    data.extend_from_slice(&q.pos[0].to_le_bytes());
-                    data.extend_from_slice(&q.pos[1].to_le_bytes());
-                    data.extend_from_slice(&q.rgba.to_le_bytes());
-                }
-                let instances = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("cellbench points"),
-                    size: (data.len() as u64).max(STRIDE),
-                    usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                queue.write_buffer(&instances, 0, &data);
-                let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("cellbench points view"),
-                    size: 32,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("cellbench points view"),
-                    layout: &p.layout,
-                    entries: &[wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: uniform.as_entire_binding(),
-                    }],
-                });
-                p.sets.insert(
-                    self.set.key,
-                    Uploaded {
-                        instances,
-                        count: self.set.points.len() as u32,
-                        uniform,
-                        bind_group,
-                        last_used: frame,
-                    },
+                let uploaded = UploadedPoints::new(
+                    device,
+                    queue,
+                    &p.points,
+                    self.set.points.iter().map(|q| (q.pos, q.rgba)),
                 );
+                p.sets.insert(self.set.key, (uploaded, frame));
             }
-            if let Some(u) = p.sets.get_mut(&self.set.key) {
-                u.last_used = frame;
-                queue.write_buffer(&u.uniform, 0, &bytes_of(&self.uniform));
+            if let Some((u, last_used)) = p.sets.get_mut(&self.set.key) {
+                *last_used = frame;
+                u.set_view(queue, self.uniform);
             }
             Vec::new()
         }
@@ -376,16 +276,9 @@ mod gpu {
             let Some(p) = resources.get::<Pipeline>() else {
                 return;
             };
-            let Some(u) = p.sets.get(&self.set.key) else {
-                return;
-            };
-            if u.count == 0 {
-                return;
+            if let Some((u, _)) = p.sets.get(&self.set.key) {
+                u.draw(&p.points, pass);
             }
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &u.bind_group, &[]);
-            pass.set_vertex_buffer(0, u.instances.slice(..));
-            pass.draw(0..6, 0..u.count);
         }
     }
 }
