@@ -348,9 +348,9 @@ run_check() {
   # The GPU rows first, so that a slow CPU step cannot take their time.
   step check-wgpu 60 env VK_LOADER_DEBUG=error,warn "$bin" weights check --backend wgpu "$photo"
   step check-cpu 30 "$bin" weights check --backend cpu "$photo"
+  step map-wgpu 30 "$bin" bench map --points 100000 --frames 300 --json
   step featurize-wgpu 60 "$bin" bench featurize --backend wgpu "${b[@]}" --json
   step finetune-wgpu 75 "$bin" bench finetune --backend wgpu "${b[@]}" --unfreeze "$UNFREEZE" --json
-  step map-wgpu 30 "$bin" bench map --points 100000 --frames 300 --json
   step featurize-cuda 45 "$py" "$dir/tools/bench_pytorch_featurize.py" --device cuda --threads "$threads" "${p[@]}" --json
   step finetune-cuda 45 "$py" "$dir/tools/bench_pytorch_finetune.py" --device cuda --threads "$threads" "${p[@]}" --unfreeze "$UNFREEZE" --json
   step featurize-cpu 40 "$bin" bench featurize --backend cpu "${b[@]}" --json
