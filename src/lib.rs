@@ -4,6 +4,16 @@
 //! Domain modules (`dataset`, `explore`, …) never use egui; `ui` never touches polars
 //! frames or tensors.
 
+/// `eprintln!` that never panics: when stderr is a pipe whose reader has gone (`… 2>&1 | head`),
+/// the line is lost instead of the process (std's `eprintln!` panics on a failed write).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod clock;
 pub mod dataset;
 pub mod experiment;

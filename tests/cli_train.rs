@@ -1237,3 +1237,91 @@ fn calibrated_probe_saves_its_temperature_and_predict_uses_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_run_agrees_with_predict(&dir, &data, &pred, "calibrated probe");
 }
+
+/// A run stopped before its first checkpoint (here: its checkpoints removed) resumes by
+/// starting again, says so, and finishes; options given with `--resume` are named as ignored.
+#[test]
+fn a_run_without_a_checkpoint_resumes_by_starting_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--backend",
+        "cpu",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = only_run(&runs);
+    std::fs::remove_dir_all(run_dir.join("checkpoint")).unwrap();
+    let out = run(&[
+        "train",
+        "--resume",
+        path_str(&run_dir),
+        "--epochs",
+        "9",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("starts again from the beginning"), "{all}");
+    assert!(all.contains("ignored: --epochs"), "{all}");
+    assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
+}
+
+/// Options the run's mode does not use are named, not silently dropped; a label whose
+/// images are all unreadable is reported as never learnt.
+#[test]
+fn unused_options_and_an_unlearnt_label_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let dead = data.join("Monocyte");
+    std::fs::create_dir_all(&dead).unwrap();
+    for i in 0..6 {
+        std::fs::write(dead.join(format!("m{i}.jpg")), b"not a jpeg").unwrap();
+    }
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--backend",
+        "cpu",
+        "--image-size",
+        "64",
+        "--head-init",
+        "random",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("not used by a probe run: --head-init (fine-tuning only)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("of label Monocyte could be read: the model never learnt it"),
+        "{all}"
+    );
+}
+
+/// A closed stderr (a reader that left the pipe) loses the message, not the process: the
+/// exit status stays the command's own, never a panic's 101.
+#[test]
+fn a_closed_stderr_does_not_turn_an_error_into_a_panic() {
+    let mut child = cellbench()
+        .args(["predict", "/nonexistent/run", "/nonexistent/images"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(101), "panicked on a closed stderr");
+    assert!(!status.success());
+}

@@ -377,3 +377,36 @@ fn embed_refuses_a_folder_of_identical_images() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("identical features"), "{stderr}");
 }
+
+/// `bench map` draws offscreen on the machine's adapter (Mesa's software Vulkan here) and
+/// refuses a target or a point count beyond the adapter's limits with a message, not a panic.
+#[test]
+fn bench_map_draws_offscreen_and_refuses_sizes_beyond_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cellbench(
+        &[
+            "bench", "map", "--points", "1000", "--frames", "2", "--json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["points"], 1000);
+    assert!(r["frame_p50_ms"].as_f64().unwrap() > 0.0);
+    for (args, says) in [
+        (&["--width", "100000"][..], "pixels a side"),
+        (&["--points", "50000000"][..], "points in one buffer"),
+        (&["--frames", "0"][..], "--frames"),
+    ] {
+        let mut all = vec!["bench", "map", "--height", "64"];
+        all.extend_from_slice(args);
+        let out = cellbench(&all, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -242,7 +242,7 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
             profiles.profiles.retain(|x| x.name != name);
             profiles.profiles.push(p);
             profiles.save(&path)?;
-            eprintln!("saved profile {name} in {}", path.display());
+            crate::errln!("saved profile {name} in {}", path.display());
             Ok(0)
         }
         ClusterCommand::Submit(args) => {
@@ -255,7 +255,7 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
                 gpus: args.gpus,
                 submission_id: args.id.clone(),
             };
-            eprintln!("packaging and uploading to {}…", client.describe());
+            crate::errln!("packaging and uploading to {}…", client.describe());
             let id = crate::cluster::job::submit(&client, &spec, &options)?;
             outln!("{id}");
             if args.follow {
@@ -297,7 +297,7 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
                     std::time::Duration::from_secs(2),
                 );
             }
-            eprintln!(
+            crate::errln!(
                 "{} featurize jobs submitted; when they succeed, train the probe with CELLBENCH_CACHE={} so the features come from the shared cache",
                 ids.len(),
                 args.cache
@@ -322,12 +322,12 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
         ClusterCommand::Stop { id } => {
             // The client itself warns when the job is still PENDING (Ray ignores the stop then).
             target.client()?.stop(&id)?;
-            eprintln!("stop requested for {id}");
+            crate::errln!("stop requested for {id}");
             Ok(0)
         }
         ClusterCommand::Delete { id } => {
             target.client()?.delete(&id)?;
-            eprintln!("deleted {id}");
+            crate::errln!("deleted {id}");
             Ok(0)
         }
         ClusterCommand::List => {
@@ -343,7 +343,7 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
         }
         ClusterCommand::Results { id, runs } => {
             let dir = crate::cluster::job::import_results(&target.client()?, &id, &runs)?;
-            eprintln!("results of {id} in {}", dir.display());
+            crate::errln!("results of {id} in {}", dir.display());
             Ok(0)
         }
     }
@@ -381,7 +381,7 @@ fn follow_shards(
             if shown[i] != (state.clone(), tenth) {
                 let images =
                     progress.map_or_else(String::new, |(d, t)| format!(", {d}/{t} images"));
-                eprintln!("shard {i}/{n} ({id}): {state}{images}");
+                crate::errln!("shard {i}/{n} ({id}): {state}{images}");
                 shown[i] = (state, tenth);
             }
             if info.status.is_terminal() {
@@ -416,7 +416,7 @@ fn follow_shards(
         }
         failed += 1;
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        eprintln!(
+        crate::errln!(
             "shard {i}/{n} ({}) {}: {}\n  last lines of its log:\n    {}",
             info.submission_id,
             info.status.as_str(),
@@ -425,10 +425,10 @@ fn follow_shards(
         );
     }
     if failed > 0 {
-        eprintln!("{failed} of {n} shards failed: the cache in {cache} is incomplete");
+        crate::errln!("{failed} of {n} shards failed: the cache in {cache} is incomplete");
         return Ok(1);
     }
-    eprintln!(
+    crate::errln!(
         "the cache is complete: {vectors} feature vectors from {n} shards in {cache}; a probe run with CELLBENCH_CACHE={cache} reads them from there"
     );
     Ok(0)
@@ -444,7 +444,7 @@ fn follow(client: &RayClient, id: &str) -> anyhow::Result<u8> {
         .as_deref()
         .filter(|m| !m.is_empty())
         .map_or_else(String::new, |m| format!(" ({m})"));
-    eprintln!("job {id}: {}{message}", info.status);
+    crate::errln!("job {id}: {}{message}", info.status);
     Ok(match info.status {
         crate::cluster::JobStatus::Succeeded => 0,
         crate::cluster::JobStatus::Stopped => 130,

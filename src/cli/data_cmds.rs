@@ -210,7 +210,7 @@ pub(super) fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
         }
         let conflicting = crate::dataset::duplicates::conflicting_groups(&manifest);
         if conflicting > 0 {
-            eprintln!(
+            crate::errln!(
                 "warning: {conflicting} group(s) of identical images carry different labels: at most one label of each is right (`--json` lists them)"
             );
         }
@@ -229,7 +229,7 @@ pub(super) fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
         #[cfg(feature = "gui")]
         {
             let files = crate::explore::charts::write_report_charts(&report, dir)?;
-            eprintln!("wrote {} chart files to {}", files.len(), dir.display());
+            crate::errln!("wrote {} chart files to {}", files.len(), dir.display());
         }
         #[cfg(not(feature = "gui"))]
         anyhow::bail!(
@@ -261,7 +261,7 @@ fn batch_effect(
         .filter(|r| r.is_usable() && r.patient.is_some() && r.labels.len() == 1)
         .collect();
     if records.len() < usable {
-        eprintln!(
+        crate::errln!(
             "--check features: {} of {usable} usable images left out (several labels, or no patient id)",
             usable - records.len()
         );
@@ -312,12 +312,12 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
             if matches!(p.kind, K::BadRow | K::DuplicatePath | K::MissingImage) {
                 blind += 1;
                 if blind <= 20 {
-                    eprintln!("{}: {} ({})", p.kind.description(), p.path, p.detail);
+                    crate::errln!("{}: {} ({})", p.kind.description(), p.path, p.detail);
                 }
             }
         }
         if blind > 20 {
-            eprintln!("… and {} more", blind - 20);
+            crate::errln!("… and {} more", blind - 20);
         }
         anyhow::ensure!(
             manifest.records.iter().any(|r| r.split.is_some()),
@@ -325,7 +325,7 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
             csv.display()
         );
         if !manifest.has_patients() {
-            eprintln!(
+            crate::errln!(
                 "note: no patient column in {}: only copies of images are checked, not patients",
                 csv.display()
             );
@@ -333,7 +333,7 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
         let report = SplitReport::of(&manifest.records, &manifest.copies);
         let code = print_split(&report, args.json, None, false);
         if code == 0 && blind > 0 {
-            eprintln!(
+            crate::errln!(
                 "leakage check incomplete: {blind} row(s) above could not be checked (give the images folder with --images when the split CSV is not beside the dataset); failing"
             );
             return Ok(exit::LEAKAGE);
@@ -384,7 +384,7 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
             } else {
                 " (copies of one image count as one)"
             };
-            eprintln!(
+            crate::errln!(
                 "warning: the {} side is empty: whole {groups}{copies} cannot make up {:.0}% of this dataset",
                 side.name(),
                 share * 100.0
@@ -431,7 +431,7 @@ fn print_split(
         }
     }
     if let Some(path) = written {
-        eprintln!("wrote {}", path.display());
+        crate::errln!("wrote {}", path.display());
     }
     if report.passed() {
         if !json {
@@ -442,20 +442,20 @@ fn print_split(
         return 0;
     }
     if by_image && report.copy_leaks.is_empty() {
-        eprintln!(
+        crate::errln!(
             "{} patient(s) have images on more than one side, as --by-image does (copies of one image were still kept together)",
             report.leaks.len()
         );
         return 0;
     }
-    eprintln!(
+    crate::errln!(
         "leakage check FAILED: {} patient(s) and {} group(s) of identical images on more than one side:",
         report.leaks.len(),
         report.copy_leaks.len()
     );
     for leak in report.leaks.iter().take(SHOWN) {
         let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
-        eprintln!(
+        crate::errln!(
             "  patient {} ({} images) in {}",
             leak.patient,
             leak.images,
@@ -463,18 +463,18 @@ fn print_split(
         );
     }
     if report.leaks.len() > SHOWN {
-        eprintln!("  … and {} more patients", report.leaks.len() - SHOWN);
+        crate::errln!("  … and {} more patients", report.leaks.len() - SHOWN);
     }
     for leak in report.copy_leaks.iter().take(SHOWN) {
         let sides: Vec<&str> = leak.splits.iter().map(|s| s.name()).collect();
-        eprintln!(
+        crate::errln!(
             "  identical images {} in {}",
             crate::explore::table::clip_chars(&leak.paths.join(", "), 200),
             sides.join(" and ")
         );
     }
     if report.copy_leaks.len() > SHOWN {
-        eprintln!(
+        crate::errln!(
             "  … and {} more groups of identical images",
             report.copy_leaks.len() - SHOWN
         );

@@ -246,7 +246,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            crate::errln!("error: {err:#}");
             ExitCode::from(exit::ERROR)
         }
     }
@@ -348,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &cancel,
             )?;
             view.finish();
-            eprintln!(
+            crate::errln!(
                 "shard {i}/{n}: {n_done} feature vectors in {}",
                 cache.display()
             );
@@ -510,7 +510,7 @@ fn evaluate(cmd: EvaluateCmdArgs) -> anyhow::Result<u8> {
         let args = &cmd.args;
         let e = crate::infer::evaluate::evaluate_csv(&args.pred, args.truth.as_deref(), args.task)?;
         if !e.is_clean() {
-            eprintln!(
+            crate::errln!(
                 "evaluate --strict: {} row(s) skipped for their probabilities, {} row(s) whose probabilities do not sum to 1: {}",
                 e.problems.len(),
                 e.unnormalised_rows,

@@ -86,7 +86,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         let img = match crate::dataset::image_io::decode_file_complete(path) {
             Ok(img) => img,
             Err(e) => {
-                eprintln!("skipped (unreadable: {e}): {}", path.display());
+                crate::errln!("skipped (unreadable: {e}): {}", path.display());
                 skipped += 1;
                 continue;
             }
@@ -116,7 +116,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         ));
     }
     crate::fsio::write_atomic_bytes(&args.out.join("saliency.csv"), index.as_bytes())?;
-    eprintln!(
+    crate::errln!(
         "explained {} of {} images into {} ({} skipped)",
         paths.len() - skipped,
         paths.len(),
@@ -158,7 +158,7 @@ pub fn backbone_features(
         crate::model::efficientnet::Backbone::Lite0,
         &compute.device,
     )?;
-    eprintln!(
+    crate::errln!(
         "extracting the features of {} images on {}",
         paths.len(),
         compute.description
@@ -172,7 +172,7 @@ pub fn backbone_features(
         &AtomicBool::new(false),
     );
     for (path, reason) in &f.failures {
-        eprintln!("skipped (unreadable: {reason}): {}", path.display());
+        crate::errln!("skipped (unreadable: {reason}): {}", path.display());
     }
     Ok(crate::explore::embedding::read_rows(
         0..paths.len(),
@@ -230,7 +230,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
     crate::fsio::write_atomic_bytes(&args.out, text.as_bytes())
         .with_context(|| format!("writing {}", args.out.display()))?;
     let share = |c: usize| map.explained[c] * 100.0;
-    eprintln!(
+    crate::errln!(
         "mapped {} images to {}: the axes are the first two principal components of the features ({:.1}% and {:.1}% of their variance)",
         kept.len(),
         args.out.display(),
@@ -246,7 +246,7 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
                 format!("PC 2 ({:.1}% of variance)", share(1)),
             );
             crate::explore::charts::write_scatter(png, &title, &axes, &points)?;
-            eprintln!("drew {}", png.display());
+            crate::errln!("drew {}", png.display());
         }
         #[cfg(not(feature = "gui"))]
         anyhow::bail!(
@@ -267,7 +267,7 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
         move || -> anyhow::Result<_> {
             let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?
                 .with_orientation_tta(args.tta);
-            eprintln!(
+            crate::errln!(
                 "predicting {} images on {}{}",
                 paths.len(),
                 compute.description,
@@ -293,9 +293,9 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
         .join()
         .map_err(|_| anyhow::anyhow!("the prediction thread panicked"))??;
     for (path, reason) in &summary.failed {
-        eprintln!("skipped unreadable image ({reason}): {path}");
+        crate::errln!("skipped unreadable image ({reason}): {path}");
     }
-    eprintln!(
+    crate::errln!(
         "wrote {} predictions to {}",
         summary.predicted,
         out.display()

@@ -133,6 +133,68 @@ pub(super) fn parse_task(s: &str) -> Result<Task, String> {
 }
 
 impl TrainArgs {
+    /// The run options given on the command line (not where the data or runs live).
+    fn run_options(&self) -> Vec<&'static str> {
+        let given = [
+            ("--config", self.config.is_some()),
+            ("--mode", self.mode.is_some()),
+            ("--task", self.task.is_some()),
+            ("--epochs", self.epochs.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--lr", self.learning_rate.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--optimizer", self.optimizer.is_some()),
+            ("--schedule", self.schedule.is_some()),
+            ("--imbalance", self.imbalance.is_some()),
+            ("--backbone", self.backbone.is_some()),
+            ("--image-size", self.image_size.is_some()),
+            ("--unfreeze", self.unfreeze.is_some()),
+            ("--head-init", self.head_init.is_some()),
+            ("--batch-norm", self.batch_norm.is_some()),
+            ("--patience", self.patience.is_some()),
+            ("--no-augment", self.no_augment),
+            ("--orientation-mean", self.orientation_mean),
+            ("--multiscale", self.multiscale),
+            ("--calibrate", self.calibrate),
+            ("--solver", self.solver.is_some()),
+            ("--dropout", self.dropout.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Options given that the run's mode does not use, each with why.
+    fn unused_options(&self, config: &TrainConfig) -> Vec<String> {
+        let mut unused = Vec::new();
+        if config.mode != Mode::Probe {
+            for (name, on) in [
+                ("--multiscale", self.multiscale),
+                ("--orientation-mean", self.orientation_mean),
+                ("--solver", self.solver.is_some()),
+            ] {
+                if on {
+                    unused.push(format!("{name} (probes only)"));
+                }
+            }
+        }
+        if config.mode != Mode::Finetune {
+            for (name, on) in [
+                ("--head-init", self.head_init.is_some()),
+                ("--batch-norm", self.batch_norm.is_some()),
+                ("--unfreeze", self.unfreeze.is_some()),
+            ] {
+                if on {
+                    unused.push(format!("{name} (fine-tuning only)"));
+                }
+            }
+        }
+        unused
+    }
+
     fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => toml::from_str(
@@ -179,6 +241,13 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
             // The run's own record of its data and split: any run can be resumed, whoever
             // started it (CLI, GUI, workbook or cluster job).
             let d = crate::runs::DatasetFile::read(run)?;
+            let given = args.run_options();
+            if !given.is_empty() {
+                crate::errln!(
+                    "note: a resumed run continues as recorded in its config.toml; ignored: {}",
+                    given.join(", ")
+                );
+            }
             (crate::runs::read_config(run)?, d.open()?, d.options)
         }
         None => {
@@ -200,7 +269,16 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
             let manifest = crate::dataset::open(&source, &options)?;
-            (args.config()?, manifest, options)
+            let config = args.config()?;
+            let unused = args.unused_options(&config);
+            if !unused.is_empty() {
+                crate::errln!(
+                    "note: not used by a {} run: {}",
+                    format!("{:?}", config.mode).to_lowercase(),
+                    unused.join(", ")
+                );
+            }
+            (config, manifest, options)
         }
     };
     let job = TrainJob {
@@ -214,7 +292,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
     if let Some(out) = &args.export_features {
         let rows =
             crate::train::export::export_features(&job, args.folds.map(|k| k as usize), out)?;
-        eprintln!("wrote the features of {rows} images to {}", out.display());
+        crate::errln!("wrote the features of {rows} images to {}", out.display());
         return Ok(0);
     }
     let cancel = Arc::new(AtomicBool::new(false));
@@ -224,7 +302,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
             if cancel.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+            crate::errln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
         })
         .ok();
     }
@@ -258,7 +336,7 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         Finished::Run(o) => *o,
         Finished::Folds(cv) => return Ok(report_folds(*cv, args.json)),
     };
-    eprintln!("run folder: {}", outcome.run_dir.display());
+    crate::errln!("run folder: {}", outcome.run_dir.display());
     if let Some(m) = &outcome.metrics
         && !args.json
     {
@@ -292,14 +370,14 @@ enum Finished {
 /// Prints a cross-validation's mean ± sd table (or its JSON) and returns the exit code.
 fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
     for o in &cv.outcomes {
-        eprintln!("run folder: {}", o.run_dir.display());
+        crate::errln!("run folder: {}", o.run_dir.display());
     }
     let Some(summary) = cv.summary else {
         let cancelled = cv
             .outcomes
             .last()
             .is_some_and(|o| o.state == crate::runs::RunState::Cancelled);
-        eprintln!(
+        crate::errln!(
             "cross-validation stopped after {} fold(s); no summary written",
             cv.outcomes.len()
         );
@@ -347,7 +425,7 @@ fn report_folds(cv: crate::train::cv::CvOutcome, json: bool) -> u8 {
         }
     }
     if let Some(p) = &cv.summary_path {
-        eprintln!("summary: {}", p.display());
+        crate::errln!("summary: {}", p.display());
     }
     0
 }
@@ -371,7 +449,7 @@ impl ProgressView {
     fn println(&self, s: String) {
         match &self.bar {
             Some(b) if !b.is_hidden() => b.println(s),
-            _ => eprintln!("{s}"),
+            _ => crate::errln!("{s}"),
         }
     }
 
@@ -391,7 +469,7 @@ impl ProgressView {
                 device,
                 epochs,
             } => {
-                eprintln!(
+                crate::errln!(
                     "run {run_id}: {mode:?} {task:?} on {device}; {} labels, {train_images} train / {val_images} val images, {epochs} epochs",
                     labels.len()
                 );

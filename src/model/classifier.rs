@@ -80,11 +80,25 @@ impl ModelInfo {
         }
     }
 
-    pub fn mode_name(&self) -> &'static str {
+    /// What the model is, in words: the mode, the backbone and the features a probe reads.
+    pub fn mode_name(&self) -> String {
+        let lite = self
+            .backbone
+            .short_name()
+            .replace("lite", "EfficientNet-Lite");
         match self.mode {
-            Mode::Probe => "linear probe on EfficientNet-Lite0 features",
-            Mode::Finetune => "fine-tuned EfficientNet-Lite0",
-            Mode::Scratch => "small CNN trained from scratch",
+            Mode::Probe => {
+                let mut features = String::from("features");
+                if self.multiscale {
+                    features.insert_str(0, "multi-scale ");
+                }
+                if self.orientation_mean {
+                    features.push_str(" averaged over 8 orientations");
+                }
+                format!("linear probe on {lite} {features}")
+            }
+            Mode::Finetune => format!("fine-tuned {lite}"),
+            Mode::Scratch => "small CNN trained from scratch".to_owned(),
         }
     }
 }

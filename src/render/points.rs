@@ -311,8 +311,23 @@ pub struct MapBench {
 /// times each frame from recording to the device finishing it. The first frame (pipeline
 /// warm-up) is not counted.
 pub fn bench(points: usize, width: u32, height: u32, frames: usize) -> anyhow::Result<MapBench> {
-    anyhow::ensure!(frames >= 1 && width >= 1 && height >= 1, "nothing to draw");
+    anyhow::ensure!(frames >= 1, "--frames must be at least 1");
+    anyhow::ensure!(
+        width >= 1 && height >= 1,
+        "--width and --height must be at least 1 pixel"
+    );
     let (device, queue, adapter) = headless_device()?;
+    let limits = device.limits();
+    anyhow::ensure!(
+        width.max(height) <= limits.max_texture_dimension_2d,
+        "{adapter} draws at most {} pixels a side; asked for {width}x{height}",
+        limits.max_texture_dimension_2d
+    );
+    let most = limits.max_buffer_size / STRIDE;
+    anyhow::ensure!(
+        points as u64 <= most,
+        "{adapter} holds at most {most} points in one buffer; asked for {points}"
+    );
     let pipeline = PointsPipeline::new(&device, OFFSCREEN_FORMAT);
     let target = offscreen_target(&device, width, height);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;

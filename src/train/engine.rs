@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use web_time::Instant;
 
-use anyhow::Context as _;
-
 use crate::dataset::Manifest;
 use crate::dataset::split::SplitMix64;
 use crate::model::backend::{self};
@@ -322,27 +320,36 @@ pub fn train(
     let data = prepare(&job.manifest, &config)?;
     let compute = backend::select(config.backend)?;
 
+    let fresh = || Progress {
+        best_val_loss: f64::INFINITY,
+        plateau_scale: 1.0,
+        ..Default::default()
+    };
+    let mut restarted = false;
     let (mut run, progress) = match &job.resume {
         Some(path) => {
             let run = RunDir::reopen(path)?;
-            let generation = crate::runs::checkpoint::latest(path)?.with_context(|| {
-                format!(
-                    "the run has no checkpoint to resume from: {}",
-                    path.display()
-                )
-            })?;
-            let progress: Progress = crate::runs::read_json(&generation.join("state.json"))?;
+            // A run stopped before its first checkpoint has nothing to lose: it starts again.
+            let progress = match crate::runs::checkpoint::latest(path)? {
+                Some(generation) => crate::runs::read_json(&generation.join("state.json"))?,
+                None => {
+                    restarted = true;
+                    fresh()
+                }
+            };
             (run, progress)
         }
-        None => (
-            RunDir::create(&job.runs_root, &config)?,
-            Progress {
-                best_val_loss: f64::INFINITY,
-                plateau_scale: 1.0,
-                ..Default::default()
-            },
-        ),
+        None => (RunDir::create(&job.runs_root, &config)?, fresh()),
     };
+    if restarted {
+        emit(
+            &mut run,
+            sink,
+            TrainEvent::Warning {
+                message: "the run stopped before its first checkpoint: it starts again from the beginning".into(),
+            },
+        );
+    }
     // A split given with the data is used as it is, but never in silence when it leaks: a
     // patient or copies of one image on both sides make validation scores optimistic.
     if data.split_given && job.resume.is_none() {

@@ -25,7 +25,7 @@ use super::net::*;
 use super::ordinal;
 use crate::experiment::config::{BatchNormMode, HeadInit, Mode, Schedule, TrainConfig};
 use crate::experiment::events::{EpochSide, Phase, TrainEvent};
-use crate::experiment::metrics::{self, Task};
+use crate::experiment::metrics::{self, Target, Task};
 
 /// Per-epoch state saved with each checkpoint, enough to resume.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -258,8 +258,18 @@ impl<'a> Trainer<'a> {
                             ..Head::from_weights(&weight, &bias, &ad)
                         }
                     }
-                    None => Head::new(FEATURES, outputs, config.dropout, &ad),
+                    None => {
+                        if resume_from.is_none() && config.head_init == HeadInit::Random {
+                            let message = "the head starts at random (head_init = \"random\"; a configuration written before the choice existed reads as this)".to_owned();
+                            emit(run, sink, TrainEvent::Warning { message });
+                        }
+                        Head::new(FEATURES, outputs, config.dropout, &ad)
+                    }
                 };
+                if resume_from.is_none() && config.batch_norm == BatchNormMode::Batch {
+                    let message = "the trained blocks' batch norms normalise by each batch's statistics (batch_norm = \"batch\"; a configuration written before the choice existed reads as this)".to_owned();
+                    emit(run, sink, TrainEvent::Warning { message });
+                }
                 let backbone = backbone.fork(&ad);
                 let backbone = match config.batch_norm {
                     BatchNormMode::Frozen => backbone.with_frozen_statistics(),
@@ -574,7 +584,42 @@ impl<'a> Trainer<'a> {
     /// The final artefacts, from the best epoch's network: predictions of the validation
     /// and test sides, `model.safetensors`, `metrics.json`, `confusion.json`, the finished
     /// event and status.
+    /// Says so when every training image of a label failed to read (the model then never
+    /// learnt it), and when a setting asked for does not apply to the task.
+    fn warn_unlearnt(&mut self) {
+        let k = self.data.labels.len();
+        let (mut total, mut unread) = (vec![0usize; k], vec![0usize; k]);
+        for &i in &self.data.train {
+            let item = &self.data.items[i];
+            let labels: Vec<usize> = match &item.target {
+                Target::Class(c) => vec![*c],
+                Target::Multi(flags) => (0..k).filter(|&j| flags[j]).collect(),
+            };
+            for c in labels.into_iter().filter(|&c| c < k) {
+                total[c] += 1;
+                unread[c] += usize::from(self.warned.contains(&item.path));
+            }
+        }
+        for c in 0..k {
+            if total[c] > 0 && unread[c] == total[c] {
+                let message = format!(
+                    "none of the {} training images of label {} could be read: the model never learnt it and will not predict it",
+                    total[c], self.data.labels[c]
+                );
+                emit(self.run, self.sink, TrainEvent::Warning { message });
+            }
+        }
+        if self.config.calibrate && !matches!(self.data.task, Task::Binary | Task::MultiClass) {
+            let message = format!(
+                "calibration (temperature scaling) applies to binary and multi-class tasks; this {:?} run is not calibrated",
+                self.data.task
+            );
+            emit(self.run, self.sink, TrainEvent::Warning { message });
+        }
+    }
+
     fn finish(mut self) -> anyhow::Result<TrainOutcome> {
+        self.warn_unlearnt();
         // Final artefacts from the best epoch.
         let final_net = match self.best.take() {
             Some(b) => b,
@@ -763,7 +808,11 @@ pub(super) fn warn_skipped(
                 run,
                 sink,
                 TrainEvent::Warning {
-                    message: format!("skipped unreadable image ({reason}): {}", path.display()),
+                    message: format!(
+                        "skipped unreadable image ({}): {}",
+                        reason.split_whitespace().collect::<Vec<_>>().join(" "),
+                        path.display()
+                    ),
                 },
             );
         }

@@ -200,10 +200,12 @@ pub fn serve(
         let wake = wake_address(local);
         let installed = ctrlc::set_handler(move || {
             if stopping.swap(true, Ordering::SeqCst) {
-                eprintln!("stopping at once");
+                crate::errln!("stopping at once");
                 std::process::exit(130);
             }
-            eprintln!("stopping: finishing the requests in flight (Ctrl-C again to quit at once)…");
+            crate::errln!(
+                "stopping: finishing the requests in flight (Ctrl-C again to quit at once)…"
+            );
             // Wakes the accept loop so that it sees the flag.
             TcpStream::connect_timeout(&wake, Duration::from_secs(1)).ok();
         });
@@ -237,7 +239,7 @@ pub fn serve(
     }
     drop(jobs);
 
-    eprintln!(
+    crate::errln!(
         "serving {} on http://{local}  —  POST /predict, GET /health{}",
         shared.model.description,
         if shared.token.is_some() {
@@ -274,7 +276,7 @@ pub fn serve(
     }
     // The last sender of jobs went with the connection threads: the model thread finishes.
     model_thread.join().ok();
-    eprintln!("stopped");
+    crate::errln!("stopped");
     Ok(())
 }
 
