@@ -1325,3 +1325,31 @@ fn a_closed_stderr_does_not_turn_an_error_into_a_panic() {
     assert_ne!(status.code(), Some(101), "panicked on a closed stderr");
     assert!(!status.success());
 }
+
+/// A cut-off JPEG decodes to a picture with a grey lower part; training never takes it for the
+/// image: it is skipped with the reason, like an unreadable file.
+#[test]
+fn a_truncated_jpeg_is_skipped_not_trained_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let whole = std::fs::read(bccd_class_files("Eosinophil", 7).pop().unwrap()).unwrap();
+    let cut = data.join("Eosinophil/cut.jpeg");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let runs = tmp.path().join("runs");
+    let out = run(&[
+        "train",
+        path_str(&data),
+        "--backend",
+        "cpu",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(&runs),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("skipped unreadable image (truncated") && all.contains("cut.jpeg"),
+        "{all}"
+    );
+}

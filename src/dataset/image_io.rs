@@ -260,10 +260,17 @@ fn webp_complete(b: &[u8]) -> Result<(), String> {
 /// that it is not truncated.
 pub fn decode_file_complete(path: &Path) -> Result<image::DynamicImage, DecodeFailure> {
     let bytes = crate::fs::read(path).map_err(|e| DecodeFailure::Unreadable(e.to_string()))?;
-    if let Ok(format) = image::guess_format(&bytes) {
-        check_complete(&bytes, format).map_err(DecodeFailure::Truncated)?;
+    decode_bytes_complete(&bytes)
+}
+
+/// Decodes an encoded image within the limits after checking with [`check_complete`] that it
+/// is not truncated: a cut-off JPEG decodes to a picture with a grey lower part, which training
+/// and features must never take for the image.
+pub fn decode_bytes_complete(bytes: &[u8]) -> Result<image::DynamicImage, DecodeFailure> {
+    if let Ok(format) = image::guess_format(bytes) {
+        check_complete(bytes, format).map_err(DecodeFailure::Truncated)?;
     }
-    decode_bytes(&bytes).map_err(|e| DecodeFailure::Unreadable(e.to_string()))
+    decode_bytes(bytes).map_err(|e| DecodeFailure::Unreadable(e.to_string()))
 }
 
 /// Why [`decode_file_complete`] refused a file.

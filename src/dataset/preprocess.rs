@@ -39,9 +39,11 @@ impl Preprocess {
         )
     }
 
-    /// Decodes (with limits) and preprocesses a file into CHW `f32`, `3 × size × size`.
-    pub fn load(&self, path: &Path) -> Result<Vec<f32>, image::ImageError> {
-        Ok(self.apply(&super::image_io::decode_file(path)?))
+    /// Decodes (with limits; a truncated file is refused, see
+    /// [`super::image_io::decode_file_complete`]) and preprocesses a file into CHW `f32`,
+    /// `3 × size × size`.
+    pub fn load(&self, path: &Path) -> Result<Vec<f32>, super::image_io::DecodeFailure> {
+        Ok(self.apply(&super::image_io::decode_file_complete(path)?))
     }
 
     /// Preprocesses a decoded image into CHW `f32`.

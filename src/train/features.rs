@@ -125,7 +125,7 @@ pub fn featurize(
                 if let Some(f) = cache.and_then(|c| c.get(&key, width)) {
                     return Loaded::Cached(f);
                 }
-                match crate::dataset::image_io::decode_bytes(&bytes) {
+                match crate::dataset::image_io::decode_bytes_complete(&bytes) {
                     Ok(img) => Loaded::Input(key, preprocess.apply(&img)),
                     Err(e) => Loaded::Failed(e.to_string()),
                 }
@@ -266,7 +266,7 @@ impl FeatureSteps {
             self.result.from_cache += 1;
             return true;
         }
-        let chw = match crate::dataset::image_io::decode_bytes(&bytes) {
+        let chw = match crate::dataset::image_io::decode_bytes_complete(&bytes) {
             Ok(img) => self.preprocess.apply(&img),
             Err(e) => {
                 self.result.failures.push((path, e.to_string()));
