@@ -122,6 +122,36 @@ pub struct TrainArgs {
     pub export_features: Option<PathBuf>,
 }
 
+/// Keys of a run configuration file that no setting reads (top level and one table down),
+/// as `key` or `table.key`.
+fn unknown_keys(text: &str) -> Vec<String> {
+    let (Ok(toml::Value::Table(given)), Ok(toml::Value::Table(known))) = (
+        toml::from_str::<toml::Value>(text),
+        toml::Value::try_from(TrainConfig::default()),
+    ) else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    for (key, value) in &given {
+        match (known.get(key), value) {
+            (None, _) if key != "task" => unknown.push(key.clone()),
+            // A tagged table (`[optimizer] kind = …`) has keys per variant: only its
+            // serialised default's keys are known here, so its keys are not judged.
+            (Some(toml::Value::Table(inner)), toml::Value::Table(sub))
+                if !inner.contains_key("kind") =>
+            {
+                unknown.extend(
+                    sub.keys()
+                        .filter(|k| !inner.contains_key(*k))
+                        .map(|k| format!("{key}.{k}")),
+                );
+            }
+            _ => {}
+        }
+    }
+    unknown
+}
+
 pub(super) fn parse_task(s: &str) -> Result<Task, String> {
     match s {
         "binary" => Ok(Task::Binary),
@@ -197,11 +227,21 @@ impl TrainArgs {
 
     fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
-            Some(p) => toml::from_str(
-                &crate::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?,
-            )
-            .with_context(|| format!("parsing {}", p.display()))?,
+            Some(p) => {
+                let text = crate::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let c =
+                    toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+                let unknown = unknown_keys(&text);
+                if !unknown.is_empty() {
+                    crate::errln!(
+                        "note: {} has settings cellbench does not know, ignored: {} (a misspelling?)",
+                        p.display(),
+                        unknown.join(", ")
+                    );
+                }
+                c
+            }
             None => TrainConfig::for_mode(self.mode.unwrap_or_default()),
         };
         if let Some(v) = self.mode {
@@ -556,5 +596,19 @@ impl ProgressView {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A misspelt setting is named; known ones, tagged tables and an optional task are not.
+    #[test]
+    fn unknown_config_keys_are_named() {
+        let text = "mode = \"finetune\"\nhead_int = \"random\"\ntask = \"binary\"\n\
+                    [preprocess]\nsize = 64\nsise = 3\n[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\n";
+        assert_eq!(unknown_keys(text), ["head_int", "preprocess.sise"]);
+        assert!(unknown_keys(&toml::to_string(&TrainConfig::default()).unwrap()).is_empty());
     }
 }

@@ -424,3 +424,54 @@ impl Classifier {
         decision::predicted_label(self.info.task, &self.info.labels, probs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(extra: serde_json::Value) -> ModelInfo {
+        let mut v = serde_json::json!({
+            "mode": "probe",
+            "task": "multi-class",
+            "labels": ["a", "b", "c"],
+            "preprocess": Preprocess::default(),
+            "finetune_start": 0,
+            "feature_mean": [],
+            "feature_std": [],
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// A model says what it is: its backbone and the features its probe reads; a
+    /// `model.json` from before multi-scale features reads as plain ones.
+    #[test]
+    fn a_model_names_its_backbone_and_features() {
+        let old = info(serde_json::json!({}));
+        assert!(!old.multiscale);
+        assert_eq!(old.feature_kind().width(), FEATURES);
+        assert_eq!(
+            old.mode_name(),
+            "linear probe on EfficientNet-Lite0 features"
+        );
+        let multi = info(serde_json::json!({
+            "backbone": "efficientnet-lite2",
+            "multiscale": true,
+            "orientation_mean": true,
+        }));
+        assert_eq!(
+            multi.mode_name(),
+            "linear probe on EfficientNet-Lite2 multi-scale features averaged over 8 orientations"
+        );
+        assert_eq!(multi.feature_kind().width(), FEATURES + 120 + 208);
+        let tuned = info(serde_json::json!({"mode": "finetune", "multiscale": true}));
+        assert_eq!(tuned.mode_name(), "fine-tuned EfficientNet-Lite0");
+        assert_eq!(
+            tuned.feature_kind().width(),
+            FEATURES,
+            "a fine-tuned head reads the final pool"
+        );
+    }
+}
