@@ -220,21 +220,33 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
             "{name}: {p:?} {q:?}"
         );
     }
+    // A file that is not an image is listed and skipped; only --strict makes that an exit 3.
+    std::fs::write(data.join("Eosinophil/broken.jpeg"), b"not a jpeg").unwrap();
     let explained = tmp.path().join("explained");
-    let out = run(&[
-        "explain",
-        path_str(&run_dir),
-        path_str(&data.join("Eosinophil")),
-        "--out",
-        path_str(&explained),
-    ]);
+    let eosinophils = data.join("Eosinophil");
+    let explain = |strict: bool| {
+        let mut args = vec![
+            "explain",
+            path_str(&run_dir),
+            path_str(&eosinophils),
+            "--out",
+            path_str(&explained),
+        ];
+        if strict {
+            args.push("--strict");
+        }
+        run(&args)
+    };
+    let out = explain(false);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpeg"));
     let index = std::fs::read_to_string(explained.join("saliency.csv")).unwrap();
     assert_eq!(index.lines().count(), 13, "{index}");
+    assert_eq!(explain(true).status.code(), Some(3));
 }
 
 fn run_cmd_predict(run_dir: &Path, data: &Path, out: &Path) -> std::process::Output {

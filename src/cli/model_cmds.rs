@@ -52,8 +52,21 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub class: Option<String>,
     /// Opacity of the overlay at its strongest point, 0 to 1.
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, value_parser = opacity)]
     pub opacity: f32,
+    /// Exit with code 3 when an image could not be read (it is listed and skipped either
+    /// way), as `predict --strict` does.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn opacity(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
 }
 
 /// `cellbench explain`: class activation maps of a run's model, as overlays and raw maps.
@@ -123,7 +136,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         args.out.display(),
         skipped
     );
-    Ok(if skipped > 0 {
+    Ok(if skipped > 0 && args.strict {
         super::exit::PROBLEMS
     } else {
         0
