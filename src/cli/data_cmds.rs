@@ -2,19 +2,6 @@
 
 use std::path::PathBuf;
 
-/// `println!` that ends the process quietly when stdout is closed (`cellbench … | head`).
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = writeln!(out, $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-
 use anyhow::Context as _;
 use clap::Args;
 

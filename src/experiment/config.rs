@@ -275,12 +275,12 @@ impl TrainConfig {
 
     /// What the probe's feature vectors hold (fine-tuned heads read the final pool of one view).
     pub fn feature_kind(&self) -> crate::model::extractor::FeatureKind {
-        let probe = self.mode == Mode::Probe;
-        crate::model::extractor::FeatureKind {
-            backbone: self.backbone,
-            orientation_mean: probe && self.orientation_mean,
-            multiscale: probe && self.multiscale,
-        }
+        crate::model::extractor::FeatureKind::for_mode(
+            self.mode,
+            self.backbone,
+            self.orientation_mean,
+            self.multiscale,
+        )
     }
 
     /// This config on `backbone`, at the backbone's input size (scratch CNNs keep theirs: they

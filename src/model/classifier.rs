@@ -72,12 +72,12 @@ impl ModelInfo {
 
     /// What the head's feature vectors hold (fine-tuned heads: the final pool of one view).
     pub fn feature_kind(&self) -> super::extractor::FeatureKind {
-        let probe = self.mode == Mode::Probe;
-        super::extractor::FeatureKind {
-            backbone: self.backbone,
-            orientation_mean: probe && self.orientation_mean,
-            multiscale: probe && self.multiscale,
-        }
+        super::extractor::FeatureKind::for_mode(
+            self.mode,
+            self.backbone,
+            self.orientation_mean,
+            self.multiscale,
+        )
     }
 
     /// What the model is, in words: the mode, the backbone and the features a probe reads.

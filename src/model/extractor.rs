@@ -27,6 +27,22 @@ impl FeatureKind {
         }
     }
 
+    /// The features a head of `mode` reads: a probe's as asked; a fine-tuned head (and a
+    /// scratch CNN, which reads none) the final pool of one view.
+    pub fn for_mode(
+        mode: super::task::Mode,
+        backbone: Backbone,
+        orientation_mean: bool,
+        multiscale: bool,
+    ) -> Self {
+        let probe = mode == super::task::Mode::Probe;
+        Self {
+            backbone,
+            orientation_mean: probe && orientation_mean,
+            multiscale: probe && multiscale,
+        }
+    }
+
     /// Blocks run before each pooled tap (empty unless multi-scale).
     pub fn taps(&self) -> Vec<usize> {
         if self.multiscale {

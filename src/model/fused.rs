@@ -394,9 +394,26 @@ impl FusedLite {
         s: &mut Scratch,
         par: gemm::Parallelism,
     ) -> (usize, usize, usize) {
+        self.trunk_seen(chw, h, w, blocks, s, par, |_, _, _| {})
+    }
+
+    /// As [`Self::trunk`], showing `seen(blocks run, (h, w, c), activation)` each block's
+    /// channels-last output: where multi-scale features take their pools and maps.
+    #[allow(clippy::too_many_arguments)]
+    fn trunk_seen(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        blocks: usize,
+        s: &mut Scratch,
+        par: gemm::Parallelism,
+        mut seen: impl FnMut(usize, (usize, usize, usize), &[f32]),
+    ) -> (usize, usize, usize) {
         let mut hwc = self.stem_into(chw, h, w, s, par);
-        for block in self.blocks.iter().take(blocks) {
+        for (i, block) in self.blocks.iter().take(blocks).enumerate() {
             hwc = Self::block_into(block, hwc, s, par);
+            seen(i + 1, hwc, &s.x[..hwc.0 * hwc.1 * hwc.2]);
         }
         hwc
     }
@@ -539,16 +556,21 @@ impl FusedLite {
         par: gemm::Parallelism,
     ) {
         let (head_out, mut rest) = out.split_at_mut(FEATURES);
-        let mut hwc = self.stem_into(chw, h, w, s, par);
-        for (i, block) in self.blocks.iter().enumerate() {
-            hwc = Self::block_into(block, hwc, s, par);
-            if taps.contains(&(i + 1)) {
-                let (h, w, c) = hwc;
-                let (this, after) = rest.split_at_mut(c);
-                mean_rows(&s.x[..h * w * c], c, this);
-                rest = after;
-            }
-        }
+        let hwc = self.trunk_seen(
+            chw,
+            h,
+            w,
+            self.blocks.len(),
+            s,
+            par,
+            |done, (_, _, c), x| {
+                if taps.contains(&done) {
+                    let (this, after) = std::mem::take(&mut rest).split_at_mut(c);
+                    mean_rows(x, c, this);
+                    rest = after;
+                }
+            },
+        );
         self.head_pool(hwc, s, head_out, par);
     }
 
@@ -657,17 +679,13 @@ impl FusedLite {
     ) -> Vec<(Vec<f32>, (usize, usize, usize))> {
         SCRATCH.with_borrow_mut(|s| {
             let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
-            let mut hwc = self.stem_into(chw, h, w, s, par);
+            let last = taps.iter().copied().max().unwrap_or(0);
             let mut out = Vec::new();
-            for (i, block) in self.blocks.iter().enumerate() {
-                if out.len() == taps.len() {
-                    break;
+            self.trunk_seen(chw, h, w, last, s, par, |done, hwc, x| {
+                if taps.contains(&done) {
+                    out.push((x.to_vec(), hwc));
                 }
-                hwc = Self::block_into(block, hwc, s, par);
-                if taps.contains(&(i + 1)) {
-                    out.push((s.x[..hwc.0 * hwc.1 * hwc.2].to_vec(), hwc));
-                }
-            }
+            });
             out
         })
     }

@@ -183,6 +183,7 @@ impl<'a> Trainer<'a> {
         };
         let blocks = config.backbone.num_blocks();
         let finetune_start = blocks.saturating_sub(config.unfreeze_blocks.min(blocks));
+        let kind = config.feature_kind();
         let mut info = ModelInfo {
             format_version: crate::runs::FORMAT_VERSION,
             mode: config.mode,
@@ -195,8 +196,8 @@ impl<'a> Trainer<'a> {
             feature_std: Vec::new(),
             cumulative: data.task == Task::Ordinal,
             temperature: None,
-            orientation_mean: config.feature_kind().orientation_mean,
-            multiscale: config.feature_kind().multiscale,
+            orientation_mean: kind.orientation_mean,
+            multiscale: kind.multiscale,
             dataset_root: Some(
                 std::path::absolute(&job.manifest.root)
                     .unwrap_or_else(|_| job.manifest.root.clone()),
@@ -222,7 +223,7 @@ impl<'a> Trainer<'a> {
                 )?;
                 info.feature_mean = standardiser.mean;
                 info.feature_std = standardiser.std;
-                let head = Head::zeros(config.feature_kind().width(), outputs, config.dropout, &ad);
+                let head = Head::zeros(kind.width(), outputs, config.dropout, &ad);
                 (Net::Probe(head), Feeder::Features { rows })
             }
             Mode::Finetune => {
