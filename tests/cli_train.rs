@@ -1196,18 +1196,7 @@ fn calibrated_probe_saves_its_temperature_and_predict_uses_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 12);
     let runs = tmp.path().join("runs");
-    let out = run(&[
-        "train",
-        path_str(&data),
-        "--calibrate",
-        "--backend",
-        "cpu",
-        "--image-size",
-        "64",
-        "--runs",
-        path_str(&runs),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train_small(&data, &runs, &["--calibrate"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("temperature scaling"),
         "the metrics table names the temperature"
@@ -1238,6 +1227,23 @@ fn calibrated_probe_saves_its_temperature_and_predict_uses_it() {
     assert_run_agrees_with_predict(&dir, &data, &pred, "calibrated probe");
 }
 
+/// `cellbench train DATA EXTRA… --backend cpu --image-size 64 --runs RUNS`, asserted to succeed.
+fn train_small(data: &Path, runs: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", path_str(data)];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--backend",
+        "cpu",
+        "--image-size",
+        "64",
+        "--runs",
+        path_str(runs),
+    ]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 /// A run stopped before its first checkpoint (here: its checkpoints removed) resumes by
 /// starting again, says so, and finishes; options given with `--resume` are named as ignored.
 #[test]
@@ -1245,17 +1251,7 @@ fn a_run_without_a_checkpoint_resumes_by_starting_again() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
     let runs = tmp.path().join("runs");
-    let out = run(&[
-        "train",
-        path_str(&data),
-        "--backend",
-        "cpu",
-        "--image-size",
-        "64",
-        "--runs",
-        path_str(&runs),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    train_small(&data, &runs, &[]);
     let run_dir = only_run(&runs);
     std::fs::remove_dir_all(run_dir.join("checkpoint")).unwrap();
     let out = run(&[
@@ -1286,19 +1282,7 @@ fn unused_options_and_an_unlearnt_label_are_reported() {
         std::fs::write(dead.join(format!("m{i}.jpg")), b"not a jpeg").unwrap();
     }
     let runs = tmp.path().join("runs");
-    let out = run(&[
-        "train",
-        path_str(&data),
-        "--backend",
-        "cpu",
-        "--image-size",
-        "64",
-        "--head-init",
-        "random",
-        "--runs",
-        path_str(&runs),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train_small(&data, &runs, &["--head-init", "random"]);
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         all.contains("not used by a probe run: --head-init (fine-tuning only)"),
@@ -1336,17 +1320,7 @@ fn a_truncated_jpeg_is_skipped_not_trained_on() {
     let cut = data.join("Eosinophil/cut.jpeg");
     std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
     let runs = tmp.path().join("runs");
-    let out = run(&[
-        "train",
-        path_str(&data),
-        "--backend",
-        "cpu",
-        "--image-size",
-        "64",
-        "--runs",
-        path_str(&runs),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train_small(&data, &runs, &[]);
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         all.contains("skipped unreadable image (truncated") && all.contains("cut.jpeg"),

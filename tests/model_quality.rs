@@ -110,23 +110,7 @@ fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe(
         "{stdout}"
     );
     // The saved model predicts what the run recorded.
-    let pred = tmp.path().join("pred.csv");
-    let out = run_cmd_predict(&run_dir, &data, &pred);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saved = probabilities(&pred);
-    let recorded = probabilities(&run_dir.join("predictions.csv"));
-    assert!(!recorded.is_empty());
-    for (name, (_, p)) in &recorded {
-        let q = &saved[name].1;
-        assert!(
-            p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4),
-            "{name}: {p:?} {q:?}"
-        );
-    }
+    assert_predict_reproduces_the_run(&run_dir, &data, &tmp.path().join("pred.csv"));
 
     // Nested cross-validation: the choice is refitted on training + validation, and the
     // fold (test side) is scored by exactly the kept model.
@@ -203,23 +187,7 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
         info["feature_mean"].as_array().unwrap().len(),
         1280 + 112 + 192
     );
-    let pred = tmp.path().join("pred.csv");
-    let out = run_cmd_predict(&run_dir, &data, &pred);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saved = probabilities(&pred);
-    let recorded = probabilities(&run_dir.join("predictions.csv"));
-    assert!(!recorded.is_empty());
-    for (name, (_, p)) in &recorded {
-        let q = &saved[name].1;
-        assert!(
-            p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4),
-            "{name}: {p:?} {q:?}"
-        );
-    }
+    assert_predict_reproduces_the_run(&run_dir, &data, &tmp.path().join("pred.csv"));
     // A file that is not an image is listed and skipped; only --strict makes that an exit 3.
     std::fs::write(data.join("Eosinophil/broken.jpeg"), b"not a jpeg").unwrap();
     let explained = tmp.path().join("explained");
@@ -247,6 +215,27 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
     let index = std::fs::read_to_string(explained.join("saliency.csv")).unwrap();
     assert_eq!(index.lines().count(), 13, "{index}");
     assert_eq!(explain(true).status.code(), Some(3));
+}
+
+/// `predict` on `data` with the run's saved model gives the probabilities its
+/// `predictions.csv` recorded (to 1e-4), for every image it recorded.
+fn assert_predict_reproduces_the_run(run_dir: &Path, data: &Path, pred: &Path) {
+    let out = run_cmd_predict(run_dir, data, pred);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = probabilities(pred);
+    let recorded = probabilities(&run_dir.join("predictions.csv"));
+    assert!(!recorded.is_empty());
+    for (name, (_, p)) in &recorded {
+        let q = &saved[name].1;
+        assert!(
+            p.iter().zip(q).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{name}: {p:?} {q:?}"
+        );
+    }
 }
 
 fn run_cmd_predict(run_dir: &Path, data: &Path, out: &Path) -> std::process::Output {

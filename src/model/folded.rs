@@ -135,6 +135,16 @@ mod tests {
     use super::*;
     use crate::model::efficientnet::{Backbone, bundled_weights, reference};
 
+    /// The bundled Lite0 on `device`.
+    fn lite0(device: &Device) -> EfficientNetLite {
+        EfficientNetLite::load(
+            Backbone::Lite0,
+            &bundled_weights(Backbone::Lite0).unwrap(),
+            device,
+        )
+        .unwrap()
+    }
+
     fn logits(
         model: &EfficientNetLite,
         folded: &FoldedLite,
@@ -156,12 +166,7 @@ mod tests {
     #[test]
     fn folded_reproduces_pytorch_reference_logits() {
         let device = Device::flex();
-        let model = EfficientNetLite::load(
-            Backbone::Lite0,
-            &bundled_weights(Backbone::Lite0).unwrap(),
-            &device,
-        )
-        .unwrap();
+        let model = lite0(&device);
         let folded = FoldedLite::of(&model);
         let (batch, expected) = reference::fixture(Backbone::Lite0);
         let n = expected.len();
@@ -173,12 +178,7 @@ mod tests {
     #[test]
     fn folded_multiscale_features_match_the_fused_network() {
         let device = Device::flex();
-        let model = EfficientNetLite::load(
-            Backbone::Lite0,
-            &bundled_weights(Backbone::Lite0).unwrap(),
-            &device,
-        )
-        .unwrap();
+        let model = lite0(&device);
         let taps: Vec<usize> = Backbone::Lite0.taps().iter().map(|t| t.0).collect();
         let (batch, _) = reference::fixture(Backbone::Lite0);
         let one = batch[..3 * 224 * 224].to_vec();
@@ -208,12 +208,7 @@ mod tests {
     fn folded_on_wgpu_reproduces_pytorch_reference_logits() {
         let compute = crate::model::backend::select(crate::model::backend::BackendChoice::Wgpu)
             .expect("a wgpu adapter (the test command installs Mesa's software Vulkan)");
-        let model = EfficientNetLite::load(
-            Backbone::Lite0,
-            &bundled_weights(Backbone::Lite0).unwrap(),
-            &compute.device,
-        )
-        .unwrap();
+        let model = lite0(&compute.device);
         let folded = FoldedLite::of(&model);
         let (batch, expected) = reference::fixture(Backbone::Lite0);
         let n = 1;

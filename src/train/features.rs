@@ -343,12 +343,8 @@ mod tests {
     use super::*;
     use crate::model::efficientnet::FEATURES;
 
-    /// Orientation-averaged features do not change when the cell is turned or flipped;
-    /// plain features do.
-    #[test]
-    fn orientation_mean_is_the_same_for_every_orientation() {
-        let extractor =
-            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
+    /// The first demo Neutrophil, preprocessed at 64².
+    fn demo_cell() -> Vec<f32> {
         let pre = Preprocess {
             size: 64,
             ..Preprocess::default()
@@ -360,7 +356,16 @@ mod tests {
             .unwrap()
             .unwrap()
             .path();
-        let img = pre.load(&file).unwrap();
+        pre.load(&file).unwrap()
+    }
+
+    /// Orientation-averaged features do not change when the cell is turned or flipped;
+    /// plain features do.
+    #[test]
+    fn orientation_mean_is_the_same_for_every_orientation() {
+        let extractor =
+            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
+        let img = demo_cell();
         let mut turned = img.clone();
         // Transpose + flip: a 90° turn.
         crate::dataset::preprocess::dihedral(&mut turned, 64, 5);
@@ -501,20 +506,7 @@ mod tests {
         };
         assert_eq!(backbone.taps(), [(11, 112), (15, 192)]);
         assert_eq!(kind.width(), FEATURES + 112 + 192);
-        let pre = Preprocess {
-            size: 64,
-            ..Preprocess::default()
-        };
-        let dir = crate::demo_dataset().join("Neutrophil");
-        let file = crate::fs::read_dir(&dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let img = pre.apply(
-            &crate::dataset::image_io::decode_bytes(&crate::fs::read(&file).unwrap()).unwrap(),
-        );
+        let img = demo_cell();
         let plain = extractor.features(img.clone(), 1, 64);
         let multi = extractor.features_of(&kind, img.clone(), 1, 64);
         assert_eq!(multi.len(), kind.width());
