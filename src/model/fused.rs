@@ -24,49 +24,49 @@ const BN_EPS: f32 = 1e-3;
 
 /// A 1×1 convolution with folded batch norm: `[P, c_in] × [c_in, c_out] + bias`.
 #[derive(Clone, Debug)]
-struct Pointwise {
-    c_in: usize,
-    c_out: usize,
+pub(super) struct Pointwise {
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
     /// `[c_in, c_out]`, row-major.
-    w: Vec<f32>,
-    b: Vec<f32>,
-    relu6: bool,
+    pub(super) w: Vec<f32>,
+    pub(super) b: Vec<f32>,
+    pub(super) relu6: bool,
 }
 
 /// A k×k depthwise convolution with folded batch norm and ReLU6, TF "SAME" padding.
 #[derive(Clone, Debug)]
-struct Depthwise {
-    c: usize,
-    k: usize,
-    stride: usize,
+pub(super) struct Depthwise {
+    pub(super) c: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
     /// `[k * k, c]`: one row of channel weights per kernel tap.
-    w: Vec<f32>,
-    b: Vec<f32>,
+    pub(super) w: Vec<f32>,
+    pub(super) b: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
-struct Block {
-    expand: Option<Pointwise>,
-    depthwise: Depthwise,
-    project: Pointwise,
-    residual: bool,
+pub(super) struct Block {
+    pub(super) expand: Option<Pointwise>,
+    pub(super) depthwise: Depthwise,
+    pub(super) project: Pointwise,
+    pub(super) residual: bool,
 }
 
 /// The 3×3 stride-2 stem (3 → 32 channels), as an im2col product.
 #[derive(Clone, Debug)]
-struct Stem {
-    c_out: usize,
+pub(super) struct Stem {
+    pub(super) c_out: usize,
     /// `[3 * 3 * 3, c_out]`, rows ordered `(c_in, ky, kx)`.
-    w: Vec<f32>,
-    b: Vec<f32>,
+    pub(super) w: Vec<f32>,
+    pub(super) b: Vec<f32>,
 }
 
 /// EfficientNet-Lite0 features on the CPU, batch norm folded, channels-last.
 #[derive(Clone, Debug)]
 pub struct FusedLite {
-    stem: Stem,
-    blocks: Vec<Block>,
-    head: Pointwise,
+    pub(super) stem: Stem,
+    pub(super) blocks: Vec<Block>,
+    pub(super) head: Pointwise,
 }
 
 /// One image's features in progress (see [`FusedLite::begin`]).
@@ -228,7 +228,7 @@ fn bias_add_residual(row: &mut [f32], b: &[f32], r: &[f32]) {
 
 /// Output size and leading padding of TF "SAME": `ceil(n / stride)`, with the odd pixel of
 /// padding at the end.
-fn same(n: usize, k: usize, stride: usize) -> (usize, usize) {
+pub(super) fn same(n: usize, k: usize, stride: usize) -> (usize, usize) {
     let out = n.div_ceil(stride);
     let total = ((out - 1) * stride + k).saturating_sub(n);
     (out, total / 2)

@@ -8,6 +8,7 @@ pub mod efficientnet;
 pub mod extractor;
 pub mod folded;
 pub mod fused;
+pub mod gpu;
 pub mod heads;
 pub mod ordinal;
 pub mod safetensors;
