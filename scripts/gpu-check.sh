@@ -350,6 +350,7 @@ run_check() {
   step check-cpu 30 "$bin" weights check --backend cpu "$photo"
   step map-wgpu 30 "$bin" bench map --points 100000 --frames 300 --json
   step featurize-wgpu 60 "$bin" bench featurize --backend wgpu "${b[@]}" --json
+  step featurize-wgsl 30 "$bin" bench featurize --wgsl "${b[@]}" --json
   step finetune-wgpu 75 "$bin" bench finetune --backend wgpu "${b[@]}" --unfreeze "$UNFREEZE" --json
   step featurize-cuda 45 "$py" "$dir/tools/bench_pytorch_featurize.py" --device cuda --threads "$threads" "${p[@]}" --json
   step finetune-cuda 45 "$py" "$dir/tools/bench_pytorch_finetune.py" --device cuda --threads "$threads" "${p[@]}" --unfreeze "$UNFREEZE" --json
@@ -365,6 +366,7 @@ import json, os, re, sys
 steps, results, batch, batches, unfreeze, elapsed = sys.argv[1:]
 ROWS = [  # what, step, the PyTorch step it is compared with
     ("featurize wgpu", "featurize-wgpu", "featurize-cuda"),
+    ("featurize wgpu, our WGSL (the page's WebGPU path)", "featurize-wgsl", "featurize-cuda"),
     ("featurize PyTorch CUDA", "featurize-cuda", None),
     ("featurize cpu fused", "featurize-cpu", "featurize-torch-cpu"),
     ("featurize PyTorch CPU", "featurize-torch-cpu", None),

@@ -40,3 +40,5 @@ if [ ! -d "$CELLBENCH_PLAYWRIGHT/node_modules/playwright-core" ]; then
   npm install --silent --no-audit --no-fund --prefix "$CELLBENCH_PLAYWRIGHT" playwright-core@1.64.1
 fi
 node tests/web/e2e.mjs --screenshot "$CARGO_TARGET_DIR/web-e2e.png"
+# The same notebook with its features on the browser's WebGPU (Chromium's software adapter).
+node tests/web/e2e.mjs --webgpu --screenshot "$CARGO_TARGET_DIR/web-e2e-webgpu.png"

@@ -68,8 +68,12 @@ pub fn featurize(
     batch_size: usize,
     batches: usize,
     graph: bool,
+    wgsl: bool,
 ) -> anyhow::Result<FeaturizeBench> {
     use crate::model::extractor::{Extractor, load_backbone};
+    if wgsl {
+        return featurize_wgsl(backbone, batch_size, batches);
+    }
     let compute = crate::model::backend::select(choice)?;
     let threads = rayon::current_num_threads();
     let (extractor, device) = if compute.is_gpu {
@@ -93,6 +97,17 @@ pub fn featurize(
             format!("cpu, fused, {threads} threads"),
         )
     };
+    let (batch, side) = demo_batch(backbone, batch_size)?;
+    time_featurize(backbone, device, batch_size, batches, || {
+        Ok(extractor.features(batch.clone(), batch_size, side))
+    })
+}
+
+/// `batch_size` demo images preprocessed for `backbone`, `[n, 3, side, side]`, and the side.
+fn demo_batch(
+    backbone: crate::model::efficientnet::Backbone,
+    batch_size: usize,
+) -> anyhow::Result<(Vec<f32>, usize)> {
     let pre = crate::dataset::preprocess::Preprocess {
         size: backbone.input_size(),
         ..Default::default()
@@ -111,9 +126,19 @@ pub fn featurize(
         .flatten()
         .copied()
         .collect();
-    let side = pre.size as usize;
-    let run = || -> anyhow::Result<()> {
-        let f = extractor.features(batch.clone(), batch_size, side);
+    Ok((batch, pre.size as usize))
+}
+
+/// One warm-up call of `run` (a batch's features), then `batches` timed ones.
+fn time_featurize(
+    backbone: crate::model::efficientnet::Backbone,
+    device: String,
+    batch_size: usize,
+    batches: usize,
+    run: impl Fn() -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<FeaturizeBench> {
+    let check = || -> anyhow::Result<()> {
+        let f = run()?;
         anyhow::ensure!(
             f.len() == batch_size * crate::model::efficientnet::FEATURES,
             "feature shape"
@@ -121,22 +146,47 @@ pub fn featurize(
         Ok(())
     };
     let start = Instant::now();
-    run()?;
+    check()?;
     let warmup_secs = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for _ in 0..batches.max(1) {
-        run()?;
+        check()?;
     }
     let timed_secs = start.elapsed().as_secs_f64();
     Ok(FeaturizeBench {
         kind: "featurize",
         backbone: backbone.short_name(),
-        size: pre.size,
+        size: backbone.input_size(),
         device,
         batch_size,
         batches: batches.max(1),
         warmup_secs,
         timed_secs,
         images_per_sec: (batch_size * batches.max(1)) as f64 / timed_secs,
+    })
+}
+
+/// Feature extraction through our own WGSL network ([`crate::model::gpu::GpuLite`], what
+/// the browser runs on WebGPU) on this machine's wgpu adapter, waiting for each batch.
+fn featurize_wgsl(
+    backbone: crate::model::efficientnet::Backbone,
+    batch_size: usize,
+    batches: usize,
+) -> anyhow::Result<FeaturizeBench> {
+    let (device, queue, adapter) = crate::render::points::headless_device()?;
+    let cpu = burn::tensor::Device::flex();
+    let crate::model::extractor::Extractor::Cpu(net) =
+        crate::model::extractor::Extractor::bundled(backbone, &cpu)?
+    else {
+        anyhow::bail!("the folded network");
+    };
+    let (batch, side) = demo_batch(backbone, batch_size)?;
+    let gpu = crate::model::gpu::GpuLite::new(&device, &queue, &net, side, batch_size, &[])?;
+    let description = format!(
+        "wgpu, our WGSL network, {adapter}, {} images per dispatch",
+        gpu.batch()
+    );
+    time_featurize(backbone, description, batch_size, batches, || {
+        gpu.features(&batch)
     })
 }

@@ -192,6 +192,10 @@ pub enum BenchCommand {
         /// On the CPU, time the general burn graph (flex backend) instead of the fused network.
         #[arg(long)]
         graph: bool,
+        /// Time our own WGSL network (shaders/lite.wgsl, the browser's WebGPU path) on this
+        /// machine's wgpu adapter instead of the backends.
+        #[arg(long)]
+        wgsl: bool,
         /// One JSON object per backend instead of a sentence.
         #[arg(long)]
         json: bool,
@@ -390,14 +394,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             batches,
             backend,
             graph,
+            wgsl,
             json,
         })) => {
             anyhow::ensure!(
                 batch_size >= 1 && batches >= 1,
                 "--batch-size and --batches must be at least 1"
             );
-            for choice in bench_backends(backend) {
-                let r = crate::bench::featurize(choice, backbone, batch_size, batches, graph)?;
+            let choices = if wgsl {
+                vec![BackendChoice::Wgpu]
+            } else {
+                bench_backends(backend)
+            };
+            for choice in choices {
+                let r =
+                    crate::bench::featurize(choice, backbone, batch_size, batches, graph, wgsl)?;
                 if json {
                     outln!("{}", serde_json::to_string(&r)?);
                     continue;

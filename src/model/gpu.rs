@@ -179,10 +179,7 @@ fn plan(net: &FusedLite, n: usize, side: usize, taps: &[usize]) -> (Vec<Step>, V
         dst,
         extra: residual.unwrap_or(Buf::Weights),
         written: n * h * w * pw.c_out,
-        groups: (
-            u(pw.c_out.div_ceil(64)),
-            u((n * h * w).div_ceil(64)).max(1),
-        ),
+        groups: (u(pw.c_out.div_ceil(64)), u((n * h * w).div_ceil(64)).max(1)),
     };
     let pool = |(h, w, c): (usize, usize, usize), src: Buf, out_off: usize| Step {
         kernel: Kernel::Pool,
@@ -275,10 +272,66 @@ fn plan(net: &FusedLite, n: usize, side: usize, taps: &[usize]) -> (Vec<Step>, V
     (steps, weights, width)
 }
 
+/// The outcome of GPU work known only later: 0 not yet, 1 done, 2 failed (with a message).
+#[derive(Default)]
+struct Outcome {
+    state: AtomicU8,
+    message: std::sync::Mutex<String>,
+}
+
+impl Outcome {
+    fn set(&self, error: Option<String>) {
+        if let Some(e) = error {
+            *self.message.lock().unwrap_or_else(|p| p.into_inner()) = e;
+            self.state.store(2, Ordering::SeqCst);
+        } else {
+            self.state
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .ok();
+        }
+    }
+
+    /// `None` while unknown, else whether it succeeded (the error's message if not).
+    fn get(&self) -> Option<Result<(), String>> {
+        match self.state.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(Ok(())),
+            _ => Some(Err(self
+                .message
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone())),
+        }
+    }
+}
+
+/// Captures the device's validation and out-of-memory errors of the work `f` does into
+/// `outcome`: at once where the device answers at once (native), when the browser answers on
+/// a page. A WebGPU error arrives after the call that caused it, so work is trusted only once
+/// its outcome is known.
+fn checked<T>(device: &wgpu::Device, outcome: &Arc<Outcome>, f: impl FnOnce() -> T) -> T {
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let out = f();
+    let (memory, validation) = (memory.pop(), validation.pop());
+    let outcome = outcome.clone();
+    let settle = async move {
+        let error = memory.await.or(validation.await);
+        outcome.set(error.map(|e| e.to_string()));
+    };
+    #[cfg(target_arch = "wasm32")]
+    wasm_bindgen_futures::spawn_local(settle);
+    #[cfg(not(target_arch = "wasm32"))]
+    pollster::block_on(settle);
+    out
+}
+
 /// One batch on its way back from the GPU (see [`GpuLite::submit`]).
 pub struct Pending {
-    /// 0 mapping, 1 mapped, 2 failed.
-    state: Arc<AtomicU8>,
+    /// The copy back to readable memory.
+    mapped: Arc<Outcome>,
+    /// The device's errors for the batch's commands.
+    errors: Arc<Outcome>,
     images: usize,
 }
 
@@ -297,6 +350,8 @@ pub struct GpuLite {
     width: usize,
     /// The bind groups' buffers, kept for as long as they are.
     _buffers: Vec<wgpu::Buffer>,
+    /// The device's errors while the network was compiled and its weights uploaded.
+    built: Arc<Outcome>,
 }
 
 impl GpuLite {
@@ -323,7 +378,22 @@ impl GpuLite {
              device's storage limit of {limit}"
         );
         let (steps, weights, width) = plan(net, batch, side, taps);
+        let built = Arc::new(Outcome::default());
+        let this = checked(device, &built, || {
+            Self::build(device, queue, &steps, &weights, batch, side, width)
+        });
+        Ok(Self { built, ..this })
+    }
 
+    fn build(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        steps: &[Step],
+        weights: &[f32],
+        batch: usize,
+        side: usize,
+        width: usize,
+    ) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("cellbench lite"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/lite.wgsl").into()),
@@ -386,11 +456,17 @@ impl GpuLite {
         };
         let store = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let weights_buf = buffer("cellbench lite weights", weights.len(), store);
-        queue.write_buffer(&weights_buf, 0, &f32_bytes(&weights));
+        queue.write_buffer(&weights_buf, 0, &f32_bytes(weights));
         let input = buffer("cellbench lite input", batch * 3 * side * side, store);
         let act_len = steps.iter().map(|s| s.written).max().unwrap_or(1);
         let acts: Vec<wgpu::Buffer> = (0..3)
-            .map(|_| buffer("cellbench lite activation", act_len, wgpu::BufferUsages::STORAGE))
+            .map(|_| {
+                buffer(
+                    "cellbench lite activation",
+                    act_len,
+                    wgpu::BufferUsages::STORAGE,
+                )
+            })
             .collect();
         let output = buffer(
             "cellbench lite features",
@@ -405,7 +481,7 @@ impl GpuLite {
 
         let mut uniforms = Vec::with_capacity(steps.len());
         let mut ops = Vec::with_capacity(steps.len());
-        for step in &steps {
+        for step in steps {
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("cellbench lite params"),
                 size: 64,
@@ -451,7 +527,7 @@ impl GpuLite {
         let mut kept = uniforms;
         kept.push(weights_buf);
         kept.extend(acts);
-        Ok(Self {
+        Self {
             device: device.clone(),
             queue: queue.clone(),
             pipelines,
@@ -463,7 +539,8 @@ impl GpuLite {
             side,
             width,
             _buffers: kept,
-        })
+            built: Arc::default(),
+        }
     }
 
     /// Images per batch.
@@ -491,7 +568,19 @@ impl GpuLite {
         // Zeros after the last image: the network runs the whole batch.
         let mut padded = f32_bytes(images);
         padded.resize(self.batch * per_image * 4, 0);
-        self.queue.write_buffer(&self.input, 0, &padded);
+        let errors = Arc::new(Outcome::default());
+        let mapped = Arc::new(Outcome::default());
+        checked(&self.device, &errors, || self.encode(&padded, n, &mapped));
+        Ok(Pending {
+            mapped,
+            errors,
+            images: n,
+        })
+    }
+
+    /// Writes the input, runs the network and starts the copy of `n` images' features back.
+    fn encode(&self, padded: &[u8], n: usize, mapped: &Arc<Outcome>) {
+        self.queue.write_buffer(&self.input, 0, padded);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -515,40 +604,48 @@ impl GpuLite {
         let bytes = (n * self.width * 4) as u64;
         encoder.copy_buffer_to_buffer(&self.output, 0, &self.staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
-        let state = Arc::new(AtomicU8::new(0));
-        let done = state.clone();
+        let done = mapped.clone();
         self.staging
             .slice(..bytes)
             .map_async(wgpu::MapMode::Read, move |r| {
-                done.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+                done.set(r.err().map(|e| e.to_string()));
             });
-        Ok(Pending { state, images: n })
     }
 
-    /// The features `[n, width]` of a submitted batch once the GPU has them; `None` while it
-    /// is still working.
+    /// The features `[n, width]` of a submitted batch once the GPU has them and has reported
+    /// no error for the network or the batch; `None` while either is unknown.
     pub fn take(&self, pending: &Pending) -> Option<anyhow::Result<Vec<f32>>> {
-        match pending.state.load(Ordering::SeqCst) {
-            0 => None,
-            1 => {
+        let (built, errors, mapped) = (
+            self.built.get()?,
+            pending.errors.get()?,
+            pending.mapped.get()?,
+        );
+        let failed = |what: &str, e: String| Some(Err(anyhow::anyhow!("{what}: {e}")));
+        if let Err(e) = built {
+            return failed("compiling the feature network on the GPU", e);
+        }
+        let out = match (errors, mapped) {
+            (Err(e), _) => failed("computing features on the GPU", e),
+            (_, Err(e)) => failed("reading features back from the GPU", e),
+            (Ok(()), Ok(())) => {
                 let bytes = (pending.images * self.width * 4) as u64;
-                let slice = self.staging.slice(..bytes);
-                let out = slice
+                let out = self
+                    .staging
+                    .slice(..bytes)
                     .get_mapped_range()
                     .map(|view| {
                         view.chunks_exact(4)
                             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                            .collect()
+                            .collect::<Vec<f32>>()
                     })
-                    .map_err(|e| anyhow::anyhow!("reading features back: {e:?}"));
-                self.staging.unmap();
+                    .map_err(|e| anyhow::anyhow!("reading features back from the GPU: {e:?}"));
                 Some(out)
             }
-            _ => {
-                self.staging.unmap();
-                Some(Err(anyhow::anyhow!("the GPU could not return the features")))
-            }
+        };
+        if pending.mapped.get() == Some(Ok(())) {
+            self.staging.unmap();
         }
+        out
     }
 
     /// Features `[n, width]` of any number of channels-first images, waiting for the device
@@ -589,14 +686,16 @@ mod tests {
         let (device, queue, name) = crate::render::points::headless_device()
             .expect("a wgpu adapter (the test command installs Mesa's software Vulkan)");
         let cpu = burn::tensor::Device::flex();
-        let model = crate::model::extractor::load_backbone(Backbone::Lite0, &cpu)
-            .expect("bundled Lite0");
+        let model =
+            crate::model::extractor::load_backbone(Backbone::Lite0, &cpu).expect("bundled Lite0");
         let net = FusedLite::from_model(&model);
         let side = 64;
         let mut rng = 7u64;
         let images: Vec<f32> = (0..3 * 3 * side * side)
             .map(|_| {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((rng >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
             })
             .collect();
@@ -614,5 +713,174 @@ mod tests {
         assert!(worst < 1e-4, "{name}: largest difference {worst}");
         // Not all zeros: the comparison means something.
         assert!(want[..FEATURES].iter().any(|v| v.abs() > 1e-3));
+    }
+}
+
+/// The page's WebGPU device, asked for once when the page starts. Features are computed on
+/// it when the browser has a GPU; on a software adapter (the browser's fallback) only when
+/// the page is opened with `?compute=webgpu`, since WebAssembly on the CPU is then as fast.
+#[cfg(target_arch = "wasm32")]
+pub mod browser {
+    use std::cell::{Cell, RefCell};
+    use std::sync::Arc;
+
+    use super::GpuLite;
+    use crate::model::fused::FusedLite;
+
+    /// Where the page computes features (the `compute` parameter of its address).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Preference {
+        /// WebGPU on a hardware adapter, else the CPU.
+        Auto,
+        /// WebGPU on any adapter the browser offers, software ones included.
+        WebGpu,
+        Cpu,
+    }
+
+    impl Preference {
+        /// `auto`, `webgpu` or `cpu`.
+        pub fn parse(s: &str) -> Option<Self> {
+            match s {
+                "auto" => Some(Self::Auto),
+                "webgpu" | "gpu" => Some(Self::WebGpu),
+                "cpu" => Some(Self::Cpu),
+                _ => None,
+            }
+        }
+    }
+
+    enum State {
+        Asking,
+        Ready {
+            device: wgpu::Device,
+            queue: wgpu::Queue,
+            adapter: String,
+            software: bool,
+        },
+        Unavailable(String),
+    }
+
+    /// Networks compiled on the device, by image side and multi-scale taps.
+    type Compiled = Vec<((usize, Vec<usize>), Arc<GpuLite>)>;
+
+    thread_local! {
+        static STATE: RefCell<State> = const { RefCell::new(State::Unavailable(String::new())) };
+        static PREFERENCE: Cell<Preference> = const { Cell::new(Preference::Auto) };
+        static NETWORKS: RefCell<Compiled> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Asks the browser for a WebGPU device; the answer arrives a few frames later (until
+    /// then features are computed on the CPU).
+    pub fn start(preference: Preference) {
+        PREFERENCE.set(preference);
+        if preference == Preference::Cpu {
+            STATE.replace(State::Unavailable(
+                "the page was opened with ?compute=cpu".into(),
+            ));
+            return;
+        }
+        STATE.replace(State::Asking);
+        wasm_bindgen_futures::spawn_local(async {
+            let state = acquire().await.unwrap_or_else(State::Unavailable);
+            STATE.replace(state);
+            log::info!("features compute on: {}", describe());
+        });
+    }
+
+    async fn acquire() -> Result<State, String> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::BROWSER_WEBGPU,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("this browser offers no WebGPU adapter ({e})"))?;
+        let info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("cellbench"),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("WebGPU gave no device: {e}"))?;
+        // Errors are captured per batch (see `checked`); anything else is logged, never a
+        // panic of the page.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("WebGPU: {e}")));
+        let adapter = if info.name.is_empty() {
+            "WebGPU".to_owned()
+        } else {
+            info.name
+        };
+        Ok(State::Ready {
+            device,
+            queue,
+            adapter,
+            software: info.device_type == wgpu::DeviceType::Cpu,
+        })
+    }
+
+    /// Whether the browser has answered (a device, or none).
+    pub fn answered() -> bool {
+        STATE.with_borrow(|s| !matches!(s, State::Asking))
+    }
+
+    fn used(software: bool) -> bool {
+        match PREFERENCE.get() {
+            Preference::Auto => !software,
+            Preference::WebGpu => true,
+            Preference::Cpu => false,
+        }
+    }
+
+    /// Where features are computed, for the page: `WebGPU (adapter)` or `CPU (why)`.
+    pub fn describe() -> String {
+        STATE.with_borrow(|s| match s {
+            State::Asking => "CPU (WebAssembly) until the browser answers for WebGPU".into(),
+            State::Ready {
+                adapter, software, ..
+            } if used(*software) => format!("WebGPU ({adapter})"),
+            State::Ready { adapter, .. } => format!(
+                "CPU (WebAssembly): WebGPU here is a software adapter ({adapter}); open the \
+                 page with ?compute=webgpu to use it"
+            ),
+            State::Unavailable(why) if why.is_empty() => "CPU (WebAssembly)".into(),
+            State::Unavailable(why) => format!("CPU (WebAssembly): {why}"),
+        })
+    }
+
+    /// `net` compiled on the page's WebGPU device for `side × side` images with `taps`, when
+    /// the page computes there (once per side and taps).
+    pub fn network(net: &FusedLite, side: usize, taps: &[usize]) -> Option<Arc<GpuLite>> {
+        let (device, queue) = STATE.with_borrow(|s| match s {
+            State::Ready {
+                device,
+                queue,
+                software,
+                ..
+            } if used(*software) => Some((device.clone(), queue.clone())),
+            _ => None,
+        })?;
+        let key = (side, taps.to_vec());
+        if let Some(n) =
+            NETWORKS.with_borrow(|c| c.iter().find(|(k, _)| *k == key).map(|e| e.1.clone()))
+        {
+            return Some(n);
+        }
+        // Eight images (or one image's eight orientations) per batch.
+        match GpuLite::new(&device, &queue, net, side, 8, taps) {
+            Ok(n) => {
+                let n = Arc::new(n);
+                NETWORKS.with_borrow_mut(|c| c.push((key, n.clone())));
+                Some(n)
+            }
+            Err(e) => {
+                log::warn!("the feature network does not fit this GPU ({e:#}); using the CPU");
+                None
+            }
+        }
     }
 }

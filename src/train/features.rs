@@ -184,7 +184,28 @@ pub struct FeatureSteps {
     next: usize,
     /// The image in progress.
     current: Option<InProgress>,
+    /// Where a GPU computes the features (see [`Self::on_gpu`]).
+    gpu: Option<GpuSteps>,
+    /// Images to compute again on the CPU (their GPU batch failed).
+    redo: std::collections::VecDeque<usize>,
     result: Featurized,
+}
+
+/// An image in a GPU batch: its index, cache key and number of views (rows of the output).
+type Batched = (usize, String, usize);
+
+/// The network on a GPU and the batch it is working on.
+struct GpuSteps {
+    net: std::sync::Arc<crate::model::gpu::GpuLite>,
+    in_flight: Option<(crate::model::gpu::Pending, Vec<Batched>)>,
+}
+
+/// What reading one image gave.
+enum Read {
+    /// Its features came from the cache, or it failed (both recorded).
+    Settled,
+    /// Its cache key and preprocessed views, `[views, 3, side, side]`.
+    Views(String, Vec<f32>),
 }
 
 impl FeatureSteps {
@@ -196,6 +217,20 @@ impl FeatureSteps {
         cache: Option<FeatureCache>,
     ) -> Self {
         let n = paths.len();
+        // In the browser, the page's WebGPU device when it computes there.
+        #[cfg(target_arch = "wasm32")]
+        let gpu = match &extractor {
+            Extractor::Cpu(net) => {
+                crate::model::gpu::browser::network(net, preprocess.size as usize, &kind.taps())
+                    .map(|net| GpuSteps {
+                        net,
+                        in_flight: None,
+                    })
+            }
+            Extractor::Burn { .. } => None,
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let gpu = None;
         Self {
             extractor,
             kind,
@@ -204,6 +239,8 @@ impl FeatureSteps {
             cache,
             next: 0,
             current: None,
+            gpu,
+            redo: Default::default(),
             result: Featurized {
                 features: vec![None; n],
                 failures: Vec::new(),
@@ -213,9 +250,25 @@ impl FeatureSteps {
         }
     }
 
+    /// Computes the images on `net` (a GPU network for this kind of features and
+    /// preprocessing) a batch at a time: a step sends a batch and returns; a later step
+    /// collects it. A batch the GPU fails is computed again on the CPU.
+    pub fn on_gpu(mut self, net: std::sync::Arc<crate::model::gpu::GpuLite>) -> Self {
+        self.gpu = Some(GpuSteps {
+            net,
+            in_flight: None,
+        });
+        self
+    }
+
     /// Images finished (read from the cache, computed or failed).
     pub fn done(&self) -> usize {
-        self.next - usize::from(self.current.is_some())
+        let on_gpu = self
+            .gpu
+            .as_ref()
+            .and_then(|g| g.in_flight.as_ref())
+            .map_or(0, |(_, items)| items.len());
+        self.next - usize::from(self.current.is_some()) - on_gpu - self.redo.len()
     }
 
     pub fn total(&self) -> usize {
@@ -225,13 +278,18 @@ impl FeatureSteps {
     /// Works for about `budget` (at least one piece); false once every image is done.
     pub fn step(&mut self, budget: std::time::Duration) -> bool {
         let start = web_time::Instant::now();
+        if self.gpu.is_some() {
+            return self.step_gpu(start, budget);
+        }
         loop {
             if self.current.is_none() && !self.start_next() {
                 return false;
             }
             self.advance();
             if start.elapsed() >= budget {
-                return self.current.is_some() || self.next < self.paths.len();
+                return self.current.is_some()
+                    || self.next < self.paths.len()
+                    || !self.redo.is_empty();
             }
         }
     }
@@ -241,19 +299,26 @@ impl FeatureSteps {
         self.result
     }
 
-    /// Reads the next image: its features from the cache, or its passes started. False when
-    /// no image is left.
-    fn start_next(&mut self) -> bool {
-        let Some(path) = self.paths.get(self.next).cloned() else {
-            return false;
-        };
-        let i = self.next;
-        self.next += 1;
-        let bytes = match crate::fs::read(&path) {
+    /// The next image to read: one whose GPU batch failed, else the next path.
+    fn take_next(&mut self) -> Option<usize> {
+        if let Some(i) = self.redo.pop_front() {
+            return Some(i);
+        }
+        (self.next < self.paths.len()).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// Reads image `i`: its features from the cache, or its preprocessed views (every
+    /// orientation when the features average them).
+    fn read(&mut self, i: usize) -> Read {
+        let path = &self.paths[i];
+        let bytes = match crate::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
-                self.result.failures.push((path, e.to_string()));
-                return true;
+                self.result.failures.push((path.clone(), e.to_string()));
+                return Read::Settled;
             }
         };
         let key = cache_key(&self.kind.cache_name(), &self.preprocess, &bytes);
@@ -264,40 +329,134 @@ impl FeatureSteps {
         {
             self.result.features[i] = Some(f);
             self.result.from_cache += 1;
-            return true;
+            return Read::Settled;
         }
         let chw = match crate::dataset::image_io::decode_bytes_complete(&bytes) {
             Ok(img) => self.preprocess.apply(&img),
             Err(e) => {
-                self.result.failures.push((path, e.to_string()));
-                return true;
+                self.result.failures.push((path.clone(), e.to_string()));
+                return Read::Settled;
             }
+        };
+        let views = if self.kind.orientation_mean {
+            crate::dataset::preprocess::orientations(&chw, self.preprocess.size as usize)
+        } else {
+            chw
+        };
+        Read::Views(key, views)
+    }
+
+    /// Reads the next image: its features from the cache, or its passes started. False when
+    /// no image is left.
+    fn start_next(&mut self) -> bool {
+        let Some(i) = self.take_next() else {
+            return false;
+        };
+        let Read::Views(key, views) = self.read(i) else {
+            return true;
         };
         let side = self.preprocess.size as usize;
         match &self.extractor {
             Extractor::Cpu(net) => {
-                let views: Vec<Vec<f32>> = if self.kind.orientation_mean {
-                    crate::dataset::preprocess::orientations(&chw, side)
-                        .chunks_exact(chw.len())
-                        .map(<[f32]>::to_vec)
-                        .collect()
-                } else {
-                    vec![chw]
-                };
                 let taps = self.kind.taps();
                 let passes = views
-                    .into_iter()
-                    .map(|v| net.begin_pooled(v, side, side, &taps))
+                    .chunks_exact(3 * side * side)
+                    .map(|v| net.begin_pooled(v.to_vec(), side, side, &taps))
                     .collect();
                 self.current = Some((i, key, passes, Vec::new()));
             }
             // A GPU computes an image at once.
             Extractor::Burn { .. } => {
+                let chw = views[..3 * side * side].to_vec();
                 let f = self.extractor.features_of(&self.kind, chw, 1, side);
                 self.store(i, &key, f);
             }
         }
         true
+    }
+
+    /// One step on the GPU: collects the batch in flight when it is back (else returns at
+    /// once, leaving the page to the browser, which completes GPU work between frames), then
+    /// reads images for the next batch (within `budget`) and sends it.
+    fn step_gpu(&mut self, start: web_time::Instant, budget: std::time::Duration) -> bool {
+        let Some(gpu) = self.gpu.as_mut() else {
+            return false;
+        };
+        if let Some((pending, items)) = &gpu.in_flight {
+            let Some(result) = gpu.net.take(pending) else {
+                return true;
+            };
+            let items = items.clone();
+            gpu.in_flight = None;
+            match result {
+                Ok(rows) => self.store_rows(&items, &rows),
+                Err(e) => self.fall_back(&e, items.iter().map(|item| item.0)),
+            }
+        }
+        let Some(gpu) = self.gpu.as_ref() else {
+            // Back on the CPU.
+            return self.step(budget.saturating_sub(start.elapsed()));
+        };
+        let (net, batch) = (gpu.net.clone(), gpu.net.batch());
+        let per_image = if self.kind.orientation_mean {
+            crate::dataset::preprocess::ORIENTATIONS
+        } else {
+            1
+        };
+        if batch < per_image {
+            let e = anyhow::anyhow!("a batch of {batch} cannot hold an image's {per_image} views");
+            self.fall_back(&e, std::iter::empty());
+            return true;
+        }
+        let mut images = Vec::new();
+        let mut items = Vec::new();
+        let mut rows = 0;
+        while rows + per_image <= batch {
+            let Some(i) = self.take_next() else { break };
+            if let Read::Views(key, views) = self.read(i) {
+                items.push((i, key, per_image));
+                images.extend_from_slice(&views);
+                rows += per_image;
+            }
+            if start.elapsed() >= budget {
+                break;
+            }
+        }
+        if items.is_empty() {
+            return self.next < self.paths.len() || !self.redo.is_empty();
+        }
+        match net.submit(&images) {
+            Ok(pending) => {
+                if let Some(g) = self.gpu.as_mut() {
+                    g.in_flight = Some((pending, items));
+                }
+            }
+            Err(e) => self.fall_back(&e, items.iter().map(|item| item.0)),
+        }
+        true
+    }
+
+    /// Stores a GPU batch's rows: each image's views averaged.
+    fn store_rows(&mut self, items: &[Batched], rows: &[f32]) {
+        let width = self.kind.width();
+        let mut row = 0;
+        for (i, key, views) in items {
+            let mut mean = vec![0.0f32; width];
+            for v in 0..*views {
+                let r = &rows[(row + v) * width..][..width];
+                mean.iter_mut().zip(r).for_each(|(m, x)| *m += x);
+            }
+            mean.iter_mut().for_each(|m| *m /= *views as f32);
+            row += views;
+            self.store(*i, key, mean);
+        }
+    }
+
+    /// The GPU failed: these images, and every later one, are computed on the CPU.
+    fn fall_back(&mut self, e: &anyhow::Error, images: impl Iterator<Item = usize>) {
+        log::warn!("the GPU failed ({e:#}); features continue on the CPU");
+        self.gpu = None;
+        self.redo.extend(images);
     }
 
     /// One piece of the image in progress; stores its features when its last view is done.
@@ -488,6 +647,89 @@ mod tests {
                 &never,
             );
             assert_eq!((cached.from_cache, cached.computed), (2, 0));
+        }
+    }
+
+    /// On a GPU (Mesa's software Vulkan under the tests) the steps send a batch and collect
+    /// it on a later step; the features are the CPU network's for every kind (orientation
+    /// means fill a batch per image), and an unreadable image is listed as on the CPU.
+    #[test]
+    fn features_in_gpu_batches_match_the_cpu() {
+        let (device, queue, _) = crate::render::points::headless_device()
+            .expect("a wgpu adapter (the test command installs Mesa's software Vulkan)");
+        let cpu = burn::tensor::Device::flex();
+        let Extractor::Cpu(net) = Extractor::bundled(Default::default(), &cpu).unwrap() else {
+            panic!("the CPU extractor");
+        };
+        let pre = Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        };
+        let dir = crate::demo_dataset().join("Neutrophil");
+        let mut paths: Vec<PathBuf> = crate::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .take(3)
+            .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("not-an-image.png");
+        std::fs::write(&bad, b"not a png").unwrap();
+        paths.insert(1, bad);
+        let never = AtomicBool::new(false);
+        let plain = FeatureKind::plain(Default::default());
+        for kind in [
+            plain,
+            FeatureKind {
+                orientation_mean: true,
+                ..plain
+            },
+            FeatureKind {
+                multiscale: true,
+                ..plain
+            },
+        ] {
+            let extractor = Extractor::bundled(Default::default(), &cpu).unwrap();
+            let want = featurize(
+                &extractor,
+                kind,
+                &pre,
+                &paths,
+                None,
+                8,
+                &mut |_, _| {},
+                &never,
+            );
+            let gpu = crate::model::gpu::GpuLite::new(&device, &queue, &net, 64, 8, &kind.taps())
+                .unwrap();
+            let mut steps = FeatureSteps::new(extractor, kind, &pre, paths.clone(), None)
+                .on_gpu(std::sync::Arc::new(gpu));
+            let mut sent = 0;
+            while steps.step(std::time::Duration::from_secs(1)) {
+                sent += 1;
+                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+            }
+            assert_eq!(steps.done(), 4);
+            let got = steps.finish();
+            assert_eq!((got.computed, got.failures.len()), (3, 1), "{kind:?}");
+            assert_eq!(got.failures[0].0, paths[1]);
+            // One batch of three, or one image per batch of eight views.
+            let batches = if kind.orientation_mean { 3 } else { 1 };
+            assert!(sent >= batches, "{sent} steps for {batches} batches");
+            for (g, w) in got.features.iter().zip(&want.features) {
+                match (g, w) {
+                    (Some(g), Some(w)) => {
+                        assert_eq!(g.len(), kind.width());
+                        let err = g
+                            .iter()
+                            .zip(w)
+                            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                            .fold(0.0, f32::max);
+                        assert!(err < 1e-4, "{kind:?}: max difference {err}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("one path failed where the other did not"),
+                }
+            }
         }
     }
 

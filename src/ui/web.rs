@@ -20,6 +20,14 @@ static CONTEXT: std::sync::OnceLock<eframe::egui::Context> = std::sync::OnceLock
 pub async fn start(canvas_id: &str) -> Result<(), JsValue> {
     eframe::WebLogger::init(log::LevelFilter::Info).ok();
     restore_workbook();
+    let compute = url_param("compute").unwrap_or_default();
+    let preference = crate::model::gpu::browser::Preference::parse(&compute).unwrap_or_else(|| {
+        if !compute.is_empty() {
+            log::warn!("?compute={compute}: use auto, webgpu or cpu");
+        }
+        crate::model::gpu::browser::Preference::Auto
+    });
+    crate::model::gpu::browser::start(preference);
     // The network's weights are folded once, while the page still says "Starting…", instead
     // of inside the first compute step (a long frame).
     if let Err(e) = crate::model::extractor::Extractor::bundled(

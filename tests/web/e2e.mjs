@@ -4,7 +4,7 @@
 // 5×5 confusion matrix, no panic and no error. Prints the measured budgets as JSON and
 // writes a screenshot.
 //
-//   node tests/web/e2e.mjs [--screenshot out.png]   (default: cellbench-web-e2e.png in the temp folder)
+//   node tests/web/e2e.mjs [--webgpu] [--screenshot out.png]   (default: cellbench-web-e2e.png in the temp folder)
 // Needs: wasm/dist (./scripts/web.sh --build-only), playwright-core ($CELLBENCH_PLAYWRIGHT), chromium.
 import http from "node:http";
 import fs from "node:fs";
@@ -20,6 +20,9 @@ const dist = path.resolve(process.env.CELLBENCH_WEB_DIST || "wasm/dist");
 const shotArg = process.argv.indexOf("--screenshot");
 const screenshot = shotArg > 0 ? process.argv[shotArg + 1] : path.join(os.tmpdir(), "cellbench-web-e2e.png");
 const timeoutMs = Number(process.env.CELLBENCH_WEB_TIMEOUT_MS || 300000);
+// --webgpu: features on the browser's WebGPU (here SwiftShader, Chromium's software adapter,
+// enabled with --enable-unsafe-webgpu), asked for with ?compute=webgpu.
+const webgpu = process.argv.includes("--webgpu");
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
   ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg" };
@@ -44,7 +47,7 @@ const launchOptions = {
   executablePath,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-    "--disable-dev-shm-usage", "--enable-unsafe-swiftshader"],
+    "--disable-dev-shm-usage", "--enable-unsafe-swiftshader", ...(webgpu ? ["--enable-unsafe-webgpu"] : [])],
 };
 // A browser that dies while starting (seen once on a loaded machine) is started again.
 let browser;
@@ -84,7 +87,7 @@ try {
     requestAnimationFrame(tick);
   });
   const t0 = Date.now();
-  await page.goto(`http://127.0.0.1:${port}/?run=all`);
+  await page.goto(`http://127.0.0.1:${port}/?run=all${webgpu ? "&compute=webgpu" : ""}`);
   await page.waitForSelector("#loading", { state: "detached", timeout: 60000 });
   const firstFrameMs = Date.now() - t0;
   await page.evaluate(() => { window.__measureFrames = true; });
@@ -153,6 +156,9 @@ try {
   if (!(s.confusion_sides || []).includes(5)) failures.push(`confusion matrices: ${JSON.stringify(s.confusion_sides)} (expected a 5×5)`);
   if (JSON.stringify(s.maps) !== JSON.stringify([35])) failures.push(`embedding maps: ${JSON.stringify(s.maps)} (expected one map of 35 points)`);
   if ((s.errors || []).length) failures.push(`errors reported: ${JSON.stringify(s.errors)}`);
+  const onGpu = (s.compute || "").startsWith("WebGPU");
+  if (onGpu !== webgpu) failures.push(`features computed on: ${s.compute} (expected ${webgpu ? "WebGPU" : "the CPU"})`);
+  if (consoleLines.some((l) => l.includes("features continue on the CPU"))) failures.push("the GPU failed and features fell back to the CPU");
   const panics = consoleLines.filter((l) => /panicked|RuntimeError|unreachable/.test(l));
   if (panics.length) failures.push(`panic in the console: ${panics.join(" | ")}`);
   // Jobs that held the page's thread for longer than a frame should take (logged by the app).

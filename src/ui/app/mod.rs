@@ -67,6 +67,9 @@ pub struct WorkbenchApp {
     screenshot_to: Option<PathBuf>,
     screenshot_rx: Option<mpsc::Receiver<Arc<egui::ColorImage>>>,
     frames: u64,
+    /// Run all was asked for at start and waits for the page to know where it computes
+    /// (since when).
+    run_all_waiting: Option<web_time::Instant>,
     /// `CELLBENCH_BENCH_SCROLL=<frames>`: scroll the first gallery that many frames, then print
     /// frame-time percentiles and peak memory and quit.
     scroll_bench: Option<ScrollBench>,
@@ -100,6 +103,8 @@ pub struct NotebookStatus {
     pub extracting: bool,
     /// Errors reported so far.
     pub errors: Vec<String>,
+    /// Where backbone features are computed (in the browser: WebGPU or the CPU, and why).
+    pub compute: String,
 }
 
 /// Where the workbook lives when none was chosen.
@@ -184,6 +189,10 @@ impl WorkbenchApp {
             maps,
             extracting,
             errors,
+            #[cfg(target_arch = "wasm32")]
+            compute: crate::model::gpu::browser::describe(),
+            #[cfg(not(target_arch = "wasm32"))]
+            compute: String::new(),
         }
     }
 
@@ -250,6 +259,7 @@ impl WorkbenchApp {
             screenshot_to: std::env::var_os("CELLBENCH_SCREENSHOT").map(Into::into),
             screenshot_rx: None,
             frames: 0,
+            run_all_waiting: None,
             scroll_bench: std::env::var("CELLBENCH_BENCH_SCROLL")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -308,7 +318,22 @@ impl WorkbenchApp {
         let ctx = ui.ctx().clone();
         self.frames += 1;
         if self.frames == 1 && run_all_on_start() {
-            self.push(Command::RunAll);
+            self.run_all_waiting = Some(web_time::Instant::now());
+        }
+        if let Some(since) = self.run_all_waiting {
+            // The browser answers whether it has WebGPU a few frames in; features started
+            // before that would run on the CPU. A browser that never answers is not waited
+            // for long.
+            #[cfg(target_arch = "wasm32")]
+            let known = crate::model::gpu::browser::answered();
+            #[cfg(not(target_arch = "wasm32"))]
+            let known = true;
+            if known || since.elapsed() > std::time::Duration::from_secs(3) {
+                self.run_all_waiting = None;
+                self.push(Command::RunAll);
+            } else {
+                ctx.request_repaint();
+            }
         }
         self.poll_background();
         self.shortcuts(&ctx);

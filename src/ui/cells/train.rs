@@ -10,6 +10,7 @@ use crate::experiment::config::{
     BatchNormMode, HeadInit, Imbalance, Mode, Optimizer, Schedule, Task, TrainConfig,
 };
 use crate::experiment::events::{Phase, TrainEvent};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::model::backend::BackendChoice;
 
 use crate::ui::app::{Command, TrainRuntime, WorkbenchApp};
@@ -145,6 +146,13 @@ pub(super) fn train_ui(
                 ui.end_row();
             }
             ui.label("Device");
+            #[cfg(target_arch = "wasm32")]
+            ui.label(format!("features on {}", crate::model::gpu::browser::describe()))
+                .on_hover_text(
+                    "The backbone's features are computed on the browser's WebGPU when it has a GPU, \
+                     else in WebAssembly on the CPU; the head trains on the CPU",
+                );
+            #[cfg(not(target_arch = "wasm32"))]
             egui::ComboBox::from_id_salt(("backend", id))
                 .selected_text(format!("{:?}", config.backend))
                 .show_ui(ui, |ui| {

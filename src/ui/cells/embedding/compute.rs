@@ -23,6 +23,8 @@ const BROWSER_STEP: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// The features of the map in progress: batches of [`STEP`] images on the desktop, a few
 /// milliseconds of one image's pass at a time in the browser.
+// One value per map being computed: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Featurizing {
     Batches {
         extractor: crate::model::extractor::Extractor,
