@@ -352,6 +352,9 @@ pub struct GpuLite {
     _buffers: Vec<wgpu::Buffer>,
     /// The device's errors while the network was compiled and its weights uploaded.
     built: Arc<Outcome>,
+    /// The copy back of the batch submitted last, until [`Self::take`] collects it (a batch
+    /// whose caller stopped waiting is released by the next [`Self::ready`]).
+    outstanding: std::sync::Mutex<Option<Arc<Outcome>>>,
 }
 
 impl GpuLite {
@@ -383,6 +386,23 @@ impl GpuLite {
             Self::build(device, queue, &steps, &weights, batch, side, width)
         });
         Ok(Self { built, ..this })
+    }
+
+    /// Whether a batch can be submitted: none is on its way back. A batch nobody collected
+    /// (its job was stopped) is released here once its copy is done.
+    pub fn ready(&self) -> bool {
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        match outstanding.as_ref().map(|m| m.get()) {
+            None => true,
+            Some(None) => false,
+            Some(Some(mapped)) => {
+                if mapped.is_ok() {
+                    self.staging.unmap();
+                }
+                *outstanding = None;
+                true
+            }
+        }
     }
 
     fn build(
@@ -540,6 +560,7 @@ impl GpuLite {
             width,
             _buffers: kept,
             built: Arc::default(),
+            outstanding: Default::default(),
         }
     }
 
@@ -565,12 +586,14 @@ impl GpuLite {
         );
         let n = images.len() / per_image;
         anyhow::ensure!(n <= self.batch, "{n} images in a batch of {}", self.batch);
+        anyhow::ensure!(self.ready(), "a batch is still on its way back");
         // Zeros after the last image: the network runs the whole batch.
         let mut padded = f32_bytes(images);
         padded.resize(self.batch * per_image * 4, 0);
         let errors = Arc::new(Outcome::default());
         let mapped = Arc::new(Outcome::default());
         checked(&self.device, &errors, || self.encode(&padded, n, &mapped));
+        *self.outstanding.lock().unwrap_or_else(|p| p.into_inner()) = Some(mapped.clone());
         Ok(Pending {
             mapped,
             errors,
@@ -642,8 +665,15 @@ impl GpuLite {
                 Some(out)
             }
         };
-        if pending.mapped.get() == Some(Ok(())) {
-            self.staging.unmap();
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        if outstanding
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &pending.mapped))
+        {
+            if pending.mapped.get() == Some(Ok(())) {
+                self.staging.unmap();
+            }
+            *outstanding = None;
         }
         out
     }
@@ -654,6 +684,11 @@ impl GpuLite {
         let per_image = 3 * self.side * self.side;
         let mut out = Vec::with_capacity(images.len() / per_image.max(1) * self.width);
         for chunk in images.chunks(self.batch * per_image) {
+            while !self.ready() {
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| anyhow::anyhow!("waiting for the device: {e}"))?;
+            }
             let pending = self.submit(chunk)?;
             loop {
                 self.device
@@ -702,6 +737,10 @@ mod tests {
         let taps = [11, 15];
         let gpu = GpuLite::new(&device, &queue, &net, side, 4, &taps).expect("compiles");
         assert_eq!(gpu.width(), net.pooled_width(&taps));
+        // A batch whose caller stopped waiting holds nothing up.
+        let abandoned = gpu.submit(&images[..3 * side * side]).expect("submits");
+        assert!(!gpu.ready(), "natively the copy completes when the device is polled");
+        drop(abandoned);
         let got = gpu.features(&images).expect("runs");
         let want = net.pooled(&images, side, side, &taps);
         assert_eq!(got.len(), want.len());
@@ -760,7 +799,7 @@ pub mod browser {
         Unavailable(String),
     }
 
-    /// Networks compiled on the device, by image side and multi-scale taps.
+    /// The network compiled on the device last, by image side and multi-scale taps.
     type Compiled = Vec<((usize, Vec<usize>), Arc<GpuLite>)>;
 
     thread_local! {
@@ -870,11 +909,12 @@ pub mod browser {
         {
             return Some(n);
         }
-        // Eight images (or one image's eight orientations) per batch.
+        // Eight images (or one image's eight orientations) per batch. One network is kept
+        // (its activations take about 40 MB of GPU memory at 224 pixels).
         match GpuLite::new(&device, &queue, net, side, 8, taps) {
             Ok(n) => {
                 let n = Arc::new(n);
-                NETWORKS.with_borrow_mut(|c| c.push((key, n.clone())));
+                NETWORKS.replace(vec![(key, n.clone())]);
                 Some(n)
             }
             Err(e) => {

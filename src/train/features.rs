@@ -397,6 +397,10 @@ impl FeatureSteps {
             // Back on the CPU.
             return self.step(budget.saturating_sub(start.elapsed()));
         };
+        if !gpu.net.ready() {
+            // A stopped job's batch is still on its way back.
+            return true;
+        }
         let (net, batch) = (gpu.net.clone(), gpu.net.batch());
         let per_image = if self.kind.orientation_mean {
             crate::dataset::preprocess::ORIENTATIONS
