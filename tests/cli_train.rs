@@ -130,7 +130,7 @@ fn probe_learns_on_real_cells_then_predict_evaluate_and_cache() {
     let second = only_run(&runs);
     assert_ne!(second, run);
     assert!(
-        events(&second).iter().any(|e| e["event"] == "warning"
+        events(&second).iter().any(|e| e["event"] == "info"
             && e["message"]
                 .as_str()
                 .unwrap()
@@ -1244,8 +1244,10 @@ fn train_small(data: &Path, runs: &Path, extra: &[&str]) -> std::process::Output
     out
 }
 
-/// A run stopped before its first checkpoint (here: its checkpoints removed) resumes by
-/// starting again, says so, and finishes; options given with `--resume` are named as ignored.
+/// A finished run is not trained again by `--resume` (its model stays the one its results
+/// came from). A run stopped before its first checkpoint (here: its checkpoints removed and
+/// its status that of a killed process) resumes by starting again, says so, and finishes;
+/// options given with `--resume` are named as ignored.
 #[test]
 fn a_run_without_a_checkpoint_resumes_by_starting_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1253,7 +1255,22 @@ fn a_run_without_a_checkpoint_resumes_by_starting_again() {
     let runs = tmp.path().join("runs");
     train_small(&data, &runs, &[]);
     let run_dir = only_run(&runs);
+    let model = std::fs::read(run_dir.join("model.json")).unwrap();
+    let out = run(&["train", "--resume", path_str(&run_dir)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already finished"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(run_dir.join("model.json")).unwrap(), model);
+    assert_eq!(read_json(&run_dir.join("status.json"))["state"], "finished");
     std::fs::remove_dir_all(run_dir.join("checkpoint")).unwrap();
+    let status = run_dir.join("status.json");
+    let text = std::fs::read_to_string(&status)
+        .unwrap()
+        .replace("\"finished\"", "\"interrupted\"");
+    std::fs::write(&status, text).unwrap();
     let out = run(&[
         "train",
         "--resume",

@@ -404,7 +404,7 @@ fn follow_shards(
                 .iter()
                 .rev()
                 .find_map(|e| match e {
-                    TrainEvent::Warning { message } => message
+                    TrainEvent::Info { message } => message
                         .split(": ")
                         .nth(1)
                         .and_then(|s| s.split(' ').next())

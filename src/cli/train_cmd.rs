@@ -563,6 +563,7 @@ impl ProgressView {
                 ));
             }
             TrainEvent::Warning { message } => self.println(format!("warning: {message}")),
+            TrainEvent::Info { message } => self.println(message.clone()),
             TrainEvent::Finished {
                 best_epoch,
                 elapsed_secs,

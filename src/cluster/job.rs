@@ -244,7 +244,7 @@ pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
                 &mut print,
                 &cancel,
             )?;
-            print(&TrainEvent::Warning {
+            print(&TrainEvent::Info {
                 message: format!("shard {shard}/{shards}: {done} feature vectors in {cache}"),
             });
             Ok(0)

@@ -73,6 +73,11 @@ pub enum TrainEvent {
     Warning {
         message: String,
     },
+    /// What the run chose or found, for the record (the probe's chosen settings, features
+    /// read from the cache, an early stop): nothing to act on.
+    Info {
+        message: String,
+    },
     Checkpoint {
         epoch: u32,
         path: String,

@@ -179,6 +179,28 @@ pub fn evaluate_csv(
         predictions.display()
     );
     let multi = truth.iter().any(|t| t.contains('|'));
+    match task {
+        Some(Task::Binary) => anyhow::ensure!(
+            labels.len() == 2,
+            "--task binary needs two probability columns; {} has {} ({})",
+            predictions.display(),
+            labels.len(),
+            prob_cols
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(t) if t != Task::MultiLabel && multi => anyhow::bail!(
+            "--task {}: {} has multi-label truth (labels joined with |); use --task multi-label",
+            serde_json::to_value(t)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            predictions.display()
+        ),
+        _ => {}
+    }
     let task = task.unwrap_or(if multi {
         Task::MultiLabel
     } else if labels.len() == 2 {
@@ -305,6 +327,25 @@ mod tests {
         // The metrics are those of the good rows alone.
         assert_eq!(e.metrics, clean.metrics);
         assert!(!e.is_clean());
+    }
+
+    /// A task that cannot be the file's is refused, not evaluated as another.
+    #[test]
+    fn a_task_the_file_cannot_be_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let three = dir.path().join("three.csv");
+        crate::fs::write(&three, "path,truth,p_a,p_b,p_c\n1.png,a,0.8,0.1,0.1\n").unwrap();
+        let e = evaluate_csv(&three, None, Some(Task::Binary)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--task binary needs two probability columns"),
+            "{e:#}"
+        );
+        let multi = dir.path().join("multi.csv");
+        crate::fs::write(&multi, "path,truth,p_a,p_b\n1.png,a|b,0.8,0.7\n").unwrap();
+        let e = evaluate_csv(&multi, None, Some(Task::MultiClass)).unwrap_err();
+        assert!(format!("{e:#}").contains("--task multi-class:"), "{e:#}");
+        assert!(evaluate_csv(&multi, None, Some(Task::MultiLabel)).is_ok());
+        assert!(evaluate_csv(&three, None, Some(Task::MultiClass)).is_ok());
     }
 
     #[test]

@@ -739,7 +739,10 @@ mod tests {
         assert_eq!(gpu.width(), net.pooled_width(&taps));
         // A batch whose caller stopped waiting holds nothing up.
         let abandoned = gpu.submit(&images[..3 * side * side]).expect("submits");
-        assert!(!gpu.ready(), "natively the copy completes when the device is polled");
+        assert!(
+            !gpu.ready(),
+            "natively the copy completes when the device is polled"
+        );
         drop(abandoned);
         let got = gpu.features(&images).expect("runs");
         let want = net.pooled(&images, side, side, &taps);

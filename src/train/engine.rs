@@ -328,6 +328,17 @@ pub fn train(
     let mut restarted = false;
     let (mut run, progress) = match &job.resume {
         Some(path) => {
+            // A finished run has nothing left to do; training it again would replace the
+            // model its evaluations and predictions were made with.
+            if let Ok(status) = crate::runs::read_status(path)
+                && status.state == crate::runs::RunState::Finished
+            {
+                anyhow::bail!(
+                    "run {} already finished (epoch {}): nothing to resume; start a new run to train again",
+                    path.display(),
+                    status.epoch
+                );
+            }
             let run = RunDir::reopen(path)?;
             // A run stopped before its first checkpoint has nothing to lose: it starts again.
             let progress = match crate::runs::checkpoint::latest(path)? {

@@ -557,30 +557,24 @@ mod tests {
         assert!(max_diff(m0, p0) > 0.01);
     }
 
-    /// Features computed in steps (pieces of an image's pass, a small time budget each) are
-    /// those of the batch path, for plain, orientation-averaged and multi-scale features, and
-    /// fill the same cache entries; a file that is not an image fails alone.
-    #[test]
-    fn features_in_steps_match_the_batch_path_and_its_cache() {
-        let extractor =
-            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
-        let pre = Preprocess {
-            size: 64,
-            ..Preprocess::default()
-        };
+    /// `good` demo Neutrophil crops with a file that only claims to be an image at `bad_at`.
+    fn crops_and_a_fake(tmp: &std::path::Path, good: usize, bad_at: usize) -> Vec<PathBuf> {
         let dir = crate::demo_dataset().join("Neutrophil");
         let mut paths: Vec<PathBuf> = crate::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .take(2)
+            .take(good)
             .collect();
-        let tmp = tempfile::tempdir().unwrap();
-        let bad = tmp.path().join("not-an-image.png");
+        let bad = tmp.join("not-an-image.png");
         std::fs::write(&bad, b"not a png").unwrap();
-        paths.push(bad);
-        let never = AtomicBool::new(false);
+        paths.insert(bad_at, bad);
+        paths
+    }
+
+    /// Plain, orientation-averaged and multi-scale features of the default backbone.
+    fn every_kind() -> [FeatureKind; 3] {
         let plain = FeatureKind::plain(Default::default());
-        let kinds = [
+        [
             plain,
             FeatureKind {
                 orientation_mean: true,
@@ -590,23 +584,65 @@ mod tests {
                 multiscale: true,
                 ..plain
             },
-        ];
-        for (k, kind) in kinds.into_iter().enumerate() {
-            let want = featurize(
-                &extractor,
-                kind,
-                &pre,
-                &paths,
-                None,
-                8,
-                &mut |_, _| {},
-                &never,
-            );
+        ]
+    }
+
+    /// Each image's features agree (relative to their size), and fail for the same images.
+    fn assert_same_features(got: &Featurized, want: &Featurized, kind: FeatureKind) {
+        for (g, w) in got.features.iter().zip(&want.features) {
+            match (g, w) {
+                (Some(g), Some(w)) => {
+                    assert_eq!((g.len(), w.len()), (kind.width(), kind.width()));
+                    let err = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                        .fold(0.0, f32::max);
+                    assert!(err < 1e-4, "{kind:?}: max difference {err}");
+                }
+                (None, None) => {}
+                _ => panic!("one path failed where the other did not"),
+            }
+        }
+    }
+
+    fn small() -> Preprocess {
+        Preprocess {
+            size: 64,
+            ..Preprocess::default()
+        }
+    }
+
+    /// Features computed in steps (pieces of an image's pass, a small time budget each) are
+    /// those of the batch path, for plain, orientation-averaged and multi-scale features, and
+    /// fill the same cache entries; a file that is not an image fails alone.
+    #[test]
+    fn features_in_steps_match_the_batch_path_and_its_cache() {
+        let cpu = burn::tensor::Device::flex();
+        let extractor = Extractor::bundled(Default::default(), &cpu).unwrap();
+        let pre = small();
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = crops_and_a_fake(tmp.path(), 2, 2);
+        let never = AtomicBool::new(false);
+        for (k, kind) in every_kind().into_iter().enumerate() {
+            let batch = |cache: Option<&FeatureCache>| {
+                featurize(
+                    &extractor,
+                    kind,
+                    &pre,
+                    &paths,
+                    cache,
+                    8,
+                    &mut |_, _| {},
+                    &never,
+                )
+            };
+            let want = batch(None);
             let cache = FeatureCache {
                 dir: tmp.path().join(format!("cache-{k}")),
             };
             let mut steps = FeatureSteps::new(
-                Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap(),
+                Extractor::bundled(Default::default(), &cpu).unwrap(),
                 kind,
                 &pre,
                 paths.clone(),
@@ -624,32 +660,9 @@ mod tests {
             let got = steps.finish();
             assert_eq!(got.computed, 2);
             assert_eq!(got.failures.len(), 1);
-            for (g, w) in got.features.iter().zip(&want.features) {
-                match (g, w) {
-                    (Some(g), Some(w)) => {
-                        assert_eq!((g.len(), w.len()), (kind.width(), kind.width()));
-                        let err = g
-                            .iter()
-                            .zip(w)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0, f32::max);
-                        assert!(err < 1e-4, "max difference {err}");
-                    }
-                    (None, None) => {}
-                    _ => panic!("one path failed where the other did not"),
-                }
-            }
+            assert_same_features(&got, &want, kind);
             // The cache now answers the batch path.
-            let cached = featurize(
-                &extractor,
-                kind,
-                &pre,
-                &paths,
-                Some(&cache),
-                8,
-                &mut |_, _| {},
-                &never,
-            );
+            let cached = batch(Some(&cache));
             assert_eq!((cached.from_cache, cached.computed), (2, 0));
         }
     }
@@ -665,33 +678,11 @@ mod tests {
         let Extractor::Cpu(net) = Extractor::bundled(Default::default(), &cpu).unwrap() else {
             panic!("the CPU extractor");
         };
-        let pre = Preprocess {
-            size: 64,
-            ..Preprocess::default()
-        };
-        let dir = crate::demo_dataset().join("Neutrophil");
-        let mut paths: Vec<PathBuf> = crate::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .take(3)
-            .collect();
+        let pre = small();
         let tmp = tempfile::tempdir().unwrap();
-        let bad = tmp.path().join("not-an-image.png");
-        std::fs::write(&bad, b"not a png").unwrap();
-        paths.insert(1, bad);
+        let paths = crops_and_a_fake(tmp.path(), 3, 1);
         let never = AtomicBool::new(false);
-        let plain = FeatureKind::plain(Default::default());
-        for kind in [
-            plain,
-            FeatureKind {
-                orientation_mean: true,
-                ..plain
-            },
-            FeatureKind {
-                multiscale: true,
-                ..plain
-            },
-        ] {
+        for kind in every_kind() {
             let extractor = Extractor::bundled(Default::default(), &cpu).unwrap();
             let want = featurize(
                 &extractor,
@@ -719,21 +710,7 @@ mod tests {
             // One batch of three, or one image per batch of eight views.
             let batches = if kind.orientation_mean { 3 } else { 1 };
             assert!(sent >= batches, "{sent} steps for {batches} batches");
-            for (g, w) in got.features.iter().zip(&want.features) {
-                match (g, w) {
-                    (Some(g), Some(w)) => {
-                        assert_eq!(g.len(), kind.width());
-                        let err = g
-                            .iter()
-                            .zip(w)
-                            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-                            .fold(0.0, f32::max);
-                        assert!(err < 1e-4, "{kind:?}: max difference {err}");
-                    }
-                    (None, None) => {}
-                    _ => panic!("one path failed where the other did not"),
-                }
-            }
+            assert_same_features(&got, &want, kind);
         }
     }
 

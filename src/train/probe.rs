@@ -471,7 +471,7 @@ pub(super) fn probe_features(
             f.from_cache,
             all.len()
         );
-        emit(run, sink, TrainEvent::Warning { message });
+        emit(run, sink, TrainEvent::Info { message });
     }
     let kind = config.feature_kind();
     let mut standardiser = Standardiser::fit(

@@ -253,7 +253,7 @@ impl<'a> Trainer<'a> {
                     }) => {
                         let message =
                             format!("the head starts from the probe: {}", selection.summary());
-                        emit(run, sink, TrainEvent::Warning { message });
+                        emit(run, sink, TrainEvent::Info { message });
                         Head {
                             dropout: burn::nn::DropoutConfig::new(config.dropout).init(),
                             ..Head::from_weights(&weight, &bias, &ad)
@@ -353,7 +353,7 @@ impl<'a> Trainer<'a> {
         emit(
             self.run,
             self.sink,
-            TrainEvent::Warning {
+            TrainEvent::Info {
                 message: solved.selection.summary(),
             },
         );
@@ -541,7 +541,7 @@ impl<'a> Trainer<'a> {
                 "early stop: no better validation loss for {} epochs",
                 p.stale_epochs
             );
-            emit(self.run, self.sink, TrainEvent::Warning { message });
+            emit(self.run, self.sink, TrainEvent::Info { message });
         }
         stop
     }

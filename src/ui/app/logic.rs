@@ -47,7 +47,7 @@ impl WorkbenchApp {
         for (id, t) in self.rt.trains_mut() {
             if let Some(rx) = &t.rx {
                 for e in rx.try_iter() {
-                    if let TrainEvent::Warning { message } = &e {
+                    if let TrainEvent::Warning { message } | TrainEvent::Info { message } = &e {
                         notes.push((false, message.clone()));
                     }
                     t.events.push(e);

@@ -281,6 +281,12 @@ pub(super) fn train_ui(
     }) {
         cv_summary_ui(ui, id, summary);
     }
+    // What the run chose or found (the probe's settings, cache reads, an early stop).
+    for e in &t.events {
+        if let TrainEvent::Info { message } = e {
+            ui.weak(message);
+        }
+    }
     let warnings: Vec<&String> = t
         .events
         .iter()
