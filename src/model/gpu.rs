@@ -850,8 +850,16 @@ pub mod browser {
             .await
             .map_err(|e| format!("WebGPU gave no device: {e}"))?;
         // Errors are captured per batch (see `checked`); anything else is logged, never a
-        // panic of the page.
+        // panic of the page. A lost device (a GPU reset, a driver update) sends features back
+        // to the CPU for the rest of the page's life.
         device.on_uncaptured_error(Arc::new(|e| log::error!("WebGPU: {e}")));
+        device.set_device_lost_callback(|_, message| {
+            log::warn!("the WebGPU device was lost ({message}); features continue on the CPU");
+            STATE.replace(State::Unavailable(format!(
+                "the WebGPU device was lost ({message})"
+            )));
+            NETWORKS.replace(Vec::new());
+        });
         let adapter = if info.name.is_empty() {
             "WebGPU".to_owned()
         } else {

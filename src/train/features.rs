@@ -198,6 +198,8 @@ type Batched = (usize, String, usize);
 struct GpuSteps {
     net: std::sync::Arc<crate::model::gpu::GpuLite>,
     in_flight: Option<(crate::model::gpu::Pending, Vec<Batched>)>,
+    /// Images whose features the GPU computed.
+    images: usize,
 }
 
 /// What reading one image gave.
@@ -225,6 +227,7 @@ impl FeatureSteps {
                     .map(|net| GpuSteps {
                         net,
                         in_flight: None,
+                        images: 0,
                     })
             }
             Extractor::Burn { .. } => None,
@@ -257,6 +260,7 @@ impl FeatureSteps {
         self.gpu = Some(GpuSteps {
             net,
             in_flight: None,
+            images: 0,
         });
         self
     }
@@ -296,6 +300,9 @@ impl FeatureSteps {
 
     /// What was computed.
     pub fn finish(self) -> Featurized {
+        if let Some(gpu) = self.gpu.as_ref().filter(|g| g.images > 0) {
+            log::info!("features of {} image(s) computed on the GPU", gpu.images);
+        }
         self.result
     }
 
@@ -389,7 +396,10 @@ impl FeatureSteps {
             let items = items.clone();
             gpu.in_flight = None;
             match result {
-                Ok(rows) => self.store_rows(&items, &rows),
+                Ok(rows) => {
+                    gpu.images += items.len();
+                    self.store_rows(&items, &rows);
+                }
                 Err(e) => self.fall_back(&e, items.iter().map(|item| item.0)),
             }
         }

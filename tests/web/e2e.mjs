@@ -158,7 +158,8 @@ try {
   if ((s.errors || []).length) failures.push(`errors reported: ${JSON.stringify(s.errors)}`);
   const onGpu = (s.compute || "").startsWith("WebGPU");
   if (onGpu !== webgpu) failures.push(`features computed on: ${s.compute} (expected ${webgpu ? "WebGPU" : "the CPU"})`);
-  if (consoleLines.some((l) => l.includes("features continue on the CPU"))) failures.push("the GPU failed and features fell back to the CPU");
+  if (consoleLines.some((l) => /features continue on the CPU|does not fit this GPU/.test(l))) failures.push("the GPU failed and features fell back to the CPU");
+  if (webgpu && !consoleLines.some((l) => /features of \d+ image\(s\) computed on the GPU/.test(l))) failures.push("no image's features were computed on the GPU");
   const panics = consoleLines.filter((l) => /panicked|RuntimeError|unreachable/.test(l));
   if (panics.length) failures.push(`panic in the console: ${panics.join(" | ")}`);
   // Jobs that held the page's thread for longer than a frame should take (logged by the app).
