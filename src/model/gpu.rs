@@ -796,6 +796,7 @@ pub mod browser {
         Ready {
             device: wgpu::Device,
             queue: wgpu::Queue,
+            /// The adapter's description (browsers may leave it empty).
             adapter: String,
             software: bool,
         },
@@ -840,7 +841,10 @@ pub mod browser {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("this browser offers no WebGPU adapter ({e})"))?;
+            .map_err(|e| {
+                log::info!("no WebGPU adapter: {e}");
+                "this browser offers no WebGPU adapter".to_owned()
+            })?;
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -860,15 +864,10 @@ pub mod browser {
             )));
             NETWORKS.replace(Vec::new());
         });
-        let adapter = if info.name.is_empty() {
-            "WebGPU".to_owned()
-        } else {
-            info.name
-        };
         Ok(State::Ready {
             device,
             queue,
-            adapter,
+            adapter: info.name,
             software: info.device_type == wgpu::DeviceType::Cpu,
         })
     }
@@ -892,11 +891,21 @@ pub mod browser {
             State::Asking => "CPU (WebAssembly) until the browser answers for WebGPU".into(),
             State::Ready {
                 adapter, software, ..
-            } if used(*software) => format!("WebGPU ({adapter})"),
-            State::Ready { adapter, .. } => format!(
-                "CPU (WebAssembly): WebGPU here is a software adapter ({adapter}); open the \
-                 page with ?compute=webgpu to use it"
-            ),
+            } if used(*software) => {
+                let kind = if *software {
+                    "a software adapter"
+                } else {
+                    "the GPU"
+                };
+                if adapter.is_empty() {
+                    format!("WebGPU ({kind})")
+                } else {
+                    format!("WebGPU ({kind}: {adapter})")
+                }
+            }
+            State::Ready { .. } => "CPU (WebAssembly): this browser's WebGPU is a software \
+                 adapter, slower than the CPU; open the page with ?compute=webgpu to use it anyway"
+                .into(),
             State::Unavailable(why) if why.is_empty() => "CPU (WebAssembly)".into(),
             State::Unavailable(why) => format!("CPU (WebAssembly): {why}"),
         })
