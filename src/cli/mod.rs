@@ -256,9 +256,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` logging (default `warn`), except the debug and trace records of the HTTP, TLS
-/// and WebSocket client crates: they dump requests byte by byte, the cluster token and proxy
-/// headers included, so they never reach the log whatever `RUST_LOG` asks for.
+/// `RUST_LOG` logging (default `warn`, without wgpu's OpenGL probe: on a machine without a
+/// display it reports a failed EGL start at error level although nothing is wrong), except the
+/// debug and trace records of the HTTP, TLS and WebSocket client crates: they dump requests
+/// byte by byte, the cluster token and proxy headers included, so they never reach the log
+/// whatever `RUST_LOG` asks for.
 fn init_logging() {
     /// Crates whose records below `info` are dropped (a prefix covers `ureq_proto` too).
     const WIRE_DUMPERS: [&str; 4] = ["ureq", "rustls", "tungstenite", "http"];
@@ -286,8 +288,10 @@ fn init_logging() {
             self.0.flush();
         }
     }
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    let logger = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal::gles=off"),
+    )
+    .build();
     let max_level = logger.filter();
     if log::set_boxed_logger(Box::new(Guarded(logger))).is_ok() {
         log::set_max_level(max_level);
