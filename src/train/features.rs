@@ -188,6 +188,9 @@ pub struct FeatureSteps {
     gpu: Option<GpuSteps>,
     /// Images to compute again on the CPU (their GPU batch failed).
     redo: std::collections::VecDeque<usize>,
+    /// The next GPU batch, read while the one before it is computed: its images
+    /// `[views, 3, side, side]` and entries.
+    prepared: Option<(Vec<f32>, Vec<Batched>)>,
     result: Featurized,
 }
 
@@ -244,6 +247,7 @@ impl FeatureSteps {
             current: None,
             gpu,
             redo: Default::default(),
+            prepared: None,
             result: Featurized {
                 features: vec![None; n],
                 failures: Vec::new(),
@@ -272,7 +276,8 @@ impl FeatureSteps {
             .as_ref()
             .and_then(|g| g.in_flight.as_ref())
             .map_or(0, |(_, items)| items.len());
-        self.next - usize::from(self.current.is_some()) - on_gpu - self.redo.len()
+        let prepared = self.prepared.as_ref().map_or(0, |(_, items)| items.len());
+        self.next - usize::from(self.current.is_some()) - on_gpu - prepared - self.redo.len()
     }
 
     pub fn total(&self) -> usize {
@@ -382,15 +387,17 @@ impl FeatureSteps {
         true
     }
 
-    /// One step on the GPU: collects the batch in flight when it is back (else returns at
-    /// once, leaving the page to the browser, which completes GPU work between frames), then
-    /// reads images for the next batch (within `budget`) and sends it.
+    /// One step on the GPU: collects the batch in flight when it is back (while it is not,
+    /// reads and preprocesses the next batch's images, within `budget`, and returns, leaving
+    /// the page to the browser, which completes GPU work between frames), then sends the next
+    /// batch.
     fn step_gpu(&mut self, start: web_time::Instant, budget: std::time::Duration) -> bool {
         let Some(gpu) = self.gpu.as_mut() else {
             return false;
         };
         if let Some((pending, items)) = &gpu.in_flight {
             let Some(result) = gpu.net.take(pending) else {
+                self.prepare(start, budget);
                 return true;
             };
             let items = items.clone();
@@ -411,7 +418,32 @@ impl FeatureSteps {
             // A stopped job's batch is still on its way back.
             return true;
         }
-        let (net, batch) = (gpu.net.clone(), gpu.net.batch());
+        let net = gpu.net.clone();
+        self.prepare(start, budget);
+        let Some((images, items)) = self.prepared.take() else {
+            return self.gpu.is_none() || self.next < self.paths.len() || !self.redo.is_empty();
+        };
+        match net.submit(&images) {
+            Ok(pending) => {
+                if let Some(g) = self.gpu.as_mut() {
+                    g.in_flight = Some((pending, items));
+                }
+            }
+            Err(e) => self.fall_back(&e, items.iter().map(|item| item.0)),
+        }
+        true
+    }
+
+    /// Reads and preprocesses the next batch's images (as many as the batch holds, within
+    /// `budget`), unless one is ready.
+    fn prepare(&mut self, start: web_time::Instant, budget: std::time::Duration) {
+        let Some(gpu) = self.gpu.as_ref() else {
+            return;
+        };
+        if self.prepared.is_some() {
+            return;
+        }
+        let batch = gpu.net.batch();
         let per_image = if self.kind.orientation_mean {
             crate::dataset::preprocess::ORIENTATIONS
         } else {
@@ -420,7 +452,7 @@ impl FeatureSteps {
         if batch < per_image {
             let e = anyhow::anyhow!("a batch of {batch} cannot hold an image's {per_image} views");
             self.fall_back(&e, std::iter::empty());
-            return true;
+            return;
         }
         let mut images = Vec::new();
         let mut items = Vec::new();
@@ -436,18 +468,9 @@ impl FeatureSteps {
                 break;
             }
         }
-        if items.is_empty() {
-            return self.next < self.paths.len() || !self.redo.is_empty();
+        if !items.is_empty() {
+            self.prepared = Some((images, items));
         }
-        match net.submit(&images) {
-            Ok(pending) => {
-                if let Some(g) = self.gpu.as_mut() {
-                    g.in_flight = Some((pending, items));
-                }
-            }
-            Err(e) => self.fall_back(&e, items.iter().map(|item| item.0)),
-        }
-        true
     }
 
     /// Stores a GPU batch's rows: each image's views averaged.
@@ -466,11 +489,17 @@ impl FeatureSteps {
         }
     }
 
-    /// The GPU failed: these images, and every later one, are computed on the CPU.
+    /// The GPU failed: these images, those read for its next batch, and every later one are
+    /// computed on the CPU.
     fn fall_back(&mut self, e: &anyhow::Error, images: impl Iterator<Item = usize>) {
         log::warn!("the GPU failed ({e:#}); features continue on the CPU");
-        self.gpu = None;
+        if let Some((_, items)) = self.gpu.take().and_then(|g| g.in_flight) {
+            self.redo.extend(items.iter().map(|item| item.0));
+        }
         self.redo.extend(images);
+        if let Some((_, items)) = self.prepared.take() {
+            self.redo.extend(items.iter().map(|item| item.0));
+        }
     }
 
     /// One piece of the image in progress; stores its features when its last view is done.
@@ -708,10 +737,14 @@ mod tests {
                 .unwrap();
             let mut steps = FeatureSteps::new(extractor, kind, &pre, paths.clone(), None)
                 .on_gpu(std::sync::Arc::new(gpu));
+            // Every other step finds its batch still on the GPU (the device is polled only
+            // then) and reads the next batch meanwhile.
             let mut sent = 0;
             while steps.step(std::time::Duration::from_secs(1)) {
                 sent += 1;
-                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                if sent % 2 == 0 {
+                    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                }
             }
             assert_eq!(steps.done(), 4);
             let got = steps.finish();
