@@ -120,7 +120,10 @@ pub fn is_cpu(device: &Device) -> bool {
 fn cpu_device() -> Compute {
     Compute {
         device: Device::flex(),
-        description: format!("cpu (flex, {} threads)", rayon::current_num_threads()),
+        description: match rayon::current_num_threads() {
+            1 => "cpu (flex, 1 thread)".to_owned(),
+            n => format!("cpu (flex, {n} threads)"),
+        },
         is_gpu: false,
     }
 }
