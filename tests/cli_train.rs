@@ -1344,3 +1344,60 @@ fn a_truncated_jpeg_is_skipped_not_trained_on() {
         "{all}"
     );
 }
+
+/// `--resume` refuses data that changed since the run started — images added, or two class
+/// folders swapped (the same labels and counts) — before touching the run: its status stays.
+#[test]
+fn resume_on_changed_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let runs = tmp.path().join("runs");
+    train_small(&data, &runs, &[]);
+    let run_dir = only_run(&runs);
+    let status = run_dir.join("status.json");
+    let text = std::fs::read_to_string(&status)
+        .unwrap()
+        .replace("\"finished\"", "\"interrupted\"");
+    std::fs::write(&status, &text).unwrap();
+    let resume = || run(&["train", "--resume", path_str(&run_dir)]);
+
+    // Two class folders swapped: labels and counts as before, each image's label not.
+    std::fs::rename(data.join("Eosinophil"), data.join("x")).unwrap();
+    std::fs::rename(data.join("Lymphocyte"), data.join("Eosinophil")).unwrap();
+    std::fs::rename(data.join("x"), data.join("Lymphocyte")).unwrap();
+    let out = resume();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the data changed since run") && stderr(&out).contains("swapped"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), text);
+
+    // More images than the run started with.
+    std::fs::rename(data.join("Eosinophil"), data.join("x")).unwrap();
+    std::fs::rename(data.join("Lymphocyte"), data.join("Eosinophil")).unwrap();
+    std::fs::rename(data.join("x"), data.join("Lymphocyte")).unwrap();
+    for f in common::bccd_class_files("Lymphocyte", 9)
+        .into_iter()
+        .skip(6)
+    {
+        std::fs::copy(&f, data.join("Lymphocyte").join(f.file_name().unwrap())).unwrap();
+    }
+    let out = resume();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("training/validation images then"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), text);
+
+    // Not a run at all.
+    let out = run(&["train", "--resume", path_str(&data)]);
+    assert!(
+        stderr(&out).contains("not a run folder"),
+        "{}",
+        stderr(&out)
+    );
+}

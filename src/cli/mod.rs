@@ -526,9 +526,10 @@ fn evaluate(cmd: EvaluateCmdArgs) -> anyhow::Result<u8> {
         let e = crate::infer::evaluate::evaluate_csv(&args.pred, args.truth.as_deref(), args.task)?;
         if !e.is_clean() {
             crate::errln!(
-                "evaluate --strict: {} row(s) skipped for their probabilities, {} row(s) whose probabilities do not sum to 1: {}",
+                "evaluate --strict: {} row(s) skipped for their probabilities, {} row(s) whose probabilities do not sum to 1, {} row(s) without a truth label: {}",
                 e.problems.len(),
                 e.unnormalised_rows,
+                e.rows_without_truth,
                 args.pred.display()
             );
             return Ok(exit::PROBLEMS);

@@ -336,6 +336,15 @@ pub struct EvaluateArgs {
 
 pub fn evaluate_cmd(args: EvaluateArgs) -> anyhow::Result<u8> {
     let e = crate::infer::evaluate::evaluate_csv(&args.pred, args.truth.as_deref(), args.task)?;
+    if let Some(scored) = &e.scored {
+        crate::errln!("scored: {scored}");
+    }
+    if e.rows_without_truth > 0 {
+        crate::errln!(
+            "{} row(s) without a truth label left out",
+            e.rows_without_truth
+        );
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&e)?);
     } else {

@@ -17,7 +17,7 @@ use crate::train::features::FeatureCache;
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Dataset folder or CSV (a split CSV from `cellbench split` works too).
-    #[arg(required_unless_present_any = ["split", "resume"])]
+    #[arg(required_unless_present_any = ["split", "resume"], conflicts_with = "split")]
     pub dataset: Option<PathBuf>,
     /// A split CSV (with a `split` column) to train on instead of splitting here.
     #[arg(long)]
@@ -230,8 +230,43 @@ impl TrainArgs {
             Some(p) => {
                 let text = crate::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?;
-                let c =
+                let mut c: TrainConfig =
                     toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+                // A run folder's config.toml without these keys was written before the choices
+                // existed and reads as what it did then; a configuration file given here means
+                // today's defaults.
+                let keys: Vec<String> = match toml::from_str::<toml::Value>(&text) {
+                    Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                let has = |k: &str| keys.iter().any(|g| g == k);
+                if !has("head_init") {
+                    c.head_init = Default::default();
+                }
+                if !has("batch_norm") {
+                    c.batch_norm = Default::default();
+                }
+                let mode = self.mode.unwrap_or(c.mode);
+                let unused: Vec<&str> = [
+                    ("multiscale", mode != Mode::Probe),
+                    ("orientation_mean", mode != Mode::Probe),
+                    ("solver", mode != Mode::Probe),
+                    ("head_init", mode != Mode::Finetune),
+                    ("batch_norm", mode != Mode::Finetune),
+                    ("unfreeze_blocks", mode != Mode::Finetune),
+                ]
+                .into_iter()
+                .filter(|(k, off)| *off && has(k))
+                .map(|(k, _)| k)
+                .collect();
+                if !unused.is_empty() {
+                    crate::errln!(
+                        "note: not used by a {} run: {} (in {})",
+                        format!("{mode:?}").to_lowercase(),
+                        unused.join(", "),
+                        p.display()
+                    );
+                }
                 let unknown = unknown_keys(&text);
                 if !unknown.is_empty() {
                     crate::errln!(
@@ -280,8 +315,28 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         Some(run) => {
             // The run's own record of its data and split: any run can be resumed, whoever
             // started it (CLI, GUI, workbook or cluster job).
+            anyhow::ensure!(
+                crate::fs::is_dir(run),
+                "no such run folder: {}",
+                run.display()
+            );
+            anyhow::ensure!(
+                crate::fs::is_file(&run.join("config.toml")),
+                "not a run folder (no config.toml): {}",
+                run.display()
+            );
             let d = crate::runs::DatasetFile::read(run)?;
-            let given = args.run_options();
+            let mut given: Vec<String> =
+                args.run_options().into_iter().map(str::to_owned).collect();
+            if let Some(data) = args.dataset.as_ref().or(args.split.as_ref()) {
+                given.insert(
+                    0,
+                    format!(
+                        "the dataset {} (it uses the data it recorded)",
+                        data.display()
+                    ),
+                );
+            }
             if !given.is_empty() {
                 crate::errln!(
                     "note: a resumed run continues as recorded in its config.toml; ignored: {}",
@@ -309,6 +364,12 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
             let manifest = crate::dataset::open(&source, &options)?;
+            if args.folds.is_some() && manifest.records.iter().any(|r| r.split.is_some()) {
+                crate::errln!(
+                    "note: cross-validation makes its own patient-grouped folds; the split in {} is not used",
+                    source.display()
+                );
+            }
             let config = args.config()?;
             let unused = args.unused_options(&config);
             if !unused.is_empty() {

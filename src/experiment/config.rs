@@ -339,6 +339,8 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        /// The largest network input side.
+        const MAX_IMAGE_SIZE: u32 = 1024;
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
         anyhow::ensure!(self.batch_size >= 1, "batch size must be at least 1");
         anyhow::ensure!(
@@ -350,6 +352,33 @@ impl TrainConfig {
             "dropout must be in [0, 1)"
         );
         anyhow::ensure!(self.preprocess.size >= 16, "image size must be at least 16");
+        // The network's activations grow with the square of the side: 1024 px already takes
+        // about 20 times the memory of the backbone's 224.
+        anyhow::ensure!(
+            self.preprocess.size <= MAX_IMAGE_SIZE,
+            "image size {} is over the largest cellbench trains at ({MAX_IMAGE_SIZE} px; the \
+             backbones were pretrained at 224–260)",
+            self.preprocess.size
+        );
+        anyhow::ensure!(
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+            "weight decay must be zero or positive"
+        );
+        anyhow::ensure!(
+            self.early_stopping_patience != Some(0),
+            "early-stopping patience must be at least 1 epoch"
+        );
+        let (b, c) = (self.augment.brightness, self.augment.contrast);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&b) && (0.0..=1.0).contains(&c),
+            "augmentation brightness and contrast must be in [0, 1] (got {b} and {c})"
+        );
+        if let Optimizer::Sgd { momentum } = self.optimizer {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&momentum),
+                "SGD momentum must be in [0, 1) (got {momentum})"
+            );
+        }
         anyhow::ensure!(
             self.mode != Mode::Finetune || self.unfreeze_blocks <= self.backbone.num_blocks(),
             "--unfreeze {}: {} has {} blocks",

@@ -30,6 +30,13 @@ pub struct Evaluation {
     pub unnormalised_rows: usize,
     /// Line numbers of the first few of those rows.
     pub unnormalised_examples: Vec<usize>,
+    /// Which rows were scored when not all were: a run's `predictions.csv` holds its
+    /// validation rows (which chose and, for a probe, trained the kept model) and its test
+    /// rows; only the test rows are an honest score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scored: Option<String>,
+    /// Rows without a truth label, left out.
+    pub rows_without_truth: usize,
 }
 
 /// A predictions row that was left out of the metrics.
@@ -53,7 +60,7 @@ const LOGGED: usize = 10;
 impl Evaluation {
     /// True when no row was left out and every single-label row sums to 1.
     pub fn is_clean(&self) -> bool {
-        self.problems.is_empty() && self.unnormalised_rows == 0
+        self.problems.is_empty() && self.unnormalised_rows == 0 && self.rows_without_truth == 0
     }
 }
 
@@ -98,6 +105,18 @@ pub fn evaluate_csv(
         names.join(", ")
     );
     let labels: Vec<String> = prob_cols.iter().map(|c| c[2..].to_owned()).collect();
+    anyhow::ensure!(
+        labels.iter().all(|l| !l.is_empty()),
+        "a probability column without a label name (`p_`) in {}",
+        predictions.display()
+    );
+    for (i, name) in names.iter().enumerate() {
+        anyhow::ensure!(
+            !names[..i].contains(name),
+            "column `{name}` appears twice in {}: which one holds the values is ambiguous",
+            predictions.display()
+        );
+    }
     let n = df.height();
     let mut probs = vec![Vec::with_capacity(labels.len()); n];
     let mut bad: Vec<Vec<String>> = vec![Vec::new(); n];
@@ -160,8 +179,24 @@ pub fn evaluate_csv(
                 .collect()
         }
     };
+    // A run's predictions: score its test side alone when it has one.
+    let sides = column(&df, "split");
+    let test_only = sides
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|v| v == "test") && s.iter().any(|v| v != "test"));
+    let scored = test_only.then(|| {
+        let sides = sides.as_deref().unwrap_or_default();
+        let test = sides.iter().filter(|v| *v == "test").count();
+        format!(
+            "the {test} test rows of {n} (the split column's other rows chose the model, so they would flatter it)"
+        )
+    });
+    let on_side = |i: usize| !test_only || sides.as_ref().is_some_and(|s| s[i] == "test");
+    let rows_without_truth = (0..n)
+        .filter(|&i| on_side(i) && truth[i].is_empty())
+        .count();
     let keep: Vec<usize> = (0..n)
-        .filter(|&i| !truth[i].is_empty() && bad[i].is_empty())
+        .filter(|&i| on_side(i) && !truth[i].is_empty() && bad[i].is_empty())
         .collect();
     for p in problems.iter().take(LOGGED) {
         log::warn!("line {}: {} (row skipped)", p.line, p.detail);
@@ -209,6 +244,19 @@ pub fn evaluate_csv(
         Task::MultiClass
     });
     let probs: Vec<Vec<f32>> = keep.iter().map(|&i| probs[i].clone()).collect();
+    if task == Task::MultiLabel
+        && !multi
+        && probs.iter().all(|p| {
+            let sum: f64 = p.iter().map(|&x| f64::from(x)).sum();
+            (sum - 1.0).abs() <= SUM_TOLERANCE
+        })
+    {
+        log::warn!(
+            "multi-label scoring of single-label truth whose probabilities all sum to 1 (one \
+             class per image, as a multi-class model predicts): each probability is taken alone \
+             against 0.5, so most images get no label; --task multi-class scores them as predicted"
+        );
+    }
     let mut unnormalised_rows = 0;
     let mut unnormalised_examples = Vec::new();
     if task != Task::MultiLabel {
@@ -275,6 +323,8 @@ pub fn evaluate_csv(
         problems,
         unnormalised_rows,
         unnormalised_examples,
+        scored,
+        rows_without_truth,
     })
 }
 
@@ -327,6 +377,49 @@ mod tests {
         // The metrics are those of the good rows alone.
         assert_eq!(e.metrics, clean.metrics);
         assert!(!e.is_clean());
+    }
+
+    /// A run's predictions are scored on their test rows alone (the validation rows chose
+    /// the model), and the choice is said; without test rows every row counts. Ambiguous
+    /// columns are refused; rows without truth are counted.
+    #[test]
+    fn a_runs_test_rows_are_scored_alone_and_ambiguous_columns_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = dir.path().join("both.csv");
+        crate::fs::write(
+            &both,
+            "path,split,truth,p_a,p_b\n1,val,a,0.9,0.1\n2,val,b,0.9,0.1\n3,test,a,0.8,0.2\n4,test,b,0.3,0.7\n5,test,,0.5,0.5\n",
+        )
+        .unwrap();
+        let e = evaluate_csv(&both, None, None).unwrap();
+        assert_eq!(e.rows, 2);
+        assert_eq!(e.metrics.accuracy, 1.0, "the wrong val row is not scored");
+        assert!(
+            e.scored
+                .as_deref()
+                .unwrap()
+                .starts_with("the 3 test rows of 5")
+        );
+        assert_eq!(e.rows_without_truth, 1);
+        assert!(!e.is_clean());
+        let val = dir.path().join("val.csv");
+        crate::fs::write(
+            &val,
+            "path,split,truth,p_a,p_b\n1,val,a,0.9,0.1\n2,val,b,0.9,0.1\n",
+        )
+        .unwrap();
+        let e = evaluate_csv(&val, None, None).unwrap();
+        assert_eq!((e.rows, e.scored.as_deref()), (2, None));
+        for (text, says) in [
+            ("path,truth,p_a,p_b,p_a\n1,a,0.9,0.1,0.1\n", "appears twice"),
+            ("path,truth,truth,p_a,p_b\n1,a,b,0.9,0.1\n", "appears twice"),
+            ("path,truth,p_,p_b\n1,b,0.9,0.1\n", "without a label name"),
+        ] {
+            let bad = dir.path().join("bad.csv");
+            crate::fs::write(&bad, text).unwrap();
+            let e = evaluate_csv(&bad, None, None).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{e:#}");
+        }
     }
 
     /// A task that cannot be the file's is refused, not evaluated as another.

@@ -34,6 +34,36 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A digest of what training sees: the task, the labels in order, and each side's images
+    /// with their labels. Recorded when a run starts, so that a resume on data that has
+    /// changed since (images added or removed, class folders renamed or swapped, another
+    /// split) is refused instead of continuing on other data.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{:?}\n{}\n", self.task, self.labels.join("\u{1f}")));
+        for (side, idx) in [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("test", &self.test),
+        ] {
+            let mut rows: Vec<String> = idx
+                .iter()
+                .map(|&i| {
+                    let item = &self.items[i];
+                    format!("{}\u{1f}{}", item.name, self.label_string(item))
+                })
+                .collect();
+            rows.sort();
+            h.update(format!("{side} {}\n", rows.len()));
+            for r in rows {
+                h.update(r.as_bytes());
+                h.update(b"\n");
+            }
+        }
+        format!("{:x}", h.finalize())
+    }
+
     /// An item's true label(s) as written in files: the class, or `A|B` for several labels.
     pub fn label_string(&self, item: &Item) -> String {
         match &item.target {
@@ -78,13 +108,27 @@ pub fn infer_task(manifest: &Manifest) -> Task {
     }
 }
 
-/// Orders labels: numerically when all are numbers (ordinal grades), else alphabetically.
+/// A label's grade: the label as a number (`2`, `2.5`), or its leading whole number before a
+/// separator (`0_none`, `1-mild`, `2 moderate`).
+fn grade(label: &str) -> Option<f64> {
+    if let Ok(v) = label.parse::<f64>() {
+        return Some(v);
+    }
+    let digits = label.len() - label.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let rest = &label[digits..];
+    (digits > 0 && rest.starts_with(['_', '-', ' ', '.']))
+        .then(|| label[..digits].parse::<f64>().ok())
+        .flatten()
+}
+
+/// Orders labels: by grade when every label has one (ordinal grades), else alphabetically.
 fn ordered_labels(mut labels: Vec<String>) -> Vec<String> {
-    if labels.iter().all(|l| l.parse::<f64>().is_ok()) {
+    if labels.iter().all(|l| grade(l).is_some()) {
         labels.sort_by(|a, b| {
-            a.parse::<f64>()
+            grade(a)
                 .unwrap_or(0.0)
-                .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
+                .total_cmp(&grade(b).unwrap_or(0.0))
+                .then_with(|| a.cmp(b))
         });
     }
     labels
@@ -101,6 +145,24 @@ pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prep
     anyhow::ensure!(
         labels.len() >= 2,
         "training needs at least two labels, found {labels:?}"
+    );
+    anyhow::ensure!(
+        task != Task::Binary || labels.len() == 2,
+        "a binary task needs exactly two labels; the data has {}: {}",
+        labels.len(),
+        labels.join(", ")
+    );
+    // Grades in alphabetical order would be silently wrong ("none" after "moderate").
+    anyhow::ensure!(
+        task != Task::Ordinal || labels.iter().all(|l| grade(l).is_some()),
+        "an ordinal task needs labels that say their order: numbers (0, 1, 2, …) or names that \
+         start with one (0_none, 1_mild, …); these do not: {}",
+        labels
+            .iter()
+            .filter(|l| grade(l).is_none())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let index = |l: &str| {
         labels
@@ -159,4 +221,33 @@ pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prep
         test,
         split_given,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Grades come from numbers or a leading number; other names keep their (alphabetical)
+    /// order and have no grade.
+    #[test]
+    fn labels_are_ordered_by_their_grade_when_they_say_it() {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            ordered_labels(owned(&["10", "2", "1.5", "0"])),
+            owned(&["0", "1.5", "2", "10"])
+        );
+        assert_eq!(
+            ordered_labels(owned(&["2_moderate", "10_worst", "0_none", "1-mild"])),
+            owned(&["0_none", "1-mild", "2_moderate", "10_worst"])
+        );
+        let names = owned(&["mild", "moderate", "none", "severe"]);
+        assert_eq!(ordered_labels(names.clone()), names);
+        assert_eq!(grade("none"), None);
+        assert_eq!(
+            grade("3d"),
+            None,
+            "a number must be followed by a separator"
+        );
+        assert_eq!(grade("3 severe"), Some(3.0));
+    }
 }

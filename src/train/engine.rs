@@ -339,6 +339,7 @@ pub fn train(
                     status.epoch
                 );
             }
+            same_data(path, &data)?;
             let run = RunDir::reopen(path)?;
             // A run stopped before its first checkpoint has nothing to lose: it starts again.
             let progress = match crate::runs::checkpoint::latest(path)? {
@@ -396,4 +397,58 @@ pub fn train(
             Err(err)
         }
     }
+}
+
+/// A run resumes only on the data it started with: the labels and image counts of its
+/// `started` event, and the digest of images, labels and sides in its `dataset.json`
+/// (runs of older versions have none). Checked before the run folder is touched.
+fn same_data(run: &std::path::Path, data: &crate::train::data::Prepared) -> anyhow::Result<()> {
+    let refuse = |what: String| {
+        anyhow::anyhow!(
+            "the data changed since run {} started ({what}): resuming would continue training \
+             on other data. Put the data back as it was, or start a new run",
+            run.display()
+        )
+    };
+    let started = crate::runs::read_events(run)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|e| match e {
+            TrainEvent::Started {
+                labels,
+                train_images,
+                val_images,
+                ..
+            } => Some((labels, train_images, val_images)),
+            _ => None,
+        });
+    if let Some((labels, train, val)) = started {
+        if labels != data.labels {
+            return Err(refuse(format!(
+                "labels then: {}; now: {}",
+                labels.join(", "),
+                data.labels.join(", ")
+            )));
+        }
+        if (train, val) != (data.train.len(), data.val.len()) {
+            return Err(refuse(format!(
+                "training/validation images then: {train}/{val}; now: {}/{}",
+                data.train.len(),
+                data.val.len()
+            )));
+        }
+    }
+    let recorded = crate::runs::DatasetFile::read(run)
+        .ok()
+        .and_then(|d| d.fingerprint);
+    if let Some(recorded) = recorded
+        && recorded != data.fingerprint()
+    {
+        return Err(refuse(
+            "the same labels and counts, but other images, labels of images or sides — e.g. \
+             two class folders swapped"
+                .into(),
+        ));
+    }
+    Ok(())
 }

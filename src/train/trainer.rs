@@ -153,7 +153,10 @@ impl<'a> Trainer<'a> {
         if job.resume.is_none() {
             run.write_json(
                 "dataset.json",
-                &crate::runs::DatasetFile::of(&job.manifest, &job.options),
+                &crate::runs::DatasetFile {
+                    fingerprint: Some(data.fingerprint()),
+                    ..crate::runs::DatasetFile::of(&job.manifest, &job.options)
+                },
             )?;
         }
         emit(
