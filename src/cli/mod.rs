@@ -194,7 +194,7 @@ pub enum BenchCommand {
         graph: bool,
         /// Time our own WGSL network (shaders/lite.wgsl, the browser's WebGPU path) on this
         /// machine's wgpu adapter instead of the backends.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["backend", "graph"])]
         wgsl: bool,
         /// One JSON object per backend instead of a sentence.
         #[arg(long)]
@@ -405,6 +405,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 batch_size >= 1 && batches >= 1,
                 "--batch-size and --batches must be at least 1"
             );
+            anyhow::ensure!(
+                batch_size <= 1024,
+                "--batch-size {batch_size}: at most 1024 images per batch (each takes megabytes)"
+            );
             let choices = if wgsl {
                 vec![BackendChoice::Wgpu]
             } else {
@@ -443,6 +447,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             anyhow::ensure!(
                 batch_size >= 1 && batches >= 1,
                 "--batch-size and --batches must be at least 1"
+            );
+            anyhow::ensure!(
+                batch_size <= 1024,
+                "--batch-size {batch_size}: at most 1024 images per batch (each takes megabytes)"
             );
             anyhow::ensure!(
                 unfreeze <= backbone.num_blocks(),

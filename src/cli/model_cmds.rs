@@ -95,6 +95,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
     let mut index =
         String::from("path,explains,label,peak_x,peak_y,grid_width,grid_height,overlay\n");
     let mut skipped = 0usize;
+    let mut names = std::collections::HashSet::new();
     for path in &paths {
         let img = match crate::dataset::image_io::decode_file_complete(path) {
             Ok(img) => img,
@@ -106,9 +107,16 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         };
         let map = classifier.saliency(&img, class)?;
         // `Neutrophil/x.bmp` → `Neutrophil__x.bmp`: one flat folder, names kept apart.
-        let name = crate::dataset::relative_path(path, &base)
+        let flat = crate::dataset::relative_path(path, &base)
             .unwrap_or_else(|| path.display().to_string())
             .replace(['/', '\\'], "__");
+        // `a/b.jpg` and a file named `a__b.jpg` would share a name: the later one is numbered.
+        let mut name = flat.clone();
+        let mut n = 1;
+        while !names.insert(name.clone()) {
+            n += 1;
+            name = format!("{flat}~{n}");
+        }
         let overlay = args.out.join(format!("{name}.png"));
         map.overlay(&img.to_rgb8(), args.opacity)
             .save(&overlay)
@@ -276,6 +284,16 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     let compute = backend::select(args.backend)?;
     let paths = crate::infer::collect_inputs(&args.input)?;
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
+    // The run's own predictions.csv is what its metrics and Evaluate read.
+    let own = args.run.join("predictions.csv");
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&own), std::path::absolute(&args.out)) {
+        anyhow::ensure!(
+            std::fs::canonicalize(&b).map_or(a != b, |b| a != b),
+            "--out {} is the run's own predictions (what its metrics and Evaluate read); \
+             write to another file",
+            args.out.display()
+        );
+    }
     let worker = std::thread::Builder::new().name("predict".into()).spawn(
         move || -> anyhow::Result<_> {
             let classifier = crate::infer::Classifier::load(&args.run, &compute.device)?

@@ -364,6 +364,26 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
             let manifest = crate::dataset::open(&source, &options)?;
+            // What `explore` flags is said before anything trains on it.
+            let problems = manifest.problem_summary();
+            if !problems.is_empty() {
+                let total: usize = problems.iter().map(|p| p.count).sum();
+                crate::errln!(
+                    "warning: the dataset has {total} problem(s); `cellbench explore {}` lists them:",
+                    source.display()
+                );
+                for p in &problems {
+                    crate::errln!(
+                        "  {} × {}{}",
+                        p.count,
+                        p.description,
+                        p.examples
+                            .first()
+                            .map(|e| format!(" (e.g. {})", crate::table::clip_chars(e, 120)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
             if args.folds.is_some() && manifest.records.iter().any(|r| r.split.is_some()) {
                 crate::errln!(
                     "note: cross-validation makes its own patient-grouped folds; the split in {} is not used",

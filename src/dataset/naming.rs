@@ -6,8 +6,9 @@
 /// A C-NMC 2019 cell file name: `UID_<patient>_<image>_<cell>_<all|hem>.bmp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CnmcName {
-    /// Patient (or healthy subject) id, normalised: numeric ids as written (`11`),
-    /// healthy-subject ids upper-cased (`h3` and `H3` are the same subject, `H3`).
+    /// Patient (or healthy subject) id, normalised: numeric ids without leading zeros
+    /// (`011` and `11` are the same patient, `11`), healthy-subject ids upper-cased (`h3`,
+    /// `H03` and `H3` are the same subject, `H3`).
     pub patient: String,
     /// Microscope image number within the patient.
     pub image_no: u32,
@@ -39,7 +40,9 @@ pub fn parse_cnmc(file_name: &str) -> Option<CnmcName> {
     })
 }
 
-/// `11` → `11`, `H10` → `H10`, `h3` → `H3`; anything else is not a C-NMC patient token.
+/// `11` → `11`, `011` → `11`, `H10` → `H10`, `h3` → `H3`, `H03` → `H3`; anything else is
+/// not a C-NMC patient token. Zero padding never makes two ids of one patient (which a
+/// patient split would put on both sides).
 fn normalise_cnmc_patient(token: &str) -> Option<String> {
     let (prefix, digits) = match token.as_bytes().first()? {
         b'h' | b'H' => ("H", &token[1..]),
@@ -48,6 +51,10 @@ fn normalise_cnmc_patient(token: &str) -> Option<String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let digits = match digits.trim_start_matches('0') {
+        "" => "0",
+        d => d,
+    };
     Some(format!("{prefix}{digits}"))
 }
 
@@ -126,6 +133,11 @@ mod tests {
 
     #[test]
     fn cnmc_lower_case_subject_is_the_same_subject() {
+        for padded in ["UID_011_10_1_all.bmp", "UID_0011_10_1_all.bmp"] {
+            assert_eq!(parse_cnmc(padded).unwrap().patient, "11");
+        }
+        assert_eq!(parse_cnmc("UID_H03_1_1_hem.bmp").unwrap().patient, "H3");
+        assert_eq!(parse_cnmc("UID_0_1_1_all.bmp").unwrap().patient, "0");
         let lower = parse_cnmc("UID_h3_6_1_hem.bmp").unwrap();
         let upper = parse_cnmc("UID_H3_6_2_hem.bmp").unwrap();
         assert_eq!(lower.patient, "H3");
