@@ -538,7 +538,7 @@ fn an_image_split_is_allowed_on_purpose_and_says_what_it_leaks() {
     // Training on it works, and says the scores will be optimistic.
     let out = cellbench()
         .env("CELLBENCH_CACHE", dir.path().join("cache"))
-        .args(["train", path_str(&data), "--split", path_str(&csv)])
+        .args(["train", "--split", path_str(&csv)])
         .args(["--image-size", "32", "--backend", "cpu"])
         .args(["--runs", path_str(&dir.path().join("runs"))])
         .output()

@@ -1401,3 +1401,66 @@ fn resume_on_changed_data_is_refused() {
         stderr(&out)
     );
 }
+
+/// Predict never ends in silence without predictions: a folder whose only image cannot be
+/// read is an error, a file name that is not UTF-8 is named as skipped (exit 3 with
+/// `--strict`), and the run's own predictions.csv is not overwritten.
+#[test]
+fn predict_names_what_it_could_not_use() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 6);
+    let runs = tmp.path().join("runs");
+    train_small(&data, &runs, &[]);
+    let run_dir = only_run(&runs);
+    let own = std::fs::read(run_dir.join("predictions.csv")).unwrap();
+    let out = run(&[
+        "predict",
+        path_str(&run_dir),
+        path_str(&data.join("Eosinophil")),
+        "--out",
+        path_str(&run_dir.join("predictions.csv")),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the run's own predictions"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(run_dir.join("predictions.csv")).unwrap(), own);
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("blank.jpg"), b"").unwrap();
+    let csv = tmp.path().join("p.csv");
+    let out = run(&[
+        "predict",
+        path_str(&run_dir),
+        path_str(&empty),
+        "--out",
+        path_str(&csv),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("none of the 1 image(s) could be read"),
+        "{}",
+        stderr(&out)
+    );
+
+    let odd = tmp.path().join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    let good = common::bccd_class_files("Lymphocyte", 1).remove(0);
+    std::fs::copy(&good, odd.join("ok.jpg")).unwrap();
+    let bad_name = std::ffi::OsStr::from_bytes(b"bad\xffname.jpg");
+    std::fs::copy(&good, odd.join(bad_name)).unwrap();
+    let out = run(&[
+        "predict",
+        path_str(&run_dir),
+        path_str(&odd),
+        "--out",
+        path_str(&csv),
+        "--strict",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
+}

@@ -83,7 +83,10 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         })?),
         None => None,
     };
-    let paths = crate::infer::collect_inputs(&args.input)?;
+    let (paths, left_out) = crate::infer::collect_inputs_noting(&args.input)?;
+    for (path, why) in &left_out {
+        crate::errln!("skipped ({why}): {path}");
+    }
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
     crate::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -94,7 +97,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
     };
     let mut index =
         String::from("path,explains,label,peak_x,peak_y,grid_width,grid_height,overlay\n");
-    let mut skipped = 0usize;
+    let mut skipped = left_out.len();
     let mut names = std::collections::HashSet::new();
     for path in &paths {
         let img = match crate::dataset::image_io::decode_file_complete(path) {
@@ -282,7 +285,10 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     let strict = args.strict;
     let compute = backend::select(args.backend)?;
-    let paths = crate::infer::collect_inputs(&args.input)?;
+    let (paths, left_out) = crate::infer::collect_inputs_noting(&args.input)?;
+    for (path, why) in &left_out {
+        crate::errln!("skipped ({why}): {path}");
+    }
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
     // The run's own predictions.csv is what its metrics and Evaluate read.
     let own = args.run.join("predictions.csv");
@@ -331,11 +337,18 @@ pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
         summary.predicted,
         out.display()
     );
-    Ok(if summary.failed.is_empty() || !strict {
-        0
-    } else {
-        crate::cli::exit::PROBLEMS
-    })
+    anyhow::ensure!(
+        summary.predicted > 0,
+        "none of the {} image(s) could be read",
+        summary.failed.len()
+    );
+    Ok(
+        if (summary.failed.is_empty() && left_out.is_empty()) || !strict {
+            0
+        } else {
+            crate::cli::exit::PROBLEMS
+        },
+    )
 }
 
 #[derive(Args, Debug)]

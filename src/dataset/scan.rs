@@ -185,7 +185,7 @@ pub fn scan_folder(root: &Path, format: Option<DatasetFormat>) -> Result<Manifes
         .images
         .into_par_iter()
         .map(|file| match format {
-            DatasetFormat::Cnmc => (cnmc_record(file), None),
+            DatasetFormat::Cnmc => cnmc_record(file),
             _ => class_folder_record(file),
         })
         .collect();
@@ -350,15 +350,36 @@ fn empty_file_problem(bytes: u64) -> Option<String> {
     (bytes == 0).then(|| ProblemKind::EmptyFile.description().to_owned())
 }
 
-fn cnmc_record(file: FoundFile) -> Result<Record, Problem> {
+/// A C-NMC cell: the label is the name's `all` or `hem`. A cell in a folder named for the
+/// other class (`hem/UID_3_1_1_all.bmp`) keeps its name's label and comes back with a
+/// [`ProblemKind::NameMismatch`] entry: one of the two is wrong, and the user should know.
+fn cnmc_record(file: FoundFile) -> (Result<Record, Problem>, Option<Problem>) {
     let Some(name) = parse_cnmc(file_name(&file.rel)) else {
-        return Err(Problem::new(
+        let problem = Problem::new(
             ProblemKind::NameMismatch,
             file.rel,
             "expected UID_<patient>_<image>_<cell>_<all|hem>.<ext>",
-        ));
+        );
+        return (Err(problem), None);
     };
-    Ok(Record {
+    let folder = file
+        .rel
+        .rsplit_once('/')
+        .map(|(dir, _)| file_name(dir).to_ascii_lowercase());
+    let disagrees = folder
+        .as_deref()
+        .filter(|f| matches!(*f, "all" | "hem") && *f != name.label)
+        .map(|f| {
+            Problem::new(
+                ProblemKind::NameMismatch,
+                file.rel.clone(),
+                format!(
+                    "named {:?} but in a folder {f:?}; labelled {:?} by its name",
+                    name.label, name.label
+                ),
+            )
+        });
+    let record = Record {
         problem: empty_file_problem(file.bytes),
         path: file.rel,
         labels: vec![name.label],
@@ -367,7 +388,8 @@ fn cnmc_record(file: FoundFile) -> Result<Record, Problem> {
         cell_no: Some(name.cell_no),
         bytes: Some(file.bytes),
         ..Default::default()
-    })
+    };
+    (Ok(record), disagrees)
 }
 
 /// A class-folder image: the label is the first folder under the root. An image deeper than
@@ -434,6 +456,33 @@ mod tests {
         assert!(scan_folder(ok.path(), None).unwrap().problems.is_empty());
         assert!(looks_like_structure("set_3") && looks_like_structure("Train"));
         assert!(!looks_like_structure("Neutrophil") && !looks_like_structure("hem"));
+    }
+
+    /// A C-NMC cell named for one class inside the other class's folder keeps its name's
+    /// label and is listed; one in the right folder, or in a neutral one, is not.
+    #[test]
+    fn a_cnmc_cell_in_the_other_classs_folder_is_listed() {
+        let file = |rel: &str| FoundFile {
+            rel: rel.to_owned(),
+            bytes: 10,
+        };
+        let (record, note) = cnmc_record(file("fold_0/hem/UID_3_1_1_all.bmp"));
+        assert_eq!(record.unwrap().labels, ["all"]);
+        let note = note.expect("listed");
+        assert_eq!(note.kind, ProblemKind::NameMismatch);
+        assert!(
+            note.detail.contains("in a folder \"hem\""),
+            "{}",
+            note.detail
+        );
+        for fine in [
+            "fold_0/ALL/UID_3_1_1_all.bmp",
+            "cells/UID_3_1_1_all.bmp",
+            "UID_H3_1_1_hem.bmp",
+        ] {
+            let (record, note) = cnmc_record(file(fine));
+            assert!(record.is_ok() && note.is_none(), "{fine}");
+        }
     }
 
     #[test]

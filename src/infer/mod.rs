@@ -22,10 +22,31 @@ pub struct PredictSummary {
 
 /// Collects image files: a single image, a folder (recursively) or a dataset manifest CSV.
 pub fn collect_inputs(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    collect_inputs_noting(input).map(|(paths, _)| paths)
+}
+
+/// Files of a folder that could not be taken as inputs: `(path, why)`.
+pub type LeftOut = Vec<(String, String)>;
+
+/// As [`collect_inputs`], with the files of a folder that could not be listed as inputs (a
+/// name that is not valid UTF-8, a path the walk could not enter): `(path, why)`.
+pub fn collect_inputs_noting(input: &Path) -> anyhow::Result<(Vec<PathBuf>, LeftOut)> {
+    use crate::dataset::problem::ProblemKind;
     if crate::fs::is_dir(input) {
         let walk = crate::dataset::scan::walk_images(input);
-        return Ok(walk.images.into_iter().map(|f| input.join(f.rel)).collect());
+        let left_out = walk
+            .problems
+            .into_iter()
+            .filter(|p| matches!(p.kind, ProblemKind::NonUtf8Name | ProblemKind::WalkError))
+            .map(|p| (p.path, format!("{}: {}", p.kind.description(), p.detail)))
+            .collect();
+        let paths = walk.images.into_iter().map(|f| input.join(f.rel)).collect();
+        return Ok((paths, left_out));
     }
+    collect_one(input).map(|paths| (paths, Vec::new()))
+}
+
+fn collect_one(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext.eq_ignore_ascii_case("csv") {
         let m = crate::dataset::open(input, &Default::default())?;
