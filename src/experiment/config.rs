@@ -338,6 +338,21 @@ impl TrainConfig {
         }
     }
 
+    /// The settings as a run of `task` uses them, for its `config.toml`: options its mode or
+    /// task ignores (multi-scale features in a fine-tune, calibration of a multi-label model)
+    /// are recorded off, so a run folder never claims what did not happen.
+    pub fn as_used(&self, task: Task) -> Self {
+        let mut c = self.clone();
+        if c.mode != Mode::Probe {
+            c.multiscale = false;
+            c.orientation_mean = false;
+        }
+        if !matches!(task, Task::Binary | Task::MultiClass) {
+            c.calibrate = false;
+        }
+        c
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         /// The largest network input side.
         const MAX_IMAGE_SIZE: u32 = 1024;
@@ -393,6 +408,21 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's recorded settings leave out what its mode or task ignores.
+    #[test]
+    fn recorded_settings_are_those_used() {
+        let mut c = TrainConfig::for_mode(Mode::Finetune);
+        c.multiscale = true;
+        c.orientation_mean = true;
+        c.calibrate = true;
+        let used = c.as_used(Task::MultiLabel);
+        assert!(!used.multiscale && !used.orientation_mean && !used.calibrate);
+        let mut p = TrainConfig::for_mode(Mode::Probe);
+        p.multiscale = true;
+        p.calibrate = true;
+        assert_eq!(p.as_used(Task::MultiClass), p);
+    }
 
     #[test]
     fn a_backbone_brings_its_input_size_except_to_a_scratch_cnn() {

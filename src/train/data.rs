@@ -207,6 +207,13 @@ pub fn prepare(manifest: &Manifest, config: &TrainConfig) -> anyhow::Result<Prep
         |s: Split| -> Vec<usize> { (0..items.len()).filter(|&i| sides[i] == Some(s)).collect() };
     let (train, val, test) = (pick(Split::Train), pick(Split::Val), pick(Split::Test));
     anyhow::ensure!(!train.is_empty(), "the training side is empty");
+    if split_given {
+        anyhow::ensure!(
+            !val.is_empty(),
+            "the given split has no validation rows (split = val): the run needs them to choose \
+             its model; make one with `cellbench split --val 0.2`"
+        );
+    }
     anyhow::ensure!(
         !val.is_empty(),
         "the validation side is empty (too few patients/images for a {:.0}% validation split)",

@@ -351,7 +351,10 @@ pub fn train(
             };
             (run, progress)
         }
-        None => (RunDir::create(&job.runs_root, &config)?, fresh()),
+        None => (
+            RunDir::create(&job.runs_root, &config.as_used(data.task))?,
+            fresh(),
+        ),
     };
     if restarted {
         emit(
