@@ -402,6 +402,49 @@ pub fn train(
     }
 }
 
+/// Labels a side has no image of (a label with one image lands on one side only): the model
+/// cannot learn a label it never sees, and one missing from validation is neither measured
+/// nor weighed when the kept model is chosen.
+pub(crate) fn missing_labels(data: &crate::train::data::Prepared) -> Vec<String> {
+    let k = data.labels.len();
+    let count = |side: &[usize]| {
+        let mut n = vec![0usize; k];
+        for &i in side {
+            match &data.items[i].target {
+                Target::Class(c) => n[*c] += 1,
+                Target::Multi(flags) => {
+                    for (j, f) in flags.iter().enumerate() {
+                        n[j] += usize::from(*f);
+                    }
+                }
+            }
+        }
+        n
+    };
+    let (train, val) = (count(&data.train), count(&data.val));
+    let none = |n: &[usize]| -> Vec<&str> {
+        (0..k)
+            .filter(|&c| n[c] == 0)
+            .map(|c| data.labels[c].as_str())
+            .collect()
+    };
+    let mut out = Vec::new();
+    let (untrained, unmeasured) = (none(&train), none(&val));
+    if !untrained.is_empty() {
+        out.push(format!(
+            "no training image of label(s) {}: the model cannot learn them",
+            untrained.join(", ")
+        ));
+    }
+    if !unmeasured.is_empty() {
+        out.push(format!(
+            "no validation image of label(s) {}: their recall and AUC are not measured, and the kept model is chosen without them",
+            unmeasured.join(", ")
+        ));
+    }
+    out
+}
+
 /// A run resumes only on the data it started with: the labels and image counts of its
 /// `started` event, and the digest of images, labels and sides in its `dataset.json`
 /// (runs of older versions have none). Checked before the run folder is touched.
@@ -454,4 +497,42 @@ fn same_data(run: &std::path::Path, data: &crate::train::data::Prepared) -> anyh
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::data::{Item, Prepared};
+
+    /// A label with no image on a side is named: never learnt (training) or never measured
+    /// (validation); a label present on both sides is not.
+    #[test]
+    fn labels_missing_from_a_side_are_named() {
+        let item = |c: usize| Item {
+            path: PathBuf::from(format!("{c}.png")),
+            name: format!("{c}.png"),
+            patient: None,
+            target: Target::Class(c),
+        };
+        let data = Prepared {
+            task: Task::MultiClass,
+            labels: vec!["a".into(), "b".into(), "rare".into()],
+            items: vec![item(0), item(1), item(0), item(1), item(2)],
+            train: vec![0, 1, 4],
+            val: vec![2, 3],
+            test: Vec::new(),
+            split_given: false,
+        };
+        let warnings = missing_labels(&data);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("no validation image of label(s) rare:"));
+        let data = Prepared {
+            train: vec![0, 1],
+            val: vec![2, 3, 4],
+            ..data
+        };
+        let warnings = missing_labels(&data);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("no training image of label(s) rare:"));
+    }
 }

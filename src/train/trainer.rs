@@ -177,6 +177,11 @@ impl<'a> Trainer<'a> {
                 },
             },
         );
+        if job.resume.is_none() {
+            for message in super::engine::missing_labels(data) {
+                emit(run, sink, TrainEvent::Warning { message });
+            }
+        }
         let k = data.labels.len();
         // Network outputs: one per class, or the cumulative thresholds of an ordinal task.
         let outputs = if data.task == Task::Ordinal {
