@@ -229,20 +229,32 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                         .map_err(|e| format!("{e:#}"))?
                         .with_orientation_tta(tta);
                     let mut paths = Vec::new();
+                    // Files a folder holds that could not be taken (a name that is not UTF-8, a
+                    // path the walk could not enter): counted with the unreadable ones.
+                    let mut left_out = 0;
                     for input in &inputs {
-                        paths.extend(
-                            crate::infer::collect_inputs(input).map_err(|e| format!("{e:#}"))?,
-                        );
+                        let (found, skipped) = crate::infer::collect_inputs_noting(input)
+                            .map_err(|e| format!("{e:#}"))?;
+                        for (path, why) in &skipped {
+                            log::warn!("predict: skipped ({why}): {path}");
+                        }
+                        left_out += skipped.len();
+                        paths.extend(found);
                     }
                     let prediction = crate::infer::BatchPrediction::new(&classifier, paths, batch);
-                    Ok((classifier, prediction))
+                    Ok((classifier, prediction, left_out))
                 },
-                |(classifier, prediction)| prediction.total() > 0 && prediction.step(classifier),
-                move |(classifier, prediction)| {
+                |(classifier, prediction, _)| prediction.total() > 0 && prediction.step(classifier),
+                move |(classifier, prediction, left_out)| {
                     let s = prediction.finish(&output).map_err(|e| format!("{e:#}"))?;
+                    let not_taken = if left_out > 0 {
+                        format!(", {left_out} not taken: see the log")
+                    } else {
+                        String::new()
+                    };
                     Ok(PredictView {
                         summary: format!(
-                            "{} of {} images predicted to {} ({} unreadable)",
+                            "{} of {} images predicted to {} ({} unreadable{not_taken})",
                             s.predicted,
                             s.images,
                             output.display(),
