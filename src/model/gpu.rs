@@ -60,6 +60,7 @@ impl Params {
     }
 }
 
+/// The shader's entry points; a kernel's number is its pipeline's index.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Stem,
@@ -68,12 +69,8 @@ enum Kernel {
     Pool,
 }
 
-const KERNELS: [(Kernel, &str); 4] = [
-    (Kernel::Stem, "stem"),
-    (Kernel::Pointwise, "pointwise"),
-    (Kernel::Depthwise, "depthwise"),
-    (Kernel::Pool, "pool"),
-];
+/// Entry point names, in [`Kernel`] order.
+const KERNELS: [&str; 4] = ["stem", "pointwise", "depthwise", "pool"];
 
 /// Where an operation reads or writes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -370,17 +367,20 @@ impl GpuLite {
         taps: &[usize],
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(side >= 8, "images of {side} pixels are too small");
-        // The largest activation of one image sizes the batch.
-        let (one, _, _) = plan(net, 1, side, taps);
-        let per_image = one.iter().map(|s| s.written).max().unwrap_or(1) * 4;
+        let asked = batch.max(1);
+        let (mut steps, mut weights, width) = plan(net, asked, side, taps);
+        // The largest activation sizes the batch (every activation holds `n` images).
+        let per_image = steps.iter().map(|s| s.written).max().unwrap_or(asked) / asked * 4;
         let limit = device.limits().max_storage_buffer_binding_size as usize;
-        let batch = batch.clamp(1, (limit / per_image).max(1));
         anyhow::ensure!(
             per_image <= limit,
             "one {side}×{side} image needs {per_image} bytes of activations, more than the \
              device's storage limit of {limit}"
         );
-        let (steps, weights, width) = plan(net, batch, side, taps);
+        let batch = asked.min(limit / per_image);
+        if batch < asked {
+            (steps, weights, _) = plan(net, batch, side, taps);
+        }
         let built = Arc::new(Outcome::default());
         let this = checked(device, &built, || {
             Self::build(device, queue, &steps, &weights, batch, side, width)
@@ -391,12 +391,23 @@ impl GpuLite {
     /// Whether a batch can be submitted: none is on its way back. A batch nobody collected
     /// (its job was stopped) is released here once its copy is done.
     pub fn ready(&self) -> bool {
+        self.release(None)
+    }
+
+    /// Releases the readback of the batch submitted last once its copy is known (unmapping
+    /// it), when that batch is `of` (any with `None`). True when no batch is outstanding.
+    fn release(&self, of: Option<&Arc<Outcome>>) -> bool {
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
-        match outstanding.as_ref().map(|m| m.get()) {
-            None => true,
-            Some(None) => false,
-            Some(Some(mapped)) => {
-                if mapped.is_ok() {
+        let Some(mapped) = outstanding.as_ref() else {
+            return true;
+        };
+        if of.is_some_and(|p| !Arc::ptr_eq(p, mapped)) {
+            return false;
+        }
+        match mapped.get() {
+            None => false,
+            Some(result) => {
+                if result.is_ok() {
                     self.staging.unmap();
                 }
                 *outstanding = None;
@@ -454,7 +465,7 @@ impl GpuLite {
         });
         let pipelines = KERNELS
             .iter()
-            .map(|(_, entry)| {
+            .map(|entry| {
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
                     layout: Some(&pipeline_layout),
@@ -615,11 +626,7 @@ impl GpuLite {
                 timestamp_writes: None,
             });
             for (kernel, bind, (x, y)) in &self.ops {
-                let i = KERNELS
-                    .iter()
-                    .position(|(k, _)| k == kernel)
-                    .expect("every kernel has a pipeline");
-                pass.set_pipeline(&self.pipelines[i]);
+                pass.set_pipeline(&self.pipelines[*kernel as usize]);
                 pass.set_bind_group(0, bind, &[]);
                 pass.dispatch_workgroups(*x, *y, 1);
             }
@@ -665,16 +672,7 @@ impl GpuLite {
                 Some(out)
             }
         };
-        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
-        if outstanding
-            .as_ref()
-            .is_some_and(|m| Arc::ptr_eq(m, &pending.mapped))
-        {
-            if pending.mapped.get() == Some(Ok(())) {
-                self.staging.unmap();
-            }
-            *outstanding = None;
-        }
+        self.release(Some(&pending.mapped));
         out
     }
 
