@@ -190,11 +190,9 @@ impl Extractor {
             let images = group.len() / per_image;
             let f = self.pooled(orientations(group, side), images * VIEWS, side, &taps);
             for per_view in f.chunks_exact(width * VIEWS) {
-                let mut mean = vec![0.0f32; width];
-                for row in per_view.chunks_exact(width) {
-                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                }
-                out.extend(mean.into_iter().map(|m| m / VIEWS as f32));
+                let start = out.len();
+                out.resize(start + width, 0.0);
+                super::fused::mean_rows(per_view, width, &mut out[start..]);
             }
         }
         out

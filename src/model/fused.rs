@@ -707,8 +707,9 @@ impl FusedLite {
     }
 }
 
-/// Column means of the channels-last rows of `x` (`c` wide) into `out`.
-fn mean_rows(x: &[f32], c: usize, out: &mut [f32]) {
+/// Column means of the rows of `x` (`c` wide) into `out`: a channels-last activation's
+/// pool, or the mean of an image's feature vectors over its views.
+pub(crate) fn mean_rows(x: &[f32], c: usize, out: &mut [f32]) {
     out.fill(0.0);
     let rows = x.len() / c;
     for row in x.chunks_exact(c) {

@@ -479,11 +479,11 @@ impl FeatureSteps {
         let mut row = 0;
         for (i, key, views) in items {
             let mut mean = vec![0.0f32; width];
-            for v in 0..*views {
-                let r = &rows[(row + v) * width..][..width];
-                mean.iter_mut().zip(r).for_each(|(m, x)| *m += x);
-            }
-            mean.iter_mut().for_each(|m| *m /= *views as f32);
+            crate::model::fused::mean_rows(
+                &rows[row * width..(row + views) * width],
+                width,
+                &mut mean,
+            );
             row += views;
             self.store(*i, key, mean);
         }
@@ -518,12 +518,9 @@ impl FeatureSteps {
         }
         if passes.is_empty() {
             let (i, key, _, done) = self.current.take().expect("in progress");
-            let mut mean = vec![0.0f32; self.kind.width()];
-            for f in &done {
-                mean.iter_mut().zip(f).for_each(|(m, v)| *m += v);
-            }
-            let views = done.len().max(1) as f32;
-            mean.iter_mut().for_each(|m| *m /= views);
+            let width = self.kind.width();
+            let mut mean = vec![0.0f32; width];
+            crate::model::fused::mean_rows(&done.concat(), width, &mut mean);
             self.store(i, &key, mean);
         }
     }
