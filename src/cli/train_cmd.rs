@@ -122,17 +122,24 @@ pub struct TrainArgs {
     pub export_features: Option<PathBuf>,
 }
 
-/// Keys of a run configuration file that no setting reads (top level and one table down),
-/// as `key` or `table.key`.
-fn unknown_keys(text: &str) -> Vec<String> {
-    let (Ok(toml::Value::Table(given)), Ok(toml::Value::Table(known))) = (
-        toml::from_str::<toml::Value>(text),
-        toml::Value::try_from(TrainConfig::default()),
-    ) else {
+/// Settings only one mode reads: the configuration key, the flag, the mode.
+const MODE_ONLY: [(&str, &str, Mode); 6] = [
+    ("multiscale", "--multiscale", Mode::Probe),
+    ("orientation_mean", "--orientation-mean", Mode::Probe),
+    ("solver", "--solver", Mode::Probe),
+    ("head_init", "--head-init", Mode::Finetune),
+    ("batch_norm", "--batch-norm", Mode::Finetune),
+    ("unfreeze_blocks", "--unfreeze", Mode::Finetune),
+];
+
+/// Keys of a run configuration file (its top-level table) that no setting reads (top level
+/// and one table down), as `key` or `table.key`.
+fn unknown_keys(given: &toml::Table) -> Vec<String> {
+    let Ok(toml::Value::Table(known)) = toml::Value::try_from(TrainConfig::default()) else {
         return Vec::new();
     };
     let mut unknown = Vec::new();
-    for (key, value) in &given {
+    for (key, value) in given {
         match (known.get(key), value) {
             (None, _) if key != "task" => unknown.push(key.clone()),
             // A tagged table (`[optimizer] kind = …`) has keys per variant: only its
@@ -199,30 +206,22 @@ impl TrainArgs {
 
     /// Options given that the run's mode does not use, each with why.
     fn unused_options(&self, config: &TrainConfig) -> Vec<String> {
-        let mut unused = Vec::new();
-        if config.mode != Mode::Probe {
-            for (name, on) in [
-                ("--multiscale", self.multiscale),
-                ("--orientation-mean", self.orientation_mean),
-                ("--solver", self.solver.is_some()),
-            ] {
-                if on {
-                    unused.push(format!("{name} (probes only)"));
-                }
-            }
-        }
-        if config.mode != Mode::Finetune {
-            for (name, on) in [
-                ("--head-init", self.head_init.is_some()),
-                ("--batch-norm", self.batch_norm.is_some()),
-                ("--unfreeze", self.unfreeze.is_some()),
-            ] {
-                if on {
-                    unused.push(format!("{name} (fine-tuning only)"));
-                }
-            }
-        }
-        unused
+        let given = |key: &str| match key {
+            "multiscale" => self.multiscale,
+            "orientation_mean" => self.orientation_mean,
+            "solver" => self.solver.is_some(),
+            "head_init" => self.head_init.is_some(),
+            "batch_norm" => self.batch_norm.is_some(),
+            _ => self.unfreeze.is_some(),
+        };
+        MODE_ONLY
+            .iter()
+            .filter(|(key, _, mode)| *mode != config.mode && given(key))
+            .map(|(_, flag, mode)| match mode {
+                Mode::Probe => format!("{flag} (probes only)"),
+                _ => format!("{flag} (fine-tuning only)"),
+            })
+            .collect()
     }
 
     fn config(&self) -> anyhow::Result<TrainConfig> {
@@ -235,11 +234,8 @@ impl TrainArgs {
                 // A run folder's config.toml without these keys was written before the choices
                 // existed and reads as what it did then; a configuration file given here means
                 // today's defaults.
-                let keys: Vec<String> = match toml::from_str::<toml::Value>(&text) {
-                    Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
-                    _ => Vec::new(),
-                };
-                let has = |k: &str| keys.iter().any(|g| g == k);
+                let given: toml::Table = toml::from_str(&text).unwrap_or_default();
+                let has = |k: &str| given.contains_key(k);
                 if !has("head_init") {
                     c.head_init = Default::default();
                 }
@@ -247,18 +243,11 @@ impl TrainArgs {
                     c.batch_norm = Default::default();
                 }
                 let mode = self.mode.unwrap_or(c.mode);
-                let unused: Vec<&str> = [
-                    ("multiscale", mode != Mode::Probe),
-                    ("orientation_mean", mode != Mode::Probe),
-                    ("solver", mode != Mode::Probe),
-                    ("head_init", mode != Mode::Finetune),
-                    ("batch_norm", mode != Mode::Finetune),
-                    ("unfreeze_blocks", mode != Mode::Finetune),
-                ]
-                .into_iter()
-                .filter(|(k, off)| *off && has(k))
-                .map(|(k, _)| k)
-                .collect();
+                let unused: Vec<&str> = MODE_ONLY
+                    .iter()
+                    .filter(|(key, _, only)| *only != mode && has(key))
+                    .map(|(key, _, _)| *key)
+                    .collect();
                 if !unused.is_empty() {
                     crate::errln!(
                         "note: not used by a {} run: {} (in {})",
@@ -267,7 +256,7 @@ impl TrainArgs {
                         p.display()
                     );
                 }
-                let unknown = unknown_keys(&text);
+                let unknown = unknown_keys(&given);
                 if !unknown.is_empty() {
                     crate::errln!(
                         "note: {} has settings cellbench does not know, ignored: {} (a misspelling?)",
@@ -690,7 +679,9 @@ mod tests {
     fn unknown_config_keys_are_named() {
         let text = "mode = \"finetune\"\nhead_int = \"random\"\ntask = \"binary\"\n\
                     [preprocess]\nsize = 64\nsise = 3\n[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\n";
-        assert_eq!(unknown_keys(text), ["head_int", "preprocess.sise"]);
-        assert!(unknown_keys(&toml::to_string(&TrainConfig::default()).unwrap()).is_empty());
+        let table = |t: &str| toml::from_str::<toml::Table>(t).unwrap();
+        assert_eq!(unknown_keys(&table(text)), ["head_int", "preprocess.sise"]);
+        let defaults = toml::to_string(&TrainConfig::default()).unwrap();
+        assert!(unknown_keys(&table(&defaults)).is_empty());
     }
 }
