@@ -86,6 +86,12 @@ fn column(df: &CsvTable, name: &str) -> Option<Vec<String>> {
     df.column(name)
 }
 
+/// Whether a row's probabilities sum to 1 within [`SUM_TOLERANCE`] (one class per image).
+fn sums_to_one(p: &[f32]) -> bool {
+    let sum: f64 = p.iter().map(|&x| f64::from(x)).sum();
+    (sum - 1.0).abs() <= SUM_TOLERANCE
+}
+
 fn base_name(p: &str) -> &str {
     p.rsplit(['/', '\\']).next().unwrap_or(p)
 }
@@ -244,13 +250,7 @@ pub fn evaluate_csv(
         Task::MultiClass
     });
     let probs: Vec<Vec<f32>> = keep.iter().map(|&i| probs[i].clone()).collect();
-    if task == Task::MultiLabel
-        && !multi
-        && probs.iter().all(|p| {
-            let sum: f64 = p.iter().map(|&x| f64::from(x)).sum();
-            (sum - 1.0).abs() <= SUM_TOLERANCE
-        })
-    {
+    if task == Task::MultiLabel && !multi && probs.iter().all(|p| sums_to_one(p)) {
         log::warn!(
             "multi-label scoring of single-label truth whose probabilities all sum to 1 (one \
              class per image, as a multi-class model predicts): each probability is taken alone \
@@ -261,8 +261,7 @@ pub fn evaluate_csv(
     let mut unnormalised_examples = Vec::new();
     if task != Task::MultiLabel {
         for (&i, p) in keep.iter().zip(&probs) {
-            let sum: f64 = p.iter().map(|&x| f64::from(x)).sum();
-            if (sum - 1.0).abs() > SUM_TOLERANCE {
+            if !sums_to_one(p) {
                 unnormalised_rows += 1;
                 if unnormalised_examples.len() < EXAMPLES {
                     unnormalised_examples.push(i + 2);
