@@ -857,3 +857,55 @@ fn a_lasso_on_the_map_filters_the_gallery() {
     assert_eq!(picked.len(), 35);
     harness.get_by_label("35 of 35 images shown");
 }
+
+/// Typing into the path of a Dataset cell that has just run keeps the focus (the "Out of date"
+/// line the first keystroke brings must not move the field elsewhere).
+#[test]
+fn typing_a_dataset_path_keeps_the_focus() {
+    use cellbench::ui::freshness::{Freshness, freshness};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("typing.cellbook.toml");
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.get_by_label_contains("35 images · 5 labels");
+    let dataset = cell_id(harness.state(), |k| matches!(k, CellKind::Dataset { .. }));
+    let path = |app: &WorkbenchApp| {
+        app.workbook
+            .cells
+            .iter()
+            .find_map(|c| match &c.kind {
+                CellKind::Dataset { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let path_field = |node: &egui_kittest::kittest::AccessKitNode<'_>| {
+        node.role() == eframe::egui::accesskit::Role::TextInput
+            && node
+                .value()
+                .is_some_and(|v| v.ends_with("bccd") || v.contains("bccdx"))
+    };
+    let mut typed = path(harness.state());
+    harness.get_by(path_field).focus();
+    harness.run_steps(2);
+    for c in ["x", "y", "z"] {
+        harness.get_by(path_field).type_text(c);
+        harness.run_steps(2);
+        typed.push_str(c);
+        assert_eq!(
+            path(harness.state()),
+            typed,
+            "every keystroke reaches the field"
+        );
+    }
+    assert!(matches!(
+        freshness(harness.state(), dataset),
+        Freshness::Stale(_)
+    ));
+}

@@ -25,6 +25,7 @@ pub(super) fn dataset_ui(
         let edit = ui
             .add(
                 egui::TextEdit::singleline(path)
+                    .id(egui::Id::NULL.with(("dataset-path", id)))
                     .desired_width(420.0)
                     .hint_text("path to a dataset"),
             )
@@ -481,6 +482,7 @@ fn csv_import_ui(
         if ui
             .add(
                 egui::TextEdit::singleline(&mut folder)
+                    .id(egui::Id::NULL.with(("images-folder", id)))
                     .desired_width(260.0)
                     .hint_text("the CSV's folder"),
             )
@@ -501,6 +503,7 @@ fn csv_import_ui(
         if ui
             .add(
                 egui::TextEdit::singleline(&mut pattern)
+                    .id(egui::Id::NULL.with(("image-pattern", id)))
                     .desired_width(110.0)
                     .hint_text("{id}.bmp"),
             )
