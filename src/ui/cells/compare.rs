@@ -178,8 +178,14 @@ pub(super) fn compare_ui(
             .x_axis_label("epoch")
             .y_axis_label("validation loss")
             .show(ui, |p| {
-                for (name, pts) in &losses {
-                    p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())));
+                for (k, (name, pts)) in losses.iter().enumerate() {
+                    let color = widgets::series_color(k);
+                    p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())).color(color));
+                    // Markers: a one-epoch run (the default probe) has no line to draw.
+                    p.points(
+                        egui_plot::Points::new(name.clone(), PlotPoints::from(pts.clone()))
+                            .radius(3.0),
+                    );
                 }
             });
         widgets::refitting_plot(
@@ -195,8 +201,13 @@ pub(super) fn compare_ui(
         .include_y(0.0)
         .include_y(1.0)
         .show(ui, |p| {
-            for (name, pts) in &accuracies {
-                p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())));
+            for (k, (name, pts)) in accuracies.iter().enumerate() {
+                let color = widgets::series_color(k);
+                p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())).color(color));
+                // Markers: a one-epoch run (the default probe) has no line to draw.
+                p.points(
+                    egui_plot::Points::new(name.clone(), PlotPoints::from(pts.clone())).radius(3.0),
+                );
             }
         });
     });
