@@ -588,9 +588,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
         }
         ui.separator();
         let mut kind = cell.kind.clone();
-        // The body's widgets take their ids from the cell, not from what is drawn above it: the
-        // "Out of date" line appearing on the first keystroke must not move the focus elsewhere.
-        ui.push_id(("cell-body", id), |ui| match &mut kind {
+        match &mut kind {
             CellKind::Note { text } => note_ui(ui, id, text),
             CellKind::Dataset { path, options } => dataset_ui(app, ui, id, path, options),
             CellKind::Explore {} => explore_ui(app, ui, id),
@@ -612,7 +610,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
                 gpus,
                 job,
             } => cluster_ui(app, ui, id, profile, dataset, runs, gpus, job),
-        });
+        }
         if kind != cell.kind
             && let Some(i) = app.workbook.position(id)
         {
