@@ -580,6 +580,23 @@ pub fn series_color(k: usize) -> egui::Color32 {
     CATEGORY_PALETTE[k % 6]
 }
 
+/// Draws each series as a line with a marker on every point, both in the series' palette
+/// colour: a series of one point (a one-epoch run, or one fit) still shows.
+pub fn marked_series<'a>(
+    p: &mut egui_plot::PlotUi<'_>,
+    series: impl IntoIterator<Item = (&'a str, &'a [[f64; 2]])>,
+) {
+    for (k, (name, pts)) in series.into_iter().enumerate() {
+        let color = series_color(k);
+        p.line(egui_plot::Line::new(name, egui_plot::PlotPoints::from(pts.to_vec())).color(color));
+        p.points(
+            egui_plot::Points::new(name, egui_plot::PlotPoints::from(pts.to_vec()))
+                .radius(3.0)
+                .color(color),
+        );
+    }
+}
+
 /// A metric's name as the tables print it.
 pub fn metric_title(key: &str) -> String {
     match key {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::{Legend, Line, PlotPoints};
+use egui_plot::Legend;
 
 use crate::runs::view::RunSummary;
 
@@ -178,15 +178,10 @@ pub(super) fn compare_ui(
             .x_axis_label("epoch")
             .y_axis_label("validation loss")
             .show(ui, |p| {
-                for (k, (name, pts)) in losses.iter().enumerate() {
-                    let color = widgets::series_color(k);
-                    p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())).color(color));
-                    // Markers: a one-epoch run (the default probe) has no line to draw.
-                    p.points(
-                        egui_plot::Points::new(name.clone(), PlotPoints::from(pts.clone()))
-                            .radius(3.0),
-                    );
-                }
+                widgets::marked_series(
+                    p,
+                    losses.iter().map(|(n, pts)| (n.as_str(), pts.as_slice())),
+                );
             });
         widgets::refitting_plot(
             ui,
@@ -201,14 +196,12 @@ pub(super) fn compare_ui(
         .include_y(0.0)
         .include_y(1.0)
         .show(ui, |p| {
-            for (k, (name, pts)) in accuracies.iter().enumerate() {
-                let color = widgets::series_color(k);
-                p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())).color(color));
-                // Markers: a one-epoch run (the default probe) has no line to draw.
-                p.points(
-                    egui_plot::Points::new(name.clone(), PlotPoints::from(pts.clone())).radius(3.0),
-                );
-            }
+            widgets::marked_series(
+                p,
+                accuracies
+                    .iter()
+                    .map(|(n, pts)| (n.as_str(), pts.as_slice())),
+            );
         });
     });
     widgets::compare_table(ui, ("cmp-table", id), loaded);

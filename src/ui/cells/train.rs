@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::{Legend, Line, PlotPoints};
+use egui_plot::Legend;
 
 use crate::dataset::preprocess::Preprocess;
 use crate::experiment::config::{
@@ -603,16 +603,7 @@ pub fn curves_ui(
             .include_x(last_epoch + 0.5)
             .include_y(0.0)
             .show(ui, |p| {
-                for (k, (name, pts)) in loss.iter().enumerate() {
-                    // Markers as well as lines: a run of one epoch (or one fit) still shows.
-                    let color = widgets::series_color(k);
-                    p.line(Line::new(*name, PlotPoints::from(pts.clone())).color(color));
-                    p.points(
-                        egui_plot::Points::new(*name, PlotPoints::from(pts.clone()))
-                            .radius(3.0)
-                            .color(color),
-                    );
-                }
+                widgets::marked_series(p, loss.iter().map(|(n, pts)| (*n, pts.as_slice())));
             });
         widgets::refitting_plot(ui, egui::Id::unique(("acc", id)), signature(&scores))
             .width(width)
@@ -625,16 +616,7 @@ pub fn curves_ui(
             .include_y(0.0)
             .include_y(1.0)
             .show(ui, |p| {
-                for (k, (name, pts)) in scores.iter().enumerate() {
-                    // Markers as well as lines: a run of one epoch (or one fit) still shows.
-                    let color = widgets::series_color(k);
-                    p.line(Line::new(*name, PlotPoints::from(pts.clone())).color(color));
-                    p.points(
-                        egui_plot::Points::new(*name, PlotPoints::from(pts.clone()))
-                            .radius(3.0)
-                            .color(color),
-                    );
-                }
+                widgets::marked_series(p, scores.iter().map(|(n, pts)| (*n, pts.as_slice())));
             });
     });
 }
