@@ -29,7 +29,7 @@ pub struct Cell {
 /// What a cell does. Cells below a Dataset cell work on that dataset; Train uses the nearest
 /// Split above it when there is one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CellKind {
     /// Markdown text.
     Note { text: String },
@@ -157,8 +157,10 @@ impl CellKind {
     }
 }
 
-/// A notebook of cells.
+/// A notebook of cells. Unknown keys (a typo such as `[[cellz]]` or `epochz = 3`) make the
+/// file fail to load rather than read as less than it says.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Workbook {
     #[serde(default)]
     pub title: String,
@@ -285,14 +287,39 @@ impl Workbook {
         self.cells[..i].iter().rev().find(|c| pred(&c.kind))
     }
 
+    /// Reads a workbook; fails, naming the file and the key, on anything it does not know.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = crate::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        Self::parse(&text).with_context(|| format!("reading the workbook {}", path.display()))
     }
 
-    /// Saves atomically.
+    /// Parses a workbook's text, refusing unknown keys at any depth (the parameter tables of
+    /// cells included, whose types accept partial tables).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let book: Self = toml::from_str(text)?;
+        let written: toml::Table = toml::from_str(text)?;
+        let known = toml::Table::try_from(&book)?;
+        if let Some(key) = unknown_key(&written, &known, "") {
+            anyhow::bail!("unknown key `{key}`");
+        }
+        Ok(book)
+    }
+
+    /// Saves atomically. An existing file that does not read as a workbook (a typo, a newer
+    /// cellbench's keys) is never overwritten: saving fails and the file stays as it is.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if crate::fs::exists(path) {
+            let existing = crate::fs::read_to_string(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| Self::parse(&text));
+            if let Err(e) = existing {
+                anyhow::bail!(
+                    "not saving over a file that does not read as a workbook ({e:#}): {}",
+                    path.display()
+                );
+            }
+        }
         let text = toml::to_string_pretty(self)?;
         crate::fsio::write_atomic_bytes(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))
@@ -303,6 +330,35 @@ impl Workbook {
         path.parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    }
+}
+
+/// The first key of `written` that `known` (the same file read and written back) lacks, as a
+/// dotted path (`cell[2].config.epochz`). A key read back into a type keeps its place when
+/// written, so a missing one is a key no type read.
+fn unknown_key(written: &toml::Table, known: &toml::Table, at: &str) -> Option<String> {
+    written.iter().find_map(|(key, value)| {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match known.get(key) {
+            None => Some(path),
+            Some(kept) => unknown_in(value, kept, &path),
+        }
+    })
+}
+
+fn unknown_in(written: &toml::Value, known: &toml::Value, at: &str) -> Option<String> {
+    match (written, known) {
+        (toml::Value::Table(w), toml::Value::Table(k)) => unknown_key(w, k, at),
+        (toml::Value::Array(w), toml::Value::Array(k)) => w
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (w, k))| unknown_in(w, k, &format!("{at}[{i}]"))),
+        _ => None,
     }
 }
 
@@ -338,6 +394,64 @@ mod tests {
         assert!(text.contains("path = \"data/bccd\""), "{text}");
         let back: Workbook = toml::from_str(&text).unwrap();
         assert_eq!(back, book);
+    }
+
+    #[test]
+    fn every_cell_kind_reads_back_through_the_strict_parser() {
+        let mut book = Workbook::demo("data/bccd");
+        for kind in CellKind::templates() {
+            book.push(kind);
+        }
+        book.cells[1].collapsed = true;
+        let text = toml::to_string_pretty(&book).unwrap();
+        assert_eq!(Workbook::parse(&text).unwrap(), book);
+    }
+
+    /// A workbook file in a fresh folder.
+    fn written(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("book.cellbook.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn load_error(text: &str) -> String {
+        let (_dir, path) = written(text);
+        let err = format!("{:#}", Workbook::load(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        err
+    }
+
+    #[test]
+    fn unknown_keys_fail_to_load_and_are_named() {
+        let err = load_error("title = \"t\"\n[[cellz]]\nid = 1\nkind = \"explore\"\n");
+        assert!(err.contains("cellz"), "{err}");
+        let err = load_error("[[cell]]\nid = 1\nkind = \"dataset\"\npathh = \"data\"\n");
+        assert!(err.contains("pathh"), "{err}");
+        let err = load_error(
+            "[[cell]]\nid = 1\nkind = \"dataset\"\npath = \"d\"\n\
+             [[cell]]\nid = 2\nkind = \"train\"\n[cell.config]\nepochz = 3\n",
+        );
+        assert!(err.contains("cell[1].config.epochz"), "{err}");
+        let err = load_error(
+            "[[cell]]\nid = 1\nkind = \"dataset\"\npath = \"d\"\n[cell.options]\nimage_patern = \"{id}.png\"\n",
+        );
+        assert!(err.contains("cell[0].options.image_patern"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_is_never_saved_over() {
+        let text = "title = \"mine\"\n[[cellz]]\nid = 1\nkind = \"explore\"\n";
+        let (_dir, path) = written(text);
+        assert!(Workbook::load(&path).is_err());
+        let err = Workbook::default().save(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("cellz"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        // A workbook that reads is saved over as before.
+        let book = Workbook::demo("data/bccd");
+        std::fs::write(&path, toml::to_string_pretty(&Workbook::default()).unwrap()).unwrap();
+        book.save(&path).unwrap();
+        assert_eq!(Workbook::load(&path).unwrap(), book);
     }
 
     #[test]
