@@ -386,6 +386,53 @@ fn training_never_uses_a_stale_split() {
         std::path::absolute(&demo).unwrap()
     );
     harness.get_by_label_contains("Trains on bccd (35 images), split by the Split cell");
+
+    // The Train cell's settings change after the run: it and the Evaluate cell below it are
+    // out of date, and Run on Evaluate trains again before it shows anything.
+    let evaluate = cell_id(harness.state(), |k| matches!(k, CellKind::Evaluate { .. }));
+    harness.state_mut().push(Command::RunCell(evaluate));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    assert_eq!(
+        harness.state().rt.eval(evaluate).map(|e| e.run.clone()),
+        Some(run.clone())
+    );
+    assert_eq!(freshness(harness.state(), evaluate), Freshness::Fresh);
+    for cell in &mut harness.state_mut().workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 3;
+        }
+    }
+    harness.run_steps(2);
+    assert_eq!(
+        freshness(harness.state(), train),
+        Freshness::Stale("its settings changed since its last run".into())
+    );
+    assert!(
+        matches!(freshness(harness.state(), evaluate), Freshness::Stale(ref why) if why.contains("the Train cell")),
+        "{:?}",
+        freshness(harness.state(), evaluate)
+    );
+    harness.get_by_label_contains("Out of date: its settings changed since its last run");
+    harness.state_mut().push(Command::RunCell(evaluate));
+    wait_until_settled(&mut harness, Duration::from_secs(180));
+    let rerun = harness
+        .state()
+        .workbook
+        .cells
+        .iter()
+        .find_map(|c| match &c.kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_ne!(rerun, run, "the Train cell ran again");
+    assert_eq!(
+        harness.state().rt.eval(evaluate).map(|e| e.run.clone()),
+        Some(rerun),
+        "Evaluate shows the new run"
+    );
+    assert_eq!(freshness(harness.state(), train), Freshness::Fresh);
+    assert_eq!(freshness(harness.state(), evaluate), Freshness::Fresh);
 }
 
 /// Epoch events of a run with `n` epochs whose scores climb from 0.2 towards 0.95.

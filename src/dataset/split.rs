@@ -191,6 +191,38 @@ impl SplitReport {
     pub fn passed(&self) -> bool {
         self.leaks.is_empty() && self.copy_leaks.is_empty()
     }
+
+    /// Whether a model may be trained on this split, made with `by_image` as given: only a
+    /// split that passes the leakage check, or one split by image on purpose (patients may
+    /// cross sides; copies of one image never do). `Err` says what crosses.
+    pub fn check_trainable(&self, by_image: bool) -> Result<(), String> {
+        if self.passed() || (by_image && self.copy_leaks.is_empty()) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} patients and {} groups of identical images are on more than one side",
+            self.leaks.len(),
+            self.copy_leaks.len()
+        ))
+    }
+}
+
+/// Splits a manifest by `config` ([`assign_splits`]) and reports the result: how the
+/// workbench's Split cell and `cellbench run` apply a split, written once.
+pub fn apply_split(
+    manifest: &super::Manifest,
+    config: &SplitConfig,
+) -> Result<(super::Manifest, SplitReport), SplitError> {
+    let sides = assign_splits(&manifest.records, &manifest.copies, config)?;
+    let mut split = manifest.clone();
+    for (r, side) in split.records.iter_mut().zip(sides) {
+        r.split = side;
+    }
+    let mut report = SplitReport::of(&split.records, &split.copies);
+    if config.by_image {
+        report.group_by = GroupBy::Image;
+    }
+    Ok((split, report))
 }
 
 /// Every group of identical images whose members sit on more than one side.

@@ -182,7 +182,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             }
             loading_state(&rt.data)
         }
-        CellKind::Train { .. } => {
+        CellKind::Train { config, folds, .. } => {
             let Some(rt) = app.rt.train(id) else {
                 return Freshness::NotRun;
             };
@@ -200,6 +200,14 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
                 Ok(now) if now.dataset != rt.data.dataset || now.split != rt.data.split => {
                     Freshness::Stale("its last run used an earlier version of the data".to_owned())
                 }
+                Ok(_)
+                    if rt
+                        .settings
+                        .as_ref()
+                        .is_some_and(|(c, k)| c != config || k != folds) =>
+                {
+                    Freshness::Stale("its settings changed since its last run".to_owned())
+                }
                 Ok(_) => match rt.finished {
                     Some(Err(_)) => Freshness::Failed,
                     _ => Freshness::Fresh,
@@ -207,9 +215,21 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
             }
         }
         CellKind::Evaluate { run } | CellKind::Predict { run, .. } => {
-            match (run, inputs.train.map(|t| (t, freshness(app, t)))) {
-                (None, Some((t, Freshness::Stale(_)))) => {
-                    Freshness::Stale(format!("{} is out of date", cell_name(app, t)))
+            if let Some(problem) = follows_train(app, id)
+                .then(|| train_problem(app, id))
+                .flatten()
+            {
+                return Freshness::Stale(problem);
+            }
+            // The run on show is not the one the cell now points at (its own choice, or the
+            // Train cell above has trained a newer one).
+            let shown = match &app.workbook.cells[i].kind {
+                CellKind::Evaluate { .. } => app.rt.eval(id).map(|e| e.run.clone()),
+                _ => None,
+            };
+            match (shown, crate::ui::cells::run_for(app, id, run)) {
+                (Some(shown), Some(now)) if shown != now => {
+                    Freshness::Stale(format!("it shows run {shown}; the cell now uses run {now}"))
                 }
                 _ => Freshness::Fresh,
             }
@@ -217,6 +237,29 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
         CellKind::Note { .. } | CellKind::Compare { .. } | CellKind::Cluster { .. } => {
             Freshness::Fresh
         }
+    }
+}
+
+/// Whether an Evaluate or Predict cell takes its run from the Train cell above (it has no run
+/// of its own chosen).
+pub fn follows_train(app: &WorkbenchApp, id: u64) -> bool {
+    app.workbook.position(id).is_some_and(|i| {
+        matches!(
+            &app.workbook.cells[i].kind,
+            CellKind::Evaluate { run: None } | CellKind::Predict { run: None, .. }
+        )
+    })
+}
+
+/// Why the Train cell an Evaluate or Predict cell takes its run from cannot be used now (out
+/// of date or still training), or `None`. A Train cell that has not run in this session is
+/// fine: its saved run is what the cell shows.
+pub fn train_problem(app: &WorkbenchApp, id: u64) -> Option<String> {
+    let t = app.workbook.inputs(id).train?;
+    match freshness(app, t) {
+        Freshness::Stale(why) => Some(format!("{} is out of date ({why})", cell_name(app, t))),
+        Freshness::Running => Some(format!("{} is still training", cell_name(app, t))),
+        _ => None,
     }
 }
 
@@ -230,6 +273,19 @@ pub fn plan_run(app: &WorkbenchApp, id: u64) -> Vec<u64> {
         .into_iter()
         .filter(|&u| !matches!(freshness(app, u), Freshness::Fresh | Freshness::Running))
         .collect();
+    // An Evaluate or Predict cell on an out-of-date Train cell trains it again first (with
+    // whatever that Train cell needs), then shows the new run.
+    let inputs = app.workbook.inputs(id);
+    if let Some(t) = inputs.train
+        && matches!(freshness(app, t), Freshness::Stale(_))
+        && follows_train(app, id)
+    {
+        for u in plan_run(app, t) {
+            if !plan.contains(&u) {
+                plan.push(u);
+            }
+        }
+    }
     plan.push(id);
     plan
 }

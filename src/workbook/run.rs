@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context as _;
 
 use crate::dataset::Manifest;
-use crate::dataset::split::{SplitReport, assign_splits};
+use crate::dataset::split::apply_split;
 use crate::train::TrainEvent;
 
 use super::{CellKind, Workbook, resolve_path};
@@ -100,20 +100,11 @@ pub fn run_workbook(
             }
             CellKind::Split { config } => {
                 let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
-                let sides = assign_splits(&m.records, &m.copies, &config).with_context(ctx)?;
-                let mut s = m.clone();
-                for (r, side) in s.records.iter_mut().zip(sides) {
-                    r.split = side;
-                }
-                let report = SplitReport::of(&s.records, &s.copies);
+                let (s, report) = apply_split(m, &config).with_context(ctx)?;
                 out(Output::Table(&crate::explore::table::split_table(&report)));
-                anyhow::ensure!(
-                    report.passed() || (config.by_image && report.copy_leaks.is_empty()),
-                    "{}: {} patients and {} groups of identical images cross splits",
-                    ctx(),
-                    report.leaks.len(),
-                    report.copy_leaks.len()
-                );
+                report
+                    .check_trainable(config.by_image)
+                    .map_err(|why| anyhow::anyhow!("{}: {why}", ctx()))?;
                 manifests.insert(id, s);
             }
             CellKind::Train { config, folds, .. } => {

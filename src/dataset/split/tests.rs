@@ -324,3 +324,45 @@ fn bad_fractions_are_rejected() {
         );
     }
 }
+
+/// One rule decides whether a split may be trained on, wherever it is applied: a clean split
+/// or one split by image on purpose; a patient split never leaks, and copies of one image on
+/// two sides are refused even in an image split.
+#[test]
+fn only_a_clean_or_a_deliberate_image_split_is_trainable() {
+    let manifest = |records: Vec<Record>, copies: Vec<Vec<String>>| crate::dataset::Manifest {
+        root: "/data".into(),
+        source: "/data".into(),
+        format: crate::dataset::DatasetFormat::ClassFolders,
+        records,
+        problems: Vec::new(),
+        copies,
+    };
+    let by = |by_image| SplitConfig {
+        test: 0.0,
+        val: 0.3,
+        seed: 2,
+        by_image,
+    };
+    let (split, report) = apply_split(&manifest(cohort(), Vec::new()), &by(false)).unwrap();
+    assert!(split.records.iter().all(|r| r.split.is_some()));
+    assert_eq!(report.check_trainable(false), Ok(()));
+
+    let (_, report) = apply_split(&manifest(cohort(), Vec::new()), &by(true)).unwrap();
+    assert_eq!(report.group_by, GroupBy::Image);
+    assert!(!report.leaks.is_empty());
+    assert_eq!(report.check_trainable(true), Ok(()));
+    // The same leaks without the deliberate choice are refused, and the count is named.
+    let why = report.check_trainable(false).unwrap_err();
+    assert!(
+        why.starts_with(&format!("{} patients", report.leaks.len())),
+        "{why}"
+    );
+
+    let mut leaky = report.clone();
+    leaky.copy_leaks = vec![CopyLeak {
+        paths: vec!["p0/0.bmp".into(), "p1/0.bmp".into()],
+        splits: vec![Split::Train, Split::Val],
+    }];
+    assert!(leaky.check_trainable(true).is_err());
+}

@@ -243,6 +243,9 @@ pub struct DataUse {
 /// A training job started from a Train cell, followed through its events.
 pub struct TrainRuntime {
     pub data: DataUse,
+    /// The cell's settings and number of folds the run started with (`None` for a resumed
+    /// run, which keeps the settings it recorded).
+    pub settings: Option<(crate::experiment::config::TrainConfig, u32)>,
     pub events: Vec<TrainEvent>,
     pub rx: Option<mpsc::Receiver<TrainEvent>>,
     pub cancel: Arc<AtomicBool>,

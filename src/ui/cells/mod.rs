@@ -43,7 +43,7 @@ use web_time::Instant;
 use eframe::egui;
 
 use crate::dataset::Manifest;
-use crate::dataset::split::{SplitReport, assign_splits};
+use crate::dataset::split::apply_split;
 use crate::experiment::config::TrainConfig;
 use crate::experiment::events::TrainEvent;
 use crate::model::backend::BackendChoice;
@@ -64,11 +64,18 @@ fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
 fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
     let data = current_data(app, id)?;
     let manifest = match data.split {
-        Some((s, _)) => app
-            .rt
-            .split(s)
-            .and_then(|r| r.data.ready())
-            .map(|r| r.manifest.clone()),
+        Some((s, _)) => {
+            let rt = app.rt.split(s);
+            let result = rt.and_then(|r| r.data.ready());
+            if let (Some(rt), Some(result)) = (rt, result) {
+                // The same rule as `cellbench run`: never train on a leaky split in silence.
+                result
+                    .report
+                    .check_trainable(rt.config.by_image)
+                    .map_err(|why| format!("{}: {why}", cell_name(app, s)))?;
+            }
+            result.map(|r| r.manifest.clone())
+        }
         None => loaded(app, data.dataset.0).map(|d| d.manifest.clone()),
     }
     .ok_or_else(|| "the data above is not loaded".to_owned())?;
@@ -76,7 +83,7 @@ fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse
 }
 
 /// The run an Evaluate/Predict cell looks at: its own choice, else the Train cell above.
-fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Option<String> {
+pub(crate) fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Option<String> {
     own.clone().or_else(|| {
         let train = app.workbook.inputs(id).train?;
         match &app.workbook.cells[app.workbook.position(train)?].kind {
@@ -147,13 +154,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
             let generation = app.rt.next_generation();
             let cfg = config.clone();
             let task = BgTask::spawn(ctx, "split", move || {
-                let sides = assign_splits(&manifest.records, &manifest.copies, &cfg)
-                    .map_err(|e| e.to_string())?;
-                let mut m = (*manifest).clone();
-                for (r, s) in m.records.iter_mut().zip(sides) {
-                    r.split = s;
-                }
-                let report = SplitReport::of(&m.records, &m.copies);
+                let (m, report) = apply_split(&manifest, &cfg).map_err(|e| e.to_string())?;
                 Ok(SplitResult {
                     manifest: Arc::new(m),
                     report,
@@ -171,6 +172,17 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
         }
         CellKind::Embedding { .. } => start_embedding(app, ctx, id),
         CellKind::Train { config, folds, .. } => start_training(app, ctx, id, config, folds),
+        CellKind::Evaluate { .. } | CellKind::Predict { .. }
+            if let Some(problem) = crate::ui::freshness::follows_train(app, id)
+                .then(|| crate::ui::freshness::train_problem(app, id))
+                .flatten() =>
+        {
+            // Never a run of an out-of-date (or still training) Train cell: Run queues that
+            // Train cell first (see `plan_run`); a direct call is refused with the cell named.
+            let what = kind.title().to_lowercase();
+            app.rt
+                .note(true, format!("{what} cell: not started: {problem}"));
+        }
         CellKind::Evaluate { run } => {
             if let Some(run) = run_for(app, id, &run) {
                 let root = app.runs_dir();
@@ -293,6 +305,7 @@ fn start_training(
             return;
         }
     };
+    let settings = Some((config.clone(), folds));
     let folds = (folds >= 2).then_some(folds as usize);
     if let Some(k) = folds {
         data.description = format!(
@@ -329,7 +342,7 @@ fn start_training(
             cache: Some(crate::train::features::FeatureCache::default_location()),
         })
     };
-    spawn_training(app, ctx, id, data, prefetch, folds, make_job);
+    spawn_training(app, ctx, id, data, settings, prefetch, make_job);
 }
 
 /// The backbone features a probe will need: in the browser they are computed ahead of the
@@ -438,17 +451,20 @@ pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
     spawn_training(app, ctx, id, data, None, None, make_job);
 }
 
-/// Queues a training job (or a `folds`-fold cross-validation of it) on the compute worker
-/// and follows it through its events.
+/// Queues a training job (a cross-validation of it when `settings` asks for folds) on the
+/// compute worker and follows it through its events.
 fn spawn_training(
     app: &mut WorkbenchApp,
     ctx: &egui::Context,
     id: u64,
     data: DataUse,
+    settings: Option<(TrainConfig, u32)>,
     prefetch: Option<FeaturePrefetch>,
-    folds: Option<usize>,
     make_job: impl FnOnce() -> anyhow::Result<crate::train::engine::TrainJob> + Send + 'static,
 ) {
+    let folds = settings
+        .as_ref()
+        .and_then(|&(_, k)| (k >= 2).then_some(k as usize));
     let (tx, rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -502,6 +518,7 @@ fn spawn_training(
         id,
         TrainRuntime {
             data,
+            settings,
             events: Vec::new(),
             rx: Some(rx),
             cancel,
