@@ -46,7 +46,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book.clone()), None);
     assert!(book.is_file(), "a new workbook is saved at once");
     // A small, quick probe on the CPU.
-    for cell in &mut app.workbook.cells {
+    for cell in &mut app.notebook.workbook.cells {
         if let CellKind::Train { config, .. } = &mut cell.kind {
             config.epochs = 4;
             config.preprocess.size = 96;
@@ -85,6 +85,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     // The workbook remembers the run.
     let run_id = harness
         .state()
+        .notebook
         .workbook
         .cells
         .iter()
@@ -111,6 +112,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     let embedding = cell_id(harness.state(), |k| matches!(k, CellKind::Embedding { .. }));
     if let Some(CellKind::Embedding { run }) = harness
         .state_mut()
+        .notebook
         .workbook
         .cells
         .iter_mut()
@@ -135,6 +137,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     // The images behind a confusion-matrix cell open in the inspector with their prediction.
     let evaluate = harness
         .state()
+        .notebook
         .workbook
         .cells
         .iter()
@@ -142,7 +145,12 @@ fn notebook_runs_every_cell_on_real_cells() {
         .unwrap()
         .id;
     let (cell, file, truth) = {
-        let ev = &harness.state().rt.eval(evaluate).expect("the cell's state");
+        let ev = &harness
+            .state()
+            .notebook
+            .rt
+            .eval(evaluate)
+            .expect("the cell's state");
         let data = ev.data.ready().expect("evaluation loaded");
         let row = &data.rows[0];
         let cm = data.metrics.confusion.as_ref().unwrap();
@@ -158,7 +166,13 @@ fn notebook_runs_every_cell_on_real_cells() {
             row.truth.clone(),
         )
     };
-    harness.state_mut().rt.eval_mut(evaluate).unwrap().selected = Some(cell);
+    harness
+        .state_mut()
+        .notebook
+        .rt
+        .eval_mut(evaluate)
+        .unwrap()
+        .selected = Some(cell);
     harness.run_steps(3);
     // The second tile of that name: the Dataset gallery shows the same file further up, the
     // Predict cell further down.
@@ -176,6 +190,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     assert!(
         harness
             .state()
+            .notebook
             .rt
             .eval(evaluate)
             .expect("the cell's state")
@@ -186,9 +201,10 @@ fn notebook_runs_every_cell_on_real_cells() {
     );
 
     // Filter the gallery to one label through the label filter.
-    let dataset = harness.state().workbook.cells[1].id;
+    let dataset = harness.state().notebook.workbook.cells[1].id;
     harness
         .state_mut()
+        .notebook
         .push(cellbench::ui::app::Command::FilterLabel {
             dataset,
             label: Some("Basophil".into()),
@@ -223,8 +239,8 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label("Configurations");
 
     // A Note renders its markdown: bold without its asterisks.
-    let note = harness.state().workbook.cells[0].id;
-    if let CellKind::Note { text } = &mut harness.state_mut().workbook.cells[0].kind {
+    let note = harness.state().notebook.workbook.cells[0].id;
+    if let CellKind::Note { text } = &mut harness.state_mut().notebook.workbook.cells[0].kind {
         *text = "Cells from **three** patients".into();
     }
     let _ = note;
@@ -233,18 +249,19 @@ fn notebook_runs_every_cell_on_real_cells() {
     assert!(harness.query_by_label_contains("**").is_none());
 
     // Add a cell below the last one.
-    let cells = harness.state().workbook.cells.len();
-    let last = harness.state().workbook.cells.last().unwrap().id;
+    let cells = harness.state().notebook.workbook.cells.len();
+    let last = harness.state().notebook.workbook.cells.last().unwrap().id;
     harness
         .state_mut()
+        .notebook
         .push(cellbench::ui::app::Command::AddCell {
             after: Some(last),
             kind: CellKind::templates().pop().unwrap(),
         });
     harness.run_steps(3);
-    assert_eq!(harness.state().workbook.cells.len(), cells + 1);
+    assert_eq!(harness.state().notebook.workbook.cells.len(), cells + 1);
     assert!(matches!(
-        harness.state().workbook.cells.last().unwrap().kind,
+        harness.state().notebook.workbook.cells.last().unwrap().kind,
         CellKind::Note { .. }
     ));
 }
@@ -253,6 +270,7 @@ fn notebook_runs_every_cell_on_real_cells() {
 fn set_dataset_path(harness: &mut Harness<'_, WorkbenchApp>, path: &std::path::Path) -> u64 {
     let app = harness.state_mut();
     let cell = app
+        .notebook
         .workbook
         .cells
         .iter_mut()
@@ -265,7 +283,8 @@ fn set_dataset_path(harness: &mut Harness<'_, WorkbenchApp>, path: &std::path::P
 }
 
 fn cell_id(app: &WorkbenchApp, pred: fn(&CellKind) -> bool) -> u64 {
-    app.workbook
+    app.notebook
+        .workbook
         .cells
         .iter()
         .find(|c| pred(&c.kind))
@@ -279,7 +298,7 @@ fn cell_id(app: &WorkbenchApp, pred: fn(&CellKind) -> bool) -> u64 {
 #[test]
 fn training_never_uses_a_stale_split() {
     use cellbench::ui::app::Command;
-    use cellbench::ui::freshness::{Freshness, freshness};
+    use cellbench::ui::cells::freshness::{Freshness, freshness};
 
     let tmp = tempfile::tempdir().unwrap();
     let book = tmp.path().join("stale.cellbook.toml");
@@ -297,7 +316,7 @@ fn training_never_uses_a_stale_split() {
     .unwrap();
     let ctx = eframe::egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
-    for cell in &mut app.workbook.cells {
+    for cell in &mut app.notebook.workbook.cells {
         if let CellKind::Train { config, .. } = &mut cell.kind {
             config.epochs = 2;
             config.preprocess.size = 64;
@@ -320,33 +339,43 @@ fn training_never_uses_a_stale_split() {
     let dataset = set_dataset_path(&mut harness, &other);
     harness.run_steps(2);
     assert!(matches!(
-        freshness(harness.state(), dataset),
+        freshness(&harness.state().notebook, dataset),
         Freshness::Stale(_)
     ));
     harness.get_by_label_contains("Out of date: its path or format changed");
-    harness.state_mut().push(Command::RunCell(dataset));
+    harness.state_mut().notebook.push(Command::RunCell(dataset));
     wait_until_settled(&mut harness, Duration::from_secs(60));
-    harness.state_mut().push(Command::RunCell(split));
+    harness.state_mut().notebook.push(Command::RunCell(split));
     wait_until_settled(&mut harness, Duration::from_secs(60));
-    assert_eq!(freshness(harness.state(), split), Freshness::Fresh);
+    assert_eq!(
+        freshness(&harness.state().notebook, split),
+        Freshness::Fresh
+    );
 
     // The demo back; only the Dataset cell runs. The split below it is now out of date.
     set_dataset_path(&mut harness, &demo);
-    harness.state_mut().push(Command::RunCell(dataset));
+    harness.state_mut().notebook.push(Command::RunCell(dataset));
     wait_until_settled(&mut harness, Duration::from_secs(60));
     assert!(
-        matches!(freshness(harness.state(), split), Freshness::Stale(_)),
+        matches!(
+            freshness(&harness.state().notebook, split),
+            Freshness::Stale(_)
+        ),
         "{:?}",
-        freshness(harness.state(), split)
+        freshness(&harness.state().notebook, split)
     );
     harness.get_by_label_contains("Out of date: the dataset above was opened again");
 
     // Train: the split reruns first, on the demo, and training uses the demo.
-    harness.state_mut().push(Command::RunCell(train));
+    harness.state_mut().notebook.push(Command::RunCell(train));
     wait_until_settled(&mut harness, Duration::from_secs(180));
-    assert_eq!(freshness(harness.state(), split), Freshness::Fresh);
+    assert_eq!(
+        freshness(&harness.state().notebook, split),
+        Freshness::Fresh
+    );
     let started = harness
         .state()
+        .notebook
         .rt
         .train(train)
         .expect("the cell's state")
@@ -369,6 +398,7 @@ fn training_never_uses_a_stale_split() {
     );
     let run = harness
         .state()
+        .notebook
         .workbook
         .cells
         .iter()
@@ -390,33 +420,48 @@ fn training_never_uses_a_stale_split() {
     // The Train cell's settings change after the run: it and the Evaluate cell below it are
     // out of date, and Run on Evaluate trains again before it shows anything.
     let evaluate = cell_id(harness.state(), |k| matches!(k, CellKind::Evaluate { .. }));
-    harness.state_mut().push(Command::RunCell(evaluate));
+    harness
+        .state_mut()
+        .notebook
+        .push(Command::RunCell(evaluate));
     wait_until_settled(&mut harness, Duration::from_secs(60));
     assert_eq!(
-        harness.state().rt.eval(evaluate).map(|e| e.run.clone()),
+        harness
+            .state()
+            .notebook
+            .rt
+            .eval(evaluate)
+            .map(|e| e.run.clone()),
         Some(run.clone())
     );
-    assert_eq!(freshness(harness.state(), evaluate), Freshness::Fresh);
-    for cell in &mut harness.state_mut().workbook.cells {
+    assert_eq!(
+        freshness(&harness.state().notebook, evaluate),
+        Freshness::Fresh
+    );
+    for cell in &mut harness.state_mut().notebook.workbook.cells {
         if let CellKind::Train { config, .. } = &mut cell.kind {
             config.epochs = 3;
         }
     }
     harness.run_steps(2);
     assert_eq!(
-        freshness(harness.state(), train),
+        freshness(&harness.state().notebook, train),
         Freshness::Stale("its settings changed since its last run".into())
     );
     assert!(
-        matches!(freshness(harness.state(), evaluate), Freshness::Stale(ref why) if why.contains("the Train cell")),
+        matches!(freshness(&harness.state().notebook, evaluate), Freshness::Stale(ref why) if why.contains("the Train cell")),
         "{:?}",
-        freshness(harness.state(), evaluate)
+        freshness(&harness.state().notebook, evaluate)
     );
     harness.get_by_label_contains("Out of date: its settings changed since its last run");
-    harness.state_mut().push(Command::RunCell(evaluate));
+    harness
+        .state_mut()
+        .notebook
+        .push(Command::RunCell(evaluate));
     wait_until_settled(&mut harness, Duration::from_secs(180));
     let rerun = harness
         .state()
+        .notebook
         .workbook
         .cells
         .iter()
@@ -427,12 +472,23 @@ fn training_never_uses_a_stale_split() {
         .unwrap();
     assert_ne!(rerun, run, "the Train cell ran again");
     assert_eq!(
-        harness.state().rt.eval(evaluate).map(|e| e.run.clone()),
+        harness
+            .state()
+            .notebook
+            .rt
+            .eval(evaluate)
+            .map(|e| e.run.clone()),
         Some(rerun),
         "Evaluate shows the new run"
     );
-    assert_eq!(freshness(harness.state(), train), Freshness::Fresh);
-    assert_eq!(freshness(harness.state(), evaluate), Freshness::Fresh);
+    assert_eq!(
+        freshness(&harness.state().notebook, train),
+        Freshness::Fresh
+    );
+    assert_eq!(
+        freshness(&harness.state().notebook, evaluate),
+        Freshness::Fresh
+    );
 }
 
 /// Epoch events of a run with `n` epochs whose scores climb from 0.2 towards 0.95.
@@ -599,7 +655,7 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
         .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     let dataset = set_dataset_path(&mut harness, &csv);
-    harness.state_mut().push(Command::RunCell(dataset));
+    harness.state_mut().notebook.push(Command::RunCell(dataset));
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.run_steps(3);
     harness.get_by_label_contains(
@@ -612,6 +668,7 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
     assert!(combos >= 3, "{combos} column choices shown");
     let app = harness.state_mut();
     if let Some(CellKind::Dataset { options, .. }) = app
+        .notebook
         .workbook
         .cells
         .iter_mut()
@@ -622,11 +679,11 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
         options.label_column = Some("finding".into());
         options.patient_column = Some("donor".into());
     }
-    harness.state_mut().push(Command::RunCell(dataset));
+    harness.state_mut().notebook.push(Command::RunCell(dataset));
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.run_steps(3);
     harness.get_by_label_contains("8 images · 2 labels · 2 patients");
-    let saved = harness.state().workbook.clone();
+    let saved = harness.state().notebook.workbook.clone();
     let toml = toml::to_string(&saved).unwrap();
     assert!(toml.contains("path_column = \"specimen\""), "{toml}");
 }
@@ -638,7 +695,7 @@ fn cross_validation_runs_from_the_train_cell() {
     use_test_cache();
     let ctx = eframe::egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
-    for cell in &mut app.workbook.cells {
+    for cell in &mut app.notebook.workbook.cells {
         if let CellKind::Train { config, folds, .. } = &mut cell.kind {
             config.epochs = 2;
             config.preprocess.size = 64;
@@ -654,7 +711,14 @@ fn cross_validation_runs_from_the_train_cell() {
     harness.get_by_label("Start cross-validation").click();
     wait_until_settled(&mut harness, Duration::from_secs(300));
     let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
-    let events = harness.state().rt.train(train).unwrap().events.clone();
+    let events = harness
+        .state()
+        .notebook
+        .rt
+        .train(train)
+        .unwrap()
+        .events
+        .clone();
     let folds: Vec<(usize, usize)> = events
         .iter()
         .filter_map(|e| match e {
@@ -685,6 +749,7 @@ fn cross_validation_runs_from_the_train_cell() {
     harness.get_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd));
     let run = harness
         .state()
+        .notebook
         .workbook
         .cells
         .iter()
@@ -705,7 +770,7 @@ fn cross_validation_runs_from_the_train_cell() {
         (&summary.runs, &summary.images)
     );
     assert!((saved.metrics["accuracy"].mean - spread.mean).abs() < 1e-12);
-    for cell in &mut harness.state_mut().workbook.cells {
+    for cell in &mut harness.state_mut().notebook.workbook.cells {
         if let CellKind::Compare { runs } = &mut cell.kind {
             *runs = cvs.clone();
         }
@@ -743,7 +808,7 @@ fn images_dropped_on_the_notebook_are_predicted_and_inspected() {
     use_test_cache();
     let ctx = eframe::egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
-    for cell in &mut app.workbook.cells {
+    for cell in &mut app.notebook.workbook.cells {
         if let CellKind::Train { config, .. } = &mut cell.kind {
             config.epochs = 2;
             config.preprocess.size = 64;
@@ -758,7 +823,7 @@ fn images_dropped_on_the_notebook_are_predicted_and_inspected() {
         .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
-    harness.state_mut().push(Command::RunCell(train));
+    harness.state_mut().notebook.push(Command::RunCell(train));
     wait_until_settled(&mut harness, Duration::from_secs(180));
     harness.get_by_label(
         "Drop images or a folder on this cell to classify them with the run at once.",
@@ -785,8 +850,8 @@ fn images_dropped_on_the_notebook_are_predicted_and_inspected() {
     harness.run_steps(2);
     wait_until_settled(&mut harness, Duration::from_secs(120));
     let predict = cell_id(harness.state(), |k| matches!(k, CellKind::Predict { .. }));
-    let rows = match harness.state().rt.predict(predict) {
-        Some(cellbench::ui::app::Loading::Ready(view)) => view.rows.clone(),
+    let rows = match harness.state().notebook.rt.predict(predict) {
+        Some(cellbench::ui::cells::Loading::Ready(view)) => view.rows.clone(),
         _ => panic!("the dropped images were not predicted"),
     };
     let predicted: Vec<&std::path::PathBuf> = rows.iter().map(|r| &r.0).collect();
@@ -831,7 +896,7 @@ fn a_lasso_on_the_map_filters_the_gallery() {
     use_test_cache();
     let ctx = egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
-    for cell in &mut app.workbook.cells {
+    for cell in &mut app.notebook.workbook.cells {
         if let CellKind::Train { config, .. } = &mut cell.kind {
             config.epochs = 2;
             config.preprocess.size = 64;
@@ -848,10 +913,11 @@ fn a_lasso_on_the_map_filters_the_gallery() {
     let dataset = cell_id(harness.state(), |k| matches!(k, CellKind::Dataset { .. }));
     let rect = harness
         .state()
+        .notebook
         .rt
         .embedding(map)
         .and_then(|m| m.map_rect())
-        .unwrap_or_else(|| panic!("the map is drawn: {:?}", harness.state().rt.log));
+        .unwrap_or_else(|| panic!("the map is drawn: {:?}", harness.state().notebook.rt.log));
     let r = rect.shrink(4.0);
     let corners = [
         r.left_top(),
@@ -894,6 +960,7 @@ fn a_lasso_on_the_map_filters_the_gallery() {
     harness.run_steps(3);
     let picked = harness
         .state()
+        .notebook
         .rt
         .dataset(dataset)
         .unwrap()
@@ -909,7 +976,7 @@ fn a_lasso_on_the_map_filters_the_gallery() {
 /// line the first keystroke brings must not move the field elsewhere).
 #[test]
 fn typing_a_dataset_path_keeps_the_focus() {
-    use cellbench::ui::freshness::{Freshness, freshness};
+    use cellbench::ui::cells::freshness::{Freshness, freshness};
 
     let tmp = tempfile::tempdir().unwrap();
     let book = tmp.path().join("typing.cellbook.toml");
@@ -923,7 +990,8 @@ fn typing_a_dataset_path_keeps_the_focus() {
     harness.get_by_label_contains("35 images · 5 labels");
     let dataset = cell_id(harness.state(), |k| matches!(k, CellKind::Dataset { .. }));
     let path = |app: &WorkbenchApp| {
-        app.workbook
+        app.notebook
+            .workbook
             .cells
             .iter()
             .find_map(|c| match &c.kind {
@@ -952,7 +1020,7 @@ fn typing_a_dataset_path_keeps_the_focus() {
         );
     }
     assert!(matches!(
-        freshness(harness.state(), dataset),
+        freshness(&harness.state().notebook, dataset),
         Freshness::Stale(_)
     ));
 }

@@ -4,7 +4,6 @@
 pub mod app;
 pub mod cells;
 pub mod compute;
-pub mod freshness;
 pub mod points;
 pub mod thumbs;
 #[cfg(target_arch = "wasm32")]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use wasm_bindgen::JsValue;
 
-use crate::ui::app::NotebookStatus;
+use crate::ui::cells::NotebookStatus;
 
 /// The page's egui context: a request from the page (dropped files) wakes the app with it,
 /// since an idle page draws no frames.

@@ -21,7 +21,12 @@ pub(super) fn peak_rss_mib() -> Option<f64> {
 
 impl WorkbenchApp {
     pub(super) fn scrolling(&self) -> bool {
-        self.scroll_bench.is_some() && self.rt.datasets().any(|(_, d)| d.data.ready().is_some())
+        self.scroll_bench.is_some()
+            && self
+                .notebook
+                .rt
+                .datasets()
+                .any(|(_, d)| d.data.ready().is_some())
     }
 
     pub(super) fn finish_scroll_bench(&mut self, ctx: &egui::Context) {
@@ -33,6 +38,7 @@ impl WorkbenchApp {
         t.sort_by(f64::total_cmp);
         let pct = |p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
         let images: usize = self
+            .notebook
             .rt
             .datasets()
             .filter_map(|(_, d)| d.data.ready())
@@ -44,7 +50,7 @@ impl WorkbenchApp {
             pct(0.5),
             pct(0.95),
             t[t.len() - 1],
-            self.rt.thumbs.len(),
+            self.notebook.rt.thumbs.len(),
             peak_rss_mib().unwrap_or(f64::NAN)
         );
         self.scroll_bench = None;

@@ -11,36 +11,7 @@ use crate::dataset::OpenOptions;
 use crate::ui::cells;
 use crate::workbook::{CellKind, stored_path};
 
-use super::WorkbenchApp;
-
-/// Intents from the UI, applied after drawing.
-#[derive(Clone, Debug)]
-pub enum Command {
-    AddCell {
-        after: Option<u64>,
-        kind: CellKind,
-    },
-    RemoveCell(u64),
-    MoveCell(u64, isize),
-    ToggleCollapse(u64),
-    RunCell(u64),
-    /// Continue the Train cell's last run from its checkpoint, on the data it recorded.
-    ResumeTrain(u64),
-    RunAll,
-    StopTrain(u64),
-    OpenDataset(PathBuf),
-    SaveWorkbook,
-    /// Predict these files or folders with a Predict cell (dropped on it).
-    Predict {
-        cell: u64,
-        paths: Vec<PathBuf>,
-    },
-    /// Filter the gallery of a dataset cell to one label (from a chart click).
-    FilterLabel {
-        dataset: u64,
-        label: Option<String>,
-    },
-}
+use super::{Command, WorkbenchApp};
 
 impl WorkbenchApp {
     /// Imports run folders into the notebook's runs folder (`import` gets its path) and
@@ -49,10 +20,10 @@ impl WorkbenchApp {
         &mut self,
         import: impl FnOnce(&Path) -> anyhow::Result<Vec<String>>,
     ) {
-        match import(&self.runs_dir()) {
+        match import(&self.notebook.runs_dir()) {
             Ok(ids) => {
-                self.rt.refresh_runs();
-                self.rt.note(
+                self.notebook.rt.refresh_runs();
+                self.notebook.rt.note(
                     false,
                     format!(
                         "opened {} run(s): {}; Evaluate and Compare cells show them",
@@ -61,7 +32,10 @@ impl WorkbenchApp {
                     ),
                 );
             }
-            Err(e) => self.rt.note(true, format!("runs not imported: {e:#}")),
+            Err(e) => self
+                .notebook
+                .rt
+                .note(true, format!("runs not imported: {e:#}")),
         }
     }
 
@@ -70,22 +44,30 @@ impl WorkbenchApp {
     pub(super) fn page_request(&mut self, r: crate::ui::web::PageRequest) {
         use crate::ui::web::PageRequest;
         match r {
-            PageRequest::OpenDataset(path) => self.push(Command::OpenDataset(path)),
-            PageRequest::Note(error, text) => self.rt.note(error, text),
+            PageRequest::OpenDataset(path) => self.notebook.push(Command::OpenDataset(path)),
+            PageRequest::Note(error, text) => self.notebook.rt.note(error, text),
             PageRequest::ImportRuns(from) => {
                 self.import_runs(|runs| crate::runs::archive::import_folders(&from, runs))
             }
             PageRequest::OpenWorkbook(path) => match crate::workbook::Workbook::load(&path) {
                 Ok(w) => {
-                    for id in self.workbook.cells.iter().map(|c| c.id).collect::<Vec<_>>() {
-                        self.rt.forget(id);
+                    for id in self
+                        .notebook
+                        .workbook
+                        .cells
+                        .iter()
+                        .map(|c| c.id)
+                        .collect::<Vec<_>>()
+                    {
+                        self.notebook.rt.forget(id);
                     }
-                    self.workbook = w;
-                    self.touch();
-                    self.rt
+                    self.notebook.workbook = w;
+                    self.notebook.touch();
+                    self.notebook
+                        .rt
                         .note(false, format!("opened the notebook {}", path.display()));
                 }
-                Err(e) => self.rt.note(true, format!("{e:#}")),
+                Err(e) => self.notebook.rt.note(true, format!("{e:#}")),
             },
         }
     }
@@ -94,53 +76,53 @@ impl WorkbenchApp {
     /// can be shown instead of doing nothing.
     pub(super) fn pick_dataset(&mut self, dialog: impl FnOnce() -> Option<PathBuf>) {
         match crate::ui::widgets::pick(dialog) {
-            crate::ui::widgets::Picked::Path(p) => self.push(Command::OpenDataset(p)),
+            crate::ui::widgets::Picked::Path(p) => self.notebook.push(Command::OpenDataset(p)),
             crate::ui::widgets::Picked::Cancelled => {}
             crate::ui::widgets::Picked::Unavailable => {
-                self.rt.note(true, crate::ui::widgets::NO_DIALOG)
+                self.notebook.rt.note(true, crate::ui::widgets::NO_DIALOG)
             }
         }
     }
 
     /// Applies queued commands (once per frame).
     pub fn apply_commands(&mut self, ctx: &egui::Context) {
-        let commands = std::mem::take(&mut self.commands);
+        let commands = std::mem::take(&mut self.notebook.commands);
         for c in commands {
             match c {
                 Command::AddCell { after, kind } => {
-                    self.workbook.insert_after(after, kind);
-                    self.touch();
+                    self.notebook.workbook.insert_after(after, kind);
+                    self.notebook.touch();
                 }
                 Command::RemoveCell(id) => {
-                    if let Some(t) = self.rt.train(id) {
+                    if let Some(t) = self.notebook.rt.train(id) {
                         t.cancel.store(true, Ordering::Relaxed);
                     }
-                    self.rt.forget(id);
+                    self.notebook.rt.forget(id);
                     self.run_queue.retain(|&q| q != id);
-                    self.workbook.remove(id);
-                    self.touch();
+                    self.notebook.workbook.remove(id);
+                    self.notebook.touch();
                 }
                 Command::MoveCell(id, d) => {
-                    self.workbook.move_cell(id, d);
-                    self.touch();
+                    self.notebook.workbook.move_cell(id, d);
+                    self.notebook.touch();
                 }
                 Command::ToggleCollapse(id) => {
-                    if let Some(i) = self.workbook.position(id) {
-                        self.workbook.cells[i].collapsed ^= true;
-                        self.touch();
+                    if let Some(i) = self.notebook.workbook.position(id) {
+                        self.notebook.workbook.cells[i].collapsed ^= true;
+                        self.notebook.touch();
                     }
                 }
                 Command::RunCell(id) => {
                     // Inputs that are out of date run first (queued), then the cell.
-                    let plan = crate::ui::freshness::plan_run(self, id);
+                    let plan = cells::freshness::plan_run(&self.notebook, id);
                     if plan.len() == 1 {
-                        cells::run_cell(self, ctx, id);
+                        cells::run_cell(&mut self.notebook, ctx, id);
                     } else {
                         let names: Vec<String> = plan[..plan.len() - 1]
                             .iter()
-                            .map(|&c| crate::ui::freshness::cell_name(self, c))
+                            .map(|&c| cells::freshness::cell_name(&self.notebook, c))
                             .collect();
-                        self.rt.note(
+                        self.notebook.rt.note(
                             false,
                             format!("running {} first: out of date", names.join(" and ")),
                         );
@@ -150,21 +132,23 @@ impl WorkbenchApp {
                         }
                     }
                 }
-                Command::ResumeTrain(id) => cells::resume_training(self, ctx, id),
+                Command::ResumeTrain(id) => cells::resume_training(&mut self.notebook, ctx, id),
                 Command::RunAll => {
-                    self.run_queue = self.workbook.cells.iter().map(|c| c.id).collect();
+                    self.run_queue = self.notebook.workbook.cells.iter().map(|c| c.id).collect();
                 }
                 Command::StopTrain(id) => {
-                    if let Some(t) = self.rt.train(id) {
+                    if let Some(t) = self.notebook.rt.train(id) {
                         t.cancel.store(true, Ordering::Relaxed);
-                        self.rt
+                        self.notebook
+                            .rt
                             .note(false, "stopping the training run after the current batch");
                     }
                 }
                 Command::OpenDataset(path) => {
-                    let base = self.base_dir();
+                    let base = self.notebook.base_dir();
                     let stored = stored_path(&path, &base);
                     let existing = self
+                        .notebook
                         .workbook
                         .cells
                         .iter()
@@ -172,54 +156,61 @@ impl WorkbenchApp {
                         .map(|c| c.id);
                     let id = match existing {
                         Some(id) => {
-                            let i = self.workbook.position(id).expect("found above");
-                            self.workbook.cells[i].kind = CellKind::Dataset {
+                            let i = self.notebook.workbook.position(id).expect("found above");
+                            self.notebook.workbook.cells[i].kind = CellKind::Dataset {
                                 path: stored,
                                 options: OpenOptions::default(),
                             };
                             id
                         }
                         None => {
-                            let id = self.workbook.insert_after(
+                            let id = self.notebook.workbook.insert_after(
                                 None,
                                 CellKind::Dataset {
                                     path: stored,
                                     options: OpenOptions::default(),
                                 },
                             );
-                            self.workbook.insert_after(Some(id), CellKind::Explore {});
+                            self.notebook
+                                .workbook
+                                .insert_after(Some(id), CellKind::Explore {});
                             id
                         }
                     };
-                    self.rt.take_dataset(id);
-                    cells::run_cell(self, ctx, id);
-                    self.touch();
+                    self.notebook.rt.take_dataset(id);
+                    cells::run_cell(&mut self.notebook, ctx, id);
+                    self.notebook.touch();
                 }
                 Command::SaveWorkbook => {
                     self.save();
-                    let text = format!("saved {}", self.workbook_path.display());
-                    self.rt.toasts.push((Instant::now(), false, text.clone()));
-                    self.rt.note(false, text);
+                    let text = format!("saved {}", self.notebook.workbook_path.display());
+                    self.notebook
+                        .rt
+                        .toasts
+                        .push((Instant::now(), false, text.clone()));
+                    self.notebook.rt.note(false, text);
                 }
                 Command::Predict { cell, paths } => {
-                    let base = self.base_dir();
-                    let Some(i) = self.workbook.position(cell) else {
+                    let base = self.notebook.base_dir();
+                    let Some(i) = self.notebook.workbook.position(cell) else {
                         continue;
                     };
-                    if let CellKind::Predict { input, .. } = &mut self.workbook.cells[i].kind {
+                    if let CellKind::Predict { input, .. } =
+                        &mut self.notebook.workbook.cells[i].kind
+                    {
                         let stored: Vec<String> =
                             paths.iter().map(|p| stored_path(p, &base)).collect();
                         *input = stored.join("\n");
-                        self.touch();
-                        self.rt.note(
+                        self.notebook.touch();
+                        self.notebook.rt.note(
                             false,
                             format!("predicting {} dropped file(s) or folder(s)", paths.len()),
                         );
-                        cells::run_cell(self, ctx, cell);
+                        cells::run_cell(&mut self.notebook, ctx, cell);
                     }
                 }
                 Command::FilterLabel { dataset, label } => {
-                    if let Some(d) = self.rt.dataset_mut(dataset) {
+                    if let Some(d) = self.notebook.rt.dataset_mut(dataset) {
                         d.filter.label = label;
                     }
                 }

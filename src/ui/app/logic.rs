@@ -4,18 +4,16 @@
 use eframe::egui;
 
 use crate::train::TrainEvent;
-use crate::ui::cells;
+use crate::ui::cells::{self, Loading};
 use crate::workbook::CellKind;
-
-use super::Loading;
 
 use super::WorkbenchApp;
 
 impl WorkbenchApp {
     pub(super) fn poll_background(&mut self) {
-        self.rt.thumbs.poll();
+        self.notebook.rt.thumbs.poll();
         let mut notes = Vec::new();
-        for (_, d) in self.rt.datasets_mut() {
+        for (_, d) in self.notebook.rt.datasets_mut() {
             if let Some(Err(e)) = d.data.poll() {
                 notes.push((true, format!("dataset: {}", cells::in_cell_words(&e))));
             }
@@ -23,20 +21,20 @@ impl WorkbenchApp {
                 p.poll();
             }
         }
-        for (_, s) in self.rt.splits_mut() {
+        for (_, s) in self.notebook.rt.splits_mut() {
             if let Some(Err(e)) = s.data.poll() {
                 notes.push((true, format!("split: {e}")));
             }
         }
-        for (_, c) in self.rt.all_csv_columns_mut() {
+        for (_, c) in self.notebook.rt.all_csv_columns_mut() {
             c.columns.poll();
         }
-        for (_, m) in self.rt.embeddings_mut() {
+        for (_, m) in self.notebook.rt.embeddings_mut() {
             if let Some(Err(e)) = m.poll() {
                 notes.push((true, format!("embedding: {e}")));
             }
         }
-        for (_, p) in self.rt.predicts_mut() {
+        for (_, p) in self.notebook.rt.predicts_mut() {
             match p.poll() {
                 Some(Err(e)) => notes.push((true, format!("predict: {e}"))),
                 Some(Ok(())) => notes.push((false, "prediction finished".to_owned())),
@@ -44,7 +42,7 @@ impl WorkbenchApp {
             }
         }
         let mut finished_runs = Vec::new();
-        for (id, t) in self.rt.trains_mut() {
+        for (id, t) in self.notebook.rt.trains_mut() {
             if let Some(rx) = &t.rx {
                 for e in rx.try_iter() {
                     if let TrainEvent::Warning { message } | TrainEvent::Info { message } = &e {
@@ -68,18 +66,18 @@ impl WorkbenchApp {
             }
         }
         for (id, run) in finished_runs {
-            if let Some(i) = self.workbook.position(id)
-                && let CellKind::Train { run: r, .. } = &mut self.workbook.cells[i].kind
+            if let Some(i) = self.notebook.workbook.position(id)
+                && let CellKind::Train { run: r, .. } = &mut self.notebook.workbook.cells[i].kind
             {
                 *r = Some(run);
             }
             // Evaluate cells that follow this run refresh.
-            self.rt.refresh_runs();
-            self.touch();
+            self.notebook.rt.refresh_runs();
+            self.notebook.touch();
         }
         // Cluster jobs report here, every frame, whether their cell is drawn or collapsed.
         let mut submitted = Vec::new();
-        for (id, rt) in self.rt.clusters_mut() {
+        for (id, rt) in self.notebook.rt.clusters_mut() {
             for m in rt.rx.try_iter() {
                 match m {
                     cells::ClusterMsg::Submitted(j) => {
@@ -102,30 +100,30 @@ impl WorkbenchApp {
             }
         }
         for (id, j) in submitted {
-            if let Some(i) = self.workbook.position(id)
-                && let CellKind::Cluster { job, .. } = &mut self.workbook.cells[i].kind
+            if let Some(i) = self.notebook.workbook.position(id)
+                && let CellKind::Cluster { job, .. } = &mut self.notebook.workbook.cells[i].kind
             {
                 *job = Some(j);
-                self.touch();
+                self.notebook.touch();
             }
         }
-        for (_, c) in self.rt.compares_mut() {
+        for (_, c) in self.notebook.rt.compares_mut() {
             if let Some(Err(err)) = c.loaded.poll() {
                 notes.push((true, format!("compare: {err}")));
             }
         }
-        for (_, e) in self.rt.evals_mut() {
+        for (_, e) in self.notebook.rt.evals_mut() {
             if let Some(Err(err)) = e.data.poll() {
                 notes.push((true, format!("evaluate: {err}")));
             }
         }
-        notes.extend(self.rt.take_notes());
+        notes.extend(self.notebook.rt.take_notes());
         // Queued cells (Run all, or the inputs of a cell) stop at the first failure.
         if notes.iter().any(|n| n.0) {
             self.run_queue.clear();
         }
         for (error, text) in notes {
-            self.rt.note(error, text);
+            self.notebook.rt.note(error, text);
         }
     }
 
@@ -135,32 +133,35 @@ impl WorkbenchApp {
             return;
         }
         if let Some(id) = self.run_queue.pop_front() {
-            cells::run_cell(self, ctx, id);
+            cells::run_cell(&mut self.notebook, ctx, id);
         }
         ctx.request_repaint();
     }
 
     /// True while background work of any cell runs.
     pub fn busy(&self) -> bool {
-        self.rt
+        self.notebook
+            .rt
             .datasets()
             .any(|(_, d)| matches!(d.data, Loading::Busy(_)))
             || self
+                .notebook
                 .rt
                 .splits()
                 .any(|(_, s)| matches!(s.data, Loading::Busy(_)))
-            || self.rt.trains().any(|(_, t)| t.is_running())
-            || self.rt.evals().any(|(_, e)| {
+            || self.notebook.rt.trains().any(|(_, t)| t.is_running())
+            || self.notebook.rt.evals().any(|(_, e)| {
                 matches!(e.data, Loading::Busy(_))
                     || e.inspected.as_ref().is_some_and(cells::Inspected::busy)
             })
-            || self.rt.predicts().any(|(_, p)| match p {
+            || self.notebook.rt.predicts().any(|(_, p)| match p {
                 Loading::Busy(_) => true,
                 Loading::Ready(v) => v.inspected.as_ref().is_some_and(cells::Inspected::busy),
                 _ => false,
             })
-            || self.rt.clusters().any(|(_, c)| c.active)
+            || self.notebook.rt.clusters().any(|(_, c)| c.active)
             || self
+                .notebook
                 .rt
                 .compares()
                 .any(|(_, c)| matches!(c.loaded, Loading::Busy(_)))

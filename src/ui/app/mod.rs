@@ -1,7 +1,5 @@
 //! The application object: persisted state, the notebook and its runtime state, and the
 //! frame loop. Split the way the frame runs:
-//! - [`runtime`]: per-cell state that is not saved (one [`CellRuntime`] per cell) and the
-//!   background tasks that fill it;
 //! - [`command_handling`]: intents from the UI ([`Command`]), applied once per frame after
 //!   drawing;
 //! - [`logic`]: draining every background channel once per frame, whatever is collapsed, and
@@ -15,11 +13,9 @@
 mod bench;
 pub mod command_handling;
 pub mod logic;
-pub mod runtime;
 mod ui;
 
-pub use command_handling::Command;
-pub use runtime::*;
+pub use crate::ui::cells::{Command, Notebook};
 
 use bench::{ScrollBench, peak_rss_mib};
 
@@ -29,8 +25,7 @@ use web_time::Instant;
 
 use eframe::egui;
 
-use crate::train::TrainEvent;
-use crate::workbook::{CellKind, Workbook, resolve_path, stored_path};
+use crate::workbook::{CellKind, Workbook, stored_path};
 
 use crate::ui::cells;
 const APP_KEY: &str = "cellbench";
@@ -57,13 +52,10 @@ impl Default for AppState {
 /// The workbench.
 pub struct WorkbenchApp {
     pub state: AppState,
-    pub workbook: Workbook,
-    pub workbook_path: PathBuf,
-    pub rt: Runtime,
-    commands: Vec<Command>,
+    /// The cells and their state (see [`Notebook`]).
+    pub notebook: Notebook,
     /// Cells waiting to run after the work above them finishes (Run all).
     run_queue: std::collections::VecDeque<u64>,
-    dirty_since: Option<Instant>,
     screenshot_to: Option<PathBuf>,
     screenshot_rx: Option<mpsc::Receiver<Arc<egui::ColorImage>>>,
     frames: u64,
@@ -73,8 +65,6 @@ pub struct WorkbenchApp {
     /// `CELLBENCH_BENCH_SCROLL=<frames>`: scroll the first gallery that many frames, then print
     /// frame-time percentiles and peak memory and quit.
     scroll_bench: Option<ScrollBench>,
-    /// The cells files can be dropped on this frame (Predict cells), with where they are.
-    pub drop_targets: Vec<(u64, egui::Rect)>,
     map_bench: Option<cells::MapBench>,
 }
 
@@ -86,25 +76,6 @@ fn run_all_on_start() -> bool {
     #[cfg(target_arch = "wasm32")]
     let asked = crate::ui::web::url_param("run").as_deref() == Some("all");
     asked
-}
-
-/// What the notebook shows, in numbers: for scripts driving the page or the window.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct NotebookStatus {
-    /// Opened datasets: (images, labels).
-    pub datasets: Vec<(usize, usize)>,
-    /// Training runs: `running`, `finished` or `failed: …`.
-    pub trainings: Vec<String>,
-    /// Evaluations shown: the confusion matrix's side (0 without one).
-    pub confusion_sides: Vec<usize>,
-    /// Embedding maps drawn: their points.
-    pub maps: Vec<usize>,
-    /// Backbone features are being computed (a probe's, or a map's).
-    pub extracting: bool,
-    /// Errors reported so far.
-    pub errors: Vec<String>,
-    /// Where backbone features are computed (in the browser: WebGPU or the CPU, and why).
-    pub compute: String,
 }
 
 /// Where the workbook lives when none was chosen.
@@ -124,78 +95,6 @@ pub fn default_workbook_path() -> PathBuf {
 }
 
 impl WorkbenchApp {
-    /// The notebook's state in numbers (see [`NotebookStatus`]).
-    pub fn status(&self) -> NotebookStatus {
-        let datasets = self
-            .rt
-            .datasets()
-            .filter_map(|(_, d)| match &d.data {
-                Loading::Ready(d) => Some((d.manifest.records.len(), d.report.labels.len())),
-                _ => None,
-            })
-            .collect();
-        let trainings = self
-            .rt
-            .trains()
-            .map(|(_, t)| match &t.finished {
-                None => "running".to_owned(),
-                Some(Ok(_)) => "finished".to_owned(),
-                Some(Err(e)) => format!("failed: {e}"),
-            })
-            .collect();
-        let confusion_sides = self
-            .rt
-            .evals()
-            .filter_map(|(_, e)| match &e.data {
-                Loading::Ready(e) => {
-                    Some(e.metrics.confusion.as_ref().map_or(0, |c| c.labels.len()))
-                }
-                _ => None,
-            })
-            .collect();
-        let errors = self
-            .rt
-            .log
-            .iter()
-            .filter(|(_, error, _)| *error)
-            .map(|(_, _, text)| text.clone())
-            .collect();
-        let maps = self
-            .rt
-            .embeddings()
-            .filter_map(|(_, m)| m.data.ready().map(|r| r.map.coords.len()))
-            .collect();
-        let extracting = self
-            .rt
-            .embeddings()
-            .any(|(_, m)| matches!(m.data, Loading::Busy(_)))
-            || self.rt.trains().any(|(_, t)| {
-                t.is_running()
-                    && matches!(
-                        t.events
-                            .iter()
-                            .rev()
-                            .find(|e| matches!(e, TrainEvent::Progress { .. })),
-                        Some(TrainEvent::Progress {
-                            phase: crate::experiment::events::Phase::Features,
-                            ..
-                        })
-                    )
-            });
-        NotebookStatus {
-            datasets,
-            trainings,
-            confusion_sides,
-            maps,
-            extracting,
-            errors,
-            #[cfg(target_arch = "wasm32")]
-            compute: crate::model::gpu::browser::describe(),
-            #[cfg(not(target_arch = "wasm32"))]
-            compute: String::new(),
-        }
-    }
-
     /// `workbook`: a `.cellbook.toml` to open; `dataset`: a dataset to add to it.
     pub fn new(
         cc: &eframe::CreationContext<'_>,
@@ -224,7 +123,7 @@ impl WorkbenchApp {
             .or_else(|| std::env::var_os("CELLBENCH_WORKBOOK").map(PathBuf::from))
             .or_else(|| state.workbook_path.clone())
             .unwrap_or_else(default_workbook_path);
-        let mut rt = Runtime::new(ctx);
+        let mut rt = cells::Runtime::new(ctx);
         let workbook = if crate::fs::exists(&path) {
             match Workbook::load(&path) {
                 Ok(w) => w,
@@ -250,12 +149,8 @@ impl WorkbenchApp {
         });
         let mut app = Self {
             state,
-            workbook,
-            workbook_path: path,
-            rt,
-            commands: Vec::new(),
+            notebook: Notebook::new(workbook, path, rt),
             run_queue: Default::default(),
-            dirty_since: None,
             screenshot_to: std::env::var_os("CELLBENCH_SCREENSHOT").map(Into::into),
             screenshot_rx: None,
             frames: 0,
@@ -268,14 +163,14 @@ impl WorkbenchApp {
                     times_ms: Vec::new(),
                 }),
             map_bench: cells::MapBench::from_env(),
-            drop_targets: Vec::new(),
         };
         if let Some(d) = dataset {
-            app.commands.push(Command::OpenDataset(d));
+            app.notebook.commands.push(Command::OpenDataset(d));
         } else {
             // Datasets open at once (a scan, no training), so the gallery and counts show
             // without pressing Run.
             app.run_queue = app
+                .notebook
                 .workbook
                 .cells
                 .iter()
@@ -286,29 +181,12 @@ impl WorkbenchApp {
         app
     }
 
-    pub fn base_dir(&self) -> PathBuf {
-        Workbook::base_dir(&self.workbook_path)
-    }
-
-    pub fn runs_dir(&self) -> PathBuf {
-        resolve_path(&self.workbook.runs, &self.base_dir())
-    }
-
-    pub fn push(&mut self, command: Command) {
-        self.commands.push(command);
-    }
-
-    /// Marks the workbook changed; it is saved shortly after.
-    pub fn touch(&mut self) {
-        self.dirty_since.get_or_insert_with(Instant::now);
-    }
-
     fn save(&mut self) {
-        match self.workbook.save(&self.workbook_path) {
-            Ok(()) => self.dirty_since = None,
+        match self.notebook.workbook.save(&self.notebook.workbook_path) {
+            Ok(()) => self.notebook.dirty_since = None,
             Err(e) => {
-                self.rt.note(true, format!("{e:#}"));
-                self.dirty_since = None;
+                self.notebook.rt.note(true, format!("{e:#}"));
+                self.notebook.dirty_since = None;
             }
         }
     }
@@ -330,14 +208,14 @@ impl WorkbenchApp {
             let known = true;
             if known || since.elapsed() > std::time::Duration::from_secs(3) {
                 self.run_all_waiting = None;
-                self.push(Command::RunAll);
+                self.notebook.push(Command::RunAll);
             } else {
                 ctx.request_repaint();
             }
         }
         self.poll_background();
         self.shortcuts(&ctx);
-        self.drop_targets.clear();
+        self.notebook.drop_targets.clear();
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
         if self.state.show_log {
             self.log_panel(ui);
@@ -347,16 +225,16 @@ impl WorkbenchApp {
                 .auto_shrink(false)
                 .show(ui, |ui| {
                     ui.add_space(4.0);
-                    let ids: Vec<u64> = self.workbook.cells.iter().map(|c| c.id).collect();
+                    let ids: Vec<u64> = self.notebook.workbook.cells.iter().map(|c| c.id).collect();
                     for id in ids {
-                        cells::cell_ui(self, ui, id);
+                        cells::cell_ui(&mut self.notebook, ui, id);
                         ui.add_space(10.0);
                     }
                     ui.horizontal(|ui| {
                         ui.menu_button("Add cell", |ui| {
                             for kind in CellKind::templates() {
                                 if ui.button(kind.title()).clicked() {
-                                    self.push(Command::AddCell { after: None, kind });
+                                    self.notebook.push(Command::AddCell { after: None, kind });
                                     ui.close();
                                 }
                             }
@@ -370,14 +248,15 @@ impl WorkbenchApp {
         self.apply_commands(&ctx);
         self.advance_queue(&ctx);
         if self
+            .notebook
             .dirty_since
             .is_some_and(|t| t.elapsed().as_secs_f32() > 1.0)
         {
             self.save();
-        } else if self.dirty_since.is_some() {
+        } else if self.notebook.dirty_since.is_some() {
             ctx.request_repaint_after(std::time::Duration::from_millis(1100));
         }
-        if self.rt.trains().any(|(_, t)| t.is_running()) {
+        if self.notebook.rt.trains().any(|(_, t)| t.is_running()) {
             ctx.request_repaint_after(std::time::Duration::from_millis(200));
         }
         self.screenshot(&ctx);
@@ -388,7 +267,9 @@ impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let start = Instant::now();
         let mut map_bench = self.map_bench.take();
-        let benching = map_bench.as_mut().is_some_and(|b| b.before_frame(self));
+        let benching = map_bench
+            .as_mut()
+            .is_some_and(|b| b.before_frame(&mut self.notebook));
         #[cfg(target_arch = "wasm32")]
         {
             if crate::ui::compute::run_deferred(std::time::Duration::from_millis(40)) {
@@ -411,9 +292,9 @@ impl eframe::App for WorkbenchApp {
         }
         #[cfg(target_arch = "wasm32")]
         {
-            crate::ui::web::publish_status(&self.status());
+            crate::ui::web::publish_status(&self.notebook.status());
             crate::ui::web::persist_workbook();
-            crate::ui::web::set_runs_dir(self.runs_dir());
+            crate::ui::web::set_runs_dir(self.notebook.runs_dir());
         }
         if let Some(mut b) = map_bench {
             let report = benching
@@ -442,7 +323,11 @@ impl eframe::App for WorkbenchApp {
     }
 
     fn raw_input_hook(&mut self, _ctx: &egui::Context, raw_input: &mut egui::RawInput) {
-        if let Some(pos) = self.map_bench.as_ref().and_then(|b| b.pointer(self)) {
+        if let Some(pos) = self
+            .map_bench
+            .as_ref()
+            .and_then(|b| b.pointer(&self.notebook))
+        {
             raw_input.events.push(egui::Event::PointerMoved(pos));
         }
         if self.scrolling() {
@@ -461,7 +346,7 @@ impl eframe::App for WorkbenchApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, APP_KEY, &self.state);
-        if self.dirty_since.is_some() {
+        if self.notebook.dirty_since.is_some() {
             WorkbenchApp::save(self);
         }
     }

@@ -16,11 +16,11 @@ impl WorkbenchApp {
         ui.horizontal(|ui| {
             ui.heading("cellbench");
             ui.separator();
-            ui.label(egui::RichText::new(&self.workbook.title).strong())
-                .on_hover_text(format!("Workbook file: {}", self.workbook_path.display()));
+            ui.label(egui::RichText::new(&self.notebook.workbook.title).strong())
+                .on_hover_text(format!("Workbook file: {}", self.notebook.workbook_path.display()));
             // What is loaded now, whatever the workbook is called.
             let datasets: Vec<String> = self
-                .workbook
+                .notebook.workbook
                 .cells
                 .iter()
                 .filter_map(|c| match &c.kind {
@@ -37,13 +37,13 @@ impl WorkbenchApp {
                     .on_hover_text("The dataset(s) of this workbook");
             }
             let file = self
-                .workbook_path
+                .notebook.workbook_path
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             ui.label(egui::RichText::new(format!("· {file}")).weak())
                 .on_hover_text(format!(
                     "Saved automatically after every change (Ctrl+S saves now): {}",
-                    self.workbook_path.display()
+                    self.notebook.workbook_path.display()
                 ));
             ui.separator();
             if crate::ui::widgets::DESKTOP && ui
@@ -63,7 +63,7 @@ impl WorkbenchApp {
             ui.menu_button("Add cell", |ui| {
                 for kind in CellKind::templates() {
                     if ui.button(kind.title()).clicked() {
-                        self.push(Command::AddCell { after: None, kind });
+                        self.notebook.push(Command::AddCell { after: None, kind });
                         ui.close();
                     }
                 }
@@ -71,10 +71,10 @@ impl WorkbenchApp {
             .response
             .on_hover_text("Append a cell to the notebook");
             if ui.button("Run all").on_hover_text("Run every cell from top to bottom (F5)").clicked() {
-                self.push(Command::RunAll);
+                self.notebook.push(Command::RunAll);
             }
             if ui.button("Save").on_hover_text("Save the workbook now (Ctrl+S); it also saves itself after every change").clicked() {
-                self.push(Command::SaveWorkbook);
+                self.notebook.push(Command::SaveWorkbook);
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let label = if self.state.dark_mode { "Light theme" } else { "Dark theme" };
@@ -82,7 +82,7 @@ impl WorkbenchApp {
                     self.state.dark_mode ^= true;
                     ui.ctx().set_visuals(if self.state.dark_mode { egui::Visuals::dark() } else { egui::Visuals::light() });
                 }
-                let errors = self.rt.log.iter().filter(|l| l.1).count();
+                let errors = self.notebook.rt.log.iter().filter(|l| l.1).count();
                 let text = if errors > 0 { format!("Log ({errors} errors)") } else { "Log".to_owned() };
                 ui.toggle_value(&mut self.state.show_log, text).on_hover_text("Show messages and errors of background work");
             });
@@ -97,13 +97,13 @@ impl WorkbenchApp {
                 ui.horizontal(|ui| {
                     ui.strong("Log");
                     if ui.small_button("Clear").clicked() {
-                        self.rt.log.clear();
+                        self.notebook.rt.log.clear();
                     }
                 });
                 egui::ScrollArea::vertical()
                     .stick_to_bottom(true)
                     .show(ui, |ui| {
-                        for (_, error, text) in &self.rt.log {
+                        for (_, error, text) in &self.notebook.rt.log {
                             if *error {
                                 ui.colored_label(ui.visuals().error_fg_color, text);
                             } else {
@@ -115,14 +115,17 @@ impl WorkbenchApp {
     }
 
     pub(super) fn toasts(&mut self, ctx: &egui::Context) {
-        self.rt.toasts.retain(|t| t.0.elapsed().as_secs_f32() < 6.0);
-        if self.rt.toasts.is_empty() {
+        self.notebook
+            .rt
+            .toasts
+            .retain(|t| t.0.elapsed().as_secs_f32() < 6.0);
+        if self.notebook.rt.toasts.is_empty() {
             return;
         }
         egui::Area::new(egui::Id::unique("toasts"))
             .anchor(egui::Align2::RIGHT_BOTTOM, [-12.0, -12.0])
             .show(ctx, |ui| {
-                for (_, error, text) in &self.rt.toasts {
+                for (_, error, text) in &self.notebook.rt.toasts {
                     egui::Frame::popup(ui.style()).show(ui, |ui| {
                         ui.set_max_width(380.0);
                         if *error {
@@ -145,10 +148,10 @@ impl WorkbenchApp {
             )
         });
         if save {
-            self.push(Command::SaveWorkbook);
+            self.notebook.push(Command::SaveWorkbook);
         }
         if run_all {
-            self.push(Command::RunAll);
+            self.notebook.push(Command::RunAll);
         }
         if open {
             self.pick_dataset(crate::ui::widgets::folder_dialog);
@@ -180,7 +183,8 @@ impl WorkbenchApp {
                 .is_some_and(crate::dataset::naming::is_image_extension)
         });
         let under_pointer = pointer.and_then(|pos| {
-            self.drop_targets
+            self.notebook
+                .drop_targets
                 .iter()
                 .find(|(_, rect)| rect.contains(pos))
                 .map(|(id, _)| *id)
@@ -189,12 +193,12 @@ impl WorkbenchApp {
         let predict_cell = under_pointer
             .or_else(|| {
                 all_images
-                    .then(|| self.drop_targets.first().map(|(id, _)| *id))
+                    .then(|| self.notebook.drop_targets.first().map(|(id, _)| *id))
                     .flatten()
             })
             .filter(|_| !cfg!(target_arch = "wasm32"));
         if let Some(cell) = predict_cell.filter(|_| !paths.iter().any(|p| is_zip(p))) {
-            self.push(Command::Predict { cell, paths });
+            self.notebook.push(Command::Predict { cell, paths });
         } else if is_zip(&first) {
             // A zip of run folders (from the browser or a cluster job) joins the notebook's runs.
             self.import_runs(|runs| {
@@ -204,7 +208,7 @@ impl WorkbenchApp {
                     .with_context(|| format!("{}", first.display()))
             });
         } else {
-            self.push(Command::OpenDataset(first));
+            self.notebook.push(Command::OpenDataset(first));
         }
     }
 

@@ -10,9 +10,9 @@ use crate::experiment::events::TrainEvent;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::workbook::{CellKind, resolve_path};
 
+use crate::ui::cells::Notebook;
 #[cfg(not(target_arch = "wasm32"))]
-use crate::ui::app::Task as BgTask;
-use crate::ui::app::WorkbenchApp;
+use crate::ui::cells::Task as BgTask;
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::*;
@@ -105,7 +105,7 @@ pub(super) fn spawn_cluster_worker(
 #[cfg(target_arch = "wasm32")]
 #[allow(clippy::too_many_arguments)]
 pub fn cluster_ui(
-    _app: &mut WorkbenchApp,
+    _app: &mut Notebook,
     ui: &mut egui::Ui,
     _id: u64,
     profile: &mut String,
@@ -123,7 +123,7 @@ pub fn cluster_ui(
 #[cfg(not(target_arch = "wasm32"))]
 #[allow(clippy::too_many_arguments)]
 pub fn cluster_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     profile: &mut String,

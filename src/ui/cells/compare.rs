@@ -7,7 +7,7 @@ use egui_plot::Legend;
 
 use crate::runs::view::RunSummary;
 
-use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook, Task as BgTask};
 use crate::ui::widgets;
 
 use super::*;
@@ -102,12 +102,7 @@ fn cross_validations_ui(
     widgets::fold_spread_plot(ui, ("cmp-cv-spread", id), &shown);
 }
 
-pub(super) fn compare_ui(
-    app: &mut WorkbenchApp,
-    ui: &mut egui::Ui,
-    id: u64,
-    runs: &mut Vec<String>,
-) {
+pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &mut Vec<String>) {
     let root = app.runs_dir();
     let all = app.rt.run_ids(&root);
     if all.is_empty() {

@@ -6,13 +6,13 @@ use eframe::egui;
 
 use crate::dataset::{DatasetFormat, Manifest, Split};
 
-use crate::ui::app::{Command, Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::cells::{Command, Loading, Notebook, Task as BgTask};
 use crate::ui::widgets;
 
 use super::*;
 
 pub(super) fn dataset_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     path: &mut String,
@@ -279,7 +279,7 @@ pub(super) fn dataset_ui(
 }
 
 pub(super) fn inspector_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     manifest: &Manifest,
@@ -408,7 +408,7 @@ fn read_header(path: &std::path::Path) -> Result<Vec<String>, String> {
 /// and the patient, where the images are and how ids become file names. The choices are part
 /// of the cell (saved in the workbook); changing one makes the cell out of date.
 fn csv_import_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     path: &str,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use eframe::egui;
 
 use crate::explore::embedding::EmbeddingMap;
-use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook, Task as BgTask};
 use crate::ui::points::{self, Point, PointSet, View};
 use crate::ui::thumbs::Thumb;
 use crate::ui::widgets;
@@ -332,7 +332,7 @@ fn color_points(
 }
 
 pub(super) fn embedding_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     run: &mut Option<String>,

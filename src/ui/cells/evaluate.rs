@@ -7,7 +7,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::runs::view::RunEvaluation;
 
-use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook, Task as BgTask};
 use crate::ui::widgets;
 
 use super::*;
@@ -34,7 +34,7 @@ impl EvalRuntime {
 }
 
 pub(super) fn evaluate_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     run: &mut Option<String>,

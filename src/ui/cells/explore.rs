@@ -7,7 +7,7 @@ use egui_plot::{Bar, BarChart, Plot};
 
 use crate::explore::{ExploreReport, Table};
 
-use crate::ui::app::{Command, WorkbenchApp};
+use crate::ui::cells::{Command, Notebook};
 use crate::ui::widgets;
 
 use super::*;
@@ -20,7 +20,7 @@ pub struct ExploreUi {
     pub log_counts: bool,
 }
 
-pub(super) fn explore_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
+pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
     let Some(dataset) = app.workbook.inputs(id).dataset else {
         ui.label("Add a Dataset cell above this one.");
         return;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
-use crate::ui::app::{Loading, Task as BgTask};
+use crate::ui::cells::{Loading, Task as BgTask};
 use crate::ui::compute::ComputeWorker;
 
 use super::error_label;

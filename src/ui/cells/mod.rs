@@ -8,9 +8,12 @@ mod dataset;
 mod embedding;
 mod evaluate;
 mod explore;
+pub mod freshness;
 mod inspector;
 mod note;
+mod notebook;
 mod predict;
+pub mod runtime;
 mod split;
 mod train;
 
@@ -49,19 +52,19 @@ use crate::experiment::events::TrainEvent;
 use crate::model::backend::BackendChoice;
 use crate::workbook::{CellKind, resolve_path};
 
-use super::freshness::{Freshness, cell_name, current_data, freshness};
-use crate::ui::app::{
-    Command, DataUse, GalleryFilter, LoadedDataset, Loading, SplitResult, SplitRuntime,
-    Task as BgTask, TrainRuntime, WorkbenchApp,
-};
+pub use notebook::{Command, Notebook, NotebookStatus};
+pub use runtime::*;
 
-fn loaded(app: &WorkbenchApp, dataset: u64) -> Option<&LoadedDataset> {
+use freshness::{Freshness, cell_name, current_data, freshness};
+use runtime::Task as BgTask;
+
+fn loaded(app: &Notebook, dataset: u64) -> Option<&LoadedDataset> {
     app.rt.dataset(dataset)?.data.ready()
 }
 
 /// The manifest a Train cell trains on (the Split above when there is one, else the dataset
 /// as it is) and what it is, or why it cannot be used now.
-fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
+fn train_manifest(app: &Notebook, id: u64) -> Result<(Arc<Manifest>, DataUse), String> {
     let data = current_data(app, id)?;
     let manifest = match data.split {
         Some((s, _)) => {
@@ -83,7 +86,7 @@ fn train_manifest(app: &WorkbenchApp, id: u64) -> Result<(Arc<Manifest>, DataUse
 }
 
 /// The run an Evaluate/Predict cell looks at: its own choice, else the Train cell above.
-pub(crate) fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Option<String> {
+pub(crate) fn run_for(app: &Notebook, id: u64, own: &Option<String>) -> Option<String> {
     own.clone().or_else(|| {
         let train = app.workbook.inputs(id).train?;
         match &app.workbook.cells[app.workbook.position(train)?].kind {
@@ -94,7 +97,7 @@ pub(crate) fn run_for(app: &WorkbenchApp, id: u64, own: &Option<String>) -> Opti
 }
 
 /// Starts the work of a cell.
-pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
     let Some(i) = app.workbook.position(id) else {
         return;
     };
@@ -114,14 +117,14 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
                 let manifest = crate::dataset::open(&full, &opts).map_err(|e| format!("{e:#}"))?;
                 let report = crate::explore::explore(&manifest).map_err(|e| format!("{e:#}"))?;
                 Ok(LoadedDataset {
-                    facets: super::app::Facets::of(&manifest),
+                    facets: runtime::Facets::of(&manifest),
                     manifest: Arc::new(manifest),
                     report: Arc::new(report),
                 })
             });
             app.rt.set_dataset(
                 id,
-                super::app::DatasetRuntime {
+                runtime::DatasetRuntime {
                     source: (path, options),
                     generation,
                     data: Loading::Busy(task),
@@ -173,8 +176,8 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
         CellKind::Embedding { .. } => start_embedding(app, ctx, id),
         CellKind::Train { config, folds, .. } => start_training(app, ctx, id, config, folds),
         CellKind::Evaluate { .. } | CellKind::Predict { .. }
-            if let Some(problem) = crate::ui::freshness::follows_train(app, id)
-                .then(|| crate::ui::freshness::train_problem(app, id))
+            if let Some(problem) = freshness::follows_train(app, id)
+                .then(|| freshness::train_problem(app, id))
                 .flatten() =>
         {
             // Never a run of an out-of-date (or still training) Train cell: Run queues that
@@ -286,7 +289,7 @@ pub fn run_cell(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
 }
 
 fn start_training(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ctx: &egui::Context,
     id: u64,
     config: TrainConfig,
@@ -359,7 +362,7 @@ pub struct FeaturePrefetch {
 /// [`crate::train::features::FeatureSteps`]), reporting progress after each step.
 #[cfg(target_arch = "wasm32")]
 fn queue_prefetch(
-    app: &WorkbenchApp,
+    app: &Notebook,
     ctx: &egui::Context,
     prefetch: FeaturePrefetch,
     tx: &mpsc::Sender<TrainEvent>,
@@ -413,7 +416,7 @@ fn queue_prefetch(
 
 /// Continues the Train cell's last run from its last complete checkpoint, on the data and
 /// split the run recorded (its `dataset.json`), whoever started it.
-pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+pub fn resume_training(app: &mut Notebook, ctx: &egui::Context, id: u64) {
     if app.rt.train(id).is_some_and(TrainRuntime::is_running) {
         return;
     }
@@ -454,7 +457,7 @@ pub fn resume_training(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
 /// Queues a training job (a cross-validation of it when `settings` asks for folds) on the
 /// compute worker and follows it through its events.
 fn spawn_training(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ctx: &egui::Context,
     id: u64,
     data: DataUse,
@@ -530,7 +533,7 @@ fn spawn_training(
 }
 
 /// Draws one cell: a header with its controls, then its body unless collapsed.
-pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
+pub fn cell_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
     let Some(i) = app.workbook.position(id) else {
         return;
     };
@@ -635,7 +638,7 @@ pub fn cell_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, id: u64) {
             app.touch();
         }
     });
-    // Files dropped on a Predict cell are predicted by it (see `WorkbenchApp::take_drops`).
+    // Files dropped on a Predict cell are predicted by it (see `Notebook::take_drops`).
     if matches!(cell.kind, CellKind::Predict { .. }) {
         app.drop_targets.push((id, shown.response.rect));
     }

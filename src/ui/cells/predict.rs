@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
-use crate::ui::app::{Loading, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook};
 
 use super::*;
 use crate::ui::widgets;
 
 pub(super) fn predict_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     run: &mut Option<String>,

@@ -2,13 +2,13 @@
 
 use eframe::egui;
 
-use crate::ui::app::{Loading, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook};
 use crate::ui::widgets;
 
 use super::*;
 
 pub(super) fn split_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     config: &mut crate::dataset::split::SplitConfig,

@@ -13,14 +13,14 @@ use crate::experiment::events::{Phase, TrainEvent};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::model::backend::BackendChoice;
 
-use crate::ui::app::{Command, TrainRuntime, WorkbenchApp};
-use crate::ui::freshness::current_data;
+use crate::ui::cells::freshness::current_data;
+use crate::ui::cells::{Command, Notebook, TrainRuntime};
 
 use super::*;
 use crate::ui::widgets;
 
 pub(super) fn train_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     config: &mut TrainConfig,
@@ -310,7 +310,7 @@ pub(super) fn train_ui(
 }
 
 pub(super) fn augment_preview_ui(
-    app: &mut WorkbenchApp,
+    app: &mut Notebook,
     ui: &mut egui::Ui,
     id: u64,
     config: &TrainConfig,
@@ -330,7 +330,7 @@ pub(super) fn augment_preview_ui(
     );
     let preview = app
         .rt
-        .aug_preview_or_insert_with(id, crate::ui::app::AugPreview::default);
+        .aug_preview_or_insert_with(id, crate::ui::cells::AugPreview::default);
     if let Some((key, task)) = &preview.pending
         && let Some(images) = task.poll()
     {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use eframe::egui;
 
 use crate::explore::embedding::EmbeddingMap;
-use crate::ui::app::{Loading, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook};
 
 use super::*;
 
@@ -39,7 +39,7 @@ impl MapBench {
 
     /// Before a frame: installs the synthetic map once the Embedding cell's Dataset cell is
     /// loaded, then moves the view. True while the benchmark runs.
-    pub fn before_frame(&mut self, app: &mut WorkbenchApp) -> bool {
+    pub fn before_frame(&mut self, app: &mut Notebook) -> bool {
         let id = match self.installed {
             Some(id) => id,
             None => {
@@ -103,7 +103,7 @@ impl MapBench {
     }
 
     /// Where the pointer should be (over the map, moving), once the map has been drawn.
-    pub fn pointer(&self, app: &WorkbenchApp) -> Option<egui::Pos2> {
+    pub fn pointer(&self, app: &Notebook) -> Option<egui::Pos2> {
         let rect = app.rt.embedding(self.installed?)?.last_rect?;
         let t = self.work_ms.len() as f32 / 7.0;
         Some(

@@ -9,7 +9,7 @@ use eframe::egui;
 
 use crate::explore::embedding::EmbeddingMap;
 use crate::model::backend::BackendChoice;
-use crate::ui::app::{Loading, Task as BgTask, WorkbenchApp};
+use crate::ui::cells::{Loading, Notebook, Task as BgTask};
 use crate::ui::cells::{cell_name, freshness, loaded};
 
 use super::{EmbeddingResult, EmbeddingRuntime, batch_effect_of};
@@ -40,7 +40,7 @@ enum Featurizing {
 }
 
 /// Starts computing the map of the Dataset cell above.
-pub(in crate::ui::cells) fn start_embedding(app: &mut WorkbenchApp, ctx: &egui::Context, id: u64) {
+pub(in crate::ui::cells) fn start_embedding(app: &mut Notebook, ctx: &egui::Context, id: u64) {
     let Some(dataset) = app.workbook.inputs(id).dataset else {
         app.rt
             .note(true, "embedding cell: add a Dataset cell above it");

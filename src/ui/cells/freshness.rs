@@ -5,7 +5,7 @@
 
 use crate::workbook::CellKind;
 
-use super::app::{DataUse, Loading, WorkbenchApp};
+use super::{DataUse, Loading, Notebook};
 
 /// The state of a cell's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ fn loading_state<T>(l: &Loading<T>) -> Freshness {
 }
 
 /// "the Dataset cell (2)": how messages name a cell (its kind and position in the notebook).
-pub fn cell_name(app: &WorkbenchApp, id: u64) -> String {
+pub fn cell_name(app: &Notebook, id: u64) -> String {
     app.workbook.position(id).map_or_else(
         || "a removed cell".to_owned(),
         |i| {
@@ -49,7 +49,7 @@ pub fn cell_name(app: &WorkbenchApp, id: u64) -> String {
 }
 
 /// Why an input of a cell cannot be used, or `None` when it is up to date.
-fn input_problem(app: &WorkbenchApp, input: u64) -> Option<String> {
+fn input_problem(app: &Notebook, input: u64) -> Option<String> {
     match freshness(app, input) {
         Freshness::Fresh => None,
         Freshness::NotRun => Some(format!("{} has not run", cell_name(app, input))),
@@ -62,7 +62,7 @@ fn input_problem(app: &WorkbenchApp, input: u64) -> Option<String> {
 /// Why a result computed from the Dataset cell and load `computed_from` no longer matches the
 /// Dataset cell `dataset` above (`changed` when it was opened again), or `None`.
 fn dataset_problem(
-    app: &WorkbenchApp,
+    app: &Notebook,
     dataset: Option<u64>,
     computed_from: (u64, u64),
     changed: &str,
@@ -75,7 +75,7 @@ fn dataset_problem(
 }
 
 /// The data a Train cell would use now, when all of it is up to date.
-pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
+pub fn current_data(app: &Notebook, id: u64) -> Result<DataUse, String> {
     let inputs = app.workbook.inputs(id);
     let Some(dataset) = inputs.dataset else {
         return Err("add a Dataset cell above it".to_owned());
@@ -127,7 +127,7 @@ pub fn current_data(app: &WorkbenchApp, id: u64) -> Result<DataUse, String> {
 }
 
 /// Whether the result a cell shows matches its current inputs and parameters.
-pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
+pub fn freshness(app: &Notebook, id: u64) -> Freshness {
     let Some(i) = app.workbook.position(id) else {
         return Freshness::NotRun;
     };
@@ -242,7 +242,7 @@ pub fn freshness(app: &WorkbenchApp, id: u64) -> Freshness {
 
 /// Whether an Evaluate or Predict cell takes its run from the Train cell above (it has no run
 /// of its own chosen).
-pub fn follows_train(app: &WorkbenchApp, id: u64) -> bool {
+pub fn follows_train(app: &Notebook, id: u64) -> bool {
     app.workbook.position(id).is_some_and(|i| {
         matches!(
             &app.workbook.cells[i].kind,
@@ -254,7 +254,7 @@ pub fn follows_train(app: &WorkbenchApp, id: u64) -> bool {
 /// Why the Train cell an Evaluate or Predict cell takes its run from cannot be used now (out
 /// of date or still training), or `None`. A Train cell that has not run in this session is
 /// fine: its saved run is what the cell shows.
-pub fn train_problem(app: &WorkbenchApp, id: u64) -> Option<String> {
+pub fn train_problem(app: &Notebook, id: u64) -> Option<String> {
     let t = app.workbook.inputs(id).train?;
     match freshness(app, t) {
         Freshness::Stale(why) => Some(format!("{} is out of date ({why})", cell_name(app, t))),
@@ -265,7 +265,7 @@ pub fn train_problem(app: &WorkbenchApp, id: u64) -> Option<String> {
 
 /// What pressing Run on `id` runs, in order: every input above it that is not up to date,
 /// then the cell itself.
-pub fn plan_run(app: &WorkbenchApp, id: u64) -> Vec<u64> {
+pub fn plan_run(app: &Notebook, id: u64) -> Vec<u64> {
     // An input whose own input is stale reads as stale itself, so the whole chain reruns.
     let mut plan: Vec<u64> = app
         .workbook
