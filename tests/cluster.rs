@@ -417,6 +417,25 @@ fn cellbench_training_job_streams_live_events_and_results_come_back() {
     assert_eq!(summary.curves.len(), 6);
     assert!((summary.val.unwrap().accuracy - metrics.accuracy).abs() < 1e-12);
     assert_eq!(summary.config.epochs, 6);
+    // The imported run is whole: it records its data (so it can be resumed) and predicts.
+    let imported = local_runs.join(&id);
+    let recorded = cellbench::runs::DatasetFile::read(&imported).unwrap();
+    assert_eq!(recorded.source, std::path::absolute(&data).unwrap());
+    let predictions = tmp.path().join("pred.csv");
+    let out = common::cellbench()
+        .args(["predict", common::path_str(&imported)])
+        .arg(data.join("Eosinophil"))
+        .args(["--out", common::path_str(&predictions), "--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        std::fs::read_to_string(&predictions)
+            .unwrap()
+            .lines()
+            .count()
+            > 1
+    );
 
     // Finished jobs can be deleted.
     c.delete(&id).unwrap();
@@ -458,6 +477,9 @@ fn cellbench_training_job_stops_mid_run() {
     let run = cellbench::cluster::job::import_results(&c, &id, &tmp.path().join("local")).unwrap();
     let status = common::read_json(&run.join("status.json"));
     assert_eq!(status["state"], "cancelled");
+    // A stopped job's run comes back with what `--resume` needs.
+    assert!(cellbench::runs::DatasetFile::read(&run).is_ok());
+    assert!(cellbench::runs::checkpoint::latest(&run).unwrap().is_some());
 }
 
 #[test]

@@ -183,6 +183,31 @@ pub fn submit(
             toml::to_string(spec.config())?,
         ),
     ]);
+    if let JobSpec::Train {
+        dataset,
+        options: open,
+        runs,
+        ..
+    } = spec
+    {
+        // What a run folder rebuilt from the log needs to resume: the data as the cluster
+        // sees it (a packed dataset lives only in the job) and where the run folder went.
+        job.metadata
+            .insert(super::results::RUNS_KEY.to_owned(), runs.clone());
+        if !options.pack_dataset {
+            let record = crate::runs::DatasetFile {
+                format_version: crate::runs::FORMAT_VERSION,
+                source: PathBuf::from(dataset),
+                options: open.clone(),
+                splits: None,
+                fingerprint: None,
+            };
+            job.metadata.insert(
+                super::results::DATASET_KEY.to_owned(),
+                serde_json::to_string(&record)?,
+            );
+        }
+    }
     job.entrypoint_num_cpus = options.cpus;
     job.entrypoint_num_gpus = options.gpus;
     Ok(backend.submit(&job)?)
@@ -191,7 +216,6 @@ pub fn submit(
 /// Runs a job spec on this machine (the cluster side of a job). Events go to stdout as JSON
 /// lines, which is how the client follows the job.
 pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
-    use std::io::Write as _;
     let spec: JobSpec = toml::from_str(&crate::fs::read_to_string(spec_path)?)?;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -199,11 +223,7 @@ pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
         let cancel = cancel.clone();
         ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
     }
-    let mut print = |e: &TrainEvent| {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", e.to_json_line()).ok();
-        out.flush().ok();
-    };
+    let mut print = |e: &TrainEvent| print_line(&e.to_json_line());
     match spec {
         JobSpec::Train {
             dataset,
@@ -224,6 +244,15 @@ pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
                 &mut print,
                 &cancel,
             )?;
+            // The run folder follows the events, so that a job without shared storage still
+            // brings back a run that predicts and resumes.
+            if let Err(e) =
+                super::results::print_run_folder(&outcome.run_dir, &mut print_line, &mut print)
+            {
+                print(&TrainEvent::Warning {
+                    message: format!("the run folder cannot travel in the log: {e:#}"),
+                });
+            }
             Ok(u8::from(outcome.state != crate::runs::RunState::Finished))
         }
         JobSpec::Featurize {
@@ -250,6 +279,14 @@ pub fn run_worker(spec_path: &Path) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// One line of the job's log, flushed at once (the client follows the log live).
+fn print_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").ok();
+    out.flush().ok();
 }
 
 /// Extracts features of shard `shard` (0-based) of `shards` into the feature cache under
@@ -323,82 +360,4 @@ pub fn follow(
     Ok(events)
 }
 
-/// Brings a finished job's results back as a normal run folder under `runs_root/<id>/`
-/// (config, events, metrics, status), from its log. Returns the folder.
-pub fn import_results(
-    backend: &dyn ClusterBackend,
-    id: &str,
-    runs_root: &Path,
-) -> anyhow::Result<PathBuf> {
-    let info = backend.status(id)?;
-    let log = backend.logs(id)?;
-    let events: Vec<TrainEvent> = log.lines().filter_map(TrainEvent::parse_line).collect();
-    let dir = runs_root.join(id);
-    crate::fs::create_dir_all(&dir)?;
-    let config = info
-        .metadata
-        .get("cellbench_config")
-        .cloned()
-        .unwrap_or_default();
-    crate::fsio::write_atomic_bytes(&dir.join("config.toml"), config.as_bytes())?;
-    let lines: String = events.iter().map(|e| e.to_json_line() + "\n").collect();
-    crate::fsio::write_atomic_bytes(&dir.join("events.jsonl"), lines.as_bytes())?;
-    let finished = events.iter().rev().find_map(|e| match e {
-        TrainEvent::Finished {
-            best_epoch,
-            metrics,
-            patient_metrics,
-            ..
-        } => Some((*best_epoch, metrics, patient_metrics)),
-        _ => None,
-    });
-    let state = match finished {
-        Some(_) => crate::runs::RunState::Finished,
-        None if events
-            .iter()
-            .any(|e| matches!(e, TrainEvent::Cancelled { .. }))
-            || info.status == super::JobStatus::Stopped =>
-        {
-            crate::runs::RunState::Cancelled
-        }
-        None => crate::runs::RunState::Failed,
-    };
-    if let Some((best_epoch, metrics, patients)) = finished {
-        crate::fsio::write_atomic_bytes(
-            &dir.join("metrics.json"),
-            &serde_json::to_vec_pretty(&crate::runs::MetricsFile {
-                format_version: crate::runs::FORMAT_VERSION,
-                best_epoch,
-                val: (**metrics).clone(),
-                test: None,
-                val_patients: patients.as_deref().cloned(),
-            })?,
-        )?;
-        if let Some(c) = &metrics.confusion {
-            crate::fsio::write_atomic_bytes(
-                &dir.join("confusion.json"),
-                &serde_json::to_vec_pretty(&crate::runs::ConfusionFile {
-                    split: "val".into(),
-                    epoch: best_epoch,
-                    matrix: c.clone(),
-                })?,
-            )?;
-        }
-    }
-    let epoch = events
-        .iter()
-        .filter(|e| matches!(e, TrainEvent::Epoch { .. }))
-        .count() as u32;
-    let status = crate::runs::RunStatus {
-        format_version: crate::runs::FORMAT_VERSION,
-        state,
-        epoch,
-        pid: None,
-        message: Some(format!("cluster job {id}: {}", info.status)),
-    };
-    crate::fsio::write_atomic_bytes(
-        &dir.join("status.json"),
-        &serde_json::to_vec_pretty(&status)?,
-    )?;
-    Ok(dir)
-}
+pub use super::results::import_results;

@@ -25,6 +25,8 @@ pub mod package;
 pub mod profile;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod ray;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod results;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use package::build_package;

@@ -29,6 +29,44 @@ pub fn run_folders_below(dir: &Path) -> Vec<PathBuf> {
     folders
 }
 
+/// The files that carry a run folder elsewhere, relative to it: everything but its lock and
+/// the checkpoint generations other than the one `checkpoint/LATEST` names.
+pub fn portable_files(run: &Path) -> Vec<PathBuf> {
+    let checkpoint = crate::runs::checkpoint::checkpoint_dir(run);
+    let latest = crate::fs::read_to_string(checkpoint.join("LATEST"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    files_below(run)
+        .into_iter()
+        .filter_map(|f| f.strip_prefix(run).ok().map(Path::to_owned))
+        .filter(|rel| rel != Path::new("lock"))
+        .filter(|rel| match rel.strip_prefix("checkpoint") {
+            // A generation folder's files travel only for the newest generation.
+            Ok(inner) if inner.components().count() > 1 => inner.starts_with(&latest),
+            _ => true,
+        })
+        .collect()
+}
+
+/// The files `rel` (relative to the run folder `run`) as one zip, entries named
+/// `<run-id>/<file>`.
+pub fn zip_run(run: &Path, rel: &[PathBuf]) -> anyhow::Result<Vec<u8>> {
+    let id = run
+        .file_name()
+        .with_context(|| format!("run folder name: {}", run.display()))?;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for r in rel {
+        let name = Path::new(id).join(r);
+        zip.start_file(name.to_string_lossy().replace('\\', "/"), options)?;
+        let f = run.join(r);
+        let bytes = crate::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        zip.write_all(&bytes)?;
+    }
+    Ok(zip.finish()?.into_inner())
+}
+
 /// Unpacks a zip under `root`. Entries that would land outside `root` (`../x`, absolute
 /// names) are skipped; a zip that unpacks to more than [`MAX_UNPACKED_BYTES`] is refused
 /// before anything is written.
@@ -140,6 +178,41 @@ mod tests {
         crate::fs::write(run.join("config.toml"), "mode = \"probe\"\n").unwrap();
         crate::fs::write(run.join("model.json"), "{}").unwrap();
         crate::fs::write(run.join("checkpoint/LATEST"), "g1").unwrap();
+    }
+
+    #[test]
+    fn a_run_travels_without_its_lock_and_older_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("r1");
+        fake_run(dir.path(), "r1");
+        for g in ["epoch-1", "epoch-2"] {
+            crate::fs::create_dir_all(run.join("checkpoint").join(g)).unwrap();
+            crate::fs::write(run.join("checkpoint").join(g).join("state.json"), g).unwrap();
+        }
+        crate::fs::write(run.join("checkpoint/LATEST"), "epoch-2\n").unwrap();
+        crate::fs::write(run.join("lock"), "1").unwrap();
+        let files = portable_files(&run);
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.to_string_lossy().replace('\\', "/"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "checkpoint/LATEST",
+                "checkpoint/epoch-2/state.json",
+                "config.toml",
+                "model.json"
+            ]
+        );
+        let other = dir.path().join("other");
+        unpack_zip(&zip_run(&run, &files).unwrap(), &other).unwrap();
+        assert!(is_run_folder(&other.join("r1")));
+        assert_eq!(
+            crate::fs::read_to_string(other.join("r1/checkpoint/epoch-2/state.json")).unwrap(),
+            "epoch-2"
+        );
+        assert!(!other.join("r1/lock").exists());
     }
 
     #[test]

@@ -216,17 +216,29 @@ impl RunDir {
             let id = format!("{stamp}-{mode}-{n}");
             let path = root.join(&id);
             match crate::fs::create_dir(&path) {
-                Ok(()) => {
-                    take_lock(&path)?;
-                    let toml = toml::to_string_pretty(config)?;
-                    write_atomic_bytes(&path.join("config.toml"), toml.as_bytes())?;
-                    return Self::open_events(id, path);
-                }
+                Ok(()) => return Self::start(id, path, config),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
             }
         }
         unreachable!("unbounded loop returns")
+    }
+
+    /// Creates `root/<id>` with the id given (a run made elsewhere, such as a cluster job);
+    /// fails when the folder exists.
+    pub fn create_named(root: &Path, id: &str, config: &TrainConfig) -> anyhow::Result<Self> {
+        let path = root.join(id);
+        crate::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        crate::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Self::start(id.to_owned(), path, config)
+    }
+
+    /// Locks a new run folder and writes its config.
+    fn start(id: String, path: PathBuf, config: &TrainConfig) -> anyhow::Result<Self> {
+        take_lock(&path)?;
+        let toml = toml::to_string_pretty(config)?;
+        write_atomic_bytes(&path.join("config.toml"), toml.as_bytes())?;
+        Self::open_events(id, path)
     }
 
     /// Opens an existing run folder to continue it (events are appended).
