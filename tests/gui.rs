@@ -1024,3 +1024,155 @@ fn typing_a_dataset_path_keeps_the_focus() {
         Freshness::Stale(_)
     ));
 }
+
+/// Whether the Train cell `id` has a run that has started (its first event came).
+fn started(app: &WorkbenchApp, id: u64) -> bool {
+    app.notebook.rt.train(id).is_some_and(|t| {
+        t.events
+            .iter()
+            .any(|e| matches!(e, cellbench::train::TrainEvent::Started { .. }))
+    })
+}
+
+/// Two Train cells started together train one after the other (never at once), and both
+/// show their run; a run stopped midway offers Resume in its cell, which continues it in the
+/// same run folder to its last epoch.
+#[test]
+fn train_cells_take_turns_and_a_stopped_run_resumes_from_its_cell() {
+    use cellbench::ui::app::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let mut app = WorkbenchApp::with_state(
+        &ctx,
+        AppState::default(),
+        Some(tmp.path().join("turns.cellbook.toml")),
+        None,
+    );
+    let book = &mut app.notebook.workbook;
+    let first = book
+        .cells
+        .iter_mut()
+        .find_map(|c| match &mut c.kind {
+            CellKind::Train { config, .. } => {
+                // The small CNN on the CPU: a few quick epochs, so a Stop lands mid-run.
+                config.mode = cellbench::model::Mode::Scratch;
+                config.epochs = 4;
+                config.preprocess.size = 48;
+                config.backend = cellbench::model::backend::BackendChoice::Cpu;
+                Some(c.id)
+            }
+            _ => None,
+        })
+        .unwrap();
+    let kind = book.cells[book.position(first).unwrap()].kind.clone();
+    let second = book.insert_after(Some(first), kind);
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+
+    harness.state_mut().notebook.push(Command::RunCell(first));
+    harness.state_mut().notebook.push(Command::RunCell(second));
+    let start = Instant::now();
+    loop {
+        harness.step();
+        let app = harness.state();
+        let running = |id| {
+            started(app, id)
+                && app
+                    .notebook
+                    .rt
+                    .train(id)
+                    .is_some_and(|t| t.finished.is_none())
+        };
+        assert!(
+            !(running(first) && running(second)),
+            "two runs trained at once"
+        );
+        if app.settled() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "runs did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run_of = |app: &WorkbenchApp, id| {
+        app.notebook.workbook.cells[app.notebook.workbook.position(id).unwrap()]
+            .kind
+            .clone()
+    };
+    let (a, b) = match (
+        run_of(harness.state(), first),
+        run_of(harness.state(), second),
+    ) {
+        (CellKind::Train { run: Some(a), .. }, CellKind::Train { run: Some(b), .. }) => (a, b),
+        other => panic!("both cells name their run: {other:?}"),
+    };
+    assert_ne!(a, b);
+    for id in [first, second] {
+        let t = harness.state().notebook.rt.train(id).unwrap();
+        assert!(matches!(t.finished, Some(Ok(_))), "{:?}", t.finished);
+    }
+
+    // Run the first again and stop it after its first epoch.
+    harness.state_mut().notebook.push(Command::RunCell(first));
+    harness.step();
+    let start = Instant::now();
+    while !harness.state().notebook.rt.train(first).is_some_and(|t| {
+        t.events
+            .iter()
+            .any(|e| matches!(e, cellbench::train::TrainEvent::Epoch { .. }))
+    }) {
+        harness.step();
+        assert!(start.elapsed() < Duration::from_secs(120), "no epoch came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    harness.state_mut().notebook.push(Command::StopTrain(first));
+    wait_until_settled(&mut harness, Duration::from_secs(120));
+    let CellKind::Train {
+        run: Some(stopped), ..
+    } = run_of(harness.state(), first)
+    else {
+        panic!("the stopped run is named")
+    };
+    assert_ne!(stopped, a);
+    let status = |run: &str| {
+        cellbench::runs::read_status(&tmp.path().join("runs").join(run))
+            .unwrap()
+            .state
+    };
+    assert_eq!(status(&stopped), cellbench::runs::RunState::Cancelled);
+
+    // The cell offers Resume (once it has read the run's state) and the run ends in place.
+    harness.run_steps(3);
+    wait_until_settled(&mut harness, Duration::from_secs(10));
+    let resume = harness.query_all_by_label("Resume").count();
+    assert_eq!(resume, 1, "one Resume button, in the stopped run's cell");
+    harness.get_by_label("Resume").click();
+    wait_until_settled(&mut harness, Duration::from_secs(120));
+    let CellKind::Train {
+        run: Some(resumed), ..
+    } = run_of(harness.state(), first)
+    else {
+        panic!("the resumed run is named")
+    };
+    assert_eq!(resumed, stopped, "Resume continues the same run folder");
+    assert_eq!(status(&stopped), cellbench::runs::RunState::Finished);
+    let last_epoch = harness
+        .state()
+        .notebook
+        .rt
+        .train(first)
+        .unwrap()
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            cellbench::train::TrainEvent::Epoch { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .max();
+    assert_eq!(last_epoch, Some(4));
+}

@@ -134,12 +134,20 @@ enum Net {
 impl Classifier {
     /// Loads `model.safetensors` and `model.json` of a run folder onto `device`.
     pub fn load(run: &Path, device: &Device) -> anyhow::Result<Self> {
-        let info: ModelInfo = serde_json::from_slice(
-            &crate::fs::read(run.join("model.json"))
-                .with_context(|| format!("no model.json in {}", run.display()))?,
-        )
-        .with_context(|| format!("reading {}", run.join("model.json").display()))?;
-        crate::fsio::check_format_version(info.format_version, &run.join("model.json"))?;
+        let path = run.join("model.json");
+        let bytes = crate::fs::read(&path)
+            .with_context(|| format!("no model.json in {}", run.display()))?;
+        // The version first: a newer cellbench's model.json may not read as this one's.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            #[serde(default)]
+            format_version: u32,
+        }
+        let version: Version = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {} (damaged?)", path.display()))?;
+        crate::fsio::check_format_version(version.format_version, &path)?;
+        let info: ModelInfo = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {} (damaged?)", path.display()))?;
         let bytes = crate::fs::read(run.join("model.safetensors")).with_context(|| {
             format!(
                 "no model.safetensors in {} (did the run finish?)",
@@ -443,6 +451,24 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         serde_json::from_value(v).unwrap()
+    }
+
+    /// A run saved by a newer cellbench is refused by its version, named with its file, even
+    /// when the rest of its model.json no longer reads as this version's; a damaged one names
+    /// its file too.
+    #[test]
+    fn a_newer_or_damaged_model_is_refused_with_its_file_named() {
+        let run = tempfile::tempdir().unwrap();
+        let path = run.path().join("model.json");
+        let device = Device::flex();
+        crate::fs::write(&path, r#"{"format_version": 99, "head": {"kind": "new"}}"#).unwrap();
+        let err = format!("{:#}", Classifier::load(run.path(), &device).err().unwrap());
+        assert!(err.contains("format 99 by a newer cellbench"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        crate::fs::write(&path, r#"{"format_version": 1, "mode": "pro"#).unwrap();
+        let err = format!("{:#}", Classifier::load(run.path(), &device).err().unwrap());
+        assert!(err.contains("(damaged?)"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
     }
 
     /// A model says what it is: its backbone and the features its probe reads; a

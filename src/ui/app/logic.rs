@@ -40,6 +40,11 @@ impl WorkbenchApp {
                 Some(Ok(())) => notes.push((false, "prediction finished".to_owned())),
                 None => {}
             }
+            if let Loading::Ready(view) = p
+                && let Some(inspected) = &mut view.inspected
+            {
+                inspected.poll();
+            }
         }
         let mut finished_runs = Vec::new();
         for (id, t) in self.notebook.rt.trains_mut() {
@@ -116,6 +121,9 @@ impl WorkbenchApp {
             if let Some(Err(err)) = e.data.poll() {
                 notes.push((true, format!("evaluate: {err}")));
             }
+            if let Some(inspected) = &mut e.inspected {
+                inspected.poll();
+            }
         }
         notes.extend(self.notebook.rt.take_notes());
         // Queued cells (Run all, or the inputs of a cell) stop at the first failure.
@@ -140,10 +148,12 @@ impl WorkbenchApp {
 
     /// True while background work of any cell runs.
     pub fn busy(&self) -> bool {
-        self.notebook
-            .rt
-            .datasets()
-            .any(|(_, d)| matches!(d.data, Loading::Busy(_)))
+        self.notebook.rt.reading_disk()
+            || self
+                .notebook
+                .rt
+                .datasets()
+                .any(|(_, d)| matches!(d.data, Loading::Busy(_)))
             || self
                 .notebook
                 .rt

@@ -81,10 +81,15 @@ impl Inspected {
         matches!(self.image, Loading::Busy(_)) || matches!(self.saliency, Loading::Busy(_))
     }
 
-    /// The image (or its overlay) on the left; `details` and the saliency switch on the right.
-    pub fn show(&mut self, ui: &mut egui::Ui, details: impl FnOnce(&mut egui::Ui)) {
+    /// Takes in the image and the map when they are ready (once per frame, whether the cell
+    /// is shown or not).
+    pub fn poll(&mut self) {
         self.image.poll();
         self.saliency.poll();
+    }
+
+    /// The image (or its overlay) on the left; `details` and the saliency switch on the right.
+    pub fn show(&mut self, ui: &mut egui::Ui, details: impl FnOnce(&mut egui::Ui)) {
         // The overlay texture follows the opacity slider (drawn here: a few hundred pixels).
         if let Loading::Ready(view) = &self.saliency
             && self.show_saliency

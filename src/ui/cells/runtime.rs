@@ -119,6 +119,72 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
+/// Something read from disk in the background for the frame to show (a runs listing, a run's
+/// state): the last reading is shown at once, and a new one starts when it is older than
+/// [`DISK_LISTING_TTL`], is for another key, or was made out of date. Frames never wait on
+/// the disk.
+pub struct DiskListing<K, T> {
+    /// The last reading: when it was made (`None` once out of date), its key and value.
+    shown: Option<(Option<Instant>, K, T)>,
+    reading: Option<(K, Task<T>)>,
+}
+
+impl<K, T> Default for DiskListing<K, T> {
+    fn default() -> Self {
+        Self {
+            shown: None,
+            reading: None,
+        }
+    }
+}
+
+impl<K, T> DiskListing<K, T>
+where
+    K: PartialEq + Clone + Send + 'static,
+    T: Clone + Default + Send + 'static,
+{
+    /// The value for `key` as last read (the default before the first reading), starting a
+    /// background `read` when it is due.
+    pub fn get(&mut self, ctx: &egui::Context, key: &K, read: fn(&K) -> T) -> T {
+        if let Some((k, task)) = &self.reading
+            && let Some(v) = task.poll()
+        {
+            self.shown = Some((Some(Instant::now()), k.clone(), v));
+            self.reading = None;
+        }
+        let current = matches!(
+            &self.shown,
+            Some((Some(at), k, _)) if k == key && at.elapsed() < DISK_LISTING_TTL
+        );
+        let reading = matches!(&self.reading, Some((k, _)) if k == key);
+        if !current && !reading {
+            let k = key.clone();
+            self.reading = Some((
+                key.clone(),
+                Task::spawn(ctx, "disk-listing", move || read(&k)),
+            ));
+        }
+        match &self.shown {
+            Some((_, k, v)) if k == key => v.clone(),
+            _ => T::default(),
+        }
+    }
+
+    /// Reads again at the next [`Self::get`] (what it shows stays until then); a reading in
+    /// flight, possibly older than the change, is dropped.
+    pub fn invalidate(&mut self) {
+        if let Some((at, _, _)) = &mut self.shown {
+            *at = None;
+        }
+        self.reading = None;
+    }
+
+    /// True while a reading is in flight.
+    pub fn busy(&self) -> bool {
+        self.reading.is_some()
+    }
+}
+
 /// A dataset cell's loaded data.
 pub struct LoadedDataset {
     pub manifest: Arc<Manifest>,
@@ -381,12 +447,14 @@ pub struct Runtime {
     pub compute: crate::ui::compute::ComputeWorker,
     pub log: Vec<(Instant, bool, String)>,
     pub toasts: Vec<(Instant, bool, String)>,
-    /// Run folder names and cluster profiles, re-read from disk at most every few seconds
-    /// instead of on every frame.
-    run_ids: Option<(Instant, PathBuf, Vec<String>)>,
-    cv_ids: Option<(Instant, PathBuf, Vec<String>)>,
-    profiles: Option<(Instant, crate::cluster::Profiles)>,
-    run_states: HashMap<PathBuf, (Instant, Option<crate::runs::RunState>)>,
+    /// Run folder names, run states and cluster profiles, read from disk in the background
+    /// at most every few seconds.
+    run_ids: DiskListing<PathBuf, Vec<String>>,
+    cv_ids: DiskListing<PathBuf, Vec<String>>,
+    profiles: DiskListing<(), crate::cluster::Profiles>,
+    run_states: HashMap<PathBuf, DiskListing<PathBuf, Option<crate::runs::RunState>>>,
+    /// To wake the frame when background readings arrive.
+    ctx: egui::Context,
     last_generation: u64,
     /// Messages from background work that has no cell of its own (exports).
     notes_tx: mpsc::Sender<(bool, String)>,
@@ -405,10 +473,11 @@ impl Runtime {
             compute: crate::ui::compute::ComputeWorker::start(),
             log: Vec::new(),
             toasts: Vec::new(),
-            run_ids: None,
-            cv_ids: None,
-            profiles: None,
+            run_ids: DiskListing::default(),
+            cv_ids: DiskListing::default(),
+            profiles: DiskListing::default(),
             run_states: HashMap::new(),
+            ctx: ctx.clone(),
             last_generation: 0,
             notes_tx,
             notes_rx,
@@ -453,8 +522,11 @@ impl Runtime {
     /// Every Evaluate and Compare cell reloads what it shows, and the runs listing is read
     /// again (a run finished or was imported).
     pub fn refresh_runs(&mut self) {
-        self.run_ids = None;
-        self.cv_ids = None;
+        self.run_ids.invalidate();
+        self.cv_ids.invalidate();
+        self.run_states
+            .values_mut()
+            .for_each(DiskListing::invalidate);
         self.refresh_evaluations();
         self.compares_mut().for_each(|(_, c)| c.stale = true);
     }
@@ -495,54 +567,46 @@ impl Runtime {
         self.last_generation
     }
 
-    /// Run folder names under `dir` (see [`crate::runs::view::list_runs`]), cached briefly.
+    /// Run folder names under `dir` (see [`crate::runs::view::list_runs`]), as last read.
     pub fn run_ids(&mut self, dir: &Path) -> Vec<String> {
-        match &self.run_ids {
-            Some((at, d, ids)) if d == dir && at.elapsed() < DISK_LISTING_TTL => ids.clone(),
-            _ => {
-                let ids = crate::runs::view::list_runs(dir);
-                self.run_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
-                ids
-            }
-        }
+        self.run_ids.get(&self.ctx, &dir.to_owned(), |d| {
+            crate::runs::view::list_runs(d)
+        })
     }
 
     /// Cross-validation summaries under `dir` (see
-    /// [`crate::runs::view::list_cross_validations`]), cached briefly.
+    /// [`crate::runs::view::list_cross_validations`]), as last read.
     pub fn cross_validation_ids(&mut self, dir: &Path) -> Vec<String> {
-        match &self.cv_ids {
-            Some((at, d, ids)) if d == dir && at.elapsed() < DISK_LISTING_TTL => ids.clone(),
-            _ => {
-                let ids = crate::runs::view::list_cross_validations(dir);
-                self.cv_ids = Some((Instant::now(), dir.to_owned(), ids.clone()));
-                ids
-            }
-        }
+        self.cv_ids.get(&self.ctx, &dir.to_owned(), |d| {
+            crate::runs::view::list_cross_validations(d)
+        })
     }
 
-    /// The state of the run in folder `run` (`None` when it has no readable status), cached
-    /// briefly.
+    /// The state of the run in folder `run` (`None` when it has no readable status, or before
+    /// the first reading), as last read.
     pub fn run_state(&mut self, run: &Path) -> Option<crate::runs::RunState> {
-        match self.run_states.get(run) {
-            Some((at, s)) if at.elapsed() < DISK_LISTING_TTL => *s,
-            _ => {
-                let s = crate::runs::read_status(run).ok().map(|s| s.state);
-                self.run_states.insert(run.to_owned(), (Instant::now(), s));
-                s
-            }
-        }
+        let ctx = self.ctx.clone();
+        self.run_states
+            .entry(run.to_owned())
+            .or_default()
+            .get(&ctx, &run.to_owned(), |r| {
+                crate::runs::read_status(r).ok().map(|s| s.state)
+            })
     }
 
-    /// The cluster profiles of clusters.toml, cached briefly.
+    /// The cluster profiles of clusters.toml, as last read.
     pub fn profiles(&mut self) -> crate::cluster::Profiles {
-        match &self.profiles {
-            Some((at, p)) if at.elapsed() < DISK_LISTING_TTL => p.clone(),
-            _ => {
-                let p = crate::cluster::Profiles::load_default().unwrap_or_default();
-                self.profiles = Some((Instant::now(), p.clone()));
-                p
-            }
-        }
+        self.profiles.get(&self.ctx, &(), |()| {
+            crate::cluster::Profiles::load_default().unwrap_or_default()
+        })
+    }
+
+    /// True while a listing is being read from disk.
+    pub fn reading_disk(&self) -> bool {
+        self.run_ids.busy()
+            || self.cv_ids.busy()
+            || self.profiles.busy()
+            || self.run_states.values().any(DiskListing::busy)
     }
 
     /// Notes something for the log panel; errors also pop up as a notification.
