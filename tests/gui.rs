@@ -216,6 +216,12 @@ fn notebook_runs_every_cell_on_real_cells() {
     let predictions = std::fs::read_to_string(tmp.path().join("predictions.csv")).unwrap();
     assert_eq!(predictions.lines().count(), 36, "{predictions}");
     harness.get_by_label_contains("35 of 35 images predicted");
+    // It names the model it used and the data that model learned from.
+    let demo_root = std::path::absolute(cellbench::demo_dataset()).unwrap();
+    harness.get_by_label_contains(&format!(
+        ", trained on {} (5 labels): 35 of 35",
+        demo_root.display()
+    ));
     // The Predict cell shows every image with its label; a click shows all probabilities.
     let first = predictions.lines().nth(1).unwrap();
     let file = std::path::Path::new(first.split(',').next().unwrap())

@@ -221,7 +221,8 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
                 );
                 return;
             };
-            let run_dir = app.runs_dir().join(run);
+            let run_dir = app.runs_dir().join(&run);
+            let run_id = run;
             // One input per line (a folder, an image or a manifest CSV).
             let inputs: Vec<PathBuf> = input
                 .lines()
@@ -267,9 +268,15 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
                     } else {
                         String::new()
                     };
+                    // The model's own data: what its labels mean.
+                    let trained_on = classifier.info.dataset_root.as_ref().map_or_else(
+                        || "an unknown dataset (older run)".to_owned(),
+                        |r| r.display().to_string(),
+                    );
                     Ok(PredictView {
                         summary: format!(
-                            "{} of {} images predicted to {} ({} unreadable{not_taken})",
+                            "Run {run_id}, trained on {trained_on} ({} labels): {} of {} images predicted to {} ({} unreadable{not_taken})",
+                            classifier.info.labels.len(),
                             s.predicted,
                             s.images,
                             output.display(),
