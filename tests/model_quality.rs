@@ -58,13 +58,14 @@ fn train(args: &[&str], cache: &Path) -> std::process::Output {
 }
 
 #[test]
-fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe() {
+fn default_probe_chooses_on_inner_folds_and_keeps_the_model_its_numbers_describe() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
     let cache = tmp.path().join("cache");
     let common = ["--backend", "cpu", "--image-size", "64", "--json"];
 
-    // A train/validation split: the kept model is the fit the validation side scored.
+    // A train/validation split: the settings are chosen on inner folds of the training side
+    // alone, the kept model is fitted on it, and the validation side scores it once.
     let runs = tmp.path().join("runs");
     let mut args = vec![path_str(&data), "--runs", path_str(&runs)];
     args.extend(common);
@@ -80,22 +81,28 @@ fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe(
     assert_eq!(chose["solver"], "lbfgs", "{m}");
     let grid = chose["grid"].as_array().unwrap();
     assert_eq!(grid.len(), 16, "8 L2 strengths × 2 class weightings");
-    let best = grid
+    let lowest = grid
         .iter()
-        .map(|g| g["score"].as_f64().unwrap())
-        .fold(f64::NEG_INFINITY, f64::max);
+        .map(|g| g["log_loss"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
     let picked = grid
         .iter()
         .find(|g| g["c"] == chose["c"] && g["class_weighting"] == chose["class_weighting"])
         .expect("the choice is a grid point");
     assert_eq!(
-        picked["score"].as_f64().unwrap(),
-        best,
-        "the best point is chosen"
+        picked["log_loss"].as_f64().unwrap(),
+        lowest,
+        "the point with the lowest pooled log loss is chosen"
     );
-    // Its score is the validation macro F1 the run reports: the same model.
+    // Chosen on every training image, none of the validation side's.
+    let chosen_on = chose["chosen_on"].as_str().unwrap();
     assert!(
-        (m["val"]["macro_f1"].as_f64().unwrap() - best).abs() < 1e-9,
+        chosen_on.contains("inner folds of the training side"),
+        "{chosen_on}"
+    );
+    assert_eq!(
+        chose["chosen_images"].as_u64().unwrap() + m["val"]["n"].as_u64().unwrap(),
+        36,
         "{m}"
     );
     assert!(
@@ -106,7 +113,7 @@ fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe(
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("probe settings chosen on the validation side"),
+        stdout.contains("probe settings chosen on the pooled held-out predictions"),
         "{stdout}"
     );
     // The saved model predicts what the run recorded.
@@ -151,6 +158,71 @@ fn default_probe_chooses_on_validation_and_keeps_the_model_its_numbers_describe(
         }
         assert_eq!(scored as u64, m["test"]["n"].as_u64().unwrap());
     }
+}
+
+/// Temperature scaling of a solved probe is fitted on held-out predictions (the inner folds'),
+/// applied to the kept model, and the loss each side reports is that of the scaled
+/// probabilities it reports.
+#[test]
+fn calibrated_probe_reports_the_loss_of_its_scaled_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
+    let cache = tmp.path().join("cache");
+    let runs = tmp.path().join("cv");
+    let args = [
+        path_str(&data),
+        "--folds",
+        "3",
+        "--calibrate",
+        "--imbalance",
+        "none",
+        "--runs",
+        path_str(&runs),
+        "--backend",
+        "cpu",
+        "--json",
+    ];
+    let out = train(&args, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let mut scaled = 0;
+    for run in runs_in(&runs) {
+        let m = read_json(&run.join("metrics.json"));
+        let info = read_json(&run.join("model.json"));
+        let t = info["temperature"].as_f64().expect("a temperature");
+        scaled += usize::from((t - 1.0).abs() > 0.1);
+        let scaling = &m["test"]["temperature"];
+        assert_eq!(scaling["temperature"].as_f64().unwrap(), t, "{m}");
+        let fitted_on = scaling["fitted_on"].as_str().unwrap();
+        assert!(fitted_on.contains("inner folds"), "{fitted_on}");
+        // Mean cross-entropy of the test rows as written (scaled) in predictions.csv.
+        let csv = text(&run.join("predictions.csv"));
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (split, truth) = (col("split"), col("truth"));
+        let (mut sum, mut n) = (0.0, 0);
+        for line in lines {
+            let c: Vec<&str> = line.split(',').collect();
+            if c[split] != "test" {
+                continue;
+            }
+            let p: f64 = c[col(&format!("p_{}", c[truth]))].parse().unwrap();
+            sum -= p.max(1e-12).ln();
+            n += 1;
+        }
+        let loss = m["test"]["loss"].as_f64().unwrap();
+        assert!(
+            (loss - sum / f64::from(n)).abs() < 1e-3,
+            "reported {loss}, scaled predictions {} (temperature {t})",
+            sum / f64::from(n)
+        );
+    }
+    assert!(scaled > 0, "no fold's temperature moved its probabilities");
 }
 
 /// A multi-scale probe reads wider features (the final pool, then two earlier stages' pools),

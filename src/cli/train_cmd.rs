@@ -84,14 +84,16 @@ pub struct TrainArgs {
     /// channels on Lite0) after the final 1280, each weighted alike; same forward pass.
     #[arg(long)]
     pub multiscale: bool,
-    /// Binary and multi-class tasks: fit a temperature on the validation side that calibrates
-    /// the probabilities (temperature scaling), saved with the model and used by predict,
-    /// serve and evaluate. The test side reports its calibration error before and after.
+    /// Binary and multi-class tasks: fit a temperature on held-out predictions (a probe's
+    /// inner folds, else the validation side) that calibrates the probabilities (temperature
+    /// scaling), saved with the model and used by predict, serve and evaluate. The test side
+    /// reports its calibration error before and after.
     #[arg(long)]
     pub calibrate: bool,
     /// Probe: lbfgs (default: logistic regression solved to convergence, its L2 strength
-    /// and class weighting chosen on the validation side, refitted on training + validation
-    /// when a test side scores it; --epochs, --lr, --optimizer, --weight-decay and
+    /// and class weighting chosen by the log loss of 3 patient-grouped inner folds, of
+    /// training + validation when a test side scores the model (then refitted on both), else
+    /// of the training side; --epochs, --lr, --optimizer, --weight-decay and
     /// --imbalance do not apply)
     /// or sgd (epochs of mini-batch steps, the best epoch chosen on the validation side).
     #[arg(long)]

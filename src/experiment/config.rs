@@ -71,8 +71,9 @@ impl std::str::FromStr for Schedule {
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Logistic regression solved to convergence (L-BFGS), its L2 strength and class
-    /// weighting chosen on the validation side (refitted on training + validation when a
-    /// test side scores the kept model).
+    /// weighting chosen by the pooled log loss of patient-grouped inner folds (of training +
+    /// validation, refitted on both, when a test side scores the kept model; else of the
+    /// training side).
     #[default]
     Lbfgs,
     /// Epochs of mini-batch gradient steps with the configured optimiser, the best epoch
@@ -96,7 +97,7 @@ impl std::str::FromStr for Solver {
 #[serde(rename_all = "lowercase")]
 pub enum HeadInit {
     /// The probe of the same backbone solved on the training side (its L2 strength and class
-    /// weighting chosen on the validation side), its feature standardisation folded into the
+    /// weighting chosen on inner folds of it), its feature standardisation folded into the
     /// weights: fine-tuning starts where the probe ends ("linear probe, then fine-tune").
     #[default]
     Probe,
@@ -229,8 +230,9 @@ pub struct TrainConfig {
     pub multiscale: bool,
     /// Probe: how the head is fitted (fine-tuning and scratch always train in epochs).
     pub solver: Solver,
-    /// Single-label tasks: fit a temperature on the validation side (the kept model's
-    /// choice-making data) that calibrates the probabilities, and use it in every prediction.
+    /// Single-label tasks: fit a temperature on held-out predictions (a solved probe's inner
+    /// folds; else the validation side's predictions of the kept network) that calibrates the
+    /// probabilities, and use it in every prediction.
     pub calibrate: bool,
 }
 

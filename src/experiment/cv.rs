@@ -47,10 +47,11 @@ pub struct CvSummary {
     /// Which data the reported metrics come from.
     #[serde(default)]
     pub scored_on: String,
-    /// Images of each fold's inner validation part (the data that chose).
+    /// Images the choices of each fold's run were made on (a solved probe's inner folds, or
+    /// the inner validation part).
     #[serde(default)]
     pub selection_images: Vec<u64>,
-    /// What each fold's run chose on its inner validation part, fold order.
+    /// What each fold's run chose, fold order.
     #[serde(default)]
     pub chosen: Vec<String>,
     /// All folds' held-out predictions scored together (each image once), with bootstrap

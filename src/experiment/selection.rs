@@ -1,18 +1,19 @@
 //! What a probe's settings search tried and chose, and on which data.
 
-/// One point of the search, as scored on the validation side.
+/// One point of the search, as scored on the held-out predictions it was chosen by (pooled
+/// inner folds, or the validation side).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GridPoint {
     pub c: f64,
     pub class_weighting: String,
-    /// The selection criterion (see [`ProbeSelection::criterion`]).
+    /// Macro F1 (quadratic kappa for grades) of those predictions, for reference.
     pub score: f64,
-    /// Mean cross-entropy of the validation side (the tie-breaker).
+    /// Their mean cross-entropy: the selection criterion (see [`ProbeSelection::criterion`]).
     pub log_loss: f64,
     pub iterations: usize,
 }
 
-/// What the validation side chose for a probe, and on what.
+/// What was chosen for a probe, and on what.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeSelection {
     pub solver: String,
@@ -24,6 +25,9 @@ pub struct ProbeSelection {
     pub class_weighting: String,
     /// Where the choice was made.
     pub chosen_on: String,
+    /// How many images the choice was made on.
+    #[serde(default)]
+    pub chosen_images: u64,
     pub criterion: String,
     /// The head's form.
     #[serde(default)]

@@ -144,18 +144,32 @@ fn summarise(outcomes: &[TrainOutcome], seed: u64) -> Option<CvSummary> {
         .iter()
         .map(|o| o.metrics.as_ref())
         .collect::<Option<_>>()?;
-    let chosen = outcomes
+    let files: Vec<Option<crate::runs::MetricsFile>> = outcomes
         .iter()
-        .map(|o| {
-            crate::runs::MetricsFile::read(&o.run_dir)
-                .map(|m| match &m.val.chose {
-                    Some(c) => format!(
-                        "C = {} (L2 λ = {:.2e}), class weighting {}, refitted on {}",
-                        c.c, c.l2, c.class_weighting, c.refit_on
-                    ),
-                    None => format!("best epoch {}", m.best_epoch),
-                })
-                .unwrap_or_default()
+        .map(|o| crate::runs::MetricsFile::read(&o.run_dir).ok())
+        .collect();
+    let chosen = files
+        .iter()
+        .map(|m| match m {
+            Some(m) => match &m.val.chose {
+                Some(c) => format!(
+                    "C = {} (L2 λ = {:.2e}), class weighting {}, refitted on {}",
+                    c.c, c.l2, c.class_weighting, c.refit_on
+                ),
+                None => format!("best epoch {}", m.best_epoch),
+            },
+            None => String::new(),
+        })
+        .collect();
+    // A solved probe chooses on inner folds of the whole training side (training + inner
+    // validation); other runs on the inner validation part.
+    let probe: Option<Vec<u64>> = files
+        .iter()
+        .map(|m| {
+            m.as_ref()
+                .and_then(|m| m.val.chose.as_ref())
+                .filter(|c| c.chosen_images > 0)
+                .map(|c| c.chosen_images)
         })
         .collect();
     let mut out = BTreeMap::new();
@@ -187,13 +201,18 @@ fn summarise(outcomes: &[TrainOutcome], seed: u64) -> Option<CvSummary> {
         runs: outcomes.iter().map(|o| o.run_id.clone()).collect(),
         images: metrics.iter().map(|m| m.n).collect(),
         metrics: out,
-        chosen_on: "an inner validation part of each fold's training side (split off by \
-                    patient, stratified by label)"
-            .into(),
-        scored_on: "each fold's held-out part, scored once by the model the inner validation \
+        chosen_on: if probe.is_some() {
+            "the pooled held-out predictions of inner folds of each fold's training side \
+             (grouped by patient, stratified by label), by log loss"
+        } else {
+            "an inner validation part of each fold's training side (split off by patient, \
+             stratified by label)"
+        }
+        .into(),
+        scored_on: "each fold's held-out part, scored once by the model the inner selection \
                     chose"
             .into(),
-        selection_images: selection.iter().map(|m| m.n).collect(),
+        selection_images: probe.unwrap_or_else(|| selection.iter().map(|m| m.n).collect()),
         chosen,
         pooled: pooled(outcomes, seed),
     })

@@ -146,15 +146,22 @@ pub fn objective(
     let mut r = vec![0.0; k];
     let mut xw = vec![0.0; cols];
     let mut rc_sum = vec![0.0; cols];
+    // Weights and their gradient by column (`[cols][d]`), so that each row meets contiguous
+    // vectors (a dot product and an axpy per column).
+    let mut wt = vec![0.0; cols * d];
+    for f in 0..d {
+        for c in 0..cols {
+            wt[c * d + f] = w[f * cols + c];
+        }
+    }
+    let mut gwt = vec![0.0; cols * d];
     for i in 0..n {
         let row = &x[i * d..(i + 1) * d];
-        xw.iter_mut().for_each(|v| *v = 0.0);
-        for (f, &v) in row.iter().enumerate() {
-            if v != 0.0 {
-                for (a, &wc) in xw.iter_mut().zip(&w[f * cols..(f + 1) * cols]) {
-                    *a += v * wc;
-                }
-            }
+        // Rows in a rows' span (a pivoted Cholesky factor) end in zeros.
+        let len = row.iter().rposition(|&v| v != 0.0).map_or(0, |p| p + 1);
+        let row = &row[..len];
+        for (c, a) in xw.iter_mut().enumerate() {
+            *a = dot(row, &wt[c * d..c * d + len]);
         }
         for (j, zj) in z.iter_mut().enumerate() {
             *zj = b[j] + xw[j % cols];
@@ -186,12 +193,15 @@ pub fn objective(
             *gbc += rc;
             rc_sum[j % cols] += rc;
         }
-        for (f, &v) in row.iter().enumerate() {
-            if v != 0.0 {
-                for (g, &rc) in gw[f * cols..(f + 1) * cols].iter_mut().zip(&rc_sum) {
-                    *g += v * rc;
-                }
+        for (c, &rc) in rc_sum.iter().enumerate() {
+            for (g, &v) in gwt[c * d..c * d + len].iter_mut().zip(row) {
+                *g += rc * v;
             }
+        }
+    }
+    for f in 0..d {
+        for c in 0..cols {
+            gw[f * cols + c] = gwt[c * d + f];
         }
     }
     let mut penalty = 0.0;

@@ -68,7 +68,15 @@ pub(super) struct Trainer<'a> {
     warned: std::collections::HashSet<PathBuf>,
     /// A probe solved to convergence: the fit the validation side scored (the kept model is
     /// refitted on training + validation) and what it chose.
-    chosen: Option<(Net, crate::experiment::selection::ProbeSelection)>,
+    chosen: Option<ChosenProbe>,
+}
+
+/// A probe solved to convergence: the fit on the training side, what was chosen, and the
+/// held-out predictions of fits with the chosen settings.
+struct ChosenProbe {
+    net: Net,
+    selection: crate::experiment::selection::ProbeSelection,
+    held_out: super::probe::HeldOut,
 }
 
 /// What validation found in one epoch.
@@ -357,7 +365,14 @@ impl<'a> Trainer<'a> {
             self.data.labels.len()
         };
         let refit = !self.data.test.is_empty();
-        let solved = super::probe::select_and_fit(self.data, rows, outputs, refit, &self.plain)?;
+        let solved = super::probe::select_and_fit(
+            self.data,
+            rows,
+            outputs,
+            refit,
+            self.config.seed,
+            &self.plain,
+        )?;
         emit(
             self.run,
             self.sink,
@@ -391,7 +406,11 @@ impl<'a> Trainer<'a> {
         self.progress.best_val_loss = validation.loss;
         self.best = Some(validation.net);
         self.net = Some(head(&solved.refit, &self.ad));
-        self.chosen = Some((chosen, solved.selection));
+        self.chosen = Some(ChosenProbe {
+            net: chosen,
+            selection: solved.selection,
+            held_out: solved.held_out,
+        });
         self.checkpoint(1)
     }
 
@@ -639,10 +658,39 @@ impl<'a> Trainer<'a> {
         let mut test_metrics = None;
         let mut patient_metrics = None;
         let mut test_predictions = None;
-        // Temperature scaling, fitted on the validation side's predictions (`--calibrate`).
+        // Temperature scaling (`--calibrate`), fitted where the predictions are held out from
+        // the model they come from: for a solved probe, the held-out predictions of the inner
+        // folds' fits with the chosen settings (the kept model is refitted with the same
+        // settings, as scikit-learn's `CalibratedClassifierCV(ensemble=False)` does); otherwise
+        // the validation side's predictions of the kept network itself.
         let calibrate =
             self.config.calibrate && matches!(self.data.task, Task::Binary | Task::MultiClass);
-        let mut temperature: Option<f32> = None;
+        let mut temperature: Option<(f32, String)> = None;
+        if calibrate
+            && let Some(c) = &self.chosen
+            && !c.held_out.items.is_empty()
+        {
+            let truth: Vec<usize> = c
+                .held_out
+                .items
+                .iter()
+                .map(|&i| class_of(self.data, i))
+                .collect();
+            temperature = Some((
+                decision::fit_temperature(&c.held_out.probs, &truth),
+                format!(
+                    "{} by fits with the chosen settings that did not see them{}",
+                    c.selection.chosen_on,
+                    if self.data.test.is_empty() {
+                        " (the validation side was not among them: its calibration error after \
+                         scaling is honest)"
+                    } else {
+                        " (they include the validation side, whose calibration error after \
+                         scaling is optimistic; the test side's is not)"
+                    }
+                ),
+            ));
+        }
         for (side, items) in [("val", &self.data.val), ("test", &self.data.test)] {
             if items.is_empty() {
                 continue;
@@ -651,9 +699,9 @@ impl<'a> Trainer<'a> {
                 kept, probs, loss, ..
             } = predict_side(
                 match (&self.chosen, side) {
-                    // The validation side is scored by the fit it chose, not by the refit
-                    // that has seen it.
-                    (Some((chosen, _)), "val") => chosen,
+                    // The validation side is scored by the choice fitted on the training
+                    // side, not by a refit that has seen it.
+                    (Some(c), "val") => &c.net,
                     _ => &final_net,
                 },
                 &self.feeder,
@@ -665,18 +713,29 @@ impl<'a> Trainer<'a> {
                 &self.plain,
             );
             let truth: Vec<usize> = kept.iter().map(|&i| class_of(self.data, i)).collect();
-            if calibrate && side == "val" && !kept.is_empty() {
-                temperature = Some(decision::fit_temperature(&probs, &truth));
+            if calibrate && temperature.is_none() && side == "val" && !kept.is_empty() {
+                temperature = Some((
+                    decision::fit_temperature(&probs, &truth),
+                    "the validation side's predictions of the kept model (its calibration error \
+                     after scaling is optimistic; the test side's is not)"
+                        .into(),
+                ));
             }
             let before = temperature
+                .as_ref()
                 .and_then(|_| crate::experiment::uncertainty::calibration(&truth, &probs, 10))
                 .map(|c| c.ece);
-            let probs: Vec<Vec<f32>> = match temperature {
-                Some(t) => probs
-                    .iter()
-                    .map(|p| decision::with_temperature(p, t))
-                    .collect(),
-                None => probs,
+            let (probs, loss) = match &temperature {
+                Some((t, _)) => {
+                    let scaled: Vec<Vec<f32>> = probs
+                        .iter()
+                        .map(|p| decision::with_temperature(p, *t))
+                        .collect();
+                    // The reported loss is that of the reported (scaled) probabilities.
+                    let loss = weighted_log_loss(&truth, &scaled, &self.weights);
+                    (scaled, loss)
+                }
+                None => (probs, loss),
             };
             // The final score of a side: its metrics with bootstrap intervals and calibration.
             let mut m = crate::experiment::uncertainty::score(
@@ -695,16 +754,14 @@ impl<'a> Trainer<'a> {
             );
             m.loss = Some(loss);
             if side == "val" {
-                m.chose = self.chosen.as_ref().map(|(_, s)| s.clone());
+                m.chose = self.chosen.as_ref().map(|c| c.selection.clone());
             }
-            if let (Some(t), Some(before), Some(after)) =
-                (temperature, before, m.calibration.as_ref().map(|c| c.ece))
+            if let (Some((t, fitted_on)), Some(before), Some(after)) =
+                (&temperature, before, m.calibration.as_ref().map(|c| c.ece))
             {
                 m.temperature = Some(metrics::TemperatureScaling {
-                    temperature: t,
-                    fitted_on: "the validation side's predictions (its calibration error after \
-                                scaling is optimistic; the test side's is not)"
-                        .into(),
+                    temperature: *t,
+                    fitted_on: fitted_on.clone(),
                     ece_before: before,
                     ece_after: after,
                 });
@@ -747,7 +804,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let val_metrics = val_metrics.context("no validation predictions")?;
-        if let Some(t) = temperature {
+        if let Some((t, _)) = temperature {
             // Every prediction of the kept model uses the temperature (`model::Classifier`).
             let path = self.run.path.join("model.json");
             let mut info: ModelInfo = crate::runs::read_json(&path)?;
@@ -802,6 +859,18 @@ impl<'a> Trainer<'a> {
             test_predictions,
         })
     }
+}
+
+/// Mean cross-entropy of single-label predictions, each image weighted by its class's loss
+/// weight (as the validation loss is).
+fn weighted_log_loss(truth: &[usize], probs: &[Vec<f32>], weights: &[f32]) -> f64 {
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (&c, p) in truth.iter().zip(probs) {
+        let w = f64::from(weights.get(c).copied().unwrap_or(1.0));
+        sum += w * -f64::from(p[c]).max(1e-12).ln();
+        total += w;
+    }
+    if total > 0.0 { sum / total } else { 0.0 }
 }
 
 /// One warning per unreadable image, the first time it fails in a run.
