@@ -1182,3 +1182,52 @@ fn train_cells_take_turns_and_a_stopped_run_resumes_from_its_cell() {
         .max();
     assert_eq!(last_epoch, Some(4));
 }
+
+/// The fields of a cell keep their ids (so the focus, mid-typing) when a change marks the cell
+/// out of date and the "Out of date" line appears above them.
+#[test]
+fn fields_keep_their_ids_when_a_cell_goes_out_of_date() {
+    use eframe::egui::accesskit::Role;
+    let tmp = tempfile::tempdir().unwrap();
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let mut app = WorkbenchApp::with_state(
+        &ctx,
+        AppState::default(),
+        Some(tmp.path().join("ids.cellbook.toml")),
+        None,
+    );
+    for cell in &mut app.notebook.workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 1;
+            config.preprocess.size = 48;
+            config.mode = cellbench::model::Mode::Scratch;
+            config.backend = cellbench::model::backend::BackendChoice::Cpu;
+        }
+    }
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 5200.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
+    harness
+        .state_mut()
+        .notebook
+        .push(cellbench::ui::app::Command::RunCell(train));
+    wait_until_settled(&mut harness, Duration::from_secs(120));
+    let fields = |h: &Harness<'_, WorkbenchApp>| -> Vec<_> {
+        h.query_all_by(|n| matches!(n.role(), Role::SpinButton | Role::TextInput))
+            .map(|n| egui_kittest::kittest::NodeT::accesskit_node(&n).id())
+            .collect()
+    };
+    let before = fields(&harness);
+    assert!(before.len() > 5, "{} fields", before.len());
+    for cell in &mut harness.state_mut().notebook.workbook.cells {
+        if let CellKind::Train { config, .. } = &mut cell.kind {
+            config.epochs = 2;
+        }
+    }
+    harness.run_steps(2);
+    harness.get_by_label_contains("Out of date: its settings changed");
+    assert_eq!(fields(&harness), before);
+}

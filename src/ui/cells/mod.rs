@@ -604,12 +604,16 @@ pub fn cell_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
                 }
             });
         });
-        if let Freshness::Stale(why) = freshness(app, id) {
-            ui.colored_label(
-                STALE_COLOR,
-                format!("Out of date: {why}. Run updates it and the cells it needs."),
-            );
-        }
+        // In a scope of its own: the line coming and going never shifts the ids of the fields
+        // below it, so typing in a field that makes the cell out of date keeps the focus.
+        ui.scope(|ui| {
+            if let Freshness::Stale(why) = freshness(app, id) {
+                ui.colored_label(
+                    STALE_COLOR,
+                    format!("Out of date: {why}. Run updates it and the cells it needs."),
+                );
+            }
+        });
         if cell.collapsed {
             return;
         }
