@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use super::http::{Conn, ReadError, Reply, Request};
+use super::lobby::Lobby;
 use super::model::{Admission, Job, ModelSummary};
 use super::{Limits, Token};
 
@@ -22,7 +23,7 @@ pub struct Shared {
     /// Set once the server is stopping: finish what is in flight, take nothing new.
     pub stopping: Arc<AtomicBool>,
     /// Connections accepted and waiting for a connection thread.
-    pub waiting_connections: AtomicUsize,
+    pub lobby: Arc<Lobby>,
     /// Connection threads free to take a waiting connection.
     pub free_threads: AtomicUsize,
 }
@@ -31,8 +32,7 @@ impl Shared {
     /// Every connection thread is busy and connections wait for one: idle kept-alive
     /// connections should make way.
     fn pool_exhausted(&self) -> bool {
-        self.waiting_connections.load(Ordering::SeqCst) > 0
-            && self.free_threads.load(Ordering::SeqCst) == 0
+        self.lobby.len() > 0 && self.free_threads.load(Ordering::SeqCst) == 0
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! How it is built:
 //! - a pool of connection threads reads requests with deadlines and writes replies with a
-//!   timeout, so a stalled or slow client only ever holds its own thread;
+//!   timeout, so a stalled or slow client only ever holds its own thread; connections waiting
+//!   for a thread get their `GET /health` answered at once, and `503` with `Retry-After` when
+//!   no thread frees up in time, so clients holding every thread delay nobody else;
 //! - each image's size is checked from its header before its pixels are decoded, and at most
 //!   one image per CPU core is decoded at once (memory stays bounded);
 //! - one model thread owns the classifier (all burn work happens on it) and classifies the
@@ -14,13 +16,14 @@
 
 mod handler;
 mod http;
+mod lobby;
 mod model;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -41,6 +44,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// Time an idle kept-alive connection waits for its next request.
     pub idle_timeout: Duration,
+    /// Time an accepted connection may wait for a free connection thread; then it gets 503
+    /// with `Retry-After` (a `GET /health` is answered while it waits).
+    pub queue_wait: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +56,7 @@ impl Default for Limits {
             max_pixels: MAX_PIXELS,
             timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(5),
+            queue_wait: Duration::from_secs(2),
         }
     }
 }
@@ -216,6 +223,9 @@ pub fn serve(
 
     let threads = options.threads.max(1);
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Waiting connections leave within `queue_wait`, so many may wait; the bound only keeps
+    // file descriptors for the connections being served.
+    let lobby = Arc::new(lobby::Lobby::new((4 * threads).max(256)));
     let shared = Arc::new(handler::Shared {
         model: summary,
         token: options.token.clone(),
@@ -223,21 +233,27 @@ pub fn serve(
         admission,
         decoding: handler::Permits::new(decoders),
         stopping: stopping.clone(),
-        waiting_connections: AtomicUsize::new(0),
+        lobby: lobby.clone(),
         free_threads: AtomicUsize::new(0),
     });
-    let (conn_tx, conn_rx) = mpsc::sync_channel::<TcpStream>(threads);
-    let conn_rx = Arc::new(Mutex::new(conn_rx));
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
-        let (shared, conn_rx, jobs) = (shared.clone(), conn_rx.clone(), jobs.clone());
+        let (shared, jobs) = (shared.clone(), jobs.clone());
         let worker = std::thread::Builder::new()
             .name(format!("cellbench-http-{i}"))
-            .spawn(move || connection_worker(&shared, &conn_rx, &jobs))
+            .spawn(move || connection_worker(&shared, &jobs))
             .context("cannot start the connection threads")?;
         workers.push(worker);
     }
     drop(jobs);
+    let attendant = {
+        let (lobby, queue_wait) = (lobby.clone(), options.limits.queue_wait);
+        let health = shared.model.health.clone();
+        std::thread::Builder::new()
+            .name("cellbench-http-lobby".into())
+            .spawn(move || lobby.attend(queue_wait, &health, threads))
+            .context("cannot start the connection threads")?
+    };
 
     crate::errln!(
         "serving {} on http://{local}  —  POST /predict, GET /health{}",
@@ -261,36 +277,28 @@ pub fn serve(
                 continue;
             }
         };
-        shared.waiting_connections.fetch_add(1, Ordering::SeqCst);
-        if let Err(TrySendError::Full(stream) | TrySendError::Disconnected(stream)) =
-            conn_tx.try_send(stream)
-        {
-            shared.waiting_connections.fetch_sub(1, Ordering::SeqCst);
-            refuse_busy(stream, threads);
+        if let Err(stream) = lobby.enter(stream) {
+            lobby::refuse_busy(stream, threads);
         }
     }
     drop(listener);
-    drop(conn_tx);
+    lobby.close();
     for worker in workers {
         worker.join().ok();
     }
+    attendant.join().ok();
     // The last sender of jobs went with the connection threads: the model thread finishes.
     model_thread.join().ok();
     crate::errln!("stopped");
     Ok(())
 }
 
-fn connection_worker(
-    shared: &handler::Shared,
-    connections: &Mutex<mpsc::Receiver<TcpStream>>,
-    jobs: &mpsc::Sender<model::Job>,
-) {
+fn connection_worker(shared: &handler::Shared, jobs: &mpsc::Sender<model::Job>) {
     loop {
         shared.free_threads.fetch_add(1, Ordering::SeqCst);
-        let next = connections.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let next = shared.lobby.next();
         shared.free_threads.fetch_sub(1, Ordering::SeqCst);
-        let Ok(stream) = next else { return };
-        shared.waiting_connections.fetch_sub(1, Ordering::SeqCst);
+        let Some(stream) = next else { return };
         // A failure on one connection must not take the thread, and its capacity, with it.
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler::serve_connection(shared, jobs, stream);
@@ -299,20 +307,6 @@ fn connection_worker(
             log::error!("a connection failed with an internal error");
         }
     }
-}
-
-/// Every connection thread is busy and as many connections wait: answer 503 at once.
-fn refuse_busy(stream: TcpStream, threads: usize) {
-    use std::io::Write as _;
-    let reply = http::Reply::error(
-        503,
-        format!("busy: all {threads} connections are in use; retry shortly"),
-    )
-    .with_header("Retry-After", "1");
-    let mut stream = stream;
-    stream.set_write_timeout(Some(Duration::from_secs(1))).ok();
-    stream.write_all(&reply.to_bytes(false)).ok();
-    stream.shutdown(std::net::Shutdown::Both).ok();
 }
 
 /// Where to connect to reach the listener from this machine.
