@@ -1,4 +1,5 @@
-//! File writing that never leaves a half-written file behind.
+//! File writing that never leaves a half-written file behind, and file-system errors that
+//! name their path.
 
 use std::io::Write;
 
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes a file atomically: the content goes to a temporary file in the same folder, is
 /// flushed to disk, and then renamed over `path`. A crash leaves either the old file or the
-/// new one, never a torn one. Parent folders are created.
+/// new one, never a torn one. Parent folders are created. Errors name the path.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -16,7 +17,16 @@ pub fn write_atomic(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::fs::create_dir_all(dir)?;
+    create_dir_all(dir)?;
+    if crate::fs::is_dir(path) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            format!(
+                "cannot write the file: a folder is in its place: {}",
+                path.display()
+            ),
+        ));
+    }
     let tmp = temp_sibling(path);
     let result = (|| {
         let file = crate::fs::File::create(&tmp)?;
@@ -29,7 +39,39 @@ pub fn write_atomic(
     if result.is_err() {
         crate::fs::remove_file(&tmp).ok();
     }
-    result
+    result.map_err(|e| with_path(e, "cannot write", path))
+}
+
+/// The error `e`, of the same kind, with a message that names `path` (last): `"{doing}
+/// ({e}): {path}"`.
+pub fn with_path(e: std::io::Error, doing: &str, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{doing} ({e}): {}", path.display()))
+}
+
+/// Creates a folder and its parents. Errors name the folder, and a file standing where a
+/// folder is needed is said as such (the system says only "File exists").
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    crate::fs::create_dir_all(dir).map_err(|e| {
+        let in_the_way = dir.ancestors().find(|a| crate::fs::is_file(a));
+        match in_the_way {
+            Some(file) if file == dir => std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the folder: a file of that name exists: {}",
+                    dir.display()
+                ),
+            ),
+            Some(file) => std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the folder {}: a file is in the way: {}",
+                    dir.display(),
+                    file.display()
+                ),
+            ),
+            None => with_path(e, "cannot create the folder", dir),
+        }
+    })
 }
 
 /// [`write_atomic`] for bytes already in memory.
@@ -57,6 +99,11 @@ pub fn check_format_version(version: u32, path: &Path) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     Ok(())
+}
+
+/// Reads a file, naming it in every error.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::fs::read(path).map_err(|e| with_path(e, "cannot read", path))
 }
 
 /// Reads a JSON file of a run folder, naming the file in every error.

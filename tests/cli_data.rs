@@ -266,6 +266,50 @@ fn empty_folder_and_missing_path_are_clear_errors() {
 }
 
 #[test]
+fn file_system_errors_name_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = bccd_subset(dir.path(), &["Basophil", "Monocyte"], 4);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let folder = dir.path().join("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    let fails_naming = |args: &[&str], what: &str, path: &std::path::Path| {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(what) && err.contains(path_str(path)),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("os error 17"), "{args:?}: {err}");
+    };
+    // A file where a folder must be made.
+    let below_file = file.join("split.csv");
+    fails_naming(
+        &["split", path_str(&dataset), "--out", path_str(&below_file)],
+        "a file of that name exists",
+        &file,
+    );
+    let deeper = file.join("sub/split.csv");
+    fails_naming(
+        &["split", path_str(&dataset), "--out", path_str(&deeper)],
+        "a file is in the way",
+        &file,
+    );
+    fails_naming(
+        &["explore", path_str(&dataset), "--plots", path_str(&file)],
+        "a file of that name exists",
+        &file,
+    );
+    // A folder where a file must be written.
+    fails_naming(
+        &["split", path_str(&dataset), "--out", path_str(&folder)],
+        "a folder is in its place",
+        &folder,
+    );
+}
+
+#[test]
 fn synth_split_and_leakage_check() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("synth");

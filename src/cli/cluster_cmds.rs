@@ -172,8 +172,10 @@ fn spec_from(args: &SubmitArgs) -> anyhow::Result<(JobSpec, Option<PathBuf>)> {
             .context("the workbook has no Train cell")?;
         (args.dataset.clone().unwrap_or(path), options, config)
     } else {
-        let config: TrainConfig = toml::from_str(&crate::fs::read_to_string(&args.input)?)
-            .with_context(|| format!("parsing {}", args.input.display()))?;
+        let text = crate::fs::read_to_string(&args.input)
+            .map_err(|e| crate::fsio::with_path(e, "cannot read", &args.input))?;
+        let config: TrainConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", args.input.display()))?;
         let dataset = args
             .dataset
             .clone()

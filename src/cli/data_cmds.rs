@@ -215,6 +215,7 @@ pub(super) fn explore(args: ExploreArgs) -> anyhow::Result<u8> {
     if let Some(dir) = &args.plots {
         #[cfg(feature = "gui")]
         {
+            crate::fsio::create_dir_all(dir)?;
             let files = crate::explore::charts::write_report_charts(&report, dir)?;
             crate::errln!("wrote {} chart files to {}", files.len(), dir.display());
         }

@@ -88,8 +88,7 @@ pub fn explain_cmd(args: ExplainArgs) -> anyhow::Result<u8> {
         crate::errln!("skipped ({why}): {path}");
     }
     anyhow::ensure!(!paths.is_empty(), "no images in {}", args.input.display());
-    crate::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    crate::fsio::create_dir_all(&args.out)?;
     let base = if crate::fs::is_dir(&args.input) {
         args.input.clone()
     } else {
