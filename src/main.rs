@@ -10,17 +10,20 @@ fn main() -> std::process::ExitCode {
     cellbench::cli::main()
 }
 
-/// Mesa's Vulkan device-select layer connects to a Wayland display to order the GPUs, and on a
-/// machine without one (a server, a cluster worker, CI) prints "XDG_RUNTIME_DIR is invalid or
-/// not set" for every Vulkan instance, that is for every `--backend auto` command. Without a
-/// display there is nothing for it to order, so it is switched off there (its own switch,
-/// `NODEVICE_SELECT`); a user's explicit setting is kept.
+/// Mesa's Vulkan device-select layer connects to a Wayland display to order the GPUs, and where
+/// none can be reached (a server, a cluster worker, CI, an X11 session over ssh) prints
+/// "XDG_RUNTIME_DIR is invalid or not set" for every Vulkan instance, that is for every
+/// `--backend auto` command. Wayland is reachable only through `XDG_RUNTIME_DIR`, an absolute
+/// `WAYLAND_DISPLAY` or `WAYLAND_SOCKET`; without any of them the layer is switched off (its own
+/// switch, `NODEVICE_SELECT`): cellbench chooses its adapter itself. A user's explicit setting is
+/// kept.
 #[cfg(target_os = "linux")]
 fn quiet_vulkan_device_select() {
-    let no_display = ["XDG_RUNTIME_DIR", "WAYLAND_DISPLAY", "DISPLAY"]
-        .iter()
-        .all(|v| std::env::var_os(v).is_none());
-    if no_display && std::env::var_os("NODEVICE_SELECT").is_none() {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|s| !s.is_empty());
+    let absolute_display =
+        std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| std::path::Path::new(&d).is_absolute());
+    let wayland_reachable = set("XDG_RUNTIME_DIR") || set("WAYLAND_SOCKET") || absolute_display;
+    if !wayland_reachable && std::env::var_os("NODEVICE_SELECT").is_none() {
         // SAFETY: first statement of `main`, before any thread exists.
         #[allow(unsafe_code)]
         unsafe {

@@ -310,6 +310,26 @@ fn file_system_errors_name_their_path() {
 }
 
 #[test]
+fn a_display_without_a_runtime_folder_prints_no_wayland_noise() {
+    // An X11 display (e.g. over ssh) and no XDG_RUNTIME_DIR: probing the GPUs must stay quiet.
+    let out = cellbench()
+        .args(["weights", "check", "--backend", "auto"])
+        .env("DISPLAY", ":77")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cat"), "{}", stdout(&out));
+    assert!(
+        !stderr(&out).contains("XDG_RUNTIME_DIR"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn synth_split_and_leakage_check() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("synth");
