@@ -295,3 +295,89 @@ fn ids_matching_several_files_are_ambiguous_until_named() {
         "{written}"
     );
 }
+
+/// `cellbench train` with its feature cache in `dir`.
+fn train(dir: &Path, args: &[&str]) -> std::process::Output {
+    cellbench()
+        .arg("train")
+        .args(args)
+        .args(["--backend", "cpu", "--image-size", "64", "--seed", "1"])
+        .env("CELLBENCH_CACHE", dir.join("cache"))
+        .output()
+        .unwrap()
+}
+
+/// The only run folder under `runs`.
+fn the_run(runs: &Path) -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.pop().unwrap()
+}
+
+#[test]
+fn predict_resolves_manifest_ids_as_train_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = train(
+        dir.path(),
+        &[
+            path_str(&cellbench::demo_dataset()),
+            "--epochs",
+            "1",
+            "--runs",
+            path_str(&runs),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = the_run(&runs);
+
+    let root = dir.path().join("data");
+    for (seed, name) in ["183.bmp", "019.bmp", "020.bmp"].into_iter().enumerate() {
+        std::fs::create_dir_all(&root).unwrap();
+        noise(16, 16, 10 + seed as u32)
+            .save(root.join(name))
+            .unwrap();
+    }
+    noise(16, 16, 7).save(root.join("183.png")).unwrap(); // a mask beside its image
+    let csv = root.join("labels.csv");
+    std::fs::write(&csv, "id,label\n183,a\n19,b\n20,a\n").unwrap();
+    let predictions = dir.path().join("predictions.csv");
+    let predict = |extra: &[&str]| {
+        cellbench()
+            .args([
+                "predict",
+                path_str(&run),
+                path_str(&csv),
+                "--backend",
+                "cpu",
+            ])
+            .args(["--out", path_str(&predictions)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let out = predict(&[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ambiguous: 183.bmp, 183.png"), "{err}");
+    assert!(err.contains("zero-padded"), "{err}");
+    let written = std::fs::read_to_string(&predictions).unwrap();
+    assert!(
+        written.contains("019.bmp") && !written.contains("183"),
+        "{written}"
+    );
+    let out = predict(&["--strict"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    let out = predict(&["--image-pattern", "{id:03}.bmp"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("ambiguous"), "{err}");
+    let written = std::fs::read_to_string(&predictions).unwrap();
+    assert_eq!(written.lines().count(), 4, "{written}");
+    assert!(written.contains("183.bmp"), "{written}");
+}
