@@ -114,19 +114,24 @@ fn decode_check_lists_truncated_images_of_every_codec() {
     let png = encode(image::ImageFormat::Png);
     let bmp = encode(image::ImageFormat::Bmp);
     let webp = encode(image::ImageFormat::WebP);
+    let tiff = encode(image::ImageFormat::Tiff);
     write(&root.join("ok/a.jpg"), &jpeg);
     write(&root.join("ok/b.png"), &png);
     write(&root.join("ok/c.bmp"), &bmp);
     write(&root.join("ok/d.webp"), &webp);
+    write(&root.join("ok/e.tif"), &tiff);
     // Cut before each format's end marker; a cut JPEG still decodes.
     write(&root.join("cut/a.jpg"), &jpeg[..jpeg.len() * 2 / 3]);
     write(&root.join("cut/b.png"), &png[..png.len() - 12]);
     write(&root.join("cut/c.bmp"), &bmp[..bmp.len() - 100]);
     write(&root.join("cut/d.webp"), &webp[..webp.len() - 10]);
+    // This TIFF keeps its directory after its pixels: the cut takes the directory, and is
+    // still said as a cut rather than as garbage.
+    write(&root.join("cut/e.tif"), &tiff[..tiff.len() - 8]);
 
     let report = run_json(&["explore", path_str(root), "--check", "decode", "--json"]);
     let truncated = problem(&report, "truncated").expect("truncated images are listed");
-    assert_eq!(truncated["count"], 4, "{}", report["problems"]);
+    assert_eq!(truncated["count"], 5, "{}", report["problems"]);
     let examples: Vec<&str> = truncated["examples"]
         .as_array()
         .unwrap()
@@ -138,6 +143,7 @@ fn decode_check_lists_truncated_images_of_every_codec() {
         ("cut/b.png", "IEND"),
         ("cut/c.bmp", "BMP header declares"),
         ("cut/d.webp", "RIFF"),
+        ("cut/e.tif", "TIFF"),
     ] {
         let line = examples
             .iter()
@@ -146,9 +152,9 @@ fn decode_check_lists_truncated_images_of_every_codec() {
         assert!(line.contains(marker), "{line}");
     }
     assert_eq!(count(&report, "unreadable"), 0, "{}", report["problems"]);
-    // The intact WebP decodes like the others.
-    assert_eq!(report["summary"]["usable_images"], 4);
-    assert_eq!(report["summary"]["images"], 8);
+    // The intact WebP and TIFF decode like the others.
+    assert_eq!(report["summary"]["usable_images"], 5);
+    assert_eq!(report["summary"]["images"], 10);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::image_io::{DecodeFailure, decode_file_complete, read_header};
+use super::image_io::{DecodeFailure, decode_file_complete, read_header_complete};
 use super::{Manifest, Problem, ProblemKind};
 
 /// How thoroughly to check images.
@@ -12,13 +12,14 @@ pub enum CheckLevel {
     /// Read headers only: dimensions and format; catches garbage and empty files.
     Headers,
     /// Decode every image completely and check that no file ends before its end marker
-    /// (JPEG, PNG, BMP, WebP): also catches truncated files that still decode. Slow.
+    /// (JPEG, PNG, BMP, WebP, TIFF): also catches truncated files that still decode. Slow.
     Decode,
 }
 
 /// Fills `width`, `height` and `format` of every usable record; an image that fails gets its
-/// `problem` set and a [`ProblemKind::Unreadable`] (or, when decoding, a
-/// [`ProblemKind::Truncated`]) entry. Returns how many failed.
+/// `problem` set and a [`ProblemKind::Unreadable`] entry, or [`ProblemKind::Truncated`] for a
+/// file cut short (found when its header cannot be read, or when decoding). Returns how many
+/// failed.
 pub fn check_images(manifest: &mut Manifest, level: CheckLevel) -> usize {
     let root = manifest.root.clone();
     let failures: Vec<Problem> = manifest
@@ -27,14 +28,12 @@ pub fn check_images(manifest: &mut Manifest, level: CheckLevel) -> usize {
         .filter(|r| r.is_usable())
         .filter_map(|r| {
             let path = root.join(&r.path);
-            let result = read_header(&path)
-                .map_err(|e| DecodeFailure::Unreadable(e.to_string()))
-                .and_then(|h| {
-                    if level == CheckLevel::Decode {
-                        decode_file_complete(&path)?;
-                    }
-                    Ok(h)
-                });
+            let result = read_header_complete(&path).and_then(|h| {
+                if level == CheckLevel::Decode {
+                    decode_file_complete(&path)?;
+                }
+                Ok(h)
+            });
             match result {
                 Ok(h) => {
                     r.width = Some(h.width);

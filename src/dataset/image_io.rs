@@ -55,6 +55,21 @@ pub fn read_header(path: &Path) -> Result<Header, image::ImageError> {
     })
 }
 
+/// [`read_header`], telling a file cut short (its header, or what the header points to, is
+/// missing: a TIFF whose directory comes after its pixels) from an unreadable one.
+pub fn read_header_complete(path: &Path) -> Result<Header, DecodeFailure> {
+    read_header(path).map_err(|e| {
+        let cut_short = crate::fs::read(path).ok().and_then(|bytes| {
+            let format = image::guess_format(&bytes).ok()?;
+            check_complete(&bytes, format).err()
+        });
+        cut_short.map_or_else(
+            || DecodeFailure::Unreadable(e.to_string()),
+            DecodeFailure::Truncated,
+        )
+    })
+}
+
 /// Decodes a whole image file within the limits.
 pub fn decode_file(path: &Path) -> Result<image::DynamicImage, image::ImageError> {
     let mut reader = open_reader(path)?;
@@ -80,14 +95,17 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::DynamicImage, image::ImageErr
 ///   uncompressed pixels, the pixel offset plus the rows).
 /// - WebP: the file is at least as long as its RIFF header declares.
 ///
-/// Other formats (TIFF) are left to their decoder, which reads strips by offset and fails on a
-/// short file. The error names what is missing.
+/// - TIFF: every image file directory (IFD), the values it points to and the image data its
+///   strips or tiles declare lie within the file (classic and BigTIFF).
+///
+/// Other formats are left to their decoder. The error names what is missing.
 pub fn check_complete(bytes: &[u8], format: image::ImageFormat) -> Result<(), String> {
     match format {
         image::ImageFormat::Jpeg => jpeg_complete(bytes),
         image::ImageFormat::Png => png_complete(bytes),
         image::ImageFormat::Bmp => bmp_complete(bytes),
         image::ImageFormat::WebP => webp_complete(bytes),
+        image::ImageFormat::Tiff => tiff_complete(bytes),
         _ => Ok(()),
     }
 }
@@ -252,6 +270,110 @@ fn webp_complete(b: &[u8]) -> Result<(), String> {
             &format!("the {declared} bytes its RIFF header declares"),
             b.len(),
         ));
+    }
+    Ok(())
+}
+
+/// Walks a TIFF's chain of image file directories; anything they point to beyond the end of
+/// the file means it was cut short. Oddities that are not a short file (an unknown value
+/// type, a loop of directories) are left to the decoder.
+fn tiff_complete(b: &[u8]) -> Result<(), String> {
+    let len = b.len() as u64;
+    let little = match b.get(0..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Err("not a TIFF: no byte-order mark".into()),
+    };
+    let uint = |at: u64, size: u64| -> Option<u64> {
+        let start = usize::try_from(at).ok()?;
+        let bytes = b.get(start..start.checked_add(usize::try_from(size).ok()?)?)?;
+        let mut v = 0u64;
+        for i in 0..bytes.len() {
+            let byte = if little {
+                bytes[bytes.len() - 1 - i]
+            } else {
+                bytes[i]
+            };
+            v = (v << 8) | u64::from(byte);
+        }
+        Some(v)
+    };
+    let short = || truncated("its TIFF header", b.len());
+    let big = match uint(2, 2).ok_or_else(short)? {
+        42 => false,
+        43 => true,
+        _ => return Ok(()),
+    };
+    // Classic TIFF: 2-byte entry counts, 12-byte entries, 4-byte offsets; BigTIFF: 8, 20, 8.
+    let (count_size, entry_size, offset_size) = if big { (8, 20, 8) } else { (2, 12, 4) };
+    let mut ifd = uint(if big { 8 } else { 4 }, offset_size).ok_or_else(short)?;
+    let mut visited = std::collections::HashSet::new();
+    while ifd != 0 && visited.insert(ifd) {
+        let directory = || truncated(&format!("its TIFF directory at byte {ifd}"), b.len());
+        let entries = uint(ifd, count_size).ok_or_else(directory)?;
+        let first = ifd + count_size;
+        let next_at = entries
+            .checked_mul(entry_size)
+            .and_then(|n| n.checked_add(first))
+            .filter(|end| end.saturating_add(offset_size) <= len)
+            .ok_or_else(directory)?;
+        let (mut offsets, mut counts) = (Vec::new(), Vec::new());
+        for i in 0..entries {
+            let entry = first + i * entry_size;
+            let tag = uint(entry, 2).ok_or_else(directory)?;
+            let kind = uint(entry + 2, 2).ok_or_else(directory)?;
+            let n = uint(entry + 4, offset_size).ok_or_else(directory)?;
+            let value_size = match kind {
+                1 | 2 | 6 | 7 => 1,
+                3 | 8 => 2,
+                4 | 9 | 11 | 13 => 4,
+                5 | 10 | 12 | 16..=18 => 8,
+                _ => continue,
+            };
+            let field = entry + 4 + offset_size;
+            let Some(bytes) = n.checked_mul(value_size) else {
+                return Err(truncated(
+                    &format!("the {n} values of TIFF tag {tag}"),
+                    b.len(),
+                ));
+            };
+            let at = if bytes <= offset_size {
+                field
+            } else {
+                uint(field, offset_size).ok_or_else(directory)?
+            };
+            if at.checked_add(bytes).is_none_or(|end| end > len) {
+                return Err(truncated(
+                    &format!(
+                        "the values of TIFF tag {tag} (bytes {at}..{})",
+                        at.saturating_add(bytes)
+                    ),
+                    b.len(),
+                ));
+            }
+            let list = match tag {
+                273 | 324 => &mut offsets,
+                279 | 325 => &mut counts,
+                _ => continue,
+            };
+            if matches!(kind, 3 | 4 | 16) {
+                for k in 0..n {
+                    list.push(uint(at + k * value_size, value_size).ok_or_else(directory)?);
+                }
+            }
+        }
+        for (offset, count) in offsets.iter().zip(&counts) {
+            if offset.checked_add(*count).is_none_or(|end| end > len) {
+                return Err(truncated(
+                    &format!(
+                        "the image data its TIFF directory declares (bytes {offset}..{})",
+                        offset.saturating_add(*count)
+                    ),
+                    b.len(),
+                ));
+            }
+        }
+        ifd = uint(next_at, offset_size).ok_or_else(directory)?;
     }
     Ok(())
 }
@@ -451,10 +573,41 @@ mod tests {
     }
 
     #[test]
-    fn truncated_tiff_fails_to_decode() {
-        let tiff = encode(&noise(40, 40), image::ImageFormat::Tiff);
-        decode_bytes(&tiff).unwrap();
-        assert!(decode_file_complete_bytes(&tiff[..tiff.len() / 2]).is_err());
+    fn truncated_tiff_is_reported_as_truncated() {
+        for img in [noise(40, 40), noise(300, 200)] {
+            let tiff = encode(&img, image::ImageFormat::Tiff);
+            decode_bytes(&tiff).unwrap();
+            assert_eq!(check_complete(&tiff, image::ImageFormat::Tiff), Ok(()));
+            assert_eq!(decode_file_complete_bytes(&tiff), Ok(()));
+            // Cut in the header, the image data, the directory and its last byte.
+            for cut in [
+                6,
+                tiff.len() / 3,
+                tiff.len() / 2,
+                tiff.len() - 30,
+                tiff.len() - 1,
+            ] {
+                assert_eq!(
+                    decode_file_complete_bytes(&tiff[..cut]),
+                    Err("truncated".into()),
+                    "cut at {cut} of {}",
+                    tiff.len()
+                );
+            }
+            let message =
+                check_complete(&tiff[..tiff.len() - 1], image::ImageFormat::Tiff).unwrap_err();
+            assert!(message.contains("TIFF"), "{message}");
+            // Its header cannot be read either, and that is said as a cut, not as garbage.
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cut.tif");
+            crate::fs::write(&path, &tiff[..tiff.len() - 8]).unwrap();
+            assert!(matches!(
+                read_header_complete(&path),
+                Err(DecodeFailure::Truncated(_))
+            ));
+            crate::fs::write(&path, b"II*\0garbage!").unwrap();
+            assert!(read_header_complete(&path).is_err());
+        }
     }
 
     /// [`decode_file_complete`] through a temporary file: `Err("truncated")` or

@@ -256,15 +256,19 @@ fn check_token(token: &Token, request: &Request) -> Result<(), Reply> {
 
 /// Checks the image's dimensions from its header, then decodes, preprocesses and classifies.
 fn predict(shared: &Shared, jobs: &Sender<Job>, body: Vec<u8>) -> Reply {
-    let (format, width, height) = match image_dimensions(&body) {
+    // A file cut short may lose its header too (a TIFF's directory follows its pixels): said
+    // as a cut rather than as garbage.
+    if let Ok(format) = image::guess_format(&body)
+        && let Err(message) = crate::dataset::image_io::check_complete(&body, format)
+    {
+        return Reply::error(400, format!("not a readable image: {message}"));
+    }
+    let (_, width, height) = match image_dimensions(&body) {
         Ok(d) => d,
         Err(message) => return Reply::error(400, format!("not a readable image: {message}")),
     };
-    // Decoders accept a file cut short (a JPEG's missing rows come out grey): refuse it, as
-    // a label for half an image would be a confident answer to the wrong question.
-    if let Err(message) = crate::dataset::image_io::check_complete(&body, format) {
-        return Reply::error(400, format!("not a readable image: {message}"));
-    }
+    // Decoders accept a file cut short (a JPEG's missing rows come out grey): refused above,
+    // as a label for half an image would be a confident answer to the wrong question.
     let pixels = u64::from(width) * u64::from(height);
     let max_pixels = shared.limits.max_pixels;
     if pixels > max_pixels {
