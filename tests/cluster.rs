@@ -436,6 +436,23 @@ fn cellbench_training_job_streams_live_events_and_results_come_back() {
             .count()
             > 1
     );
+    // Without the shared folder the job's log alone brings the same run back.
+    let mut info = c.status(&id).unwrap();
+    info.metadata.remove("cellbench_runs");
+    let from_log = cellbench::cluster::results::import_from(
+        &info,
+        &c.logs(&id).unwrap(),
+        &tmp.path().join("from-log"),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(from_log.join("model.safetensors")).unwrap(),
+        std::fs::read(imported.join("model.safetensors")).unwrap()
+    );
+    assert_eq!(
+        cellbench::runs::DatasetFile::read(&from_log).unwrap(),
+        recorded
+    );
 
     // Finished jobs can be deleted.
     c.delete(&id).unwrap();
