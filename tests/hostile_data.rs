@@ -324,6 +324,119 @@ fn the_run(runs: &Path) -> std::path::PathBuf {
 }
 
 #[test]
+fn training_on_files_that_are_not_images_fails_with_no_usable_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    for (class, ext) in [("a", "png"), ("b", "jpg")] {
+        for i in 0..4 {
+            write(
+                &root.join(format!("{class}/{i}.{ext}")),
+                format!("not an image {i}").as_bytes(),
+            );
+        }
+    }
+    let runs = dir.path().join("runs");
+    let out = train(
+        dir.path(),
+        &[path_str(&root), "--epochs", "1", "--runs", path_str(&runs)],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no usable images"),
+        "{}",
+        stderr(&out)
+    );
+    if runs.is_dir() {
+        for run in std::fs::read_dir(&runs).unwrap() {
+            let run = run.unwrap().path();
+            assert!(!run.join("model.safetensors").exists(), "{run:?}");
+        }
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // A learning rate this large overflows the weights within the first epoch.
+    let out = train(
+        dir.path(),
+        &[
+            path_str(&cellbench::demo_dataset()),
+            "--solver",
+            "sgd",
+            "--lr",
+            "1e38",
+            "--epochs",
+            "3",
+            "--runs",
+            path_str(&runs),
+        ],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NaN"), "{}", stderr(&out));
+    let run = the_run(&runs);
+    let status = read_json(&run.join("status.json"));
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("NaN"),
+        "{status}"
+    );
+    assert!(!run.join("model.safetensors").exists());
+}
+
+#[test]
+fn a_70000_character_cell_goes_through_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let mut images: Vec<_> = walk_images(&cellbench::demo_dataset());
+    images.truncate(14);
+    let mut rows = vec!["path,label".to_owned()];
+    for (i, image) in images.iter().enumerate() {
+        let name = format!("im{i}.jpg");
+        write(&root.join(&name), &std::fs::read(image).unwrap());
+        let label = match i {
+            12 | 13 => "L".repeat(70_000),
+            i if i % 2 == 0 => "a".to_owned(),
+            _ => "b".to_owned(),
+        };
+        rows.push(format!("{name},{label}"));
+    }
+    rows.push(format!("{}.jpg,a", "x".repeat(70_000)));
+    let csv = root.join("labels.csv");
+    std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
+    let runs = dir.path().join("runs");
+    let out = train(
+        dir.path(),
+        &[path_str(&csv), "--epochs", "1", "--runs", path_str(&runs)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("LLL…"), "{text}");
+    let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest < 1_000, "a printed line of {longest} characters");
+    assert!(the_run(&runs).join("model.safetensors").is_file());
+}
+
+/// Every image file below `dir`, sorted.
+fn walk_images(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "jpg") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
 fn predict_resolves_manifest_ids_as_train_does() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
