@@ -203,7 +203,7 @@ fn summarise(outcomes: &[TrainOutcome], seed: u64) -> Option<CvSummary> {
         metrics: out,
         chosen_on: if probe.is_some() {
             "the pooled held-out predictions of inner folds of each fold's training side \
-             (grouped by patient, stratified by label), by log loss"
+             (grouped by patient, stratified by label)"
         } else {
             "an inner validation part of each fold's training side (split off by patient, \
              stratified by label)"
