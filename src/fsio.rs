@@ -101,11 +101,6 @@ pub fn check_format_version(version: u32, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a file, naming it in every error.
-pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    crate::fs::read(path).map_err(|e| with_path(e, "cannot read", path))
-}
-
 /// Reads a JSON file of a run folder, naming the file in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let bytes = crate::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
