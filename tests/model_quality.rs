@@ -433,3 +433,158 @@ fn test_time_augmentation_gives_every_orientation_of_an_image_the_same_answer() 
     );
     assert!(gap(&plain_up, &tta_up) > 2e-3, "--tta changes the answer");
 }
+
+/// The `f32` tensors of a safetensors file, by name: `(shape, values)`.
+fn safetensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            assert_eq!(v["dtype"], "F32", "{k}");
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let at = |i: usize| v["data_offsets"][i].as_u64().unwrap() as usize;
+            let values = data[at(0)..at(1)]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (k.clone(), (shape, values))
+        })
+        .collect()
+}
+
+/// A saved ordinal probe is rank-consistent end to end: the head written to the run folder
+/// shares one weight vector across its thresholds with non-increasing biases, so
+/// `P(grade > j)` cannot rise with `j` on any input; `model::Classifier` loaded from the run
+/// gives exactly the differences of those exceedances (nothing left for the running minimum
+/// to repair), and `cellbench predict` reproduces the run's predictions.
+#[test]
+fn saved_ordinal_probe_is_rank_consistent_through_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
+    for (class, grade) in [
+        ("Eosinophil", "0_eosinophil"),
+        ("Lymphocyte", "1_lymphocyte"),
+        ("Neutrophil", "2_neutrophil"),
+    ] {
+        std::fs::rename(data.join(class), data.join(grade)).unwrap();
+    }
+    let runs = tmp.path().join("runs");
+    let out = train(
+        &[
+            path_str(&data),
+            "--task",
+            "ordinal",
+            "--backend",
+            "cpu",
+            "--image-size",
+            "64",
+            "--json",
+            "--runs",
+            path_str(&runs),
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_dir = runs_in(&runs).pop().unwrap();
+    let info = read_json(&run_dir.join("model.json"));
+    assert_eq!(info["cumulative"], true);
+
+    // The saved head: `[features, thresholds]` weights, one column repeated; biases ordered.
+    let tensors = safetensors(&run_dir.join("model.safetensors"));
+    let (shape, weight) = tensors
+        .values()
+        .find(|(s, _)| s.len() == 2)
+        .expect("a weight matrix")
+        .clone();
+    let (_, bias) = tensors
+        .values()
+        .find(|(s, _)| s.len() == 1)
+        .expect("a bias")
+        .clone();
+    let (d, k) = (shape[0], shape[1]);
+    assert_eq!(k, 2, "3 grades, 2 thresholds");
+    assert!(
+        weight.chunks(k).all(|row| row.iter().all(|&w| w == row[0])),
+        "one weight vector shared by every threshold"
+    );
+    assert!(bias.windows(2).all(|b| b[1] <= b[0]), "{bias:?}");
+
+    // Through the loaded model, on raw feature vectors near and far from the data: its
+    // probabilities are the plain differences of the saved head's exceedances.
+    let device = burn::tensor::Device::flex();
+    let model = cellbench::model::Classifier::load(&run_dir, &device).unwrap();
+    let mean: Vec<f64> = info["feature_mean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let std: Vec<f64> = info["feature_std"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(mean.len(), d);
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut unit = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let mut rows = Vec::new();
+    for scale in [0.1, 1.0, 3.0, 10.0] {
+        for _ in 0..16 {
+            rows.push(
+                (0..d)
+                    .map(|f| (mean[f] + scale * std[f] * unit()) as f32)
+                    .collect::<Vec<f32>>(),
+            );
+        }
+    }
+    let n = rows.len();
+    let probs = model.probabilities_from_features(rows.concat(), n);
+    assert_eq!(probs.len(), n);
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    for (row, p) in rows.iter().zip(&probs) {
+        let exceed: Vec<f64> = (0..k)
+            .map(|j| {
+                let z: f64 = row
+                    .iter()
+                    .enumerate()
+                    .map(|(f, &x)| (f64::from(x) - mean[f]) / std[f] * f64::from(weight[f * k + j]))
+                    .sum();
+                sigmoid(z + f64::from(bias[j]))
+            })
+            .collect();
+        assert!(exceed.windows(2).all(|e| e[1] <= e[0]), "{exceed:?}");
+        let want = [1.0 - exceed[0], exceed[0] - exceed[1], exceed[1]];
+        for (a, b) in p.iter().zip(want) {
+            assert!((f64::from(*a) - b).abs() < 1e-4, "{p:?} vs {want:?}");
+        }
+    }
+
+    // `cellbench predict` gives what the run recorded, each row a distribution over grades.
+    let pred = tmp.path().join("pred.csv");
+    assert_predict_reproduces_the_run(&run_dir, &data, &pred);
+    for (name, (_, p)) in probabilities(&pred) {
+        assert!(p.iter().all(|&v| v >= 0.0), "{name}: {p:?}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{name}: {p:?}");
+    }
+}
