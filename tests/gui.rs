@@ -1231,3 +1231,43 @@ fn fields_keep_their_ids_when_a_cell_goes_out_of_date() {
     harness.get_by_label_contains("Out of date: its settings changed");
     assert_eq!(fields(&harness), before);
 }
+
+/// A workbook that does not read (a typo in a key) is left exactly as it is: the session says
+/// so and saves its new workbook beside it.
+#[test]
+fn a_workbook_that_does_not_read_is_never_saved_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("mine.cellbook.toml");
+    let text = "title = \"mine\"\n\n[[cellz]]\nkind = \"note\"\ntext = \"keep me\"\n";
+    std::fs::write(&book, text).unwrap();
+    let ctx = eframe::egui::Context::default();
+    let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book.clone()), None);
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 2000.0])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    harness.run_steps(3);
+    let aside = tmp.path().join("mine.new.cellbook.toml");
+    assert_eq!(harness.state().notebook.workbook_path, aside);
+    assert!(
+        harness
+            .state()
+            .notebook
+            .rt
+            .log
+            .iter()
+            .any(|(_, error, t)| *error && t.contains("cellz") && t.contains("left as it is")),
+        "{:?}",
+        harness.state().notebook.rt.log
+    );
+    harness
+        .state_mut()
+        .notebook
+        .push(cellbench::ui::app::Command::SaveWorkbook);
+    harness.run_steps(2);
+    assert_eq!(std::fs::read_to_string(&book).unwrap(), text);
+    assert!(aside.exists());
+    assert_eq!(
+        harness.state().state.workbook_path.as_deref(),
+        Some(book.as_path())
+    );
+}

@@ -10,14 +10,38 @@ use crate::runs::view::RunSummary;
 
 use super::thumbs::{THUMB_SIDE, Thumb, ThumbCache};
 
+/// One tile of a [`gallery`]: an image, its caption, whether it is selected, and the
+/// probabilities to draw over its lower edge (class index and probability, largest first: the
+/// first is the prediction), with what its caption shows on hover.
+#[derive(Clone)]
+pub struct Tile {
+    pub path: PathBuf,
+    pub caption: String,
+    pub selected: bool,
+    pub top: Vec<(usize, f32)>,
+    pub hover: Option<String>,
+}
+
+impl From<(PathBuf, String, bool)> for Tile {
+    fn from((path, caption, selected): (PathBuf, String, bool)) -> Self {
+        Self {
+            path,
+            caption,
+            selected,
+            top: Vec::new(),
+            hover: None,
+        }
+    }
+}
+
 /// A grid of thumbnails that only lays out (and decodes) the rows on screen.
-/// `item(k)` gives the path, caption and selection of item `k`.
-pub fn gallery(
+/// `item(k)` gives tile `k` (a path, caption and selection, or a whole [`Tile`]).
+pub fn gallery<T: Into<Tile>>(
     ui: &mut egui::Ui,
     id: impl std::hash::Hash + std::fmt::Debug,
     thumbs: &mut ThumbCache,
     count: usize,
-    item: impl Fn(usize) -> (PathBuf, String, bool),
+    item: impl Fn(usize) -> T,
     on_click: &mut dyn FnMut(usize),
 ) {
     let tile = THUMB_SIDE as f32;
@@ -38,8 +62,14 @@ pub fn gallery(
                         if k >= count {
                             break;
                         }
-                        let (path, caption, selected) = item(k);
-                        let caption_full = caption.clone();
+                        let Tile {
+                            path,
+                            caption,
+                            selected,
+                            top,
+                            hover,
+                        } = item(k).into();
+                        let caption_full = hover.unwrap_or_else(|| caption.clone());
                         ui.vertical(|ui| {
                             ui.set_width(tile + 4.0);
                             let (rect, response) = ui
@@ -82,6 +112,7 @@ pub fn gallery(
                                     );
                                 }
                             }
+                            probability_strip(ui, rect, &top);
                             if selected {
                                 ui.painter().rect_stroke(
                                     rect,
@@ -112,6 +143,33 @@ pub fn gallery(
                 });
             }
         });
+}
+
+/// Bars of the top probabilities across the lower edge of a tile, one per class in the class's
+/// palette colour, as long as the probability.
+fn probability_strip(ui: &egui::Ui, tile: egui::Rect, top: &[(usize, f32)]) {
+    if top.is_empty() {
+        return;
+    }
+    const BAR: f32 = 5.0;
+    let strip = egui::Rect::from_min_max(
+        egui::pos2(
+            tile.left(),
+            tile.bottom() - top.len() as f32 * (BAR + 2.0) - 2.0,
+        ),
+        tile.max,
+    );
+    let painter = ui.painter();
+    painter.rect_filled(strip, 0.0, egui::Color32::from_black_alpha(170));
+    for (i, &(class, p)) in top.iter().enumerate() {
+        let y = strip.top() + 2.0 + i as f32 * (BAR + 2.0);
+        let width = (tile.width() - 4.0) * p.clamp(0.0, 1.0);
+        painter.rect_filled(
+            egui::Rect::from_min_size(egui::pos2(tile.left() + 2.0, y), egui::vec2(width, BAR)),
+            1.0,
+            series_color(class),
+        );
+    }
 }
 
 /// A table drawn as a striped grid under its title.
@@ -190,12 +248,56 @@ fn draw_table(
             }
             for row in rows {
                 for cell in row {
-                    ui.label(cell);
+                    // A long cell (a path, a message) is cut, whole on hover: the table
+                    // never pushes the notebook wider than the window.
+                    match shorten(cell, TABLE_CELL_CHARS) {
+                        Some(short) => ui.label(short).on_hover_text(cell),
+                        None => ui.label(cell),
+                    };
                 }
                 ui.end_row();
             }
         });
     ui.add_space(6.0);
+}
+
+/// Characters a table cell shows before it is cut (see [`shorten`]).
+const TABLE_CELL_CHARS: usize = 90;
+
+/// `text` cut to `max` characters with an ellipsis, or `None` when it fits.
+pub fn shorten(text: &str, max: usize) -> Option<String> {
+    (text.chars().count() > max).then(|| {
+        text.chars()
+            .take(max.saturating_sub(1))
+            .chain(['…'])
+            .collect()
+    })
+}
+
+/// The confusion matrix's column labels for cells `fit` characters wide: the names when they
+/// fit, else abbreviations when those stay distinct, else numbers (`true` then: the row labels
+/// carry the same numbers). Labels sharing a prefix ("digit 1", "digit 2") never all read
+/// "dig.".
+pub fn column_labels(labels: &[String], fit: usize) -> (Vec<String>, bool) {
+    if labels.iter().all(|l| l.chars().count() <= fit) {
+        return (labels.to_vec(), false);
+    }
+    let short: Vec<String> = labels
+        .iter()
+        .map(|l| {
+            if l.chars().count() > fit {
+                l.chars().take(fit.saturating_sub(1)).chain(['.']).collect()
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let distinct = short.iter().collect::<std::collections::HashSet<_>>().len() == short.len();
+    if distinct {
+        (short, false)
+    } else {
+        ((1..=labels.len()).map(|k| k.to_string()).collect(), true)
+    }
 }
 
 /// Confusion matrix as a heatmap: rows are true labels, columns predicted ones. Returns the
@@ -208,7 +310,25 @@ pub fn confusion_heatmap(
 ) -> Option<(usize, usize)> {
     let n = cm.labels.len().max(1);
     let cell = (300.0 / n as f32).clamp(28.0, 64.0);
-    let label_w = cm.labels.iter().map(|l| l.len()).max().unwrap_or(4) as f32 * 7.0 + 16.0;
+    // Column labels get the cell's width; the full names are in the row labels (numbered
+    // when the columns are).
+    let (columns, numbered) = column_labels(&cm.labels, ((cell / 7.0) as usize).max(3));
+    let row_labels: Vec<String> = if numbered {
+        cm.labels
+            .iter()
+            .enumerate()
+            .map(|(k, l)| format!("{} {l}", k + 1))
+            .collect()
+    } else {
+        cm.labels.clone()
+    };
+    let label_w = row_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(4) as f32
+        * 7.0
+        + 16.0;
     // The "predicted" header above the cells, one line of column labels below them.
     let size = egui::vec2(
         label_w + cell * n as f32 + 10.0,
@@ -251,7 +371,7 @@ pub fn confusion_heatmap(
         painter.text(
             origin + egui::vec2(-6.0, cell * (i as f32 + 0.5)),
             egui::Align2::RIGHT_CENTER,
-            &cm.labels[i],
+            &row_labels[i],
             font.clone(),
             text_color,
         );
@@ -294,15 +414,8 @@ pub fn confusion_heatmap(
             );
         }
     }
-    for (j, l) in cm.labels.iter().enumerate() {
+    for (j, short) in columns.into_iter().enumerate() {
         let pos = origin + egui::vec2(cell * (j as f32 + 0.5), cell * n as f32 + 4.0);
-        // Column labels get the cell's width; the full name is in the row labels.
-        let fit = ((cell / 7.0) as usize).max(3);
-        let short: String = if l.chars().count() > fit {
-            l.chars().take(fit - 1).chain(['.']).collect()
-        } else {
-            l.clone()
-        };
         painter.text(
             pos,
             egui::Align2::CENTER_TOP,
@@ -577,7 +690,7 @@ pub const CATEGORY_PALETTE: [egui::Color32; 10] = [
 /// A distinct colour for the `k`-th series of a chart (legend and markers agree): the first
 /// six category colours, in turn.
 pub fn series_color(k: usize) -> egui::Color32 {
-    CATEGORY_PALETTE[k % 6]
+    CATEGORY_PALETTE[k % CATEGORY_PALETTE.len()]
 }
 
 /// Draws each series as a line with a marker on every point, both in the series' palette
@@ -685,4 +798,37 @@ pub fn fold_spread_plot(
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_labels_stay_distinct() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // Names that fit are kept.
+        assert_eq!(
+            column_labels(&names(&["all", "hem"]), 5),
+            (names(&["all", "hem"]), false)
+        );
+        // Distinct abbreviations are used.
+        assert_eq!(
+            column_labels(&names(&["Basophil", "Eosinophil", "Monocyte"]), 4),
+            (names(&["Bas.", "Eos.", "Mon."]), false)
+        );
+        // A shared prefix gives numbers instead of "dig." three times.
+        assert_eq!(
+            column_labels(&names(&["digit 1", "digit 2", "digit 3"]), 4),
+            (names(&["1", "2", "3"]), true)
+        );
+    }
+
+    #[test]
+    fn long_cells_are_cut_with_an_ellipsis() {
+        assert_eq!(shorten("short", 10), None);
+        let cut = shorten(&"x".repeat(200), 90).unwrap();
+        assert_eq!(cut.chars().count(), 90);
+        assert!(cut.ends_with('…'));
+    }
 }

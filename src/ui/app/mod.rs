@@ -78,6 +78,30 @@ fn run_all_on_start() -> bool {
     asked
 }
 
+/// A file beside `path` that does not exist yet: `name.new.cellbook.toml`, then
+/// `name.new-2.cellbook.toml`, …
+fn unused_sibling(path: &std::path::Path) -> PathBuf {
+    let name = path.file_name().map_or_else(
+        || "workbook".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let stem = name
+        .strip_suffix(".cellbook.toml")
+        .unwrap_or(&name)
+        .to_owned();
+    (1..)
+        .map(|k| {
+            let tag = if k == 1 {
+                "new".to_owned()
+            } else {
+                format!("new-{k}")
+            };
+            path.with_file_name(format!("{stem}.{tag}.cellbook.toml"))
+        })
+        .find(|p| !crate::fs::exists(p))
+        .expect("an unused name")
+}
+
 /// Where the workbook lives when none was chosen.
 pub fn default_workbook_path() -> PathBuf {
     #[cfg(target_arch = "wasm32")]
@@ -119,16 +143,27 @@ impl WorkbenchApp {
         workbook: Option<PathBuf>,
         dataset: Option<PathBuf>,
     ) -> Self {
-        let path = workbook
+        let mut path = workbook
             .or_else(|| std::env::var_os("CELLBENCH_WORKBOOK").map(PathBuf::from))
             .or_else(|| state.workbook_path.clone())
             .unwrap_or_else(default_workbook_path);
+        // The next launch opens the same file (fixed, it opens as it was).
+        state.workbook_path = Some(path.clone());
         let mut rt = cells::Runtime::new(ctx);
         let workbook = if crate::fs::exists(&path) {
             match Workbook::load(&path) {
                 Ok(w) => w,
                 Err(e) => {
-                    rt.note(true, format!("{e:#}; starting a new workbook"));
+                    // The file is left exactly as it is: this session saves beside it.
+                    let aside = unused_sibling(&path);
+                    rt.note(
+                        true,
+                        format!(
+                            "{e:#}; the file is left as it is, and this session starts a new workbook saved to {}",
+                            aside.display()
+                        ),
+                    );
+                    path = aside;
                     Workbook::default()
                 }
             }
@@ -136,7 +171,6 @@ impl WorkbenchApp {
             let base = Workbook::base_dir(&path);
             Workbook::demo(&stored_path(&crate::demo_dataset(), &base))
         };
-        state.workbook_path = Some(path.clone());
         if !crate::fs::exists(&path)
             && let Err(e) = workbook.save(&path)
         {

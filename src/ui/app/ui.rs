@@ -16,9 +16,7 @@ impl WorkbenchApp {
         ui.horizontal(|ui| {
             ui.heading("cellbench");
             ui.separator();
-            ui.label(egui::RichText::new(&self.notebook.workbook.title).strong())
-                .on_hover_text(format!("Workbook file: {}", self.notebook.workbook_path.display()));
-            // What is loaded now, whatever the workbook is called.
+            // What is loaded now first, whatever the workbook is called.
             let datasets: Vec<String> = self
                 .notebook.workbook
                 .cells
@@ -32,10 +30,14 @@ impl WorkbenchApp {
                     _ => None,
                 })
                 .collect();
-            if !datasets.is_empty() {
-                ui.label(format!("· {}", datasets.join(", ")))
+            if datasets.is_empty() {
+                ui.label(egui::RichText::new("no dataset").strong());
+            } else {
+                ui.label(egui::RichText::new(datasets.join(", ")).strong())
                     .on_hover_text("The dataset(s) of this workbook");
             }
+            ui.label(format!("· {}", self.notebook.workbook.title))
+                .on_hover_text("The workbook's title");
             let file = self
                 .notebook.workbook_path
                 .file_name()

@@ -289,7 +289,10 @@ pub(super) fn category_bars(
         .allow_zoom(false)
         .allow_drag(false)
         .include_x(0.0)
-        .include_y(0.0);
+        .include_y(0.0)
+        // Grid lines along the counts only: a line through each category would read as a
+        // stem on top of its bar.
+        .show_grid(egui::Vec2b::new(horizontal, !horizontal));
     plot = if horizontal {
         plot.y_axis_formatter(category_tick)
             .y_grid_spacer(one_per_category)
@@ -326,9 +329,13 @@ pub(super) fn category_bars(
                     )
                 };
                 p.text(
-                    egui_plot::Text::new(format!("count {i}"), at, format!("{v:.0}"))
-                        .anchor(anchor)
-                        .color(text_color),
+                    egui_plot::Text::new(
+                        format!("count {i}"),
+                        at,
+                        egui::RichText::new(format!("{v:.0}")).size(13.0),
+                    )
+                    .anchor(anchor)
+                    .color(text_color),
                 );
             }
             p.response()

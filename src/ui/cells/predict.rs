@@ -79,15 +79,29 @@ pub(super) fn predict_ui(
         Loading::Ready(view) => view,
     };
     ui.label(&view.summary);
-    // Every image with its top label; click one for all its probabilities.
-    let items: Vec<(PathBuf, String)> = view
+    // Every image with its label and its three most likely classes as bars (in the class
+    // colours of the legend above); click one for all its probabilities.
+    let items: Vec<widgets::Tile> = view
         .rows
         .iter()
         .map(|(path, label, probs)| {
-            let top = probs.iter().copied().fold(f32::NAN, f32::max);
-            (path.clone(), format!("{label} ({top:.2})"))
+            let top = top_classes(probs, 3);
+            let best = top.first().map_or(f32::NAN, |t| t.1);
+            let hover = top
+                .iter()
+                .map(|&(c, p)| format!("{} {p:.2}", view.labels.get(c).map_or("?", String::as_str)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            widgets::Tile {
+                path: path.clone(),
+                caption: format!("{label} ({best:.2})"),
+                selected: false,
+                top,
+                hover: Some(hover),
+            }
         })
         .collect();
+    legend(ui, &view.labels);
     let inspected = view.inspected.as_ref().map(|i| i.row);
     let mut clicked = None;
     widgets::gallery(
@@ -95,12 +109,15 @@ pub(super) fn predict_ui(
         ("predict-gallery", id),
         &mut app.rt.thumbs,
         items.len(),
-        |k| (items[k].0.clone(), items[k].1.clone(), inspected == Some(k)),
+        |k| widgets::Tile {
+            selected: inspected == Some(k),
+            ..items[k].clone()
+        },
         &mut |k| clicked = Some(k),
     );
     let ctx = ui.ctx().clone();
     if let Some(k) = clicked {
-        let image = items[k].0.clone();
+        let image = items[k].path.clone();
         let run_dir = match app.rt.predict(id) {
             Some(Loading::Ready(view)) => view.run_dir.clone(),
             _ => return,
@@ -137,4 +154,37 @@ pub struct PredictView {
     pub run_dir: PathBuf,
     /// The image open in the inspector.
     pub inspected: Option<Inspected>,
+}
+
+/// The `k` largest probabilities with their class indices, largest first (NaN last).
+fn top_classes(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.retain(|p| !p.1.is_nan());
+    order.truncate(k);
+    order
+}
+
+/// The class colours of the probability bars, in one line.
+fn legend(ui: &mut egui::Ui, labels: &[String]) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label(egui::RichText::new("Bars: the three most likely classes").weak());
+        for (c, l) in labels.iter().enumerate() {
+            let (r, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().rect_filled(r, 2.0, widgets::series_color(c));
+            ui.label(egui::RichText::new(l).small());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_classes_are_largest_first_without_nan() {
+        assert_eq!(
+            super::top_classes(&[0.1, 0.6, f32::NAN, 0.3], 3),
+            vec![(1, 0.6), (3, 0.3), (0, 0.1)]
+        );
+        assert_eq!(super::top_classes(&[0.5, 0.5], 1), vec![(0, 0.5)]);
+    }
 }
