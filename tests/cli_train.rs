@@ -1464,3 +1464,52 @@ fn predict_names_what_it_could_not_use() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
 }
+
+/// A checkpoint file that is there but does not read stops `--resume` with the file named (a
+/// checkpoint without a file list, as older versions wrote); it is never taken for an absent
+/// one and trained past with fresh optimiser moments.
+#[test]
+fn a_damaged_checkpoint_file_stops_the_resume_with_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
+    let runs = tmp.path().join("runs");
+    let args = [
+        "train",
+        path_str(&data),
+        "--mode",
+        "probe",
+        "--solver",
+        "sgd",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "5",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--patience",
+        "1000",
+        "--runs",
+        path_str(&runs),
+        "--json",
+    ];
+    let (status, _) = interrupt_after_first_checkpoint(&args);
+    assert_eq!(status.code(), Some(130));
+    let run_dir = only_run(&runs);
+    let generation = run_dir.join("checkpoint").join(
+        std::fs::read_to_string(run_dir.join("checkpoint/LATEST"))
+            .unwrap()
+            .trim(),
+    );
+    std::fs::remove_file(generation.join("files.json")).ok();
+    std::fs::write(
+        generation.join("optimizer-0.bpk"),
+        b"not an optimiser state",
+    )
+    .unwrap();
+    let out = run(&["train", "--resume", path_str(&run_dir), "--json"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("optimizer-0.bpk is damaged"), "{err}");
+}

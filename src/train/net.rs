@@ -180,30 +180,42 @@ impl Net {
 /// On resume: re-attaches the optimiser state saved with the checkpoint to `net` (rebuilt
 /// from the checkpoint's weights) and loads the best epoch's weights. What is missing (a
 /// checkpoint from an older version) is reported in the returned message, and training goes
-/// on with fresh optimiser moments or without an earlier best.
+/// on with fresh optimiser moments or without an earlier best; a file that is there but does
+/// not read is an error naming it.
 pub(super) fn restore_training_state(
     net: Net,
     config: &TrainConfig,
     optims: &mut [ModuleOptimizer],
     dir: &Path,
     best_epoch: u32,
-) -> (Net, Option<Net>, Option<String>) {
+) -> anyhow::Result<(Net, Option<Net>, Option<String>)> {
+    use anyhow::Context as _;
+    // A file that is absent is an older checkpoint layout (said in the warning); one that is
+    // there but does not read is damaged, and the resume stops with it named.
+    let read = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let path = dir.join(name);
+        match crate::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    let damaged = |name: &str| format!("{} is damaged", dir.join(name).display());
     let mut missing = Vec::new();
-    let ids: Option<BTreeMap<String, u64>> = crate::fs::read(dir.join("param_ids.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let net = match ids {
-        Some(ids) => {
+    let net = match read("param_ids.json")? {
+        Some(b) => {
+            let ids: BTreeMap<String, u64> =
+                serde_json::from_slice(&b).with_context(|| damaged("param_ids.json"))?;
             for (i, o) in optims.iter_mut().enumerate() {
-                let state = crate::fs::read(dir.join(format!("optimizer-{i}.bpk")));
-                let restored = state.ok().and_then(|b| {
-                    optimizer(config)
-                        .from_bytes(burn::tensor::Bytes::from_bytes_vec(b))
-                        .ok()
-                });
-                match restored {
-                    Some(r) => *o = r,
-                    None => missing.push(format!("optimizer-{i}.bpk")),
+                let name = format!("optimizer-{i}.bpk");
+                match read(&name)? {
+                    Some(b) => {
+                        *o = optimizer(config)
+                            .from_bytes(burn::tensor::Bytes::from_bytes_vec(b))
+                            .map_err(|e| anyhow::anyhow!("{e:?}"))
+                            .with_context(|| damaged(&name))?;
+                    }
+                    None => missing.push(name),
                 }
             }
             net.with_param_ids(ids)
@@ -213,20 +225,28 @@ pub(super) fn restore_training_state(
             net
         }
     };
-    let best = (best_epoch > 0)
-        .then(|| crate::fs::read(dir.join("best.safetensors")).ok())
-        .flatten()
-        .and_then(|b| net.valid().with_bytes(&b).ok());
-    if best.is_none() && best_epoch > 0 {
-        missing.push("best.safetensors".to_owned());
-    }
+    let best = match (best_epoch > 0)
+        .then(|| read("best.safetensors"))
+        .transpose()?
+    {
+        Some(Some(b)) => Some(
+            net.valid()
+                .with_bytes(&b)
+                .with_context(|| damaged("best.safetensors"))?,
+        ),
+        Some(None) => {
+            missing.push("best.safetensors".to_owned());
+            None
+        }
+        None => None,
+    };
     let message = (!missing.is_empty()).then(|| {
         format!(
             "the checkpoint has no {}: training goes on with fresh optimiser moments or from the last weights",
             missing.join(", ")
         )
     });
-    (net, best, message)
+    Ok((net, best, message))
 }
 
 /// Walks a module's float parameters by path (`fc.weight`), reading or setting their ids.

@@ -324,7 +324,7 @@ impl<'a> Trainer<'a> {
         let mut best = None;
         if let Some(generation) = &resume_from {
             let restored =
-                restore_training_state(net, config, &mut optims, generation, progress.best_epoch);
+                restore_training_state(net, config, &mut optims, generation, progress.best_epoch)?;
             net = restored.0;
             best = restored.1;
             if let Some(message) = restored.2 {
