@@ -28,7 +28,9 @@ Conventions mirrored by the Rust module:
     (binary task: AUC of class 1);
   * balanced accuracy = balanced_accuracy_score; multi-label: mean over labels
     of balanced_accuracy_score(y[:, k], p[:, k]);
-  * kappa = cohen_kappa_score(y, p, labels=range(K), weights="quadratic").
+  * kappa_quadratic = cohen_kappa_score(y, p, labels=range(K), weights="quadratic")
+    (ordinal); kappa = cohen_kappa_score(y, p, labels=range(K)) (single-label tasks;
+    null where sklearn gives NaN).
 """
 
 import json
@@ -126,6 +128,8 @@ def single_case(name, task, labels, truth, probs, with_roc=False):
         if task == "ordinal"
         else None
     )
+    kappa = float(cohen_kappa_score(truth, pred, labels=list(range(k))))
+    exp["kappa"] = kappa if np.isfinite(kappa) else None
     exp["hamming_loss"] = None
     if with_roc:
         fpr, tpr, _ = roc_curve(truth == 1, probs[:, 1], drop_intermediate=False)
@@ -158,6 +162,7 @@ def multi_label_case(name, labels, truth, probs, threshold=0.5):
     exp["macro_auc"] = float(np.mean(defined)) if defined else None
     exp["confusion"] = None
     exp["kappa_quadratic"] = None
+    exp["kappa"] = None
     exp["hamming_loss"] = float(hamming_loss(truth, pred))
     return {
         "name": name,
@@ -265,7 +270,8 @@ def kappa_cases():
             b[b == absent] = absent + 1
         kappa = cohen_kappa_score(a, b, labels=list(range(k)), weights="quadratic")
         out.append({"n_classes": k, "truth": a.tolist(), "pred": b.tolist(),
-                    "kappa_quadratic": float(kappa)})
+                    "kappa_quadratic": float(kappa),
+                    "kappa": float(cohen_kappa_score(a, b, labels=list(range(k))))})
     return out
 
 

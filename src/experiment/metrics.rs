@@ -124,6 +124,10 @@ pub struct Metrics {
     /// Quadratic weighted Cohen's kappa between true and predicted grade: ordinal task only,
     /// `None` for the other tasks and when undefined (no samples, or a single grade in both).
     pub kappa_quadratic: Option<f64>,
+    /// Cohen's kappa (unweighted) between true and predicted class: single-label tasks,
+    /// `None` for multi-label and when undefined (no samples, or a single class in both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kappa: Option<f64>,
     /// Multi-label task only: fraction of wrong (sample, label) decisions.
     pub hamming_loss: Option<f64>,
     /// Per-class (per-label) metrics, in label order.
@@ -285,6 +289,7 @@ fn empty_metrics(task: Task, labels: &[String]) -> Metrics {
         weighted_f1: 0.0,
         macro_auc: None,
         kappa_quadratic: None,
+        kappa: None,
         hamming_loss: None,
         ci: None,
         calibration: None,
@@ -375,12 +380,13 @@ pub fn evaluate_single(
             .map(|m| (m.support > 0).then_some(m.recall)),
     )
     .unwrap_or(0.0);
+    let truth_idx: Vec<usize> = samples.iter().map(|&(t, _)| t).collect();
     let kappa_quadratic = if task == Task::Ordinal {
-        let truth_idx: Vec<usize> = samples.iter().map(|&(t, _)| t).collect();
         Some(quadratic_kappa(&truth_idx, &preds, k)).filter(|v| v.is_finite())
     } else {
         None
     };
+    let kappa = Some(cohen_kappa(&truth_idx, &preds, k)).filter(|v| v.is_finite());
 
     Metrics {
         task,
@@ -396,6 +402,7 @@ pub fn evaluate_single(
         weighted_f1: averages.weighted_prf[2],
         macro_auc,
         kappa_quadratic,
+        kappa,
         hamming_loss: None,
         ci: None,
         calibration: None,
@@ -488,6 +495,7 @@ pub fn evaluate_multi_label(
         weighted_f1: averages.weighted_prf[2],
         macro_auc,
         kappa_quadratic: None,
+        kappa: None,
         hamming_loss: Some(wrong_decisions as f64 / (n * k) as f64),
         ci: None,
         calibration: None,
@@ -576,6 +584,25 @@ pub fn roc_curve(scores: &[f32], positives: &[bool]) -> Vec<(f64, f64)> {
 /// (as sklearn does with `labels=`); unpaired trailing entries too. Like sklearn, returns NaN
 /// when the kappa is undefined: no pairs, or both ratings always the same single class.
 pub fn quadratic_kappa(truth: &[usize], pred: &[usize], n_classes: usize) -> f64 {
+    weighted_kappa(truth, pred, n_classes, |i, j| {
+        (i.abs_diff(j) * i.abs_diff(j)) as f64
+    })
+}
+
+/// Cohen's kappa between two integer ratings over `n_classes` classes: 1 − Σ w·O / Σ w·E with
+/// weights w = 1 off the diagonal (sklearn
+/// `cohen_kappa_score(truth, pred, labels=range(n_classes))`): agreement beyond chance, for
+/// classes without an order. NaN when undefined, as [`quadratic_kappa`].
+pub fn cohen_kappa(truth: &[usize], pred: &[usize], n_classes: usize) -> f64 {
+    weighted_kappa(truth, pred, n_classes, |i, j| f64::from(u8::from(i != j)))
+}
+
+fn weighted_kappa(
+    truth: &[usize],
+    pred: &[usize],
+    n_classes: usize,
+    weight: impl Fn(usize, usize) -> f64,
+) -> f64 {
     let k = n_classes;
     let mut observed = vec![vec![0u64; k]; k];
     let mut n = 0u64;
@@ -592,7 +619,6 @@ pub fn quadratic_kappa(truth: &[usize], pred: &[usize], n_classes: usize) -> f64
     let pred_marginal: Vec<u64> = (0..k)
         .map(|j| observed.iter().map(|row| row[j]).sum())
         .collect();
-    let weight = |i: usize, j: usize| (i.abs_diff(j) * i.abs_diff(j)) as f64;
     let mut weighted_observed = 0.0;
     let mut weighted_expected = 0.0;
     for i in 0..k {

@@ -45,6 +45,9 @@ pub struct Intervals {
     pub macro_f1: Option<Interval>,
     pub macro_auc: Option<Interval>,
     pub kappa_quadratic: Option<Interval>,
+    /// Cohen's kappa (unweighted).
+    #[serde(default)]
+    pub kappa: Option<Interval>,
 }
 
 /// The metrics of scored predictions with their 95% bootstrap intervals (seeded by `seed`)
@@ -132,7 +135,7 @@ pub fn bootstrap(
         (0..n).map(|i| vec![i]).collect()
     };
     let mut rng = crate::dataset::split::SplitMix64::new(seed);
-    let mut values: [Vec<f64>; 5] = Default::default();
+    let mut values: [Vec<f64>; 6] = Default::default();
     let mut idx = Vec::with_capacity(n * 2);
     for _ in 0..if groups.is_empty() { 0 } else { resamples } {
         idx.clear();
@@ -146,6 +149,7 @@ pub fn bootstrap(
             Some(m.macro_f1),
             m.macro_auc,
             m.kappa_quadratic,
+            m.kappa,
         ];
         for (v, g) in values.iter_mut().zip(got) {
             if let Some(g) = g.filter(|g| g.is_finite()) {
@@ -159,6 +163,7 @@ pub fn bootstrap(
         macro_f1,
         macro_auc,
         kappa_quadratic,
+        kappa,
     ] = values.map(|mut v| percentile_interval(&mut v, level));
     Intervals {
         level,
@@ -170,6 +175,7 @@ pub fn bootstrap(
         macro_f1,
         macro_auc,
         kappa_quadratic,
+        kappa,
     }
 }
 

@@ -96,6 +96,59 @@ fn base_name(p: &str) -> &str {
     p.rsplit(['/', '\\']).next().unwrap_or(p)
 }
 
+/// Rows up to which the headline metrics get bootstrap intervals (each interval scores 1000
+/// resamples of the rows).
+pub const INTERVAL_ROWS: usize = 50_000;
+
+/// The metrics of scored rows with 95% bootstrap intervals (resampling patients when every row
+/// has one, else rows; seeded, so a file always gives the same intervals) and, for one class
+/// per image, their calibration. Above [`INTERVAL_ROWS`] rows, without intervals.
+fn with_intervals(
+    task: Task,
+    labels: &[String],
+    targets: &[metrics::Target],
+    patients: &[Option<String>],
+    probs: &[Vec<f32>],
+) -> Metrics {
+    if targets.len() <= INTERVAL_ROWS {
+        let patients: Vec<Option<String>> = if patients.len() == targets.len() {
+            patients.to_vec()
+        } else {
+            vec![None; targets.len()]
+        };
+        return crate::experiment::uncertainty::score(task, labels, targets, &patients, probs, 7);
+    }
+    log::info!(
+        "{} rows: no bootstrap intervals above {INTERVAL_ROWS} rows",
+        targets.len()
+    );
+    if task == Task::MultiLabel {
+        let truth: Vec<Vec<bool>> = targets
+            .iter()
+            .map(|t| match t {
+                metrics::Target::Multi(f) => f.clone(),
+                metrics::Target::Class(c) => (0..labels.len()).map(|j| j == *c).collect(),
+            })
+            .collect();
+        return metrics::evaluate_multi_label(
+            labels,
+            &truth,
+            probs,
+            crate::model::decision::MULTI_LABEL_THRESHOLD,
+        );
+    }
+    let truth: Vec<usize> = targets
+        .iter()
+        .map(|t| match t {
+            metrics::Target::Class(c) => *c,
+            metrics::Target::Multi(_) => 0,
+        })
+        .collect();
+    let mut m = metrics::evaluate_single(task, labels, &truth, probs);
+    m.calibration = crate::experiment::uncertainty::calibration(&truth, probs, 10);
+    m
+}
+
 pub fn evaluate_csv(
     predictions: &Path,
     truth_csv: Option<&Path>,
@@ -284,15 +337,8 @@ pub fn evaluate_csv(
                 labels.iter().map(|l| set.contains(l)).collect()
             })
             .collect();
-        (
-            metrics::evaluate_multi_label(
-                &labels,
-                &t,
-                &probs,
-                crate::model::decision::MULTI_LABEL_THRESHOLD,
-            ),
-            None,
-        )
+        let targets: Vec<metrics::Target> = t.into_iter().map(metrics::Target::Multi).collect();
+        (with_intervals(task, &labels, &targets, &[], &probs), None)
     } else {
         let mut t = Vec::with_capacity(keep.len());
         for &i in &keep {
@@ -304,8 +350,16 @@ pub fn evaluate_csv(
                 )
             })?);
         }
-        let m = metrics::evaluate_single(task, &labels, &t, &probs);
-        let pm = column(&df, "patient")
+        let patient_col = column(&df, "patient");
+        let patients: Vec<Option<String>> = match &patient_col {
+            Some(p) if keep.iter().all(|&i| !p[i].is_empty()) => {
+                keep.iter().map(|&i| Some(p[i].clone())).collect()
+            }
+            _ => Vec::new(),
+        };
+        let targets: Vec<metrics::Target> = t.iter().map(|&c| metrics::Target::Class(c)).collect();
+        let m = with_intervals(task, &labels, &targets, &patients, &probs);
+        let pm = patient_col
             .filter(|p| keep.iter().all(|&i| !p[i].is_empty()))
             .map(|p| {
                 let patients: Vec<&str> = keep.iter().map(|&i| p[i].as_str()).collect();
@@ -343,6 +397,35 @@ mod tests {
         2.png,b,0.2,0.8\n\
         3.png,a,0.4,0.6\n\
         4.png,b,0.3,0.7\n";
+
+    /// The headline numbers come with bootstrap intervals (over patients when every row has
+    /// one) and calibration, as a run's `metrics.json` has them; kappa for unordered classes.
+    #[test]
+    fn headline_metrics_have_intervals_calibration_and_kappa() {
+        let mut text = String::from("path,patient,truth,p_a,p_b,p_c\n");
+        for i in 0..60 {
+            let truth = ["a", "b", "c"][i % 3];
+            let p = match (i % 3, i % 7 == 0) {
+                (0, false) => "0.7,0.2,0.1",
+                (1, false) => "0.2,0.6,0.2",
+                (2, false) => "0.1,0.3,0.6",
+                _ => "0.2,0.2,0.6",
+            };
+            text.push_str(&format!("{i}.png,P{},{truth},{p}\n", i / 4));
+        }
+        let e = eval(&text).unwrap();
+        let m = &e.metrics;
+        let ci = m.ci.as_ref().expect("intervals");
+        assert_eq!((ci.unit.as_str(), ci.units), ("patients", 15));
+        assert!(ci.accuracy.unwrap().contains(m.accuracy));
+        assert!(ci.macro_f1.unwrap().contains(m.macro_f1));
+        let kappa = m.kappa.expect("kappa for multi-class");
+        assert!(ci.kappa.unwrap().contains(kappa));
+        assert!(m.calibration.as_ref().is_some_and(|c| c.ece.is_finite()));
+        // Without patient ids, images are resampled.
+        let e = eval(GOOD).unwrap();
+        assert_eq!(e.metrics.ci.as_ref().unwrap().unit, "images");
+    }
 
     #[test]
     fn bad_probabilities_are_listed_by_line_and_left_out_of_the_metrics() {

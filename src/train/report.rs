@@ -69,6 +69,12 @@ pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
         "macro ROC AUC",
         with_interval(m.macro_auc, ci.and_then(|c| c.macro_auc)),
     );
+    if m.kappa.is_some() {
+        row(
+            "Cohen's kappa",
+            with_interval(m.kappa, ci.and_then(|c| c.kappa)),
+        );
+    }
     if m.kappa_quadratic.is_some() {
         row(
             "quadratic kappa",
@@ -85,7 +91,7 @@ pub fn metrics_tables(title: &str, m: &Metrics) -> Vec<Table> {
         row(
             "temperature scaling",
             format!(
-                "T = {:.3}, fitted on the validation side; calibration error {:.4} before",
+                "T = {:.3}, fitted on held-out predictions; calibration error {:.4} before",
                 t.temperature, t.ece_before
             ),
         );

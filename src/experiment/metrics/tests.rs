@@ -394,6 +394,7 @@ fn check_against(m: &Metrics, exp: &Value, case: &str) {
         opt_f(e("kappa_quadratic")),
         &at("kappa_quadratic"),
     );
+    close_opt(m.kappa, opt_f(e("kappa")), &at("kappa"));
     close_opt(
         m.hamming_loss,
         opt_f(e("hamming_loss")),
@@ -457,6 +458,11 @@ fn matches_sklearn_fixture() {
             quadratic_kappa(&truth, &pred, k),
             f(&kc["kappa_quadratic"]),
             &format!("kappa_cases[{i}]"),
+        );
+        close(
+            cohen_kappa(&truth, &pred, k),
+            f(&kc["kappa"]),
+            &format!("kappa_cases[{i}] (unweighted)"),
         );
     }
 }
