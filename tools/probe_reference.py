@@ -9,8 +9,9 @@ exactly the same features and folds:
     /tmp/probe-venv/bin/python tools/probe_reference.py /tmp/features.csv
 
 Per fold: StandardScaler + LogisticRegression (multinomial, L-BFGS), C chosen on an inner
-stratified 80/20 split of the fold's training side by accuracy, refitted on the whole
-training side, scored once on the fold. Development tool only; never needed at run time.
+stratified 80/20 split of the fold's training side by accuracy (or, with
+`--select cv-logloss`, C and class weighting by the pooled log loss of 3 inner folds),
+refitted on the whole training side, scored once on the fold. Development tool only; never needed at run time.
 """
 
 import argparse
@@ -41,6 +42,29 @@ def fit(x, y, c, class_weight):
     return scaler, model.fit(scaler.transform(x), y)
 
 
+def choose_by_inner_log_loss(x, y, grid, seed):
+    """C and class weighting with the lowest log loss of the pooled held-out predictions of
+    3 stratified inner folds (standardised on each inner training part)."""
+    labels = np.unique(y)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(x, y))
+    best = None
+    for weighting in [None, "balanced"]:
+        for c in grid:
+            loss = 0.0
+            for inner, held in folds:
+                scaler, m = fit(x[inner], y[inner], c, weighting)
+                p = np.full((len(held), len(labels)), 1e-12)
+                p[:, np.searchsorted(labels, m.classes_)] = m.predict_proba(
+                    scaler.transform(x[held])
+                )
+                truth = np.searchsorted(labels, y[held])
+                loss -= np.log(np.maximum(p[np.arange(len(held)), truth], 1e-12)).sum()
+            loss /= len(y)
+            if best is None or loss < best[0]:
+                best = (loss, c, weighting)
+    return best[1], best[2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("features", help="CSV from cellbench train --export-features")
@@ -53,6 +77,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", default="0.001,0.003,0.01,0.03,0.1,0.3,1,3")
     ap.add_argument("--class-weight", default="none", choices=["none", "balanced"])
+    ap.add_argument(
+        "--select",
+        default="split",
+        choices=["split", "cv-logloss"],
+        help="split: C by accuracy on an inner stratified 80/20 split; cv-logloss: C and class "
+        "weighting (none/balanced) by the pooled log loss of 3 inner stratified folds, as "
+        "cellbench's default probe chooses",
+    )
     a = ap.parse_args()
     x, y, folds = load(a.features)
     grid = [float(v) for v in a.grid.split(",")]
@@ -67,6 +99,15 @@ def main():
         source = "StratifiedKFold"
     acc, bal, f1, chosen = [], [], [], []
     for train, test in splits:
+        if a.select == "cv-logloss":
+            c, weighting = choose_by_inner_log_loss(x[train], y[train], grid, a.seed)
+            chosen.append((c, weighting))
+            scaler, m = fit(x[train], y[train], c, weighting)
+            p = m.predict(scaler.transform(x[test]))
+            acc.append(accuracy_score(y[test], p))
+            bal.append(balanced_accuracy_score(y[test], p))
+            f1.append(f1_score(y[test], p, average="macro", labels=np.unique(y)))
+            continue
         # Inner 80/20 split, stratified where every class has two images.
         _, counts = np.unique(y[train], return_counts=True)
         strat = y[train] if counts.min() >= 2 else None
