@@ -689,9 +689,47 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.run_steps(3);
     harness.get_by_label_contains("8 images · 2 labels · 2 patients");
+    harness.get_by_label_contains("8 of 8 listed images found and usable");
     let saved = harness.state().notebook.workbook.clone();
     let toml = toml::to_string(&saved).unwrap();
     assert!(toml.contains("path_column = \"specimen\""), "{toml}");
+
+    // The images moved to a folder of their own, named relative to the workbook: found there
+    // (not in the directory the workbench was started from).
+    let images = tmp.path().join("scans");
+    std::fs::create_dir(&images).unwrap();
+    let other = tmp.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    for e in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+        if e.path()
+            .extension()
+            .is_some_and(|x| x == "jpg" || x == "jpeg" || x == "png" || x == "bmp")
+        {
+            std::fs::rename(e.path(), images.join(e.file_name())).unwrap();
+        }
+    }
+    let moved = other.join("labels.csv");
+    std::fs::rename(&csv, &moved).unwrap();
+    set_dataset_path(&mut harness, &moved);
+    if let Some(CellKind::Dataset { options, .. }) = harness
+        .state_mut()
+        .notebook
+        .workbook
+        .cells
+        .iter_mut()
+        .find(|c| c.id == dataset)
+        .map(|c| &mut c.kind)
+    {
+        options.images = Some("scans".into());
+    }
+    harness.state_mut().notebook.push(Command::RunCell(dataset));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.run_steps(3);
+    harness.get_by_label_contains("8 images · 2 labels · 2 patients");
+    harness.get_by_label_contains(&format!(
+        "8 of 8 listed images found and usable under {}",
+        images.display()
+    ));
 }
 
 #[test]

@@ -381,9 +381,45 @@ pub fn resolve_path(stored: &str, base: &Path) -> PathBuf {
     }
 }
 
+/// A Dataset cell's options with their paths (a CSV's images folder) resolved against the
+/// workbook folder, as the cell's own path is: the GUI and `cellbench run` open the same files.
+pub fn resolve_options(
+    options: &crate::dataset::OpenOptions,
+    base: &Path,
+) -> crate::dataset::OpenOptions {
+    let mut resolved = options.clone();
+    resolved.images = options
+        .images
+        .as_ref()
+        .map(|p| resolve_path(&p.to_string_lossy(), base));
+    resolved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relative images folder is the workbook folder's, never the current directory's.
+    #[test]
+    fn options_resolve_against_the_workbook_folder() {
+        let options = crate::dataset::OpenOptions {
+            images: Some("scans/images".into()),
+            ..Default::default()
+        };
+        let base = Path::new("/books");
+        assert_eq!(
+            resolve_options(&options, base).images,
+            Some(PathBuf::from("/books/scans/images"))
+        );
+        let absolute = crate::dataset::OpenOptions {
+            images: Some("/data/x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_options(&absolute, base).images,
+            Some(PathBuf::from("/data/x"))
+        );
+    }
 
     #[test]
     fn toml_round_trip_is_readable() {

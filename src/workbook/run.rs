@@ -44,8 +44,11 @@ pub fn run_workbook(
         match book.cells[i].kind.clone() {
             CellKind::Note { text } => out(Output::Text(title, text)),
             CellKind::Dataset { path: p, options } => {
-                let m =
-                    crate::dataset::open(&resolve_path(&p, &base), &options).with_context(ctx)?;
+                let m = crate::dataset::open(
+                    &resolve_path(&p, &base),
+                    &super::resolve_options(&options, &base),
+                )
+                .with_context(ctx)?;
                 out(Output::Text(
                     title,
                     format!("{} images from {}", m.records.len(), m.source.display()),
@@ -119,7 +122,9 @@ pub fn run_workbook(
                     .and_then(|d| book.position(d))
                     .map(|p| &book.cells[p].kind)
                 {
-                    Some(CellKind::Dataset { options, .. }) => options.clone(),
+                    Some(CellKind::Dataset { options, .. }) => {
+                        super::resolve_options(options, &base)
+                    }
                     _ => Default::default(),
                 };
                 let job = crate::train::engine::TrainJob {

@@ -98,6 +98,27 @@ pub(super) fn dataset_ui(
         s.format.description(),
         problems
     ));
+    // A manifest: how many of its rows found a usable image (the import's first check).
+    if matches!(
+        manifest.format,
+        DatasetFormat::Csv | DatasetFormat::Nih | DatasetFormat::Retina
+    ) {
+        let usable = manifest
+            .records
+            .iter()
+            .filter(|r| r.problem.is_none())
+            .count();
+        let text = format!(
+            "{usable} of {} listed images found and usable under {}",
+            manifest.records.len(),
+            manifest.root.display()
+        );
+        if usable == manifest.records.len() {
+            ui.label(text);
+        } else {
+            ui.colored_label(STALE_COLOR, text);
+        }
+    }
     // The layout may not be what class folders look like: say so before anything trains.
     let mut open_csv: Option<String> = None;
     for p in &data.report.problems {
@@ -109,9 +130,9 @@ pub(super) fn dataset_ui(
             STALE_COLOR,
             format!(
                 "Check the layout: {} ({}): {}",
-                p.description,
+                in_cell_words(&p.description),
                 p.count,
-                p.examples.join("; ")
+                in_cell_words(&p.examples.join("; "))
             ),
         );
         if p.kind == K::UnusedCsv {
@@ -264,10 +285,19 @@ pub(super) fn dataset_ui(
             .show(ui, |ui| {
                 for p in &data.report.problems {
                     ui.label(
-                        egui::RichText::new(format!("{} × {}", p.count, p.description)).strong(),
+                        egui::RichText::new(format!(
+                            "{} × {}",
+                            p.count,
+                            in_cell_words(&p.description)
+                        ))
+                        .strong(),
                     );
                     for e in &p.examples {
-                        ui.label(egui::RichText::new(format!("   {e}")).monospace().small());
+                        ui.label(
+                            egui::RichText::new(format!("   {}", in_cell_words(e)))
+                                .monospace()
+                                .small(),
+                        );
                     }
                 }
             });
@@ -374,6 +404,10 @@ pub fn in_cell_words(error: &str) -> String {
             "choose the Patient column above",
         ),
         ("--image-pattern", "the File name of an id field"),
+        (
+            "give the images folder with --images",
+            "choose the Images folder above",
+        ),
     ]
     .iter()
     .fold(error.to_owned(), |e, (flag, field)| e.replace(flag, field))
@@ -486,14 +520,17 @@ fn csv_import_ui(
                     .desired_width(260.0)
                     .hint_text("the CSV's folder"),
             )
-            .on_hover_text("Where the images are looked up (by path, or by file name in any subfolder)")
+            .on_hover_text("Where the images are looked up (by path, or by file name in any subfolder); a relative folder is the workbook's")
             .changed()
         {
             options.images = (!folder.trim().is_empty()).then(|| folder.trim().into());
         }
         if widgets::DESKTOP && ui.button("Browse…").clicked() {
             match widgets::pick(widgets::folder_dialog) {
-                widgets::Picked::Path(dir) => options.images = Some(dir),
+                widgets::Picked::Path(dir) => {
+                    // Stored as the cell's path is: relative to the workbook when inside it.
+                    options.images = Some(crate::workbook::stored_path(&dir, &app.base_dir()).into());
+                }
                 widgets::Picked::Unavailable => app.rt.note(true, widgets::NO_DIALOG),
                 widgets::Picked::Cancelled => {}
             }

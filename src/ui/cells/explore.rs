@@ -134,7 +134,17 @@ pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
             .show(ui, |p| p.bar_chart(BarChart::new("patients", bars)));
     }
     ui.add_space(6.0);
-    let tables: Vec<Table> = report.tables();
+    // In the cell's words: the problems name its fields, not the command line's flags.
+    let tables: Vec<Table> = report
+        .tables()
+        .into_iter()
+        .map(|mut t| {
+            for cell in t.rows.iter_mut().flatten() {
+                *cell = super::in_cell_words(cell);
+            }
+            t
+        })
+        .collect();
     let ex = app.rt.explore_ui_or_insert_with(id, Default::default);
     for (t, table) in tables.iter().enumerate().skip(1) {
         let sort = ex.sort.entry(t).or_insert((usize::MAX, false));

@@ -111,7 +111,7 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
                 return;
             }
             let full = resolve_path(&path, &base);
-            let opts = options.clone();
+            let opts = crate::workbook::resolve_options(&options, &base);
             let generation = app.rt.next_generation();
             let task = BgTask::spawn(ctx, "open-dataset", move || {
                 let manifest = crate::dataset::open(&full, &opts).map_err(|e| format!("{e:#}"))?;
@@ -326,7 +326,7 @@ fn start_training(
     let options = app
         .rt
         .dataset(data.dataset.0)
-        .map(|d| d.source.1.clone())
+        .map(|d| crate::workbook::resolve_options(&d.source.1, &app.base_dir()))
         .unwrap_or_default();
     let runs_root = app.runs_dir();
     // Only the browser computes features ahead of the run (see `FeaturePrefetch`).
