@@ -66,8 +66,8 @@ pub struct DatasetFile {
     /// The split the run was given (record path → side), when it was given one.
     #[serde(default)]
     pub splits: Option<std::collections::BTreeMap<String, crate::dataset::Split>>,
-    /// A digest of the images, labels and sides training saw
-    /// ([`crate::train::data::Prepared::fingerprint`]); absent in runs of older versions.
+    /// A digest of the images, labels and sides training saw (computed by training from its
+    /// prepared data); absent in runs of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
 }
