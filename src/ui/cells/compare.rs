@@ -23,6 +23,8 @@ pub struct CompareRuntime {
 #[derive(Default)]
 pub struct Compared {
     pub runs: Vec<RunSummary>,
+    /// Each run's test side (scored once), where it has one, in the order of `runs`.
+    pub tests: Vec<Option<crate::experiment::metrics::Metrics>>,
     pub cross_validations: Vec<(String, crate::experiment::cv::CvSummary)>,
 }
 
@@ -41,7 +43,11 @@ pub(super) fn load_summaries(
                     out.cross_validations.push((id.clone(), s));
                 }
             } else if let Ok(s) = crate::runs::view::load_summary(&root, id) {
+                let test = crate::runs::MetricsFile::read(&root.join(id))
+                    .ok()
+                    .and_then(|m| m.test);
                 out.runs.push(s);
+                out.tests.push(test);
             }
         }
         Ok(out)
@@ -64,14 +70,173 @@ fn choices(ui: &mut egui::Ui, ids: &[String], chosen: &mut Vec<String>) {
     });
 }
 
+/// The colour of a best value.
+const BEST: egui::Color32 = egui::Color32::from_rgb(46, 160, 67);
+
+/// `0.812 [0.769, 0.852]`, or the value alone without an interval.
+fn interval(v: Option<f64>, ci: Option<crate::experiment::uncertainty::Interval>) -> String {
+    match (v, ci) {
+        (Some(v), Some(i)) => format!("{v:.3} [{:.3}, {:.3}]", i.low, i.high),
+        (Some(v), None) => format!("{v:.3}"),
+        (None, _) => "-".into(),
+    }
+}
+
+type Metrics = crate::experiment::metrics::Metrics;
+
+/// A column of the reported numbers: name, higher is better, value, interval.
+type Col = (
+    &'static str,
+    bool,
+    fn(&Metrics) -> Option<f64>,
+    fn(
+        &crate::experiment::uncertainty::Intervals,
+    ) -> Option<crate::experiment::uncertainty::Interval>,
+);
+
+fn columns() -> [Col; 6] {
+    [
+        ("accuracy", true, |m| Some(m.accuracy), |c| c.accuracy),
+        (
+            "balanced acc.",
+            true,
+            |m| Some(m.balanced_accuracy),
+            |c| c.balanced_accuracy,
+        ),
+        ("macro F1", true, |m| Some(m.macro_f1), |c| c.macro_f1),
+        ("macro AUC", true, |m| m.macro_auc, |c| c.macro_auc),
+        (
+            "kappa",
+            true,
+            |m| m.kappa_quadratic.or(m.kappa),
+            |c| c.kappa_quadratic.or(c.kappa),
+        ),
+        (
+            "calibration error",
+            false,
+            |m| m.calibration.as_ref().map(|c| c.ece),
+            |_| None,
+        ),
+    ]
+}
+
+/// What each run reports: its test side when it has one, else its validation side.
+fn reported_sides<'a>(
+    runs: &'a [RunSummary],
+    tests: &'a [Option<Metrics>],
+) -> Vec<(&'static str, Option<&'a Metrics>)> {
+    runs.iter()
+        .zip(tests)
+        .map(|(r, t)| match t {
+            Some(t) => ("test (scored once)", Some(t)),
+            None => ("validation (chose the model)", r.val.as_ref()),
+        })
+        .collect()
+}
+
+/// The best value of each column over the reported sides (`None` everywhere unless `rank`).
+fn best_values(
+    cols: &[Col],
+    sides: &[(&'static str, Option<&Metrics>)],
+    rank: bool,
+) -> Vec<Option<f64>> {
+    cols.iter()
+        .map(|(_, higher, f, _)| {
+            let vals = sides.iter().filter_map(|(_, m)| m.and_then(f));
+            rank.then(|| {
+                if *higher {
+                    vals.fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    vals.fold(f64::INFINITY, f64::min)
+                }
+            })
+        })
+        .collect()
+}
+
+/// The runs' reported numbers: each run's test side (scored once by the model its selection
+/// chose), with 95% bootstrap intervals and calibration error, the best per column marked
+/// when every run has one and the runs are comparable. A run without a test side shows its
+/// validation numbers, which chose its model: then nothing is ranked.
+fn reported_ui(
+    ui: &mut egui::Ui,
+    id: u64,
+    runs: &[RunSummary],
+    tests: &[Option<crate::experiment::metrics::Metrics>],
+) {
+    let sides = reported_sides(runs, tests);
+    let all_tested = tests.iter().all(Option::is_some);
+    let rank = all_tested && runs.len() > 1 && RunSummary::incomparable(runs).is_none();
+    ui.label(
+        egui::RichText::new(if rank {
+            "Reported numbers: each run's test side with 95% bootstrap intervals (best per column in green)"
+        } else if all_tested {
+            "Reported numbers: each run's test side with 95% bootstrap intervals"
+        } else {
+            "Reported numbers: test sides where runs have one, else validation (which chose the model, so optimistic); not ranked"
+        })
+        .strong(),
+    );
+    let cols = columns();
+    let best = best_values(&cols, &sides, rank);
+    egui::Grid::new(("cmp-reported", id))
+        .striped(true)
+        .spacing([16.0, 3.0])
+        .show(ui, |ui| {
+            ui.strong("run");
+            ui.strong("scored on");
+            ui.strong("images");
+            for (name, ..) in &cols {
+                ui.strong(*name);
+            }
+            ui.end_row();
+            for (r, (side, m)) in runs.iter().zip(&sides) {
+                ui.label(&r.id);
+                ui.label(*side);
+                ui.label(m.map_or("-".into(), |m| m.n.to_string()));
+                for ((_, _, f, c), b) in cols.iter().zip(&best) {
+                    let v = m.and_then(f);
+                    let text =
+                        egui::RichText::new(interval(v, m.and_then(|m| m.ci.as_ref()).and_then(c)));
+                    if v.is_some_and(|v| b.is_some_and(|b| (b - v).abs() < 1e-12)) {
+                        ui.label(text.color(BEST).strong());
+                    } else {
+                        ui.label(text);
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    ui.add_space(6.0);
+}
+
 /// Cross-validations side by side: mean ± sd per metric, and the folds around each mean.
 fn cross_validations_ui(
     ui: &mut egui::Ui,
     id: u64,
     cvs: &[(String, crate::experiment::cv::CvSummary)],
 ) {
-    ui.strong("Cross-validations: mean ± sd over folds (each image scored once)");
+    // Cross-validations of the same images are ranked by their held-out means.
+    let rank = cvs.len() > 1
+        && cvs
+            .iter()
+            .all(|(_, s)| s.images.iter().sum::<u64>() == cvs[0].1.images.iter().sum::<u64>());
+    ui.strong(if rank {
+        "Cross-validations: mean ± sd over folds (each image scored once), best mean in green; pooled held-out predictions with 95% bootstrap intervals"
+    } else {
+        "Cross-validations: mean ± sd over folds (each image scored once); pooled held-out predictions with 95% bootstrap intervals"
+    });
     let keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"];
+    let best: Vec<Option<f64>> = keys
+        .iter()
+        .map(|k| {
+            rank.then(|| {
+                cvs.iter()
+                    .filter_map(|(_, s)| s.metrics.get(*k).map(|m| m.mean))
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+        })
+        .collect();
     egui::Grid::new(("cmp-cv", id))
         .striped(true)
         .num_columns(3 + keys.len())
@@ -82,18 +247,43 @@ fn cross_validations_ui(
             for k in keys {
                 ui.strong(widgets::metric_title(k));
             }
+            ui.strong("pooled accuracy");
+            ui.strong("pooled macro F1");
+            ui.strong("pooled kappa");
             ui.end_row();
             for (name, s) in cvs {
                 ui.label(name);
                 ui.label(s.folds.to_string());
                 ui.label(s.images.iter().sum::<u64>().to_string());
-                for k in keys {
-                    ui.label(
-                        s.metrics
-                            .get(k)
-                            .map_or("-".into(), |m| format!("{:.3} ± {:.3}", m.mean, m.sd)),
-                    );
+                for (k, b) in keys.iter().zip(&best) {
+                    match s.metrics.get(*k) {
+                        Some(m) => {
+                            let text = egui::RichText::new(format!("{:.3} ± {:.3}", m.mean, m.sd));
+                            if b.is_some_and(|b| (b - m.mean).abs() < 1e-12) {
+                                ui.label(text.color(BEST).strong());
+                            } else {
+                                ui.label(text);
+                            }
+                        }
+                        None => {
+                            ui.label("-");
+                        }
+                    }
                 }
+                let pooled = s.pooled.as_ref();
+                let ci = pooled.and_then(|m| m.ci.as_ref());
+                ui.label(pooled.map_or("-".into(), |m| {
+                    interval(Some(m.accuracy), ci.and_then(|c| c.accuracy))
+                }));
+                ui.label(pooled.map_or("-".into(), |m| {
+                    interval(Some(m.macro_f1), ci.and_then(|c| c.macro_f1))
+                }));
+                ui.label(pooled.map_or("-".into(), |m| {
+                    interval(
+                        m.kappa_quadratic.or(m.kappa),
+                        ci.and_then(|c| c.kappa_quadratic.or(c.kappa)),
+                    )
+                }));
                 ui.end_row();
             }
         });
@@ -141,6 +331,7 @@ pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &
     if !loaded.cross_validations.is_empty() {
         cross_validations_ui(ui, id, &loaded.cross_validations);
     }
+    let tests = &loaded.tests;
     let loaded = &loaded.runs;
     if loaded.is_empty() {
         return;
@@ -199,5 +390,66 @@ pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &
             );
         });
     });
+    reported_ui(ui, id, loaded, tests);
     widgets::compare_table(ui, ("cmp-table", id), loaded);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(right: usize) -> Metrics {
+        let labels = vec!["a".to_owned(), "b".to_owned()];
+        let targets: Vec<crate::experiment::metrics::Target> = (0..20)
+            .map(|i| crate::experiment::metrics::Target::Class(i % 2))
+            .collect();
+        let probs: Vec<Vec<f32>> = (0..20)
+            .map(|i| {
+                let correct = i < right;
+                let p = if (i % 2 == 1) == correct { 0.8 } else { 0.2 };
+                vec![1.0 - p, p]
+            })
+            .collect();
+        crate::experiment::uncertainty::score(
+            crate::experiment::metrics::Task::Binary,
+            &labels,
+            &targets,
+            &[],
+            &probs,
+            7,
+        )
+    }
+
+    fn run(id: &str, val: Metrics) -> RunSummary {
+        RunSummary {
+            id: id.into(),
+            config: Default::default(),
+            state: crate::runs::RunState::Finished,
+            state_message: None,
+            device: None,
+            curves: Vec::new(),
+            val: Some(val),
+            best_epoch: Some(1),
+            dataset_root: None,
+            task: None,
+            labels: Vec::new(),
+        }
+    }
+
+    /// The best run is the one with the best test side, not the best validation side (which
+    /// chose each model), and nothing is ranked when a run has no test side.
+    #[test]
+    fn best_is_marked_on_the_test_sides() {
+        let runs = [run("a", scored(19)), run("b", scored(12))];
+        let tests = [Some(scored(11)), Some(scored(17))];
+        let sides = reported_sides(&runs, &tests);
+        assert!(sides.iter().all(|(s, _)| s.starts_with("test")));
+        let cols = columns();
+        let best = best_values(&cols, &sides, true);
+        assert_eq!(best[0], Some(tests[1].as_ref().unwrap().accuracy));
+        assert!(tests[1].as_ref().unwrap().ci.is_some(), "with intervals");
+        let partial = [Some(scored(11)), None];
+        let sides = reported_sides(&runs, &partial);
+        assert_eq!(sides[1].0, "validation (chose the model)");
+    }
 }

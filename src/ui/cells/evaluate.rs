@@ -114,7 +114,7 @@ pub(super) fn evaluate_ui(
     if let Some(t) = &data.test {
         ui.label(
             egui::RichText::new(format!(
-                "Test side (scored once, with the weights the validation side chose), {} images · {}",
+                "Test side (scored once, by the model the selection chose), {} images · {}",
                 t.n,
                 headline(t)
             ))
@@ -192,7 +192,7 @@ pub(super) fn evaluate_ui(
                 reliability_ui(ui, id, c);
                 if let Some(t) = &m.temperature {
                     ui.label(format!(
-                        "Temperature scaling: T = {:.2}, fitted on the validation side; calibration error {:.3} before",
+                        "Temperature scaling: T = {:.2}, fitted on held-out predictions; calibration error {:.3} before",
                         t.temperature, t.ece_before
                     ))
                     .on_hover_text(&t.fitted_on);
@@ -382,6 +382,9 @@ fn headline(m: &crate::experiment::metrics::Metrics) -> String {
     ];
     if let Some(a) = m.macro_auc {
         parts.push(with("macro AUC", a, ci.and_then(|c| c.macro_auc.as_ref())));
+    }
+    if let Some(k) = m.kappa {
+        parts.push(with("kappa", k, ci.and_then(|c| c.kappa.as_ref())));
     }
     if let Some(k) = m.kappa_quadratic {
         parts.push(with(
