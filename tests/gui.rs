@@ -821,7 +821,7 @@ fn cross_validation_runs_from_the_train_cell() {
     }
     harness.run_steps(2);
     wait_until_settled(&mut harness, Duration::from_secs(30));
-    harness.get_by_label("Cross-validations: mean ± sd over folds (each image scored once)");
+    harness.get_by_label_contains("Cross-validations: mean ± sd over folds (each image scored once)");
     assert_eq!(
         harness
             .get_all_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd))
