@@ -241,7 +241,16 @@ fn notebook_runs_every_cell_on_real_cells() {
     // Compare: pick the run.
     harness.get_by_label(&run_id).click();
     wait_until_settled(&mut harness, Duration::from_secs(30));
-    harness.get_by_label("Validation metrics (best per column in green)");
+    harness.get_by_label("Validation metrics (the side that chose each run's epoch: not ranked)");
+    // Its markers are drawn even for the probe's one epoch (a point, not an empty plot).
+    assert!(
+        harness
+            .state()
+            .notebook
+            .rt
+            .compares()
+            .any(|(_, c)| matches!(&c.loaded, cellbench::ui::cells::Loading::Ready(l) if l.runs.iter().any(|r| r.curves.len() == 1)))
+    );
     harness.get_by_label("Configurations");
 
     // A Note renders its markdown: bold without its asterisks.
@@ -821,7 +830,8 @@ fn cross_validation_runs_from_the_train_cell() {
     }
     harness.run_steps(2);
     wait_until_settled(&mut harness, Duration::from_secs(30));
-    harness.get_by_label_contains("Cross-validations: mean ± sd over folds (each image scored once)");
+    harness
+        .get_by_label_contains("Cross-validations: mean ± sd over folds (each image scored once)");
     assert_eq!(
         harness
             .get_all_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd))

@@ -54,7 +54,8 @@ pub struct ModelInfo {
     /// [`super::extractor::FeatureKind`]).
     #[serde(default)]
     pub multiscale: bool,
-    /// Single-label tasks: the temperature fitted on the validation side (`--calibrate`);
+    /// Single-label tasks: the temperature fitted on held-out predictions (`--calibrate`: the
+    /// probe's inner folds, or an epoch-trained head's validation side);
     /// every prediction's probabilities are `softmax(logits / temperature)`.
     #[serde(default)]
     pub temperature: Option<f32>,

@@ -110,81 +110,57 @@ pub fn shorten(text: &str, max: usize) -> Option<String> {
     })
 }
 
-/// Metrics of several runs with the best value per column marked, and their configs.
+/// Validation metrics of several runs, and their configs. Not ranked: the validation side chose
+/// each run's kept epoch and settings, so its best would flatter (the reported numbers are
+/// ranked in the Compare cell's table of test sides).
 pub fn compare_table(
     ui: &mut egui::Ui,
     id: impl std::hash::Hash + std::fmt::Debug + Copy,
     runs: &[RunSummary],
 ) {
-    type Col = (&'static str, bool, fn(&RunSummary) -> Option<f64>);
+    type Col = (&'static str, fn(&RunSummary) -> Option<f64>);
     let cols: [Col; 6] = [
-        ("accuracy", true, |r| r.val.as_ref().map(|m| m.accuracy)),
-        ("balanced acc.", true, |r| {
+        ("accuracy", |r| r.val.as_ref().map(|m| m.accuracy)),
+        ("balanced acc.", |r| {
             r.val.as_ref().map(|m| m.balanced_accuracy)
         }),
-        ("macro F1", true, |r| r.val.as_ref().map(|m| m.macro_f1)),
-        ("macro AUC", true, |r| {
-            r.val.as_ref().and_then(|m| m.macro_auc)
-        }),
-        ("val loss", false, |r| r.val.as_ref().and_then(|m| m.loss)),
-        ("best epoch", false, |r| r.best_epoch.map(f64::from)),
+        ("macro F1", |r| r.val.as_ref().map(|m| m.macro_f1)),
+        ("macro AUC", |r| r.val.as_ref().and_then(|m| m.macro_auc)),
+        ("val loss", |r| r.val.as_ref().and_then(|m| m.loss)),
+        ("best epoch", |r| r.best_epoch.map(f64::from)),
     ];
-    // Runs of different datasets or tasks are shown side by side, never ranked.
-    let incomparable = RunSummary::incomparable(runs);
-    if let Some(why) = &incomparable {
+    // Runs of different datasets or tasks are shown side by side and said to be so.
+    if let Some(why) = RunSummary::incomparable(runs) {
         ui.colored_label(
             egui::Color32::from_rgb(230, 126, 34),
             format!("Not comparable: {why}. No best value is marked."),
         );
-        ui.label(egui::RichText::new("Validation metrics").strong());
-    } else {
-        ui.label(egui::RichText::new("Validation metrics (best per column in green)").strong());
     }
+    ui.label(
+        egui::RichText::new(
+            "Validation metrics (the side that chose each run's epoch: not ranked)",
+        )
+        .strong(),
+    );
     egui::Grid::new((id, "metrics"))
         .striped(true)
         .spacing([16.0, 3.0])
         .show(ui, |ui| {
             ui.strong("run");
             ui.strong("state");
-            for (name, _, _) in &cols {
+            for (name, _) in &cols {
                 ui.strong(*name);
             }
             ui.end_row();
-            let best: Vec<Option<f64>> = cols
-                .iter()
-                .map(|(name, higher, f)| {
-                    if *name == "best epoch" || incomparable.is_some() {
-                        return None;
-                    }
-                    let vals = runs.iter().filter_map(f);
-                    if *higher {
-                        vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
-                    } else {
-                        vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))))
-                    }
-                })
-                .collect();
             for r in runs {
                 ui.label(&r.id);
                 ui.label(format!("{:?}", r.state).to_lowercase());
-                for ((name, _, f), b) in cols.iter().zip(&best) {
+                for (name, f) in &cols {
                     match f(r) {
-                        Some(v) => {
-                            let text = egui::RichText::new(if *name == "best epoch" {
-                                format!("{v:.0}")
-                            } else {
-                                format!("{v:.4}")
-                            });
-                            if b.is_some_and(|b| (b - v).abs() < 1e-12) {
-                                ui.label(text.color(egui::Color32::from_rgb(46, 160, 67)).strong());
-                            } else {
-                                ui.label(text);
-                            }
-                        }
-                        None => {
-                            ui.label("-");
-                        }
-                    }
+                        Some(v) if *name == "best epoch" => ui.label(format!("{v:.0}")),
+                        Some(v) => ui.label(format!("{v:.4}")),
+                        None => ui.label("-"),
+                    };
                 }
                 ui.end_row();
             }
