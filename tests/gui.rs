@@ -1077,6 +1077,35 @@ fn typing_a_dataset_path_keeps_the_focus() {
         freshness(&harness.state().notebook, dataset),
         Freshness::Stale(_)
     ));
+
+    // Enter in the field opens the path: the cell runs (and says the folder is not there).
+    let other = tmp.path().join("cells");
+    cellbench::dataset::synth::generate(
+        &other,
+        &cellbench::dataset::synth::SynthConfig {
+            patients: 3,
+            images_per_patient: 4,
+            size: 32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    set_dataset_path(&mut harness, &other);
+    harness.run_steps(2);
+    let field = |node: &egui_kittest::kittest::AccessKitNode<'_>| {
+        node.role() == eframe::egui::accesskit::Role::TextInput
+            && node.value().is_some_and(|v| v.ends_with("cells"))
+    };
+    harness.get_by(field).focus();
+    harness.run_steps(2);
+    harness.key_press(eframe::egui::Key::Enter);
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    assert_eq!(
+        freshness(&harness.state().notebook, dataset),
+        Freshness::Fresh,
+        "Enter ran the cell"
+    );
+    harness.get_by_label_contains("12 images");
 }
 
 /// Whether the Train cell `id` has a run that has started (its first event came).
