@@ -184,6 +184,22 @@ fn notebook_runs_every_cell_on_real_cells() {
     wait_until_settled(&mut harness, Duration::from_secs(30));
     harness.run_steps(3);
     harness.get_by_label(&format!("true label: {truth}"));
+    // The same image opened from the Dataset gallery shows what the evaluated run predicted.
+    let (run_id_shown, predicted) = {
+        let ev = harness.state().notebook.rt.eval(evaluate).unwrap();
+        let data = ev.data.ready().unwrap();
+        (data.id.clone(), data.rows[0].predicted.clone())
+    };
+    harness
+        .get_all_by_label(&file)
+        .next()
+        .expect("gallery thumbnail")
+        .click();
+    wait_until_settled(&mut harness, Duration::from_secs(30));
+    harness.run_steps(3);
+    harness.get_by_label(&format!(
+        "Run {run_id_shown} (val side): predicted {predicted}"
+    ));
     // Its saliency map is computed in the background; the switch lays it over the image.
     harness.get_by_label("Saliency").click();
     harness.run_steps(3);

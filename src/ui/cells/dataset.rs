@@ -323,6 +323,21 @@ pub(super) fn inspector_ui(
         return;
     };
     let path = manifest.image_path(record);
+    // What an evaluated run of this dataset predicted for the image (its validation or test
+    // side), when an Evaluate cell has one open.
+    let root = std::path::absolute(&manifest.root).unwrap_or_else(|_| manifest.root.clone());
+    let predicted = app.rt.evals().find_map(|(_, e)| {
+        let ev = e.data.ready()?;
+        let same_data = ev
+            .dataset_root
+            .as_ref()
+            .is_some_and(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()) == root);
+        let row = ev
+            .rows
+            .iter()
+            .find(|r| same_data && r.path == record.path)?;
+        Some((ev.id.clone(), ev.labels.clone(), row.clone()))
+    });
     let ctx = ui.ctx().clone();
     let Some(rt) = app.rt.dataset_mut(id) else {
         return;
@@ -383,6 +398,14 @@ pub(super) fn inspector_ui(
                 });
             if let Some(p) = &record.problem {
                 error_label(ui, &format!("Problem: {p}"));
+            }
+            if let Some((run, labels, row)) = &predicted {
+                ui.separator();
+                ui.label(format!(
+                    "Run {run} ({} side): predicted {}",
+                    row.split, row.predicted
+                ));
+                widgets::probability_bars(ui, labels, &row.probs, 3);
             }
         });
     });
