@@ -1072,11 +1072,11 @@ fn cross_validation_validates_every_image_once_with_patients_whole() {
     let mean = accuracies.iter().sum::<f64>() / 3.0;
     assert!((acc["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(summary["metrics"]["kappa_quadratic"]["mean"].is_number());
+    // The default probe chooses on inner folds of each fold's training side, never on the fold.
+    let chosen_on = summary["chosen_on"].as_str().unwrap();
     assert!(
-        summary["chosen_on"]
-            .as_str()
-            .unwrap()
-            .contains("inner validation")
+        chosen_on.contains("inner folds of each fold's training side"),
+        "{chosen_on}"
     );
     assert!(text.contains("chosen on:"), "{text}");
     // The pooled held-out predictions: every image once, with an interval around the score.
