@@ -1121,7 +1121,7 @@ fn typing_a_dataset_path_keeps_the_focus() {
         Freshness::Fresh,
         "Enter ran the cell"
     );
-    harness.get_by_label_contains("12 images");
+    harness.get_by_label_contains("12 images · ");
 }
 
 /// Whether the Train cell `id` has a run that has started (its first event came).
