@@ -21,6 +21,21 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// The `k` largest entries with their indices, largest first, by the rule of [`argmax`]: ties
+/// go to the lower index and NaN is never ranked (so the first is `argmax` of a row with a
+/// number in it).
+pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<(usize, f32)> = row
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|p| !p.1.is_nan())
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.truncate(k);
+    order
+}
+
 /// Whether label `k` is on in a multi-label probability row (NaN is off).
 pub fn label_on(p: f32) -> bool {
     p >= MULTI_LABEL_THRESHOLD
@@ -162,6 +177,18 @@ impl Standardiser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ranking follows `argmax`: largest first, ties to the lower index, NaN never ranked.
+    #[test]
+    fn top_k_ranks_as_argmax_decides() {
+        assert_eq!(
+            top_k(&[0.1, 0.6, f32::NAN, 0.3], 3),
+            vec![(1, 0.6), (3, 0.3), (0, 0.1)]
+        );
+        assert_eq!(top_k(&[0.5, 0.5], 1), vec![(0, 0.5)]);
+        let row = [f32::NAN, 0.2, 0.7, 0.7];
+        assert_eq!(top_k(&row, 1)[0].0, argmax(&row));
+    }
 
     #[test]
     fn argmax_ties_go_to_the_lowest_index_and_nan_never_wins() {

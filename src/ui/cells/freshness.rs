@@ -215,10 +215,7 @@ pub fn freshness(app: &Notebook, id: u64) -> Freshness {
             }
         }
         CellKind::Evaluate { run } | CellKind::Predict { run, .. } => {
-            if let Some(problem) = follows_train(app, id)
-                .then(|| train_problem(app, id))
-                .flatten()
-            {
+            if let Some(problem) = train_problem(app, id) {
                 return Freshness::Stale(problem);
             }
             // The run on show is not the one the cell now points at (its own choice, or the
@@ -242,7 +239,7 @@ pub fn freshness(app: &Notebook, id: u64) -> Freshness {
 
 /// Whether an Evaluate or Predict cell takes its run from the Train cell above (it has no run
 /// of its own chosen).
-pub fn follows_train(app: &Notebook, id: u64) -> bool {
+fn follows_train(app: &Notebook, id: u64) -> bool {
     app.workbook.position(id).is_some_and(|i| {
         matches!(
             &app.workbook.cells[i].kind,
@@ -252,9 +249,12 @@ pub fn follows_train(app: &Notebook, id: u64) -> bool {
 }
 
 /// Why the Train cell an Evaluate or Predict cell takes its run from cannot be used now (out
-/// of date or still training), or `None`. A Train cell that has not run in this session is
-/// fine: its saved run is what the cell shows.
+/// of date or still training), or `None` (also when the cell has a run of its own chosen). A
+/// Train cell that has not run in this session is fine: its saved run is what the cell shows.
 pub fn train_problem(app: &Notebook, id: u64) -> Option<String> {
+    if !follows_train(app, id) {
+        return None;
+    }
     let t = app.workbook.inputs(id).train?;
     match freshness(app, t) {
         Freshness::Stale(why) => Some(format!("{} is out of date ({why})", cell_name(app, t))),

@@ -176,9 +176,7 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
         CellKind::Embedding { .. } => start_embedding(app, ctx, id),
         CellKind::Train { config, folds, .. } => start_training(app, ctx, id, config, folds),
         CellKind::Evaluate { .. } | CellKind::Predict { .. }
-            if let Some(problem) = freshness::follows_train(app, id)
-                .then(|| freshness::train_problem(app, id))
-                .flatten() =>
+            if let Some(problem) = freshness::train_problem(app, id) =>
         {
             // Never a run of an out-of-date (or still training) Train cell: Run queues that
             // Train cell first (see `plan_run`); a direct call is refused with the cell named.

@@ -85,7 +85,7 @@ pub(super) fn predict_ui(
         .rows
         .iter()
         .map(|(path, label, probs)| {
-            let top = top_classes(probs, 3);
+            let top = crate::model::decision::top_k(probs, 3);
             let best = top.first().map_or(f32::NAN, |t| t.1);
             let hover = top
                 .iter()
@@ -156,15 +156,6 @@ pub struct PredictView {
     pub inspected: Option<Inspected>,
 }
 
-/// The `k` largest probabilities with their class indices, largest first (NaN last).
-fn top_classes(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut order: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    order.retain(|p| !p.1.is_nan());
-    order.truncate(k);
-    order
-}
-
 /// The class colours of the probability bars, in one line.
 fn legend(ui: &mut egui::Ui, labels: &[String]) {
     ui.horizontal_wrapped(|ui| {
@@ -175,16 +166,4 @@ fn legend(ui: &mut egui::Ui, labels: &[String]) {
             ui.label(egui::RichText::new(l).small());
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn top_classes_are_largest_first_without_nan() {
-        assert_eq!(
-            super::top_classes(&[0.1, 0.6, f32::NAN, 0.3], 3),
-            vec![(1, 0.6), (3, 0.3), (0, 0.1)]
-        );
-        assert_eq!(super::top_classes(&[0.5, 0.5], 1), vec![(0, 0.5)]);
-    }
 }

@@ -32,11 +32,11 @@ pub fn series_signature<'a>(series: impl IntoIterator<Item = (&'a str, &'a [[f64
     h.finish()
 }
 
-/// One bar per label with its probability, the most probable first (at most `top`).
+/// One bar per label with its probability, the most probable first (at most `top`; ranked as
+/// [`crate::model::decision::top_k`] ranks them).
 pub fn probability_bars(ui: &mut egui::Ui, labels: &[String], probs: &[f32], top: usize) {
-    let mut order: Vec<usize> = (0..labels.len().min(probs.len())).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    for &k in order.iter().take(top) {
+    let n = labels.len().min(probs.len());
+    for (k, _) in crate::model::decision::top_k(&probs[..n], top) {
         ui.horizontal(|ui| {
             ui.add_sized(
                 [110.0, 16.0],
