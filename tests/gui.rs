@@ -21,6 +21,13 @@ fn use_test_cache() {
     });
 }
 
+/// The workbench in a test window `height` pixels tall (1280 wide).
+fn window(app: WorkbenchApp, height: f32) -> Harness<'static, WorkbenchApp> {
+    Harness::builder()
+        .with_size([1280.0, height])
+        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app)
+}
+
 fn wait_until_settled(harness: &mut Harness<'_, WorkbenchApp>, limit: Duration) {
     let start = Instant::now();
     loop {
@@ -53,9 +60,7 @@ fn notebook_runs_every_cell_on_real_cells() {
             config.backend = cellbench::model::backend::BackendChoice::Cpu;
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     harness.run_steps(2);
     harness.get_by_label("Run all").click();
     wait_until_settled(&mut harness, Duration::from_secs(180));
@@ -83,17 +88,7 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label("validation: per class");
 
     // The workbook remembers the run.
-    let run_id = harness
-        .state()
-        .notebook
-        .workbook
-        .cells
-        .iter()
-        .find_map(|c| match &c.kind {
-            CellKind::Train { run, .. } => run.clone(),
-            _ => None,
-        })
-        .expect("the Train cell records its run");
+    let run_id = first_train_run(harness.state()).expect("the Train cell records its run");
     harness.run_steps(80); // past the autosave delay
     std::thread::sleep(Duration::from_millis(1200));
     harness.run_steps(3);
@@ -313,6 +308,18 @@ fn set_dataset_path(harness: &mut Harness<'_, WorkbenchApp>, path: &std::path::P
     cell.id
 }
 
+/// The run the first Train cell records.
+fn first_train_run(app: &WorkbenchApp) -> Option<String> {
+    app.notebook
+        .workbook
+        .cells
+        .iter()
+        .find_map(|c| match &c.kind {
+            CellKind::Train { run, .. } => run.clone(),
+            _ => None,
+        })
+}
+
 fn cell_id(app: &WorkbenchApp, pred: fn(&CellKind) -> bool) -> u64 {
     app.notebook
         .workbook
@@ -354,9 +361,7 @@ fn training_never_uses_a_stale_split() {
             config.backend = cellbench::model::backend::BackendChoice::Cpu;
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     // The demo's dataset opens by itself on launch.
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.get_by_label_contains("35 images · 5 labels");
@@ -427,17 +432,7 @@ fn training_never_uses_a_stale_split() {
         (35, 5),
         "trained on the demo's 35 cells and 5 labels"
     );
-    let run = harness
-        .state()
-        .notebook
-        .workbook
-        .cells
-        .iter()
-        .find_map(|c| match &c.kind {
-            CellKind::Train { run, .. } => run.clone(),
-            _ => None,
-        })
-        .unwrap();
+    let run = first_train_run(harness.state()).unwrap();
     let info: serde_json::Value = serde_json::from_slice(
         &std::fs::read(tmp.path().join("runs").join(&run).join("model.json")).unwrap(),
     )
@@ -490,17 +485,7 @@ fn training_never_uses_a_stale_split() {
         .notebook
         .push(Command::RunCell(evaluate));
     wait_until_settled(&mut harness, Duration::from_secs(180));
-    let rerun = harness
-        .state()
-        .notebook
-        .workbook
-        .cells
-        .iter()
-        .find_map(|c| match &c.kind {
-            CellKind::Train { run, .. } => run.clone(),
-            _ => None,
-        })
-        .unwrap();
+    let rerun = first_train_run(harness.state()).unwrap();
     assert_ne!(rerun, run, "the Train cell ran again");
     assert_eq!(
         harness
@@ -681,9 +666,7 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
         Some(tmp.path().join("book.cellbook.toml")),
         None,
     );
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 3000.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 3000.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     let dataset = set_dataset_path(&mut harness, &csv);
     harness.state_mut().notebook.push(Command::RunCell(dataset));
@@ -772,9 +755,7 @@ fn cross_validation_runs_from_the_train_cell() {
             *folds = 3;
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     // The form says what the button does; the split above is run first, then not used.
     harness.get_by_label("Start cross-validation").click();
@@ -816,17 +797,7 @@ fn cross_validation_runs_from_the_train_cell() {
     harness.get_by_label_contains("Cross-validation over 3 folds");
     harness.get_by_label("mean ± sd");
     harness.get_by_label(&format!("{:.3} ± {:.3}", spread.mean, spread.sd));
-    let run = harness
-        .state()
-        .notebook
-        .workbook
-        .cells
-        .iter()
-        .find_map(|c| match &c.kind {
-            CellKind::Train { run, .. } => run.clone(),
-            _ => None,
-        })
-        .unwrap();
+    let run = first_train_run(harness.state()).unwrap();
     assert_eq!(Some(&run), summary.runs.last());
 
     // Compare lists the cross-validation and shows its spread next to others.
@@ -888,9 +859,7 @@ fn images_dropped_on_the_notebook_are_predicted_and_inspected() {
             input.clear();
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
     harness.state_mut().notebook.push(Command::RunCell(train));
@@ -973,9 +942,7 @@ fn a_lasso_on_the_map_filters_the_gallery() {
             config.backend = cellbench::model::backend::BackendChoice::Cpu;
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     harness.run_steps(2);
     harness.get_by_label("Run all").click();
     wait_until_settled(&mut harness, Duration::from_secs(180));
@@ -1053,9 +1020,7 @@ fn typing_a_dataset_path_keeps_the_focus() {
     use_test_cache();
     let ctx = eframe::egui::Context::default();
     let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.get_by_label_contains("35 images · 5 labels");
     let dataset = cell_id(harness.state(), |k| matches!(k, CellKind::Dataset { .. }));
@@ -1094,7 +1059,7 @@ fn typing_a_dataset_path_keeps_the_focus() {
         Freshness::Stale(_)
     ));
 
-    // Enter in the field opens the path: the cell runs (and says the folder is not there).
+    // Enter in the field opens the path: the cell runs on the new folder.
     let other = tmp.path().join("cells");
     cellbench::dataset::synth::generate(
         &other,
@@ -1166,9 +1131,7 @@ fn train_cells_take_turns_and_a_stopped_run_resumes_from_its_cell() {
         .unwrap();
     let kind = book.cells[book.position(first).unwrap()].kind.clone();
     let second = book.insert_after(Some(first), kind);
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
 
     harness.state_mut().notebook.push(Command::RunCell(first));
@@ -1298,9 +1261,7 @@ fn fields_keep_their_ids_when_a_cell_goes_out_of_date() {
             config.backend = cellbench::model::backend::BackendChoice::Cpu;
         }
     }
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 5200.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 5200.0);
     wait_until_settled(&mut harness, Duration::from_secs(60));
     let train = cell_id(harness.state(), |k| matches!(k, CellKind::Train { .. }));
     harness
@@ -1335,9 +1296,7 @@ fn a_workbook_that_does_not_read_is_never_saved_over() {
     std::fs::write(&book, text).unwrap();
     let ctx = eframe::egui::Context::default();
     let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book.clone()), None);
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 2000.0])
-        .build_ui_state(|ui, app: &mut WorkbenchApp| app.frame(ui), app);
+    let mut harness = window(app, 2000.0);
     harness.run_steps(3);
     let aside = tmp.path().join("mine.new.cellbook.toml");
     assert_eq!(harness.state().notebook.workbook_path, aside);
