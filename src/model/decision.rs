@@ -172,6 +172,19 @@ impl Standardiser {
             }
         }
     }
+
+    /// The inverse of [`Self::apply`]: standardised rows back to the features' own scale.
+    pub fn restore(&self, features: &mut [f32]) {
+        let w = self.mean.len();
+        if w == 0 || self.std.len() != w {
+            return;
+        }
+        for row in features.chunks_exact_mut(w) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = *v * s + m;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::dataset::preprocess::{Augment, Preprocess};
 use crate::dataset::split::SplitMix64;
+use crate::model::Classifier;
 use crate::model::decision::{self};
 use crate::model::efficientnet::FEATURES;
 use crate::model::extractor::Extractor;
@@ -519,6 +520,117 @@ pub(super) fn predict_side(
     }
 }
 
+/// One side's probabilities through the saved model's contract ([`Classifier`]): the
+/// preprocessing, forward pass and probabilities of `cellbench predict`, `serve`, evaluation
+/// and the GUI, so that a run's `predictions.csv` is what they answer. Cached probe features
+/// are handed over in the backbone's own scale (the classifier standardises them as it does
+/// for features it extracts); images are decoded without augmentation. Items whose image
+/// failed are left out.
+pub(super) fn classify_side(
+    classifier: &Classifier,
+    feeder: &Feeder,
+    data: &Prepared,
+    items: &[usize],
+    batch_size: usize,
+) -> (Vec<usize>, Vec<Vec<f32>>) {
+    let (mut kept, mut probs) = (Vec::new(), Vec::new());
+    let scale = decision::Standardiser {
+        mean: classifier.info.feature_mean.clone(),
+        std: classifier.info.feature_std.clone(),
+    };
+    for chunk in items.chunks(batch_size.max(1)) {
+        match feeder {
+            Feeder::Features { rows } => {
+                let present: Vec<usize> = chunk
+                    .iter()
+                    .copied()
+                    .filter(|&i| rows[i].is_some())
+                    .collect();
+                let mut flat = Vec::new();
+                for &i in &present {
+                    flat.extend_from_slice(rows[i].as_deref().unwrap_or_default());
+                }
+                scale.restore(&mut flat);
+                probs.extend(classifier.probabilities_from_features(flat, present.len()));
+                kept.extend(present);
+            }
+            Feeder::Images { augment, .. } => {
+                let seeds = vec![0; chunk.len()];
+                let decoded = decode_images(
+                    &classifier.info.preprocess,
+                    augment,
+                    data,
+                    chunk,
+                    false,
+                    &seeds,
+                );
+                probs.extend(classifier.probabilities(decoded.flat, decoded.items.len()));
+                kept.extend(decoded.items);
+            }
+        }
+    }
+    (kept, probs)
+}
+
+/// The mean loss of `probs` for `items`, as [`loss_and_probs`] computes it from logits (the
+/// reported loss of a side is that of the probabilities it reports): class-weighted
+/// cross-entropy; for multi-label, binary cross-entropy per label with the positive weights;
+/// for an ordinal task, binary cross-entropy per threshold `P(grade > j)` (sums of the grade
+/// probabilities), each image weighted by its grade's weight. Probabilities are floored at
+/// 1e-12.
+pub(super) fn side_loss(
+    data: &Prepared,
+    items: &[usize],
+    probs: &[Vec<f32>],
+    weights: &[f32],
+) -> f64 {
+    let ln = |p: f64| p.max(1e-12).ln();
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (&i, p) in items.iter().zip(probs) {
+        match data.task {
+            Task::MultiLabel => {
+                let truth: Vec<bool> = match &data.items[i].target {
+                    Target::Multi(f) => f.clone(),
+                    Target::Class(c) => (0..p.len()).map(|j| j == *c).collect(),
+                };
+                for ((&q, t), w) in p.iter().zip(truth).zip(weights) {
+                    let q = f64::from(q);
+                    sum -= if t {
+                        f64::from(*w) * ln(q)
+                    } else {
+                        ln(1.0 - q)
+                    };
+                    total += 1.0;
+                }
+            }
+            Task::Ordinal => {
+                let grade = class_of(data, i);
+                let w = f64::from(weights.get(grade).copied().unwrap_or(1.0));
+                let thresholds = p.len().saturating_sub(1).max(1);
+                let mut above: f64 = p.iter().map(|&q| f64::from(q)).sum();
+                let mut per_image = 0.0;
+                for (j, &q) in p.iter().take(p.len().saturating_sub(1)).enumerate() {
+                    above -= f64::from(q);
+                    per_image -= if grade > j {
+                        ln(above)
+                    } else {
+                        ln(1.0 - above)
+                    };
+                }
+                sum += w * per_image / thresholds as f64;
+                total += w;
+            }
+            Task::Binary | Task::MultiClass => {
+                let c = class_of(data, i);
+                let w = f64::from(weights.get(c).copied().unwrap_or(1.0));
+                sum -= w * ln(f64::from(p[c]));
+                total += w;
+            }
+        }
+    }
+    if total > 0.0 { sum / total } else { f64::NAN }
+}
+
 /// Training order of one epoch: a seeded shuffle, or class-balanced sampling with replacement.
 pub(super) fn epoch_order(
     data: &Prepared,
@@ -620,5 +732,76 @@ mod tests {
             norms[3] < norms[0] * 0.5,
             "norms by weight decay: {norms:?}"
         );
+    }
+
+    /// The loss a side reports from its probabilities is the training loss of its logits, for
+    /// every task (class weights and positive weights included).
+    #[test]
+    fn side_loss_of_probabilities_is_the_loss_of_the_logits() {
+        let device = Device::flex();
+        let item = |target: Target| crate::train::data::Item {
+            path: PathBuf::from("x"),
+            name: "x".into(),
+            patient: None,
+            target,
+        };
+        let cases: Vec<(Task, usize, Vec<Target>)> = vec![
+            (
+                Task::Binary,
+                2,
+                vec![Target::Class(0), Target::Class(1), Target::Class(1)],
+            ),
+            (
+                Task::MultiClass,
+                3,
+                vec![Target::Class(2), Target::Class(0), Target::Class(1)],
+            ),
+            (
+                Task::MultiLabel,
+                3,
+                vec![
+                    Target::Multi(vec![true, false, true]),
+                    Target::Multi(vec![false, false, false]),
+                    Target::Multi(vec![false, true, false]),
+                ],
+            ),
+            // Four grades: three cumulative logits.
+            (
+                Task::Ordinal,
+                3,
+                vec![Target::Class(0), Target::Class(3), Target::Class(2)],
+            ),
+        ];
+        for (task, outputs, targets) in cases {
+            let labels = if task == Task::Ordinal { 4 } else { outputs };
+            let data = Prepared {
+                task,
+                labels: (0..labels).map(|c| format!("c{c}")).collect(),
+                items: targets.into_iter().map(item).collect(),
+                train: Vec::new(),
+                val: vec![0, 1, 2],
+                test: Vec::new(),
+                split_given: true,
+            };
+            let weights: Vec<f32> = (0..labels).map(|c| 0.5 + c as f32 * 0.75).collect();
+            let raw: Vec<f32> = (0..3 * outputs)
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.6)
+                .collect();
+            let mut logits = raw.clone();
+            if task == Task::Ordinal {
+                // Rank-consistent: the cumulative logits fall with the threshold.
+                for row in logits.chunks_mut(outputs) {
+                    row.sort_by(|a, b| b.total_cmp(a));
+                }
+            }
+            let logits = Tensor::<2>::from_data(TensorData::new(logits, [3, outputs]), &device);
+            let (loss, probs) = loss_and_probs(task, logits, &data, &data.val, &weights);
+            let from_logits = f64::from(loss.into_scalar::<f32>());
+            let from_probs = side_loss(&data, &data.val, &probs, &weights);
+            assert!(
+                (from_logits - from_probs).abs() < 1e-4 * from_logits.abs().max(1.0),
+                "{task:?}: {from_logits} from logits, {from_probs} from probabilities"
+            );
+        }
     }
 }

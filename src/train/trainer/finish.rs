@@ -11,6 +11,9 @@ impl Trainer<'_> {
             Some(b) => b,
             None => self.net().valid(),
         };
+        let final_bytes = final_net.to_bytes()?;
+        // The model's description as the run wrote it at its start.
+        let info: ModelInfo = crate::runs::read_json(&self.run.path.join("model.json"))?;
         let mut predictions = Vec::new();
         let mut val_metrics = None;
         let mut test_metrics = None;
@@ -53,23 +56,25 @@ impl Trainer<'_> {
             if items.is_empty() {
                 continue;
             }
-            let SidePredictions {
-                kept, probs, loss, ..
-            } = predict_side(
+            // Scored through the saved model's contract, as `predict` and `serve` score.
+            let classifier = crate::model::Classifier::from_bytes(
+                info.clone(),
                 match (&self.chosen, side) {
                     // The validation side is scored by the choice fitted on the training
                     // side, not by a refit that has seen it.
-                    (Some(c), "val") => &c.net,
-                    _ => &final_net,
+                    (Some(c), "val") => c.net.to_bytes()?,
+                    _ => final_bytes.clone(),
                 },
+                &self.plain,
+            )?;
+            let (kept, probs) = classify_side(
+                &classifier,
                 &self.feeder,
                 self.data,
                 items,
                 self.config.batch_size,
-                self.finetune_start,
-                &self.weights,
-                &self.plain,
             );
+            let loss = side_loss(self.data, &kept, &probs, &self.weights);
             let truth: Vec<usize> = kept.iter().map(|&i| class_of(self.data, i)).collect();
             if calibrate && temperature.is_none() && side == "val" && !kept.is_empty() {
                 temperature = Some((
@@ -90,7 +95,7 @@ impl Trainer<'_> {
                         .map(|p| decision::with_temperature(p, *t))
                         .collect();
                     // The reported loss is that of the reported (scaled) probabilities.
-                    let loss = weighted_log_loss(&truth, &scaled, &self.weights);
+                    let loss = side_loss(self.data, &kept, &scaled, &self.weights);
                     (scaled, loss)
                 }
                 None => (probs, loss),
@@ -164,13 +169,11 @@ impl Trainer<'_> {
         let val_metrics = val_metrics.context("no validation predictions")?;
         if let Some((t, _)) = temperature {
             // Every prediction of the kept model uses the temperature (`model::Classifier`).
-            let path = self.run.path.join("model.json");
-            let mut info: ModelInfo = crate::runs::read_json(&path)?;
+            let mut info = info;
             info.temperature = Some(t);
             self.run.write_json("model.json", &info)?;
         }
-        self.run
-            .write_bytes("model.safetensors", &final_net.to_bytes()?)?;
+        self.run.write_bytes("model.safetensors", &final_bytes)?;
         self.run.write_bytes(
             "predictions.csv",
             predictions_csv(self.data, &predictions).as_bytes(),
@@ -217,18 +220,6 @@ impl Trainer<'_> {
             test_predictions,
         })
     }
-}
-
-/// Mean cross-entropy of single-label predictions, each image weighted by its class's loss
-/// weight (as the validation loss is).
-fn weighted_log_loss(truth: &[usize], probs: &[Vec<f32>], weights: &[f32]) -> f64 {
-    let (mut sum, mut total) = (0.0, 0.0);
-    for (&c, p) in truth.iter().zip(probs) {
-        let w = f64::from(weights.get(c).copied().unwrap_or(1.0));
-        sum += w * -f64::from(p[c]).max(1e-12).ln();
-        total += w;
-    }
-    if total > 0.0 { sum / total } else { 0.0 }
 }
 
 /// `path,patient,split,truth,predicted,p_<label>…` rows.
