@@ -17,6 +17,7 @@ use burn::module::Module as _;
 use super::batches::*;
 use super::data::{Prepared, prepare};
 use super::features::FeatureCache;
+use super::loss::{loss_and_probs, loss_weights};
 use super::net::*;
 use super::trainer::*;
 use crate::experiment::config::TrainConfig;

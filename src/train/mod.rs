@@ -8,6 +8,7 @@ pub mod engine;
 pub mod export;
 pub mod features;
 pub mod logreg;
+mod loss;
 mod net;
 pub mod probe;
 pub mod report;

@@ -21,6 +21,7 @@ use crate::runs::{RunDir, RunState};
 use super::batches::*;
 use super::data::Prepared;
 use super::engine::{TrainJob, TrainOutcome};
+use super::loss::*;
 use super::net::*;
 use super::ordinal;
 use crate::experiment::config::{BatchNormMode, HeadInit, Mode, Schedule, TrainConfig};
