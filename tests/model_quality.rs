@@ -225,10 +225,19 @@ fn calibrated_probe_reports_the_loss_of_its_scaled_probabilities() {
     assert!(scaled > 0, "no fold's temperature moved its probabilities");
 }
 
-/// A multi-scale probe reads wider features (the final pool, then two earlier stages' pools),
-/// its saved model predicts what the run recorded, and `explain` maps its score.
+/// `(multiscale, feature width)` of a run's saved model.
+fn features_read(run_dir: &Path) -> (bool, usize) {
+    let info = read_json(&run_dir.join("model.json"));
+    (
+        info["multiscale"].as_bool().unwrap(),
+        info["feature_mean"].as_array().unwrap().len(),
+    )
+}
+
+/// The default probe reads multi-scale features (the final pool, then two earlier stages'
+/// pools), its saved model predicts what the run recorded, and `explain` maps its score.
 #[test]
-fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
+fn default_probe_reads_multiscale_features_predicts_what_it_recorded_and_explains_its_score() {
     let tmp = tempfile::tempdir().unwrap();
     let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte", "Neutrophil"], 12);
     let cache = tmp.path().join("cache");
@@ -236,7 +245,6 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
     let out = train(
         &[
             path_str(&data),
-            "--multiscale",
             "--backend",
             "cpu",
             "--image-size",
@@ -253,12 +261,9 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
         String::from_utf8_lossy(&out.stderr)
     );
     let run_dir = runs_in(&runs).pop().unwrap();
-    let info = read_json(&run_dir.join("model.json"));
-    assert_eq!(info["multiscale"], true);
-    assert_eq!(
-        info["feature_mean"].as_array().unwrap().len(),
-        1280 + 112 + 192
-    );
+    assert_eq!(features_read(&run_dir), (true, 1280 + 112 + 192));
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("multiscale = true"), "{config}");
     assert_predict_reproduces_the_run(&run_dir, &data, &tmp.path().join("pred.csv"));
     // A file that is not an image is listed and skipped; only --strict makes that an exit 3.
     std::fs::write(data.join("Eosinophil/broken.jpeg"), b"not a jpeg").unwrap();
@@ -287,6 +292,58 @@ fn multiscale_probe_predicts_what_it_recorded_and_explains_its_score() {
     let index = std::fs::read_to_string(explained.join("saliency.csv")).unwrap();
     assert_eq!(index.lines().count(), 13, "{index}");
     assert_eq!(explain(true).status.code(), Some(3));
+}
+
+/// `--single-scale` gives the probe the final pool alone; a run from before multi-scale was
+/// the default (its `config.toml` does not say) resumes as the single-scale probe it was.
+#[test]
+fn single_scale_probe_reads_the_final_pool_and_an_old_run_resumes_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
+    let cache = tmp.path().join("cache");
+    let runs = tmp.path().join("runs");
+    let out = train(
+        &[
+            path_str(&data),
+            "--single-scale",
+            "--backend",
+            "cpu",
+            "--image-size",
+            "64",
+            "--json",
+            "--runs",
+            path_str(&runs),
+        ],
+        &cache,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = runs_in(&runs).pop().unwrap();
+    assert_eq!(features_read(&run_dir), (false, 1280));
+    assert_predict_reproduces_the_run(&run_dir, &data, &tmp.path().join("pred.csv"));
+
+    // The run as one written before the setting existed: no `multiscale` key, stopped
+    // before its first checkpoint. Resumed, it starts again with the features it had.
+    let config = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("multiscale = false"), "{text}");
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("multiscale"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, old).unwrap();
+    std::fs::remove_dir_all(run_dir.join("checkpoint")).ok();
+    std::fs::remove_file(run_dir.join("model.json")).unwrap();
+    let status = run_dir.join("status.json");
+    let text = std::fs::read_to_string(&status)
+        .unwrap()
+        .replace("\"finished\"", "\"interrupted\"");
+    std::fs::write(&status, text).unwrap();
+    let out = train(&["--resume", path_str(&run_dir), "--json"], &cache);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_json(&status)["state"], "finished");
+    assert_eq!(features_read(&run_dir), (false, 1280));
+    assert_predict_reproduces_the_run(&run_dir, &data, &tmp.path().join("again.csv"));
 }
 
 /// `predict` on `data` with the run's saved model gives the probabilities its

@@ -81,9 +81,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub orientation_mean: bool,
     /// Probe: multi-scale features — the pooled outputs of two earlier stages (112 and 192
-    /// channels on Lite0) after the final 1280, each weighted alike; same forward pass.
-    #[arg(long)]
+    /// channels on Lite0) after the final 1280, each weighted alike; same forward pass. The
+    /// default; the flag is kept for scripts that give it (and to override `multiscale =
+    /// false` in a --config file).
+    #[arg(long, conflicts_with = "single_scale")]
     pub multiscale: bool,
+    /// Probe: the final pool alone (1280 values on Lite0), as probes read before multi-scale
+    /// features became the default.
+    #[arg(long)]
+    pub single_scale: bool,
     /// Binary and multi-class tasks: fit a temperature on held-out predictions (a probe's
     /// inner folds, else the validation side) that calibrates the probabilities (temperature
     /// scaling), saved with the model and used by predict, serve and evaluate. The test side
@@ -194,6 +200,7 @@ impl TrainArgs {
             ("--no-augment", self.no_augment),
             ("--orientation-mean", self.orientation_mean),
             ("--multiscale", self.multiscale),
+            ("--single-scale", self.single_scale),
             ("--calibrate", self.calibrate),
             ("--solver", self.solver.is_some()),
             ("--dropout", self.dropout.is_some()),
@@ -209,7 +216,7 @@ impl TrainArgs {
     /// Options given that the run's mode does not use, each with why.
     fn unused_options(&self, config: &TrainConfig) -> Vec<String> {
         let given = |key: &str| match key {
-            "multiscale" => self.multiscale,
+            "multiscale" => self.multiscale || self.single_scale,
             "orientation_mean" => self.orientation_mean,
             "solver" => self.solver.is_some(),
             "head_init" => self.head_init.is_some(),
@@ -219,7 +226,16 @@ impl TrainArgs {
         MODE_ONLY
             .iter()
             .filter(|(key, _, mode)| *mode != config.mode && given(key))
-            .map(|(_, flag, mode)| match mode {
+            .map(|(key, flag, mode)| {
+                // `multiscale` has two flags: name the one given.
+                let flag = if *key == "multiscale" && !self.multiscale {
+                    "--single-scale"
+                } else {
+                    *flag
+                };
+                (flag, mode)
+            })
+            .map(|(flag, mode)| match mode {
                 Mode::Probe => format!("{flag} (probes only)"),
                 _ => format!("{flag} (fine-tuning only)"),
             })
@@ -243,6 +259,9 @@ impl TrainArgs {
                 }
                 if !has("batch_norm") {
                     c.batch_norm = Default::default();
+                }
+                if !has("multiscale") {
+                    c.multiscale = TrainConfig::default().multiscale;
                 }
                 let mode = self.mode.unwrap_or(c.mode);
                 let unused: Vec<&str> = MODE_ONLY
@@ -295,7 +314,7 @@ impl TrainArgs {
             c.augment = crate::dataset::preprocess::Augment::none();
         }
         c.orientation_mean |= self.orientation_mean;
-        c.multiscale |= self.multiscale;
+        c.multiscale = (c.multiscale || self.multiscale) && !self.single_scale;
         c.calibrate |= self.calibrate;
         Ok(c)
     }
@@ -685,5 +704,41 @@ mod tests {
         assert_eq!(unknown_keys(&table(text)), ["head_int", "preprocess.sise"]);
         let defaults = toml::to_string(&TrainConfig::default()).unwrap();
         assert!(unknown_keys(&table(&defaults)).is_empty());
+    }
+
+    /// The probe reads multi-scale features unless told `--single-scale`; `--multiscale` is
+    /// still accepted, and the two together are refused.
+    #[test]
+    fn multiscale_by_default_and_single_scale_on_request() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["train", "data"].iter().chain(extra)).map(|c| c.train)
+        };
+        let config = |extra: &[&str]| parse(extra).unwrap().config().unwrap();
+        assert!(config(&[]).multiscale);
+        assert_eq!(config(&[]).feature_kind().width(), 1280 + 112 + 192);
+        assert!(config(&["--multiscale"]).multiscale);
+        assert!(!config(&["--single-scale"]).multiscale);
+        assert_eq!(config(&["--single-scale"]).feature_kind().width(), 1280);
+        assert!(parse(&["--multiscale", "--single-scale"]).is_err());
+        let tuned = parse(&["--mode", "finetune", "--single-scale"]).unwrap();
+        assert_eq!(
+            tuned.unused_options(&tuned.config().unwrap()),
+            ["--single-scale (probes only)"]
+        );
+        // A configuration file that does not say means today's default; one that says keeps it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("probe.toml");
+        let file_str = file.to_str().unwrap();
+        std::fs::write(&file, "epochs = 3\n").unwrap();
+        assert!(config(&["--config", file_str]).multiscale);
+        std::fs::write(&file, "multiscale = false\n").unwrap();
+        assert!(!config(&["--config", file_str]).multiscale);
+        assert!(config(&["--config", file_str, "--multiscale"]).multiscale);
     }
 }

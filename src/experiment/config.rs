@@ -226,7 +226,11 @@ pub struct TrainConfig {
     pub orientation_mean: bool,
     /// Probe: the pooled outputs of two earlier stages follow the final pool (multi-scale
     /// features; see [`crate::model::efficientnet::Backbone::taps`]), each part weighted alike
-    /// in the L2 penalty. Computed in the same pass.
+    /// in the L2 penalty. Computed in the same pass. On by default (it scored higher on real
+    /// cells); off, the probe reads the final pool alone. A file without it (a run folder's
+    /// `config.toml` or a workbook written before multi-scale was the default) describes a
+    /// single-scale probe, and reads as one, so that resuming or rerunning it does what it did.
+    #[serde(default = "multiscale_before_default")]
     pub multiscale: bool,
     /// Probe: how the head is fitted (fine-tuning and scratch always train in epochs).
     pub solver: Solver,
@@ -234,6 +238,11 @@ pub struct TrainConfig {
     /// folds; else the validation side's predictions of the kept network) that calibrates the
     /// probabilities, and use it in every prediction.
     pub calibrate: bool,
+}
+
+/// What a file without `multiscale` ran: the final pool alone.
+fn multiscale_before_default() -> bool {
+    false
 }
 
 impl Default for TrainConfig {
@@ -262,7 +271,7 @@ impl Default for TrainConfig {
             backend: BackendChoice::Auto,
             val_fraction: 0.2,
             orientation_mean: false,
-            multiscale: false,
+            multiscale: true,
             solver: Solver::Lbfgs,
             calibrate: false,
         }
@@ -466,6 +475,25 @@ mod tests {
             (cfg.head_init, cfg.batch_norm),
             (HeadInit::Probe, BatchNormMode::Frozen)
         );
+    }
+
+    /// A probe reads multi-scale features by default; a file that does not say (written
+    /// before that default) reads as the single-scale probe it ran, and one that says keeps it.
+    #[test]
+    fn multiscale_is_the_default_but_not_of_files_that_omit_it() {
+        let probe = TrainConfig::default();
+        assert!(probe.multiscale && probe.feature_kind().multiscale);
+        assert_eq!(probe.feature_kind().width(), 1280 + 112 + 192);
+        let old: TrainConfig = toml::from_str("mode = \"probe\"\nepochs = 3").unwrap();
+        assert!(!old.multiscale);
+        assert_eq!(old.feature_kind().width(), 1280);
+        let text = toml::to_string(&probe).unwrap();
+        assert!(text.contains("multiscale = true"), "{text}");
+        assert!(toml::from_str::<TrainConfig>(&text).unwrap().multiscale);
+        // Fine-tuned heads read the final pool whatever the setting says.
+        let tuned = TrainConfig::for_mode(Mode::Finetune);
+        assert!(!tuned.feature_kind().multiscale);
+        assert!(!tuned.as_used(Task::MultiClass).multiscale);
     }
 
     #[test]

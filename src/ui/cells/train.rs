@@ -202,7 +202,7 @@ pub(super) fn train_ui(
                 ui.checkbox(&mut config.orientation_mean, "average features over the 8 orientations")
                     .on_hover_text("Each image's features are the mean over its flips and 90° turns, so a cell gives the same features however it lies. 8× the feature extraction; cached like the others.");
                 ui.checkbox(&mut config.multiscale, "multi-scale features")
-                    .on_hover_text("The pooled outputs of two earlier stages (mid-level texture and shape) follow the final pool, each weighted alike; same forward pass, cached like the others.");
+                    .on_hover_text("On by default: the pooled outputs of two earlier stages (mid-level texture and shape) follow the final pool, each weighted alike; same forward pass, cached like the others. Off: the final pool alone (single-scale).");
                 ui.label(egui::RichText::new("Probe runs use features of unaugmented images (cached).").weak());
             });
         }
