@@ -434,16 +434,35 @@ pub(crate) fn missing_labels(data: &crate::train::data::Prepared) -> Vec<String>
     if !untrained.is_empty() {
         out.push(format!(
             "no training image of label(s) {}: the model cannot learn them",
-            untrained.join(", ")
+            label_list(&untrained)
         ));
     }
     if !unmeasured.is_empty() {
         out.push(format!(
             "no validation image of label(s) {}: their recall and AUC are not measured, and the kept model is chosen without them",
-            unmeasured.join(", ")
+            label_list(&unmeasured)
         ));
     }
     out
+}
+
+/// Labels for a message: at most 10 named, each cut to 60 characters, so that a warning stays
+/// readable whatever the labels are (a CSV column of free text gives thousands of long ones).
+fn label_list(labels: &[&str]) -> String {
+    const NAMED: usize = 10;
+    const CHARS: usize = 60;
+    let mut out: Vec<String> = labels
+        .iter()
+        .take(NAMED)
+        .map(|l| match l.char_indices().nth(CHARS) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => (*l).to_owned(),
+        })
+        .collect();
+    if labels.len() > NAMED {
+        out.push(format!("and {} more", labels.len() - NAMED));
+    }
+    out.join(", ")
 }
 
 /// A run resumes only on the data it started with: the labels and image counts of its
@@ -502,6 +521,25 @@ fn same_data(run: &std::path::Path, data: &crate::train::data::Prepared) -> anyh
 
 #[cfg(test)]
 mod tests {
+    use super::label_list;
+
+    /// A warning names at most 10 labels, each cut to 60 characters.
+    #[test]
+    fn a_label_list_stays_readable() {
+        let long = "L".repeat(70_000);
+        let many: Vec<String> = (0..25).map(|i| format!("label {i}")).collect();
+        let mut labels: Vec<&str> = vec![&long];
+        labels.extend(many.iter().map(String::as_str));
+        let text = label_list(&labels);
+        assert_eq!(text.matches(", ").count(), 10, "{text}");
+        assert!(
+            text.starts_with(&format!("{}…, label 0", "L".repeat(60))),
+            "{text}"
+        );
+        assert!(text.ends_with("label 8, and 16 more"), "{text}");
+        assert_eq!(label_list(&["a", "b"]), "a, b");
+    }
+
     use super::*;
     use crate::train::data::{Item, Prepared};
 
