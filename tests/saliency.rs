@@ -187,6 +187,34 @@ fn a_probe_map_lies_on_the_disk_that_decides_the_class() {
     assert_eq!(map.lines().count(), 14);
     assert!(map.lines().all(|l| l.split(',').count() == 14));
 
+    // A manifest CSV is read as `train` reads it: an id without its extension names its
+    // image, a row whose image is missing is left out with the reason, never explained.
+    std::fs::write(
+        fresh.join("list.csv"),
+        "path,label\n0,red\n1.png,red\ngone.png,red\n",
+    )
+    .unwrap();
+    let from_csv = dir.path().join("explained-csv");
+    let out = cellbench(
+        &[
+            "explain",
+            run.to_str().unwrap(),
+            fresh.join("list.csv").to_str().unwrap(),
+            "--out",
+            from_csv.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gone.png"), "{err}");
+    assert!(!err.contains("unreadable"), "{err}");
+    let index = std::fs::read_to_string(from_csv.join("saliency.csv")).unwrap();
+    assert_eq!(index.lines().count(), 3, "{index}");
+    assert!(
+        index.contains("0.png") && index.contains("1.png"),
+        "{index}"
+    );
+
     // An unknown label is refused with the labels listed.
     let out = cellbench(
         &[

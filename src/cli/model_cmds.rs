@@ -285,58 +285,23 @@ pub fn embed_cmd(args: EmbedArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The images of a manifest CSV, resolved as `train` resolves them (ids without an extension,
-/// zero-padded numbers, `--image-pattern`), and the rows left out with the reason: an id that
-/// matches several files, a missing or empty image. What else opening it found is said once.
-fn manifest_inputs(
-    csv: &Path,
-    image_pattern: Option<String>,
-) -> anyhow::Result<(Vec<PathBuf>, crate::infer::LeftOut)> {
-    use crate::dataset::ProblemKind;
-    let manifest = crate::dataset::open(
-        csv,
-        &OpenOptions {
-            image_pattern,
-            ..Default::default()
-        },
-    )?;
-    let mut paths = Vec::new();
-    let mut left_out = Vec::new();
-    for record in &manifest.records {
-        match &record.problem {
-            Some(why) => left_out.push((record.path.clone(), why.clone())),
-            None => paths.push(manifest.image_path(record)),
-        }
-    }
-    // The rows left out above carry their own reason; the rest is said here.
-    for p in &manifest.problems {
-        if !matches!(
-            p.kind,
-            ProblemKind::AmbiguousId | ProblemKind::MissingImage | ProblemKind::EmptyFile
-        ) {
-            crate::errln!("note: {}: {}: {}", p.kind.description(), p.detail, p.path);
-        }
-    }
-    Ok((paths, left_out))
-}
-
 pub fn predict_cmd(args: PredictArgs) -> anyhow::Result<u8> {
     let strict = args.strict;
     let compute = backend::select(args.backend)?;
-    let is_csv = args
-        .input
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let (paths, left_out) = if is_csv {
-        manifest_inputs(&args.input, args.image_pattern.clone())?
-    } else {
-        anyhow::ensure!(
-            args.image_pattern.is_none(),
-            "--image-pattern names the images of a manifest CSV; {} is not one",
-            args.input.display()
-        );
-        crate::infer::collect_inputs_noting(&args.input)?
-    };
+    let crate::infer::Inputs {
+        paths,
+        left_out,
+        notes,
+    } = crate::infer::gather_inputs(&args.input, args.image_pattern.clone()).map_err(|e| {
+        // The command line's name for the pattern.
+        anyhow::anyhow!(
+            "{}",
+            format!("{e:#}").replace("an image pattern names", "--image-pattern names")
+        )
+    })?;
+    for note in &notes {
+        crate::errln!("note: {note}");
+    }
     for (path, why) in &left_out {
         crate::errln!("skipped ({why}): {path}");
     }

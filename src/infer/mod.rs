@@ -28,10 +28,66 @@ pub fn collect_inputs(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Files of a folder that could not be taken as inputs: `(path, why)`.
 pub type LeftOut = Vec<(String, String)>;
 
-/// As [`collect_inputs`], with the files of a folder that could not be listed as inputs (a
-/// name that is not valid UTF-8, a path the walk could not enter): `(path, why)`.
+/// As [`collect_inputs`], with what could not be taken as an input and why: files of a folder
+/// that could not be listed (a name that is not valid UTF-8, a path the walk could not enter),
+/// rows of a manifest CSV whose image is missing, empty or ambiguous.
 pub fn collect_inputs_noting(input: &Path) -> anyhow::Result<(Vec<PathBuf>, LeftOut)> {
+    gather_inputs(input, None).map(|i| (i.paths, i.left_out))
+}
+
+/// The images a prediction reads, with what was left out.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub paths: Vec<PathBuf>,
+    /// `(path, why)` of each file or manifest row not taken.
+    pub left_out: LeftOut,
+    /// What else opening a manifest found (duplicate rows, unused columns…), said once.
+    pub notes: Vec<String>,
+}
+
+/// The images of `input`: one image, a folder (recursively) or a manifest CSV, whose ids are
+/// resolved as `train` resolves them (ids without an extension, zero-padded numbers,
+/// `image_pattern`); rows whose image is missing, empty or matches several files are left out
+/// with the reason, never predicted as if they were there.
+pub fn gather_inputs(input: &Path, image_pattern: Option<String>) -> anyhow::Result<Inputs> {
     use crate::dataset::problem::ProblemKind;
+    let is_csv = input
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    anyhow::ensure!(
+        is_csv || image_pattern.is_none(),
+        "an image pattern names the images of a manifest CSV; {} is not one",
+        input.display()
+    );
+    if is_csv {
+        let manifest = crate::dataset::open(
+            input,
+            &crate::dataset::OpenOptions {
+                image_pattern,
+                ..Default::default()
+            },
+        )?;
+        let mut inputs = Inputs::default();
+        for record in &manifest.records {
+            match &record.problem {
+                Some(why) => inputs.left_out.push((record.path.clone(), why.clone())),
+                None => inputs.paths.push(manifest.image_path(record)),
+            }
+        }
+        // The rows left out above carry their own reason; the rest is said once.
+        inputs.notes = manifest
+            .problems
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.kind,
+                    ProblemKind::AmbiguousId | ProblemKind::MissingImage | ProblemKind::EmptyFile
+                )
+            })
+            .map(|p| format!("{}: {}: {}", p.kind.description(), p.detail, p.path))
+            .collect();
+        return Ok(inputs);
+    }
     if crate::fs::is_dir(input) {
         let walk = crate::dataset::scan::walk_images(input);
         let left_out = walk
@@ -41,23 +97,21 @@ pub fn collect_inputs_noting(input: &Path) -> anyhow::Result<(Vec<PathBuf>, Left
             .map(|p| (p.path, format!("{}: {}", p.kind.description(), p.detail)))
             .collect();
         let paths = walk.images.into_iter().map(|f| input.join(f.rel)).collect();
-        return Ok((paths, left_out));
-    }
-    collect_one(input).map(|paths| (paths, Vec::new()))
-}
-
-fn collect_one(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext.eq_ignore_ascii_case("csv") {
-        let m = crate::dataset::open(input, &Default::default())?;
-        return Ok(m.records.iter().map(|r| m.image_path(r)).collect());
+        return Ok(Inputs {
+            paths,
+            left_out,
+            notes: Vec::new(),
+        });
     }
     anyhow::ensure!(
         crate::fs::exists(input),
         "no such file or folder: {}",
         input.display()
     );
-    Ok(vec![input.to_owned()])
+    Ok(Inputs {
+        paths: vec![input.to_owned()],
+        ..Default::default()
+    })
 }
 
 /// Batch prediction in steps: [`BatchPrediction::step`] predicts the next `batch_size` images,
