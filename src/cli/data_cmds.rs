@@ -12,11 +12,9 @@ use crate::model::backend::BackendChoice;
 
 use super::exit;
 
-/// How to open a dataset (shared by every subcommand that reads one).
-#[derive(Args, Debug, Clone)]
-pub struct DatasetArgs {
-    /// Dataset folder (C-NMC names or class folders) or CSV (NIH, Kaggle retinopathy, generic).
-    pub dataset: PathBuf,
+/// How to read a dataset's format and CSV columns (shared by every subcommand that opens one).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CsvArgs {
     /// Force the format instead of detecting it: cnmc, class-folders, nih, retina, csv.
     #[arg(long)]
     pub format: Option<DatasetFormat>,
@@ -36,6 +34,28 @@ pub struct DatasetArgs {
     /// (numeric ids zero-padded to 3 digits).
     #[arg(long, value_name = "PATTERN")]
     pub image_pattern: Option<String>,
+}
+
+impl CsvArgs {
+    pub fn options(&self) -> OpenOptions {
+        OpenOptions {
+            format: self.format,
+            images: self.images.clone(),
+            path_column: self.path_column.clone(),
+            label_column: self.label_column.clone(),
+            patient_column: self.patient_column.clone(),
+            image_pattern: self.image_pattern.clone(),
+        }
+    }
+}
+
+/// How to open a dataset (shared by every subcommand that reads one).
+#[derive(Args, Debug, Clone)]
+pub struct DatasetArgs {
+    /// Dataset folder (C-NMC names or class folders) or CSV (NIH, Kaggle retinopathy, generic).
+    pub dataset: PathBuf,
+    #[command(flatten)]
+    pub csv: CsvArgs,
     /// Also read every image's header (`headers`) or decode every image (`decode`); for
     /// `explore`, also `features`: whether the backbone features identify the patient more
     /// easily than the label (a batch-effect check). Several: `--check decode,features`.
@@ -61,14 +81,7 @@ fn parse_check(s: &str) -> Result<Check, String> {
 
 impl DatasetArgs {
     pub fn options(&self) -> OpenOptions {
-        OpenOptions {
-            format: self.format,
-            images: self.images.clone(),
-            path_column: self.path_column.clone(),
-            label_column: self.label_column.clone(),
-            patient_column: self.patient_column.clone(),
-            image_pattern: self.image_pattern.clone(),
-        }
+        self.csv.options()
     }
 
     /// Opens the dataset and runs the requested image check (`--check features` is
@@ -130,6 +143,7 @@ pub struct SplitArgs {
     /// Fraction of images for the validation side.
     #[arg(long, default_value_t = 0.1)]
     pub val: f64,
+    /// Seed of the split: the same seed and data give the same sides.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Split images one by one even when patients are known: the leaky split, to compare
@@ -139,19 +153,8 @@ pub struct SplitArgs {
     /// Where to write the split manifest.
     #[arg(long, short, default_value = "split.csv")]
     pub out: PathBuf,
-    #[arg(long)]
-    pub format: Option<DatasetFormat>,
-    #[arg(long)]
-    pub images: Option<PathBuf>,
-    #[arg(long)]
-    pub path_column: Option<String>,
-    #[arg(long)]
-    pub label_column: Option<String>,
-    #[arg(long)]
-    pub patient_column: Option<String>,
-    /// For CSVs of ids: the image file name of each id, e.g. `{id:03}.bmp`.
-    #[arg(long, value_name = "PATTERN")]
-    pub image_pattern: Option<String>,
+    #[command(flatten)]
+    pub csv: CsvArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -287,7 +290,7 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
             csv,
             &OpenOptions {
                 format: Some(DatasetFormat::Csv),
-                images: args.images.clone(),
+                images: args.csv.images.clone(),
                 ..Default::default()
             },
         )?;
@@ -330,12 +333,7 @@ pub(super) fn split(args: SplitArgs) -> anyhow::Result<u8> {
     }
     let data = DatasetArgs {
         dataset: args.dataset.clone().context("a dataset is required")?,
-        format: args.format,
-        images: args.images.clone(),
-        path_column: args.path_column.clone(),
-        label_column: args.label_column.clone(),
-        patient_column: args.patient_column.clone(),
-        image_pattern: args.image_pattern.clone(),
+        csv: args.csv.clone(),
         check: Vec::new(),
     };
     let mut manifest = data.open()?;
