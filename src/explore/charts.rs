@@ -73,16 +73,18 @@ pub fn report_charts(report: &ExploreReport) -> Vec<(&'static str, ChartSpec)> {
         ));
     }
     if let Some(pp) = &report.images_per_patient {
+        // Binned as the workbench draws it: consecutive values, a long tail in one last bar.
+        let bins = super::bins::count_bins(&pp.histogram, super::bins::PATIENT_BINS);
         out.push((
             "images_per_patient",
             ChartSpec::Bars {
                 title: "Images per patient".into(),
                 x_desc: "images per patient".into(),
                 y_desc: "patients".into(),
-                categories: pp.histogram.iter().map(|(n, _)| n.to_string()).collect(),
+                categories: bins.names,
                 series: vec![(
                     "patients".into(),
-                    pp.histogram.iter().map(|(_, p)| *p as f64).collect(),
+                    bins.counts.iter().map(|&p| p as f64).collect(),
                 )],
             },
         ));

@@ -3,6 +3,7 @@
 //! the same code serves the desktop and the browser.
 
 pub mod batch_effect;
+pub mod bins;
 #[cfg(all(not(target_arch = "wasm32"), feature = "gui"))]
 pub mod charts;
 pub mod embedding;

@@ -18,6 +18,10 @@ pub struct ExploreUi {
     pub sort: std::collections::HashMap<usize, (usize, bool)>,
     /// Images per label on a log scale.
     pub log_counts: bool,
+    /// Patients per label on a log scale.
+    pub log_patients: bool,
+    /// The images-per-patient histogram on a log scale.
+    pub log_per_patient: bool,
 }
 
 pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
@@ -31,38 +35,31 @@ pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
     };
     let report: Arc<ExploreReport> = data.report.clone();
     let filter_label = app.rt.dataset(dataset).and_then(|d| d.filter.label.clone());
-    ui.horizontal_wrapped(|ui| {
-        ui.label(egui::RichText::new("Images per label").strong());
-        ui.label("(click a bar to filter the gallery)");
-    });
     let names: Vec<String> = report.labels.iter().map(|l| l.label.clone()).collect();
     let images: Vec<f64> = report.labels.iter().map(|l| l.images as f64).collect();
     let highlight = filter_label
         .as_deref()
         .and_then(|f| names.iter().position(|n| n == f));
-    let log = {
-        let ex = app.rt.explore_ui_or_insert_with(id, Default::default);
-        let (lo, hi) = images.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &v| {
-            (lo.min(v.max(1.0)), hi.max(v))
-        });
-        // Offered when the counts span two orders of magnitude (NIH: 60,361 to 227).
-        if hi / lo >= 100.0 {
-            ui.checkbox(&mut ex.log_counts, "log scale")
-                .on_hover_text("Counts that span orders of magnitude: the small ones become readable (the numbers on the bars stay exact)");
-        }
-        ex.log_counts && hi / lo >= 100.0
-    };
-    let clicked = category_bars(
-        ui,
-        ("labels-plot", id),
-        220.0,
-        &names,
-        &images,
-        egui::Color32::from_rgb(52, 101, 164),
+    let ex = app.rt.explore_ui_or_insert_with(id, Default::default);
+    let mut log = [ex.log_counts, ex.log_patients, ex.log_per_patient];
+    let log_images = ui
+        .horizontal_wrapped(|ui| {
+            ui.label(egui::RichText::new("Images per label").strong());
+            ui.label("(click a bar to filter the gallery)");
+            log_toggle(ui, &images, &mut log[0])
+        })
+        .inner;
+    let clicked = CategoryBars {
+        names: &names,
+        values: &images,
+        color: egui::Color32::from_rgb(52, 101, 164),
         highlight,
-        "images",
-        log,
-    );
+        counts: "images",
+        categories: None,
+        log: log_images,
+        height: 220.0,
+    }
+    .show(ui, ("labels-plot", id));
     if let Some(i) = clicked {
         // A click on the filtered bar clears the filter.
         let label = names[i].clone();
@@ -73,66 +70,64 @@ pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
         });
     }
     if report.summary.patients.is_some() {
-        ui.label(egui::RichText::new("Patients per label").strong());
         let patients: Vec<f64> = report
             .labels
             .iter()
             .map(|l| l.patients.unwrap_or(0) as f64)
             .collect();
-        category_bars(
-            ui,
-            ("patients-plot", id),
-            160.0,
-            &names,
-            &patients,
-            egui::Color32::from_rgb(46, 139, 87),
-            None,
-            "patients",
-            false,
-        );
+        let log_patients = ui
+            .horizontal(|ui| {
+                ui.label(egui::RichText::new("Patients per label").strong());
+                log_toggle(ui, &patients, &mut log[1])
+            })
+            .inner;
+        CategoryBars {
+            names: &names,
+            values: &patients,
+            color: egui::Color32::from_rgb(46, 139, 87),
+            highlight: None,
+            counts: "patients",
+            categories: None,
+            log: log_patients,
+            height: 160.0,
+        }
+        .show(ui, ("patients-plot", id));
     }
     if let Some(pp) = &report.images_per_patient {
-        ui.label(egui::RichText::new("Images per patient").strong());
-        // A few patients with very many images would stretch the axis far past where the
-        // rest sit: they share one last bar, "more than N".
-        let (bars, tail) = images_per_patient_bars(&pp.histogram);
-        if let Some((cutoff, patients, max)) = tail {
-            ui.label(
-                egui::RichText::new(format!(
-                    "{patients} patients with more than {cutoff} images (up to {max}) share the last bar"
-                ))
-                .weak(),
-            );
+        // Consecutive counts, at most a couple of dozen bars: a few patients with very many
+        // images share one last bar instead of stretching the axis far past the rest.
+        let bins =
+            crate::explore::bins::count_bins(&pp.histogram, crate::explore::bins::PATIENT_BINS);
+        let patients: Vec<f64> = bins.counts.iter().map(|&c| c as f64).collect();
+        let log_patients = ui
+            .horizontal_wrapped(|ui| {
+                ui.label(egui::RichText::new("Images per patient").strong());
+                if let Some(t) = bins.tail {
+                    ui.label(
+                        egui::RichText::new(format!(
+                            "({} patients with more than {} images, up to {}, share the last bar)",
+                            t.count, t.above, t.max
+                        ))
+                        .weak(),
+                    );
+                }
+                log_toggle(ui, &patients, &mut log[2])
+            })
+            .inner;
+        CategoryBars {
+            names: &bins.names,
+            values: &patients,
+            color: egui::Color32::from_rgb(52, 101, 164),
+            highlight: bins.tail.map(|_| bins.names.len() - 1),
+            counts: "patients",
+            categories: Some("images per patient"),
+            log: log_patients,
+            height: 180.0,
         }
-        let tail_at = tail.map(|(cutoff, ..)| cutoff as f64 + 2.0);
-        Plot::new(("ipp-plot", id))
-            .height(140.0)
-            .allow_scroll(false)
-            .allow_zoom(false)
-            .allow_drag(false)
-            .x_axis_label("images per patient")
-            .y_axis_label("patients")
-            .x_axis_formatter(move |m, _| {
-                if (m.value - m.value.round()).abs() > 1e-6 || m.value < 0.0 {
-                    return String::new();
-                }
-                match (tail, tail_at) {
-                    (Some((cutoff, ..)), Some(at)) if (m.value - at).abs() < 1e-6 => {
-                        format!(">{cutoff}")
-                    }
-                    (Some(_), Some(at)) if m.value > at - 1.5 => String::new(),
-                    _ => format!("{:.0}", m.value),
-                }
-            })
-            .y_axis_formatter(|m, _| {
-                if m.value < 0.0 || (m.value - m.value.round()).abs() > 1e-6 {
-                    String::new()
-                } else {
-                    format!("{:.0}", m.value)
-                }
-            })
-            .show(ui, |p| p.bar_chart(BarChart::new("patients", bars)));
+        .show(ui, ("ipp-plot", id));
     }
+    let ex = app.rt.explore_ui_or_insert_with(id, Default::default);
+    [ex.log_counts, ex.log_patients, ex.log_per_patient] = log;
     ui.add_space(6.0);
     // In the cell's words: the problems name its fields, not the command line's flags.
     let tables: Vec<Table> = report
@@ -208,210 +203,266 @@ pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
     });
 }
 
-/// A bar chart over named categories (bar `i` at x = i); returns the bar clicked, if any.
+/// A "log scale" checkbox, offered only when `values` span two orders of magnitude (NIH
+/// ChestX-ray14: 60,361 images of No Finding, 227 of Hernia); returns whether the chart is
+/// drawn on a log scale.
+fn log_toggle(ui: &mut egui::Ui, values: &[f64], on: &mut bool) -> bool {
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| **v > 0.0)
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let wide = hi / lo >= 100.0;
+    if wide {
+        ui.checkbox(on, "log scale").on_hover_text(
+            "Counts that span orders of magnitude: the small ones become readable (the numbers on the bars stay exact)",
+        );
+    }
+    *on && wide
+}
+
+/// Whether bars lie horizontally, one row per category: when the names, side by side under
+/// upright bars, would not fit the plot's width (every name is always written out).
+pub fn bars_lie_horizontally(widest_name_px: f32, categories: usize, plot_width_px: f32) -> bool {
+    (widest_name_px + 12.0) * categories as f32 > plot_width_px
+}
+
 /// Bars per category, readable at any size: every bar's count written on it, a bar too small
 /// to see drawn at a minimum height (its count still true), every category named (bars lie
-/// horizontally, one row each, when there are more than eight), integer count ticks, and an
-/// optional log scale for counts that span orders of magnitude. Returns the category clicked.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn category_bars(
-    ui: &mut egui::Ui,
-    id: impl std::hash::Hash + std::fmt::Debug,
-    height: f32,
-    names: &[String],
-    values: &[f64],
-    color: egui::Color32,
-    highlight: Option<usize>,
-    y_label: &str,
-    log: bool,
-) -> Option<usize> {
-    let horizontal = names.len() > 8;
-    let scale = |v: f64| if log { (1.0 + v).log10() } else { v };
-    let top = values
-        .iter()
-        .copied()
-        .map(scale)
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let bars: Vec<Bar> = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            // A non-zero count never disappears next to a large one.
-            let shown = if v > 0.0 {
+/// horizontally, one row each, when the names do not fit side by side), integer count ticks,
+/// and an optional log scale for counts that span orders of magnitude.
+pub(super) struct CategoryBars<'a> {
+    pub names: &'a [String],
+    pub values: &'a [f64],
+    pub color: egui::Color32,
+    /// A bar drawn in the accent colour (the gallery's filter, a histogram's shared tail).
+    pub highlight: Option<usize>,
+    /// What the bars count ("images").
+    pub counts: &'a str,
+    /// What the categories are, when they need a name ("images per patient").
+    pub categories: Option<&'a str>,
+    pub log: bool,
+    /// The plot's height with upright bars (horizontal ones take a row per category).
+    pub height: f32,
+}
+
+impl CategoryBars<'_> {
+    /// Draws the chart; returns the category clicked, if any.
+    pub fn show(
+        self,
+        ui: &mut egui::Ui,
+        id: impl std::hash::Hash + std::fmt::Debug,
+    ) -> Option<usize> {
+        let Self {
+            names,
+            values,
+            color,
+            highlight,
+            counts,
+            categories,
+            log,
+            height,
+        } = self;
+        let font = egui::TextStyle::Body.resolve(ui.style());
+        let widest = names
+            .iter()
+            .map(|n| {
+                ui.painter()
+                    .layout_no_wrap(n.clone(), font.clone(), egui::Color32::WHITE)
+                    .size()
+                    .x
+            })
+            .fold(0.0f32, f32::max);
+        // The count axis takes about 60 points of the width.
+        let horizontal = bars_lie_horizontally(widest, names.len(), ui.available_width() - 60.0);
+        let scale = |v: f64| if log { (1.0 + v).log10() } else { v };
+        let top = values
+            .iter()
+            .copied()
+            .map(scale)
+            .fold(0.0, f64::max)
+            .max(1e-9);
+        // A non-zero count never disappears next to a large one.
+        let shown = |v: f64| {
+            if v > 0.0 {
                 scale(v).max(top * 0.015)
             } else {
                 0.0
-            };
-            let mut b = Bar::new(i as f64, shown)
-                .name(format!("{}: {v}", names[i]))
-                .width(0.7)
-                .fill(color);
-            if highlight == Some(i) {
-                b = b.fill(egui::Color32::from_rgb(230, 126, 34));
             }
-            b
-        })
-        .collect();
-    let mut chart = BarChart::new(y_label, bars).color(color);
-    if horizontal {
-        chart = chart.horizontal();
-    }
-    let axis_names = names.to_vec();
-    let category_tick = move |m: egui_plot::GridMark, _: &std::ops::RangeInclusive<f64>| {
-        let i = m.value.round();
-        if (m.value - i).abs() < 1e-6 && i >= 0.0 {
-            axis_names.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
-    let count_tick = move |m: egui_plot::GridMark, _: &std::ops::RangeInclusive<f64>| {
-        let v = if log {
-            10f64.powf(m.value) - 1.0
-        } else {
-            m.value
         };
-        if log && (m.value.fract().abs() > 1e-6 || m.value < 0.0) {
-            return String::new();
-        }
-        if v < 0.0 || (v - v.round()).abs() > 1e-6 {
-            String::new()
-        } else {
-            format!("{v:.0}")
-        }
-    };
-    // One category per grid step, whatever the size: no name is skipped.
-    let one_per_category = egui_plot::uniform_grid_spacer(|_| [1.0, 1.0, 1.0]);
-    let count_label = if log {
-        format!("{y_label} (log scale)")
-    } else {
-        y_label.to_owned()
-    };
-    let height = if horizontal {
-        height.max(28.0 * names.len() as f32 + 40.0)
-    } else {
-        height
-    };
-    let mut plot = Plot::new(id)
-        .height(height)
-        .allow_scroll(false)
-        .allow_zoom(false)
-        .allow_drag(false)
-        .include_x(0.0)
-        .include_y(0.0)
-        // Grid lines along the counts only: a line through each category would read as a
-        // stem on top of its bar.
-        .show_grid(egui::Vec2b::new(horizontal, !horizontal));
-    plot = if horizontal {
-        plot.y_axis_formatter(category_tick)
-            .y_grid_spacer(one_per_category)
-            .x_axis_formatter(count_tick)
-            .x_axis_label(count_label)
-            .include_x(top * 1.12)
-            .y_axis_min_width(110.0)
-    } else {
-        plot.x_axis_formatter(category_tick)
-            .x_grid_spacer(one_per_category)
-            .y_axis_formatter(count_tick)
-            .y_axis_label(count_label)
-            .include_y(top * 1.15)
-    };
-    let text_color = ui.visuals().text_color();
-    let clicked = plot
-        .show(ui, |p| {
-            p.bar_chart(chart);
-            for (i, &v) in values.iter().enumerate() {
-                let shown = if v > 0.0 {
-                    scale(v).max(top * 0.015)
+        let bars: Vec<Bar> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let b = Bar::new(i as f64, shown(v))
+                    .name(format!("{}: {v}", names[i]))
+                    .width(0.7)
+                    .fill(color);
+                if highlight == Some(i) {
+                    b.fill(egui::Color32::from_rgb(230, 126, 34))
                 } else {
-                    0.0
-                };
-                let (at, anchor) = if horizontal {
-                    (
-                        egui_plot::PlotPoint::new(shown + top * 0.01, i as f64),
-                        egui::Align2::LEFT_CENTER,
-                    )
-                } else {
-                    (
-                        egui_plot::PlotPoint::new(i as f64, shown + top * 0.01),
-                        egui::Align2::CENTER_BOTTOM,
-                    )
-                };
-                p.text(
-                    egui_plot::Text::new(
-                        format!("count {i}"),
-                        at,
-                        egui::RichText::new(format!("{v:.0}")).size(13.0),
-                    )
-                    .anchor(anchor)
-                    .color(text_color),
-                );
+                    b
+                }
+            })
+            .collect();
+        let mut chart = BarChart::new(counts, bars).color(color);
+        if horizontal {
+            chart = chart.horizontal();
+        }
+        let count_tick = move |m: egui_plot::GridMark, _: &std::ops::RangeInclusive<f64>| {
+            // On a log scale the marks are the counts 0, 1, 10, 100, … (see `log_marks`).
+            let v = if log {
+                (10f64.powf(m.value) - 1.0).round()
+            } else {
+                m.value
+            };
+            if v < 0.0 || (v - v.round()).abs() > 1e-6 {
+                String::new()
+            } else {
+                format!("{v:.0}")
             }
-            p.response()
-                .clicked()
-                .then(|| p.pointer_coordinate())
-                .flatten()
-        })
-        .inner?;
-    let c = if horizontal { clicked.y } else { clicked.x };
-    let i = c.round();
-    (i >= 0.0 && (i as usize) < names.len() && (c - i).abs() < 0.4).then_some(i as usize)
+        };
+        // One category per grid step, whatever the size, each named: names are never faded
+        // or skipped for being close (their width was checked above).
+        let one_per_category = egui_plot::uniform_grid_spacer(|_| [1.0, 1.0, 1.0]);
+        let mut category_axis = egui_plot::AxisHints::new_x()
+            .formatter(category_tick(names))
+            .label_spacing(0.0..=1.0);
+        if let Some(c) = categories {
+            category_axis = category_axis.label(c);
+        }
+        let count_label = if log {
+            format!("{counts} (log scale)")
+        } else {
+            counts.to_owned()
+        };
+        let height = if horizontal {
+            height.max(28.0 * names.len() as f32 + 40.0)
+        } else {
+            height
+        };
+        let mut plot = Plot::new(id)
+            .height(height)
+            .allow_scroll(false)
+            .allow_zoom(false)
+            .allow_drag(false)
+            .include_x(0.0)
+            .include_y(0.0)
+            // Grid lines along the counts only: a line through each category would read as a
+            // stem on top of its bar.
+            .show_grid(egui::Vec2b::new(horizontal, !horizontal));
+        if log {
+            plot = if horizontal {
+                plot.x_grid_spacer(log_marks)
+            } else {
+                plot.y_grid_spacer(log_marks)
+            };
+        }
+        plot = if horizontal {
+            plot.y_axis_formatter(category_tick(names))
+                .y_grid_spacer(one_per_category)
+                .x_axis_formatter(count_tick)
+                .x_axis_label(count_label)
+                .include_x(top * 1.12)
+                .y_axis_min_width(110.0)
+        } else {
+            plot.custom_x_axes(vec![category_axis])
+                .x_grid_spacer(one_per_category)
+                .include_x(-0.5)
+                .include_x(names.len() as f64 - 0.5)
+                .y_axis_formatter(count_tick)
+                .y_axis_label(count_label)
+                .include_y(top * 1.15)
+        };
+        let text_color = ui.visuals().text_color();
+        let clicked = plot
+            .show(ui, |p| {
+                p.bar_chart(chart);
+                for (i, &v) in values.iter().enumerate() {
+                    let (at, anchor) = if horizontal {
+                        (
+                            egui_plot::PlotPoint::new(shown(v) + top * 0.01, i as f64),
+                            egui::Align2::LEFT_CENTER,
+                        )
+                    } else {
+                        (
+                            egui_plot::PlotPoint::new(i as f64, shown(v) + top * 0.01),
+                            egui::Align2::CENTER_BOTTOM,
+                        )
+                    };
+                    p.text(
+                        egui_plot::Text::new(
+                            format!("count {i}"),
+                            at,
+                            egui::RichText::new(format!("{v:.0}")).size(13.0),
+                        )
+                        .anchor(anchor)
+                        .color(text_color),
+                    );
+                }
+                p.response()
+                    .clicked()
+                    .then(|| p.pointer_coordinate())
+                    .flatten()
+            })
+            .inner?;
+        let c = if horizontal { clicked.y } else { clicked.x };
+        let i = c.round();
+        (i >= 0.0 && (i as usize) < names.len() && (c - i).abs() < 0.4).then_some(i as usize)
+    }
 }
 
-/// Bars of an images-per-patient histogram (`(images, patients)`). When a few patients have
-/// far more images than the rest (beyond 97% of patients and more than twice as many), they
-/// share one last bar; returns it as `(cutoff, patients in it, the largest count)`.
-fn images_per_patient_bars(histogram: &[(u64, u64)]) -> (Vec<Bar>, Option<(u64, u64, u64)>) {
-    let total: u64 = histogram.iter().map(|(_, c)| c).sum();
-    let max = histogram.iter().map(|(n, _)| *n).max().unwrap_or(0);
-    let mut sorted = histogram.to_vec();
-    sorted.sort_unstable();
-    let mut seen = 0;
-    let mut cutoff = max;
-    for (n, c) in &sorted {
-        seen += c;
-        if seen as f64 >= 0.97 * total as f64 {
-            cutoff = *n;
-            break;
+/// The marks of a log-scaled count axis (bars are drawn at log10(1 + count)): the counts 0, 1,
+/// 10, 100, … that the plot's range reaches.
+fn log_marks(input: egui_plot::GridInput) -> Vec<egui_plot::GridMark> {
+    std::iter::once(0.0)
+        .chain((0..12).map(|k| (1.0 + 10f64.powi(k)).log10()))
+        .take_while(|at| *at <= input.bounds.1)
+        .map(|value| egui_plot::GridMark {
+            value,
+            step_size: 1.0,
+        })
+        .collect()
+}
+
+/// Category `i`'s name at the axis mark `i` (nothing between categories).
+fn category_tick(
+    names: &[String],
+) -> impl Fn(egui_plot::GridMark, &std::ops::RangeInclusive<f64>) -> String + use<> {
+    let names = names.to_vec();
+    move |m, _| {
+        let i = m.value.round();
+        if (m.value - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
         }
     }
-    let bar = |x: f64, c: u64| Bar::new(x, c as f64).width(0.9);
-    if max <= 2 * cutoff + 5 {
-        return (
-            sorted.iter().map(|&(n, c)| bar(n as f64, c)).collect(),
-            None,
-        );
-    }
-    let mut bars: Vec<Bar> = sorted
-        .iter()
-        .filter(|(n, _)| *n <= cutoff)
-        .map(|&(n, c)| bar(n as f64, c))
-        .collect();
-    let beyond: u64 = sorted
-        .iter()
-        .filter(|(n, _)| *n > cutoff)
-        .map(|(_, c)| c)
-        .sum();
-    bars.push(bar(cutoff as f64 + 2.0, beyond).fill(egui::Color32::from_rgb(230, 126, 34)));
-    (bars, Some((cutoff, beyond, max)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// One patient with 190 images among patients with 1–15 shares a last bar instead of
-    /// stretching the axis to 190; an ordinary histogram is drawn as it is.
+    /// Five cell types fit side by side; NIH's fifteen findings (`Pleural_Thickening` the
+    /// widest) lie as rows; twenty short histogram bins stand upright.
     #[test]
-    fn a_long_tail_of_images_per_patient_shares_one_bar() {
-        let mut h: Vec<(u64, u64)> = (1..=15).map(|n| (n, 10)).collect();
-        h.push((190, 1));
-        let (bars, tail) = images_per_patient_bars(&h);
-        assert_eq!(tail, Some((15, 1, 190)));
-        assert_eq!(bars.len(), 16);
-        assert!(bars.iter().all(|b| b.argument <= 17.0));
-        let (bars, tail) = images_per_patient_bars(&[(1, 4), (2, 7), (3, 2)]);
-        assert_eq!((bars.len(), tail), (3, None));
+    fn bars_lie_down_only_when_their_names_do_not_fit() {
+        use super::bars_lie_horizontally as lie;
+        assert!(!lie(75.0, 5, 1180.0));
+        assert!(lie(130.0, 15, 1180.0));
+        assert!(!lie(25.0, 20, 1180.0));
+        assert!(lie(75.0, 5, 300.0), "a narrow window");
+    }
+
+    /// A log-scaled axis is marked at the counts 0, 1, 10, 100 and 1000 for counts up to 1500.
+    #[test]
+    fn a_log_axis_is_marked_at_powers_of_ten() {
+        let marks = super::log_marks(egui_plot::GridInput {
+            bounds: (0.0, (1.0f64 + 1500.0).log10()),
+            base_step_size: 0.01,
+        });
+        let counts: Vec<f64> = marks
+            .iter()
+            .map(|m| (10f64.powf(m.value) - 1.0).round())
+            .collect();
+        assert_eq!(counts, [0.0, 1.0, 10.0, 100.0, 1000.0]);
     }
 }
