@@ -81,7 +81,17 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label_contains("Device: cpu (flex");
     // Evaluate.
     harness.get_by_label("Confusion matrix (val side)");
-    harness.get_by_label("ROC curves (one vs rest)");
+    // The ROC legend lies under the plot (300 points tall), never over its curves.
+    let title = harness.get_by_label("ROC curves (one vs rest)").rect();
+    for class in ["Basophil", "Neutrophil"] {
+        let entry = harness
+            .get_by_label_contains(&format!("{class} AUC "))
+            .rect();
+        assert!(
+            entry.top() > title.bottom() + 300.0,
+            "{class}'s entry {entry:?} is not under the plot below {title:?}"
+        );
+    }
     // Headline numbers with their bootstrap intervals, and the reliability diagram.
     harness.get_by_label_contains("95% bootstrap intervals over 9 images");
     harness.get_by_label_contains("Reliability (calibration error ");
@@ -734,10 +744,9 @@ fn a_csv_with_unguessable_columns_is_imported_from_the_cell() {
     wait_until_settled(&mut harness, Duration::from_secs(60));
     harness.run_steps(3);
     harness.get_by_label_contains("8 images · 2 labels · 2 patients");
-    harness.get_by_label_contains(&format!(
-        "8 of 8 listed images found and usable under {}",
-        images.display()
-    ));
+    // Named as the cell names it: relative to the workbook's folder.
+    harness.get_by_label_contains("8 of 8 listed images found and usable under scans");
+    assert!(images.is_dir());
 }
 
 #[test]
@@ -1322,4 +1331,46 @@ fn a_workbook_that_does_not_read_is_never_saved_over() {
         harness.state().state.workbook_path.as_deref(),
         Some(book.as_path())
     );
+}
+
+/// A Note opened with Edit takes the keyboard at once: what is typed next (no click into the
+/// field first) lands in the note, and Done shows it as markdown, bold without its asterisks.
+#[test]
+fn a_note_opened_for_editing_takes_the_typing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("note.cellbook.toml");
+    let mut workbook = cellbench::workbook::Workbook::default();
+    workbook.push(CellKind::Note {
+        text: "# Plan".into(),
+    });
+    workbook.save(&book).unwrap();
+    let ctx = eframe::egui::Context::default();
+    let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    let mut harness = window(app, 800.0);
+    harness.run_steps(3);
+    let text = |app: &WorkbenchApp| match &app.notebook.workbook.cells[0].kind {
+        CellKind::Note { text } => text.clone(),
+        other => panic!("not a note: {other:?}"),
+    };
+    harness.get_by_label("Edit").click();
+    harness.run_steps(3);
+    // Plain text events, as a keyboard sends them: they reach whatever has the focus.
+    harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::End);
+    harness.run_steps(1);
+    harness.event(eframe::egui::Event::Text("\nCount **every** cell".into()));
+    harness.run_steps(3);
+    assert_eq!(text(harness.state()), "# Plan\nCount **every** cell");
+    // The focus is asked for once, when editing starts: Escape gives it up for good.
+    let field = |n: &egui_kittest::kittest::AccessKitNode<'_>| {
+        n.role() == eframe::egui::accesskit::Role::MultilineTextInput
+    };
+    assert!(harness.get_by(field).is_focused());
+    harness.key_press(eframe::egui::Key::Escape);
+    harness.run_steps(3);
+    assert!(!harness.get_by(field).is_focused());
+    harness.get_by_label("Done").click();
+    harness.run_steps(3);
+    harness.get_by_label("every");
+    assert!(harness.query_by_label_contains("**").is_none());
+    harness.get_by_label("Plan");
 }

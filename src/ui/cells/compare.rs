@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::Legend;
 
 use crate::runs::view::RunSummary;
 
@@ -356,17 +355,21 @@ pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &
         widgets::series_signature(s.iter().map(|(n, p)| (n.as_str(), p.as_slice())))
     };
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
+    // One legend for both charts, under them (run names are long: inside, they would cover
+    // the curves); hovering a run picks it out in both.
+    let legend_id = egui::Id::unique(("cmp-legend", id));
+    let picked = widgets::legend_hovered(ui, legend_id);
     ui.horizontal(|ui| {
         widgets::refitting_plot(ui, egui::Id::unique(("cmp-loss", id)), signature(&losses))
             .width(width)
             .height(200.0)
-            .legend(Legend::default())
             .x_axis_label("epoch")
             .y_axis_label("validation loss")
             .show(ui, |p| {
-                widgets::marked_series(
+                widgets::marked_series_picking(
                     p,
                     losses.iter().map(|(n, pts)| (n.as_str(), pts.as_slice())),
+                    picked,
                 );
             });
         widgets::refitting_plot(
@@ -376,20 +379,26 @@ pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &
         )
         .width(width)
         .height(200.0)
-        .legend(Legend::default())
         .x_axis_label("epoch")
         .y_axis_label("validation accuracy")
         .include_y(0.0)
         .include_y(1.0)
         .show(ui, |p| {
-            widgets::marked_series(
+            widgets::marked_series_picking(
                 p,
                 accuracies
                     .iter()
                     .map(|(n, pts)| (n.as_str(), pts.as_slice())),
+                picked,
             );
         });
     });
+    let entries: Vec<(String, egui::Color32)> = loaded
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.id.clone(), widgets::series_color(k)))
+        .collect();
+    widgets::legend_below(ui, legend_id, &entries, 2.0 * width);
     reported_ui(ui, id, loaded, tests);
     widgets::compare_table(ui, ("cmp-table", id), loaded);
 }

@@ -111,7 +111,10 @@ pub(super) fn dataset_ui(
         let text = format!(
             "{usable} of {} listed images found and usable under {}",
             manifest.records.len(),
-            manifest.root.display()
+            crate::workbook::stored_path(
+                &manifest.root,
+                &crate::workbook::Workbook::base_dir(&app.workbook_path)
+            )
         );
         if usable == manifest.records.len() {
             ui.label(text);

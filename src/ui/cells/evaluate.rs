@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Line, Plot, PlotPoints};
 
 use crate::runs::view::RunEvaluation;
 
@@ -70,6 +70,7 @@ pub(super) fn evaluate_ui(
         .and_then(|d| app.rt.dataset(d))
         .and_then(|d| d.data.ready())
         .map(|d| std::path::absolute(&d.manifest.root).unwrap_or(d.manifest.root.clone()));
+    let base = crate::workbook::Workbook::base_dir(&app.workbook_path);
     let Some(ev) = app.rt.eval_mut(id) else {
         return;
     };
@@ -85,13 +86,20 @@ pub(super) fn evaluate_ui(
         }
     };
     // Name the data the run was trained on, and say so when it is not the dataset above.
-    let trained_on = data.dataset_root.as_ref().map(|r| r.display().to_string());
-    ui.label(format!(
+    // Named as the Dataset cell names it: relative to the workbook's folder when inside it.
+    let trained_on = data
+        .dataset_root
+        .as_ref()
+        .map(|r| crate::workbook::stored_path(r, &base));
+    let trained = ui.label(format!(
         "Trained on {}",
         trained_on
             .as_deref()
             .unwrap_or("an unknown dataset (older run)")
     ));
+    if let Some(root) = &data.dataset_root {
+        trained.on_hover_text(root.display().to_string());
+    }
     if let (Some(root), Some(above)) = (&data.dataset_root, &above)
         && root != above
     {
@@ -99,7 +107,7 @@ pub(super) fn evaluate_ui(
             STALE_COLOR,
             format!(
                 "This run was trained on another dataset than the Dataset cell above ({}).",
-                above.display()
+                crate::workbook::stored_path(above, &base)
             ),
         );
     }
@@ -138,32 +146,37 @@ pub(super) fn evaluate_ui(
         }
         ui.vertical(|ui| {
             ui.label(egui::RichText::new("ROC curves (one vs rest)").strong());
-            // A few curves: the legend sits in the empty lower right of the plot. Many: it is
-            // listed below the plot instead of covering it.
-            let inside = data.roc.len() <= 6;
-            let mut plot = Plot::new(("roc", id)).width(360.0).height(300.0);
-            if inside {
-                plot = plot.legend(Legend::default().position(egui_plot::Corner::RightBottom));
-            }
-            plot.x_axis_label("false positive rate")
+            // The legend is written under the plot, never over the curves (with five classes
+            // they run through any corner); hovering an entry picks out its curve.
+            let legend_id = egui::Id::unique(("roc-legend", id));
+            let picked = widgets::legend_hovered(ui, legend_id);
+            Plot::new(("roc", id))
+                .width(360.0)
+                .height(300.0)
+                .x_axis_label("false positive rate")
                 .y_axis_label("true positive rate")
                 .include_x(0.0)
                 .include_x(1.0)
                 .include_y(0.0)
                 .include_y(1.0)
                 .data_aspect(1.0)
+                .allow_scroll(false)
                 .show(ui, |p| {
                     for (k, c) in data.roc.iter().enumerate() {
                         let pts: Vec<[f64; 2]> = c.points.iter().map(|(x, y)| [*x, *y]).collect();
-                        let name = c
-                            .auc
-                            .map_or(c.label.clone(), |a| format!("{} (AUC {a:.3})", c.label));
+                        let mut color = widgets::series_color(k);
+                        let mut width = 2.0;
+                        match picked {
+                            Some(j) if j == k => width = 3.5,
+                            Some(_) => color = color.gamma_multiply(0.25),
+                            None => {}
+                        }
                         // ROC steps are vertical: keep them lines, not merged into bands.
                         p.line(
-                            Line::new(name, PlotPoints::from(pts))
+                            Line::new(c.label.clone(), PlotPoints::from(pts))
                                 .allow_band(false)
-                                .width(2.0)
-                                .color(widgets::series_color(k)),
+                                .width(width)
+                                .color(color),
                         );
                     }
                     p.line(
@@ -171,21 +184,18 @@ pub(super) fn evaluate_ui(
                             .color(egui::Color32::GRAY),
                     );
                 });
-            if !inside {
-                ui.set_max_width(360.0);
-                ui.horizontal_wrapped(|ui| {
-                    for (k, c) in data.roc.iter().enumerate() {
-                        let (dot, _) =
-                            ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
-                        ui.painter()
-                            .circle_filled(dot.center(), 4.5, widgets::series_color(k));
-                        ui.label(
-                            c.auc
-                                .map_or(c.label.clone(), |a| format!("{} {a:.3}", c.label)),
-                        );
-                    }
-                });
-            }
+            let entries: Vec<(String, egui::Color32)> = data
+                .roc
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    let name = c
+                        .auc
+                        .map_or(c.label.clone(), |a| format!("{} AUC {a:.3}", c.label));
+                    (name, widgets::series_color(k))
+                })
+                .collect();
+            widgets::legend_below(ui, legend_id, &entries, 360.0);
         });
         if let Some(c) = &m.calibration {
             ui.vertical(|ui| {

@@ -230,6 +230,8 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
                 .collect();
             let run_dir_shown = run_dir.clone();
             let output = resolve_path(&output, &base);
+            // Paths in the workbook's folder are named as the cells name them, relative to it.
+            let shown = move |p: &std::path::Path| crate::workbook::stored_path(p, &base);
             let backend = BackendChoice::Auto;
             // Batches of 32 on the desktop; one image per step in the browser (a frame's work).
             let batch = if cfg!(target_arch = "wasm32") { 1 } else { 32 };
@@ -267,17 +269,18 @@ pub fn run_cell(app: &mut Notebook, ctx: &egui::Context, id: u64) {
                         String::new()
                     };
                     // The model's own data: what its labels mean.
-                    let trained_on = classifier.info.dataset_root.as_ref().map_or_else(
-                        || "an unknown dataset (older run)".to_owned(),
-                        |r| r.display().to_string(),
-                    );
+                    let trained_on = classifier
+                        .info
+                        .dataset_root
+                        .as_ref()
+                        .map_or_else(|| "an unknown dataset (older run)".to_owned(), |r| shown(r));
                     Ok(PredictView {
                         summary: format!(
                             "Run {run_id}, trained on {trained_on} ({} labels): {} of {} images predicted to {} ({} unreadable{not_taken})",
                             classifier.info.labels.len(),
                             s.predicted,
                             s.images,
-                            output.display(),
+                            shown(&output),
                             s.failed.len()
                         ),
                         labels: classifier.info.labels.clone(),

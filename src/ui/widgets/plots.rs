@@ -66,10 +66,77 @@ pub const CATEGORY_PALETTE: [egui::Color32; 10] = [
     egui::Color32::from_rgb(23, 190, 207),
 ];
 
-/// A distinct colour for the `k`-th series of a chart (legend and markers agree): the first
-/// six category colours, in turn.
+/// The light partners of [`CATEGORY_PALETTE`] (matplotlib's `tab20`), for series 11 to 20.
+const LIGHT_PALETTE: [egui::Color32; 10] = [
+    egui::Color32::from_rgb(174, 199, 232),
+    egui::Color32::from_rgb(255, 187, 120),
+    egui::Color32::from_rgb(152, 223, 138),
+    egui::Color32::from_rgb(255, 152, 150),
+    egui::Color32::from_rgb(197, 176, 213),
+    egui::Color32::from_rgb(196, 156, 148),
+    egui::Color32::from_rgb(247, 182, 210),
+    egui::Color32::from_rgb(199, 199, 199),
+    egui::Color32::from_rgb(219, 219, 141),
+    egui::Color32::from_rgb(158, 218, 229),
+];
+
+/// A colour for the `k`-th series of a chart (legend and markers agree): the ten category
+/// colours, then their light partners, so twenty series never share one; then in turn.
 pub fn series_color(k: usize) -> egui::Color32 {
-    CATEGORY_PALETTE[k % CATEGORY_PALETTE.len()]
+    let k = k % (2 * CATEGORY_PALETTE.len());
+    if k < CATEGORY_PALETTE.len() {
+        CATEGORY_PALETTE[k]
+    } else {
+        LIGHT_PALETTE[k - CATEGORY_PALETTE.len()]
+    }
+}
+
+/// A chart's legend written under the chart, never over its data, as entries that wrap within
+/// `width` (an entry is never split); hovering one picks out its series (see
+/// [`legend_hovered`]).
+pub fn legend_below(
+    ui: &mut egui::Ui,
+    id: egui::Id,
+    entries: &[(String, egui::Color32)],
+    width: f32,
+) {
+    let mut hovered = None;
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    let text_color = ui.visuals().text_color();
+    ui.scope(|ui| {
+        ui.set_max_width(width);
+        ui.horizontal_wrapped(|ui| {
+            ui.spacing_mut().item_spacing.x = 12.0;
+            for (k, (name, color)) in entries.iter().enumerate() {
+                // One widget per entry (dot and name), so that a line wraps between entries.
+                let galley = ui
+                    .painter()
+                    .layout_no_wrap(name.clone(), font.clone(), text_color);
+                let size = egui::vec2(14.0 + galley.size().x, galley.size().y.max(10.0));
+                let (rect, response) = ui.allocate_exact_size(size, egui::Sense::hover());
+                response.widget_info(|| {
+                    egui::WidgetInfo::labeled(egui::Role::Label, true, name.clone())
+                });
+                let painter = ui.painter();
+                painter.circle_filled(egui::pos2(rect.left() + 5.0, rect.center().y), 4.5, *color);
+                painter.galley(
+                    egui::pos2(rect.left() + 14.0, rect.top()),
+                    galley,
+                    text_color,
+                );
+                if response.hovered() {
+                    hovered = Some(k);
+                }
+            }
+        });
+    });
+    ui.data_mut(|d| d.insert_temp(id.with("legend-hovered"), hovered));
+}
+
+/// The entry of [`legend_below`] under the pointer (as of the last frame it was drawn).
+pub fn legend_hovered(ui: &egui::Ui, id: egui::Id) -> Option<usize> {
+    ui.data(|d| d.get_temp::<Option<usize>>(id.with("legend-hovered")))
+        .flatten()
 }
 
 /// Draws each series as a line with a marker on every point, both in the series' palette
@@ -78,9 +145,27 @@ pub fn marked_series<'a>(
     p: &mut egui_plot::PlotUi<'_>,
     series: impl IntoIterator<Item = (&'a str, &'a [[f64; 2]])>,
 ) {
+    marked_series_picking(p, series, None);
+}
+
+/// [`marked_series`] with one series picked out (e.g. its legend entry hovered): drawn
+/// thicker, the others faded.
+pub fn marked_series_picking<'a>(
+    p: &mut egui_plot::PlotUi<'_>,
+    series: impl IntoIterator<Item = (&'a str, &'a [[f64; 2]])>,
+    picked: Option<usize>,
+) {
     for (k, (name, pts)) in series.into_iter().enumerate() {
-        let color = series_color(k);
-        p.line(egui_plot::Line::new(name, egui_plot::PlotPoints::from(pts.to_vec())).color(color));
+        let (color, width) = match picked {
+            Some(j) if j == k => (series_color(k), 3.0),
+            Some(_) => (series_color(k).gamma_multiply(0.25), 1.5),
+            None => (series_color(k), 1.5),
+        };
+        p.line(
+            egui_plot::Line::new(name, egui_plot::PlotPoints::from(pts.to_vec()))
+                .color(color)
+                .width(width),
+        );
         p.points(
             egui_plot::Points::new(name, egui_plot::PlotPoints::from(pts.to_vec()))
                 .radius(3.0)
@@ -177,4 +262,15 @@ pub fn fold_spread_plot(
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    /// Fifteen classes (a ROC chart's curves) get fifteen different colours.
+    #[test]
+    fn twenty_series_never_share_a_colour() {
+        let colors: std::collections::HashSet<_> = (0..20).map(super::series_color).collect();
+        assert_eq!(colors.len(), 20);
+        assert_eq!(super::series_color(20), super::series_color(0));
+    }
 }
