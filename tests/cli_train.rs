@@ -1513,3 +1513,66 @@ fn a_damaged_checkpoint_file_stops_the_resume_with_its_name() {
     let err = stderr(&out);
     assert!(err.contains("optimizer-0.bpk is damaged"), "{err}");
 }
+
+/// `cellbench run` runs a workbook's cells in order (dataset, split, train, predict), saves
+/// the run id back into it, and its Predict cell names every image it did not predict (a cut
+/// file in the folder, a manifest row whose image is gone) instead of dropping it.
+#[test]
+fn a_workbook_runs_headless_and_names_what_it_did_not_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = bccd_subset(tmp.path(), &["Eosinophil", "Lymphocyte"], 8);
+    let new = tmp.path().join("new");
+    std::fs::create_dir_all(&new).unwrap();
+    for (i, file) in bccd_class_files("Neutrophil", 2).iter().enumerate() {
+        std::fs::copy(file, new.join(format!("cell{i}.jpg"))).unwrap();
+    }
+    let whole = std::fs::read(bccd_class_files("Neutrophil", 3).pop().unwrap()).unwrap();
+    std::fs::write(new.join("cut.jpg"), &whole[..whole.len() / 3]).unwrap();
+    std::fs::write(
+        tmp.path().join("list.csv"),
+        "path,label\nnew/cell0.jpg,x\nnew/gone.jpg,x\n",
+    )
+    .unwrap();
+    let book = tmp.path().join("book.cellbook.toml");
+    std::fs::write(
+        &book,
+        format!(
+            "title = \"headless\"\n\
+             [[cell]]\nid = 1\nkind = \"dataset\"\npath = \"{}\"\n\
+             [[cell]]\nid = 2\nkind = \"split\"\n[cell.config]\ntest = 0.0\nval = 0.3\n\
+             [[cell]]\nid = 3\nkind = \"train\"\n[cell.config]\nbackend = \"cpu\"\n\
+             [[cell]]\nid = 4\nkind = \"predict\"\ninput = \"new\"\noutput = \"folder.csv\"\n\
+             [[cell]]\nid = 5\nkind = \"predict\"\ninput = \"list.csv\"\noutput = \"list-out.csv\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["run", path_str(&book)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("2 predictions written to"), "{text}");
+    assert!(text.contains("1 not predicted"), "{text}");
+    assert!(text.contains("cut.jpg (unreadable"), "{text}");
+    assert!(text.contains("gone.jpg ("), "{text}");
+    let lines = |name: &str| {
+        std::fs::read_to_string(tmp.path().join(name))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        lines("folder.csv"),
+        3,
+        "a header and the two readable cells"
+    );
+    assert_eq!(
+        lines("list-out.csv"),
+        2,
+        "a header and the listed cell that exists"
+    );
+    let saved = std::fs::read_to_string(&book).unwrap();
+    assert!(
+        saved.contains("run = \""),
+        "the run id is saved back: {saved}"
+    );
+}

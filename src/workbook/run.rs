@@ -220,7 +220,8 @@ pub fn run_workbook(
                 let classifier =
                     crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)?
                         .with_orientation_tta(tta);
-                let paths = crate::infer::collect_inputs(&resolve_path(&input, &base))?;
+                let (paths, left_out) =
+                    crate::infer::collect_inputs_noting(&resolve_path(&input, &base))?;
                 let out_path = resolve_path(&output, &base);
                 let s = crate::infer::predict_to_csv(
                     &classifier,
@@ -229,14 +230,31 @@ pub fn run_workbook(
                     32,
                     &mut |_, _| {},
                 )?;
-                out(Output::Text(
-                    title,
-                    format!(
-                        "{} predictions written to {}",
-                        s.predicted,
-                        out_path.display()
-                    ),
-                ));
+                // What was not predicted is named, never dropped without a word.
+                let mut text = format!(
+                    "{} predictions written to {}",
+                    s.predicted,
+                    out_path.display()
+                );
+                let skipped: Vec<String> = left_out
+                    .iter()
+                    .map(|(p, why)| format!("{p} ({why})"))
+                    .chain(
+                        s.failed
+                            .iter()
+                            .map(|(p, why)| format!("{p} (unreadable: {why})")),
+                    )
+                    .collect();
+                if !skipped.is_empty() {
+                    text.push_str(&format!("; {} not predicted:", skipped.len()));
+                    for line in skipped.iter().take(20) {
+                        text.push_str(&format!("\n  {line}"));
+                    }
+                    if skipped.len() > 20 {
+                        text.push_str(&format!("\n  and {} more", skipped.len() - 20));
+                    }
+                }
+                out(Output::Text(title, text));
             }
         }
     }
