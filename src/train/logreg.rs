@@ -250,6 +250,23 @@ pub fn minimise(
     start: Option<&[f64]>,
     tol: Tolerance,
 ) -> Fit {
+    minimise_scaled(x, d, targets, sample_weight, l2, start, tol, None)
+}
+
+/// [`minimise`] with a diagonal `scale` (one positive value per parameter, about the inverse
+/// of the objective's curvature along it) as the L-BFGS starting inverse Hessian: the
+/// same optimum, in fewer steps when the parameters' curvatures differ by orders of magnitude.
+#[allow(clippy::too_many_arguments)]
+fn minimise_scaled(
+    x: &[f64],
+    d: usize,
+    targets: Targets,
+    sample_weight: &[f64],
+    l2: f64,
+    start: Option<&[f64]>,
+    tol: Tolerance,
+    scale: Option<&[f64]>,
+) -> Fit {
     let k = targets.outputs();
     let cols = targets.weight_columns();
     let dim = d * cols + k;
@@ -274,11 +291,29 @@ pub fn minimise(
             }
             alphas.push(a);
         }
-        let gamma = pairs.back().map_or_else(
-            || 1.0 / dot(&g, &g).sqrt().max(1e-12),
-            |(s, y, _)| dot(s, y) / dot(y, y),
-        );
-        q.iter_mut().for_each(|v| *v *= gamma);
+        match scale {
+            None => {
+                let gamma = pairs.back().map_or_else(
+                    || 1.0 / dot(&g, &g).sqrt().max(1e-12),
+                    |(s, y, _)| dot(s, y) / dot(y, y),
+                );
+                q.iter_mut().for_each(|v| *v *= gamma);
+            }
+            Some(h) => {
+                // `H₀ = γ·diag(h)`, γ from the latest pair as for `γ·I`.
+                let gamma = pairs.back().map_or_else(
+                    || {
+                        let hg: f64 = g.iter().zip(h).map(|(a, b)| (a * b).powi(2)).sum();
+                        1.0 / hg.sqrt().max(1e-12)
+                    },
+                    |(s, y, _)| {
+                        let yhy: f64 = y.iter().zip(h).map(|(a, b)| a * a * b).sum();
+                        dot(s, y) / yhy
+                    },
+                );
+                q.iter_mut().zip(h).for_each(|(v, hv)| *v *= gamma * hv);
+            }
+        }
         for ((s, y, rho), a) in pairs.iter().zip(alphas.iter().rev()) {
             let b = rho * dot(y, &q);
             for (qi, si) in q.iter_mut().zip(s) {
@@ -383,7 +418,9 @@ impl Design {
         match &self.span {
             None => minimise(&self.x, self.d, targets, sample_weight, l2, start, tol),
             Some((z, r)) => {
-                let mut fit = minimise(z, *r, targets, sample_weight, l2, start, tol);
+                let scale = span_scale(z, *r, targets, sample_weight, l2);
+                let mut fit =
+                    minimise_scaled(z, *r, targets, sample_weight, l2, start, tol, Some(&scale));
                 fit.weight = self.weights_from_span(&fit.weight, targets.weight_columns());
                 fit
             }
@@ -416,6 +453,32 @@ impl Design {
         }
         w
     }
+}
+
+/// About the inverse curvature of the objective along each parameter (`[B; b]`) on span
+/// rows `z` (`n × r`): `1 / (Σᵢ sᵢ/n · ¼ · zᵢⱼ² + λ)` for column `j`'s weights, `1 / (Σᵢ sᵢ/n · ¼)`
+/// for the biases (¼: a logistic's largest curvature). A pivoted Cholesky factor's columns
+/// shrink fast, so their curvatures span orders of magnitude.
+fn span_scale(z: &[f64], r: usize, targets: Targets, sample_weight: &[f64], l2: f64) -> Vec<f64> {
+    let n = sample_weight.len();
+    let cols = targets.weight_columns();
+    let mut h = vec![0.0; r];
+    for (i, &sw) in sample_weight.iter().enumerate() {
+        let s = 0.25 * sw / n as f64;
+        for (hj, &v) in h.iter_mut().zip(&z[i * r..(i + 1) * r]) {
+            *hj += s * v * v;
+        }
+    }
+    let bias = 0.25 * sample_weight.iter().sum::<f64>() / n as f64;
+    let mut scale = Vec::with_capacity(r * cols + targets.outputs());
+    for hj in h {
+        scale.extend(std::iter::repeat_n(1.0 / (hj + l2).max(1e-12), cols));
+    }
+    scale.extend(std::iter::repeat_n(
+        1.0 / bias.max(1e-12),
+        targets.outputs(),
+    ));
+    scale
 }
 
 /// `ZᵀZ` of an `n × r` matrix.
@@ -654,6 +717,42 @@ mod tests {
         // A warm start from the solution stops at once.
         let again = design.fit(targets, &sw, 0.05, Some(&span), tol);
         assert!(again.iterations <= 2, "{}", again.iterations);
+    }
+
+    /// The span's columns shrink by orders of magnitude; the diagonal starting inverse Hessian
+    /// reaches the same optimum in fewer steps than plain L-BFGS on the same rows.
+    #[test]
+    fn scaled_start_reaches_the_same_optimum_in_fewer_steps() {
+        let (d, n, k) = (120, 60, 4);
+        let (mut x, y) = problem(n, d, k, 11);
+        // Blocks of features on very different scales, as multi-scale parts are.
+        for row in x.chunks_mut(d) {
+            row[..20].iter_mut().for_each(|v| *v *= 8.0);
+        }
+        let sw = vec![1.0; n];
+        let targets = Targets::Softmax { classes: &y, k };
+        let design = Design::new(x, n, d);
+        let (z, r) = design.span.clone().unwrap();
+        for l2 in [1.0, 1e-2] {
+            let tol = Tolerance::default();
+            let plain = minimise(&z, r, targets, &sw, l2, None, tol);
+            let scaled = design.fit(targets, &sw, l2, None, tol);
+            assert!(scaled.grad_max <= tol.grad_max, "{}", scaled.grad_max);
+            assert!(
+                scaled.objective <= plain.objective + 1e-9,
+                "{} vs {} ({} vs {} steps)",
+                scaled.objective,
+                plain.objective,
+                scaled.iterations,
+                plain.iterations
+            );
+            assert!(
+                scaled.iterations < plain.iterations,
+                "λ {l2}: {} vs {} steps",
+                scaled.iterations,
+                plain.iterations
+            );
+        }
     }
 
     /// Ordered thresholds with shared weights: on any input, however extreme, the
