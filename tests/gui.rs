@@ -1374,3 +1374,44 @@ fn a_note_opened_for_editing_takes_the_typing() {
     assert!(harness.query_by_label_contains("**").is_none());
     harness.get_by_label("Plan");
 }
+
+/// Another dataset opened in the untouched demo workbook renames the demo's title and first
+/// note after it: the header never says "Demo: white blood cells" over other data.
+#[test]
+fn opening_a_dataset_in_the_demo_renames_its_title() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("demo.cellbook.toml");
+    let cells = tmp.path().join("cells");
+    cellbench::dataset::synth::generate(
+        &cells,
+        &cellbench::dataset::synth::SynthConfig {
+            patients: 3,
+            images_per_patient: 4,
+            size: 32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    use_test_cache();
+    let ctx = eframe::egui::Context::default();
+    let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
+    let mut harness = window(app, 1600.0);
+    harness.run_steps(2);
+    harness.get_by_label_contains("Demo: white blood cells");
+    harness
+        .state_mut()
+        .notebook
+        .push(cellbench::ui::app::Command::OpenDataset(cells));
+    wait_until_settled(&mut harness, Duration::from_secs(60));
+    harness.get_by_label_contains("12 images · ");
+    assert_eq!(harness.state().notebook.workbook.title, "cells");
+    assert!(matches!(
+        &harness.state().notebook.workbook.cells[0].kind,
+        CellKind::Note { text } if text == "# cells"
+    ));
+    assert!(
+        harness
+            .query_by_label_contains("Demo: white blood cells")
+            .is_none()
+    );
+}

@@ -14,6 +14,34 @@ use crate::workbook::{CellKind, stored_path};
 use super::{Command, WorkbenchApp};
 
 impl WorkbenchApp {
+    /// The demo workbook's title and first note describe the demo data: when another dataset
+    /// is opened in it while they are still as the demo wrote them, they are named after that
+    /// dataset, so the header and the notebook's first words never describe data that is no
+    /// longer loaded. A title or note the user wrote is kept.
+    fn rename_untouched_demo(&mut self, opened: &Path) {
+        let demo = crate::workbook::Workbook::demo("");
+        let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+        if same(opened, &crate::demo_dataset()) || self.notebook.workbook.title != demo.title {
+            return;
+        }
+        let name = opened.file_name().map_or_else(
+            || opened.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let demo_note = demo.cells.iter().find_map(|c| match &c.kind {
+            CellKind::Note { text } => Some(text.clone()),
+            _ => None,
+        });
+        for cell in &mut self.notebook.workbook.cells {
+            if let CellKind::Note { text } = &mut cell.kind
+                && Some(&*text) == demo_note.as_ref()
+            {
+                *text = format!("# {name}");
+            }
+        }
+        self.notebook.workbook.title = name;
+    }
+
     /// Imports run folders into the notebook's runs folder (`import` gets its path) and
     /// refreshes the cells that list runs.
     pub(super) fn import_runs(
@@ -177,6 +205,7 @@ impl WorkbenchApp {
                             id
                         }
                     };
+                    self.rename_untouched_demo(&path);
                     self.notebook.rt.take_dataset(id);
                     cells::run_cell(&mut self.notebook, ctx, id);
                     self.notebook.touch();

@@ -36,8 +36,12 @@ impl WorkbenchApp {
                 ui.label(egui::RichText::new(datasets.join(", ")).strong())
                     .on_hover_text("The dataset(s) of this workbook");
             }
-            ui.label(format!("· {}", self.notebook.workbook.title))
-                .on_hover_text("The workbook's title");
+            // A title that only repeats the dataset's name is not written twice.
+            let title = self.notebook.workbook.title.trim();
+            if !title.is_empty() && !datasets.iter().any(|d| d == title) {
+                ui.label(format!("· {title}"))
+                    .on_hover_text("The workbook's title");
+            }
             let file = self
                 .notebook.workbook_path
                 .file_name()
