@@ -309,7 +309,7 @@ impl CategoryBars<'_> {
             chart = chart.horizontal();
         }
         let count_tick = move |m: egui_plot::GridMark, _: &std::ops::RangeInclusive<f64>| {
-            // On a log scale the marks are the counts 0, 1, 10, 100, … (see `log_marks`).
+            // On a log scale the marks are the counts 1, 10, 100, … (see `log_marks`).
             let v = if log {
                 (10f64.powf(m.value) - 1.0).round()
             } else {
@@ -411,11 +411,11 @@ impl CategoryBars<'_> {
     }
 }
 
-/// The marks of a log-scaled count axis (bars are drawn at log10(1 + count)): the counts 0, 1,
-/// 10, 100, … that the plot's range reaches.
+/// The marks of a log-scaled count axis (bars are drawn at log10(1 + count)): the counts 1,
+/// 10, 100, … that the plot's range reaches (0, at the axis' origin, would crowd the 1).
 fn log_marks(input: egui_plot::GridInput) -> Vec<egui_plot::GridMark> {
-    std::iter::once(0.0)
-        .chain((0..12).map(|k| (1.0 + 10f64.powi(k)).log10()))
+    (0..12)
+        .map(|k| (1.0 + 10f64.powi(k)).log10())
         .take_while(|at| *at <= input.bounds.1)
         .map(|value| egui_plot::GridMark {
             value,
@@ -452,7 +452,7 @@ mod tests {
         assert!(lie(75.0, 5, 300.0), "a narrow window");
     }
 
-    /// A log-scaled axis is marked at the counts 0, 1, 10, 100 and 1000 for counts up to 1500.
+    /// A log-scaled axis is marked at the counts 1, 10, 100 and 1000 for counts up to 1500.
     #[test]
     fn a_log_axis_is_marked_at_powers_of_ten() {
         let marks = super::log_marks(egui_plot::GridInput {
@@ -463,6 +463,6 @@ mod tests {
             .iter()
             .map(|m| (10f64.powf(m.value) - 1.0).round())
             .collect();
-        assert_eq!(counts, [0.0, 1.0, 10.0, 100.0, 1000.0]);
+        assert_eq!(counts, [1.0, 10.0, 100.0, 1000.0]);
     }
 }
