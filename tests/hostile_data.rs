@@ -502,4 +502,18 @@ fn predict_resolves_manifest_ids_as_train_does() {
     let written = std::fs::read_to_string(&predictions).unwrap();
     assert_eq!(written.lines().count(), 4, "{written}");
     assert!(written.contains("183.bmp"), "{written}");
+
+    // Images to predict need no labels: a CSV of paths alone, a row with an empty label.
+    std::fs::write(&csv, "path\n019.bmp\n020.bmp\n").unwrap();
+    let out = predict(&[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let written = std::fs::read_to_string(&predictions).unwrap();
+    assert_eq!(written.lines().count(), 3, "{written}");
+    std::fs::write(&csv, "path,label\n019.bmp,a\n020.bmp,\n").unwrap();
+    let out = predict(&[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let written = std::fs::read_to_string(&predictions).unwrap();
+    assert!(written.contains("020.bmp"), "{err}\n{written}");
 }

@@ -172,8 +172,16 @@ fn column_list(df: &CsvTable) -> String {
 #[derive(Debug)]
 struct Columns {
     path: String,
-    label: String,
+    /// `None` only where labels are optional (prediction) and none could be guessed.
+    label: Option<String>,
     patient: Option<String>,
+}
+
+/// Whether a CSV's rows must carry labels: a dataset's must; images to predict need none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Labels {
+    Required,
+    Optional,
 }
 
 fn choose_columns(
@@ -181,6 +189,7 @@ fn choose_columns(
     names: &[String],
     options: &OpenOptions,
     path: &Path,
+    labels: Labels,
 ) -> Result<Columns, OpenError> {
     let (default_path, default_label, default_patient) = match format {
         DatasetFormat::Nih => (
@@ -205,13 +214,13 @@ fn choose_columns(
         .clone()
         .or(default_path)
         .ok_or_else(|| unknown("path"))?;
-    let label_col = options
-        .label_column
-        .clone()
-        .or(default_label)
-        .ok_or_else(|| unknown("label"))?;
+    let label_col = match options.label_column.clone().or(default_label) {
+        Some(c) => Some(c),
+        None if labels == Labels::Optional => None,
+        None => return Err(unknown("label")),
+    };
     let patient_col = options.patient_column.clone().or(default_patient);
-    for wanted in [Some(&path_col), Some(&label_col), patient_col.as_ref()]
+    for wanted in [Some(&path_col), label_col.as_ref(), patient_col.as_ref()]
         .into_iter()
         .flatten()
     {
@@ -517,6 +526,16 @@ fn padded_pattern_hint(rel: &str) -> Option<String> {
 
 /// Reads a CSV dataset.
 pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError> {
+    read_csv(source, options, Labels::Required)
+}
+
+/// Reads a CSV of images to predict: as [`read_csv_dataset`], but a label column is optional
+/// (a CSV of paths alone is read) and a row with an empty label is kept without labels.
+pub fn read_csv_images(source: &Path, options: &OpenOptions) -> Result<Manifest, OpenError> {
+    read_csv(source, options, Labels::Optional)
+}
+
+fn read_csv(source: &Path, options: &OpenOptions, need: Labels) -> Result<Manifest, OpenError> {
     let pattern = options
         .image_pattern
         .as_deref()
@@ -528,10 +547,13 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
     }
     let names: Vec<String> = df.header.clone();
     let format = options.format.unwrap_or_else(|| detect_csv_format(&names));
-    let cols = choose_columns(format, &names, options, source)?;
+    let cols = choose_columns(format, &names, options, source, need)?;
 
     let paths = string_column(&df, &cols.path, source)?;
-    let labels = string_column(&df, &cols.label, source)?;
+    let labels = match &cols.label {
+        Some(c) => string_column(&df, c, source)?,
+        None => vec![None; df.height()],
+    };
     let patients = match &cols.patient {
         Some(c) => string_column(&df, c, source)?,
         None => vec![None; df.height()],
@@ -562,20 +584,22 @@ pub fn read_csv_dataset(source: &Path, options: &OpenOptions) -> Result<Manifest
     let mut padded_example: Option<(String, String)> = None;
     for row in 0..df.height() {
         let line = row + 2; // 1-based, after the header
-        let (Some(value), Some(label_cell)) = (&paths[row], &labels[row]) else {
+        let (Some(value), label_cell) = (&paths[row], &labels[row]) else {
             problems.push(Problem::new(
                 ProblemKind::BadRow,
                 format!("{}:{line}", source.display()),
-                "empty path or label",
+                "empty path",
             ));
             continue;
         };
-        let row_labels = if format == DatasetFormat::Nih || format == DatasetFormat::Csv {
-            split_labels(label_cell)
-        } else {
-            vec![label_cell.clone()]
+        let row_labels = match label_cell {
+            Some(cell) if format == DatasetFormat::Nih || format == DatasetFormat::Csv => {
+                split_labels(cell)
+            }
+            Some(cell) => vec![cell.clone()],
+            None => Vec::new(),
         };
-        if row_labels.is_empty() {
+        if row_labels.is_empty() && need == Labels::Required {
             problems.push(Problem::new(
                 ProblemKind::BadRow,
                 format!("{}:{line}", source.display()),

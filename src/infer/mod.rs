@@ -60,7 +60,13 @@ pub fn gather_inputs(input: &Path, image_pattern: Option<String>) -> anyhow::Res
         input.display()
     );
     if is_csv {
-        let manifest = crate::dataset::open(
+        anyhow::ensure!(
+            crate::fs::exists(input),
+            "no such file or folder: {}",
+            input.display()
+        );
+        // Images to predict need no labels: a CSV of paths alone is read.
+        let manifest = crate::dataset::csv_manifest::read_csv_images(
             input,
             &crate::dataset::OpenOptions {
                 image_pattern,

@@ -167,3 +167,33 @@ fn parser_messages_are_cut() {
     assert!(cut.ends_with('…'));
     assert_eq!(clip_message("short", 200), "short");
 }
+
+/// Images to predict need no labels: a CSV of paths alone is read, and a row with an empty
+/// label is kept; a dataset's CSV still needs both.
+#[test]
+fn a_csv_of_images_to_predict_needs_no_label_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "a.bmp", b"x");
+    write(root, "b.bmp", b"x");
+    let csv = root.join("images.csv");
+    crate::fs::write(&csv, "path\na.bmp\nb.bmp\n").unwrap();
+    let err = read_csv_dataset(&csv, &OpenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("label column"), "{err}");
+    let m = read_csv_images(&csv, &OpenOptions::default()).unwrap();
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    let paths: Vec<&str> = m.records.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["a.bmp", "b.bmp"]);
+    assert!(m.records.iter().all(|r| r.labels.is_empty()));
+
+    crate::fs::write(&csv, "path,label\na.bmp,x\nb.bmp,\n,y\n").unwrap();
+    let m = read_csv_images(&csv, &OpenOptions::default()).unwrap();
+    let paths: Vec<&str> = m.records.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["a.bmp", "b.bmp"]);
+    let bad = problems_of(&m, ProblemKind::BadRow);
+    assert_eq!(bad.len(), 1, "{:?}", m.problems);
+    assert_eq!(bad[0].detail, "empty path");
+    let m = read_csv_dataset(&csv, &OpenOptions::default()).unwrap();
+    assert_eq!(m.records.len(), 1);
+    assert_eq!(problems_of(&m, ProblemKind::BadRow).len(), 2);
+}
