@@ -120,6 +120,69 @@ fn explore_tables_and_plots() {
     }
 }
 
+/// The texts of an SVG, trimmed, in order.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = t.split_once('>')?.1;
+            let text = body.split_once("</text>")?.0.trim();
+            Some(text.replace("&gt;", ">").replace("&lt;", "<"))
+        })
+        .collect()
+}
+
+/// Exported images-per-patient charts: a count axis reaching only 1 names whole numbers (not
+/// 0, 0, 0, 1, 1 at fractional ticks); a long tail's bar, one patient too short to see, carries
+/// its count and the axis says what it holds.
+#[test]
+fn exported_patient_histograms_name_counts_and_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = String::from("path,label,patient\n");
+    for i in 0..50 {
+        one.push_str(&format!("img{i}.png,{},P1\n", ["a", "b"][i % 2]));
+    }
+    let mut tail = String::from("path,label,patient\n");
+    for p in 0..40 {
+        for i in 0..(1 + p % 3) {
+            tail.push_str(&format!("p{p}_{i}.png,a,P{p}\n"));
+        }
+    }
+    for i in 0..500 {
+        tail.push_str(&format!("whale_{i}.png,b,W\n"));
+    }
+    for (name, text) in [("one", one), ("tail", tail)] {
+        let csv = dir.path().join(format!("{name}.csv"));
+        std::fs::write(&csv, text).unwrap();
+        let plots = dir.path().join(format!("{name}_plots"));
+        let out = run(&["explore", path_str(&csv), "--plots", path_str(&plots)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let svg = |name: &str| {
+        std::fs::read_to_string(
+            dir.path()
+                .join(format!("{name}_plots/images_per_patient.svg")),
+        )
+        .unwrap()
+    };
+    let texts = svg_texts(&svg("one"));
+    let zeros = texts.iter().filter(|t| *t == "0").count();
+    assert_eq!(zeros, 1, "{texts:?}");
+    assert!(texts.iter().any(|t| t == "50"), "{texts:?}");
+    let texts = svg_texts(&svg("tail"));
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("last bar: 1 patient with more than 3 images, up to 500")),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t == ">3"), "{texts:?}");
+    // Each bar's count: 14, 13 and 13 patients with 1, 2 and 3 images (the axis has even
+    // ticks), then the one: `1` names both the first bar and the last one's count.
+    assert_eq!(texts.iter().filter(|t| *t == "13").count(), 2, "{texts:?}");
+    assert_eq!(texts.iter().filter(|t| *t == "1").count(), 2, "{texts:?}");
+}
+
 #[test]
 fn retina_csv_patients_from_image_ids_and_missing_images() {
     let dir = tempfile::tempdir().unwrap();

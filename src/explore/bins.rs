@@ -29,6 +29,19 @@ pub struct Tail {
     pub max: u64,
 }
 
+impl Tail {
+    /// What the last bar holds, for its caption: `1 patient with more than 5 images, up to 184`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} patient{} with more than {} images, up to {}",
+            self.count,
+            if self.count == 1 { "" } else { "s" },
+            self.above,
+            self.max
+        )
+    }
+}
+
 /// Bins `histogram` (`(value, count)` pairs, any order, each value once) into at most
 /// `max_bins` ordinary bars plus an optional tail. Values beyond the 97th percentile share the
 /// tail when the largest is more than twice that percentile (plus five): NIH ChestX-ray14's
@@ -149,6 +162,22 @@ mod tests {
         assert_eq!(bins.names[19], "191–200");
         assert!(bins.counts.iter().all(|&c| c == 10));
         assert!(count_bins(&h, 7).names.len() <= 7);
+    }
+
+    /// The tail's caption counts its patients in words that agree with the number.
+    #[test]
+    fn a_tail_describes_what_it_holds() {
+        let one = Tail {
+            above: 5,
+            count: 1,
+            max: 100_000,
+        };
+        assert_eq!(
+            one.describe(),
+            "1 patient with more than 5 images, up to 100000"
+        );
+        let three = Tail { count: 3, ..one };
+        assert!(three.describe().starts_with("3 patients with"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ExploreReport;
 
@@ -79,7 +80,11 @@ pub fn report_charts(report: &ExploreReport) -> Vec<(&'static str, ChartSpec)> {
             "images_per_patient",
             ChartSpec::Bars {
                 title: "Images per patient".into(),
-                x_desc: "images per patient".into(),
+                // The last bar's values are named, as the workbench names them.
+                x_desc: match bins.tail {
+                    Some(t) => format!("images per patient (last bar: {})", t.describe()),
+                    None => "images per patient".into(),
+                },
                 y_desc: "patients".into(),
                 categories: bins.names,
                 series: vec![(
@@ -144,6 +149,25 @@ pub fn report_charts(report: &ExploreReport) -> Vec<(&'static str, ChartSpec)> {
         ));
     }
     out
+}
+
+/// A count axis's tick label: whole numbers only (a range of 0 to 1 gets ticks at 0.2, 0.4, …,
+/// which would all read as 0 or 1).
+fn count_tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-6 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
+/// A bar's value written at its end: whole counts as such, anything else with two decimals.
+fn bar_value(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 const PALETTE: [RGBColor; 6] = [
@@ -224,7 +248,7 @@ fn draw_bars<DB: DrawingBackend>(
             .y_labels(n + 1)
             .y_label_style(("sans-serif", 14))
             .y_label_formatter(&name_at)
-            .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .x_label_formatter(&count_tick)
             .draw()?;
         for (s, (name, values)) in series.iter().enumerate() {
             let color = PALETTE[s % PALETTE.len()];
@@ -238,6 +262,17 @@ fn draw_bars<DB: DrawingBackend>(
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
             }
+        }
+        // One series: each bar's value at its end, as the workbench writes it, so a bar too
+        // short to see (a long tail's one patient) still reads.
+        if let [(_, values)] = series {
+            let style = ("sans-serif", 12)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center));
+            chart.draw_series(values.iter().enumerate().map(|(i, &v)| {
+                Text::new(format!(" {}", bar_value(v)), (v, i as f64), style.clone())
+            }))?;
         }
         if series.len() > 1 {
             chart
@@ -263,7 +298,7 @@ fn draw_bars<DB: DrawingBackend>(
         .x_labels(n + 1)
         .x_label_style(("sans-serif", 14))
         .x_label_formatter(&name_at)
-        .y_label_formatter(&|v: &f64| format!("{v:.0}"))
+        .y_label_formatter(&count_tick)
         .draw()?;
     for (s, (name, values)) in series.iter().enumerate() {
         let color = PALETTE[s % PALETTE.len()];
@@ -277,6 +312,18 @@ fn draw_bars<DB: DrawingBackend>(
                 Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
             });
         }
+    }
+    if let [(_, values)] = series {
+        let style = ("sans-serif", 12)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        chart.draw_series(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| Text::new(bar_value(v), (i as f64, v), style.clone())),
+        )?;
     }
     if series.len() > 1 {
         chart

@@ -104,11 +104,7 @@ pub(super) fn explore_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64) {
                 ui.label(egui::RichText::new("Images per patient").strong());
                 if let Some(t) = bins.tail {
                     ui.label(
-                        egui::RichText::new(format!(
-                            "({} patients with more than {} images, up to {}, share the last bar)",
-                            t.count, t.above, t.max
-                        ))
-                        .weak(),
+                        egui::RichText::new(format!("(the last bar: {})", t.describe())).weak(),
                     );
                 }
                 log_toggle(ui, &patients, &mut log[2])
