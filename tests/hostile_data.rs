@@ -517,3 +517,53 @@ fn predict_resolves_manifest_ids_as_train_does() {
     let written = std::fs::read_to_string(&predictions).unwrap();
     assert!(written.contains("020.bmp"), "{err}\n{written}");
 }
+
+/// `cellbench run` that fails at a later cell keeps what it trained: the Train cell's run id
+/// is saved back into the workbook, and the error names the failing cell.
+#[test]
+fn a_workbook_that_fails_after_training_keeps_its_run_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("book.cellbook.toml");
+    std::fs::write(
+        &book,
+        format!(
+            "title = \"fails late\"\n\
+             [[cell]]\nid = 1\nkind = \"dataset\"\npath = \"{}\"\n\
+             [[cell]]\nid = 2\nkind = \"split\"\n[cell.config]\ntest = 0.0\nval = 0.3\n\
+             [[cell]]\nid = 3\nkind = \"train\"\n[cell.config]\nbackend = \"cpu\"\n\
+             [cell.config.preprocess]\nsize = 64\n\
+             [[cell]]\nid = 4\nkind = \"predict\"\ninput = \"gone.csv\"\noutput = \"out.csv\"\n",
+            path_str(&cellbench::demo_dataset())
+        ),
+    )
+    .unwrap();
+    let out = cellbench()
+        .args(["run", path_str(&book)])
+        .env("CELLBENCH_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cell 4 (Predict)"), "{err}");
+    assert!(err.contains("gone.csv"), "{err}");
+    let saved = std::fs::read_to_string(&book).unwrap();
+    assert!(
+        saved.contains("run = \""),
+        "the run id is saved back: {saved}"
+    );
+
+    // A Split cell whose validation share whole patients cannot fill says so itself.
+    let saved = saved.replace("val = 0.3", "val = 0.01");
+    std::fs::write(&book, saved).unwrap();
+    let out = cellbench()
+        .args(["run", path_str(&book)])
+        .env("CELLBENCH_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: the val side is empty: whole"),
+        "{text}"
+    );
+}

@@ -187,6 +187,39 @@ impl SplitReport {
         }
     }
 
+    /// The sides `config` asks for (a share above 0) that came out empty, one sentence each:
+    /// whole patients (or images) could not make up that share. `copies`: the dataset has
+    /// groups of identical images (each group counts as one).
+    pub fn empty_sides(&self, config: &SplitConfig, copies: bool) -> Vec<String> {
+        [(Split::Val, config.val), (Split::Test, config.test)]
+            .into_iter()
+            .filter(|&(side, share)| {
+                share > 0.0
+                    && self
+                        .counts
+                        .iter()
+                        .find(|c| c.split == side)
+                        .is_none_or(|c| c.images == 0)
+            })
+            .map(|(side, share)| {
+                format!(
+                    "the {} side is empty: whole {}{} cannot make up {:.0}% of this dataset",
+                    side.name(),
+                    match self.group_by {
+                        GroupBy::Patient => "patients",
+                        GroupBy::Image => "images",
+                    },
+                    if copies {
+                        " (copies of one image count as one)"
+                    } else {
+                        ""
+                    },
+                    share * 100.0
+                )
+            })
+            .collect()
+    }
+
     /// True when no patient and no copied image is on more than one side.
     pub fn passed(&self) -> bool {
         self.leaks.is_empty() && self.copy_leaks.is_empty()

@@ -29,11 +29,32 @@ pub fn run_workbook(
     cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut book = Workbook::load(path)?;
+    let mut runs: HashMap<u64, String> = HashMap::new();
+    let result = run_cells(&mut book, path, &mut runs, out, cancel);
+    if result.is_err() && !runs.is_empty() {
+        // The runs trained before the failing cell stay the workbook's: their ids are saved
+        // as a run that finishes saves them, never lost with the error.
+        if let Err(e) = book.save(path) {
+            crate::errln!("warning: could not save the run ids back: {e:#}");
+        }
+    }
+    result?;
+    book.save(path)
+}
+
+/// The cells of `book` in order; each Train cell's run id lands in `runs` (and the cell) as
+/// soon as it finishes.
+fn run_cells(
+    book: &mut Workbook,
+    path: &Path,
+    runs: &mut HashMap<u64, String>,
+    out: &mut dyn FnMut(Output<'_>),
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let base = Workbook::base_dir(path);
     let runs_root = resolve_path(&book.runs, &base);
     // Results by cell id; a cell reads the cells the notebook rules give it (graph.rs).
     let mut manifests: HashMap<u64, Manifest> = HashMap::new();
-    let mut runs: HashMap<u64, String> = HashMap::new();
     for i in 0..book.cells.len() {
         let title = book.cells[i].kind.title();
         let id = book.cells[i].id;
@@ -105,6 +126,10 @@ pub fn run_workbook(
                 let m = dataset.with_context(|| format!("{}: no Dataset cell above", ctx()))?;
                 let (s, report) = apply_split(m, &config).with_context(ctx)?;
                 out(Output::Table(&crate::explore::table::split_table(&report)));
+                // Sides asked for but left empty are said here, not first by a Train cell.
+                for warning in report.empty_sides(&config, !m.copies.is_empty()) {
+                    out(Output::Text(title, format!("warning: {warning}")));
+                }
                 report
                     .check_trainable(config.by_image)
                     .map_err(|why| anyhow::anyhow!("{}: {why}", ctx()))?;
@@ -218,10 +243,12 @@ pub fn run_workbook(
                     .with_context(|| format!("{}: no run to predict with", ctx()))?;
                 let compute = crate::model::backend::select(Default::default())?;
                 let classifier =
-                    crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)?
+                    crate::infer::Classifier::load(&runs_root.join(&id), &compute.device)
+                        .with_context(ctx)?
                         .with_orientation_tta(tta);
                 let (paths, left_out) =
-                    crate::infer::collect_inputs_noting(&resolve_path(&input, &base))?;
+                    crate::infer::collect_inputs_noting(&resolve_path(&input, &base))
+                        .with_context(ctx)?;
                 let out_path = resolve_path(&output, &base);
                 let s = crate::infer::predict_to_csv(
                     &classifier,
@@ -229,7 +256,8 @@ pub fn run_workbook(
                     &out_path,
                     32,
                     &mut |_, _| {},
-                )?;
+                )
+                .with_context(ctx)?;
                 // What was not predicted is named, never dropped without a word.
                 let mut text = format!(
                     "{} predictions written to {}",
@@ -258,5 +286,5 @@ pub fn run_workbook(
             }
         }
     }
-    book.save(path)
+    Ok(())
 }

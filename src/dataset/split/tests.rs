@@ -366,3 +366,34 @@ fn only_a_clean_or_a_deliberate_image_split_is_trainable() {
     }];
     assert!(leaky.check_trainable(true).is_err());
 }
+
+/// A share asked for that whole patients cannot make up leaves its side empty, and the report
+/// says so (the workbench's Split cell and `cellbench run` show it; training then needs it).
+#[test]
+fn a_side_too_small_for_whole_patients_is_named_empty() {
+    let mut records: Vec<Record> = (0..6)
+        .flat_map(|p| {
+            (0..8).map(move |i| {
+                rec(
+                    &format!("p{p}/{i}.bmp"),
+                    if p % 3 == 0 { "hem" } else { "all" },
+                    Some(&format!("P{p}")),
+                )
+            })
+        })
+        .collect();
+    let cfg = SplitConfig {
+        test: 0.2,
+        val: 0.05,
+        seed: 7,
+        by_image: false,
+    };
+    apply(&mut records, &cfg);
+    let report = SplitReport::of(&records, &[]);
+    assert_eq!(
+        report.empty_sides(&cfg, false),
+        ["the val side is empty: whole patients cannot make up 5% of this dataset"]
+    );
+    let asked_none = SplitConfig { val: 0.0, ..cfg };
+    assert!(report.empty_sides(&asked_none, false).is_empty());
+}

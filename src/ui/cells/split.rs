@@ -42,6 +42,10 @@ pub(super) fn split_ui(
         Loading::Ready(r) => {
             let table = crate::explore::table::split_table(&r.report);
             widgets::table(ui, ("split-table", id), &table);
+            // Sides asked for but left empty are said here, not first by the Train cell.
+            for warning in r.report.empty_sides(config, !r.manifest.copies.is_empty()) {
+                ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {warning}"));
+            }
             if config.by_image && !r.report.leaks.is_empty() {
                 ui.colored_label(
                     ui.visuals().warn_fg_color,
