@@ -65,6 +65,17 @@ impl FeatureKind {
         parts
     }
 
+    /// The vector computed and cached for this kind: the multi-scale one, whose first part is
+    /// this kind's vector (see [`Self::parts`]; pooling two earlier stages costs next to
+    /// nothing). A map's plain features and a probe's multi-scale ones are thus one pass of
+    /// the network and one cache entry per image, whichever is asked for first.
+    pub fn stored(&self) -> Self {
+        Self {
+            multiscale: true,
+            ..*self
+        }
+    }
+
     /// Values per vector.
     pub fn width(&self) -> usize {
         self.parts().last().map_or(FEATURES, |r| r.end)

@@ -104,7 +104,10 @@ pub fn featurize(
     };
     let side = preprocess.size as usize;
     let batch_size = batch_size.max(1);
-    // Averaged or multi-scale features are other features: they get their own cache entries.
+    // Averaged features are other features, with cache entries of their own; plain ones are
+    // the first part of the multi-scale vector, computed and cached whole.
+    let wanted = kind.width();
+    let kind = kind.stored();
     let name = kind.cache_name();
     let width = kind.width();
     for (chunk_no, chunk) in paths.chunks(batch_size).enumerate() {
@@ -126,7 +129,8 @@ pub fn featurize(
                     Err(e) => return Loaded::Failed(e.to_string()),
                 };
                 let key = cache_key(&name, preprocess, &bytes);
-                if let Some(f) = cache.and_then(|c| c.get(&key, width)) {
+                if let Some(mut f) = cache.and_then(|c| c.get(&key, width)) {
+                    f.truncate(wanted);
                     return Loaded::Cached(f);
                 }
                 match crate::dataset::image_io::decode_bytes_complete(&bytes) {
@@ -157,7 +161,10 @@ pub fn featurize(
                 if let (Some(f), Some(c)) = (&f, cache) {
                     c.put(&key, f);
                 }
-                out.features[slot] = f;
+                out.features[slot] = f.map(|mut f| {
+                    f.truncate(wanted);
+                    f
+                });
                 out.computed += 1;
             }
         }
@@ -332,6 +339,60 @@ mod tests {
         }
     }
 
+    /// Plain features (an embedding map's) and multi-scale ones (the default probe's) are one
+    /// computation: whichever is asked for first, the other comes from the cache, the plain
+    /// vector being the first part of the multi-scale one. Orientation-averaged features are
+    /// computed apart.
+    #[test]
+    fn plain_and_multiscale_features_share_one_computation() {
+        let extractor =
+            Extractor::bundled(Default::default(), &burn::tensor::Device::flex()).unwrap();
+        let pre = small();
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = crops_and_a_fake(tmp.path(), 2, 0);
+        let never = AtomicBool::new(false);
+        let [plain, averaged, multi] = every_kind();
+        for (k, order) in [[plain, multi], [multi, plain]].into_iter().enumerate() {
+            let cache = FeatureCache {
+                dir: tmp.path().join(format!("cache-{k}")),
+            };
+            let run = |kind| {
+                featurize(
+                    &extractor,
+                    kind,
+                    &pre,
+                    &paths,
+                    Some(&cache),
+                    8,
+                    &mut |_, _| {},
+                    &never,
+                )
+            };
+            let first = run(order[0]);
+            assert_eq!((first.from_cache, first.computed), (0, 2));
+            let second = run(order[1]);
+            assert_eq!((second.from_cache, second.computed), (2, 0), "{order:?}");
+            assert_eq!(second.failures.len(), 1);
+            let (p, m) = if order[0] == plain {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            for (p, m) in p.features.iter().zip(&m.features) {
+                match (p, m) {
+                    (Some(p), Some(m)) => {
+                        assert_eq!((p.len(), m.len()), (plain.width(), multi.width()));
+                        assert_eq!(p[..], m[..plain.width()]);
+                    }
+                    (None, None) => {}
+                    _ => panic!("one kind failed where the other did not"),
+                }
+            }
+            let apart = run(averaged);
+            assert_eq!((apart.from_cache, apart.computed), (0, 2));
+        }
+    }
+
     /// On a GPU (Mesa's software Vulkan under the tests) the steps send a batch and collect
     /// it on a later step; the features are the CPU network's for every kind (orientation
     /// means fill a batch per image), and an unreadable image is listed as on the CPU.
@@ -359,8 +420,8 @@ mod tests {
                 &mut |_, _| {},
                 &never,
             );
-            let gpu = crate::model::gpu::GpuLite::new(&device, &queue, &net, 64, 8, &kind.taps())
-                .unwrap();
+            let taps = kind.stored().taps();
+            let gpu = crate::model::gpu::GpuLite::new(&device, &queue, &net, 64, 8, &taps).unwrap();
             let mut steps = FeatureSteps::new(extractor, kind, &pre, paths.clone(), None)
                 .on_gpu(std::sync::Arc::new(gpu));
             // Every other step finds its batch still on the GPU (the device is polled only

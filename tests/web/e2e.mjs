@@ -94,14 +94,21 @@ try {
   const status = async () => JSON.parse(await page.evaluate(() => window.cellbenchStatus || "{}"));
   let s = {};
   const deadline = Date.now() + timeoutMs;
+  let done = false;
   for (;;) {
     s = await status();
-    const done = (s.trainings || []).some((t) => t !== "running") && (s.confusion_sides || []).length > 0
+    done = (s.trainings || []).some((t) => t !== "running") && (s.confusion_sides || []).length > 0
       && consoleLines.some((l) => l.includes("prediction finished"));
     if (done || failures.length || Date.now() > deadline) break;
     await page.waitForTimeout(250);
   }
   const runAllMs = Date.now() - t0;
+  if (!done && !failures.length) {
+    // Say what the page was doing, not what the next step could not find.
+    failures.push(`Run all did not finish in ${timeoutMs / 1000} s; the page's status: ${JSON.stringify(s)}`);
+    console.error(consoleLines.slice(-40).join("\n"));
+    throw new Error("Run all did not finish");
+  }
   const longestFrameMs = await page.evaluate(() => window.__longestFrameMs);
   const longestExtractingMs = await page.evaluate(() => window.__longestExtractingMs);
   const longFrames = await page.evaluate(() => window.__longFrames);
@@ -169,6 +176,10 @@ try {
     long_frames: longFrames,
     slow_jobs: slowJobs, status: s, screenshot };
   if (failures.length) console.error(consoleLines.slice(-40).join("\n"));
+} catch (e) {
+  // Every step's failure ends here (a download that never came, a page that did not load),
+  // reported with the others.
+  failures.push(String(e.message || e));
 } finally {
   await browser.close();
   server.close();

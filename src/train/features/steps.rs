@@ -21,7 +21,10 @@ type InProgress = (
 /// step holds the page for long. The features and cache entries are those of [`super::featurize`].
 pub struct FeatureSteps {
     extractor: Extractor,
+    /// The kind computed and cached ([`FeatureKind::stored`]).
     kind: FeatureKind,
+    /// Values per vector of the kind asked for (a first part of the stored vector).
+    wanted: usize,
     preprocess: Preprocess,
     paths: Vec<PathBuf>,
     cache: Option<FeatureCache>,
@@ -67,6 +70,8 @@ impl FeatureSteps {
         cache: Option<FeatureCache>,
     ) -> Self {
         let n = paths.len();
+        let wanted = kind.width();
+        let kind = kind.stored();
         // In the browser, the page's WebGPU device when it computes there.
         #[cfg(target_arch = "wasm32")]
         let gpu = match &extractor {
@@ -85,6 +90,7 @@ impl FeatureSteps {
         Self {
             extractor,
             kind,
+            wanted,
             preprocess: preprocess.clone(),
             paths,
             cache,
@@ -102,8 +108,8 @@ impl FeatureSteps {
         }
     }
 
-    /// Computes the images on `net` (a GPU network for this kind of features and
-    /// preprocessing) a batch at a time: a step sends a batch and returns; a later step
+    /// Computes the images on `net` (a GPU network for the stored kind of features,
+    /// [`FeatureKind::stored`], and this preprocessing) a batch at a time: a step sends a batch and returns; a later step
     /// collects it. A batch the GPU fails is computed again on the CPU.
     pub fn on_gpu(mut self, net: std::sync::Arc<crate::model::gpu::GpuLite>) -> Self {
         self.gpu = Some(GpuSteps {
@@ -179,11 +185,12 @@ impl FeatureSteps {
             }
         };
         let key = cache_key(&self.kind.cache_name(), &self.preprocess, &bytes);
-        if let Some(f) = self
+        if let Some(mut f) = self
             .cache
             .as_ref()
             .and_then(|c| c.get(&key, self.kind.width()))
         {
+            f.truncate(self.wanted);
             self.result.features[i] = Some(f);
             self.result.from_cache += 1;
             return Read::Settled;
@@ -370,13 +377,14 @@ impl FeatureSteps {
         }
     }
 
-    fn store(&mut self, i: usize, key: &str, f: Vec<f32>) {
+    fn store(&mut self, i: usize, key: &str, mut f: Vec<f32>) {
         if f.len() != self.kind.width() {
             return;
         }
         if let Some(c) = &self.cache {
             c.put(key, &f);
         }
+        f.truncate(self.wanted);
         self.result.features[i] = Some(f);
         self.result.computed += 1;
     }
