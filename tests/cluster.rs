@@ -570,3 +570,67 @@ fn featurize_shards_are_followed_until_the_cache_is_complete() {
         "{err}"
     );
 }
+
+/// `cluster featurize` reads a CSV the way `train` does (its columns named, its images folder
+/// given relative to the shell's folder), and what it caches serves the single-scale probe as
+/// well as the default multi-scale one (one vector holds both).
+#[test]
+fn featurize_reads_named_csv_columns_and_serves_a_single_scale_probe() {
+    let head = RayHead::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let scans = tmp.path().join("scans");
+    std::fs::create_dir(&scans).unwrap();
+    let mut csv = String::from("specimen,finding\n");
+    for class in ["Eosinophil", "Lymphocyte"] {
+        for f in common::bccd_class_files(class, 6) {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&f, scans.join(&name)).unwrap();
+            csv.push_str(&format!("{name},{class}\n"));
+        }
+    }
+    let table = tmp.path().join("cells.csv");
+    std::fs::write(&table, csv).unwrap();
+    let cache = tmp.path().join("shared-cache");
+    let columns = [
+        "--path-column",
+        "specimen",
+        "--label-column",
+        "finding",
+        "--images",
+        "scans",
+    ];
+    let out = common::cellbench()
+        .current_dir(tmp.path())
+        .args(["cluster", "featurize", "cells.csv", "--shards", "1"])
+        .args(["--cache", common::path_str(&cache)])
+        .args(columns)
+        .args(["--image-size", "64", "--follow"])
+        .args([
+            "--address",
+            head.address(),
+            "--token-file",
+            common::path_str(head.token_file()),
+        ])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the cache is complete: 12 feature vectors from 1 shard in"),
+        "{err}"
+    );
+    let out = common::cellbench()
+        .current_dir(tmp.path())
+        .env("CELLBENCH_CACHE", &cache)
+        .args(["train", "cells.csv", "--image-size", "64", "--single-scale"])
+        .args(columns)
+        .args(["--backend", "cpu", "--runs", "runs"])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("12 of 12 feature vectors came from the cache"),
+        "{err}"
+    );
+}

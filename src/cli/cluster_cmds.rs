@@ -130,6 +130,8 @@ pub struct SubmitArgs {
 pub struct FeaturizeArgs {
     /// The dataset as the cluster sees it (shared path).
     pub dataset: PathBuf,
+    #[command(flatten)]
+    pub csv: super::data_cmds::CsvArgs,
     #[arg(long, default_value_t = 2)]
     pub shards: u32,
     /// Cache folder both sides can read; train with CELLBENCH_CACHE set to it afterwards.
@@ -137,6 +139,11 @@ pub struct FeaturizeArgs {
     pub cache: String,
     #[arg(long)]
     pub gpus: Option<f64>,
+    /// The pretrained network: lite0 (default), lite1 or lite2, as the probe will use; the
+    /// image size follows it unless --image-size is given.
+    #[arg(long)]
+    pub backbone: Option<crate::model::efficientnet::Backbone>,
+    /// Input side in pixels (default: the backbone's).
     #[arg(long)]
     pub image_size: Option<u32>,
     #[arg(long)]
@@ -268,15 +275,19 @@ pub fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<u8> {
         ClusterCommand::Featurize(args) => {
             let client = target.client()?;
             let mut config = TrainConfig::default();
+            if let Some(b) = args.backbone {
+                config = config.with_backbone(b);
+            }
             if let Some(s) = args.image_size {
                 config.preprocess.size = s;
             }
             let dataset = std::path::absolute(&args.dataset).unwrap_or(args.dataset.clone());
+            let open = args.csv.options();
             let mut ids = Vec::new();
             for shard in 0..args.shards {
                 let spec = JobSpec::Featurize {
                     dataset: dataset.display().to_string(),
-                    options: OpenOptions::default(),
+                    options: open.clone(),
                     config: config.clone(),
                     shard,
                     shards: args.shards,
@@ -431,7 +442,8 @@ fn follow_shards(
         return Ok(1);
     }
     crate::errln!(
-        "the cache is complete: {vectors} feature vectors from {n} shards in {cache}; a probe run with CELLBENCH_CACHE={cache} reads them from there"
+        "the cache is complete: {vectors} feature vectors from {n} shard{} in {cache}; a probe run with CELLBENCH_CACHE={cache} reads them from there",
+        if n == 1 { "" } else { "s" }
     );
     Ok(0)
 }

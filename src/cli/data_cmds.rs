@@ -37,10 +37,16 @@ pub struct CsvArgs {
 }
 
 impl CsvArgs {
+    /// The options, an images folder named as the shell names it (relative to the current
+    /// folder) made absolute: a run records it, and a resume or a cluster job reads it
+    /// from elsewhere.
     pub fn options(&self) -> OpenOptions {
         OpenOptions {
             format: self.format,
-            images: self.images.clone(),
+            images: self
+                .images
+                .as_ref()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
             path_column: self.path_column.clone(),
             label_column: self.label_column.clone(),
             patient_column: self.patient_column.clone(),

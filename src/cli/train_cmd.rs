@@ -22,10 +22,10 @@ pub struct TrainArgs {
     /// A split CSV (with a `split` column) to train on instead of splitting here.
     #[arg(long)]
     pub split: Option<PathBuf>,
-    /// For CSV ids without an extension: the image file name, e.g. `{id:03}.bmp` (`{id}`, or
-    /// `{id:0N}` for zero-padded numbers).
-    #[arg(long)]
-    pub image_pattern: Option<String>,
+    /// How to read the dataset: its format, and for a CSV its columns and images folder, as
+    /// `cellbench dataset` reads it.
+    #[command(flatten)]
+    pub csv: super::data_cmds::CsvArgs,
     /// k-fold cross-validation: k runs, each validating on one patient-grouped, stratified
     /// fold; prints the mean ± sd of the validation metrics (a given split is ignored).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u32).range(2..=50))]
@@ -346,6 +346,11 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
                         data.display()
                     ),
                 );
+            } else if args.csv.options() != OpenOptions::default() {
+                given.insert(
+                    0,
+                    "the dataset options (it reads the data as it recorded)".to_owned(),
+                );
             }
             if !given.is_empty() {
                 crate::errln!(
@@ -359,18 +364,13 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
             let (source, options) = match (&args.split, &args.dataset) {
                 (Some(split), _) => (
                     split.clone(),
+                    // A split CSV names its columns; its images may sit elsewhere.
                     OpenOptions {
                         format: Some(DatasetFormat::Csv),
-                        ..Default::default()
+                        ..args.csv.options()
                     },
                 ),
-                (None, Some(d)) => (
-                    d.clone(),
-                    OpenOptions {
-                        image_pattern: args.image_pattern.clone(),
-                        ..Default::default()
-                    },
-                ),
+                (None, Some(d)) => (d.clone(), args.csv.options()),
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
             let manifest = crate::dataset::open(&source, &options)?;
