@@ -77,8 +77,16 @@ fn notebook_runs_every_cell_on_real_cells() {
     harness.get_by_label_contains("35 images; PC 1 explains");
     harness.get_by_label("The dataset has no patient ids: images were split individually.");
     // Train: finished, with live curves drawn from the events.
-    harness.get_by_label_contains("Finished in");
+    let finished = harness.get_by_label_contains("Finished in").rect();
     harness.get_by_label_contains("Device: cpu (flex");
+    // The curves' legends lie under their plots (200 points tall), never over the curves.
+    for series in ["train loss", "validation loss", "validation accuracy"] {
+        let entry = harness.get_by_label(series).rect();
+        assert!(
+            entry.top() > finished.bottom() + 200.0,
+            "{series}'s entry {entry:?} is not under its plot below {finished:?}"
+        );
+    }
     // Evaluate.
     harness.get_by_label("Confusion matrix (val side)");
     // The ROC legend lies under the plot (300 points tall), never over its curves.

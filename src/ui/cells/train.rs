@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use eframe::egui;
-use egui_plot::Legend;
 
 use crate::dataset::preprocess::Preprocess;
 use crate::experiment::config::{
@@ -591,33 +590,46 @@ pub fn curves_ui(
         widgets::series_signature(s.iter().map(|(n, p)| (*n, p.as_slice())))
     };
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
-    ui.horizontal(|ui| {
-        widgets::refitting_plot(ui, egui::Id::unique(("loss", id)), signature(&loss))
-            .width(width)
-            .height(200.0)
-            // Losses fall towards the lower right; the legend stays out of their way.
-            .legend(Legend::default().position(egui_plot::Corner::RightTop))
-            .x_axis_label("epoch")
-            .y_axis_label("loss")
-            .include_x(0.5)
-            .include_x(last_epoch + 0.5)
-            .include_y(0.0)
-            .show(ui, |p| {
-                widgets::marked_series(p, loss.iter().map(|(n, pts)| (*n, pts.as_slice())));
+    // Each chart's legend under it, never over the curves; hovering an entry picks out its
+    // curve.
+    let chart = |ui: &mut egui::Ui,
+                 key: &str,
+                 series: &[(&str, Vec<[f64; 2]>)],
+                 y_label: &str,
+                 score: bool| {
+        let plot_id = egui::Id::unique((key, id));
+        let legend_id = plot_id.with("legend");
+        let picked = widgets::legend_hovered(ui, legend_id);
+        ui.vertical(|ui| {
+            let mut plot = widgets::refitting_plot(ui, plot_id, signature(series))
+                .width(width)
+                .height(200.0)
+                .x_axis_label("epoch")
+                .y_axis_label(y_label)
+                .include_x(0.5)
+                .include_x(last_epoch + 0.5)
+                .include_y(0.0);
+            if score {
+                plot = plot.include_y(1.0);
+            }
+            plot.show(ui, |p| {
+                widgets::marked_series_picking(
+                    p,
+                    series.iter().map(|(n, pts)| (*n, pts.as_slice())),
+                    picked,
+                );
             });
-        widgets::refitting_plot(ui, egui::Id::unique(("acc", id)), signature(&scores))
-            .width(width)
-            .height(200.0)
-            // Scores climb towards the upper right; the legend sits below them.
-            .legend(Legend::default().position(egui_plot::Corner::RightBottom))
-            .x_axis_label("epoch")
-            .include_x(0.5)
-            .include_x(last_epoch + 0.5)
-            .include_y(0.0)
-            .include_y(1.0)
-            .show(ui, |p| {
-                widgets::marked_series(p, scores.iter().map(|(n, pts)| (*n, pts.as_slice())));
-            });
+            let entries: Vec<(String, egui::Color32)> = series
+                .iter()
+                .enumerate()
+                .map(|(k, (n, _))| ((*n).to_string(), widgets::series_color(k)))
+                .collect();
+            widgets::legend_below(ui, legend_id, &entries, width);
+        });
+    };
+    ui.horizontal_top(|ui| {
+        chart(ui, "loss", &loss, "loss", false);
+        chart(ui, "acc", &scores, "score", true);
     });
 }
 

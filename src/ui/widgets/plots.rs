@@ -193,7 +193,7 @@ pub fn fold_spread_plot(
     id: impl std::hash::Hash + std::fmt::Debug,
     cvs: &[(String, &crate::experiment::cv::CvSummary)],
 ) {
-    use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+    use egui_plot::{Line, Plot, PlotPoints, Points};
     let mut keys: Vec<&String> = cvs
         .iter()
         .flat_map(|(_, s)| s.metrics.keys())
@@ -207,6 +207,7 @@ pub fn fold_spread_plot(
     let names: Vec<String> = keys.iter().map(|k| metric_title(k)).collect();
     let n = cvs.len().max(1) as f64;
     let width = 0.6 / n;
+    let legend_id = egui::Id::unique(("fold-spread-legend", &id));
     Plot::new(id)
         .height(220.0)
         .include_y(0.0)
@@ -216,7 +217,6 @@ pub fn fold_spread_plot(
         .allow_drag(false)
         .allow_zoom(false)
         .allow_scroll(false)
-        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
         .y_axis_label("held-out score per fold")
         .x_axis_formatter(move |mark, _| {
             let i = mark.value.round();
@@ -262,6 +262,14 @@ pub fn fold_spread_plot(
                 }
             }
         });
+    // The legend under the chart, never over the bars.
+    let entries: Vec<(String, egui::Color32)> = cvs
+        .iter()
+        .enumerate()
+        .map(|(c, (name, _))| (name.clone(), series_color(c)))
+        .collect();
+    let width = ui.available_width();
+    legend_below(ui, legend_id, &entries, width);
 }
 
 #[cfg(test)]
