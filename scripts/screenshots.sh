@@ -14,11 +14,11 @@ work="$(mktemp -d)"
 ln -s "$PWD/assets" "$work/assets"
 trap 'rm -rf "$work"; [ -n "${xvfb_pid:-}" ] && kill "$xvfb_pid" 2>/dev/null || true' EXIT
 display=":$((100 + RANDOM % 100))"
-Xvfb "$display" -screen 0 1280x4050x24 >/dev/null 2>&1 &
+Xvfb "$display" -screen 0 1280x4500x24 >/dev/null 2>&1 &
 xvfb_pid=$!
 sleep 1
 DISPLAY="$display" XDG_RUNTIME_DIR="$work" XDG_DATA_HOME="$work/data" \
   CELLBENCH_CACHE="$work/cache" CELLBENCH_ASSETS="$work/assets" CELLBENCH_WORKBOOK="$work/demo.cellbook.toml" \
-  CELLBENCH_WINDOW=1280x3950 CELLBENCH_RUN_ALL=1 CELLBENCH_SCREENSHOT="$(realpath -m "$out")" \
+  CELLBENCH_WINDOW=1280x4400 CELLBENCH_RUN_ALL=1 CELLBENCH_SCREENSHOT="$(realpath -m "$out")" \
   timeout 300 "$CARGO_TARGET_DIR/debug/cellbench" >/dev/null 2>&1
 echo "wrote $out"
