@@ -1576,3 +1576,76 @@ fn a_workbook_runs_headless_and_names_what_it_did_not_predict() {
         "the run id is saved back: {saved}"
     );
 }
+
+/// A CSV whose columns cellbench cannot guess trains with them named, as `dataset` and
+/// `split` read it; its images folder, given relative to the shell's folder, is recorded
+/// absolute, so the run resumes from anywhere. With --split those options are ignored, and
+/// said to be: a split CSV names its own columns and paths.
+#[test]
+fn a_csv_with_named_columns_trains_and_records_its_images_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scans = tmp.path().join("scans");
+    std::fs::create_dir(&scans).unwrap();
+    let mut csv = String::from("specimen,finding,donor\n");
+    for class in ["Eosinophil", "Lymphocyte"] {
+        for (i, f) in bccd_class_files(class, 8).into_iter().enumerate() {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&f, scans.join(&name)).unwrap();
+            csv.push_str(&format!("{name},{class},d{}{class}\n", i % 4));
+        }
+    }
+    std::fs::write(tmp.path().join("cells.csv"), csv).unwrap();
+    let columns = [
+        "--path-column",
+        "specimen",
+        "--label-column",
+        "finding",
+        "--patient-column",
+        "donor",
+        "--images",
+        "scans",
+    ];
+    let train = |args: &[&str]| {
+        cellbench()
+            .current_dir(tmp.path())
+            .args(["train", "--backend", "cpu", "--image-size", "64"])
+            .args(["--runs", "runs"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = train(&[&["cells.csv"][..], &columns].concat());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("2 labels, "), "{err}");
+    let run = only_run(&tmp.path().join("runs"));
+    let recorded = read_json(&run.join("dataset.json"));
+    assert_eq!(recorded["options"]["path_column"], "specimen", "{recorded}");
+    let images = recorded["options"]["images"].as_str().map(Path::new);
+    assert!(images.is_some_and(Path::is_absolute), "{recorded}");
+    assert_eq!(
+        images.map(|p| p.canonicalize().unwrap()),
+        Some(scans.canonicalize().unwrap()),
+        "{recorded}"
+    );
+    // Without the columns the same CSV is refused with the flag to use.
+    let out = train(&["cells.csv"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--path-column"), "{}", stderr(&out));
+
+    let out = cellbench()
+        .current_dir(tmp.path())
+        .args(["split", "cells.csv", "--val", "0.25", "--test", "0"])
+        .args(["--out", "split.csv"])
+        .args(columns)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&[&["--split", "split.csv"][..], &columns].concat());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("note: the dataset options are ignored with --split"),
+        "{err}"
+    );
+}

@@ -362,14 +362,23 @@ pub fn train_cmd(args: TrainArgs) -> anyhow::Result<u8> {
         }
         None => {
             let (source, options) = match (&args.split, &args.dataset) {
-                (Some(split), _) => (
-                    split.clone(),
-                    // A split CSV names its columns; its images may sit elsewhere.
-                    OpenOptions {
-                        format: Some(DatasetFormat::Csv),
-                        ..args.csv.options()
-                    },
-                ),
+                (Some(split), _) => {
+                    // A split CSV (from `cellbench split`) names its columns, and its paths
+                    // are relative to its own folder.
+                    if args.csv.options() != OpenOptions::default() {
+                        crate::errln!(
+                            "note: the dataset options are ignored with --split: {} names its columns, and its image paths are relative to its folder",
+                            split.display()
+                        );
+                    }
+                    (
+                        split.clone(),
+                        OpenOptions {
+                            format: Some(DatasetFormat::Csv),
+                            ..Default::default()
+                        },
+                    )
+                }
                 (None, Some(d)) => (d.clone(), args.csv.options()),
                 (None, None) => anyhow::bail!("give a dataset, --split or --resume"),
             };
@@ -601,8 +610,9 @@ impl ProgressView {
                 epochs,
             } => {
                 crate::errln!(
-                    "run {run_id}: {mode:?} {task:?} on {device}; {} labels, {train_images} train / {val_images} val images, {epochs} epochs",
-                    labels.len()
+                    "run {run_id}: {mode:?} {task:?} on {device}; {} labels, {train_images} train / {val_images} val images, {epochs} epoch{}",
+                    labels.len(),
+                    if *epochs == 1 { "" } else { "s" }
                 );
             }
             TrainEvent::Progress { phase, done, total } => {
