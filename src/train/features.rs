@@ -40,11 +40,12 @@ impl FeatureCache {
         self.dir.join(&key[..2]).join(format!("{key}.f32"))
     }
 
-    /// The cached vector of `key`, if it holds `width` values.
-    fn get(&self, key: &str, width: usize) -> Option<Vec<f32>> {
+    /// The first `keep` values of the cached vector of `key`, if it holds `width` values (a
+    /// stored multi-scale vector serves a plain request with its first part).
+    fn get(&self, key: &str, width: usize, keep: usize) -> Option<Vec<f32>> {
         let bytes = crate::fs::read(self.path(key)).ok()?;
         (bytes.len() == width * 4).then(|| {
-            bytes
+            bytes[..keep.min(width) * 4]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect()
@@ -129,8 +130,7 @@ pub fn featurize(
                     Err(e) => return Loaded::Failed(e.to_string()),
                 };
                 let key = cache_key(&name, preprocess, &bytes);
-                if let Some(mut f) = cache.and_then(|c| c.get(&key, width)) {
-                    f.truncate(wanted);
+                if let Some(f) = cache.and_then(|c| c.get(&key, width, wanted)) {
                     return Loaded::Cached(f);
                 }
                 match crate::dataset::image_io::decode_bytes_complete(&bytes) {
@@ -157,14 +157,11 @@ pub fn featurize(
         if !slots.is_empty() {
             let feats = extractor.features_of(&kind, inputs, slots.len(), side);
             for (j, (slot, key)) in slots.into_iter().enumerate() {
-                let f = feats.get(j * width..(j + 1) * width).map(<[f32]>::to_vec);
-                if let (Some(f), Some(c)) = (&f, cache) {
-                    c.put(&key, f);
+                let row = feats.get(j * width..(j + 1) * width);
+                if let (Some(row), Some(c)) = (row, cache) {
+                    c.put(&key, row);
                 }
-                out.features[slot] = f.map(|mut f| {
-                    f.truncate(wanted);
-                    f
-                });
+                out.features[slot] = row.map(|r| r[..wanted].to_vec());
                 out.computed += 1;
             }
         }

@@ -109,8 +109,9 @@ impl FeatureSteps {
     }
 
     /// Computes the images on `net` (a GPU network for the stored kind of features,
-    /// [`FeatureKind::stored`], and this preprocessing) a batch at a time: a step sends a batch and returns; a later step
-    /// collects it. A batch the GPU fails is computed again on the CPU.
+    /// [`FeatureKind::stored`], and this preprocessing) a batch at a time: a step sends a
+    /// batch and returns; a later step collects it. A batch the GPU fails is computed again
+    /// on the CPU.
     pub fn on_gpu(mut self, net: std::sync::Arc<crate::model::gpu::GpuLite>) -> Self {
         self.gpu = Some(GpuSteps {
             net,
@@ -185,12 +186,11 @@ impl FeatureSteps {
             }
         };
         let key = cache_key(&self.kind.cache_name(), &self.preprocess, &bytes);
-        if let Some(mut f) = self
+        if let Some(f) = self
             .cache
             .as_ref()
-            .and_then(|c| c.get(&key, self.kind.width()))
+            .and_then(|c| c.get(&key, self.kind.width(), self.wanted))
         {
-            f.truncate(self.wanted);
             self.result.features[i] = Some(f);
             self.result.from_cache += 1;
             return Read::Settled;
@@ -385,6 +385,7 @@ impl FeatureSteps {
             c.put(key, &f);
         }
         f.truncate(self.wanted);
+        f.shrink_to_fit();
         self.result.features[i] = Some(f);
         self.result.computed += 1;
     }
