@@ -393,12 +393,8 @@ pub(super) fn compare_ui(app: &mut Notebook, ui: &mut egui::Ui, id: u64, runs: &
             );
         });
     });
-    let entries: Vec<(String, egui::Color32)> = loaded
-        .iter()
-        .enumerate()
-        .map(|(k, s)| (s.id.clone(), widgets::series_color(k)))
-        .collect();
-    widgets::legend_below(ui, legend_id, &entries, 2.0 * width);
+    let names: Vec<String> = loaded.iter().map(|s| s.id.clone()).collect();
+    widgets::legend_below(ui, legend_id, &names, 2.0 * width);
     reported_ui(ui, id, loaded, tests);
     widgets::compare_table(ui, ("cmp-table", id), loaded);
 }

@@ -184,18 +184,15 @@ pub(super) fn evaluate_ui(
                             .color(egui::Color32::GRAY),
                     );
                 });
-            let entries: Vec<(String, egui::Color32)> = data
+            let names: Vec<String> = data
                 .roc
                 .iter()
-                .enumerate()
-                .map(|(k, c)| {
-                    let name = c
-                        .auc
-                        .map_or(c.label.clone(), |a| format!("{} AUC {a:.3}", c.label));
-                    (name, widgets::series_color(k))
+                .map(|c| {
+                    c.auc
+                        .map_or(c.label.clone(), |a| format!("{} AUC {a:.3}", c.label))
                 })
                 .collect();
-            widgets::legend_below(ui, legend_id, &entries, 360.0);
+            widgets::legend_below(ui, legend_id, &names, 360.0);
         });
         if let Some(c) = &m.calibration {
             ui.vertical(|ui| {

@@ -586,9 +586,6 @@ pub fn curves_ui(
         ("validation macro AUC", series(&|e| e.val_auc)),
     ];
     let last_epoch = points.last().map_or(1.0, |p| f64::from(p.epoch));
-    let signature = |s: &[(&str, Vec<[f64; 2]>)]| {
-        widgets::series_signature(s.iter().map(|(n, p)| (*n, p.as_slice())))
-    };
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
     // Each chart's legend under it, never over the curves; hovering an entry picks out its
     // curve.
@@ -600,31 +597,23 @@ pub fn curves_ui(
         let plot_id = egui::Id::unique((key, id));
         let legend_id = plot_id.with("legend");
         let picked = widgets::legend_hovered(ui, legend_id);
+        let slices = || series.iter().map(|(n, pts)| (*n, pts.as_slice()));
         ui.vertical(|ui| {
-            let mut plot = widgets::refitting_plot(ui, plot_id, signature(series))
-                .width(width)
-                .height(200.0)
-                .x_axis_label("epoch")
-                .y_axis_label(y_label)
-                .include_x(0.5)
-                .include_x(last_epoch + 0.5)
-                .include_y(0.0);
+            let mut plot =
+                widgets::refitting_plot(ui, plot_id, widgets::series_signature(slices()))
+                    .width(width)
+                    .height(200.0)
+                    .x_axis_label("epoch")
+                    .y_axis_label(y_label)
+                    .include_x(0.5)
+                    .include_x(last_epoch + 0.5)
+                    .include_y(0.0);
             if score {
                 plot = plot.include_y(1.0);
             }
-            plot.show(ui, |p| {
-                widgets::marked_series_picking(
-                    p,
-                    series.iter().map(|(n, pts)| (*n, pts.as_slice())),
-                    picked,
-                );
-            });
-            let entries: Vec<(String, egui::Color32)> = series
-                .iter()
-                .enumerate()
-                .map(|(k, (n, _))| ((*n).to_string(), widgets::series_color(k)))
-                .collect();
-            widgets::legend_below(ui, legend_id, &entries, width);
+            plot.show(ui, |p| widgets::marked_series_picking(p, slices(), picked));
+            let names: Vec<String> = series.iter().map(|(n, _)| (*n).to_string()).collect();
+            widgets::legend_below(ui, legend_id, &names, width);
         });
     };
     ui.horizontal_top(|ui| {

@@ -91,15 +91,10 @@ pub fn series_color(k: usize) -> egui::Color32 {
     }
 }
 
-/// A chart's legend written under the chart, never over its data, as entries that wrap within
-/// `width` (an entry is never split); hovering one picks out its series (see
-/// [`legend_hovered`]).
-pub fn legend_below(
-    ui: &mut egui::Ui,
-    id: egui::Id,
-    entries: &[(String, egui::Color32)],
-    width: f32,
-) {
+/// A chart's legend written under the chart, never over its data: the `k`-th name in the
+/// `k`-th series colour ([`series_color`]), as entries that wrap within `width` (an entry is
+/// never split); hovering one picks out its series (see [`legend_hovered`]).
+pub fn legend_below(ui: &mut egui::Ui, id: egui::Id, names: &[String], width: f32) {
     let mut hovered = None;
     let font = egui::TextStyle::Body.resolve(ui.style());
     let text_color = ui.visuals().text_color();
@@ -107,7 +102,8 @@ pub fn legend_below(
         ui.set_max_width(width);
         ui.horizontal_wrapped(|ui| {
             ui.spacing_mut().item_spacing.x = 12.0;
-            for (k, (name, color)) in entries.iter().enumerate() {
+            for (k, name) in names.iter().enumerate() {
+                let color = series_color(k);
                 // One widget per entry (dot and name), so that a line wraps between entries.
                 let galley = ui
                     .painter()
@@ -118,7 +114,7 @@ pub fn legend_below(
                     egui::WidgetInfo::labeled(egui::Role::Label, true, name.clone())
                 });
                 let painter = ui.painter();
-                painter.circle_filled(egui::pos2(rect.left() + 5.0, rect.center().y), 4.5, *color);
+                painter.circle_filled(egui::pos2(rect.left() + 5.0, rect.center().y), 4.5, color);
                 painter.galley(
                     egui::pos2(rect.left() + 14.0, rect.top()),
                     galley,
@@ -263,13 +259,9 @@ pub fn fold_spread_plot(
             }
         });
     // The legend under the chart, never over the bars.
-    let entries: Vec<(String, egui::Color32)> = cvs
-        .iter()
-        .enumerate()
-        .map(|(c, (name, _))| (name.clone(), series_color(c)))
-        .collect();
+    let names: Vec<String> = cvs.iter().map(|(name, _)| name.clone()).collect();
     let width = ui.available_width();
-    legend_below(ui, legend_id, &entries, width);
+    legend_below(ui, legend_id, &names, width);
 }
 
 #[cfg(test)]
