@@ -307,12 +307,7 @@ fn submit_cli(
             common::path_str(data),
         ])
         .args(["--runs", common::path_str(runs), "--cpus", "1"])
-        .args([
-            "--address",
-            head.address(),
-            "--token-file",
-            common::path_str(head.token_file()),
-        ])
+        .args(head.cli_target())
         .output()
         .unwrap();
     assert!(
@@ -403,12 +398,7 @@ fn cellbench_training_job_streams_live_events_and_results_come_back() {
             "--runs",
             common::path_str(&local_runs),
         ])
-        .args([
-            "--address",
-            head.address(),
-            "--token-file",
-            common::path_str(head.token_file()),
-        ])
+        .args(head.cli_target())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -480,12 +470,7 @@ fn cellbench_training_job_stops_mid_run() {
     assert_eq!(epochs, 1);
     let out = common::cellbench()
         .args(["cluster", "stop", &id])
-        .args([
-            "--address",
-            head.address(),
-            "--token-file",
-            common::path_str(head.token_file()),
-        ])
+        .args(head.cli_target())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -533,12 +518,7 @@ fn featurize_shards_are_followed_until_the_cache_is_complete() {
         .args(["cluster", "featurize", common::path_str(&data)])
         .args(["--shards", "2", "--cache", common::path_str(&cache)])
         .args(["--image-size", "64", "--follow"])
-        .args([
-            "--address",
-            head.address(),
-            "--token-file",
-            common::path_str(head.token_file()),
-        ])
+        .args(head.cli_target())
         .output()
         .unwrap();
     let err = common::stderr(&out);
@@ -605,12 +585,7 @@ fn featurize_reads_named_csv_columns_and_serves_a_single_scale_probe() {
         .args(["--cache", common::path_str(&cache)])
         .args(columns)
         .args(["--image-size", "64", "--follow"])
-        .args([
-            "--address",
-            head.address(),
-            "--token-file",
-            common::path_str(head.token_file()),
-        ])
+        .args(head.cli_target())
         .output()
         .unwrap();
     let err = common::stderr(&out);

@@ -44,6 +44,20 @@ fn wait_until_settled(harness: &mut Harness<'_, WorkbenchApp>, limit: Duration) 
     harness.run_steps(3);
 }
 
+/// A synthetic C-NMC-style folder at `dir`: `patients` × `images` cells of `size` pixels.
+fn synth_cells(dir: &std::path::Path, patients: u32, images: u32, size: u32) {
+    cellbench::dataset::synth::generate(
+        dir,
+        &cellbench::dataset::synth::SynthConfig {
+            patients,
+            images_per_patient: images,
+            size,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 #[test]
 fn notebook_runs_every_cell_on_real_cells() {
     let tmp = tempfile::tempdir().unwrap();
@@ -360,16 +374,7 @@ fn training_never_uses_a_stale_split() {
     let book = tmp.path().join("stale.cellbook.toml");
     use_test_cache();
     let other = tmp.path().join("other");
-    cellbench::dataset::synth::generate(
-        &other,
-        &cellbench::dataset::synth::SynthConfig {
-            patients: 6,
-            images_per_patient: 8,
-            size: 48,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    synth_cells(&other, 6, 8, 48);
     let ctx = eframe::egui::Context::default();
     let mut app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);
     for cell in &mut app.notebook.workbook.cells {
@@ -1078,16 +1083,7 @@ fn typing_a_dataset_path_keeps_the_focus() {
 
     // Enter in the field opens the path: the cell runs on the new folder.
     let other = tmp.path().join("cells");
-    cellbench::dataset::synth::generate(
-        &other,
-        &cellbench::dataset::synth::SynthConfig {
-            patients: 3,
-            images_per_patient: 4,
-            size: 32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    synth_cells(&other, 3, 4, 32);
     set_dataset_path(&mut harness, &other);
     harness.run_steps(2);
     let field = |node: &egui_kittest::kittest::AccessKitNode<'_>| {
@@ -1390,16 +1386,7 @@ fn opening_a_dataset_in_the_demo_renames_its_title() {
     let tmp = tempfile::tempdir().unwrap();
     let book = tmp.path().join("demo.cellbook.toml");
     let cells = tmp.path().join("cells");
-    cellbench::dataset::synth::generate(
-        &cells,
-        &cellbench::dataset::synth::SynthConfig {
-            patients: 3,
-            images_per_patient: 4,
-            size: 32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    synth_cells(&cells, 3, 4, 32);
     use_test_cache();
     let ctx = eframe::egui::Context::default();
     let app = WorkbenchApp::with_state(&ctx, AppState::default(), Some(book), None);

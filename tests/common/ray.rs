@@ -136,6 +136,16 @@ impl RayHead {
         &self.token_file
     }
 
+    /// `--address <head> --token-file <file>`: this head as `cellbench cluster …` names it.
+    pub fn cli_target(&self) -> [&str; 4] {
+        [
+            "--address",
+            self.address(),
+            "--token-file",
+            super::path_str(self.token_file()),
+        ]
+    }
+
     pub fn started_in(&self) -> Duration {
         self.started_in
     }
